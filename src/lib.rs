@@ -1,0 +1,7 @@
+//! turnd: a STUN/TURN server built around a sans-IO core.
+//!
+//! - [`stun`]: the wire format (codec, integrity, ChannelData).
+//! - [`turn`]: the sans-IO state machine: allocations, permissions, channels, auth.
+//! - [`net`]: the tokio shell that owns sockets and timers and drives the core.
+
+pub mod stun;

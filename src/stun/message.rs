@@ -1,0 +1,306 @@
+//! Decoding requests and encoding responses with `stun_codec`, with integrity and
+//! fingerprint handled over the raw bytes.
+
+use super::attributes::Attribute;
+use super::integrity::{self, IntegrityKind};
+use super::raw::{self, padded, Attributes, Header, ATTR_FINGERPRINT, HEADER_LEN};
+use bytecodec::{DecodeExt, EncodeExt};
+use std::net::SocketAddr;
+use stun_codec::rfc5389::attributes::{ErrorCode, MappedAddress};
+use stun_codec::{MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
+
+/// A STUN message with turnd's attribute set.
+pub type Message = stun_codec::Message<Attribute>;
+
+/// An integrity attribute as received: where it sits and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedIntegrity {
+    /// Which HMAC.
+    pub kind: IntegrityKind,
+    /// Offset of the attribute header within the message.
+    pub offset: usize,
+    value: [u8; 32],
+    len: usize,
+}
+
+impl ReceivedIntegrity {
+    /// The HMAC value as received.
+    pub fn value(&self) -> &[u8] {
+        self.value.get(..self.len).unwrap_or_default()
+    }
+
+    /// Checks this HMAC over `message` (the whole raw message it came in) with `key`.
+    pub fn verify(&self, key: &[u8], message: &[u8]) -> bool {
+        integrity::verify(self.kind, key, message, self.offset, self.value())
+    }
+}
+
+/// A decoded request or indication: the attributes before (and including) the integrity
+/// attributes; anything after them but FINGERPRINT is ignored, as RFC 8489 §14.5 says.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The message with the covered attributes.
+    pub message: Message,
+    /// MESSAGE-INTEGRITY, if present.
+    pub integrity_sha1: Option<ReceivedIntegrity>,
+    /// MESSAGE-INTEGRITY-SHA256, if present.
+    pub integrity_sha256: Option<ReceivedIntegrity>,
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a STUN message we can answer: drop it silently (RFC 8489 §6.3).
+    #[error("not a valid STUN message: {0}")]
+    Drop(&'static str),
+    /// The header is readable but the body is not: a request gets 400.
+    #[error("malformed STUN message")]
+    Malformed {
+        /// Method from the header.
+        method: Method,
+        /// Class from the header.
+        class: MessageClass,
+        /// Transaction id from the header.
+        transaction_id: TransactionId,
+    },
+}
+
+/// Decodes a framed STUN message (see [`raw::classify`]).
+pub fn decode(packet: &[u8]) -> Result<Decoded, DecodeError> {
+    let header = Header::parse(packet).ok_or(DecodeError::Drop("short header"))?;
+    let malformed = || match (Method::new(header.method()), class_from_bits(header.class_bits())) {
+        (Ok(method), class) => {
+            DecodeError::Malformed { method, class, transaction_id: TransactionId::new(header.transaction_id) }
+        }
+        (Err(_), _) => DecodeError::Drop("bad method"),
+    };
+
+    let mut integrity_sha1 = None;
+    let mut integrity_sha256 = None;
+    let mut covered_end = packet.len();
+    let mut fingerprint_seen = false;
+    for attr in Attributes::new(packet) {
+        let attr = attr.map_err(|_| malformed())?;
+        if fingerprint_seen {
+            // RFC 8489 §14.7: FINGERPRINT is the last attribute.
+            return Err(malformed());
+        }
+        let end = attr.offset + 4 + padded(attr.value.len());
+        let kind = match attr.kind {
+            ATTR_FINGERPRINT => {
+                if !integrity::verify_fingerprint(packet, attr.offset, attr.value) {
+                    return Err(DecodeError::Drop("fingerprint mismatch"));
+                }
+                fingerprint_seen = true;
+                covered_end = covered_end.min(attr.offset);
+                continue;
+            }
+            raw::ATTR_MESSAGE_INTEGRITY => IntegrityKind::Sha1,
+            raw::ATTR_MESSAGE_INTEGRITY_SHA256 => IntegrityKind::Sha256,
+            _ => continue,
+        };
+        // Only the integrity attributes directly following the first one count.
+        let first = integrity_sha1.is_none() && integrity_sha256.is_none();
+        if !first && attr.offset != covered_end {
+            continue;
+        }
+        let slot = match kind {
+            IntegrityKind::Sha1 => &mut integrity_sha1,
+            IntegrityKind::Sha256 => &mut integrity_sha256,
+        };
+        if slot.is_some() || attr.value.len() > 32 {
+            return Err(malformed());
+        }
+        let mut value = [0u8; 32];
+        value[..attr.value.len()].copy_from_slice(attr.value);
+        *slot = Some(ReceivedIntegrity { kind, offset: attr.offset, value, len: attr.value.len() });
+        covered_end = end;
+    }
+
+    let message = if covered_end == packet.len() {
+        decode_framed(packet)
+    } else {
+        // Re-frame the covered prefix so the codec never sees what follows integrity.
+        let mut covered = packet.get(..covered_end).ok_or_else(malformed)?.to_vec();
+        let length = (covered_end - HEADER_LEN) as u16;
+        covered[2..4].copy_from_slice(&length.to_be_bytes());
+        decode_framed(&covered)
+    };
+    match message {
+        Some(Ok(message)) => Ok(Decoded { message, integrity_sha1, integrity_sha256 }),
+        Some(Err(())) => Err(malformed()),
+        None => Err(DecodeError::Drop("undecodable header")),
+    }
+}
+
+/// `None`: the header did not decode; `Some(Err)`: the body did not.
+fn decode_framed(bytes: &[u8]) -> Option<Result<Message, ()>> {
+    match MessageDecoder::<Attribute>::new().decode_from_bytes(bytes) {
+        Ok(Ok(message)) => Some(Ok(message)),
+        Ok(Err(_broken)) => Some(Err(())),
+        Err(_) => None,
+    }
+}
+
+fn class_from_bits(bits: u8) -> MessageClass {
+    match bits {
+        0 => MessageClass::Request,
+        1 => MessageClass::Indication,
+        2 => MessageClass::SuccessResponse,
+        _ => MessageClass::ErrorResponse,
+    }
+}
+
+/// What protects an outgoing response.
+#[derive(Debug, Clone, Copy)]
+pub struct Protection<'a> {
+    /// The long-term key, and which HMAC(s) to add.
+    pub key: Option<(&'a [u8], IntegritySet)>,
+    /// Whether to add FINGERPRINT.
+    pub fingerprint: bool,
+}
+
+/// Which integrity attributes a response carries: those the request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegritySet {
+    /// Add MESSAGE-INTEGRITY.
+    pub sha1: bool,
+    /// Add MESSAGE-INTEGRITY-SHA256.
+    pub sha256: bool,
+}
+
+/// Encodes `message`, then appends integrity and fingerprint over the encoded bytes.
+/// `None` only if the codec rejects a message we built, which is a bug.
+pub fn encode(message: Message, protection: Protection<'_>) -> Option<Vec<u8>> {
+    let mut bytes = MessageEncoder::<Attribute>::new().encode_into_bytes(message).ok()?;
+    if let Some((key, set)) = protection.key {
+        if set.sha1 {
+            integrity::append_integrity(&mut bytes, IntegrityKind::Sha1, key);
+        }
+        if set.sha256 {
+            integrity::append_integrity(&mut bytes, IntegrityKind::Sha256, key);
+        }
+    }
+    if protection.fingerprint {
+        integrity::append_fingerprint(&mut bytes);
+    }
+    Some(bytes)
+}
+
+/// An error response to a request, with the reason phrase given (may be empty).
+pub fn error_response(method: Method, transaction_id: TransactionId, code: u16, reason: &str) -> Message {
+    let mut message = Message::new(MessageClass::ErrorResponse, method, transaction_id);
+    // Codes are ours and in 300..=699, so this cannot fail; fall back to 500 all the same.
+    let attr = ErrorCode::new(code, reason.to_owned())
+        .unwrap_or_else(|_| ErrorCode::new(500, String::new()).expect("500 is a valid code"));
+    message.add_attribute(attr);
+    message
+}
+
+/// A success response to an RFC 3489 Binding request (no magic cookie, 16-byte
+/// transaction id): MAPPED-ADDRESS only, as those clients understand nothing newer.
+pub fn classic_binding_response(request: &[u8], mapped: SocketAddr) -> Option<Vec<u8>> {
+    let header = Header::parse(request)?;
+    if header.message_type != 0x0001 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + 24);
+    out.extend_from_slice(&0x0101u16.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(request.get(4..HEADER_LEN)?);
+    // Encode MAPPED-ADDRESS through the codec to stay consistent with it.
+    let mut probe =
+        Message::new(MessageClass::SuccessResponse, stun_codec::rfc5389::methods::BINDING, TransactionId::new([0; 12]));
+    probe.add_attribute(MappedAddress::new(mapped));
+    let encoded = MessageEncoder::<Attribute>::new().encode_into_bytes(probe).ok()?;
+    out.extend_from_slice(encoded.get(HEADER_LEN..)?);
+    let length = (out.len() - HEADER_LEN) as u16;
+    out[2..4].copy_from_slice(&length.to_be_bytes());
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::integrity::tests_vectors as v;
+    use stun_codec::rfc5389::attributes::{Software, Username, XorMappedAddress};
+
+    #[test]
+    fn rfc5769_2_1_request_decodes_with_its_attributes() {
+        let d = decode(v::SAMPLE_REQUEST).unwrap();
+        assert_eq!(d.message.class(), MessageClass::Request);
+        assert_eq!(d.message.get_attribute::<Software>().unwrap().description(), "STUN test client");
+        assert_eq!(d.message.get_attribute::<Username>().unwrap().name(), "evtj:h6vY");
+        let mi = d.integrity_sha1.unwrap();
+        assert!(mi.verify(b"VOkJxbRl1RmTxUk/WvJxBt", v::SAMPLE_REQUEST));
+    }
+
+    #[test]
+    fn rfc5769_2_2_and_2_3_responses_decode_their_mapped_address() {
+        let d = decode(v::SAMPLE_IPV4_RESPONSE).unwrap();
+        let addr = d.message.get_attribute::<XorMappedAddress>().unwrap().address();
+        assert_eq!(addr, "192.0.2.1:32853".parse().unwrap());
+        let d = decode(v::SAMPLE_IPV6_RESPONSE).unwrap();
+        let addr = d.message.get_attribute::<XorMappedAddress>().unwrap().address();
+        assert_eq!(addr, "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap());
+    }
+
+    #[test]
+    fn rfc5769_2_4_long_term_request_decodes() {
+        let d = decode(v::SAMPLE_LONG_TERM_REQUEST).unwrap();
+        assert_eq!(d.message.get_attribute::<stun_codec::rfc5389::attributes::Realm>().unwrap().text(), "example.org");
+        assert!(d.integrity_sha1.is_some());
+    }
+
+    #[test]
+    fn attributes_after_integrity_are_ignored() {
+        let mut msg = v::SAMPLE_LONG_TERM_REQUEST.to_vec();
+        // Append SOFTWARE after MESSAGE-INTEGRITY.
+        msg.extend_from_slice(&[0x80, 0x22, 0x00, 0x04, b'e', b'v', b'i', b'l']);
+        let len = (msg.len() - HEADER_LEN) as u16;
+        msg[2..4].copy_from_slice(&len.to_be_bytes());
+        let d = decode(&msg).unwrap();
+        assert!(d.message.get_attribute::<Software>().is_none());
+        // Integrity still verifies: it covers only what precedes it.
+        let username = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+        let key = integrity::long_term_key_md5(username, "example.org", "TheMatrIX");
+        assert!(d.integrity_sha1.unwrap().verify(&key, &msg));
+    }
+
+    #[test]
+    fn fingerprint_mismatch_is_dropped_and_misplaced_fingerprint_is_malformed() {
+        let mut msg = v::SAMPLE_REQUEST.to_vec();
+        let last = msg.len() - 1;
+        msg[last] ^= 0xFF;
+        assert_eq!(decode(&msg).unwrap_err(), DecodeError::Drop("fingerprint mismatch"));
+        let mut msg = v::SAMPLE_REQUEST.to_vec();
+        msg.extend_from_slice(&[0x80, 0x22, 0x00, 0x00]);
+        let len = (msg.len() - HEADER_LEN) as u16;
+        msg[2..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode(&msg), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn encode_adds_integrity_and_fingerprint_that_decode_accepts() {
+        let tid = TransactionId::new([3; 12]);
+        let mut m = Message::new(MessageClass::SuccessResponse, stun_codec::rfc5389::methods::BINDING, tid);
+        m.add_attribute(XorMappedAddress::new("198.51.100.7:5000".parse().unwrap()));
+        let set = IntegritySet { sha1: true, sha256: true };
+        let bytes = encode(m, Protection { key: Some((b"k", set)), fingerprint: true }).unwrap();
+        let d = decode(&bytes).unwrap();
+        assert!(d.integrity_sha1.unwrap().verify(b"k", &bytes));
+        assert!(d.integrity_sha256.unwrap().verify(b"k", &bytes));
+        assert!(!d.integrity_sha256.unwrap().verify(b"j", &bytes));
+    }
+
+    #[test]
+    fn classic_binding_gets_mapped_address_and_same_transaction_id() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x00];
+        req.extend_from_slice(&[9u8; 16]);
+        let resp = classic_binding_response(&req, "10.0.0.1:1234".parse().unwrap()).unwrap();
+        assert_eq!(&resp[..2], &[0x01, 0x01]);
+        assert_eq!(&resp[4..20], &[9u8; 16]);
+        assert_eq!(&resp[20..24], &[0x00, 0x01, 0x00, 0x08]);
+        assert_eq!(&resp[26..28], &1234u16.to_be_bytes());
+    }
+}

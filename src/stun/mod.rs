@@ -1,0 +1,7 @@
+//! STUN on the wire: raw framing, the codec's attribute set, integrity and ChannelData.
+
+pub mod attributes;
+pub mod channel_data;
+pub mod integrity;
+pub mod message;
+pub mod raw;
