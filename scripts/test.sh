@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. On a fresh Debian machine it first installs what
+# the tests need (coturn's client tools, Python's aioice); installs are skipped
+# when already present. Exits non-zero if any step fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+PYTHON="${PYTHON:-python3}"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '==> %s\n' "$*"; }
+
+install_deps() {
+    if ! command -v turnutils_uclient >/dev/null 2>&1; then
+        log "installing coturn (turnutils_uclient, turnutils_stunclient)"
+        $SUDO apt-get update -qq >/dev/null
+        $SUDO apt-get install -y -qq --no-install-recommends coturn >/dev/null || return 1
+    fi
+    if ! "$PYTHON" -c 'import aioice' >/dev/null 2>&1; then
+        log "installing Python aioice"
+        "$PYTHON" -m pip install -q --disable-pip-version-check aioice \
+            || "$PYTHON" -m pip install -q --disable-pip-version-check --break-system-packages aioice \
+            || return 1
+    fi
+    if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+        log "installing clippy and rustfmt"
+        rustup component add clippy rustfmt >/dev/null || return 1
+    fi
+}
+
+failed=()
+step() {
+    local name="$1"; shift
+    log "$name"
+    if ! "$@"; then
+        failed+=("$name")
+        log "FAILED: $name"
+    fi
+}
+
+step "install test dependencies" install_deps
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --all-targets --no-fail-fast
+step "cargo test --doc" cargo test --doc --quiet
+
+if [ ${#failed[@]} -ne 0 ]; then
+    log "failed steps: ${failed[*]}"
+    exit 1
+fi
+log "all steps passed"

@@ -1,0 +1,92 @@
+//! turnd driven by Python's aioice (`aioice.turn.create_turn_endpoint`)
+//! through tests/py/aioice_turn.py.
+//!
+//! Quirks: aioice discards any response to an authenticated request that is
+//! not itself authenticated (except 401/438), so an unsigned error answer
+//! looks like a timeout (about 30 s of retransmissions). It sends data only
+//! through channels (ChannelBind, then ChannelData).
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/aioice_turn.py");
+
+fn need_aioice() -> bool {
+    need(python_module_available("aioice"), "Python module `aioice` (pip install aioice)")
+}
+
+fn aioice(server: SocketAddr, transport: &str, password: &str, peer: SocketAddr) -> CmdOutput {
+    run_with_timeout(
+        Command::new(python())
+            .arg(SCRIPT)
+            .args(["--server", &server.to_string(), "--peer", &peer.to_string()])
+            .args(["--user", USER, "--password", password])
+            .args(["--transport", transport, "--count", "5"]),
+        Duration::from_secs(60),
+    )
+}
+
+/// The relayed address from the script's `ALLOCATED relayed=A:P mapped=...`.
+fn relayed_addr(output: &str) -> Option<SocketAddr> {
+    let rest = &output[output.find("ALLOCATED relayed=")? + "ALLOCATED relayed=".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn assert_echoed(out: &CmdOutput, turnd: &mut TurndProcess, peer: &UdpEchoPeer) {
+    assert!(out.success(), "aioice script failed:\n{out}");
+    assert!(out.stdout.contains("ECHOED 5/5"), "{out}");
+    assert!(out.stdout.contains("DELETED"), "allocation not deleted:\n{out}");
+    let relayed = relayed_addr(&out.stdout).unwrap_or_else(|| panic!("no relayed address:\n{out}"));
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1", "{out}");
+    if let Some((min, max)) = turnd.relay_range() {
+        assert!((min..=max).contains(&relayed.port()), "relay port outside {min}..={max}:\n{out}");
+    }
+    assert_eq!(peer.count(), 5, "datagrams the echo peer received");
+    assert!(turnd.is_running(), "turnd died");
+}
+
+#[test]
+fn aioice_udp_allocation_relays_to_echo_peer() {
+    if !need_aioice() {
+        return;
+    }
+    let mut turnd = TurndProcess::with_transports(&["udp"]);
+    let peer = UdpEchoPeer::start();
+    let out = aioice(turnd.udp_addr(), "udp", PASSWORD, peer.addr());
+    assert_echoed(&out, &mut turnd, &peer);
+}
+
+#[test]
+fn aioice_tcp_allocation_relays_to_echo_peer() {
+    if !need_aioice() {
+        return;
+    }
+    let mut turnd = TurndProcess::with_transports(&["tcp"]);
+    let peer = UdpEchoPeer::start();
+    let out = aioice(turnd.tcp_addr(), "tcp", PASSWORD, peer.addr());
+    assert_echoed(&out, &mut turnd, &peer);
+}
+
+#[test]
+fn aioice_wrong_password_gets_401() {
+    if !need_aioice() {
+        return;
+    }
+    let mut turnd = TurndProcess::with_transports(&["udp"]);
+    let peer = UdpEchoPeer::start();
+    let out = aioice(turnd.udp_addr(), "udp", "wrong", peer.addr());
+    assert_eq!(out.code(), Some(2), "expected the allocation to fail:\n{out}");
+    assert!(out.stdout.contains("error_code=401"), "{out}");
+    assert_eq!(peer.count(), 0);
+    assert!(turnd.is_running(), "turnd died");
+}
+
+#[test]
+fn relayed_addr_parses_script_output() {
+    let s = "ALLOCATED relayed=127.0.0.1:41121 mapped=127.0.0.1:35917\nECHOED 5/5\n";
+    assert_eq!(relayed_addr(s), Some("127.0.0.1:41121".parse().expect("addr")));
+    assert_eq!(relayed_addr("ALLOCATE FAILED: x"), None);
+}

@@ -1,0 +1,28 @@
+//! turnd's process contract: the config file is checked, listeners are
+//! logged, SIGTERM ends the process cleanly.
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let mut turnd = TurndProcess::with_transports(&["udp", "tcp"]);
+    assert_eq!(turnd.listeners().len(), 2);
+    assert_ne!(turnd.udp_addr().port(), 0);
+    assert_ne!(turnd.tcp_addr().port(), 0);
+    let status = turnd.terminate(Duration::from_secs(5)).expect("turnd did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "turnd exited with {status} on SIGTERM:\n{}", turnd.logs());
+}
+
+#[test]
+fn unknown_config_key_is_an_error() {
+    let dir = TempDir::new("turnd-cli");
+    let config = config_with(&["udp"]).replace("realm =", "no-such-key = 1\nrealm =");
+    let file = dir.write("bad.toml", &config);
+    let out = run_with_timeout(Command::new(turnd_binary()).arg("serve").arg("-c").arg(&file), Duration::from_secs(10));
+    assert!(!out.timed_out(), "turnd kept running with an unknown key:\n{out}");
+    assert!(!out.success(), "turnd accepted an unknown key:\n{out}");
+    assert!(out.all().contains("no-such-key"), "error does not name the key:\n{out}");
+}
