@@ -256,8 +256,11 @@ impl TurndProcess {
                      config:\n{config_toml}"
                 ),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = wait_timeout(&mut p.child, Duration::from_secs(2));
-                    panic!("turnd exited ({status:?}) before listening on {wanted:?}\nconfig:\n{config_toml}")
+                    let status = wait_timeout(&mut p.child, Duration::from_secs(2)).map(|s| s.to_string());
+                    panic!(
+                        "turnd exited ({}) before listening on {wanted:?}\nconfig:\n{config_toml}",
+                        status.unwrap_or_default()
+                    )
                 }
             }
         }
