@@ -4,4 +4,7 @@
 //! - [`turn`]: the sans-IO state machine: allocations, permissions, channels, auth.
 //! - [`net`]: the tokio shell that owns sockets and timers and drives the core.
 
+pub mod config;
+pub mod net;
 pub mod stun;
+pub mod turn;

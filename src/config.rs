@@ -1,0 +1,424 @@
+//! The TOML configuration: a strict serde model (unknown keys are errors) turned into
+//! the core's validated [`CoreConfig`] plus what the shell needs (listeners, logging).
+
+use crate::turn::auth::Credentials;
+use crate::turn::policy::PeerPolicy;
+use crate::turn::{CoreConfig, Quotas, RelayAddresses};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error, naming the file, the line and the key where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not fit the model (unknown key, wrong type).
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the key (0 when the key is absent).
+        line: usize,
+        /// The key, dotted.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How a listener carries STUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenTransport {
+    /// UDP datagrams.
+    Udp,
+    /// TCP streams.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+/// `[[listen]]`: one listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Listen {
+    /// udp, tcp or tls.
+    pub transport: ListenTransport,
+    /// Address and port; port 0 picks a free port (logged at startup).
+    pub address: SocketAddr,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Relay {
+    /// Lowest relay port.
+    pub port_min: u16,
+    /// Highest relay port.
+    pub port_max: u16,
+    /// IPv4 address relay sockets bind to (default: the address the request came to).
+    pub bind_ipv4: Option<Ipv4Addr>,
+    /// IPv4 address advertised to clients (the public IP of a server behind NAT).
+    pub external_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address relay sockets bind to.
+    pub bind_ipv6: Option<Ipv6Addr>,
+    /// IPv6 address advertised to clients.
+    pub external_ipv6: Option<Ipv6Addr>,
+    /// The longest lifetime granted to an allocation.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Peers allowed even if denied by default (e.g. "10.0.0.0/8" for an internal SFU).
+    pub allowed_peers: Vec<IpNet>,
+    /// Peers denied in addition to the built-in list.
+    pub denied_peers: Vec<IpNet>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            port_min: 49152,
+            port_max: 65535,
+            bind_ipv4: None,
+            external_ipv4: None,
+            bind_ipv6: None,
+            external_ipv6: None,
+            max_lifetime: Duration::from_secs(3600),
+            allowed_peers: Vec::new(),
+            denied_peers: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.user]]`: a static user, by password or precomputed key.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct User {
+    /// The username.
+    pub name: String,
+    /// The plaintext password.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// Or the key MD5(name:realm:password) in hex (as coturn's turnadmin -k prints).
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Auth {
+    /// How long a nonce stays valid before 438 Stale Nonce.
+    #[serde(with = "humantime_serde")]
+    pub nonce_lifetime: Duration,
+    /// Static users.
+    pub user: Vec<User>,
+    /// TURN REST API shared secrets (several during rotation).
+    #[serde(skip_serializing)]
+    pub secrets: Vec<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { nonce_lifetime: Duration::from_secs(600), user: Vec::new(), secrets: Vec::new() }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Limits {
+    /// Allocations on this server in all.
+    pub total_allocations: usize,
+    /// Allocations per username.
+    pub allocations_per_user: usize,
+    /// Allocations per client IP.
+    pub allocations_per_ip: usize,
+    /// Permissions per allocation.
+    pub permissions_per_allocation: usize,
+    /// Channels per allocation.
+    pub channels_per_allocation: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let q = Quotas::default();
+        Limits {
+            total_allocations: q.total_allocations,
+            allocations_per_user: q.allocations_per_user,
+            allocations_per_ip: q.allocations_per_ip,
+            permissions_per_allocation: q.permissions_per_allocation,
+            channels_per_allocation: q.channels_per_allocation,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Log {
+    /// A tracing filter: "info", "turnd=debug"...
+    pub level: String,
+    /// text or json.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// The realm for long-term credentials.
+    pub realm: String,
+    /// SOFTWARE attribute value; empty to send none.
+    pub software: String,
+    /// Listening sockets.
+    pub listen: Vec<Listen>,
+    /// Relay settings.
+    pub relay: Relay,
+    /// Credentials.
+    pub auth: Auth,
+    /// Quotas.
+    pub limits: Limits,
+    /// Logging.
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            realm: "turnd".into(),
+            software: concat!("turnd/", env!("CARGO_PKG_VERSION")).into(),
+            listen: vec![Listen { transport: ListenTransport::Udp, address: SocketAddr::from(([0, 0, 0, 0], 3478)) }],
+            relay: Relay::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source.get(..offset).map_or(1, |s| s.lines().count().max(1) + usize::from(s.ends_with('\n')))
+}
+
+/// The line a `key = ` assignment appears on, or 0.
+fn line_of_key(source: &str, key: &str) -> usize {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    source
+        .lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.starts_with(leaf) && t[leaf.len()..].trim_start().starts_with('=')
+        })
+        .map_or(0, |i| i + 1)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(source).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.span().map_or(0, |s| line_of(source, s.start)),
+            message: e.message().to_owned(),
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of_key(source, key),
+            key: key.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.realm.is_empty() || self.realm.len() > 127 {
+            return Err(("realm", "must be 1 to 127 characters (RFC 8489 §14.9)".into()));
+        }
+        if self.listen.is_empty() {
+            return Err(("listen", "at least one listener is needed".into()));
+        }
+        if self.listen.iter().any(|l| l.transport != ListenTransport::Udp) {
+            return Err(("transport", "only \"udp\" listeners are supported by this build".into()));
+        }
+        if self.relay.port_min > self.relay.port_max || self.relay.port_min == 0 {
+            return Err((
+                "relay.port-min",
+                format!("relay port range {}-{} is empty or starts at 0", self.relay.port_min, self.relay.port_max),
+            ));
+        }
+        if self.relay.max_lifetime < Duration::from_secs(60) {
+            return Err(("relay.max-lifetime", "must be at least 60s".into()));
+        }
+        if self.auth.nonce_lifetime < Duration::from_secs(10) {
+            return Err(("auth.nonce-lifetime", "must be at least 10s".into()));
+        }
+        for user in &self.auth.user {
+            match (&user.password, &user.key) {
+                (Some(_), None) => {}
+                (None, Some(key)) if parse_hex_key(key).is_some() => {}
+                (None, Some(_)) => {
+                    return Err(("auth.user.key", format!("user {:?}: key must be 32 hex digits", user.name)))
+                }
+                _ => {
+                    return Err((
+                        "auth.user.name",
+                        format!("user {:?}: give exactly one of password or key", user.name),
+                    ))
+                }
+            }
+            if user.name.is_empty() || user.name.len() > 512 {
+                return Err(("auth.user.name", "must be 1 to 512 bytes (RFC 8489 §14.3)".into()));
+            }
+        }
+        if self.auth.secrets.iter().any(|s| s.is_empty()) {
+            return Err(("auth.secrets", "a shared secret cannot be empty".into()));
+        }
+        let l = &self.limits;
+        if [
+            l.total_allocations,
+            l.allocations_per_user,
+            l.allocations_per_ip,
+            l.permissions_per_allocation,
+            l.channels_per_allocation,
+        ]
+        .contains(&0)
+        {
+            return Err(("limits", "limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether anyone can authenticate.
+    pub fn has_credentials(&self) -> bool {
+        !self.auth.user.is_empty() || !self.auth.secrets.is_empty()
+    }
+
+    /// The core's view of this config.
+    pub fn core(&self) -> CoreConfig {
+        let mut credentials = Credentials::new(self.realm.clone());
+        for user in &self.auth.user {
+            match (&user.password, user.key.as_deref().and_then(parse_hex_key)) {
+                (Some(password), _) => credentials.add_user(&user.name, password),
+                (None, Some(key)) => credentials.add_user_key(&user.name, key),
+                (None, None) => {}
+            }
+        }
+        for secret in &self.auth.secrets {
+            credentials.add_secret(secret.as_bytes());
+        }
+        CoreConfig {
+            software: (!self.software.is_empty()).then(|| self.software.clone()),
+            credentials,
+            nonce_lifetime: self.auth.nonce_lifetime,
+            max_lifetime: self.relay.max_lifetime,
+            port_range: self.relay.port_min..=self.relay.port_max,
+            relay: RelayAddresses {
+                bind_v4: self.relay.bind_ipv4,
+                external_v4: self.relay.external_ipv4,
+                bind_v6: self.relay.bind_ipv6,
+                external_v6: self.relay.external_ipv6,
+            },
+            policy: PeerPolicy::new(self.relay.allowed_peers.clone(), self.relay.denied_peers.clone()),
+            quotas: Quotas {
+                total_allocations: self.limits.total_allocations,
+                allocations_per_user: self.limits.allocations_per_user,
+                allocations_per_ip: self.limits.allocations_per_ip,
+                permissions_per_allocation: self.limits.permissions_per_allocation,
+                channels_per_allocation: self.limits.channels_per_allocation,
+            },
+        }
+    }
+}
+
+fn parse_hex_key(hex: &str) -> Option<[u8; 16]> {
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/turnd.toml");
+        let config = Config::load(&path).unwrap();
+        assert!(config.has_credentials());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_line_and_key() {
+        let err = parse("realm = \"x\"\n\n[relay]\nport-minn = 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.contains("port-minn"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let err = parse("[relay]\nport-min = 60000\nport-max = 50000\n").unwrap_err().to_string();
+        assert_eq!(err, "t.toml:2: `relay.port-min`: relay port range 60000-50000 is empty or starts at 0");
+        let err = parse("[[auth.user]]\nname = \"a\"\n").unwrap_err().to_string();
+        assert!(err.contains("exactly one of password or key"), "{err}");
+        let err = parse("[relay]\nmax-lifetime = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn precomputed_keys_are_accepted() {
+        let c = parse("[[auth.user]]\nname = \"a\"\nkey = \"0x0123456789abcdef0123456789abcdef\"\n").unwrap();
+        assert_eq!(c.core().credentials.user_count(), 1);
+    }
+}

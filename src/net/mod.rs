@@ -1,0 +1,390 @@
+//! The tokio shell around the sans-IO core: sockets, timers and signals. One event loop
+//! owns one [`Server`]; every socket it serves (client listeners and relay sockets) sits
+//! in one level-triggered epoll set that tokio watches as a single descriptor.
+
+mod epoll;
+pub mod relay_socket;
+
+use crate::turn::handlers::RelayBindError;
+use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::server::{EndReason, Event, Output};
+use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, SystemRng, Transport};
+use epoll::Epoll;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::pin::pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tracing::{debug, info, warn};
+
+/// Epoll tokens at or above this are listeners; below are allocation ids.
+const LISTENER_TOKEN: u64 = 1 << 62;
+/// Datagrams read per recvmmsg call on a listener.
+const BATCH: usize = 8;
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65536;
+/// How many reads one socket gets per wake-up before others get a turn.
+const READS_PER_WAKE: usize = 16;
+/// Socket buffer size asked for on listeners: bursts of media must not overflow them.
+const LISTENER_BUFFER: usize = 4 << 20;
+
+/// A control message for a running event loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Replace the core's configuration (SIGHUP reload).
+    Reconfigure(Box<CoreConfig>),
+    /// Stop.
+    Shutdown,
+}
+
+/// A bound client-facing UDP socket.
+struct Listener {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+/// Binds the configured UDP listeners. Separate from [`EventLoop::new`] so the caller
+/// learns the bound addresses (port 0 is resolved here).
+pub fn bind_udp_listener(address: SocketAddr) -> io::Result<(UdpSocket, SocketAddr)> {
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(LISTENER_BUFFER);
+    let _ = socket.set_send_buffer_size(LISTENER_BUFFER);
+    let socket: UdpSocket = socket.into();
+    let local = socket.local_addr()?;
+    Ok((socket, local))
+}
+
+/// The event loop: owns the core, the listeners and the relay sockets.
+pub struct EventLoop {
+    core: Server,
+    listeners: Vec<Listener>,
+    relays: HashMap<AllocationId, UdpSocket>,
+    epoll: Epoll,
+    recv_slots: Vec<u8>,
+    relay_buf: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+    ready: Vec<u64>,
+}
+
+impl EventLoop {
+    /// An event loop serving `listeners` with a core built from `config`.
+    pub fn new(config: CoreConfig, listeners: Vec<UdpSocket>) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let mut bound = Vec::new();
+        for (i, socket) in listeners.into_iter().enumerate() {
+            let state = UdpSocketState::new((&socket).into())?;
+            disable_gro_and_pmtud(&socket);
+            let local = socket.local_addr()?;
+            epoll.add(socket.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
+            bound.push(Listener { socket, state, local });
+        }
+        let mut config = config;
+        config.policy.deny_own_sockets(bound.iter().flat_map(|l| own_addresses(l.local)));
+        Ok(EventLoop {
+            core: Server::new(config, Box::new(SystemRng::default()), Instant::now()),
+            listeners: bound,
+            relays: HashMap::new(),
+            epoll,
+            recv_slots: vec![0; BATCH * MAX_DATAGRAM],
+            relay_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            ready: Vec::with_capacity(256),
+        })
+    }
+
+    /// Runs until `control` says stop or closes.
+    pub async fn run(mut self, mut control: tokio::sync::mpsc::Receiver<Control>) -> io::Result<()> {
+        // SAFETY: the epoll fd is owned by `self.epoll`, which outlives `watch` (a local
+        // dropped before `self` at the end of this function) and is never replaced.
+        let watch = unsafe { AsyncFd::register_with_interest(EpollFd(self.epoll.as_raw_fd()), Interest::READABLE) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        loop {
+            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            let sleep = pin!(async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            });
+            tokio::select! {
+                guard = watch.readable() => {
+                    let mut guard = guard?;
+                    if self.serve_ready()? == 0 {
+                        guard.clear_ready();
+                    }
+                }
+                () = sleep => {}
+                message = control.recv() => match message {
+                    Some(Control::Reconfigure(config)) => self.reconfigure(*config),
+                    Some(Control::Shutdown) | None => return Ok(()),
+                },
+            }
+            self.core.handle_timeout(Instant::now());
+            self.drain_outputs();
+        }
+    }
+
+    fn reconfigure(&mut self, mut config: CoreConfig) {
+        config.policy.deny_own_sockets(self.listeners.iter().flat_map(|l| own_addresses(l.local)));
+        self.core.reconfigure(config);
+        info!("configuration reloaded");
+    }
+
+    /// Serves every ready socket once; returns how many were ready.
+    fn serve_ready(&mut self) -> io::Result<usize> {
+        let n = self.epoll.poll_ready(&mut self.events, &mut self.ready)?;
+        for i in 0..self.ready.len() {
+            let token = self.ready[i];
+            if token >= LISTENER_TOKEN {
+                self.serve_listener((token - LISTENER_TOKEN) as usize);
+            } else {
+                self.serve_relay(AllocationId(token));
+            }
+        }
+        Ok(n)
+    }
+
+    fn serve_listener(&mut self, index: usize) {
+        for _ in 0..READS_PER_WAKE {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let mut meta = [RecvMeta::default(); BATCH];
+            let received = {
+                let mut slots = self.recv_slots.chunks_mut(MAX_DATAGRAM);
+                let mut bufs: [IoSliceMut<'_>; BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+                listener.state.recv((&listener.socket).into(), &mut bufs, &mut meta)
+            };
+            let count = match received {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "receive error on listener");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let local = listener.local;
+            for (slot, meta) in meta.iter().take(count).enumerate() {
+                let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
+                let from = FiveTuple { transport: Transport::Udp, client: meta.addr, server };
+                // A zero source port cannot be answered and is a classic spoofing tell.
+                if meta.addr.port() == 0 {
+                    continue;
+                }
+                let start = slot * MAX_DATAGRAM;
+                let stride = meta.stride.max(1);
+                let mut offset = 0;
+                while offset < meta.len {
+                    let end = (offset + stride).min(meta.len);
+                    let Some(packet) = self.recv_slots.get(start + offset..start + end) else {
+                        break;
+                    };
+                    if let Some(out) = self.core.handle_client_packet(now, unix_now(), from, packet) {
+                        if let (Some(relay), Some(payload)) =
+                            (self.relays.get(&out.allocation), packet.get(out.payload.clone()))
+                        {
+                            if let Err(e) = relay.send_to(payload, out.peer) {
+                                debug!(error = %e, peer = %out.peer, "send to peer failed");
+                            }
+                        }
+                    }
+                    offset = end;
+                    self.drain_outputs();
+                }
+            }
+        }
+    }
+
+    fn serve_relay(&mut self, id: AllocationId) {
+        for _ in 0..READS_PER_WAKE {
+            let Some(relay) = self.relays.get(&id) else {
+                return;
+            };
+            let payload_area = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM;
+            let Some(area) = self.relay_buf.get_mut(payload_area) else {
+                return;
+            };
+            let (len, peer) = match relay.recv_from(area) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors (port unreachable) surface here; the allocation lives on.
+                    debug!(error = %e, allocation = id.0, "receive error on relay socket");
+                    continue;
+                }
+            };
+            let payload = PEER_HEADROOM..PEER_HEADROOM + len;
+            let Some(out) = self.core.handle_peer_packet(Instant::now(), id, peer, &mut self.relay_buf, payload) else {
+                continue;
+            };
+            let Some(listener) = listener_for(&self.listeners, out.to.server) else {
+                continue;
+            };
+            let Some(contents) = self.relay_buf.get(out.range.clone()) else {
+                continue;
+            };
+            send_to_client(listener, out.to, contents);
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => {
+                    if let Some(listener) = listener_for(&self.listeners, to.server) {
+                        send_to_client(listener, to, &bytes);
+                    }
+                }
+                Output::BindRelay { allocation, local, dont_fragment } => {
+                    let result = self.open_relay(allocation, local, dont_fragment);
+                    self.core.handle_relay_bound(Instant::now(), allocation, result);
+                }
+                Output::CloseRelay { allocation } => {
+                    if let Some(socket) = self.relays.remove(&allocation) {
+                        self.epoll.remove(socket.as_raw_fd());
+                    }
+                }
+                Output::Event(event) => log_event(&event),
+            }
+        }
+    }
+
+    fn open_relay(
+        &mut self,
+        id: AllocationId,
+        local: SocketAddr,
+        dont_fragment: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        let socket = match relay_socket::bind(local, dont_fragment) {
+            Ok(socket) => socket,
+            Err((kind, e)) => {
+                if kind != RelayBindError::AddrInUse {
+                    warn!(error = %e, %local, "cannot open relay socket");
+                }
+                return Err(kind);
+            }
+        };
+        let socket: UdpSocket = socket.into();
+        let bound = socket.local_addr().map_err(|_| RelayBindError::Other)?;
+        if let Err(e) = self.epoll.add(socket.as_raw_fd(), id.0) {
+            warn!(error = %e, "cannot watch relay socket");
+            return Err(RelayBindError::Other);
+        }
+        self.relays.insert(id, socket);
+        Ok(bound)
+    }
+}
+
+/// The epoll descriptor as tokio sees it; ownership stays with [`Epoll`].
+struct EpollFd(std::os::fd::RawFd);
+
+impl AsRawFd for EpollFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn listener_for(listeners: &[Listener], server: SocketAddr) -> Option<&Listener> {
+    listeners
+        .iter()
+        .find(|l| l.local == server)
+        .or_else(|| listeners.iter().find(|l| l.local.port() == server.port() && l.local.ip().is_unspecified()))
+}
+
+fn send_to_client(listener: &Listener, to: FiveTuple, contents: &[u8]) {
+    let transmit = Transmit {
+        destination: to.client,
+        ecn: None,
+        contents,
+        segment_size: None,
+        src_ip: listener.local.ip().is_unspecified().then_some(to.server.ip()),
+    };
+    if let Err(e) = listener.state.try_send((&listener.socket).into(), &transmit) {
+        debug!(error = %e, client = %to.client, "send to client failed");
+    }
+}
+
+/// quinn-udp turns on GRO and path-MTU probing (DF) for QUIC; a TURN listener wants
+/// neither yet: datagrams are handled one by one, and relayed media should fragment
+/// rather than vanish on a small-MTU path, as it would through any other relay.
+fn disable_gro_and_pmtud(socket: &UdpSocket) {
+    let off: libc::c_int = 0;
+    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+    for (level, name, value) in [(libc::SOL_UDP, libc::UDP_GRO, &off), (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont)]
+    {
+        // SAFETY: setsockopt reads one c_int from a valid reference.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The transport addresses a listener answers on, for the peer policy's own-socket
+/// check. A wildcard listener is reachable on loopback at least.
+fn own_addresses(local: SocketAddr) -> Vec<SocketAddr> {
+    if local.ip().is_unspecified() {
+        let loopback: std::net::IpAddr =
+            if local.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        vec![local, SocketAddr::new(loopback, local.port())]
+    } else {
+        vec![local]
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::AllocationCreated { id, five_tuple, username, relay, lifetime } => info!(
+            allocation = id.0, client = %five_tuple.client, user = %username, relay = %relay,
+            lifetime = lifetime.as_secs(), "allocation created"
+        ),
+        Event::AllocationRefreshed { id, lifetime } => {
+            debug!(allocation = id.0, lifetime = lifetime.as_secs(), "allocation refreshed")
+        }
+        Event::AllocationEnded { id, five_tuple, username, reason, traffic, duration } => info!(
+            allocation = id.0, client = %five_tuple.client, user = %username,
+            reason = match reason { EndReason::Expired => "expired", EndReason::Deleted => "deleted", EndReason::Closed => "closed" },
+            to_peer_bytes = traffic.to_peer_bytes, to_client_bytes = traffic.to_client_bytes,
+            duration = duration.as_secs(), "allocation ended"
+        ),
+        Event::AuthFailed { client, reason } => debug!(client = %client, reason = ?reason, "authentication failed"),
+        Event::PeerDenied { id, peer } => warn!(allocation = id.0, peer = %peer, "peer refused by policy"),
+    }
+}
+
+/// Runs `future` until SIGINT or SIGTERM.
+pub async fn until_signal<F: Future>(future: F) -> Option<F::Output> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()?;
+    tokio::select! {
+        out = future => Some(out),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+    }
+}
+
+/// How long the shell waits at most between timer checks when the core has none.
+pub const IDLE_TICK: Duration = Duration::from_secs(60);

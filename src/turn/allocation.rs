@@ -1,0 +1,194 @@
+//! One allocation's state (RFC 8656 §2.2): its relay address, lifetime, permissions and
+//! channel bindings. Lists are small vectors bounded by the per-allocation quotas:
+//! a linear scan of a few entries beats hashing on the relay path.
+
+use super::auth::Key;
+use super::FiveTuple;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use stun_codec::TransactionId;
+
+/// RFC 8656 §9: permissions last 300 seconds.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: channel bindings last 600 seconds.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// A permission for one peer IP address.
+#[derive(Debug, Clone, Copy)]
+struct Permission {
+    ip: IpAddr,
+    expires: Instant,
+}
+
+/// A channel binding: a channel number bound to a peer transport address.
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+/// Traffic relayed for one allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams relayed client to peer.
+    pub to_peer_packets: u64,
+    /// Payload bytes relayed client to peer.
+    pub to_peer_bytes: u64,
+    /// Datagrams relayed peer to client.
+    pub to_client_packets: u64,
+    /// Payload bytes relayed peer to client.
+    pub to_client_bytes: u64,
+}
+
+/// Why a channel could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindError {
+    /// The number is bound to another peer, or the peer to another number (400).
+    Conflict,
+    /// The allocation has as many channels as its quota allows.
+    Quota,
+}
+
+/// An allocation on the server.
+#[derive(Debug)]
+pub struct Allocation {
+    /// The client's 5-tuple: the allocation's identity.
+    pub five_tuple: FiveTuple,
+    /// The user that created it; later requests must use the same one (RFC 8656 §5).
+    pub username: Box<str>,
+    /// The key later requests are checked with.
+    pub key: Key,
+    /// The relay socket's local address.
+    pub relay: SocketAddr,
+    /// The relay address told to the client (differs behind NAT).
+    pub advertised: SocketAddr,
+    /// When it was created.
+    pub created: Instant,
+    /// When it expires unless refreshed.
+    pub expires: Instant,
+    /// The Allocate transaction that created it, to answer retransmissions.
+    pub transaction_id: TransactionId,
+    /// Traffic counters.
+    pub traffic: Traffic,
+    /// Set once a policy denial on this allocation has been logged.
+    pub denial_logged: bool,
+    permissions: Vec<Permission>,
+    channels: Vec<Channel>,
+}
+
+impl Allocation {
+    /// A new allocation with no permissions or channels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        five_tuple: FiveTuple,
+        username: &str,
+        key: Key,
+        relay: SocketAddr,
+        advertised: SocketAddr,
+        now: Instant,
+        lifetime: Duration,
+        transaction_id: TransactionId,
+    ) -> Self {
+        Allocation {
+            five_tuple,
+            username: username.into(),
+            key,
+            relay,
+            advertised,
+            created: now,
+            expires: now + lifetime,
+            transaction_id,
+            traffic: Traffic::default(),
+            denial_logged: false,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// Seconds of life left (for LIFETIME in a retransmitted response).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expires.saturating_duration_since(now)
+    }
+
+    /// Whether a permission for `ip` is in force.
+    pub fn is_permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|p| p.ip == ip && p.expires > now)
+    }
+
+    /// Installs or refreshes the permission for `ip`; false when a new permission would
+    /// exceed `max`.
+    pub fn permit(&mut self, ip: IpAddr, now: Instant, max: usize) -> bool {
+        let expires = now + PERMISSION_LIFETIME;
+        if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+            p.expires = expires;
+            return true;
+        }
+        self.permissions.retain(|p| p.expires > now);
+        if self.permissions.len() >= max {
+            return false;
+        }
+        self.permissions.push(Permission { ip, expires });
+        true
+    }
+
+    /// Whether `count` new permissions (for IPs not yet permitted) fit under `max`.
+    pub fn has_room_for_permissions(&self, new_ips: &[IpAddr], now: Instant, max: usize) -> bool {
+        let live = self.permissions.iter().filter(|p| p.expires > now).count();
+        let fresh = new_ips.iter().filter(|ip| !self.permissions.iter().any(|p| p.ip == **ip)).count();
+        live + fresh <= max
+    }
+
+    /// The peer bound to channel `number`, if the binding is in force.
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels.iter().find(|c| c.number == number && c.expires > now).map(|c| c.peer)
+    }
+
+    /// The channel bound to `peer`, if any binding is in force.
+    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels.iter().find(|c| c.peer == peer && c.expires > now).map(|c| c.number)
+    }
+
+    /// Binds or refreshes channel `number` to `peer` (RFC 8656 §11.2 rules).
+    pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, now: Instant, max: usize) -> Result<(), BindError> {
+        self.channels.retain(|c| c.expires > now);
+        let expires = now + CHANNEL_LIFETIME;
+        let by_number = self.channels.iter().position(|c| c.number == number);
+        let by_peer = self.channels.iter().position(|c| c.peer == peer);
+        match (by_number, by_peer) {
+            (Some(a), Some(b)) if a == b => {
+                self.channels[a].expires = expires;
+                Ok(())
+            }
+            (None, None) if self.channels.len() < max => {
+                self.channels.push(Channel { number, peer, expires });
+                Ok(())
+            }
+            (None, None) => Err(BindError::Quota),
+            _ => Err(BindError::Conflict),
+        }
+    }
+
+    /// Live permissions and channels, for gauges.
+    pub fn counts(&self, now: Instant) -> (usize, usize) {
+        (
+            self.permissions.iter().filter(|p| p.expires > now).count(),
+            self.channels.iter().filter(|c| c.expires > now).count(),
+        )
+    }
+
+    /// Drops expired permissions and channels.
+    pub fn prune(&mut self, now: Instant) {
+        self.permissions.retain(|p| p.expires > now);
+        self.channels.retain(|c| c.expires > now);
+    }
+
+    /// Drops permissions and channels whose peers `denied` now refuses (after a policy
+    /// reload); returns how many went.
+    pub fn revoke(&mut self, denied: impl Fn(SocketAddr) -> bool) -> usize {
+        let before = self.permissions.len() + self.channels.len();
+        self.permissions.retain(|p| !denied(SocketAddr::new(p.ip, 0)));
+        self.channels.retain(|c| !denied(c.peer));
+        before - self.permissions.len() - self.channels.len()
+    }
+}

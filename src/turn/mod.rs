@@ -1,0 +1,102 @@
+//! The sans-IO TURN core. It owns no socket and reads no clock: the shell feeds it
+//! `(now, input)` through `handle_*` methods and drains what to send, which relay
+//! sockets to open or close, and when to wake it next through `poll_*` methods.
+
+pub mod allocation;
+pub mod auth;
+pub mod handlers;
+pub mod policy;
+pub mod ports;
+pub mod relay;
+pub mod server;
+
+pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server, Stats};
+use std::net::SocketAddr;
+
+/// How a client reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Datagrams.
+    Udp,
+    /// A TCP connection.
+    Tcp,
+    /// A TLS connection.
+    Tls,
+}
+
+/// RFC 8656 §2: the 5-tuple identifying a client's allocation: transport, client
+/// address and the server address the client sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// The transport protocol.
+    pub transport: Transport,
+    /// The client's transport address as the server sees it.
+    pub client: SocketAddr,
+    /// The server's local address the client's packets arrive on.
+    pub server: SocketAddr,
+}
+
+/// Identifies an allocation and its relay socket between the core and the shell.
+/// Never reused within a process, so a stale id cannot reach another allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId(pub u64);
+
+/// The random source for nonce secrets, ports and tokens: a CSPRNG in production,
+/// injectable so tests are deterministic.
+pub trait Rng {
+    /// Fills `dest` with random bytes.
+    fn fill(&mut self, dest: &mut [u8]);
+
+    /// A random u32.
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill(&mut b);
+        u32::from_be_bytes(b)
+    }
+
+    /// A random u64.
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill(&mut b);
+        u64::from_be_bytes(b)
+    }
+}
+
+/// The operating system's CSPRNG (through `ring`).
+#[derive(Debug)]
+pub struct SystemRng(ring::rand::SystemRandom);
+
+impl Default for SystemRng {
+    fn default() -> Self {
+        SystemRng(ring::rand::SystemRandom::new())
+    }
+}
+
+impl Rng for SystemRng {
+    fn fill(&mut self, dest: &mut [u8]) {
+        use ring::rand::SecureRandom;
+        // getrandom(2) does not fail once the kernel pool is initialised; if it ever
+        // did, refusing to serve beats handing out predictable nonces and tokens.
+        if self.0.fill(dest).is_err() {
+            panic!("the system CSPRNG failed");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::Rng;
+
+    /// A deterministic "random" source: counts up.
+    #[derive(Debug, Default)]
+    pub struct CountingRng(pub u8);
+
+    impl Rng for CountingRng {
+        fn fill(&mut self, dest: &mut [u8]) {
+            for b in dest {
+                *b = self.0;
+                self.0 = self.0.wrapping_add(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The relay hot path: ChannelData and Send indications from clients, datagrams from
+//! peers. No heap allocation, no codec: headers are read and written in place.
+
+use super::policy::canonical;
+use super::server::Server;
+use super::{AllocationId, FiveTuple, Transport};
+use crate::stun::channel_data::{self, ChannelData};
+use crate::stun::raw::{self, padded, Attributes, Header, HEADER_LEN, MAGIC_COOKIE};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
+
+/// Headroom a peer datagram needs before its payload for the largest header turnd
+/// writes in place: a Data indication with an IPv6 XOR-PEER-ADDRESS (20 + 24 + 4).
+pub const PEER_HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
+/// Room needed after the payload for padding to 4 bytes.
+pub const PEER_TAILROOM: usize = 3;
+
+/// A payload to send from an allocation's relay socket to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToPeer {
+    /// The allocation whose relay socket sends it.
+    pub allocation: AllocationId,
+    /// The destination.
+    pub peer: SocketAddr,
+    /// Where the payload sits in the client's packet.
+    pub payload: Range<usize>,
+}
+
+/// A framed message to send to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToClient {
+    /// The client 5-tuple to send on.
+    pub to: FiveTuple,
+    /// Where the framed message sits in the buffer.
+    pub range: Range<usize>,
+}
+
+impl Server {
+    pub(crate) fn relay_channel_data(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
+        let Some(frame) = ChannelData::parse_datagram(packet) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let target = self.by_five_tuple.get(&from).and_then(|id| {
+            let allocation = self.allocations.get_mut(id)?;
+            let peer = allocation.channel_peer(frame.channel, now)?;
+            allocation.is_permitted(peer.ip(), now).then_some((*id, peer, allocation))
+        });
+        let Some((allocation_id, peer, allocation)) = target else {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        };
+        allocation.traffic.to_peer_packets += 1;
+        allocation.traffic.to_peer_bytes += frame.len as u64;
+        self.stats.relayed_to_peer.0 += 1;
+        self.stats.relayed_to_peer.1 += frame.len as u64;
+        let start = channel_data::HEADER_LEN;
+        Some(ToPeer { allocation: allocation_id, peer, payload: start..start + frame.len })
+    }
+
+    pub(crate) fn relay_send_indication(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
+        let header = Header::parse(packet)?;
+        let mut peer = None;
+        let mut data = None;
+        for attr in Attributes::new(packet) {
+            let Ok(attr) = attr else {
+                self.stats.malformed += 1;
+                return None;
+            };
+            match attr.kind {
+                raw::ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
+                    peer = raw::decode_xor_address(attr.value, &header.transaction_id);
+                }
+                raw::ATTR_DATA if data.is_none() => {
+                    let start = attr.offset + 4;
+                    data = Some(start..start + attr.value.len());
+                }
+                _ => {}
+            }
+        }
+        let (Some(peer), Some(data)) = (peer, data) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let Some(&id) = self.by_five_tuple.get(&from) else {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        };
+        let allocation = self.allocations.get_mut(&id)?;
+        if !allocation.is_permitted(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        // The permission proves the IP passed the policy; the port may still be one of
+        // our own listeners.
+        if self.config.policy.check(peer).is_err() {
+            self.stats.dropped_policy += 1;
+            return None;
+        }
+        allocation.traffic.to_peer_packets += 1;
+        allocation.traffic.to_peer_bytes += data.len() as u64;
+        self.stats.relayed_to_peer.0 += 1;
+        self.stats.relayed_to_peer.1 += data.len() as u64;
+        Some(ToPeer { allocation: id, peer, payload: data })
+    }
+
+    /// Handles a datagram a peer sent to an allocation's relay socket. The payload sits
+    /// at `buf[payload]` with at least [`PEER_HEADROOM`] bytes before it and
+    /// [`PEER_TAILROOM`] after; the ChannelData or Data indication header is written
+    /// in place and the framed range returned.
+    pub fn handle_peer_packet(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> Option<ToClient> {
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let Some(entry) = self.allocations.get_mut(&allocation) else {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        };
+        if !entry.is_permitted(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        let len = payload.len();
+        let stream = entry.five_tuple.transport != Transport::Udp;
+        let range = match entry.channel_for(peer, now) {
+            Some(channel) => {
+                let start = payload.start.checked_sub(channel_data::HEADER_LEN)?;
+                let header: &mut [u8; 4] = buf.get_mut(start..payload.start)?.try_into().ok()?;
+                ChannelData::write_header(channel, u16::try_from(len).ok()?, header);
+                // RFC 8656 §12.5: over streams, ChannelData is padded to 4 bytes.
+                let end = if stream { payload.start + padded(len) } else { payload.end };
+                buf.get_mut(payload.end..end)?.fill(0);
+                start..end
+            }
+            None => {
+                self.data_indication_tid = self.data_indication_tid.wrapping_add(1);
+                let tid = data_indication_tid(self.tid_prefix, self.data_indication_tid);
+                write_data_indication(buf, &payload, peer, &tid)?
+            }
+        };
+        entry.traffic.to_client_packets += 1;
+        entry.traffic.to_client_bytes += len as u64;
+        self.stats.relayed_to_client.0 += 1;
+        self.stats.relayed_to_client.1 += len as u64;
+        Some(ToClient { to: entry.five_tuple, range })
+    }
+}
+
+fn data_indication_tid(prefix: u32, counter: u64) -> [u8; 12] {
+    let mut tid = [0u8; 12];
+    tid[..4].copy_from_slice(&prefix.to_be_bytes());
+    tid[4..].copy_from_slice(&counter.to_be_bytes());
+    tid
+}
+
+/// Writes a Data indication (RFC 8656 §11.6) around `buf[payload]` in place.
+fn write_data_indication(
+    buf: &mut [u8],
+    payload: &Range<usize>,
+    peer: SocketAddr,
+    tid: &[u8; 12],
+) -> Option<Range<usize>> {
+    let addr_len = if peer.is_ipv4() { 8 } else { 20 };
+    let len = payload.len();
+    let start = payload.start.checked_sub(HEADER_LEN + 4 + addr_len + 4)?;
+    let end = payload.start + padded(len);
+    buf.get_mut(payload.end..end)?.fill(0);
+    let head = buf.get_mut(start..payload.start)?;
+    let body_len = u16::try_from(end - start - HEADER_LEN).ok()?;
+    head[0..2].copy_from_slice(&raw::TYPE_DATA_INDICATION.to_be_bytes());
+    head[2..4].copy_from_slice(&body_len.to_be_bytes());
+    head[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    head[8..20].copy_from_slice(tid);
+    head[20..22].copy_from_slice(&raw::ATTR_XOR_PEER_ADDRESS.to_be_bytes());
+    head[22..24].copy_from_slice(&(addr_len as u16).to_be_bytes());
+    raw::encode_xor_address(peer, tid, &mut head[24..24 + addr_len])?;
+    let data = 24 + addr_len;
+    head[data..data + 2].copy_from_slice(&raw::ATTR_DATA.to_be_bytes());
+    head[data + 2..data + 4].copy_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+    Some(start..end)
+}

@@ -1,0 +1,622 @@
+//! The TURN server state machine: what it owns, its inputs and outputs, timers, and
+//! the dispatch of STUN requests. Request handlers live in `handlers.rs`, the relay
+//! hot path in `relay.rs`.
+
+use super::allocation::{Allocation, Traffic};
+use super::auth::{Credentials, Key, NonceCodec};
+use super::policy::PeerPolicy;
+use super::ports::PortPool;
+use super::{AllocationId, FiveTuple, Rng};
+use crate::stun::message::{self, DecodeError, IntegritySet, Message, Protection};
+use crate::stun::raw::{self, PacketKind};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+use stun_codec::rfc5389::attributes::{Software, UnknownAttributes};
+use stun_codec::{MessageClass, Method, TransactionId};
+
+/// RFC 8656 §7.2: the default allocation lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §7.2: how long a RESERVATION-TOKEN holds its port.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// How many ports an Allocate tries when binding fails because a port is taken by
+/// another process.
+pub(crate) const BIND_ATTEMPTS: u8 = 8;
+
+/// Where relay sockets bind and what address they advertise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayAddresses {
+    /// Bind IPv4 relays here; `None`: the local address the request arrived on.
+    pub bind_v4: Option<Ipv4Addr>,
+    /// Advertise this IPv4 address in XOR-RELAYED-ADDRESS (a server behind NAT).
+    pub external_v4: Option<Ipv4Addr>,
+    /// Bind IPv6 relays here; `None`: the local address the request arrived on.
+    pub bind_v6: Option<Ipv6Addr>,
+    /// Advertise this IPv6 address.
+    pub external_v6: Option<Ipv6Addr>,
+}
+
+/// Limits on what clients may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Allocations on this server in all (508 past it).
+    pub total_allocations: usize,
+    /// Allocations per username (486 past it).
+    pub allocations_per_user: usize,
+    /// Allocations per client IP address (486 past it).
+    pub allocations_per_ip: usize,
+    /// Permissions per allocation (486 past it).
+    pub permissions_per_allocation: usize,
+    /// Channels per allocation (486 past it).
+    pub channels_per_allocation: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            total_allocations: 10_000,
+            allocations_per_user: 100,
+            allocations_per_ip: 100,
+            permissions_per_allocation: 64,
+            channels_per_allocation: 64,
+        }
+    }
+}
+
+/// The core's configuration: what can change on reload without touching sockets.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// SOFTWARE attribute on responses to authenticated and Binding requests.
+    pub software: Option<String>,
+    /// Accepted users and secrets, with the realm.
+    pub credentials: Credentials,
+    /// How long a nonce is valid.
+    pub nonce_lifetime: Duration,
+    /// The longest lifetime an allocation may be given.
+    pub max_lifetime: Duration,
+    /// Relay port range.
+    pub port_range: RangeInclusive<u16>,
+    /// Relay bind and advertised addresses.
+    pub relay: RelayAddresses,
+    /// Which peers may be reached.
+    pub policy: PeerPolicy,
+    /// Limits.
+    pub quotas: Quotas,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            software: Some(concat!("turnd/", env!("CARGO_PKG_VERSION")).to_owned()),
+            credentials: Credentials::new("turnd"),
+            nonce_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            port_range: 49152..=65535,
+            relay: RelayAddresses::default(),
+            policy: PeerPolicy::default(),
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// Something the shell must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `bytes` to the client on `to`.
+    Transmit {
+        /// The client 5-tuple to send on.
+        to: FiveTuple,
+        /// The encoded STUN message.
+        bytes: Vec<u8>,
+    },
+    /// Open a UDP relay socket bound to `local`, then call
+    /// [`Server::handle_relay_bound`] with the outcome.
+    BindRelay {
+        /// The allocation the socket belongs to.
+        allocation: AllocationId,
+        /// The address (with port) to bind.
+        local: SocketAddr,
+        /// Set the DF bit on outgoing datagrams (RFC 8656 §14.8 DONT-FRAGMENT).
+        dont_fragment: bool,
+    },
+    /// Close the relay socket of an allocation that is gone.
+    CloseRelay {
+        /// The allocation.
+        allocation: AllocationId,
+    },
+    /// Something worth logging or streaming to operators.
+    Event(Event),
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its lifetime ran out.
+    Expired,
+    /// The client sent Refresh with LIFETIME 0.
+    Deleted,
+    /// The shell closed it (TCP connection closed, admin action).
+    Closed,
+}
+
+/// Events for logs, metrics and the admin channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An allocation was created.
+    AllocationCreated {
+        /// Its id.
+        id: AllocationId,
+        /// The client.
+        five_tuple: FiveTuple,
+        /// The user.
+        username: String,
+        /// The advertised relay address.
+        relay: SocketAddr,
+        /// Its lifetime.
+        lifetime: Duration,
+    },
+    /// An allocation was refreshed.
+    AllocationRefreshed {
+        /// Its id.
+        id: AllocationId,
+        /// The new lifetime.
+        lifetime: Duration,
+    },
+    /// An allocation ended.
+    AllocationEnded {
+        /// Its id.
+        id: AllocationId,
+        /// The client.
+        five_tuple: FiveTuple,
+        /// The user.
+        username: String,
+        /// Why it ended.
+        reason: EndReason,
+        /// What it relayed.
+        traffic: Traffic,
+        /// How long it lived.
+        duration: Duration,
+    },
+    /// A request failed authentication.
+    AuthFailed {
+        /// The client.
+        client: SocketAddr,
+        /// Which check failed.
+        reason: AuthFailure,
+    },
+    /// A peer was refused by the peer policy (logged once per allocation).
+    PeerDenied {
+        /// The allocation.
+        id: AllocationId,
+        /// The refused peer.
+        peer: SocketAddr,
+    },
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No such user.
+    UnknownUser,
+    /// MESSAGE-INTEGRITY did not verify.
+    BadIntegrity,
+    /// The nonce was stale or forged.
+    StaleNonce,
+    /// A REST credential past its expiry.
+    Expired,
+}
+
+/// Counters the core keeps; the shell publishes them. Plain integers: one core per
+/// worker, so no atomics on the relay path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that were not STUN or ChannelData, or failed to parse.
+    pub malformed: u64,
+    /// Responses and unexpected indications from clients, dropped.
+    pub unexpected: u64,
+    /// Requests answered, by class: successes.
+    pub requests_ok: u64,
+    /// Requests answered with an error.
+    pub requests_failed: u64,
+    /// Authentication failures.
+    pub auth_failures: u64,
+    /// Client-to-peer packets dropped: no allocation, channel or permission.
+    pub dropped_no_permission: u64,
+    /// Packets for peers the policy refuses.
+    pub dropped_policy: u64,
+    /// Allocations created.
+    pub allocations_created: u64,
+    /// Allocations that expired.
+    pub allocations_expired: u64,
+    /// Datagrams relayed client to peer, and their payload bytes.
+    pub relayed_to_peer: (u64, u64),
+    /// Datagrams relayed peer to client, and their payload bytes.
+    pub relayed_to_client: (u64, u64),
+}
+
+/// An Allocate waiting for the shell to bind its relay socket.
+#[derive(Debug)]
+pub(crate) struct PendingAllocate {
+    pub five_tuple: FiveTuple,
+    pub transaction_id: TransactionId,
+    pub username: String,
+    pub auth: Auth,
+    pub lifetime: Duration,
+    pub port: u16,
+    pub reserve_next: bool,
+    pub from_reservation: bool,
+    pub even_port: bool,
+    pub dont_fragment: bool,
+    pub bind_ip: IpAddr,
+    pub attempts: u8,
+}
+
+/// A port held for a later Allocate by RESERVATION-TOKEN.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    pub port: u16,
+    pub expires: Instant,
+}
+
+/// The authenticated identity behind a request, to protect the response with.
+#[derive(Debug, Clone)]
+pub(crate) struct Auth {
+    pub username: String,
+    pub key: Key,
+    pub integrity: IntegritySet,
+}
+
+/// An error answer to a request.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    pub code: u16,
+    pub reason: &'static str,
+    /// Extra attributes (REALM/NONCE on 401/438, UNKNOWN-ATTRIBUTES on 420).
+    pub attributes: Vec<crate::stun::attributes::Attribute>,
+    /// Set once the request authenticated: the error response then carries integrity.
+    pub auth: Option<Auth>,
+}
+
+impl Reject {
+    pub fn new(code: u16, reason: &'static str) -> Self {
+        Reject { code, reason, attributes: Vec::new(), auth: None }
+    }
+
+    pub fn with_auth(mut self, auth: &Auth) -> Self {
+        self.auth = Some(auth.clone());
+        self
+    }
+}
+
+/// The TURN server core.
+pub struct Server {
+    pub(crate) config: CoreConfig,
+    pub(crate) nonces: NonceCodec,
+    pub(crate) ports: PortPool,
+    pub(crate) rng: Box<dyn Rng + Send>,
+    pub(crate) allocations: HashMap<AllocationId, Allocation>,
+    pub(crate) by_five_tuple: HashMap<FiveTuple, AllocationId>,
+    pub(crate) per_user: HashMap<Box<str>, usize>,
+    pub(crate) per_ip: HashMap<IpAddr, usize>,
+    pub(crate) expiries: BinaryHeap<Reverse<(Instant, AllocationId)>>,
+    pub(crate) pending: HashMap<AllocationId, PendingAllocate>,
+    pub(crate) reservations: HashMap<u64, Reservation>,
+    pub(crate) next_id: u64,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) stats: Stats,
+    /// Random prefix and counter for Data indication transaction ids: drawing from the
+    /// CSPRNG per packet would cost a syscall on the relay path.
+    pub(crate) tid_prefix: u32,
+    pub(crate) data_indication_tid: u64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("allocations", &self.allocations.len()).field("stats", &self.stats).finish()
+    }
+}
+
+impl Server {
+    /// A server with `config`, drawing randomness (including the nonce secret) from
+    /// `rng`. `now` is the epoch nonces count from.
+    pub fn new(config: CoreConfig, mut rng: Box<dyn Rng + Send>, now: Instant) -> Self {
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret);
+        Server {
+            nonces: NonceCodec::new(&secret, config.nonce_lifetime, now),
+            ports: PortPool::new(config.port_range.clone()),
+            config,
+            allocations: HashMap::new(),
+            by_five_tuple: HashMap::new(),
+            per_user: HashMap::new(),
+            per_ip: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            pending: HashMap::new(),
+            reservations: HashMap::new(),
+            next_id: 1,
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            tid_prefix: rng.next_u32(),
+            data_indication_tid: rng.next_u64(),
+            rng,
+        }
+    }
+
+    /// Replaces users, secrets, quotas, policy and lifetimes (a config reload).
+    /// Permissions and channels to peers the new policy refuses are revoked; the port
+    /// range only changes for new allocations if it is the same size or the old range
+    /// is unused (ports in use stay valid).
+    pub fn reconfigure(&mut self, config: CoreConfig) {
+        let policy = config.policy.clone();
+        for allocation in self.allocations.values_mut() {
+            allocation.revoke(|peer| policy.check_ip(peer.ip()).is_err());
+        }
+        if config.port_range != self.config.port_range && self.ports.in_use() == 0 {
+            self.ports = PortPool::new(config.port_range.clone());
+        }
+        self.config = config;
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Allocations in force.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Relay ports in use and still available.
+    pub fn port_usage(&self) -> (usize, usize) {
+        (self.ports.in_use(), self.ports.available())
+    }
+
+    /// Live permissions and channels over all allocations.
+    pub fn binding_counts(&self, now: Instant) -> (usize, usize) {
+        self.allocations.values().map(|a| a.counts(now)).fold((0, 0), |acc, c| (acc.0 + c.0, acc.1 + c.1))
+    }
+
+    /// The allocation's client 5-tuple, if it exists.
+    pub fn allocation(&self, id: AllocationId) -> Option<&Allocation> {
+        self.allocations.get(&id)
+    }
+
+    /// The next effect for the shell to carry out.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Server::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let allocation = self.expiries.peek().map(|Reverse((at, _))| *at);
+        let reservation = self.reservations.values().map(|r| r.expires).min();
+        match (allocation, reservation) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    /// Expires allocations and reservations whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.expiries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            // The heap keeps stale entries for refreshed or deleted allocations.
+            let expired = self.allocations.get(&id).is_some_and(|a| a.expires <= now);
+            if expired {
+                self.stats.allocations_expired += 1;
+                self.remove_allocation(id, now, EndReason::Expired);
+            } else if let Some(a) = self.allocations.get_mut(&id) {
+                a.prune(now);
+            }
+        }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, r| {
+            let keep = r.expires > now;
+            if !keep {
+                ports.release(r.port);
+            }
+            keep
+        });
+    }
+
+    /// Closes an allocation from outside the protocol (its TCP connection closed, or an
+    /// operator dropped it).
+    pub fn close_allocation(&mut self, id: AllocationId, now: Instant) -> bool {
+        self.remove_allocation(id, now, EndReason::Closed)
+    }
+
+    /// Closes every allocation on a client 5-tuple (a TCP connection that closed).
+    pub fn close_five_tuple(&mut self, five_tuple: FiveTuple, now: Instant) {
+        if let Some(id) = self.by_five_tuple.get(&five_tuple).copied() {
+            self.remove_allocation(id, now, EndReason::Closed);
+        }
+    }
+
+    pub(crate) fn remove_allocation(&mut self, id: AllocationId, now: Instant, reason: EndReason) -> bool {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return false;
+        };
+        self.by_five_tuple.remove(&allocation.five_tuple);
+        decrement(&mut self.per_user, &allocation.username);
+        decrement(&mut self.per_ip, &allocation.five_tuple.client.ip());
+        self.ports.release(allocation.relay.port());
+        self.outputs.push_back(Output::CloseRelay { allocation: id });
+        self.outputs.push_back(Output::Event(Event::AllocationEnded {
+            id,
+            five_tuple: allocation.five_tuple,
+            username: allocation.username.into(),
+            reason,
+            traffic: allocation.traffic,
+            duration: now.saturating_duration_since(allocation.created),
+        }));
+        true
+    }
+
+    /// Handles a datagram (or a framed stream message) from a client. Returns what to
+    /// relay to a peer when it is ChannelData or a Send indication (the hot path, with
+    /// no allocation); anything else is answered through [`Server::poll_output`].
+    pub fn handle_client_packet(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: FiveTuple,
+        packet: &[u8],
+    ) -> Option<super::relay::ToPeer> {
+        match raw::classify(packet) {
+            PacketKind::ChannelData => self.relay_channel_data(now, from, packet),
+            PacketKind::Stun => {
+                if packet.get(..2) == Some(&raw::TYPE_SEND_INDICATION.to_be_bytes()[..]) {
+                    return self.relay_send_indication(now, from, packet);
+                }
+                self.handle_stun(now, unix_now, from, packet);
+                None
+            }
+            PacketKind::ClassicStun => {
+                match message::classic_binding_response(packet, from.client) {
+                    Some(bytes) => {
+                        self.stats.requests_ok += 1;
+                        self.outputs.push_back(Output::Transmit { to: from, bytes });
+                    }
+                    None => self.stats.malformed += 1,
+                }
+                None
+            }
+            PacketKind::Unknown => {
+                self.stats.malformed += 1;
+                None
+            }
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, unix_now: u64, from: FiveTuple, packet: &[u8]) {
+        let decoded = match message::decode(packet) {
+            Ok(decoded) => decoded,
+            Err(DecodeError::Drop(_)) => {
+                self.stats.malformed += 1;
+                return;
+            }
+            Err(DecodeError::Malformed { method, class, transaction_id }) => {
+                self.stats.malformed += 1;
+                if class == MessageClass::Request {
+                    self.reject(from, method, transaction_id, Reject::new(400, "Bad Request"));
+                }
+                return;
+            }
+        };
+        let request = &decoded.message;
+        if request.class() != MessageClass::Request {
+            // RFC 8489 §6.3.2: indications never get a response; clients send no responses.
+            self.stats.unexpected += 1;
+            return;
+        }
+        let (method, transaction_id) = (request.method(), request.transaction_id());
+        let unknown: Vec<_> = request
+            .unknown_attributes()
+            .map(|a| stun_codec::Attribute::get_type(a))
+            .filter(|t| t.is_comprehension_required())
+            .collect();
+        if !unknown.is_empty() {
+            let mut reject = Reject::new(420, "Unknown Attribute");
+            reject.attributes.push(UnknownAttributes::new(unknown).into());
+            self.reject(from, method, transaction_id, reject);
+            return;
+        }
+        let outcome = self.dispatch(now, unix_now, from, &decoded, packet);
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((response, auth))) => self.respond(from, response, Some(&auth)),
+            Err(reject) => self.reject(from, method, transaction_id, reject),
+        }
+    }
+
+    /// Routes a request to its handler. `Ok(None)`: the answer comes later (an
+    /// Allocate waiting for its relay socket) or was already queued.
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: FiveTuple,
+        decoded: &message::Decoded,
+        packet: &[u8],
+    ) -> Result<Option<(Message, Auth)>, Reject> {
+        use stun_codec::rfc5389::methods::BINDING;
+        use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
+        let method = decoded.message.method();
+        if method == BINDING {
+            self.binding(from, &decoded.message);
+            return Ok(None);
+        }
+        if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
+            return Err(Reject::new(400, "Bad Request"));
+        }
+        let auth = self.authenticate(now, unix_now, from, decoded, packet)?;
+        match method {
+            ALLOCATE => self.allocate(now, from, &decoded.message, auth).map(|()| None),
+            REFRESH => self.refresh(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),
+            CREATE_PERMISSION => self.create_permission(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),
+            _ => self.channel_bind(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),
+        }
+    }
+
+    /// Queues a response, adding SOFTWARE, integrity when authenticated, and FINGERPRINT.
+    pub(crate) fn respond(&mut self, to: FiveTuple, mut response: Message, auth: Option<&Auth>) {
+        if let Some(software) = &self.config.software {
+            if let Ok(attr) = Software::new(software.clone()) {
+                response.add_attribute(attr);
+            }
+        }
+        if response.class() == MessageClass::SuccessResponse {
+            self.stats.requests_ok += 1;
+        } else {
+            self.stats.requests_failed += 1;
+        }
+        let protection = Protection { key: auth.map(|a| (a.key.as_bytes(), a.integrity)), fingerprint: true };
+        if let Some(bytes) = message::encode(response, protection) {
+            self.outputs.push_back(Output::Transmit { to, bytes });
+        }
+    }
+
+    /// Queues an error response. Unauthenticated rejections are kept minimal (no
+    /// SOFTWARE, no reason phrase) so turnd is a poor reflector.
+    pub(crate) fn reject(&mut self, to: FiveTuple, method: Method, transaction_id: TransactionId, reject: Reject) {
+        let reason = if matches!(reject.code, 401 | 438) { "" } else { reject.reason };
+        let mut response = message::error_response(method, transaction_id, reject.code, reason);
+        for attr in reject.attributes {
+            response.add_attribute(attr);
+        }
+        match reject.auth {
+            Some(auth) => self.respond(to, response, Some(&auth)),
+            None => {
+                self.stats.requests_failed += 1;
+                let protection = Protection { key: None, fingerprint: reject.code != 401 };
+                if let Some(bytes) = message::encode(response, protection) {
+                    self.outputs.push_back(Output::Transmit { to, bytes });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn next_allocation_id(&mut self) -> AllocationId {
+        let id = AllocationId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq + ?Sized, Q: std::borrow::Borrow<K> + std::hash::Hash + Eq>(
+    map: &mut HashMap<Q, usize>,
+    key: &K,
+) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
