@@ -10,8 +10,7 @@ use stun_codec::rfc5389::attributes::{
     AlternateServer, ErrorCode, MappedAddress, Nonce, Realm, Software, UnknownAttributes, Username, XorMappedAddress,
 };
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
-    XorRelayAddress,
+    Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
 };
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, RequestedAddressFamily};
 use stun_codec::AttributeType;
@@ -115,6 +114,20 @@ pub type PasswordAlgorithm = Opaque<0x001D>;
 pub type Userhash = Opaque<0x001E>;
 /// RFC 8656 §18.12 ADDRESS-ERROR-CODE.
 pub type AddressErrorCode = Opaque<0x8001>;
+/// RFC 8656 §18.1 CHANNEL-NUMBER, kept raw: `stun_codec` rejects numbers above
+/// 0x4FFF, and turnd accepts the RFC 5766 range (see `channel_data::CHANNEL_RANGE`).
+pub type ChannelNumber = Opaque<0x000C>;
+
+impl ChannelNumber {
+    /// The channel number (the first two bytes), if the value has the 4-byte form.
+    pub fn number(&self) -> Option<u16> {
+        match self.value() {
+            [hi, lo, _, _] => Some(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
+        }
+    }
+}
+
 /// RFC 6062 §6.2.1 CONNECTION-ID.
 pub type ConnectionId = Opaque<0x002A>;
 

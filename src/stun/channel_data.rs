@@ -1,8 +1,12 @@
 //! ChannelData framing (RFC 8656 §12.4), read and written in place on the packet
 //! buffer: this is the relay hot path, so nothing here allocates.
 
-/// RFC 8656 §12: channel numbers a client may bind.
-pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Channel numbers a client may bind. RFC 8656 §12 narrowed the range to
+/// 0x4000-0x4FFF, but RFC 5766 allowed 0x4000-0x7FFF and deployed clients (coturn's
+/// `turnutils_uclient` among them) still pick numbers above 0x4FFF: turnd accepts the
+/// RFC 5766 range so they keep working. The two never overlap with STUN (first byte
+/// 0x00-0x3F), and a TURN listener carries no QUIC or DTLS to confuse them with.
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 /// The ChannelData header: channel number and length, 2 bytes each.
 pub const HEADER_LEN: usize = 4;
 
@@ -44,8 +48,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_channels_outside_the_rfc8656_range() {
-        assert_eq!(ChannelData::parse_datagram(&[0x50, 0x00, 0, 0]), None);
+    fn rejects_channels_outside_the_rfc5766_range() {
+        assert_eq!(ChannelData::parse_datagram(&[0x80, 0x00, 0, 0]), None);
+        assert_eq!(ChannelData::parse_datagram(&[0x7F, 0xFF, 0, 0]), Some(ChannelData { channel: 0x7FFF, len: 0 }));
         assert_eq!(ChannelData::parse_datagram(&[0x3F, 0xFF, 0, 0]), None);
         assert_eq!(ChannelData::parse_datagram(&[0x4F, 0xFF, 0, 0]), Some(ChannelData { channel: 0x4FFF, len: 0 }));
     }

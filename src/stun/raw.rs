@@ -31,7 +31,7 @@ pub enum PacketKind {
     Stun,
     /// First two bits 00, no magic cookie: possibly an RFC 3489 message.
     ClassicStun,
-    /// First byte 0x40..=0x4F: ChannelData (RFC 8656 §12.4).
+    /// First byte 0x40..=0x7F: ChannelData (RFC 8656 §12.4, RFC 5766 channel range).
     ChannelData,
     /// Anything else.
     Unknown,
@@ -56,7 +56,7 @@ pub fn classify(packet: &[u8]) -> PacketKind {
                 PacketKind::ClassicStun
             }
         }
-        1 if (0x40..=0x4F).contains(&first) => PacketKind::ChannelData,
+        1 => PacketKind::ChannelData,
         _ => PacketKind::Unknown,
     }
 }

@@ -9,6 +9,7 @@ use super::server::{
     DEFAULT_LIFETIME, RESERVATION_LIFETIME,
 };
 use super::{AllocationId, FiveTuple};
+use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
 use crate::stun::message::{self, IntegritySet, Message};
 use std::cmp::Reverse;
@@ -16,8 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
-    XorRelayAddress,
+    DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
 };
 use stun_codec::rfc8656::attributes::RequestedAddressFamily;
 use stun_codec::{MessageClass, TransactionId};
@@ -405,7 +405,7 @@ impl Server {
     ) -> Result<Message, Reject> {
         let id = self.own_allocation(from, auth)?;
         let bad = || Reject::new(400, "Bad Request").with_auth(auth);
-        let number = request.get_attribute::<ChannelNumber>().map(|c| c.value()).ok_or_else(bad)?;
+        let number = request.get_attribute::<ChannelNumber>().and_then(|c| c.number()).ok_or_else(bad)?;
         let peer = request.get_attribute::<XorPeerAddress>().map(|p| p.address()).ok_or_else(bad)?;
         if !CHANNEL_RANGE.contains(&number) {
             return Err(bad());
