@@ -518,7 +518,7 @@ impl Server {
         let (method, transaction_id) = (request.method(), request.transaction_id());
         let unknown: Vec<_> = request
             .unknown_attributes()
-            .map(|a| stun_codec::Attribute::get_type(a))
+            .map(stun_codec::Attribute::get_type)
             .filter(|t| t.is_comprehension_required())
             .collect();
         if !unknown.is_empty() {

@@ -1,0 +1,574 @@
+//! Scenario tests of the core on virtual time: scripted inputs, expected outputs, no
+//! sockets and no sleeps.
+
+use super::handlers::RelayBindError;
+use super::server::{EndReason, Event, Output};
+use super::tests_support::CountingRng;
+use super::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
+use crate::stun::attributes::{Attribute, ChannelNumber};
+use crate::stun::integrity::long_term_key_md5;
+use crate::stun::message::{self, IntegritySet, Message, Protection};
+use crate::turn::policy::PeerPolicy;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress};
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::attributes::{
+    Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
+};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use stun_codec::{MessageClass, Method, TransactionId};
+
+const UNIX_NOW: u64 = 1_800_000_000;
+const PEER: &str = "192.0.2.200:9000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A server plus a scripted client that answers the core's relay-socket requests.
+struct Harness {
+    server: Server,
+    now: Instant,
+    client: FiveTuple,
+    nonce: Option<String>,
+    next_tid: u8,
+    password: &'static str,
+    bind_failures: Vec<RelayBindError>,
+    opened: Vec<(AllocationId, SocketAddr)>,
+    closed: Vec<AllocationId>,
+    events: Vec<Event>,
+}
+
+fn config() -> CoreConfig {
+    let mut credentials = crate::turn::auth::Credentials::new("example.org");
+    credentials.add_user("alice", "secret");
+    credentials.add_user("bob", "hunter2");
+    CoreConfig {
+        credentials,
+        port_range: 50000..=50009,
+        // 192.0.2.0/24 is documentation space, denied by default; allow it for the tests.
+        policy: PeerPolicy::new(vec!["192.0.2.0/24".parse().unwrap()], vec![]),
+        ..CoreConfig::default()
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(config())
+    }
+
+    fn with_config(config: CoreConfig) -> Self {
+        let now = Instant::now();
+        Harness {
+            server: Server::new(config, Box::new(CountingRng::default()), now),
+            now,
+            client: FiveTuple {
+                transport: Transport::Udp,
+                client: addr("198.51.100.1:40000"),
+                server: addr("10.0.0.1:3478"),
+            },
+            nonce: None,
+            next_tid: 0,
+            password: "secret",
+            bind_failures: Vec::new(),
+            opened: Vec::new(),
+            closed: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.server.handle_timeout(self.now);
+        self.drain();
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId::new([self.next_tid; 12])
+    }
+
+    /// Carries out outputs like the shell would; returns the transmitted messages.
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut sent = Vec::new();
+        while let Some(output) = self.server.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => {
+                    assert_eq!(to, self.client, "responses go back on the request's 5-tuple");
+                    sent.push(bytes);
+                }
+                Output::BindRelay { allocation, local, .. } => {
+                    let result =
+                        if self.bind_failures.is_empty() { Ok(local) } else { Err(self.bind_failures.remove(0)) };
+                    if result.is_ok() {
+                        self.opened.push((allocation, local));
+                    }
+                    self.server.handle_relay_bound(self.now, allocation, result);
+                }
+                Output::CloseRelay { allocation } => self.closed.push(allocation),
+                Output::Event(e) => self.events.push(e),
+            }
+        }
+        sent
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let relayed = self.server.handle_client_packet(self.now, UNIX_NOW, self.client, bytes);
+        assert!(relayed.is_none(), "a request is not relayed");
+        self.drain()
+    }
+
+    fn authenticated(&mut self, method: Method, attrs: Vec<Attribute>) -> Vec<u8> {
+        let tid = self.tid();
+        let mut m = Message::new(MessageClass::Request, method, tid);
+        for a in attrs {
+            m.add_attribute(a);
+        }
+        m.add_attribute(Username::new("alice".into()).unwrap());
+        m.add_attribute(Realm::new("example.org".into()).unwrap());
+        m.add_attribute(Nonce::new(self.nonce.clone().unwrap_or_else(|| "none".into())).unwrap());
+        let key = long_term_key_md5("alice", "example.org", self.password);
+        let set = IntegritySet { sha1: true, sha256: false };
+        message::encode(m, Protection { key: Some((&key, set)), fingerprint: true }).unwrap()
+    }
+
+    /// Sends an authenticated request, fetching a nonce first when needed; returns the
+    /// decoded final response.
+    fn request(&mut self, method: Method, attrs: Vec<Attribute>) -> Message {
+        for _ in 0..2 {
+            let bytes = self.authenticated(method, attrs.clone());
+            let mut responses = self.send_raw(&bytes);
+            assert_eq!(responses.len(), 1, "one response per request");
+            let response = message::decode(&responses.remove(0)).unwrap().message;
+            if let Some(code) = error_code(&response) {
+                if code == 401 || code == 438 {
+                    if let Some(nonce) = response.get_attribute::<Nonce>() {
+                        if self.nonce.as_deref() != Some(nonce.value()) {
+                            self.nonce = Some(nonce.value().to_owned());
+                            continue;
+                        }
+                    }
+                }
+            }
+            return response;
+        }
+        panic!("no answer after a fresh nonce");
+    }
+
+    fn allocate(&mut self) -> Message {
+        self.request(ALLOCATE, vec![RequestedTransport::new(17).into()])
+    }
+
+    fn relay_addr(&self) -> SocketAddr {
+        self.opened.last().unwrap().1
+    }
+
+    fn allocation_id(&self) -> AllocationId {
+        self.opened.last().unwrap().0
+    }
+
+    fn peer_packet(&mut self, peer: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 64 + payload.len() + 4];
+        buf[64..64 + payload.len()].copy_from_slice(payload);
+        let id = self.allocation_id();
+        let out = self.server.handle_peer_packet(self.now, id, addr(peer), &mut buf, 64..64 + payload.len())?;
+        assert_eq!(out.to, self.client);
+        Some(buf[out.range].to_vec())
+    }
+}
+
+fn error_code(m: &Message) -> Option<u16> {
+    m.get_attribute::<ErrorCode>().map(|e| e.code())
+}
+
+fn channel(n: u16) -> Attribute {
+    ChannelNumber::new_number(n).into()
+}
+
+impl ChannelNumber {
+    fn new_number(n: u16) -> Self {
+        let b = n.to_be_bytes();
+        crate::stun::attributes::Opaque(vec![b[0], b[1], 0, 0])
+    }
+}
+
+fn channel_data(n: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = n.to_be_bytes().to_vec();
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn rfc8489_binding_returns_the_reflexive_address() {
+    let mut h = Harness::new();
+    let m = Message::new(MessageClass::Request, BINDING, TransactionId::new([1; 12]));
+    let bytes = message::encode(m, Protection { key: None, fingerprint: true }).unwrap();
+    let responses = h.send_raw(&bytes);
+    let response = message::decode(&responses[0]).unwrap().message;
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client);
+}
+
+#[test]
+fn rfc8489_9_2_first_request_is_challenged_and_unprotected() {
+    let mut h = Harness::new();
+    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
+    let bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    let responses = h.send_raw(&bytes);
+    let decoded = message::decode(&responses[0]).unwrap();
+    assert_eq!(error_code(&decoded.message), Some(401));
+    assert!(decoded.message.get_attribute::<Realm>().is_some());
+    assert!(decoded.message.get_attribute::<Nonce>().is_some());
+    assert!(decoded.integrity_sha1.is_none());
+    assert!(responses[0].len() <= bytes.len() + 60, "401s must stay small: {} bytes", responses[0].len());
+}
+
+#[test]
+fn wrong_password_is_refused_with_401() {
+    let mut h = Harness::new();
+    h.password = "wrong";
+    let response = h.allocate();
+    assert_eq!(error_code(&response), Some(401));
+    // Once with the placeholder nonce, once with the real one: integrity is checked
+    // before the nonce (RFC 8489 §9.2.4).
+    assert_eq!(h.server.stats().auth_failures, 2);
+}
+
+#[test]
+fn allocate_succeeds_with_protected_response_and_relay_address() {
+    let mut h = Harness::new();
+    let response = h.allocate();
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    let relay = response.get_attribute::<XorRelayAddress>().unwrap().address();
+    assert_eq!(relay, h.relay_addr());
+    assert_eq!(relay.ip(), h.client.server.ip(), "the relay binds the address the request came to");
+    assert!((50000..=50009).contains(&relay.port()));
+    assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(600));
+    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client);
+}
+
+#[test]
+fn external_address_is_advertised_while_the_private_one_is_bound() {
+    let mut c = config();
+    c.relay.external_v4 = Some("203.0.113.7".parse().unwrap());
+    let mut h = Harness::with_config(c);
+    let relay = h.allocate().get_attribute::<XorRelayAddress>().unwrap().address();
+    assert_eq!(relay.ip().to_string(), "203.0.113.7");
+    assert_eq!(h.relay_addr().ip().to_string(), "10.0.0.1");
+}
+
+#[test]
+fn rfc8656_7_2_allocation_expires_and_its_port_returns() {
+    let mut h = Harness::new();
+    h.allocate();
+    assert_eq!(h.server.port_usage().0, 1);
+    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.closed, vec![h.allocation_id()]);
+    assert_eq!(h.server.port_usage().0, 0);
+    assert!(h.events.iter().any(|e| matches!(e, Event::AllocationEnded { reason: EndReason::Expired, .. })));
+}
+
+#[test]
+fn rfc8656_7_3_refresh_extends_and_lifetime_zero_deletes() {
+    let mut h = Harness::new();
+    h.allocate();
+    h.advance(Duration::from_secs(500));
+    let response = h.request(REFRESH, vec![Lifetime::new(Duration::from_secs(600)).unwrap().into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    h.advance(Duration::from_secs(500));
+    assert_eq!(h.server.allocation_count(), 1, "refreshed allocation outlives its first lifetime");
+    let response = h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::ZERO);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.closed.len(), 1);
+}
+
+#[test]
+fn lifetime_is_capped_by_the_configured_maximum() {
+    let mut h = Harness::new();
+    h.allocate();
+    let response = h.request(REFRESH, vec![Lifetime::new(Duration::from_secs(100_000)).unwrap().into()]);
+    assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(3600));
+}
+
+#[test]
+fn nonce_goes_stale_and_the_client_recovers_with_438() {
+    let mut h = Harness::new();
+    let lifetime = Lifetime::new(Duration::from_secs(3600)).unwrap();
+    h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), lifetime.into()]);
+    let first_nonce = h.nonce.clone();
+    h.advance(Duration::from_secs(590));
+    // Stale nonce: the first attempt gets 438 with a fresh nonce, the retry succeeds.
+    h.advance(Duration::from_secs(20));
+    let bytes = h.authenticated(REFRESH, vec![]);
+    let response = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(error_code(&response), Some(438));
+    let response = h.request(REFRESH, vec![]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    assert_ne!(h.nonce, first_nonce);
+}
+
+#[test]
+fn port_exhaustion_gives_508() {
+    let mut c = config();
+    c.port_range = 50000..=50000;
+    let mut h = Harness::with_config(c);
+    assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
+    h.client.client = addr("198.51.100.1:40001");
+    assert_eq!(error_code(&h.allocate()), Some(508));
+}
+
+#[test]
+fn a_port_taken_by_another_process_is_skipped() {
+    let mut h = Harness::new();
+    h.bind_failures = vec![RelayBindError::AddrInUse, RelayBindError::AddrInUse];
+    assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
+    assert_eq!(h.server.port_usage().0, 1, "failed ports went back to the pool");
+}
+
+#[test]
+fn rfc8656_5_tuple_mismatch_gives_437() {
+    let mut h = Harness::new();
+    h.allocate();
+    // A second Allocate (new transaction) on the same 5-tuple.
+    assert_eq!(error_code(&h.allocate()), Some(437));
+    // A Refresh from another 5-tuple that has no allocation.
+    h.client.client = addr("198.51.100.1:40002");
+    assert_eq!(error_code(&h.request(REFRESH, vec![])), Some(437));
+}
+
+#[test]
+fn allocate_retransmission_gets_the_same_relay() {
+    let mut h = Harness::new();
+    h.allocate();
+    // Reuse the last transaction id: RFC 8656 §7.2 treats it as a retransmission.
+    h.next_tid -= 1;
+    let retransmit = h.authenticated(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let again = message::decode(&h.send_raw(&retransmit)[0]).unwrap().message;
+    assert_eq!(again.class(), MessageClass::SuccessResponse);
+    assert_eq!(again.get_attribute::<XorRelayAddress>().unwrap().address(), h.relay_addr());
+    assert_eq!(h.opened.len(), 1, "no second relay socket");
+}
+
+#[test]
+fn rfc8656_7_2_udp_is_the_only_transport_442() {
+    let mut h = Harness::new();
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]);
+    assert_eq!(error_code(&response), Some(442));
+    let response = h.request(ALLOCATE, vec![]);
+    assert_eq!(error_code(&response), Some(400));
+}
+
+#[test]
+fn even_port_with_reservation_then_token_gets_the_next_port() {
+    let mut h = Harness::new();
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()]);
+    let relay = response.get_attribute::<XorRelayAddress>().unwrap().address();
+    assert_eq!(relay.port() % 2, 0);
+    let token = response.get_attribute::<ReservationToken>().unwrap().token();
+    h.client.client = addr("198.51.100.1:40003");
+    let second = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), ReservationToken::new(token).into()]);
+    assert_eq!(second.get_attribute::<XorRelayAddress>().unwrap().address().port(), relay.port() + 1);
+    // Reservations expire after 30 s and a used token is gone.
+    h.client.client = addr("198.51.100.1:40004");
+    let third = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), ReservationToken::new(token).into()]);
+    assert_eq!(error_code(&third), Some(508));
+}
+
+#[test]
+fn reservation_expires_and_frees_the_port() {
+    let mut h = Harness::new();
+    h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()]);
+    assert_eq!(h.server.port_usage().0, 2);
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.server.port_usage().0, 1);
+}
+
+#[test]
+fn rfc8656_9_permission_gates_peer_traffic_and_expires_after_300s() {
+    let mut h = Harness::new();
+    h.allocate();
+    assert_eq!(h.peer_packet(PEER, b"early"), None, "no permission yet");
+    let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    let framed = h.peer_packet("192.0.2.200:1234", b"hello").expect("permission is per IP, any port");
+    let decoded = message::decode(&framed).unwrap().message;
+    assert_eq!(decoded.method(), stun_codec::rfc5766::methods::DATA);
+    assert_eq!(decoded.get_attribute::<Data>().unwrap().data(), b"hello");
+    assert_eq!(decoded.get_attribute::<XorPeerAddress>().unwrap().address(), addr("192.0.2.200:1234"));
+    h.advance(Duration::from_secs(300));
+    assert_eq!(h.peer_packet(PEER, b"late"), None, "the permission expired");
+    assert!(h.server.stats().dropped_no_permission >= 2);
+}
+
+#[test]
+fn send_indication_is_relayed_only_with_a_permission() {
+    let mut h = Harness::new();
+    h.allocate();
+    let mut send = Message::new(MessageClass::Indication, SEND, TransactionId::new([9; 12]));
+    send.add_attribute(XorPeerAddress::new(addr(PEER)));
+    send.add_attribute(Data::new(b"payload".to_vec()).unwrap());
+    let bytes = message::encode(send, Protection { key: None, fingerprint: false }).unwrap();
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &bytes).is_none());
+    h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    let out = h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &bytes).unwrap();
+    assert_eq!(out.peer, addr(PEER));
+    assert_eq!(&bytes[out.payload], b"payload");
+}
+
+#[test]
+fn rfc8656_11_channel_relays_both_ways_and_expires_after_600s() {
+    let mut h = Harness::new();
+    h.allocate();
+    let response = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    let packet = channel_data(0x4001, b"to peer");
+    let out = h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).unwrap();
+    assert_eq!((out.peer, &packet[out.payload.clone()]), (addr(PEER), &b"to peer"[..]));
+    let framed = h.peer_packet(PEER, b"to client").unwrap();
+    assert_eq!(framed, channel_data(0x4001, b"to client"), "UDP ChannelData is not padded");
+    // A packet from the same IP but another port uses a Data indication.
+    let other = h.peer_packet("192.0.2.200:9001", b"x").unwrap();
+    assert_eq!(&other[..2], &[0x00, 0x17]);
+    // Channel bindings refresh the permission; let the permission be refreshed by
+    // CreatePermission and check the channel itself expires at 600 s.
+    h.advance(Duration::from_secs(299));
+    h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    h.advance(Duration::from_secs(299));
+    h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    h.advance(Duration::from_secs(2));
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_none(), "the channel expired");
+}
+
+#[test]
+fn rfc8656_11_2_rebinding_rules() {
+    let mut h = Harness::new();
+    h.allocate();
+    let ok = |m: &Message| m.class() == MessageClass::SuccessResponse;
+    assert!(ok(&h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()])));
+    // Same pair: a refresh.
+    assert!(ok(&h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()])));
+    // Number bound to another peer, or peer bound to another number: 400.
+    let other_peer = XorPeerAddress::new(addr("192.0.2.201:9000"));
+    assert_eq!(error_code(&h.request(CHANNEL_BIND, vec![channel(0x4001), other_peer.into()])), Some(400));
+    assert_eq!(
+        error_code(&h.request(CHANNEL_BIND, vec![channel(0x4002), XorPeerAddress::new(addr(PEER)).into()])),
+        Some(400)
+    );
+    // Outside the channel range: 400.
+    assert_eq!(
+        error_code(&h.request(CHANNEL_BIND, vec![channel(0x3FFF), XorPeerAddress::new(addr(PEER)).into()])),
+        Some(400)
+    );
+}
+
+#[test]
+fn peers_refused_by_policy_get_403_and_one_event() {
+    let mut h = Harness::new();
+    h.allocate();
+    for peer in ["127.0.0.1:9", "[::ffff:127.0.0.1]:9", "169.254.169.254:80", "0.0.0.0:1"] {
+        let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(peer)).into()]);
+        assert!(matches!(error_code(&response), Some(403) | Some(443)), "{peer}");
+    }
+    let response = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr("10.0.0.1:9")).into()]);
+    assert_eq!(error_code(&response), Some(403));
+    let denials = h.events.iter().filter(|e| matches!(e, Event::PeerDenied { .. })).count();
+    assert_eq!(denials, 1, "logged once per allocation");
+}
+
+#[test]
+fn quotas_per_user_and_permissions_give_486() {
+    let mut c = config();
+    c.quotas.allocations_per_user = 1;
+    c.quotas.permissions_per_allocation = 1;
+    let mut h = Harness::with_config(c);
+    h.allocate();
+    let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr("192.0.2.9:1")).into()]);
+    assert_eq!(error_code(&response), Some(486));
+    h.client.client = addr("198.51.100.1:40009");
+    assert_eq!(error_code(&h.allocate()), Some(486));
+}
+
+#[test]
+fn refresh_by_another_user_gets_441() {
+    let mut h = Harness::new();
+    h.allocate();
+    let tid = h.tid();
+    let mut m = Message::new(MessageClass::Request, REFRESH, tid);
+    m.add_attribute(Username::new("bob".into()).unwrap());
+    m.add_attribute(Realm::new("example.org".into()).unwrap());
+    m.add_attribute(Nonce::new(h.nonce.clone().unwrap()).unwrap());
+    let key = long_term_key_md5("bob", "example.org", "hunter2");
+    let set = IntegritySet { sha1: true, sha256: false };
+    let bytes = message::encode(m, Protection { key: Some((&key, set)), fingerprint: true }).unwrap();
+    let response = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(error_code(&response), Some(441));
+}
+
+#[test]
+fn rfc8489_unknown_comprehension_required_attribute_gets_420() {
+    let mut h = Harness::new();
+    let m = Message::new(MessageClass::Request, BINDING, TransactionId::new([1; 12]));
+    let mut bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    bytes.extend_from_slice(&[0x00, 0x7F, 0x00, 0x00]); // unknown, comprehension-required
+    bytes[3] = 4;
+    let response = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(error_code(&response), Some(420));
+    let unknown = response.get_attribute::<UnknownAttributes>().unwrap();
+    assert_eq!(unknown.unknowns()[0].as_u16(), 0x007F);
+    // Comprehension-optional unknowns are ignored.
+    bytes[20] = 0x80;
+    let response = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+}
+
+#[test]
+fn malformed_requests_get_400_and_garbage_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let m = Message::new(MessageClass::Request, BINDING, TransactionId::new([1; 12]));
+    let mut bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    // An XOR-MAPPED-ADDRESS with a bad family: readable header, broken body.
+    bytes.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x09, 0, 0, 0, 0, 0, 0]);
+    bytes[3] = 12;
+    let response = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(error_code(&response), Some(400));
+    for garbage in [&[][..], &[0xFF; 40][..], &[0, 1, 0, 4, 0x21, 0x12, 0xA4, 0x42][..], &[0x40, 0, 0, 9, 1][..]] {
+        assert!(h.send_raw(garbage).is_empty());
+    }
+    assert!(h.server.stats().malformed >= 4);
+    // Indications never get a response.
+    let ind = Message::new(MessageClass::Indication, BINDING, TransactionId::new([2; 12]));
+    let bytes = message::encode(ind, Protection { key: None, fingerprint: false }).unwrap();
+    assert!(h.send_raw(&bytes).is_empty());
+}
+
+#[test]
+fn rfc3489_binding_gets_mapped_address() {
+    let mut h = Harness::new();
+    let mut req = vec![0x00, 0x01, 0x00, 0x00];
+    req.extend_from_slice(&[7u8; 16]);
+    let responses = h.send_raw(&req);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(&responses[0][4..20], &[7u8; 16]);
+}
+
+#[test]
+fn relay_path_counts_traffic_per_allocation() {
+    let mut h = Harness::new();
+    h.allocate();
+    h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    for _ in 0..3 {
+        h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4001, &[0; 100])).unwrap();
+    }
+    h.peer_packet(PEER, &[0; 50]).unwrap();
+    let stats = h.server.stats();
+    assert_eq!(stats.relayed_to_peer, (3, 300));
+    assert_eq!(stats.relayed_to_client, (1, 50));
+}
