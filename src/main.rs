@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 use turnd::config::{Config, ListenTransport, LogFormat, User};
-use turnd::net::{self, Control, EventLoop};
+use turnd::net::{self, Control, EventLoop, Publisher};
 use turnd::turn::auth::rest_password;
 
 #[derive(Parser, Debug)]
@@ -144,7 +144,8 @@ async fn run(config: Config, path: Option<PathBuf>) -> Result<()> {
         info!("listening on udp {local}");
         sockets.push(socket);
     }
-    let event_loop = EventLoop::new(config.core(), sockets)?;
+    let publisher = Publisher::new(1024);
+    let event_loop = EventLoop::new(config.core(), sockets, publisher.clone())?;
     let (control, control_rx) = tokio::sync::mpsc::channel(8);
     let reloads = tokio::spawn(reload_on_sighup(path, config, control.clone()));
     let served = net::until_signal(event_loop.run(control_rx)).await;

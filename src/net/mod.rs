@@ -4,6 +4,9 @@
 
 mod epoll;
 pub mod relay_socket;
+pub mod report;
+
+pub use report::{Control, Publisher, Snapshot};
 
 use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
@@ -33,15 +36,6 @@ const MAX_DATAGRAM: usize = 65536;
 const READS_PER_WAKE: usize = 16;
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
-
-/// A control message for a running event loop.
-#[derive(Debug)]
-pub enum Control {
-    /// Replace the core's configuration (SIGHUP reload).
-    Reconfigure(Box<CoreConfig>),
-    /// Stop.
-    Shutdown,
-}
 
 /// A bound client-facing UDP socket.
 struct Listener {
@@ -77,11 +71,13 @@ pub struct EventLoop {
     relay_buf: Vec<u8>,
     events: Vec<libc::epoll_event>,
     ready: Vec<u64>,
+    publisher: Publisher,
+    snapshot: Snapshot,
 }
 
 impl EventLoop {
     /// An event loop serving `listeners` with a core built from `config`.
-    pub fn new(config: CoreConfig, listeners: Vec<UdpSocket>) -> io::Result<Self> {
+    pub fn new(config: CoreConfig, listeners: Vec<UdpSocket>, publisher: Publisher) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let mut bound = Vec::new();
         for (i, socket) in listeners.into_iter().enumerate() {
@@ -102,6 +98,8 @@ impl EventLoop {
             relay_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
+            publisher,
+            snapshot: Snapshot::default(),
         })
     }
 
@@ -111,6 +109,8 @@ impl EventLoop {
         // dropped before `self` at the end of this function) and is never replaced.
         let watch = unsafe { AsyncFd::register_with_interest(EpollFd(self.epoll.as_raw_fd()), Interest::READABLE) }
             .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut publish = tokio::time::interval(PUBLISH_EVERY);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             let sleep = pin!(async {
@@ -127,9 +127,10 @@ impl EventLoop {
                     }
                 }
                 () = sleep => {}
+                _ = publish.tick() => self.publish(),
                 message = control.recv() => match message {
-                    Some(Control::Reconfigure(config)) => self.reconfigure(*config),
                     Some(Control::Shutdown) | None => return Ok(()),
+                    Some(message) => self.control(message),
                 },
             }
             self.core.handle_timeout(Instant::now());
@@ -137,10 +138,46 @@ impl EventLoop {
         }
     }
 
-    fn reconfigure(&mut self, mut config: CoreConfig) {
-        config.policy.deny_own_sockets(self.listeners.iter().flat_map(|l| own_addresses(l.local)));
-        self.core.reconfigure(config);
-        info!("configuration reloaded");
+    fn control(&mut self, message: Control) {
+        let now = Instant::now();
+        match message {
+            Control::Reconfigure(mut config) => {
+                config.policy.deny_own_sockets(self.listeners.iter().flat_map(|l| own_addresses(l.local)));
+                self.core.reconfigure(*config);
+                info!("configuration reloaded");
+            }
+            Control::ListAllocations { offset, limit, reply } => {
+                let mut all: Vec<_> = self.core.allocations().map(|(id, a)| describe(id, a, now)).collect();
+                all.sort_by_key(|a| a.id);
+                let total = all.len();
+                let page = all.into_iter().skip(offset).take(limit).collect();
+                let _ = reply.send((page, total));
+            }
+            Control::DropAllocation { id, reply } => {
+                let _ = reply.send(self.core.close_allocation(id, now));
+            }
+            Control::DropUser { user, reply } => {
+                let _ = reply.send(self.core.close_user(&user, now));
+            }
+            Control::Shutdown => {}
+        }
+        self.drain_outputs();
+    }
+
+    /// Copies the loop's state into the published snapshot.
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let (permissions, channels) = self.core.binding_counts(now);
+        let (ports_in_use, ports_available) = self.core.port_usage();
+        let snapshot = &mut self.snapshot;
+        snapshot.unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        snapshot.allocations = self.core.allocation_count();
+        snapshot.permissions = permissions;
+        snapshot.channels = channels;
+        snapshot.ports_in_use = ports_in_use;
+        snapshot.ports_available = ports_available;
+        snapshot.stats = self.core.stats();
+        self.publisher.snapshots.send_replace(snapshot.clone());
     }
 
     /// Serves every ready socket once; returns how many were ready.
@@ -194,7 +231,14 @@ impl EventLoop {
                     let Some(packet) = self.recv_slots.get(start + offset..start + end) else {
                         break;
                     };
-                    if let Some(out) = self.core.handle_client_packet(now, unix_now(), from, packet) {
+                    let control = is_control(packet);
+                    let started = if control { Some(Instant::now()) } else { None };
+                    let relayed = self.core.handle_client_packet(now, unix_now(), from, packet);
+                    if let Some(started) = started {
+                        let seconds = started.elapsed().as_secs_f64();
+                        self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
+                    }
+                    if let Some(out) = relayed {
                         if let (Some(relay), Some(payload)) =
                             (self.relays.get(&out.allocation), packet.get(out.payload.clone()))
                         {
@@ -259,7 +303,15 @@ impl EventLoop {
                         self.epoll.remove(socket.as_raw_fd());
                     }
                 }
-                Output::Event(event) => log_event(&event),
+                Output::Event(event) => {
+                    log_event(&event);
+                    if let Event::AllocationEnded { duration, .. } = &event {
+                        let seconds = duration.as_secs_f64();
+                        self.snapshot.allocation_lifetime_seconds.observe(&report::LIFETIME_SECONDS_BOUNDS, seconds);
+                    }
+                    // No receiver is fine: nobody is watching.
+                    let _ = self.publisher.events.send(event);
+                }
             }
         }
     }
@@ -296,6 +348,32 @@ struct EpollFd(std::os::fd::RawFd);
 impl AsRawFd for EpollFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
+    }
+}
+
+/// How often the loop publishes its snapshot.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// STUN requests (not ChannelData, not Send indications): what the request time
+/// histogram measures.
+fn is_control(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| *b < 0x40) && packet.get(..2) != Some(&[0x00, 0x16][..])
+}
+
+fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Instant) -> report::AllocationInfo {
+    let (permissions, channels) = a.counts(now);
+    report::AllocationInfo {
+        id: id.0,
+        user: a.username.to_string(),
+        client: a.five_tuple.client,
+        transport: a.five_tuple.transport.label(),
+        relay: a.advertised,
+        age_secs: now.saturating_duration_since(a.created).as_secs(),
+        expires_in_secs: a.remaining(now).as_secs(),
+        permissions,
+        channels,
+        bytes_to_peer: a.traffic.to_peer_bytes,
+        bytes_to_client: a.traffic.to_client_bytes,
     }
 }
 
@@ -385,6 +463,3 @@ pub async fn until_signal<F: Future>(future: F) -> Option<F::Output> {
         _ = term.recv() => None,
     }
 }
-
-/// How long the shell waits at most between timer checks when the core has none.
-pub const IDLE_TICK: Duration = Duration::from_secs(60);

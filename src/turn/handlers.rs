@@ -5,9 +5,10 @@ use super::allocation::{Allocation, BindError};
 use super::auth::{CredentialError, NonceStatus};
 use super::policy::canonical;
 use super::server::{
-    Auth, AuthFailure, EndReason, Event, Output, PendingAllocate, Reject, Reservation, Server, BIND_ATTEMPTS,
-    DEFAULT_LIFETIME, RESERVATION_LIFETIME,
+    Auth, EndReason, Event, Output, PendingAllocate, Reject, Reservation, Server, BIND_ATTEMPTS, DEFAULT_LIFETIME,
+    RESERVATION_LIFETIME,
 };
+use super::stats::{AuthFailure, DropReason};
 use super::{AllocationId, FiveTuple};
 use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
@@ -59,7 +60,7 @@ impl Server {
     }
 
     fn auth_failed(&mut self, now: Instant, from: FiveTuple, reason: AuthFailure) -> Reject {
-        self.stats.auth_failures += 1;
+        self.stats.auth_failures[reason as usize] += 1;
         self.outputs.push_back(Output::Event(Event::AuthFailed { client: from.client, reason }));
         let code = if reason == AuthFailure::StaleNonce { 438 } else { 401 };
         self.challenge(code, now, from)
@@ -353,7 +354,7 @@ impl Server {
         let policy = &self.config.policy;
         let verdict = if with_port { policy.check(peer) } else { policy.check_ip(peer.ip()) };
         if verdict.is_err() {
-            self.stats.dropped_policy += 1;
+            self.stats.drop(DropReason::Policy);
             if !allocation.denial_logged {
                 allocation.denial_logged = true;
                 self.outputs.push_back(Output::Event(Event::PeerDenied { id, peer }));

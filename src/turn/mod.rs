@@ -9,8 +9,10 @@ pub mod policy;
 pub mod ports;
 pub mod relay;
 pub mod server;
+pub mod stats;
 
-pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server, Stats};
+pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server};
+pub use stats::Stats;
 use std::net::SocketAddr;
 
 /// How a client reached us.

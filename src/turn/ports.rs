@@ -123,6 +123,8 @@ mod tests {
         pool.release(1000);
         pool.release(9);
         assert_eq!(pool.in_use(), 0);
-        assert!(PortPool::new(std::ops::RangeInclusive::new(5, 4)).take_random(&mut CountingRng::default(), false, false).is_none());
+        assert!(PortPool::new(std::ops::RangeInclusive::new(5, 4))
+            .take_random(&mut CountingRng::default(), false, false)
+            .is_none());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::policy::canonical;
 use super::server::Server;
+use super::stats::{Direction, DropReason};
 use super::{AllocationId, FiveTuple, Transport};
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::raw::{self, padded, Attributes, Header, HEADER_LEN, MAGIC_COOKIE};
@@ -39,7 +40,7 @@ pub struct ToClient {
 impl Server {
     pub(crate) fn relay_channel_data(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
         let Some(frame) = ChannelData::parse_datagram(packet) else {
-            self.stats.malformed += 1;
+            self.stats.drop(DropReason::Malformed);
             return None;
         };
         let target = self.by_five_tuple.get(&from).and_then(|id| {
@@ -48,13 +49,12 @@ impl Server {
             allocation.is_permitted(peer.ip(), now).then_some((*id, peer, allocation))
         });
         let Some((allocation_id, peer, allocation)) = target else {
-            self.stats.dropped_no_permission += 1;
+            self.stats.drop(DropReason::NoPermission);
             return None;
         };
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += frame.len as u64;
-        self.stats.relayed_to_peer.0 += 1;
-        self.stats.relayed_to_peer.1 += frame.len as u64;
+        self.stats.relay(Direction::ClientToPeer, from.transport, frame.len);
         let start = channel_data::HEADER_LEN;
         Some(ToPeer { allocation: allocation_id, peer, payload: start..start + frame.len })
     }
@@ -65,7 +65,7 @@ impl Server {
         let mut data = None;
         for attr in Attributes::new(packet) {
             let Ok(attr) = attr else {
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 return None;
             };
             match attr.kind {
@@ -80,28 +80,27 @@ impl Server {
             }
         }
         let (Some(peer), Some(data)) = (peer, data) else {
-            self.stats.malformed += 1;
+            self.stats.drop(DropReason::Malformed);
             return None;
         };
         let Some(&id) = self.by_five_tuple.get(&from) else {
-            self.stats.dropped_no_permission += 1;
+            self.stats.drop(DropReason::NoPermission);
             return None;
         };
         let allocation = self.allocations.get_mut(&id)?;
         if !allocation.is_permitted(peer.ip(), now) {
-            self.stats.dropped_no_permission += 1;
+            self.stats.drop(DropReason::NoPermission);
             return None;
         }
         // The permission proves the IP passed the policy; the port may still be one of
         // our own listeners.
         if self.config.policy.check(peer).is_err() {
-            self.stats.dropped_policy += 1;
+            self.stats.drop(DropReason::Policy);
             return None;
         }
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += data.len() as u64;
-        self.stats.relayed_to_peer.0 += 1;
-        self.stats.relayed_to_peer.1 += data.len() as u64;
+        self.stats.relay(Direction::ClientToPeer, from.transport, data.len());
         Some(ToPeer { allocation: id, peer, payload: data })
     }
 
@@ -119,11 +118,11 @@ impl Server {
     ) -> Option<ToClient> {
         let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
         let Some(entry) = self.allocations.get_mut(&allocation) else {
-            self.stats.dropped_no_permission += 1;
+            self.stats.drop(DropReason::NoPermission);
             return None;
         };
         if !entry.is_permitted(peer.ip(), now) {
-            self.stats.dropped_no_permission += 1;
+            self.stats.drop(DropReason::NoPermission);
             return None;
         }
         let len = payload.len();
@@ -146,8 +145,7 @@ impl Server {
         };
         entry.traffic.to_client_packets += 1;
         entry.traffic.to_client_bytes += len as u64;
-        self.stats.relayed_to_client.0 += 1;
-        self.stats.relayed_to_client.1 += len as u64;
+        self.stats.relay(Direction::PeerToClient, entry.five_tuple.transport, len);
         Some(ToClient { to: entry.five_tuple, range })
     }
 }

@@ -6,6 +6,7 @@ use super::allocation::{Allocation, Traffic};
 use super::auth::{Credentials, Key, NonceCodec};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
+use super::stats::{AuthFailure, DropReason, Stats};
 use super::{AllocationId, FiveTuple, Rng};
 use crate::stun::message::{self, DecodeError, IntegritySet, Message, Protection};
 use crate::stun::raw::{self, PacketKind};
@@ -14,7 +15,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
-use stun_codec::rfc5389::attributes::{Software, UnknownAttributes};
+use stun_codec::rfc5389::attributes::{ErrorCode, Software, UnknownAttributes};
 use stun_codec::{MessageClass, Method, TransactionId};
 
 /// RFC 8656 §7.2: the default allocation lifetime.
@@ -195,47 +196,6 @@ pub enum Event {
     },
 }
 
-/// Why authentication failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No such user.
-    UnknownUser,
-    /// MESSAGE-INTEGRITY did not verify.
-    BadIntegrity,
-    /// The nonce was stale or forged.
-    StaleNonce,
-    /// A REST credential past its expiry.
-    Expired,
-}
-
-/// Counters the core keeps; the shell publishes them. Plain integers: one core per
-/// worker, so no atomics on the relay path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Datagrams that were not STUN or ChannelData, or failed to parse.
-    pub malformed: u64,
-    /// Responses and unexpected indications from clients, dropped.
-    pub unexpected: u64,
-    /// Requests answered, by class: successes.
-    pub requests_ok: u64,
-    /// Requests answered with an error.
-    pub requests_failed: u64,
-    /// Authentication failures.
-    pub auth_failures: u64,
-    /// Client-to-peer packets dropped: no allocation, channel or permission.
-    pub dropped_no_permission: u64,
-    /// Packets for peers the policy refuses.
-    pub dropped_policy: u64,
-    /// Allocations created.
-    pub allocations_created: u64,
-    /// Allocations that expired.
-    pub allocations_expired: u64,
-    /// Datagrams relayed client to peer, and their payload bytes.
-    pub relayed_to_peer: (u64, u64),
-    /// Datagrams relayed peer to client, and their payload bytes.
-    pub relayed_to_client: (u64, u64),
-}
-
 /// An Allocate waiting for the shell to bind its relay socket.
 #[derive(Debug)]
 pub(crate) struct PendingAllocate {
@@ -379,9 +339,21 @@ impl Server {
         self.allocations.values().map(|a| a.counts(now)).fold((0, 0), |acc, c| (acc.0 + c.0, acc.1 + c.1))
     }
 
-    /// The allocation's client 5-tuple, if it exists.
+    /// An allocation, if it exists.
     pub fn allocation(&self, id: AllocationId) -> Option<&Allocation> {
         self.allocations.get(&id)
+    }
+
+    /// Every allocation, in no particular order.
+    pub fn allocations(&self) -> impl Iterator<Item = (AllocationId, &Allocation)> {
+        self.allocations.iter().map(|(id, a)| (*id, a))
+    }
+
+    /// Closes every allocation of `username`; returns how many.
+    pub fn close_user(&mut self, username: &str, now: Instant) -> usize {
+        let ids: Vec<AllocationId> =
+            self.allocations.iter().filter(|(_, a)| &*a.username == username).map(|(id, _)| *id).collect();
+        ids.iter().filter(|id| self.remove_allocation(**id, now, EndReason::Closed)).count()
     }
 
     /// The next effect for the shell to carry out.
@@ -480,15 +452,15 @@ impl Server {
             PacketKind::ClassicStun => {
                 match message::classic_binding_response(packet, from.client) {
                     Some(bytes) => {
-                        self.stats.requests_ok += 1;
+                        self.stats.answer(stun_codec::rfc5389::methods::BINDING, None);
                         self.outputs.push_back(Output::Transmit { to: from, bytes });
                     }
-                    None => self.stats.malformed += 1,
+                    None => self.stats.drop(DropReason::Malformed),
                 }
                 None
             }
             PacketKind::Unknown => {
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 None
             }
         }
@@ -498,11 +470,11 @@ impl Server {
         let decoded = match message::decode(packet) {
             Ok(decoded) => decoded,
             Err(DecodeError::Drop(_)) => {
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 return;
             }
             Err(DecodeError::Malformed { method, class, transaction_id }) => {
-                self.stats.malformed += 1;
+                self.stats.drop(DropReason::Malformed);
                 if class == MessageClass::Request {
                     self.reject(from, method, transaction_id, Reject::new(400, "Bad Request"));
                 }
@@ -512,7 +484,7 @@ impl Server {
         let request = &decoded.message;
         if request.class() != MessageClass::Request {
             // RFC 8489 §6.3.2: indications never get a response; clients send no responses.
-            self.stats.unexpected += 1;
+            self.stats.drop(DropReason::Unexpected);
             return;
         }
         let (method, transaction_id) = (request.method(), request.transaction_id());
@@ -571,11 +543,8 @@ impl Server {
                 response.add_attribute(attr);
             }
         }
-        if response.class() == MessageClass::SuccessResponse {
-            self.stats.requests_ok += 1;
-        } else {
-            self.stats.requests_failed += 1;
-        }
+        let code = response.get_attribute::<ErrorCode>().map(|e| e.code());
+        self.stats.answer(response.method(), code);
         let protection = Protection { key: auth.map(|a| (a.key.as_bytes(), a.integrity)), fingerprint: true };
         if let Some(bytes) = message::encode(response, protection) {
             self.outputs.push_back(Output::Transmit { to, bytes });
@@ -593,7 +562,7 @@ impl Server {
         match reject.auth {
             Some(auth) => self.respond(to, response, Some(&auth)),
             None => {
-                self.stats.requests_failed += 1;
+                self.stats.answer(method, Some(reject.code));
                 let protection = Protection { key: None, fingerprint: reject.code != 401 };
                 if let Some(bytes) = message::encode(response, protection) {
                     self.outputs.push_back(Output::Transmit { to, bytes });

@@ -3,6 +3,7 @@
 
 use super::handlers::RelayBindError;
 use super::server::{EndReason, Event, Output};
+use super::stats::{Direction, DropReason};
 use super::tests_support::CountingRng;
 use super::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use crate::stun::attributes::{Attribute, ChannelNumber};
@@ -233,7 +234,7 @@ fn wrong_password_is_refused_with_401() {
     assert_eq!(error_code(&response), Some(401));
     // Once with the placeholder nonce, once with the real one: integrity is checked
     // before the nonce (RFC 8489 §9.2.4).
-    assert_eq!(h.server.stats().auth_failures, 2);
+    assert_eq!(h.server.stats().auth_failures_total(), 2);
 }
 
 #[test]
@@ -403,7 +404,7 @@ fn rfc8656_9_permission_gates_peer_traffic_and_expires_after_300s() {
     assert_eq!(decoded.get_attribute::<XorPeerAddress>().unwrap().address(), addr("192.0.2.200:1234"));
     h.advance(Duration::from_secs(300));
     assert_eq!(h.peer_packet(PEER, b"late"), None, "the permission expired");
-    assert!(h.server.stats().dropped_no_permission >= 2);
+    assert!(h.server.stats().dropped(DropReason::NoPermission) >= 2);
 }
 
 #[test]
@@ -542,7 +543,7 @@ fn malformed_requests_get_400_and_garbage_is_dropped_and_counted() {
     for garbage in [&[][..], &[0xFF; 40][..], &[0, 1, 0, 4, 0x21, 0x12, 0xA4, 0x42][..], &[0x40, 0, 0, 9, 1][..]] {
         assert!(h.send_raw(garbage).is_empty());
     }
-    assert!(h.server.stats().malformed >= 4);
+    assert!(h.server.stats().dropped(DropReason::Malformed) >= 4);
     // Indications never get a response.
     let ind = Message::new(MessageClass::Indication, BINDING, TransactionId::new([2; 12]));
     let bytes = message::encode(ind, Protection { key: None, fingerprint: false }).unwrap();
@@ -569,6 +570,7 @@ fn relay_path_counts_traffic_per_allocation() {
     }
     h.peer_packet(PEER, &[0; 50]).unwrap();
     let stats = h.server.stats();
-    assert_eq!(stats.relayed_to_peer, (3, 300));
-    assert_eq!(stats.relayed_to_client, (1, 50));
+    assert_eq!(stats.relayed(Direction::ClientToPeer), (3, 300));
+    assert_eq!(stats.relayed(Direction::PeerToClient), (1, 50));
+    assert_eq!(stats.relayed_packets[Direction::ClientToPeer as usize][Transport::Udp as usize], 3);
 }

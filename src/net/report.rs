@@ -1,0 +1,150 @@
+//! What the event loop tells the rest of the process (the admin plane, systemd): a
+//! snapshot published every second, events as they happen, and answers to control
+//! requests. Publishing is off the relay path: the loop copies its counters once a
+//! second rather than sharing them.
+
+use crate::turn::{AllocationId, CoreConfig, Event, Stats};
+use serde::Serialize;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+
+/// Upper bounds (seconds) of the request handling time histogram.
+pub const REQUEST_SECONDS_BOUNDS: [f64; 10] = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1];
+/// Upper bounds (seconds) of the allocation lifetime histogram.
+pub const LIFETIME_SECONDS_BOUNDS: [f64; 10] = [1.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 86400.0];
+
+/// A fixed-bucket histogram: cumulative export is the publisher's job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Histogram<const N: usize> {
+    /// Observations per bucket (not cumulative); the last slot is +Inf.
+    #[serde(skip)]
+    pub counts: [u64; N],
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram { counts: [0; N], sum: 0.0, count: 0 }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Records `value` against `bounds` (N - 1 upper bounds).
+    pub fn observe(&mut self, bounds: &[f64], value: f64) {
+        let slot = bounds.iter().position(|&b| value <= b).unwrap_or(N - 1).min(N - 1);
+        self.counts[slot] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// The loop's state, published once a second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Wall-clock time of the snapshot, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Allocations in force.
+    pub allocations: usize,
+    /// Live permissions over all allocations.
+    pub permissions: usize,
+    /// Live channel bindings over all allocations.
+    pub channels: usize,
+    /// Open TCP/TLS client connections.
+    pub tcp_connections: usize,
+    /// Relay ports in use.
+    pub ports_in_use: usize,
+    /// Relay ports still free.
+    pub ports_available: usize,
+    /// Whether new allocations are refused (draining before exit).
+    pub draining: bool,
+    /// The core's counters.
+    #[serde(skip)]
+    pub stats: Stats,
+    /// Request handling time, seconds.
+    #[serde(skip)]
+    pub request_seconds: Histogram<11>,
+    /// Lifetimes of ended allocations, seconds.
+    #[serde(skip)]
+    pub allocation_lifetime_seconds: Histogram<11>,
+}
+
+/// One allocation as an operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationInfo {
+    /// Its id.
+    pub id: u64,
+    /// The user that created it.
+    pub user: String,
+    /// The client's transport address.
+    pub client: SocketAddr,
+    /// udp, tcp or tls.
+    pub transport: &'static str,
+    /// The advertised relay address.
+    pub relay: SocketAddr,
+    /// Seconds since creation.
+    pub age_secs: u64,
+    /// Seconds until expiry unless refreshed.
+    pub expires_in_secs: u64,
+    /// Live permissions.
+    pub permissions: usize,
+    /// Live channels.
+    pub channels: usize,
+    /// Payload bytes client to peer.
+    pub bytes_to_peer: u64,
+    /// Payload bytes peer to client.
+    pub bytes_to_client: u64,
+}
+
+/// A request to the running event loop.
+#[derive(Debug)]
+pub enum Control {
+    /// Replace the core's configuration (SIGHUP reload).
+    Reconfigure(Box<CoreConfig>),
+    /// A page of allocations, ordered by id, and the total.
+    ListAllocations {
+        /// Allocations to skip.
+        offset: usize,
+        /// Page size.
+        limit: usize,
+        /// Where the answer goes.
+        reply: oneshot::Sender<(Vec<AllocationInfo>, usize)>,
+    },
+    /// Drop one allocation; the reply says whether it existed.
+    DropAllocation {
+        /// Which.
+        id: AllocationId,
+        /// Where the answer goes.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Drop every allocation of a user; the reply says how many.
+    DropUser {
+        /// The username.
+        user: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<usize>,
+    },
+    /// Stop.
+    Shutdown,
+}
+
+/// The channels the loop publishes on.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    /// The latest snapshot.
+    pub snapshots: tokio::sync::watch::Sender<Snapshot>,
+    /// Events as they happen (lagging receivers lose the oldest).
+    pub events: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl Publisher {
+    /// A publisher with room for `event_backlog` events per slow receiver.
+    pub fn new(event_backlog: usize) -> Self {
+        Publisher {
+            snapshots: tokio::sync::watch::channel(Snapshot::default()).0,
+            events: tokio::sync::broadcast::channel(event_backlog.max(1)).0,
+        }
+    }
+}
