@@ -47,8 +47,9 @@ fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the DF bit is set on a relay socket (for tests).
-pub fn dont_fragment_is_set(socket: &Socket) -> io::Result<bool> {
+/// Whether the DF bit is set on an IPv4 relay socket.
+#[cfg(test)]
+fn dont_fragment_is_set(socket: &Socket) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -66,4 +67,24 @@ pub fn dont_fragment_is_set(socket: &Socket) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(value == libc::IP_PMTUDISC_DO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8656_14_8_dont_fragment_sets_the_df_bit() {
+        let with = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        assert!(dont_fragment_is_set(&with).unwrap());
+        let without = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert!(!dont_fragment_is_set(&without).unwrap());
+    }
+
+    #[test]
+    fn a_taken_port_reports_addr_in_use() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let taken = first.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(bind(taken, false).unwrap_err().0, RelayBindError::AddrInUse);
+    }
 }
