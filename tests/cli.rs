@@ -8,10 +8,9 @@ use std::time::Duration;
 
 #[test]
 fn sigterm_exits_cleanly() {
-    let mut turnd = TurndProcess::with_transports(&["udp", "tcp"]);
-    assert_eq!(turnd.listeners().len(), 2);
-    assert_ne!(turnd.udp_addr().port(), 0);
-    assert_ne!(turnd.tcp_addr().port(), 0);
+    let mut turnd = TurndProcess::with_transports(&["udp", "udp"]);
+    let ports: Vec<u16> = turnd.listeners().iter().map(|(_, a)| a.port()).collect();
+    assert!(ports.len() == 2 && ports[0] != 0 && ports[1] != 0 && ports[0] != ports[1], "{ports:?}");
     let status = turnd.terminate(Duration::from_secs(5)).expect("turnd did not exit within 5 s of SIGTERM");
     assert!(status.success(), "turnd exited with {status} on SIGTERM:\n{}", turnd.logs());
 }

@@ -74,10 +74,21 @@ pub fn expected_listeners(config_toml: &str) -> Vec<String> {
             out.push(t.to_string());
         }
     }
-    if v.get("admin").is_some() {
+    // The admin listener runs unless `[admin] enabled = false`.
+    if v.get("admin").is_some_and(|a| a.get("enabled").and_then(|e| e.as_bool()) != Some(false)) {
         out.push("admin".to_string());
     }
     out
+}
+
+/// `config_toml` with `[admin] address = "127.0.0.1:0"` added when it has no `[admin]`:
+/// turnd's admin listener is on by default at the fixed port 9641, which parallel
+/// tests (and a turnd running on the machine) would fight over.
+pub fn with_ephemeral_admin(config_toml: &str) -> String {
+    match config_toml.parse::<toml::Table>() {
+        Ok(v) if !v.contains_key("admin") => format!("{config_toml}\n[admin]\naddress = \"127.0.0.1:0\"\n"),
+        _ => config_toml.to_string(),
+    }
 }
 
 /// Removes ANSI escape sequences (colours) from a log line.
@@ -213,6 +224,7 @@ impl TurndProcess {
     /// Writes `config_toml` to a temp dir, runs `turnd serve -c FILE ARGS...`
     /// and waits until every configured listener is logged as listening.
     pub fn start(config_toml: &str, extra_args: &[&str]) -> TurndProcess {
+        let config_toml = &with_ephemeral_admin(config_toml);
         let dir = TempDir::new("turnd-test");
         let file = dir.write("turnd.toml", config_toml);
 
@@ -279,6 +291,10 @@ impl TurndProcess {
             .find(|(t, _)| t == transport)
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("turnd has no {transport} listener: {:?}", self.listeners))
+    }
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.addr("admin")
     }
     pub fn udp_addr(&self) -> SocketAddr {
         self.addr("udp")
