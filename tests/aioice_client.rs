@@ -72,7 +72,6 @@ fn aioice_udp_allocation_relays_to_echo_peer() {
 }
 
 #[test]
-#[ignore = "turnd has no TCP listener yet"]
 fn aioice_tcp_allocation_relays_to_echo_peer() {
     if !need_aioice() {
         return;

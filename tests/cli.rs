@@ -9,7 +9,7 @@ use std::time::Duration;
 #[test]
 fn sigterm_exits_cleanly() {
     let mut turnd = TurndProcess::with_transports(&["udp", "udp"]);
-    let ports: Vec<u16> = turnd.listeners().iter().map(|(_, a)| a.port()).collect();
+    let ports: Vec<u16> = turnd.listeners().iter().filter(|(t, _)| t == "udp").map(|(_, a)| a.port()).collect();
     assert!(ports.len() == 2 && ports[0] != 0 && ports[1] != 0 && ports[0] != ports[1], "{ports:?}");
     let status = turnd.terminate(Duration::from_secs(5)).expect("turnd did not exit within 5 s of SIGTERM");
     assert!(status.success(), "turnd exited with {status} on SIGTERM:\n{}", turnd.logs());

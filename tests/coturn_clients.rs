@@ -130,7 +130,6 @@ fn uclient_udp_send_indications_relay_to_echo_peer() {
 }
 
 #[test]
-#[ignore = "turnd has no TCP listener yet"]
 fn uclient_tcp_channels_relay_to_echo_peer() {
     if !need_tool("turnutils_uclient", "coturn") {
         return;
