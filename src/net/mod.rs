@@ -3,8 +3,11 @@
 //! in one level-triggered epoll set that tokio watches as a single descriptor.
 
 mod epoll;
+pub mod framing;
 pub mod relay_socket;
 pub mod report;
+pub mod stream;
+pub mod tls;
 
 pub use report::{Control, Publisher, Snapshot};
 
@@ -22,8 +25,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stream::StreamEvent;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// Epoll tokens at or above this are listeners; below are allocation ids.
@@ -61,6 +66,20 @@ pub fn bind_udp_listener(address: SocketAddr) -> io::Result<(UdpSocket, SocketAd
     Ok((socket, local))
 }
 
+/// Binds a TCP listener (IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can
+/// both be configured on one port).
+pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// The event loop: owns the core, the listeners and the relay sockets.
 pub struct EventLoop {
     core: Server,
@@ -73,6 +92,8 @@ pub struct EventLoop {
     ready: Vec<u64>,
     publisher: Publisher,
     snapshot: Snapshot,
+    /// Outbound queues of TCP/TLS connections, by their 5-tuple.
+    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
 }
 
 impl EventLoop {
@@ -100,11 +121,16 @@ impl EventLoop {
             ready: Vec::with_capacity(256),
             publisher,
             snapshot: Snapshot::default(),
+            streams: HashMap::new(),
         })
     }
 
-    /// Runs until `control` says stop or closes.
-    pub async fn run(mut self, mut control: tokio::sync::mpsc::Receiver<Control>) -> io::Result<()> {
+    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic.
+    pub async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut streams: mpsc::Receiver<StreamEvent>,
+    ) -> io::Result<()> {
         // SAFETY: the epoll fd is owned by `self.epoll`, which outlives `watch` (a local
         // dropped before `self` at the end of this function) and is never replaced.
         let watch = unsafe { AsyncFd::register_with_interest(EpollFd(self.epoll.as_raw_fd()), Interest::READABLE) }
@@ -127,6 +153,16 @@ impl EventLoop {
                     }
                 }
                 () = sleep => {}
+                Some(event) = streams.recv() => {
+                    self.stream_event(event);
+                    // Take what else is queued, within a budget, before timers run.
+                    for _ in 0..READS_PER_WAKE * BATCH {
+                        match streams.try_recv() {
+                            Ok(event) => self.stream_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = publish.tick() => self.publish(),
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),
@@ -164,6 +200,48 @@ impl EventLoop {
         self.drain_outputs();
     }
 
+    fn stream_event(&mut self, event: StreamEvent) {
+        let now = Instant::now();
+        match event {
+            StreamEvent::Opened { five_tuple, outbound } => {
+                self.streams.insert(five_tuple, outbound);
+            }
+            StreamEvent::Frame { five_tuple, frame } => {
+                let started = is_control(&frame).then(Instant::now);
+                let relayed = self.core.handle_client_packet(now, unix_now(), five_tuple, &frame);
+                if let Some(started) = started {
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
+                }
+                if let Some(out) = relayed {
+                    if let (Some(relay), Some(payload)) = (self.relays.get(&out.allocation), frame.get(out.payload)) {
+                        if let Err(e) = relay.send_to(payload, out.peer) {
+                            debug!(error = %e, peer = %out.peer, "send to peer failed");
+                        }
+                    }
+                }
+                self.drain_outputs();
+            }
+            StreamEvent::Closed { five_tuple } => {
+                self.streams.remove(&five_tuple);
+                self.core.close_five_tuple(five_tuple, now);
+                self.drain_outputs();
+            }
+        }
+    }
+
+    /// Sends a framed message to a client on any transport.
+    fn send_to_client(&self, to: FiveTuple, contents: &[u8]) {
+        if to.transport == Transport::Udp {
+            if let Some(listener) = listener_for(&self.listeners, to.server) {
+                send_udp(listener, to, contents);
+            }
+        } else if let Some(queue) = self.streams.get(&to) {
+            // A full queue means the client is not reading: drop, as UDP would.
+            let _ = queue.try_send(contents.to_vec());
+        }
+    }
+
     /// Copies the loop's state into the published snapshot.
     fn publish(&mut self) {
         let now = Instant::now();
@@ -176,6 +254,7 @@ impl EventLoop {
         snapshot.channels = channels;
         snapshot.ports_in_use = ports_in_use;
         snapshot.ports_available = ports_available;
+        snapshot.tcp_connections = self.streams.len();
         snapshot.stats = self.core.stats();
         self.publisher.snapshots.send_replace(snapshot.clone());
     }
@@ -276,24 +355,17 @@ impl EventLoop {
             let Some(out) = self.core.handle_peer_packet(Instant::now(), id, peer, &mut self.relay_buf, payload) else {
                 continue;
             };
-            let Some(listener) = listener_for(&self.listeners, out.to.server) else {
-                continue;
-            };
             let Some(contents) = self.relay_buf.get(out.range.clone()) else {
                 continue;
             };
-            send_to_client(listener, out.to, contents);
+            self.send_to_client(out.to, contents);
         }
     }
 
     fn drain_outputs(&mut self) {
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Transmit { to, bytes } => {
-                    if let Some(listener) = listener_for(&self.listeners, to.server) {
-                        send_to_client(listener, to, &bytes);
-                    }
-                }
+                Output::Transmit { to, bytes } => self.send_to_client(to, &bytes),
                 Output::BindRelay { allocation, local, dont_fragment } => {
                     let result = self.open_relay(allocation, local, dont_fragment);
                     self.core.handle_relay_bound(Instant::now(), allocation, result);
@@ -388,7 +460,7 @@ fn listener_for(listeners: &[Listener], server: SocketAddr) -> Option<&Listener>
         .or_else(|| listeners.iter().find(|l| l.local.port() == server.port() && l.local.ip().is_unspecified()))
 }
 
-fn send_to_client(listener: &Listener, to: FiveTuple, contents: &[u8]) {
+fn send_udp(listener: &Listener, to: FiveTuple, contents: &[u8]) {
     let transmit = Transmit {
         destination: to.client,
         ecn: None,

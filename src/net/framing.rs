@@ -1,0 +1,146 @@
+//! Stream framing (RFC 8489 §6.2.2, RFC 8656 §12.5): over TCP and TLS, STUN messages
+//! and ChannelData follow each other with no delimiter; each is sized by its own
+//! length field, and ChannelData is padded to 4 bytes.
+
+use crate::stun::channel_data::{self, ChannelData};
+use crate::stun::raw::{padded, HEADER_LEN};
+
+/// The largest frame: a STUN message with a full 16-bit length.
+pub const MAX_FRAME: usize = HEADER_LEN + 0xFFFF;
+
+/// The bytes at the head of a stream do not start a STUN message or ChannelData.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream does not carry STUN or ChannelData (first byte {0:#04x})")]
+pub struct FramingError(pub u8);
+
+/// The length of the frame at the start of `buf`: `Ok(None)` when more bytes are
+/// needed to know, `Ok(Some(len))` when `len` bytes (which may not all be there yet)
+/// make the frame.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let Some(length) = buf.get(2..4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+        return Ok(None);
+    };
+    match first >> 6 {
+        0 if length % 4 == 0 => Ok(Some(HEADER_LEN + length)),
+        1 if ChannelData::parse_header(buf).is_some() => Ok(Some(channel_data::HEADER_LEN + padded(length))),
+        _ => Err(FramingError(first)),
+    }
+}
+
+/// A bounded read buffer that hands out whole frames.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        // Room for one maximal frame plus the start of the next: never more, whatever
+        // the peer sends.
+        Framer { buf: vec![0; MAX_FRAME + 4096], start: 0, end: 0 }
+    }
+}
+
+impl Framer {
+    /// Free space to read into.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < 4096) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records `n` bytes read into [`Framer::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Whether a partial frame is buffered.
+    pub fn has_partial(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// The next whole frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FramingError> {
+        let pending = &self.buf[self.start..self.end];
+        let Some(len) = frame_len(pending)? else {
+            return Ok(None);
+        };
+        if pending.len() < len {
+            return Ok(None);
+        }
+        let frame = self.start..self.start + len;
+        self.start += len;
+        Ok(self.buf.get(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(framer: &mut Framer, bytes: &[u8]) {
+        framer.spare()[..bytes.len()].copy_from_slice(bytes);
+        framer.filled(bytes.len());
+    }
+
+    fn stun(len: u16) -> Vec<u8> {
+        let mut m = vec![0, 1];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[0; 12]);
+        m.extend(std::iter::repeat_n(7, len as usize));
+        m
+    }
+
+    #[test]
+    fn coalesced_messages_come_out_one_by_one() {
+        let mut f = Framer::default();
+        let mut bytes = stun(4);
+        bytes.extend_from_slice(&[0x40, 0x00, 0x00, 0x03, 1, 2, 3, 0]); // padded ChannelData
+        bytes.extend(stun(0));
+        feed(&mut f, &bytes);
+        assert_eq!(f.next_frame().unwrap().unwrap().len(), 24);
+        assert_eq!(f.next_frame().unwrap().unwrap(), &[0x40, 0x00, 0x00, 0x03, 1, 2, 3, 0]);
+        assert_eq!(f.next_frame().unwrap().unwrap().len(), 20);
+        assert_eq!(f.next_frame().unwrap(), None);
+        assert!(!f.has_partial());
+    }
+
+    #[test]
+    fn a_message_split_across_reads_is_reassembled() {
+        let mut f = Framer::default();
+        let msg = stun(8);
+        for chunk in msg.chunks(3) {
+            assert_eq!(f.next_frame().unwrap(), None);
+            feed(&mut f, chunk);
+        }
+        assert_eq!(f.next_frame().unwrap().unwrap(), msg.as_slice());
+    }
+
+    #[test]
+    fn garbage_is_a_framing_error() {
+        let mut f = Framer::default();
+        feed(&mut f, b"GET / HTTP/1.1\r\n");
+        assert_eq!(f.next_frame(), Err(FramingError(b'G')));
+        let mut f = Framer::default();
+        feed(&mut f, &[0, 1, 0, 3]); // STUN length not a multiple of 4
+        assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn buffer_never_grows_past_one_frame() {
+        let mut f = Framer::default();
+        let cap = f.spare().len();
+        assert!(cap >= MAX_FRAME);
+        f.filled(cap + 100);
+        assert_eq!(f.spare().len(), 0);
+    }
+}

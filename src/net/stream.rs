@@ -1,0 +1,196 @@
+//! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection is
+//! a task that frames what it reads and hands whole messages to the event loop, which
+//! owns the core; the loop answers through a bounded per-connection queue. A client
+//! that sends nothing, or stalls mid-message, is cut after `first_message_timeout`,
+//! and the number of connections is capped: slowloris cannot hold descriptors.
+
+use super::framing::Framer;
+use crate::turn::{FiveTuple, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Messages queued towards one client before newer ones are dropped (a client that
+/// does not read must not make the loop buffer without bound).
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// Limits on stream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Time allowed from accept (incl. the TLS handshake) to the first whole message,
+    /// and to finish any message once started.
+    pub first_message_timeout: Duration,
+    /// A connection with no traffic at all for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent connections over all stream listeners.
+    pub max_connections: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            first_message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// What connections tell the event loop.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A connection is up; send to it through `outbound`.
+    Opened {
+        /// Its 5-tuple.
+        five_tuple: FiveTuple,
+        /// Its outbound queue.
+        outbound: mpsc::Sender<Vec<u8>>,
+    },
+    /// A whole STUN message or ChannelData frame arrived.
+    Frame {
+        /// From which connection.
+        five_tuple: FiveTuple,
+        /// The framed bytes.
+        frame: Vec<u8>,
+    },
+    /// The connection is gone: its allocation goes with it (RFC 8656 §3.1).
+    Closed {
+        /// Which connection.
+        five_tuple: FiveTuple,
+    },
+}
+
+/// Accepts connections on `listener` until the event channel closes.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: StreamLimits,
+    slots: Arc<Semaphore>,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; existing
+                // connections and UDP keep working meanwhile.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(%client, "connection refused: at max-connections");
+            continue;
+        };
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let five_tuple = FiveTuple { transport, client, server };
+        let events = events.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            serve(stream, tls, five_tuple, limits, events).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    five_tuple: FiveTuple,
+    limits: StreamLimits,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let deadline = Instant::now() + limits.first_message_timeout;
+    match tls {
+        None => connection(stream, five_tuple, limits, deadline, events).await,
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => connection(stream, five_tuple, limits, deadline, events).await,
+            Ok(Err(e)) => debug!(client = %five_tuple.client, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(client = %five_tuple.client, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn connection<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    five_tuple: FiveTuple,
+    limits: StreamLimits,
+    first_deadline: Instant,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let (outbound, mut queue) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    if events.send(StreamEvent::Opened { five_tuple, outbound }).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut framer = Framer::default();
+    let mut seen_message = false;
+    let mut partial_since: Option<Instant> = None;
+    let mut last_activity = Instant::now();
+    let reason = loop {
+        let deadline = if !seen_message {
+            first_deadline
+        } else if let Some(since) = partial_since {
+            since + limits.first_message_timeout
+        } else {
+            last_activity + limits.idle_timeout
+        };
+        tokio::select! {
+            read = reader.read(framer.spare()) => {
+                let n = match read {
+                    Ok(0) => break "closed by client",
+                    Ok(n) => n,
+                    Err(_) => break "read error",
+                };
+                framer.filled(n);
+                last_activity = Instant::now();
+                let mut failed = false;
+                loop {
+                    match framer.next_frame() {
+                        Ok(Some(frame)) => {
+                            seen_message = true;
+                            let frame = frame.to_vec();
+                            if events.send(StreamEvent::Frame { five_tuple, frame }).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    break "not STUN";
+                }
+                partial_since = match (framer.has_partial(), partial_since) {
+                    (true, None) => Some(last_activity),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
+            }
+            message = queue.recv() => {
+                let Some(bytes) = message else { break "server closed" };
+                if writer.write_all(&bytes).await.is_err() {
+                    break "write error";
+                }
+                last_activity = Instant::now();
+            }
+            () = tokio::time::sleep_until(deadline) => break "timeout",
+        }
+    };
+    debug!(client = %five_tuple.client, transport = five_tuple.transport.label(), reason, "connection closed");
+    let _ = writer.shutdown().await;
+    let _ = events.send(StreamEvent::Closed { five_tuple }).await;
+}
