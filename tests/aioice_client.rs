@@ -48,6 +48,7 @@ fn relayed_addr(output: &str) -> Option<SocketAddr> {
 }
 
 fn assert_echoed(out: &CmdOutput, turnd: &mut TurndProcess, peer: &UdpEchoPeer) {
+    assert!(turnd.is_running(), "turnd exited during the aioice run:\n{out}");
     assert!(out.success(), "aioice script failed:\n{out}");
     assert!(out.stdout.contains("ECHOED 5/5"), "{out}");
     assert!(out.stdout.contains("DELETED"), "allocation not deleted:\n{out}");
@@ -57,7 +58,6 @@ fn assert_echoed(out: &CmdOutput, turnd: &mut TurndProcess, peer: &UdpEchoPeer) 
         assert!((min..=max).contains(&relayed.port()), "relay port outside {min}..={max}:\n{out}");
     }
     assert_eq!(peer.count(), 5, "datagrams the echo peer received");
-    assert!(turnd.is_running(), "turnd died");
 }
 
 #[test]

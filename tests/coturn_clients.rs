@@ -73,6 +73,7 @@ fn uclient(server: SocketAddr, flags: &[&str], n: u32, peer: Option<SocketAddr>)
 
 /// Asserts uclient ran, sent `want_sent` messages and got (nearly) all back.
 fn assert_relayed(out: &CmdOutput, want_sent: u64, turnd: &mut TurndProcess) -> UclientStats {
+    assert!(turnd.is_running(), "turnd exited during the uclient run:\n{out}");
     assert!(out.success(), "uclient failed:\n{out}");
     let stats = uclient_stats(&out.all()).unwrap_or_else(|| panic!("no closing statistics in uclient output:\n{out}"));
     assert_eq!(stats.sent, want_sent, "messages sent:\n{out}");
@@ -82,7 +83,6 @@ fn assert_relayed(out: &CmdOutput, want_sent: u64, turnd: &mut TurndProcess) -> 
         stats.received + tolerated >= want_sent && stats.lost <= tolerated,
         "relayed data did not come back: {stats:?}\n{out}"
     );
-    assert!(turnd.is_running(), "turnd died during the run");
     stats
 }
 
