@@ -83,6 +83,19 @@ fn aioice_tcp_allocation_relays_to_echo_peer() {
 }
 
 #[test]
+fn aioice_tls_allocation_verifies_certificate_and_relays() {
+    if !need_aioice() || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let cert = TestCert::new();
+    let mut turnd = TurndProcess::start(&cert.add_to(&config_with(&["tls"])), &[]);
+    let peer = UdpEchoPeer::start();
+    let ca = cert.cert.to_str().expect("utf-8 temp path");
+    let out = aioice_as(turnd.tls_addr(), "tls", USER, PASSWORD, peer.addr(), &["--ca", ca]);
+    assert_echoed(&out, &mut turnd, &peer);
+}
+
+#[test]
 fn aioice_wrong_password_gets_401() {
     if !need_aioice() {
         return;

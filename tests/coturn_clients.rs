@@ -10,6 +10,8 @@
 //! - uclient first makes a "probe" allocation it refreshes and then abandons
 //!   without deleting it; then the real one(s). With `-c` it still binds
 //!   channels to both the peer port and peer port + 1, and binds each twice.
+//! - `-S` (TLS) with `-E CA`: a failed verification is followed by a
+//!   reconnect that succeeds anyway, so uclient cannot test verification.
 //! - without `-c` it allocates an RTP/RTCP pair: EVEN-PORT with the R bit,
 //!   then a second allocation with RESERVATION-TOKEN, and sends to the peer
 //!   port and peer port + 1.
@@ -138,6 +140,22 @@ fn uclient_tcp_channels_relay_to_echo_peer() {
     let peer = UdpEchoPeer::start();
     let out = uclient(turnd.tcp_addr(), &["-t", "-c"], 10, Some(peer.addr()));
     let stats = assert_relayed(&out, 10, &mut turnd);
+    assert!(peer.count() as u64 >= stats.received, "peer saw {}", peer.count());
+}
+
+#[test]
+fn uclient_tls_channels_relay_to_echo_peer() {
+    if !need_tool("turnutils_uclient", "coturn") || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let cert = TestCert::new();
+    let mut turnd = TurndProcess::start(&cert.add_to(&config_with(&["tls"])), &[]);
+    let peer = UdpEchoPeer::start();
+    // -S: TLS without verifying the server (uclient's -E CA check is not
+    // reliable: after a failed handshake it reconnects without it).
+    let out = uclient(turnd.tls_addr(), &["-t", "-S", "-c"], 10, Some(peer.addr()));
+    let stats = assert_relayed(&out, 10, &mut turnd);
+    assert!(out.all().contains("tls_connect: client session connected"), "no TLS session:\n{out}");
     assert!(peer.count() as u64 >= stats.received, "peer saw {}", peer.count());
 }
 

@@ -55,6 +55,43 @@ pub fn config_with(transports: &[&str]) -> String {
     s
 }
 
+/// A self-signed certificate for 127.0.0.1 and localhost (made with the
+/// `openssl` tool; P-256 key, one day), which is also its own CA.
+pub struct TestCert {
+    _dir: TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let dir = TempDir::new("turnd-cert");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = run_with_timeout(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+                .args(["-days", "1", "-subj", "/CN=localhost"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            Duration::from_secs(30),
+        );
+        assert!(out.success(), "openssl could not make a test certificate:\n{out}");
+        TestCert { _dir: dir, cert, key }
+    }
+
+    /// `config_toml` with a `[tls]` section pointing at this certificate.
+    pub fn add_to(&self, config_toml: &str) -> String {
+        format!(
+            "{config_toml}\n[tls]\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
 /// The relay port range written in a config (`[relay] port-min/port-max`).
 pub fn relay_range_of(config_toml: &str) -> Option<(u16, u16)> {
     let v: toml::Table = config_toml.parse().ok()?;
@@ -301,6 +338,9 @@ impl TurndProcess {
     }
     pub fn tcp_addr(&self) -> SocketAddr {
         self.addr("tcp")
+    }
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.addr("tls")
     }
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
         &self.listeners

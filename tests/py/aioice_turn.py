@@ -8,6 +8,7 @@ did not carry the data, 2 when the allocation failed.
 """
 import argparse
 import asyncio
+import ssl
 import sys
 
 from aioice import stun
@@ -37,6 +38,10 @@ class Receiver(asyncio.DatagramProtocol):
 
 async def run(args):
     peer = hostport(args.peer)
+    context = None
+    if args.transport == "tls":
+        # Verifies the server certificate against --ca (and its IP address SAN).
+        context = ssl.create_default_context(cafile=args.ca)
     try:
         transport, receiver = await create_turn_endpoint(
             Receiver,
@@ -44,9 +49,10 @@ async def run(args):
             username=args.user,
             password=args.password,
             lifetime=args.lifetime,
-            transport=args.transport,
+            ssl=context,
+            transport="udp" if args.transport == "udp" else "tcp",
         )
-    except (stun.TransactionError, ConnectionError, OSError) as exc:
+    except (stun.TransactionError, ConnectionError, OSError, ssl.SSLError) as exc:
         code = getattr(getattr(exc, "response", None), "error_code", None)
         print(f"ALLOCATE FAILED: {type(exc).__name__} error_code={code} {exc}", flush=True)
         return 2
@@ -85,7 +91,8 @@ def main():
     p.add_argument("--peer", required=True, help="HOST:PORT of a UDP echo peer")
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
-    p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
+    p.add_argument("--ca", help="CA certificate (PEM) to verify a tls server with")
     p.add_argument("--count", type=int, default=5)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--lifetime", type=int, default=600)
