@@ -197,6 +197,37 @@ impl Default for Log {
     }
 }
 
+/// `[admin]`: the HTTP admin listener (metrics, health, live stats, dashboard).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Admin {
+    /// Whether the admin listener runs at all.
+    pub enabled: bool,
+    /// Where it listens. On a loopback address read-only pages are open; on any other
+    /// address everything but `/healthz` and `/metrics` needs the token.
+    pub address: SocketAddr,
+    /// Bearer token for admin actions (and for everything off loopback). No token: actions
+    /// are refused.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// Whether `/metrics` needs the token too.
+    pub metrics_require_token: bool,
+    /// Concurrent admin connections (HTTP and WebSocket together); more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9641)),
+            token: None,
+            metrics_require_token: false,
+            max_connections: 16,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -215,6 +246,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: Log,
+    /// The admin listener.
+    pub admin: Admin,
 }
 
 impl Default for Config {
@@ -227,6 +260,7 @@ impl Default for Config {
             auth: Auth::default(),
             limits: Limits::default(),
             log: Log::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -326,6 +360,23 @@ impl Config {
         .contains(&0)
         {
             return Err(("limits", "limits must be at least 1".into()));
+        }
+        self.validate_admin()?;
+        Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), (&'static str, String)> {
+        let a = &self.admin;
+        if let Some(token) = &a.token {
+            // Tokens travel in an HTTP header, so visible ASCII only; short ones are guessable.
+            if token.len() < 16 || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(("admin.token", "must be 16 to 256 visible ASCII characters".into()));
+            }
+        } else if a.metrics_require_token {
+            return Err(("admin.metrics-require-token", "needs admin.token".into()));
+        }
+        if !(1..=1024).contains(&a.max_connections) {
+            return Err(("admin.max-connections", "must be 1 to 1024".into()));
         }
         Ok(())
     }

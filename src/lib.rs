@@ -3,8 +3,10 @@
 //! - [`stun`]: the wire format (codec, integrity, ChannelData).
 //! - [`turn`]: the sans-IO state machine: allocations, permissions, channels, auth.
 //! - [`net`]: the tokio shell that owns sockets and timers and drives the core.
+//! - [`admin`]: the HTTP admin listener (metrics, health, live stats, dashboard).
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 
+pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod net;

@@ -148,6 +148,15 @@ async fn run(config: Config, path: Option<PathBuf>) -> Result<()> {
     let publisher = Publisher::new(1024);
     let event_loop = EventLoop::new(config.core(), sockets, publisher.clone())?;
     let (control, control_rx) = tokio::sync::mpsc::channel(8);
+    // The admin plane runs on a thread of its own; dropping the handle on return stops it.
+    let _admin = if config.admin.enabled {
+        let admin = turnd::admin::spawn(&config.admin, &publisher, control.clone())
+            .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?;
+        info!("listening on admin {}", admin.local_addr());
+        Some(admin)
+    } else {
+        None
+    };
     let reloads = tokio::spawn(reload_on_sighup(path, config, control.clone()));
     let served = net::until_signal(event_loop.run(control_rx)).await;
     reloads.abort();
