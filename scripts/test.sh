@@ -24,6 +24,21 @@ install_deps() {
             || "$PYTHON" -m pip install -q --disable-pip-version-check --break-system-packages aioice \
             || return 1
     fi
+    # Admin tests: promtool checks /metrics; the dashboard test drives Debian's
+    # chromium through playwright-core (which never downloads a browser of its own).
+    local missing=()
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    if [ ${#missing[@]} -ne 0 ]; then
+        log "installing ${missing[*]} (admin tests)"
+        $SUDO apt-get update -qq >/dev/null
+        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
+    fi
+    if [ ! -d tests/browser/node_modules/playwright-core ]; then
+        log "installing playwright-core for the dashboard test"
+        (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent) || return 1
+    fi
     if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
         log "installing clippy and rustfmt"
         rustup component add clippy rustfmt >/dev/null || return 1
