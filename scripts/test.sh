@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh Debian machine it first installs what
-# the tests need (coturn's client tools, Python's aioice); installs are skipped
+# the tests need (coturn's client tools, openssl, Python's aioice, and for the
+# admin tests promtool, chromium and playwright-core); each install is skipped
 # when already present. Exits non-zero if any step fails.
+#
+# Everything runs from main(), so bash has read the whole file before it starts
+# (editing this file during a run cannot break that run).
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
@@ -13,27 +16,25 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf '==> %s\n' "$*"; }
 
 install_deps() {
-    if ! command -v turnutils_uclient >/dev/null 2>&1; then
-        log "installing coturn (turnutils_uclient, turnutils_stunclient)"
+    # Debian packages, with a single apt-get update when any is missing.
+    local missing=()
+    command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # Admin tests: promtool checks /metrics; the dashboard test drives Debian's
+    # chromium through playwright-core (which never downloads a browser of its own).
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    if [ ${#missing[@]} -ne 0 ]; then
+        log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null
-        $SUDO apt-get install -y -qq --no-install-recommends coturn >/dev/null || return 1
+        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
     fi
     if ! "$PYTHON" -c 'import aioice' >/dev/null 2>&1; then
         log "installing Python aioice"
         "$PYTHON" -m pip install -q --disable-pip-version-check aioice \
             || "$PYTHON" -m pip install -q --disable-pip-version-check --break-system-packages aioice \
             || return 1
-    fi
-    # Admin tests: promtool checks /metrics; the dashboard test drives Debian's
-    # chromium through playwright-core (which never downloads a browser of its own).
-    local missing=()
-    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-    [ -x /usr/bin/chromium ] || missing+=(chromium)
-    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-    if [ ${#missing[@]} -ne 0 ]; then
-        log "installing ${missing[*]} (admin tests)"
-        $SUDO apt-get update -qq >/dev/null
-        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
     fi
     if [ ! -d tests/browser/node_modules/playwright-core ]; then
         log "installing playwright-core for the dashboard test"
@@ -45,24 +46,30 @@ install_deps() {
     fi
 }
 
-failed=()
-step() {
-    local name="$1"; shift
-    log "$name"
-    if ! "$@"; then
-        failed+=("$name")
-        log "FAILED: $name"
+main() {
+    cd "$(dirname "$0")/.." || exit 1
+    local failed=()
+    step() {
+        local name="$1"; shift
+        log "$name"
+        if ! "$@"; then
+            failed+=("$name")
+            log "FAILED: $name"
+        fi
+    }
+
+    step "install test dependencies" install_deps
+    step "cargo fmt --check" cargo fmt --all --check
+    step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+    step "cargo test" cargo test --all-targets --no-fail-fast
+    step "cargo test --doc" cargo test --doc --quiet
+
+    if [ ${#failed[@]} -ne 0 ]; then
+        log "failed steps: ${failed[*]}"
+        exit 1
     fi
+    log "all steps passed"
+    exit 0
 }
 
-step "install test dependencies" install_deps
-step "cargo fmt --check" cargo fmt --all --check
-step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
-step "cargo test" cargo test --all-targets --no-fail-fast
-step "cargo test --doc" cargo test --doc --quiet
-
-if [ ${#failed[@]} -ne 0 ]; then
-    log "failed steps: ${failed[*]}"
-    exit 1
-fi
-log "all steps passed"
+main "$@"
