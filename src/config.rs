@@ -108,6 +108,54 @@ impl Default for Relay {
     }
 }
 
+/// `[tcp]`: limits on TCP and TLS client connections.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Tcp {
+    /// From accept (TLS handshake included) to the first whole message, and to finish
+    /// any message once started: a slowloris client is cut after this.
+    #[serde(with = "humantime_serde")]
+    pub first_message_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent TCP and TLS connections; more are refused at accept.
+    pub max_connections: usize,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        let d = crate::net::stream::StreamLimits::default();
+        Tcp {
+            first_message_timeout: d.first_message_timeout,
+            idle_timeout: d.idle_timeout,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl Tcp {
+    /// The shell's view.
+    pub fn limits(&self) -> crate::net::stream::StreamLimits {
+        crate::net::stream::StreamLimits {
+            first_message_timeout: self.first_message_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// `[tls]`: the certificate for `tls` listeners (PEM files; reloaded on SIGHUP and
+/// when the files change).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Tls {
+    /// Certificate chain, leaf first.
+    pub certificate: Option<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<PathBuf>,
+}
+
 /// `[[auth.user]]`: a static user, by password or precomputed key.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -244,6 +292,10 @@ pub struct Config {
     pub auth: Auth,
     /// Quotas.
     pub limits: Limits,
+    /// TCP/TLS connection limits.
+    pub tcp: Tcp,
+    /// TLS certificate.
+    pub tls: Tls,
     /// Logging.
     pub log: Log,
     /// The admin listener.
@@ -255,10 +307,21 @@ impl Default for Config {
         Config {
             realm: "turnd".into(),
             software: concat!("turnd/", env!("CARGO_PKG_VERSION")).into(),
-            listen: vec![Listen { transport: ListenTransport::Udp, address: SocketAddr::from(([0, 0, 0, 0], 3478)) }],
+            // 3478 over UDP and TCP, IPv4 and IPv6 (IPv6 is skipped on hosts without it).
+            listen: [ListenTransport::Udp, ListenTransport::Tcp]
+                .into_iter()
+                .flat_map(|transport| {
+                    [
+                        Listen { transport, address: SocketAddr::from(([0, 0, 0, 0], 3478)) },
+                        Listen { transport, address: SocketAddr::from(([0u16; 8], 3478)) },
+                    ]
+                })
+                .collect(),
             relay: Relay::default(),
             auth: Auth::default(),
             limits: Limits::default(),
+            tcp: Tcp::default(),
+            tls: Tls::default(),
             log: Log::default(),
             admin: Admin::default(),
         }
@@ -313,8 +376,15 @@ impl Config {
         if self.listen.is_empty() {
             return Err(("listen", "at least one listener is needed".into()));
         }
-        if self.listen.iter().any(|l| l.transport != ListenTransport::Udp) {
-            return Err(("transport", "only \"udp\" listeners are supported by this build".into()));
+        let has_tls = self.listen.iter().any(|l| l.transport == ListenTransport::Tls);
+        if has_tls && (self.tls.certificate.is_none() || self.tls.private_key.is_none()) {
+            return Err(("transport", "a \"tls\" listener needs [tls] certificate and private-key".into()));
+        }
+        if self.tcp.first_message_timeout < Duration::from_secs(1) || self.tcp.idle_timeout < Duration::from_secs(10) {
+            return Err(("tcp.first-message-timeout", "timeouts must be at least 1s (idle-timeout 10s)".into()));
+        }
+        if self.tcp.max_connections == 0 {
+            return Err(("tcp.max-connections", "must be at least 1".into()));
         }
         if self.relay.port_min > self.relay.port_max || self.relay.port_min == 0 {
             return Err((

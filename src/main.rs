@@ -5,10 +5,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 use turnd::config::{Config, ListenTransport, LogFormat, User};
-use turnd::net::{self, Control, EventLoop, Publisher};
+use turnd::net::tls::ReloadableCert;
+use turnd::net::{self, stream, Control, EventLoop, Publisher};
 use turnd::turn::auth::rest_password;
 
 #[derive(Parser, Debug)]
@@ -57,8 +60,22 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// How often certificate files are checked for renewal.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(5);
+
+fn main() -> std::process::ExitCode {
+    // Errors are for operators: one line naming the file, key or address, no backtrace.
+    match dispatch(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Serve { config, users, allow_peers, log_format } => serve(config, users, allow_peers, log_format),
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -135,18 +152,55 @@ fn random_password() -> String {
 }
 
 async fn run(config: Config, path: Option<PathBuf>) -> Result<()> {
-    let mut sockets = Vec::new();
+    let cert = load_certificate(&config)?;
+    let embedded_default = path.is_none();
+    let (stream_tx, stream_rx) = tokio::sync::mpsc::channel(4096);
+    let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
+    let mut udp_sockets = Vec::new();
     for listen in &config.listen {
-        if listen.transport != ListenTransport::Udp {
-            continue;
-        }
-        let (socket, local) =
-            net::bind_udp_listener(listen.address).with_context(|| format!("binding udp {}", listen.address))?;
-        info!("listening on udp {local}");
-        sockets.push(socket);
+        let label = match listen.transport {
+            ListenTransport::Udp => "udp",
+            ListenTransport::Tcp => "tcp",
+            ListenTransport::Tls => "tls",
+        };
+        let context = || format!("binding {label} {}", listen.address);
+        // The embedded default includes [::]: a host without IPv6 just skips it.
+        let skip_v6 = |e: &std::io::Error| {
+            let skip = embedded_default && listen.address.is_ipv6();
+            if skip {
+                warn!(error = %e, "no IPv6 here: not listening on {label} {}", listen.address);
+            }
+            skip
+        };
+        let local = if listen.transport == ListenTransport::Udp {
+            let (socket, local) = match net::bind_udp_listener(listen.address) {
+                Ok(bound) => bound,
+                Err(e) if skip_v6(&e) => continue,
+                Err(e) => return Err(e).with_context(context),
+            };
+            udp_sockets.push(socket);
+            local
+        } else {
+            let listener = match net::bind_tcp_listener(listen.address) {
+                Ok(listener) => listener,
+                Err(e) if skip_v6(&e) => continue,
+                Err(e) => return Err(e).with_context(context),
+            };
+            let local = listener.local_addr()?;
+            let acceptor = match (&cert, listen.transport) {
+                (Some(cert), ListenTransport::Tls) => {
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().context("TLS setup")?)))
+                }
+                _ => None,
+            };
+            let limits = config.tcp.limits();
+            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), stream_tx.clone()));
+            local
+        };
+        info!("listening on {label} {local}");
     }
     let publisher = Publisher::new(1024);
-    let event_loop = EventLoop::new(config.core(), sockets, publisher.clone())?;
+    let event_loop = EventLoop::new(config.core(), udp_sockets, publisher.clone())?;
     let (control, control_rx) = tokio::sync::mpsc::channel(8);
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {
@@ -157,9 +211,13 @@ async fn run(config: Config, path: Option<PathBuf>) -> Result<()> {
     } else {
         None
     };
-    let reloads = tokio::spawn(reload_on_sighup(path, config, control.clone()));
-    let served = net::until_signal(event_loop.run(control_rx)).await;
+    let reloads = tokio::spawn(reload_on_sighup(path, config, cert.clone(), control.clone()));
+    let watcher = cert.map(|cert| tokio::spawn(watch_certificate(cert)));
+    let served = net::until_signal(event_loop.run(control_rx, stream_rx)).await;
     reloads.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     match served {
         Some(Err(e)) => {
             error!(error = %e, "event loop failed");
@@ -172,12 +230,47 @@ async fn run(config: Config, path: Option<PathBuf>) -> Result<()> {
     }
 }
 
+/// Loads the TLS certificate when a `tls` listener needs one; the error names the file.
+fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>> {
+    if !config.listen.iter().any(|l| l.transport == ListenTransport::Tls) {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&config.tls.certificate, &config.tls.private_key) else {
+        bail!("a tls listener needs [tls] certificate and private-key");
+    };
+    Ok(Some(Arc::new(ReloadableCert::new(cert, key)?)))
+}
+
+/// Picks up renewed certificate files (e.g. from certbot) without a SIGHUP.
+async fn watch_certificate(cert: Arc<ReloadableCert>) {
+    let mut tick = tokio::time::interval(CERTIFICATE_POLL);
+    loop {
+        tick.tick().await;
+        match cert.reload_if_changed() {
+            Ok(true) => info!("TLS certificate reloaded (files changed)"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "TLS certificate files changed but cannot be loaded; keeping the old one"),
+        }
+    }
+}
+
 /// On SIGHUP, rereads the config file and hands the loop what can change live.
-async fn reload_on_sighup(path: Option<PathBuf>, mut current: Config, control: tokio::sync::mpsc::Sender<Control>) {
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    mut current: Config,
+    cert: Option<Arc<ReloadableCert>>,
+    control: tokio::sync::mpsc::Sender<Control>,
+) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
+        if let Some(cert) = &cert {
+            match cert.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => error!(error = %e, "TLS certificate reload failed; keeping the old one"),
+            }
+        }
         let Some(path) = &path else {
             warn!("SIGHUP ignored: running without a config file");
             continue;

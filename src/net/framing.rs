@@ -128,8 +128,12 @@ mod tests {
     #[test]
     fn garbage_is_a_framing_error() {
         let mut f = Framer::default();
-        feed(&mut f, b"GET / HTTP/1.1\r\n");
-        assert_eq!(f.next_frame(), Err(FramingError(b'G')));
+        feed(&mut f, &[0xFF, 0xFF, 0, 0]);
+        assert_eq!(f.next_frame(), Err(FramingError(0xFF)));
+        // A TLS ClientHello sent to a plain TCP listener.
+        let mut f = Framer::default();
+        feed(&mut f, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+        assert_eq!(f.next_frame(), Err(FramingError(0x16)));
         let mut f = Framer::default();
         feed(&mut f, &[0, 1, 0, 3]); // STUN length not a multiple of 4
         assert!(f.next_frame().is_err());

@@ -11,6 +11,7 @@ pub mod tls;
 
 pub use report::{Control, Publisher, Snapshot};
 
+use crate::turn::allocation::Family;
 use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{EndReason, Event, Output};
@@ -84,7 +85,8 @@ pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListe
 pub struct EventLoop {
     core: Server,
     listeners: Vec<Listener>,
-    relays: HashMap<AllocationId, UdpSocket>,
+    /// Relay sockets by allocation, one per [`Family`].
+    relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
     epoll: Epoll,
     recv_slots: Vec<u8>,
     relay_buf: Vec<u8>,
@@ -214,7 +216,9 @@ impl EventLoop {
                     self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
                 }
                 if let Some(out) = relayed {
-                    if let (Some(relay), Some(payload)) = (self.relays.get(&out.allocation), frame.get(out.payload)) {
+                    if let (Some(relay), Some(payload)) =
+                        (self.relay_socket(out.allocation, out.peer), frame.get(out.payload))
+                    {
                         if let Err(e) = relay.send_to(payload, out.peer) {
                             debug!(error = %e, peer = %out.peer, "send to peer failed");
                         }
@@ -267,7 +271,8 @@ impl EventLoop {
             if token >= LISTENER_TOKEN {
                 self.serve_listener((token - LISTENER_TOKEN) as usize);
             } else {
-                self.serve_relay(AllocationId(token));
+                let family = if token & 1 == 0 { Family::V4 } else { Family::V6 };
+                self.serve_relay(AllocationId(token >> 1), family);
             }
         }
         Ok(n)
@@ -319,7 +324,7 @@ impl EventLoop {
                     }
                     if let Some(out) = relayed {
                         if let (Some(relay), Some(payload)) =
-                            (self.relays.get(&out.allocation), packet.get(out.payload.clone()))
+                            (self.relay_socket(out.allocation, out.peer), packet.get(out.payload.clone()))
                         {
                             if let Err(e) = relay.send_to(payload, out.peer) {
                                 debug!(error = %e, peer = %out.peer, "send to peer failed");
@@ -333,9 +338,9 @@ impl EventLoop {
         }
     }
 
-    fn serve_relay(&mut self, id: AllocationId) {
+    fn serve_relay(&mut self, id: AllocationId, family: Family) {
         for _ in 0..READS_PER_WAKE {
-            let Some(relay) = self.relays.get(&id) else {
+            let Some(relay) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()) else {
                 return;
             };
             let payload_area = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM;
@@ -368,10 +373,10 @@ impl EventLoop {
                 Output::Transmit { to, bytes } => self.send_to_client(to, &bytes),
                 Output::BindRelay { allocation, local, dont_fragment } => {
                     let result = self.open_relay(allocation, local, dont_fragment);
-                    self.core.handle_relay_bound(Instant::now(), allocation, result);
+                    self.core.handle_relay_bound(Instant::now(), allocation, local, result);
                 }
                 Output::CloseRelay { allocation } => {
-                    if let Some(socket) = self.relays.remove(&allocation) {
+                    for socket in self.relays.remove(&allocation).into_iter().flatten().flatten() {
                         self.epoll.remove(socket.as_raw_fd());
                     }
                 }
@@ -386,6 +391,11 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// The relay socket of `id` for sending to `peer`.
+    fn relay_socket(&self, id: AllocationId, peer: SocketAddr) -> Option<&UdpSocket> {
+        self.relays.get(&id)?[Family::of(peer.ip()) as usize].as_ref()
     }
 
     fn open_relay(
@@ -405,11 +415,12 @@ impl EventLoop {
         };
         let socket: UdpSocket = socket.into();
         let bound = socket.local_addr().map_err(|_| RelayBindError::Other)?;
-        if let Err(e) = self.epoll.add(socket.as_raw_fd(), id.0) {
+        let family = Family::of(bound.ip());
+        if let Err(e) = self.epoll.add(socket.as_raw_fd(), id.0 << 1 | family as u64) {
             warn!(error = %e, "cannot watch relay socket");
             return Err(RelayBindError::Other);
         }
-        self.relays.insert(id, socket);
+        self.relays.entry(id).or_default()[family as usize] = Some(socket);
         Ok(bound)
     }
 }
@@ -439,7 +450,7 @@ fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Inst
         user: a.username.to_string(),
         client: a.five_tuple.client,
         transport: a.five_tuple.transport.label(),
-        relay: a.advertised,
+        relay: a.relay_addrs().next().map_or(a.five_tuple.server, |r| r.advertised),
         age_secs: now.saturating_duration_since(a.created).as_secs(),
         expires_in_secs: a.remaining(now).as_secs(),
         permissions,
@@ -479,8 +490,13 @@ fn send_udp(listener: &Listener, to: FiveTuple, contents: &[u8]) {
 fn disable_gro_and_pmtud(socket: &UdpSocket) {
     let off: libc::c_int = 0;
     let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-    for (level, name, value) in [(libc::SOL_UDP, libc::UDP_GRO, &off), (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont)]
-    {
+    let dont6: libc::c_int = libc::IPV6_PMTUDISC_DONT;
+    for (level, name, value) in [
+        (libc::SOL_UDP, libc::UDP_GRO, &off),
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &dont6),
+    ] {
+        // Each may fail on a socket of the other family; that is fine.
         // SAFETY: setsockopt reads one c_int from a valid reference.
         unsafe {
             libc::setsockopt(

@@ -28,6 +28,35 @@ struct Channel {
     expires: Instant,
 }
 
+/// An address family, as an index into per-family arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4 = 0,
+    /// IPv6.
+    V6 = 1,
+}
+
+impl Family {
+    /// The family of an address (IPv4-mapped IPv6 counts as IPv4).
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// One relayed transport address of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddr {
+    /// The relay socket's local address.
+    pub bound: SocketAddr,
+    /// The address told to the client (differs from `bound` behind NAT).
+    pub advertised: SocketAddr,
+}
+
 /// Traffic relayed for one allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -59,10 +88,9 @@ pub struct Allocation {
     pub username: Box<str>,
     /// The key later requests are checked with.
     pub key: Key,
-    /// The relay socket's local address.
-    pub relay: SocketAddr,
-    /// The relay address told to the client (differs behind NAT).
-    pub advertised: SocketAddr,
+    /// The relayed addresses by [`Family`]: one, or two for a dual-stack allocation
+    /// (RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY).
+    pub relays: [Option<RelayAddr>; 2],
     /// When it was created.
     pub created: Instant,
     /// When it expires unless refreshed.
@@ -84,8 +112,7 @@ impl Allocation {
         five_tuple: FiveTuple,
         username: &str,
         key: Key,
-        relay: SocketAddr,
-        advertised: SocketAddr,
+        relays: [Option<RelayAddr>; 2],
         now: Instant,
         lifetime: Duration,
         transaction_id: TransactionId,
@@ -94,8 +121,7 @@ impl Allocation {
             five_tuple,
             username: username.into(),
             key,
-            relay,
-            advertised,
+            relays,
             created: now,
             expires: now + lifetime,
             transaction_id,
@@ -104,6 +130,16 @@ impl Allocation {
             permissions: Vec::new(),
             channels: Vec::new(),
         }
+    }
+
+    /// The relay for peers of `ip`'s family, if the allocation has one.
+    pub fn relay_for(&self, ip: IpAddr) -> Option<RelayAddr> {
+        self.relays[Family::of(ip) as usize]
+    }
+
+    /// The relayed addresses, IPv4 first.
+    pub fn relay_addrs(&self) -> impl Iterator<Item = RelayAddr> + '_ {
+        self.relays.iter().flatten().copied()
     }
 
     /// Seconds of life left (for LIFETIME in a retransmitted response).

@@ -1,12 +1,12 @@
 //! STUN request handlers: Binding, authentication, Allocate, Refresh, CreatePermission
 //! and ChannelBind (RFC 8489 §9.2, RFC 8656 §7-11).
 
-use super::allocation::{Allocation, BindError};
+use super::allocation::{Allocation, BindError, Family, RelayAddr};
 use super::auth::{CredentialError, NonceStatus};
-use super::policy::canonical;
+use super::policy::{canonical, unmapped};
 use super::server::{
-    Auth, EndReason, Event, Output, PendingAllocate, Reject, Reservation, Server, BIND_ATTEMPTS, DEFAULT_LIFETIME,
-    RESERVATION_LIFETIME,
+    Auth, EndReason, Event, Output, PendingAllocate, PendingRelay, Reject, Reservation, Server, BIND_ATTEMPTS,
+    DEFAULT_LIFETIME, RESERVATION_LIFETIME,
 };
 use super::stats::{AuthFailure, DropReason};
 use super::{AllocationId, FiveTuple};
@@ -20,7 +20,8 @@ use stun_codec::rfc5389::attributes::{Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5766::attributes::{
     DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
 };
-use stun_codec::rfc8656::attributes::RequestedAddressFamily;
+use stun_codec::rfc5766::methods::ALLOCATE;
+use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily};
 use stun_codec::{MessageClass, TransactionId};
 
 /// RFC 8656 §14.7: REQUESTED-TRANSPORT value for UDP.
@@ -33,6 +34,15 @@ pub enum RelayBindError {
     AddrInUse,
     /// Anything else (out of file descriptors, address not local...).
     Other,
+}
+
+/// RFC 8656 §18.12 ADDRESS-ERROR-CODE: family, reserved, then an ERROR-CODE body.
+fn address_error_code(family: Family, code: u16) -> crate::stun::attributes::AddressErrorCode {
+    let family = match family {
+        Family::V4 => 0x01,
+        Family::V6 => 0x02,
+    };
+    crate::stun::attributes::Opaque(vec![family, 0, (code / 100) as u8, (code % 100) as u8])
 }
 
 fn success(request: &Message) -> Message {
@@ -122,8 +132,8 @@ impl Server {
         }
     }
 
-    /// RFC 8656 §7.2. On success the answer waits for the relay socket: the shell
-    /// reports it through [`Server::handle_relay_bound`].
+    /// RFC 8656 §7.2. On success the answer waits for the relay sockets: the shell
+    /// reports each through [`Server::handle_relay_bound`].
     pub(crate) fn allocate(
         &mut self,
         now: Instant,
@@ -135,8 +145,7 @@ impl Server {
             let retransmission =
                 self.allocations.get(&id).is_some_and(|a| a.transaction_id == request.transaction_id());
             if retransmission {
-                let response = self.allocate_success(id, request.transaction_id(), now, None);
-                if let Some(response) = response {
+                if let Some(response) = self.allocate_success(id, request.transaction_id(), now, None, &[]) {
                     self.respond(from, response, Some(&auth));
                 }
                 return Ok(());
@@ -144,22 +153,28 @@ impl Server {
             return Err(Reject::new(437, "Allocation Mismatch").with_auth(&auth));
         }
         if self.pending.values().any(|p| p.five_tuple == from) {
-            return Ok(()); // a retransmission while the socket is being bound
+            return Ok(()); // a retransmission while the sockets are being bound
         }
-        let bad = |reason| Reject::new(400, reason).with_auth(&auth);
-        let transport = request.get_attribute::<RequestedTransport>().ok_or_else(|| bad("Bad Request"))?;
+        let bad = || Reject::new(400, "Bad Request").with_auth(&auth);
+        let transport = request.get_attribute::<RequestedTransport>().ok_or_else(bad)?;
         if transport.protocol() != PROTOCOL_UDP {
             return Err(Reject::new(442, "Unsupported Transport Protocol").with_auth(&auth));
         }
         let even_port = request.get_attribute::<EvenPort>();
         let token = request.get_attribute::<ReservationToken>();
-        let family = request.get_attribute::<RequestedAddressFamily>();
-        if token.is_some() && (even_port.is_some() || family.is_some()) {
-            return Err(bad("Bad Request"));
+        let requested = request.get_attribute::<RequestedAddressFamily>().map(|f| f.address_family());
+        let additional = request.get_attribute::<AdditionalAddressFamily>().map(|f| f.address_family());
+        // RFC 8656 §7.2: these combinations are contradictory.
+        if (token.is_some() && (even_port.is_some() || requested.is_some() || additional.is_some()))
+            || (requested.is_some() && additional.is_some())
+            || (even_port.is_some() && additional.is_some())
+            || additional.is_some_and(|f| f != AddressFamily::V6)
+        {
+            return Err(bad());
         }
-        let wants_v6 = family.is_some_and(|f| f.address_family() == stun_codec::rfc8656::attributes::AddressFamily::V6);
+        let primary = if requested == Some(AddressFamily::V6) { Family::V6 } else { Family::V4 };
         let bind_ip = self
-            .relay_bind_ip(from, wants_v6)
+            .relay_bind_ip(from, primary)
             .ok_or_else(|| Reject::new(440, "Address Family not Supported").with_auth(&auth))?;
         let quotas = self.config.quotas;
         if self.allocations.len() + self.pending.len() >= quotas.total_allocations {
@@ -170,23 +185,37 @@ impl Server {
         {
             return Err(Reject::new(486, "Allocation Quota Reached").with_auth(&auth));
         }
-        let (port, from_reservation) = match token {
+        let reserve_next = even_port.is_some_and(|e| e.is_requested());
+        let port = match token {
             Some(token) => {
-                let value = token.token();
-                let reservation = self.reservations.remove(&value).filter(|r| r.expires > now);
-                let reservation =
-                    reservation.ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?;
-                (reservation.port, true)
+                let reservation = self.reservations.remove(&token.token()).filter(|r| r.expires > now);
+                reservation.map(|r| r.port).ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?
             }
-            None => {
-                let even = even_port.is_some();
-                let reserve = even_port.is_some_and(|e| e.is_requested());
-                let port = self.ports.take_random(self.rng.as_mut(), even, reserve);
-                (port.ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?, false)
-            }
+            None => self
+                .ports
+                .take_random(self.rng.as_mut(), even_port.is_some(), reserve_next)
+                .ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?,
         };
+        let mut relays = vec![PendingRelay { family: primary, bind_ip, port, attempts: 1, outcome: None }];
+        let mut refused_additional = None;
+        if additional.is_some() {
+            match (self.relay_bind_ip(from, Family::V6), self.ports.take_random(self.rng.as_mut(), false, false)) {
+                (Some(ip), Some(port)) => {
+                    relays.push(PendingRelay { family: Family::V6, bind_ip: ip, port, attempts: 1, outcome: None })
+                }
+                (None, port) => {
+                    port.into_iter().for_each(|p| self.ports.release(p));
+                    refused_additional = Some(440);
+                }
+                (Some(_), None) => refused_additional = Some(508),
+            }
+        }
         let id = self.next_allocation_id();
         let dont_fragment = request.get_attribute::<DontFragment>().is_some();
+        for relay in &relays {
+            let local = SocketAddr::new(relay.bind_ip, relay.port);
+            self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment });
+        }
         self.pending.insert(
             id,
             PendingAllocate {
@@ -194,108 +223,143 @@ impl Server {
                 transaction_id: request.transaction_id(),
                 username: auth.username.clone(),
                 lifetime: self.granted_lifetime(request).max(Duration::from_secs(1)),
-                port,
-                reserve_next: even_port.is_some_and(|e| e.is_requested()),
-                from_reservation,
+                relays,
+                refused_additional,
+                reserve_next,
+                from_reservation: token.is_some(),
                 even_port: even_port.is_some(),
                 dont_fragment,
-                bind_ip,
-                attempts: 1,
                 auth,
             },
         );
-        let local = SocketAddr::new(bind_ip, port);
-        self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment });
         Ok(())
     }
 
-    /// The IP a new relay socket binds to: the configured one for the family, else the
+    /// The IP a new relay socket of `family` binds to: the configured one, else the
     /// local address the request arrived on when it is of that family.
-    fn relay_bind_ip(&self, from: FiveTuple, wants_v6: bool) -> Option<IpAddr> {
+    fn relay_bind_ip(&self, from: FiveTuple, family: Family) -> Option<IpAddr> {
         let arrived = canonical(from.server.ip());
         let relay = &self.config.relay;
-        if wants_v6 {
-            relay.bind_v6.map(IpAddr::V6).or(arrived.is_ipv6().then_some(arrived))
-        } else {
-            relay.bind_v4.map(IpAddr::V4).or(arrived.is_ipv4().then_some(arrived))
+        match family {
+            Family::V6 => relay.bind_v6.map(IpAddr::V6).or(arrived.is_ipv6().then_some(arrived)),
+            Family::V4 => relay.bind_v4.map(IpAddr::V4).or(arrived.is_ipv4().then_some(arrived)),
         }
     }
 
-    /// The shell's answer to [`Output::BindRelay`]: `Ok` with the bound address, or why
-    /// binding failed.
-    pub fn handle_relay_bound(&mut self, now: Instant, id: AllocationId, result: Result<SocketAddr, RelayBindError>) {
-        let Some(mut pending) = self.pending.remove(&id) else {
+    /// The shell's answer to [`Output::BindRelay`] for the socket of `local`'s family:
+    /// `Ok` with the bound address, or why binding failed.
+    pub fn handle_relay_bound(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        local: SocketAddr,
+        result: Result<SocketAddr, RelayBindError>,
+    ) {
+        let Some(pending) = self.pending.get_mut(&id) else {
             return;
         };
-        let bound = match result {
-            Ok(bound) => bound,
+        let family = Family::of(local.ip());
+        let Some(relay) = pending.relays.iter_mut().find(|r| r.family == family && r.outcome.is_none()) else {
+            return;
+        };
+        match result {
+            Ok(bound) => relay.outcome = Some(Ok(bound)),
             Err(error) => {
-                self.ports.release(pending.port);
+                self.ports.release(relay.port);
                 if pending.reserve_next {
-                    self.ports.release(pending.port + 1);
+                    self.ports.release(relay.port.saturating_add(1));
                 }
-                let retry = error == RelayBindError::AddrInUse && !pending.from_reservation;
-                let next = if retry && pending.attempts < BIND_ATTEMPTS {
+                let retry =
+                    error == RelayBindError::AddrInUse && !pending.from_reservation && relay.attempts < BIND_ATTEMPTS;
+                let next = if retry {
                     self.ports.take_random(self.rng.as_mut(), pending.even_port, pending.reserve_next)
                 } else {
                     None
                 };
                 match next {
                     Some(port) => {
-                        pending.port = port;
-                        pending.attempts += 1;
-                        let local = SocketAddr::new(pending.bind_ip, port);
+                        relay.port = port;
+                        relay.attempts += 1;
+                        let local = SocketAddr::new(relay.bind_ip, port);
                         let dont_fragment = pending.dont_fragment;
-                        self.pending.insert(id, pending);
                         self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment });
+                        return;
                     }
-                    None => {
-                        let reject = Reject::new(508, "Insufficient Capacity").with_auth(&pending.auth);
-                        self.reject(
-                            pending.five_tuple,
-                            stun_codec::rfc5766::methods::ALLOCATE,
-                            pending.transaction_id,
-                            reject,
-                        );
-                    }
+                    None => relay.outcome = Some(Err(508)),
                 }
-                return;
             }
-        };
-        let advertised_ip = match canonical(bound.ip()) {
-            IpAddr::V4(ip) => self.config.relay.external_v4.unwrap_or(ip).into(),
-            IpAddr::V6(ip) => self.config.relay.external_v6.unwrap_or(ip).into(),
-        };
+        }
+        if pending.relays.iter().all(|r| r.outcome.is_some()) {
+            if let Some(pending) = self.pending.remove(&id) {
+                self.finish_allocate(now, id, pending);
+            }
+        }
+    }
+
+    /// Creates the allocation once every relay socket is bound (or failed).
+    fn finish_allocate(&mut self, now: Instant, id: AllocationId, pending: PendingAllocate) {
+        let mut relays = [None, None];
+        let mut address_errors = Vec::new();
+        for (i, relay) in pending.relays.iter().enumerate() {
+            match relay.outcome {
+                Some(Ok(bound)) => {
+                    let advertised_ip: IpAddr = match canonical(bound.ip()) {
+                        IpAddr::V4(ip) => self.config.relay.external_v4.unwrap_or(ip).into(),
+                        IpAddr::V6(ip) => self.config.relay.external_v6.unwrap_or(ip).into(),
+                    };
+                    let advertised = SocketAddr::new(advertised_ip, bound.port());
+                    relays[relay.family as usize] = Some(RelayAddr { bound, advertised });
+                }
+                Some(Err(code)) if i > 0 => address_errors.push((relay.family, code)),
+                _ => {
+                    // The requested family failed: the whole Allocate fails.
+                    for relay in &pending.relays {
+                        if let Some(Ok(bound)) = relay.outcome {
+                            self.ports.release(bound.port());
+                        }
+                    }
+                    self.outputs.push_back(Output::CloseRelay { allocation: id });
+                    let reject = Reject::new(508, "Insufficient Capacity").with_auth(&pending.auth);
+                    self.reject(pending.five_tuple, ALLOCATE, pending.transaction_id, reject);
+                    return;
+                }
+            }
+        }
+        if let Some(code) = pending.refused_additional {
+            address_errors.push((Family::V6, code));
+        }
         let reservation = pending.reserve_next.then(|| {
             let token = self.rng.next_u64();
-            self.reservations
-                .insert(token, Reservation { port: pending.port + 1, expires: now + RESERVATION_LIFETIME });
+            let port = pending.relays[0].port + 1;
+            self.reservations.insert(token, Reservation { port, expires: now + RESERVATION_LIFETIME });
             token
         });
         let allocation = Allocation::new(
             pending.five_tuple,
             &pending.username,
             pending.auth.key,
-            bound,
-            SocketAddr::new(advertised_ip, bound.port()),
+            relays,
             now,
             pending.lifetime,
             pending.transaction_id,
         );
+        let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         self.by_five_tuple.insert(pending.five_tuple, id);
         *self.per_user.entry(pending.username.clone().into_boxed_str()).or_default() += 1;
         *self.per_ip.entry(pending.five_tuple.client.ip()).or_default() += 1;
         self.expiries.push(Reverse((allocation.expires, id)));
         self.allocations.insert(id, allocation);
         self.stats.allocations_created += 1;
-        self.outputs.push_back(Output::Event(Event::AllocationCreated {
-            id,
-            five_tuple: pending.five_tuple,
-            username: pending.username.clone(),
-            relay: SocketAddr::new(advertised_ip, bound.port()),
-            lifetime: pending.lifetime,
-        }));
-        if let Some(response) = self.allocate_success(id, pending.transaction_id, now, reservation) {
+        if let Some(relay) = advertised {
+            self.outputs.push_back(Output::Event(Event::AllocationCreated {
+                id,
+                five_tuple: pending.five_tuple,
+                username: pending.username.clone(),
+                relay,
+                lifetime: pending.lifetime,
+            }));
+        }
+        if let Some(response) = self.allocate_success(id, pending.transaction_id, now, reservation, &address_errors) {
             self.respond(pending.five_tuple, response, Some(&pending.auth));
         }
     }
@@ -306,11 +370,16 @@ impl Server {
         transaction_id: TransactionId,
         now: Instant,
         reservation: Option<u64>,
+        address_errors: &[(Family, u16)],
     ) -> Option<Message> {
         let allocation = self.allocations.get(&id)?;
-        let mut response =
-            Message::new(MessageClass::SuccessResponse, stun_codec::rfc5766::methods::ALLOCATE, transaction_id);
-        response.add_attribute(XorRelayAddress::new(allocation.advertised));
+        let mut response = Message::new(MessageClass::SuccessResponse, ALLOCATE, transaction_id);
+        for relay in allocation.relay_addrs() {
+            response.add_attribute(XorRelayAddress::new(relay.advertised));
+        }
+        for (family, code) in address_errors {
+            response.add_attribute(address_error_code(*family, *code));
+        }
         response.add_attribute(Lifetime::from_u32(allocation.remaining(now).as_secs() as u32));
         if let Some(token) = reservation {
             response.add_attribute(ReservationToken::new(token));
@@ -348,7 +417,7 @@ impl Server {
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return Err(Reject::new(437, "Allocation Mismatch").with_auth(auth));
         };
-        if canonical(peer.ip()).is_ipv4() != canonical(allocation.relay.ip()).is_ipv4() {
+        if allocation.relay_for(peer.ip()).is_none() {
             return Err(Reject::new(443, "Peer Address Family Mismatch").with_auth(auth));
         }
         let policy = &self.config.policy;
@@ -407,7 +476,7 @@ impl Server {
         let id = self.own_allocation(from, auth)?;
         let bad = || Reject::new(400, "Bad Request").with_auth(auth);
         let number = request.get_attribute::<ChannelNumber>().and_then(|c| c.number()).ok_or_else(bad)?;
-        let peer = request.get_attribute::<XorPeerAddress>().map(|p| p.address()).ok_or_else(bad)?;
+        let peer = request.get_attribute::<XorPeerAddress>().map(|p| unmapped(p.address())).ok_or_else(bad)?;
         if !CHANNEL_RANGE.contains(&number) {
             return Err(bad());
         }

@@ -128,6 +128,15 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`) as the IPv4 address it is: relay
+/// sockets are single-family, so peers are kept in their plain form.
+pub fn unmapped(peer: SocketAddr) -> SocketAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, |v4| SocketAddr::new(IpAddr::V4(v4), peer.port())),
+        IpAddr::V4(_) => peer,
+    }
+}
+
 fn builtin_denied(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => DENIED_V4.iter().any(|&(net, len)| Ipv4Net::new(net, len).is_ok_and(|n| n.contains(&v4))),

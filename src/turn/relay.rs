@@ -1,7 +1,7 @@
 //! The relay hot path: ChannelData and Send indications from clients, datagrams from
 //! peers. No heap allocation, no codec: headers are read and written in place.
 
-use super::policy::canonical;
+use super::policy::unmapped;
 use super::server::Server;
 use super::stats::{Direction, DropReason};
 use super::{AllocationId, FiveTuple, Transport};
@@ -70,7 +70,7 @@ impl Server {
             };
             match attr.kind {
                 raw::ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
-                    peer = raw::decode_xor_address(attr.value, &header.transaction_id);
+                    peer = raw::decode_xor_address(attr.value, &header.transaction_id).map(unmapped);
                 }
                 raw::ATTR_DATA if data.is_none() => {
                     let start = attr.offset + 4;
@@ -116,7 +116,7 @@ impl Server {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> Option<ToClient> {
-        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let peer = unmapped(peer);
         let Some(entry) = self.allocations.get_mut(&allocation) else {
             self.stats.drop(DropReason::NoPermission);
             return None;

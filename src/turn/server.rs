@@ -113,7 +113,8 @@ pub enum Output {
         bytes: Vec<u8>,
     },
     /// Open a UDP relay socket bound to `local`, then call
-    /// [`Server::handle_relay_bound`] with the outcome.
+    /// [`Server::handle_relay_bound`] with the outcome. A dual-stack allocation asks
+    /// for two, one per family.
     BindRelay {
         /// The allocation the socket belongs to.
         allocation: AllocationId,
@@ -122,7 +123,7 @@ pub enum Output {
         /// Set the DF bit on outgoing datagrams (RFC 8656 §14.8 DONT-FRAGMENT).
         dont_fragment: bool,
     },
-    /// Close the relay socket of an allocation that is gone.
+    /// Close the relay sockets of an allocation that is gone.
     CloseRelay {
         /// The allocation.
         allocation: AllocationId,
@@ -196,7 +197,7 @@ pub enum Event {
     },
 }
 
-/// An Allocate waiting for the shell to bind its relay socket.
+/// An Allocate waiting for the shell to bind its relay sockets.
 #[derive(Debug)]
 pub(crate) struct PendingAllocate {
     pub five_tuple: FiveTuple,
@@ -204,13 +205,25 @@ pub(crate) struct PendingAllocate {
     pub username: String,
     pub auth: Auth,
     pub lifetime: Duration,
-    pub port: u16,
+    /// The requested family first, then the additional one of a dual-stack request.
+    pub relays: Vec<PendingRelay>,
+    /// An additional family refused before binding (440 or 508).
+    pub refused_additional: Option<u16>,
     pub reserve_next: bool,
     pub from_reservation: bool,
     pub even_port: bool,
     pub dont_fragment: bool,
+}
+
+/// One relay socket of a pending Allocate.
+#[derive(Debug)]
+pub(crate) struct PendingRelay {
+    pub family: super::allocation::Family,
     pub bind_ip: IpAddr,
+    pub port: u16,
     pub attempts: u8,
+    /// `Ok(bound)`, or the error code the family failed with; `None` while binding.
+    pub outcome: Option<Result<SocketAddr, u16>>,
 }
 
 /// A port held for a later Allocate by RESERVATION-TOKEN.
@@ -417,7 +430,9 @@ impl Server {
         self.by_five_tuple.remove(&allocation.five_tuple);
         decrement(&mut self.per_user, &allocation.username);
         decrement(&mut self.per_ip, &allocation.five_tuple.client.ip());
-        self.ports.release(allocation.relay.port());
+        for relay in allocation.relay_addrs() {
+            self.ports.release(relay.bound.port());
+        }
         self.outputs.push_back(Output::CloseRelay { allocation: id });
         self.outputs.push_back(Output::Event(Event::AllocationEnded {
             id,

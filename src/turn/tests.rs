@@ -105,7 +105,7 @@ impl Harness {
                     if result.is_ok() {
                         self.opened.push((allocation, local));
                     }
-                    self.server.handle_relay_bound(self.now, allocation, result);
+                    self.server.handle_relay_bound(self.now, allocation, local, result);
                 }
                 Output::CloseRelay { allocation } => self.closed.push(allocation),
                 Output::Event(e) => self.events.push(e),
@@ -573,4 +573,80 @@ fn relay_path_counts_traffic_per_allocation() {
     assert_eq!(stats.relayed(Direction::ClientToPeer), (3, 300));
     assert_eq!(stats.relayed(Direction::PeerToClient), (1, 50));
     assert_eq!(stats.relayed_packets[Direction::ClientToPeer as usize][Transport::Udp as usize], 3);
+}
+
+fn family_attr(v6: bool, additional: bool) -> Attribute {
+    use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily};
+    let family = if v6 { AddressFamily::V6 } else { AddressFamily::V4 };
+    if additional {
+        AdditionalAddressFamily::new(family).into()
+    } else {
+        RequestedAddressFamily::new(family).into()
+    }
+}
+
+fn relayed(m: &Message) -> Vec<SocketAddr> {
+    m.attributes()
+        .filter_map(|a| stun_codec::convert::TryAsRef::<XorRelayAddress>::try_as_ref(a))
+        .map(|r| r.address())
+        .collect()
+}
+
+#[test]
+fn rfc8656_ipv6_relay_needs_an_ipv6_address_440() {
+    let mut h = Harness::new();
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), family_attr(true, false)]);
+    assert_eq!(error_code(&response), Some(440));
+}
+
+#[test]
+fn rfc8656_ipv6_relay_serves_ipv6_peers_only() {
+    let mut c = config();
+    c.relay.bind_v6 = Some("2001:db8::10".parse().unwrap());
+    c.policy = PeerPolicy::new(vec!["2001:db8::/32".parse().unwrap(), "192.0.2.0/24".parse().unwrap()], vec![]);
+    let mut h = Harness::with_config(c);
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), family_attr(true, false)]);
+    assert_eq!(relayed(&response)[0].ip().to_string(), "2001:db8::10");
+    let v6_peer = XorPeerAddress::new(addr("[2001:db8::99]:5000"));
+    assert_eq!(h.request(CREATE_PERMISSION, vec![v6_peer.into()]).class(), MessageClass::SuccessResponse);
+    let v4_peer = XorPeerAddress::new(addr(PEER));
+    assert_eq!(error_code(&h.request(CREATE_PERMISSION, vec![v4_peer.into()])), Some(443));
+    let framed = h.peer_packet("[2001:db8::99]:5000", b"six").unwrap();
+    let decoded = message::decode(&framed).unwrap().message;
+    assert_eq!(decoded.get_attribute::<XorPeerAddress>().unwrap().address(), addr("[2001:db8::99]:5000"));
+}
+
+#[test]
+fn rfc8656_dual_stack_allocation_gets_two_relays() {
+    let mut c = config();
+    c.relay.bind_v6 = Some("2001:db8::10".parse().unwrap());
+    let mut h = Harness::with_config(c);
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), family_attr(true, true)]);
+    let relays = relayed(&response);
+    assert_eq!(relays.len(), 2, "{response:?}");
+    assert!(relays[0].is_ipv4() && relays[1].is_ipv6());
+    assert_eq!(h.opened.len(), 2);
+    // Both families accept permissions; deleting releases both ports.
+    assert_eq!(h.server.port_usage().0, 2);
+    h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    assert_eq!(h.server.port_usage().0, 0);
+}
+
+#[test]
+fn rfc8656_dual_stack_without_ipv6_reports_address_error_code() {
+    let mut h = Harness::new();
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), family_attr(true, true)]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    assert_eq!(relayed(&response).len(), 1);
+    let error = response.get_attribute::<crate::stun::attributes::AddressErrorCode>().unwrap();
+    assert_eq!(error.value(), &[0x02, 0, 4, 40]);
+}
+
+#[test]
+fn rfc8656_contradictory_family_attributes_get_400() {
+    let mut h = Harness::new();
+    let attrs = vec![RequestedTransport::new(17).into(), family_attr(false, false), family_attr(true, true)];
+    assert_eq!(error_code(&h.request(ALLOCATE, attrs)), Some(400));
+    let attrs = vec![RequestedTransport::new(17).into(), family_attr(false, true)];
+    assert_eq!(error_code(&h.request(ALLOCATE, attrs)), Some(400), "ADDITIONAL-ADDRESS-FAMILY must be IPv6");
 }

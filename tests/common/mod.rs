@@ -333,6 +333,10 @@ impl TurndProcess {
     pub fn admin_addr(&self) -> SocketAddr {
         self.addr("admin")
     }
+    /// The child's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
     pub fn udp_addr(&self) -> SocketAddr {
         self.addr("udp")
     }

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
 use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5766::attributes::{Data, RequestedTransport, XorPeerAddress, XorRelayAddress};
@@ -13,15 +16,97 @@ use turnd::stun::attributes::{Attribute, ChannelNumber, Opaque};
 use turnd::stun::integrity::long_term_key_md5;
 use turnd::stun::message::{self, IntegritySet, Message, Protection};
 
-/// A client socket with long-term credentials.
-pub struct TurnClient {
-    pub socket: UdpSocket,
-    pub server: SocketAddr,
+/// Long-term credentials and the nonce learned from the server.
+pub struct Credentials {
     user: String,
     realm: String,
     password: String,
     nonce: Option<String>,
     next_tid: u64,
+}
+
+impl Credentials {
+    pub fn new(user: &str, password: &str, realm: &str) -> Credentials {
+        Credentials { user: user.into(), realm: realm.into(), password: password.into(), nonce: None, next_tid: 1 }
+    }
+
+    pub fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        let mut t = [0u8; 12];
+        t[4..].copy_from_slice(&self.next_tid.to_be_bytes());
+        TransactionId::new(t)
+    }
+
+    /// Encodes a request, authenticated once a nonce is known.
+    pub fn build(&mut self, method: Method, attrs: &[Attribute]) -> Vec<u8> {
+        let mut m = Message::new(MessageClass::Request, method, self.tid());
+        for a in attrs {
+            m.add_attribute(a.clone());
+        }
+        let protection = if let Some(nonce) = &self.nonce {
+            m.add_attribute(Username::new(self.user.clone()).expect("username"));
+            m.add_attribute(Realm::new(self.realm.clone()).expect("realm"));
+            m.add_attribute(Nonce::new(nonce.clone()).expect("nonce"));
+            Some(long_term_key_md5(&self.user, &self.realm, &self.password))
+        } else {
+            None
+        };
+        let set = IntegritySet { sha1: true, sha256: false };
+        let key = protection.as_ref().map(|k| (&k[..], set));
+        message::encode(m, Protection { key, fingerprint: true }).expect("encode request")
+    }
+
+    /// True when the response is a 401/438 with a new nonce: send again.
+    pub fn wants_retry(&mut self, response: &Message) -> bool {
+        if !matches!(error_code(response), Some(401) | Some(438)) {
+            return false;
+        }
+        let fresh = response.get_attribute::<Nonce>().map(|n| n.value().to_owned());
+        if fresh.is_some() && fresh != self.nonce {
+            self.nonce = fresh;
+            return true;
+        }
+        false
+    }
+}
+
+/// Sends `method` until it gets a final answer, with `exchange` doing one round trip.
+fn request_with(
+    creds: &mut Credentials,
+    method: Method,
+    attrs: Vec<Attribute>,
+    mut exchange: impl FnMut(&[u8]) -> Message,
+) -> Message {
+    for _ in 0..3 {
+        let response = exchange(&creds.build(method, &attrs));
+        if !creds.wants_retry(&response) {
+            return response;
+        }
+    }
+    panic!("no final answer after three attempts");
+}
+
+/// The relayed and mapped addresses of an Allocate success, or its error code.
+fn allocation_result(r: &Message) -> Result<(SocketAddr, SocketAddr), u16> {
+    if let Some(code) = error_code(r) {
+        return Err(code);
+    }
+    let relayed = r.get_attribute::<XorRelayAddress>().expect("XOR-RELAYED-ADDRESS").address();
+    let mapped = r.get_attribute::<XorMappedAddress>().expect("XOR-MAPPED-ADDRESS").address();
+    Ok((relayed, mapped))
+}
+
+fn channel_number(channel: u16) -> Attribute {
+    let b = channel.to_be_bytes();
+    let number: ChannelNumber = Opaque(vec![b[0], b[1], 0, 0]);
+    number.into()
+}
+
+/// A client socket with long-term credentials.
+pub struct TurnClient {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    creds: Credentials,
 }
 
 /// The error code of a response, if it is an error.
@@ -34,22 +119,7 @@ impl TurnClient {
     pub fn new(local: &str, server: SocketAddr, user: &str, password: &str, realm: &str) -> TurnClient {
         let socket = UdpSocket::bind(local).expect("bind client socket");
         socket.set_read_timeout(Some(Duration::from_secs(3))).expect("set timeout");
-        TurnClient {
-            socket,
-            server,
-            user: user.into(),
-            realm: realm.into(),
-            password: password.into(),
-            nonce: None,
-            next_tid: 1,
-        }
-    }
-
-    pub fn tid(&mut self) -> TransactionId {
-        self.next_tid += 1;
-        let mut t = [0u8; 12];
-        t[4..].copy_from_slice(&self.next_tid.to_be_bytes());
-        TransactionId::new(t)
+        TurnClient { socket, server, creds: Credentials::new(user, password, realm) }
     }
 
     /// Receives one datagram from the server (skipping anything else).
@@ -66,7 +136,7 @@ impl TurnClient {
 
     /// Sends an unauthenticated request and decodes the answer.
     pub fn plain(&mut self, method: Method) -> Option<Message> {
-        let m = Message::new(MessageClass::Request, method, self.tid());
+        let m = Message::new(MessageClass::Request, method, self.creds.tid());
         let bytes = message::encode(m, Protection { key: None, fingerprint: true })?;
         self.socket.send_to(&bytes, self.server).ok()?;
         Some(message::decode(&self.recv()?).ok()?.message)
@@ -74,47 +144,24 @@ impl TurnClient {
 
     /// Sends an authenticated request (getting a nonce first when needed).
     pub fn request(&mut self, method: Method, attrs: Vec<Attribute>) -> Message {
-        for _ in 0..3 {
-            let mut m = Message::new(MessageClass::Request, method, self.tid());
-            for a in &attrs {
-                m.add_attribute(a.clone());
-            }
-            let bytes = if let Some(nonce) = &self.nonce {
-                m.add_attribute(Username::new(self.user.clone()).expect("username"));
-                m.add_attribute(Realm::new(self.realm.clone()).expect("realm"));
-                m.add_attribute(Nonce::new(nonce.clone()).expect("nonce"));
-                let key = long_term_key_md5(&self.user, &self.realm, &self.password);
-                let set = IntegritySet { sha1: true, sha256: false };
-                message::encode(m, Protection { key: Some((&key, set)), fingerprint: true })
-            } else {
-                message::encode(m, Protection { key: None, fingerprint: true })
-            }
-            .expect("encode request");
-            self.socket.send_to(&bytes, self.server).expect("send request");
-            let response = message::decode(&self.recv().expect("a response")).expect("decodable response").message;
-            if matches!(error_code(&response), Some(401) | Some(438)) {
-                let fresh = response.get_attribute::<Nonce>().map(|n| n.value().to_owned());
-                if fresh.is_some() && fresh != self.nonce {
-                    self.nonce = fresh;
-                    continue;
+        let (socket, server) = (&self.socket, self.server);
+        request_with(&mut self.creds, method, attrs, |bytes| {
+            socket.send_to(bytes, server).expect("send request");
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let (n, from) = socket.recv_from(&mut buf).expect("a response");
+                if from == server {
+                    return message::decode(&buf[..n]).expect("decodable response").message;
                 }
             }
-            return response;
-        }
-        panic!("no final answer after three attempts");
+        })
     }
 
     /// Allocates a UDP relay; returns (relayed, mapped) addresses.
     pub fn allocate(&mut self, extra: Vec<Attribute>) -> Result<(SocketAddr, SocketAddr), u16> {
         let mut attrs = vec![RequestedTransport::new(17).into()];
         attrs.extend(extra);
-        let r = self.request(ALLOCATE, attrs);
-        if let Some(code) = error_code(&r) {
-            return Err(code);
-        }
-        let relayed = r.get_attribute::<XorRelayAddress>().expect("XOR-RELAYED-ADDRESS").address();
-        let mapped = r.get_attribute::<XorMappedAddress>().expect("XOR-MAPPED-ADDRESS").address();
-        Ok((relayed, mapped))
+        allocation_result(&self.request(ALLOCATE, attrs))
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Option<u16> {
@@ -122,9 +169,7 @@ impl TurnClient {
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Option<u16> {
-        let b = channel.to_be_bytes();
-        let number: ChannelNumber = Opaque(vec![b[0], b[1], 0, 0]);
-        error_code(&self.request(CHANNEL_BIND, vec![number.into(), XorPeerAddress::new(peer).into()]))
+        error_code(&self.request(CHANNEL_BIND, vec![channel_number(channel), XorPeerAddress::new(peer).into()]))
     }
 
     pub fn send_channel_data(&self, channel: u16, payload: &[u8]) {
@@ -135,7 +180,7 @@ impl TurnClient {
     }
 
     pub fn send_indication(&mut self, peer: SocketAddr, payload: &[u8]) {
-        let mut m = Message::new(MessageClass::Indication, SEND, self.tid());
+        let mut m = Message::new(MessageClass::Indication, SEND, self.creds.tid());
         m.add_attribute(XorPeerAddress::new(peer));
         m.add_attribute(Data::new(payload.to_vec()).expect("data"));
         let bytes = message::encode(m, Protection { key: None, fingerprint: false }).expect("encode");
@@ -154,4 +199,108 @@ impl TurnClient {
         let peer = m.get_attribute::<XorPeerAddress>()?.address();
         Some((None, Some(peer), m.get_attribute::<Data>()?.data().to_vec()))
     }
+}
+
+/// A TURN client over a byte stream (TCP or TLS), for framing tests.
+pub struct StreamClient {
+    creds: Credentials,
+}
+
+/// Reads one STUN message from a stream.
+pub fn read_stun(stream: &mut impl Read) -> Message {
+    let mut head = [0u8; 20];
+    stream.read_exact(&mut head).expect("a STUN header");
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut all = head.to_vec();
+    all.resize(20 + len, 0);
+    stream.read_exact(&mut all[20..]).expect("the STUN body");
+    message::decode(&all).expect("decodable").message
+}
+
+impl StreamClient {
+    pub fn new(user: &str, password: &str, realm: &str) -> StreamClient {
+        StreamClient { creds: Credentials::new(user, password, realm) }
+    }
+
+    pub fn request(&mut self, stream: &mut (impl Read + Write), method: Method, attrs: Vec<Attribute>) -> Message {
+        request_with(&mut self.creds, method, attrs, |bytes| {
+            stream.write_all(bytes).expect("write request");
+            read_stun(stream)
+        })
+    }
+
+    pub fn allocate(&mut self, stream: &mut (impl Read + Write)) -> Result<(SocketAddr, SocketAddr), u16> {
+        allocation_result(&self.request(stream, ALLOCATE, vec![RequestedTransport::new(17).into()]))
+    }
+
+    pub fn channel_bind(&mut self, stream: &mut (impl Read + Write), channel: u16, peer: SocketAddr) -> Option<u16> {
+        error_code(&self.request(stream, CHANNEL_BIND, vec![channel_number(channel), XorPeerAddress::new(peer).into()]))
+    }
+}
+
+/// Accepts any server certificate: the tests check which one was presented.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects with TLS and completes the handshake.
+pub fn tls_connect(server: SocketAddr) -> TlsStream {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(server.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let tcp = TcpStream::connect(server).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).expect("TLS handshake");
+    }
+    stream
+}
+
+/// The presented leaf certificate as lossy text (enough to find its common name).
+pub fn peer_certificate_text(stream: &TlsStream) -> String {
+    let certs = stream.conn.peer_certificates().unwrap_or_default();
+    certs.first().map(|c| String::from_utf8_lossy(c.as_ref()).into_owned()).unwrap_or_default()
 }
