@@ -23,6 +23,8 @@ install_deps() {
     # Admin tests: promtool checks /metrics; the dashboard test drives Debian's
     # chromium through playwright-core (which never downloads a browser of its own).
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # tests/deploy.rs: systemd-analyze checks the unit (Debian's minimal images lack it).
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
     if [ ${#missing[@]} -ne 0 ]; then
@@ -35,6 +37,18 @@ install_deps() {
         "$PYTHON" -m pip install -q --disable-pip-version-check aioice \
             || "$PYTHON" -m pip install -q --disable-pip-version-check --break-system-packages aioice \
             || return 1
+    fi
+    # tests/deploy.rs: the Kubernetes manifests' schema check (bundled schemas, offline).
+    if ! "$PYTHON" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+        log "installing Python kubernetes-validate"
+        "$PYTHON" -m pip install -q --disable-pip-version-check kubernetes-validate \
+            || "$PYTHON" -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate \
+            || return 1
+    fi
+    # tests/deploy.rs builds the .deb; compiling cargo-deb takes a few minutes, once.
+    if ! command -v cargo-deb >/dev/null 2>&1; then
+        log "installing cargo-deb"
+        cargo install --locked --quiet cargo-deb || return 1
     fi
     if [ ! -d tests/browser/node_modules/playwright-core ]; then
         log "installing playwright-core for the dashboard test"
