@@ -284,6 +284,12 @@ pub struct Config {
     pub realm: String,
     /// SOFTWARE attribute value; empty to send none.
     pub software: String,
+    /// On SIGTERM, how long existing allocations keep relaying before turnd exits
+    /// (new Allocates are turned away meanwhile); 0 exits at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_time: Duration,
+    /// Where new Allocates are sent while draining (300 Try Alternate); unset: 508.
+    pub alternate_server: Option<SocketAddr>,
     /// Listening sockets.
     pub listen: Vec<Listen>,
     /// Relay settings.
@@ -307,6 +313,8 @@ impl Default for Config {
         Config {
             realm: "turnd".into(),
             software: concat!("turnd/", env!("CARGO_PKG_VERSION")).into(),
+            drain_time: Duration::from_secs(30),
+            alternate_server: None,
             // 3478 over UDP and TCP, IPv4 and IPv6 (IPv6 is skipped on hosts without it).
             listen: [ListenTransport::Udp, ListenTransport::Tcp]
                 .into_iter()

@@ -20,7 +20,6 @@ use epoll::Epoll;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -96,6 +95,10 @@ pub struct EventLoop {
     snapshot: Snapshot,
     /// Outbound queues of TCP/TLS connections, by their 5-tuple.
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    /// Whether systemd listens for notifications (NOTIFY_SOCKET is set).
+    systemd: bool,
+    /// Relayed packets at the previous publish, for the status line's rate.
+    last_relayed: u64,
 }
 
 impl EventLoop {
@@ -124,6 +127,8 @@ impl EventLoop {
             publisher,
             snapshot: Snapshot::default(),
             streams: HashMap::new(),
+            systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            last_relayed: 0,
         })
     }
 
@@ -197,6 +202,10 @@ impl EventLoop {
             Control::DropUser { user, reply } => {
                 let _ = reply.send(self.core.close_user(&user, now));
             }
+            Control::Drain { alternate } => {
+                self.core.drain(alternate);
+                info!(alternate = ?alternate, "draining: new allocations are turned away");
+            }
             Control::Shutdown => {}
         }
         self.drain_outputs();
@@ -259,7 +268,23 @@ impl EventLoop {
         snapshot.ports_in_use = ports_in_use;
         snapshot.ports_available = ports_available;
         snapshot.tcp_connections = self.streams.len();
+        snapshot.draining = self.core.is_draining();
         snapshot.stats = self.core.stats();
+        let relayed = snapshot.stats.relayed_packets.iter().flatten().sum::<u64>();
+        if self.systemd {
+            let rate = relayed.saturating_sub(self.last_relayed) as f64 / PUBLISH_EVERY.as_secs_f64();
+            let status = format!(
+                "{} allocations, {} TCP connections, {:.0} packets/s relayed{}",
+                snapshot.allocations,
+                snapshot.tcp_connections,
+                rate,
+                if snapshot.draining { ", draining" } else { "" }
+            );
+            // The keep-alive comes from the loop itself: a wedged loop stops sending
+            // it and systemd restarts the service (WatchdogSec= in the unit).
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status)]);
+        }
+        self.last_relayed = relayed;
         self.publisher.snapshots.send_replace(snapshot.clone());
     }
 
@@ -539,15 +564,5 @@ fn log_event(event: &Event) {
         ),
         Event::AuthFailed { client, reason } => debug!(client = %client, reason = ?reason, "authentication failed"),
         Event::PeerDenied { id, peer } => warn!(allocation = id.0, peer = %peer, "peer refused by policy"),
-    }
-}
-
-/// Runs `future` until SIGINT or SIGTERM.
-pub async fn until_signal<F: Future>(future: F) -> Option<F::Output> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()?;
-    tokio::select! {
-        out = future => Some(out),
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
     }
 }

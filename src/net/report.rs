@@ -126,6 +126,12 @@ pub enum Control {
         /// Where the answer goes.
         reply: oneshot::Sender<usize>,
     },
+    /// Stop taking new allocations (graceful stop): 300 with this alternate server,
+    /// or 508 without one.
+    Drain {
+        /// ALTERNATE-SERVER for new Allocates.
+        alternate: Option<SocketAddr>,
+    },
     /// Stop.
     Shutdown,
 }

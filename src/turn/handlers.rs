@@ -16,7 +16,7 @@ use crate::stun::message::{self, IntegritySet, Message};
 use std::cmp::Reverse;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use stun_codec::rfc5389::attributes::{Nonce, Realm, Username, XorMappedAddress};
+use stun_codec::rfc5389::attributes::{AlternateServer, Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5766::attributes::{
     DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
 };
@@ -154,6 +154,17 @@ impl Server {
         }
         if self.pending.values().any(|p| p.five_tuple == from) {
             return Ok(()); // a retransmission while the sockets are being bound
+        }
+        if let Some(alternate) = self.draining {
+            // RFC 8489 §10: redirect, protected like any answer to an authenticated request.
+            return Err(match alternate {
+                Some(server) => {
+                    let mut reject = Reject::new(300, "Try Alternate").with_auth(&auth);
+                    reject.attributes.push(AlternateServer::new(server).into());
+                    reject
+                }
+                None => Reject::new(508, "Insufficient Capacity").with_auth(&auth),
+            });
         }
         let bad = || Reject::new(400, "Bad Request").with_auth(&auth);
         let transport = request.get_attribute::<RequestedTransport>().ok_or_else(bad)?;

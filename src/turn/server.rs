@@ -283,6 +283,8 @@ pub struct Server {
     /// CSPRNG per packet would cost a syscall on the relay path.
     pub(crate) tid_prefix: u32,
     pub(crate) data_indication_tid: u64,
+    /// While draining before exit: `Some(alternate)`; new Allocates are turned away.
+    pub(crate) draining: Option<Option<SocketAddr>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -314,6 +316,7 @@ impl Server {
             tid_prefix: rng.next_u32(),
             data_indication_tid: rng.next_u64(),
             rng,
+            draining: None,
         }
     }
 
@@ -330,6 +333,17 @@ impl Server {
             self.ports = PortPool::new(config.port_range.clone());
         }
         self.config = config;
+    }
+
+    /// Starts draining: existing allocations keep relaying and refreshing; new
+    /// Allocates get 300 Try Alternate with `alternate`, or 508 without one.
+    pub fn drain(&mut self, alternate: Option<SocketAddr>) {
+        self.draining = Some(alternate);
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     /// The counters so far.

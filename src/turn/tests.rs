@@ -650,3 +650,23 @@ fn rfc8656_contradictory_family_attributes_get_400() {
     let attrs = vec![RequestedTransport::new(17).into(), family_attr(false, true)];
     assert_eq!(error_code(&h.request(ALLOCATE, attrs)), Some(400), "ADDITIONAL-ADDRESS-FAMILY must be IPv6");
 }
+
+#[test]
+fn draining_turns_new_allocations_away_and_keeps_old_ones() {
+    let mut h = Harness::new();
+    h.allocate();
+    h.server.drain(Some(addr("203.0.113.9:3478")));
+    // The existing allocation refreshes and relays.
+    assert_eq!(h.request(REFRESH, vec![]).class(), MessageClass::SuccessResponse);
+    h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4001, b"x")).is_some());
+    // A new one is redirected, with integrity.
+    h.client.client = addr("198.51.100.1:40100");
+    let response = h.allocate();
+    assert_eq!(error_code(&response), Some(300));
+    let alternate = response.get_attribute::<stun_codec::rfc5389::attributes::AlternateServer>().unwrap();
+    assert_eq!(alternate.address(), addr("203.0.113.9:3478"));
+    let mut h = Harness::new();
+    h.server.drain(None);
+    assert_eq!(error_code(&h.allocate()), Some(508));
+}

@@ -22,7 +22,7 @@ pub const PASSWORD: &str = "secret";
 
 /// How long `TurndProcess::start` waits for every "listening on" line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `Drop` waits after SIGTERM before SIGKILL.
+/// How long `Drop` waits after SIGINT before SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// A random number good enough to spread tests over port ranges and names.
@@ -366,19 +366,31 @@ impl TurndProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for a clean exit.
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit. turnd drains on
+    /// SIGTERM (up to its `drain-time`, earlier when no allocation is left).
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// Sends SIGINT (exit at once, no drain) and waits up to `timeout`.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.stop_with(libc::SIGINT, timeout)
+    }
+
+    /// Sends `sig` and waits up to `timeout` for an exit.
+    pub fn stop_with(&mut self, sig: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
-        send_signal(&self.child, libc::SIGTERM);
+        send_signal(&self.child, sig);
         wait_timeout(&mut self.child, timeout)
     }
 }
 
 impl Drop for TurndProcess {
     fn drop(&mut self) {
-        if self.terminate(SHUTDOWN_GRACE).is_none() {
+        // SIGINT: tests should not wait for a drain at teardown.
+        if self.interrupt(SHUTDOWN_GRACE).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

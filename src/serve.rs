@@ -1,0 +1,351 @@
+//! `turnd serve`: binds the listeners, runs the event loop, and handles the process's
+//! life: SIGHUP reloads, SIGTERM drains then exits, SIGINT exits, and systemd hears
+//! about each (READY, RELOADING, STOPPING; the loop itself sends STATUS and WATCHDOG).
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
+use sd_notify::NotifyState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{error, info, warn};
+use turnd::config::{Config, ListenTransport, LogFormat, User};
+use turnd::net::tls::ReloadableCert;
+use turnd::net::{self, stream, Control, EventLoop, Publisher};
+
+/// How often certificate files are checked for renewal.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(5);
+/// How long the event loop gets to stop once told to.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the command line adds to every config, including reloaded ones.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--user NAME:PASSWORD`.
+    pub users: Vec<User>,
+    /// `--allow-peer CIDR`.
+    pub allow_peers: Vec<IpNet>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        config.auth.user.extend(self.users.iter().cloned());
+        config.relay.allowed_peers.extend(self.allow_peers.iter().copied());
+    }
+}
+
+/// Changes the log filter of the running process.
+type SetLogLevel = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+fn init_logging(level: &str, format: LogFormat) -> SetLogLevel {
+    use tracing_subscriber::EnvFilter;
+    // TURND_LOG (or RUST_LOG) wins over the file, and then reloads keep it.
+    let from_env = EnvFilter::try_from_env("TURND_LOG").or_else(|_| EnvFilter::try_from_env("RUST_LOG")).ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    macro_rules! setter {
+        ($builder:expr) => {{
+            let handle = $builder.reload_handle();
+            $builder.init();
+            Box::new(move |level: &str| {
+                if !pinned {
+                    handle.reload(EnvFilter::try_new(level)?)?;
+                }
+                Ok(())
+            })
+        }};
+    }
+    match format {
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            setter!(builder)
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            setter!(builder)
+        }
+    }
+}
+
+/// Loads the config (or the embedded default), sets up logging, and runs.
+pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
+    let mut config = match &path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let set_log_level = init_logging(&config.log.level, overrides.log_format.unwrap_or(config.log.format));
+    overrides.apply(&mut config);
+    config.validate().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    let mut overrides = overrides;
+    if !config.has_credentials() {
+        let password = random_password();
+        warn!(
+            user = "turnd", password = %password,
+            "no users configured: generated a one-time user for this run (configure [[auth.user]] or auth.secrets)"
+        );
+        let user = User { name: "turnd".into(), password: Some(password), key: None };
+        config.auth.user.push(user.clone());
+        // Reloads of a file without users keep it.
+        overrides.users.push(user);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run(config, path, overrides, set_log_level))
+}
+
+fn random_password() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 12];
+    // Without a working CSPRNG a predictable password would be worse than no start.
+    ring::rand::SystemRandom::new().fill(&mut bytes).expect("system CSPRNG");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The signals turnd acts on, registered before anything is bound: a SIGTERM that
+/// arrives while starting must still mean "stop cleanly", not the default action.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("registering SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("registering SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("registering SIGHUP")?,
+        })
+    }
+}
+
+async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
+    let mut signals = Signals::register()?;
+    let cert = load_certificate(&config)?;
+    let (stream_tx, stream_rx) = mpsc::channel(4096);
+    let udp_sockets = bind_listeners(&config, path.is_none(), cert.as_ref(), stream_tx)?;
+    let publisher = Publisher::new(1024);
+    let event_loop = EventLoop::new(config.core(), udp_sockets, publisher.clone())?;
+    let (control, control_rx) = mpsc::channel(8);
+    // The admin plane runs on a thread of its own; dropping the handle on return stops it.
+    let _admin = if config.admin.enabled {
+        let admin = turnd::admin::spawn(&config.admin, &publisher, control.clone())
+            .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?;
+        info!("listening on admin {}", admin.local_addr());
+        Some(admin)
+    } else {
+        None
+    };
+    let watcher = cert.clone().map(|cert| tokio::spawn(watch_certificate(cert)));
+    let mut event_loop = tokio::spawn(event_loop.run(control_rx, stream_rx));
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+
+    let mut current = config;
+    let mut snapshots = publisher.snapshots.subscribe();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let outcome = loop {
+        let deadline = drain_deadline;
+        tokio::select! {
+            result = &mut event_loop => break result.context("event loop task").and_then(|r| r.context("event loop")),
+            _ = signals.int.recv() => break Ok(()),
+            _ = signals.term.recv() => {
+                if drain_deadline.is_some() || current.drain_time.is_zero() {
+                    break Ok(());
+                }
+                let alternate = current.alternate_server;
+                let _ = sd_notify::notify(&[NotifyState::Stopping]);
+                info!(drain_time = ?current.drain_time, "SIGTERM: draining before exit (SIGTERM again to exit now)");
+                if control.send(Control::Drain { alternate }).await.is_err() {
+                    break Ok(());
+                }
+                drain_deadline = Some(tokio::time::Instant::now() + current.drain_time);
+            }
+            () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                if deadline.is_some() => break Ok(()),
+            Ok(()) = snapshots.changed(), if drain_deadline.is_some() => {
+                let empty = { let s = snapshots.borrow(); s.draining && s.allocations == 0 };
+                if empty {
+                    info!("drained: no allocations left");
+                    break Ok(());
+                }
+            }
+            _ = signals.hup.recv() => {
+                let _ = sd_notify::notify(&[NotifyState::Reloading]);
+                if let Some(next) = reload(path.as_ref(), &current, &overrides, cert.as_deref(), &set_log_level, &control).await {
+                    current = next;
+                }
+                let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+        }
+    };
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if !event_loop.is_finished() {
+        let _ = control.try_send(Control::Shutdown);
+        let _ = tokio::time::timeout(STOP_GRACE, &mut event_loop).await;
+    }
+    match outcome {
+        Ok(()) => {
+            info!("shutting down");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "event loop failed");
+            Err(e)
+        }
+    }
+}
+
+/// Binds every configured listener; TCP/TLS listeners get their accept loops here.
+/// Returns the UDP sockets for the event loop.
+fn bind_listeners(
+    config: &Config,
+    embedded_default: bool,
+    cert: Option<&Arc<ReloadableCert>>,
+    streams: mpsc::Sender<stream::StreamEvent>,
+) -> Result<Vec<std::net::UdpSocket>> {
+    let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
+    let mut udp_sockets = Vec::new();
+    for listen in &config.listen {
+        let label = match listen.transport {
+            ListenTransport::Udp => "udp",
+            ListenTransport::Tcp => "tcp",
+            ListenTransport::Tls => "tls",
+        };
+        let context = || format!("binding {label} {}", listen.address);
+        // The embedded default includes [::]: a host without IPv6 just skips it.
+        let skip_v6 = |e: &std::io::Error| {
+            let skip = embedded_default && listen.address.is_ipv6();
+            if skip {
+                warn!(error = %e, "no IPv6 here: not listening on {label} {}", listen.address);
+            }
+            skip
+        };
+        let local = if listen.transport == ListenTransport::Udp {
+            let (socket, local) = match net::bind_udp_listener(listen.address) {
+                Ok(bound) => bound,
+                Err(e) if skip_v6(&e) => continue,
+                Err(e) => return Err(e).with_context(context),
+            };
+            udp_sockets.push(socket);
+            local
+        } else {
+            let listener = match net::bind_tcp_listener(listen.address) {
+                Ok(listener) => listener,
+                Err(e) if skip_v6(&e) => continue,
+                Err(e) => return Err(e).with_context(context),
+            };
+            let local = listener.local_addr()?;
+            let acceptor = match (cert, listen.transport) {
+                (Some(cert), ListenTransport::Tls) => {
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().context("TLS setup")?)))
+                }
+                _ => None,
+            };
+            let limits = config.tcp.limits();
+            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), streams.clone()));
+            local
+        };
+        info!("listening on {label} {local}");
+    }
+    Ok(udp_sockets)
+}
+
+/// Loads the TLS certificate when a `tls` listener needs one; the error names the file.
+fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>> {
+    if !config.listen.iter().any(|l| l.transport == ListenTransport::Tls) {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&config.tls.certificate, &config.tls.private_key) else {
+        bail!("a tls listener needs [tls] certificate and private-key");
+    };
+    Ok(Some(Arc::new(ReloadableCert::new(cert, key)?)))
+}
+
+/// Picks up renewed certificate files (e.g. from certbot) without a SIGHUP.
+async fn watch_certificate(cert: Arc<ReloadableCert>) {
+    let mut tick = tokio::time::interval(CERTIFICATE_POLL);
+    loop {
+        tick.tick().await;
+        match cert.reload_if_changed() {
+            Ok(true) => info!("TLS certificate reloaded (files changed)"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "TLS certificate files changed but cannot be loaded; keeping the old one"),
+        }
+    }
+}
+
+/// SIGHUP: rereads the config file and applies what can change live (users, secrets,
+/// quotas, peer policy, lifetimes, log level, the certificate). Returns the new config,
+/// or `None` when it was rejected and the running one stays in force.
+async fn reload(
+    path: Option<&PathBuf>,
+    current: &Config,
+    overrides: &Overrides,
+    cert: Option<&ReloadableCert>,
+    set_log_level: &SetLogLevel,
+    control: &mpsc::Sender<Control>,
+) -> Option<Config> {
+    if let Some(cert) = cert {
+        match cert.reload() {
+            Ok(()) => info!("TLS certificate reloaded"),
+            Err(e) => error!(error = %e, "TLS certificate reload failed; keeping the old one"),
+        }
+    }
+    let Some(path) = path else {
+        warn!("SIGHUP: running without a config file, nothing else to reload");
+        return None;
+    };
+    let mut next = match Config::load(path) {
+        Ok(next) => next,
+        Err(e) => {
+            error!(error = %e, "reload rejected; the running configuration stays in force");
+            return None;
+        }
+    };
+    overrides.apply(&mut next);
+    if let Err((key, message)) = next.validate() {
+        error!(key, message, "reload rejected; the running configuration stays in force");
+        return None;
+    }
+    let needs_restart: Vec<&str> = [
+        ("listen", next.listen != current.listen),
+        (
+            "tls listeners",
+            next.tls.certificate != current.tls.certificate || next.tls.private_key != current.tls.private_key,
+        ),
+        ("admin", format!("{:?}", next.admin) != format!("{:?}", current.admin)),
+        ("tcp", format!("{:?}", next.tcp) != format!("{:?}", current.tcp)),
+        (
+            "relay.port-min/port-max",
+            (next.relay.port_min, next.relay.port_max) != (current.relay.port_min, current.relay.port_max),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, changed)| changed.then_some(what))
+    .collect();
+    if !needs_restart.is_empty() {
+        warn!(settings = ?needs_restart, "these changes need a restart and are not applied");
+    }
+    if let Err(e) = set_log_level(&next.log.level) {
+        warn!(error = %e, "log level not changed");
+    }
+    if control.send(Control::Reconfigure(Box::new(next.core()))).await.is_err() {
+        return None;
+    }
+    info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");
+    Some(next)
+}
