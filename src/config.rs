@@ -204,6 +204,14 @@ pub struct Limits {
     pub permissions_per_allocation: usize,
     /// Channels per allocation.
     pub channels_per_allocation: usize,
+    /// Requests answered with 401 per source IP per second; the rest get no answer.
+    pub unauthenticated_per_second: u32,
+    /// Burst allowance for unauthenticated-per-second.
+    pub unauthenticated_burst: u32,
+    /// Relayed bytes per second per allocation (both directions); 0 is no cap.
+    pub bandwidth_per_allocation: u64,
+    /// Relayed bytes per second per user over all its allocations; 0 is no cap.
+    pub bandwidth_per_user: u64,
 }
 
 impl Default for Limits {
@@ -215,6 +223,10 @@ impl Default for Limits {
             allocations_per_ip: q.allocations_per_ip,
             permissions_per_allocation: q.permissions_per_allocation,
             channels_per_allocation: q.channels_per_allocation,
+            unauthenticated_per_second: q.unauthenticated_per_second,
+            unauthenticated_burst: q.unauthenticated_burst,
+            bandwidth_per_allocation: q.bytes_per_second_per_allocation,
+            bandwidth_per_user: q.bytes_per_second_per_user,
         }
     }
 }
@@ -439,6 +451,9 @@ impl Config {
         {
             return Err(("limits", "limits must be at least 1".into()));
         }
+        if l.unauthenticated_per_second == 0 || l.unauthenticated_burst == 0 {
+            return Err(("limits.unauthenticated-per-second", "must be at least 1 (and its burst too)".into()));
+        }
         self.validate_admin()?;
         Ok(())
     }
@@ -496,6 +511,10 @@ impl Config {
                 allocations_per_ip: self.limits.allocations_per_ip,
                 permissions_per_allocation: self.limits.permissions_per_allocation,
                 channels_per_allocation: self.limits.channels_per_allocation,
+                unauthenticated_per_second: self.limits.unauthenticated_per_second,
+                unauthenticated_burst: self.limits.unauthenticated_burst,
+                bytes_per_second_per_allocation: self.limits.bandwidth_per_allocation,
+                bytes_per_second_per_user: self.limits.bandwidth_per_user,
             },
         }
     }

@@ -101,6 +101,8 @@ pub struct Allocation {
     pub traffic: Traffic,
     /// Set once a policy denial on this allocation has been logged.
     pub denial_logged: bool,
+    /// Bandwidth bucket, when a per-allocation cap is configured.
+    pub bandwidth: Option<super::rate::Bucket>,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
 }
@@ -127,6 +129,7 @@ impl Allocation {
             transaction_id,
             traffic: Traffic::default(),
             denial_logged: false,
+            bandwidth: None,
             permissions: Vec::new(),
             channels: Vec::new(),
         }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod handlers;
 pub mod policy;
 pub mod ports;
+pub mod rate;
 pub mod relay;
 pub mod server;
 pub mod stats;

@@ -1,12 +1,15 @@
 //! The relay hot path: ChannelData and Send indications from clients, datagrams from
 //! peers. No heap allocation, no codec: headers are read and written in place.
 
+use super::allocation::Allocation;
 use super::policy::unmapped;
-use super::server::Server;
+use super::rate::Bucket;
+use super::server::{Quotas, Server};
 use super::stats::{Direction, DropReason};
 use super::{AllocationId, FiveTuple, Transport};
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::raw::{self, padded, Attributes, Header, HEADER_LEN, MAGIC_COOKIE};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
@@ -37,6 +40,37 @@ pub struct ToClient {
     pub range: Range<usize>,
 }
 
+/// Charges `len` relayed bytes to the allocation's and its user's bandwidth caps;
+/// false when either is exhausted. With no caps configured this is two comparisons.
+fn within_bandwidth(
+    quotas: &Quotas,
+    allocation: &mut Allocation,
+    users: &mut HashMap<Box<str>, Bucket>,
+    len: usize,
+    now: Instant,
+) -> bool {
+    let bytes = len as f64;
+    if quotas.bytes_per_second_per_allocation > 0 {
+        // A burst of one second's worth.
+        let rate = quotas.bytes_per_second_per_allocation as f64;
+        let bucket = allocation.bandwidth.get_or_insert_with(|| Bucket::full(rate, now));
+        if !bucket.take(bytes, rate, rate, now) {
+            return false;
+        }
+    }
+    if quotas.bytes_per_second_per_user > 0 {
+        let rate = quotas.bytes_per_second_per_user as f64;
+        let bucket = match users.get_mut(&*allocation.username) {
+            Some(bucket) => bucket,
+            None => users.entry(allocation.username.clone()).or_insert_with(|| Bucket::full(rate, now)),
+        };
+        if !bucket.take(bytes, rate, rate, now) {
+            return false;
+        }
+    }
+    true
+}
+
 impl Server {
     pub(crate) fn relay_channel_data(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
         let Some(frame) = ChannelData::parse_datagram(packet) else {
@@ -52,6 +86,10 @@ impl Server {
             self.stats.drop(DropReason::NoPermission);
             return None;
         };
+        if !within_bandwidth(&self.config.quotas, allocation, &mut self.user_bandwidth, frame.len, now) {
+            self.stats.drop(DropReason::RateCap);
+            return None;
+        }
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += frame.len as u64;
         self.stats.relay(Direction::ClientToPeer, from.transport, frame.len);
@@ -98,6 +136,10 @@ impl Server {
             self.stats.drop(DropReason::Policy);
             return None;
         }
+        if !within_bandwidth(&self.config.quotas, allocation, &mut self.user_bandwidth, data.len(), now) {
+            self.stats.drop(DropReason::RateCap);
+            return None;
+        }
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += data.len() as u64;
         self.stats.relay(Direction::ClientToPeer, from.transport, data.len());
@@ -126,6 +168,10 @@ impl Server {
             return None;
         }
         let len = payload.len();
+        if !within_bandwidth(&self.config.quotas, entry, &mut self.user_bandwidth, len, now) {
+            self.stats.drop(DropReason::RateCap);
+            return None;
+        }
         let stream = entry.five_tuple.transport != Transport::Udp;
         let range = match entry.channel_for(peer, now) {
             Some(channel) => {

@@ -6,6 +6,7 @@ use super::allocation::{Allocation, Traffic};
 use super::auth::{Credentials, Key, NonceCodec};
 use super::policy::PeerPolicy;
 use super::ports::PortPool;
+use super::rate::{Bucket, KeyedLimiter};
 use super::stats::{AuthFailure, DropReason, Stats};
 use super::{AllocationId, FiveTuple, Rng};
 use crate::stun::message::{self, DecodeError, IntegritySet, Message, Protection};
@@ -20,6 +21,11 @@ use stun_codec::{MessageClass, Method, TransactionId};
 
 /// RFC 8656 §7.2: the default allocation lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// STUN messages other than Send indications larger than this are dropped before
+/// decoding: no legitimate request comes close, and decoding allocates.
+pub const MAX_CONTROL_MESSAGE: usize = 4096;
+/// Source IPs tracked by the unauthenticated-rate limiter at most.
+pub const RATE_LIMITED_SOURCES: usize = 65_536;
 /// RFC 8656 §7.2: how long a RESERVATION-TOKEN holds its port.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// How many ports an Allocate tries when binding fails because a port is taken by
@@ -52,6 +58,15 @@ pub struct Quotas {
     pub permissions_per_allocation: usize,
     /// Channels per allocation (486 past it).
     pub channels_per_allocation: usize,
+    /// Unauthenticated requests answered with 401, per source IP per second; more are
+    /// dropped unanswered so turnd cannot be used as a reflector.
+    pub unauthenticated_per_second: u32,
+    /// Burst allowance for the above.
+    pub unauthenticated_burst: u32,
+    /// Relayed payload bytes per second per allocation, both directions; 0: no cap.
+    pub bytes_per_second_per_allocation: u64,
+    /// Relayed payload bytes per second per user over all its allocations; 0: no cap.
+    pub bytes_per_second_per_user: u64,
 }
 
 impl Default for Quotas {
@@ -62,6 +77,10 @@ impl Default for Quotas {
             allocations_per_ip: 100,
             permissions_per_allocation: 64,
             channels_per_allocation: 64,
+            unauthenticated_per_second: 20,
+            unauthenticated_burst: 40,
+            bytes_per_second_per_allocation: 0,
+            bytes_per_second_per_user: 0,
         }
     }
 }
@@ -285,6 +304,12 @@ pub struct Server {
     pub(crate) data_indication_tid: u64,
     /// While draining before exit: `Some(alternate)`; new Allocates are turned away.
     pub(crate) draining: Option<Option<SocketAddr>>,
+    /// 401s per source IP.
+    pub(crate) unauthenticated: KeyedLimiter<IpAddr>,
+    /// The `now` of the input being handled, for code deep in a request's handling.
+    pub(crate) last_now: Instant,
+    /// Bandwidth buckets per user with allocations (bounded by the allocations).
+    pub(crate) user_bandwidth: HashMap<Box<str>, Bucket>,
 }
 
 impl std::fmt::Debug for Server {
@@ -299,6 +324,11 @@ impl Server {
     pub fn new(config: CoreConfig, mut rng: Box<dyn Rng + Send>, now: Instant) -> Self {
         let mut secret = [0u8; 32];
         rng.fill(&mut secret);
+        let unauthenticated = KeyedLimiter::new(
+            f64::from(config.quotas.unauthenticated_per_second),
+            f64::from(config.quotas.unauthenticated_burst),
+            RATE_LIMITED_SOURCES,
+        );
         Server {
             nonces: NonceCodec::new(&secret, config.nonce_lifetime, now),
             ports: PortPool::new(config.port_range.clone()),
@@ -317,6 +347,9 @@ impl Server {
             data_indication_tid: rng.next_u64(),
             rng,
             draining: None,
+            unauthenticated,
+            user_bandwidth: HashMap::new(),
+            last_now: now,
         }
     }
 
@@ -328,6 +361,15 @@ impl Server {
         let policy = config.policy.clone();
         for allocation in self.allocations.values_mut() {
             allocation.revoke(|peer| policy.check_ip(peer.ip()).is_err());
+        }
+        if (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst)
+            != (self.config.quotas.unauthenticated_per_second, self.config.quotas.unauthenticated_burst)
+        {
+            self.unauthenticated = KeyedLimiter::new(
+                f64::from(config.quotas.unauthenticated_per_second),
+                f64::from(config.quotas.unauthenticated_burst),
+                RATE_LIMITED_SOURCES,
+            );
         }
         if config.port_range != self.config.port_range && self.ports.in_use() == 0 {
             self.ports = PortPool::new(config.port_range.clone());
@@ -443,6 +485,9 @@ impl Server {
         };
         self.by_five_tuple.remove(&allocation.five_tuple);
         decrement(&mut self.per_user, &allocation.username);
+        if !self.per_user.contains_key(&*allocation.username) {
+            self.user_bandwidth.remove(&*allocation.username);
+        }
         decrement(&mut self.per_ip, &allocation.five_tuple.client.ip());
         for relay in allocation.relay_addrs() {
             self.ports.release(relay.bound.port());
@@ -469,11 +514,16 @@ impl Server {
         from: FiveTuple,
         packet: &[u8],
     ) -> Option<super::relay::ToPeer> {
+        self.last_now = now;
         match raw::classify(packet) {
             PacketKind::ChannelData => self.relay_channel_data(now, from, packet),
             PacketKind::Stun => {
                 if packet.get(..2) == Some(&raw::TYPE_SEND_INDICATION.to_be_bytes()[..]) {
                     return self.relay_send_indication(now, from, packet);
+                }
+                if packet.len() > MAX_CONTROL_MESSAGE {
+                    self.stats.drop(DropReason::Malformed);
+                    return None;
                 }
                 self.handle_stun(now, unix_now, from, packet);
                 None
@@ -591,6 +641,10 @@ impl Server {
         match reject.auth {
             Some(auth) => self.respond(to, response, Some(&auth)),
             None => {
+                if reject.code == 401 && !self.unauthenticated.allow(to.client.ip(), self.last_now) {
+                    self.stats.auth_failures[AuthFailure::RateLimited as usize] += 1;
+                    return;
+                }
                 self.stats.answer(method, Some(reject.code));
                 let protection = Protection { key: None, fingerprint: reject.code != 401 };
                 if let Some(bytes) = message::encode(response, protection) {

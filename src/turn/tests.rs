@@ -670,3 +670,51 @@ fn draining_turns_new_allocations_away_and_keeps_old_ones() {
     h.server.drain(None);
     assert_eq!(error_code(&h.allocate()), Some(508));
 }
+
+#[test]
+fn bandwidth_cap_per_allocation_drops_over_the_rate() {
+    let mut c = config();
+    c.quotas.bytes_per_second_per_allocation = 1000;
+    let mut h = Harness::with_config(c);
+    h.allocate();
+    h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    let packet = channel_data(0x4001, &[0; 400]);
+    let passed = (0..5).filter(|_| h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_some()).count();
+    assert_eq!(passed, 2, "1000 bytes/s with a one-second burst: two 400-byte packets");
+    assert_eq!(h.server.stats().dropped(DropReason::RateCap), 3);
+    h.now += Duration::from_secs(1);
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_some(), "refilled");
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source_ip() {
+    let mut c = config();
+    c.quotas.unauthenticated_per_second = 5;
+    c.quotas.unauthenticated_burst = 5;
+    let mut h = Harness::with_config(c);
+    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
+    let bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    let answered: usize = (0..20).map(|_| h.send_raw(&bytes).len()).sum();
+    assert_eq!(answered, 5);
+    assert_eq!(h.server.stats().auth_failures[crate::turn::stats::AuthFailure::RateLimited as usize], 15);
+    // Another source is not affected; the first recovers with time.
+    h.client.client = addr("198.51.100.2:40000");
+    assert_eq!(h.send_raw(&bytes).len(), 1);
+    h.client.client = addr("198.51.100.1:40000");
+    h.now += Duration::from_secs(1);
+    assert_eq!(h.send_raw(&bytes).len(), 1);
+}
+
+#[test]
+fn oversized_control_messages_are_dropped_before_decoding() {
+    let mut h = Harness::new();
+    let m = Message::new(MessageClass::Request, BINDING, TransactionId::new([1; 12]));
+    let mut bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    // A comprehension-optional attribute of 5000 bytes: well framed, but too big.
+    bytes.extend_from_slice(&[0x80, 0x99, 0x13, 0x88]);
+    bytes.resize(bytes.len() + 5000, 0);
+    let len = (bytes.len() - 20) as u16;
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    assert!(h.send_raw(&bytes).is_empty());
+    assert_eq!(h.server.stats().dropped(DropReason::Malformed), 1);
+}
