@@ -45,8 +45,9 @@ pub(crate) struct Outgoing {
 /// What the hub feeds the clients.
 #[derive(Debug, Clone)]
 pub(crate) struct Feeds {
-    /// The latest `stats` message.
-    pub stats: watch::Receiver<Utf8Bytes>,
+    /// The latest `stats` message; `None` until the loop's first snapshot, so no
+    /// client is shown the zeros of a loop that has not reported yet.
+    pub stats: watch::Receiver<Option<Utf8Bytes>>,
     /// `event` messages.
     pub events: broadcast::Sender<Outgoing>,
 }
@@ -65,7 +66,7 @@ struct Hub {
     events: broadcast::Receiver<Event>,
     control: mpsc::Sender<Control>,
     counters: Arc<AdminCounters>,
-    stats_tx: watch::Sender<Utf8Bytes>,
+    stats_tx: watch::Sender<Option<Utf8Bytes>>,
     out: broadcast::Sender<Outgoing>,
     known: HashMap<u64, Known>,
     previous: Option<Snapshot>,
@@ -80,7 +81,7 @@ pub(crate) fn start(
     control: mpsc::Sender<Control>,
     counters: Arc<AdminCounters>,
 ) -> Feeds {
-    let first = stats_json(&snapshots.borrow(), None, 0);
+    let first = Some(&*snapshots.borrow()).filter(|s| s.unix_ms != 0).map(|s| stats_json(s, None, 0));
     let (stats_tx, stats) = watch::channel(first);
     let (out, _) = broadcast::channel(CLIENT_BACKLOG);
     let feeds = Feeds { stats, events: out.clone() };
@@ -126,7 +127,10 @@ impl Hub {
     fn publish_stats(&mut self) {
         let snapshot = self.snapshots.borrow_and_update().clone();
         let admin = self.counters.connections.load(Ordering::Relaxed);
-        self.stats_tx.send_replace(stats_json(&snapshot, self.previous.as_ref(), admin));
+        if snapshot.unix_ms == 0 {
+            return; // the loop's initial, never-published value
+        }
+        self.stats_tx.send_replace(Some(stats_json(&snapshot, self.previous.as_ref(), admin)));
         self.previous = Some(snapshot);
     }
 

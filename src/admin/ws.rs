@@ -110,7 +110,10 @@ impl Session {
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 },
                 _ = ticker.tick(), if self.topics.contains(&Topic::Stats) => {
-                    Step::Send(Message::Text(self.state.hub.stats.borrow().clone()))
+                    match self.state.hub.stats.borrow().clone() {
+                        Some(stats) => Step::Send(Message::Text(stats)),
+                        None => Step::Nothing,
+                    }
                 }
                 event = events.recv() => match event {
                     Ok(out) if self.topics.contains(&out.topic) => Step::Send(Message::Text(out.json)),
