@@ -5,10 +5,12 @@
 //! - [`net`]: the tokio shell that owns sockets and timers and drives the core.
 //! - [`admin`]: the HTTP admin listener (metrics, health, live stats, dashboard).
 //! - [`metrics`]: every Prometheus metric, declared in one place.
+//! - [`probe`]: `turnd probe URL`, an outside check of a STUN/TURN server after a deploy.
 
 pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod probe;
 pub mod stun;
 pub mod turn;

@@ -56,6 +56,8 @@ enum Command {
         #[arg(long = "url")]
         urls: Vec<String>,
     },
+    /// Check a STUN/TURN server from the outside: Binding, Allocate, relayed data both ways.
+    Probe(turnd::probe::ProbeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +90,10 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Credentials { secret, user, ttl, urls } => credentials(&secret, &user, ttl, urls),
+        Command::Probe(args) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            turnd::probe::cli(&args, now, &mut std::io::stdout()).map(drop).map_err(Into::into)
+        }
     }
 }
 
