@@ -15,8 +15,6 @@ mod routes;
 mod server;
 mod ws;
 
-pub use protocol::{ClientMessage, Topic};
-
 use crate::config;
 use crate::metrics::{AdminCounters, Metrics, MetricsError};
 use crate::net::{Control, Publisher, Snapshot};

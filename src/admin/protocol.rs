@@ -33,11 +33,6 @@ pub enum Topic {
     Policy,
 }
 
-impl Topic {
-    /// Every topic.
-    pub const ALL: [Topic; 4] = [Topic::Stats, Topic::Allocations, Topic::Auth, Topic::Policy];
-}
-
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
