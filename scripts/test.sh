@@ -27,6 +27,11 @@ install_deps() {
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    # WebRTC and NAT tests (tests/webrtc.rs, tests/nat.rs): network namespaces and veth
+    # pairs (iproute2), NATs (iptables), and an NSS database Chromium trusts (certutil).
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

@@ -540,13 +540,22 @@ impl Run<'_> {
             Ok((conn, detail))
         })?;
 
-        let local = conn.local_addr();
+        // A UDP socket bound to the wildcard address: ask the routing table which source
+        // address it uses towards the server (connect() on UDP sends nothing).
+        let local = conn.local_addr().map(|l| match l.ip().is_unspecified() {
+            true => source_address_towards(server).map_or(l, |ip| SocketAddr::new(ip, l.port())),
+            false => l,
+        });
         let (mapped, software) = self.step("binding", |summary| {
             let (mapped, software) = binding(&mut conn, timeout)?;
             summary.mapped = Some(mapped);
             let mut detail = format!("mapped address {mapped}");
-            if local.is_some_and(|l| l.ip() != mapped.ip() && !l.ip().is_unspecified()) {
-                detail += " (behind NAT)";
+            match local {
+                Some(l) if l.ip() != mapped.ip() && !l.ip().is_unspecified() => {
+                    detail += &format!(" (behind NAT: local address {})", l.ip());
+                }
+                Some(l) if l.port() != mapped.port() => detail += " (port translated: behind NAT)",
+                _ => {}
             }
             if let Some(software) = &software {
                 detail += &format!(", server software {software:?}");
@@ -610,11 +619,21 @@ impl Run<'_> {
             auth.request(&mut conn, CREATE_PERMISSION, &[XorPeerAddress::new(peer_addr).into()], timeout)?;
             Ok(((), format!("for {}", peer_addr.ip())))
         })?;
-        self.step("indication", |_| {
+        let peer_addr = self.step("indication", |_| {
             let payload = random_payload("indication")?;
-            let detail = relay_by_indication(&mut conn, &peer, relayed, &payload, timeout)?;
-            Ok(((), detail))
+            relay_by_indication(&mut conn, &peer, relayed, &payload, timeout).map(|(detail, seen)| (seen, detail))
         })?;
+        if peer_addr != peer.address() {
+            self.warn(
+                "indication",
+                format!(
+                    "the peer socket reached the relay from port {} but the server from {}: this side has an \
+                     address-dependent (symmetric) NAT, so peers will only reach it through the relay",
+                    peer_addr.port(),
+                    peer.address().port()
+                ),
+            );
+        }
         self.step("channel", |_| {
             let attrs = [channel_number(PROBE_CHANNEL), XorPeerAddress::new(peer_addr).into()];
             auth.request(&mut conn, CHANNEL_BIND, &attrs, timeout)?;
@@ -636,6 +655,13 @@ impl Run<'_> {
 
 /// The marker a challenge step uses when the server allocated without asking.
 const OPEN_RELAY: &str = "open relay";
+
+/// The source address the system would use to reach `server`.
+fn source_address_towards(server: SocketAddr) -> Option<IpAddr> {
+    let socket = UdpSocket::bind(unspecified(server)).ok()?;
+    socket.connect(server).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
 
 fn local_of(s: &TcpStream) -> String {
     s.local_addr().map(|a| a.to_string()).unwrap_or_default()
@@ -1089,31 +1115,34 @@ impl Peer {
 }
 
 /// Checks a received Data indication: from `peer`, carrying `payload`.
-fn check_data_indication(bytes: &[u8], peer: SocketAddr, payload: &[u8]) -> Result<bool, ProbeError> {
+fn check_data_indication(bytes: &[u8], peer: SocketAddr, payload: &[u8]) -> Result<Option<SocketAddr>, ProbeError> {
     let m = message::decode(bytes).map_err(|_| ProbeError::Malformed("undecodable Data indication"))?.message;
     if m.method() != DATA {
-        return Ok(false);
+        return Ok(None);
     }
     let from =
         m.get_attribute::<XorPeerAddress>().ok_or(ProbeError::Malformed("Data indication without XOR-PEER-ADDRESS"))?;
     let data = m.get_attribute::<Data>().ok_or(ProbeError::Malformed("Data indication without DATA"))?;
     if data.data() != payload {
-        return Ok(false);
+        return Ok(None);
     }
-    if from.address() != peer {
+    // Permissions are per IP address (RFC 8656 §9): a NAT in front of the peer may give
+    // it another port towards the relay than towards the server.
+    if from.address().ip() != peer.ip() {
         return Err(ProbeError::Relay(format!("data came back from {} instead of {peer}", from.address())));
     }
-    Ok(true)
+    Ok(Some(from.address()))
 }
 
 /// Waits for `payload` to come back to the client, as a Data indication or on `channel`.
+/// Returns the peer address a Data indication named.
 fn await_at_client(
     conn: &mut Connection,
     peer: SocketAddr,
     channel: Option<u16>,
     payload: &[u8],
     timeout: Duration,
-) -> Result<(), ProbeError> {
+) -> Result<Option<SocketAddr>, ProbeError> {
     let deadline = Instant::now() + timeout;
     loop {
         let packet = match conn.recv_data(deadline) {
@@ -1127,25 +1156,35 @@ fn await_at_client(
             Err(e) => return Err(e),
         };
         match (packet, channel) {
-            (Packet::ChannelData(c, data), Some(want)) if c == want && data == payload => return Ok(()),
-            (Packet::Stun(bytes), None) if check_data_indication(&bytes, peer, payload)? => return Ok(()),
+            (Packet::ChannelData(c, data), Some(want)) if c == want && data == payload => return Ok(None),
+            (Packet::Stun(bytes), None) => {
+                if let Some(from) = check_data_indication(&bytes, peer, payload)? {
+                    return Ok(Some(from));
+                }
+            }
             _ => continue,
         }
     }
 }
 
+/// A Send indication carrying `payload` to `peer`.
+fn send_indication(peer: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, ProbeError> {
+    let mut m = Message::new(MessageClass::Indication, SEND, new_transaction_id()?);
+    m.add_attribute(XorPeerAddress::new(peer));
+    m.add_attribute(Data::new(payload.to_vec()).map_err(|_| ProbeError::Malformed("payload too large"))?);
+    encode(m, None)
+}
+
 /// Relays with a Send indication and, for a socket peer, back with a Data indication.
+/// Returns what happened and the peer's address as the relay sees it (behind an
+/// address-dependent NAT, another port than the server saw).
 fn relay_by_indication(
     conn: &mut Connection,
     peer: &Peer,
     relayed: SocketAddr,
     payload: &[u8],
     timeout: Duration,
-) -> Result<String, ProbeError> {
-    let mut m = Message::new(MessageClass::Indication, SEND, new_transaction_id()?);
-    m.add_attribute(XorPeerAddress::new(peer.address()));
-    m.add_attribute(Data::new(payload.to_vec()).map_err(|_| ProbeError::Malformed("payload too large"))?);
-    let send = encode(m, None)?;
+) -> Result<(String, SocketAddr), ProbeError> {
     match peer {
         Peer::Socket { socket, reflexive } => {
             // The peer speaks first: that opens its own NAT (if any) towards the relay,
@@ -1153,15 +1192,17 @@ fn relay_by_indication(
             socket
                 .send_to(payload, relayed)
                 .map_err(|source| ProbeError::Io { what: "sending from the peer", source })?;
-            await_at_client(conn, *reflexive, None, payload, timeout)?;
-            conn.send(&send)?;
+            let seen = await_at_client(conn, *reflexive, None, payload, timeout)?.unwrap_or(*reflexive);
+            conn.send(&send_indication(seen, payload)?)?;
             let from = Peer::recv(socket, Instant::now() + timeout, payload)?;
-            Ok(format!("peer -> relay -> Data indication, Send indication -> relay -> peer (from {from})"))
+            let detail =
+                format!("peer {seen} -> relay -> Data indication, Send indication -> relay -> peer (from {from})");
+            Ok((detail, seen))
         }
         Peer::Relay { address } => {
-            conn.send(&send)?;
+            conn.send(&send_indication(*address, payload)?)?;
             await_at_client(conn, *address, None, payload, timeout)?;
-            Ok("Send indication -> relay -> relay -> Data indication".into())
+            Ok(("Send indication -> relay -> relay -> Data indication".into(), *address))
         }
     }
 }

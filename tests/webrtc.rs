@@ -1,0 +1,198 @@
+//! Headless Chromium connects a WebRTC data channel relay-to-relay through turnd:
+//! `turn:` over UDP, `turn:?transport=tcp`, `turns:` (a CA the browser trusts through an
+//! NSS database) and REST credentials; a wrong password and an expired REST credential
+//! must give an `icecandidateerror` with 401 and no relay candidate.
+//!
+//! Chromium gathers candidates only when it sees a non-loopback IPv4 interface, so the
+//! test runs turnd and the browser in a network namespace of its own with a veth pair
+//! (100.64+x.0.1 and .2, which exist only there), whatever the machine has.
+#[path = "netns/ca.rs"]
+mod ca;
+mod common;
+mod netns;
+
+use ca::TestCa;
+use common::*;
+use netns::browser::{self, Browser};
+use netns::Netns;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const SECRET: &str = "browser-rest-secret";
+const MESSAGES: usize = 5;
+
+/// Whether everything the browser tests need is here (in CI a missing piece fails).
+fn ready() -> bool {
+    if let Err(why) = netns::available() {
+        return need(false, &format!("network namespaces ({why})"));
+    }
+    if let Some(what) = browser::missing() {
+        return need(false, &what);
+    }
+    need_tool("certutil", "libnss3-tools") && need_tool("openssl", "openssl")
+}
+
+/// A namespace with a veth pair; turnd on its first address with UDP, TCP and TLS
+/// listeners, a user, a REST secret, and peers allowed on the veth subnet (where
+/// both browsers' relay addresses are).
+struct Setup {
+    turnd: TurndProcess,
+    pki: TestCa,
+    home: TempDir,
+    server_ip: String,
+    ns: Netns,
+}
+
+impl Setup {
+    fn new(role: &str) -> Setup {
+        let ns = Netns::new(role);
+        let octet = 64 + netns::subnet_tag();
+        let server_ip = format!("100.{octet}.0.1");
+        netns::veth_pair_inside(&ns, &format!("{server_ip}/24"), &format!("100.{octet}.0.2/24"));
+        let pki = TestCa::new(&[&server_ip]);
+        let (min, max) = relay_port_range();
+        let mut config = format!("realm = \"{REALM}\"\n");
+        for t in ["udp", "tcp", "tls"] {
+            config += &format!("[[listen]]\ntransport = \"{t}\"\naddress = \"{server_ip}:0\"\n");
+        }
+        config += &format!(
+            "[relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"100.{octet}.0.0/24\"]\n\
+             [auth]\nsecrets = [\"{SECRET}\"]\n[[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+        );
+        let config = pki.add_to(&config);
+        let turnd = ns.enter(|| TurndProcess::start(&config, &[]));
+        let home = TempDir::new("turnd-chromium-home");
+        browser::home_trusting(home.path(), &pki.ca);
+        Setup { turnd, pki, home, server_ip, ns }
+    }
+
+    fn browser(&self) -> Browser {
+        self.ns.enter(|| Browser::launch(self.ns.name(), self.home.path(), &[]))
+    }
+
+    fn url(&self, scheme: &str, transport: &str) -> String {
+        let port = self.turnd.addr(transport).port();
+        let query = if transport == "udp" { "" } else { "?transport=tcp" };
+        format!("{scheme}:{}:{port}{query}", self.server_ip)
+    }
+}
+
+/// An `iceServers` entry from `turnd credentials` (the REST credential an app server
+/// would hand out).
+fn rest_ice_server(url: &str) -> Value {
+    let out = run_with_timeout(
+        Command::new(turnd_binary()).args(["credentials", "--secret", SECRET, "--user", "browser", "--url", url]),
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "turnd credentials failed:\n{out}");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+}
+
+/// Checks a connected loopback run: all messages both ways over a relay/relay pair
+/// using `relay_protocol` to reach turnd. Returns a line for the summary table.
+fn check_connected(name: &str, r: &Value, relay_protocol: &str, server_ip: &str) -> Result<String, String> {
+    if r["ok"] != true {
+        return Err(format!("{name}: {r:#}"));
+    }
+    let want = |label: &str| (0..MESSAGES).map(|i| json!(format!("{label} {i}"))).collect::<Vec<_>>();
+    if r["atA"].as_array() != Some(&want("b->a")) || r["atB"].as_array() != Some(&want("a->b")) {
+        return Err(format!("{name}: messages did not all arrive in order: {r:#}"));
+    }
+    for side in ["pairA", "pairB"] {
+        let pair = &r[side];
+        for end in ["local", "remote"] {
+            if pair[end]["type"] != "relay" {
+                return Err(format!("{name}: {side} {end} candidate is not relay: {r:#}"));
+            }
+            if pair[end]["address"] != server_ip {
+                return Err(format!("{name}: {side} {end} is not on turnd's address: {r:#}"));
+            }
+        }
+        if pair["local"]["relayProtocol"] != relay_protocol {
+            return Err(format!("{name}: {side} reached turnd over {} not {relay_protocol}: {r:#}", pair["local"]));
+        }
+    }
+    Ok(format!(
+        "{name}: connected, {MESSAGES} messages each way, pair {}:{} <-> {}:{} (relay/relay, {relay_protocol})",
+        r["pairA"]["local"]["address"],
+        r["pairA"]["local"]["port"],
+        r["pairA"]["remote"]["address"],
+        r["pairA"]["remote"]["port"]
+    ))
+}
+
+#[test]
+fn chromium_data_channel_through_turnd_udp_tcp_tls_and_rest() {
+    if !ready() {
+        return;
+    }
+    let setup = Setup::new("web");
+    let mut browser = setup.browser();
+    let user = |url: String| json!({ "urls": [url], "username": USER, "credential": PASSWORD });
+    let variants = [
+        ("turn: udp", vec![user(setup.url("turn", "udp"))], "udp"),
+        ("turn: tcp", vec![user(setup.url("turn", "tcp"))], "tcp"),
+        ("turns: tls", vec![user(setup.url("turns", "tls"))], "tls"),
+        ("turn: udp, REST credential", vec![rest_ice_server(&setup.url("turn", "udp"))], "udp"),
+    ];
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (name, ice_servers, protocol) in variants {
+        let r = browser.call("loopback", json!({ "iceServers": ice_servers, "messages": MESSAGES }));
+        match check_connected(name, &r, protocol, &setup.server_ip) {
+            Ok(line) => report.push(line),
+            Err(e) => failures.push(e),
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}\n---- turnd ----\n{}", failures.join("\n\n"), setup.turnd.logs());
+    let _ = &setup.pki;
+}
+
+/// Checks a failed run: 401 candidate errors from turnd's URL and no relay candidate.
+fn check_refused(name: &str, r: &Value, url: &str) -> Result<String, String> {
+    if r["ok"] != true {
+        return Err(format!("{name}: {r:#}"));
+    }
+    for side in ["a", "b"] {
+        if r[side]["relayCandidates"] != 0 {
+            return Err(format!("{name}: {side} got a relay candidate: {r:#}"));
+        }
+        let errors = r[side]["errors"].as_array().cloned().unwrap_or_default();
+        if !errors.iter().any(|e| e["errorCode"] == 401 && e["url"].as_str().is_some_and(|u| u.starts_with(url))) {
+            return Err(format!("{name}: {side} has no icecandidateerror 401 for {url}: {r:#}"));
+        }
+    }
+    Ok(format!("{name}: icecandidateerror 401, no relay candidate"))
+}
+
+#[test]
+fn chromium_gets_401_for_a_wrong_password_and_an_expired_rest_credential() {
+    if !ready() {
+        return;
+    }
+    let setup = Setup::new("web401");
+    let mut browser = setup.browser();
+    let url = setup.url("turn", "udp");
+    let expired_user = format!("{}:browser", std::time::UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0) - 60);
+    let expired_password = turnd::turn::auth::rest_password(SECRET.as_bytes(), &expired_user);
+    let variants = [
+        ("wrong password", json!([{ "urls": [url], "username": USER, "credential": "wrong" }])),
+        (
+            "expired REST credential",
+            json!([{ "urls": [url], "username": expired_user, "credential": expired_password }]),
+        ),
+    ];
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (name, ice_servers) in variants {
+        let r = browser.call("loopback", json!({ "iceServers": ice_servers, "expectFailure": true }));
+        match check_refused(name, &r, &url) {
+            Ok(line) => report.push(line),
+            Err(e) => failures.push(e),
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}\n---- turnd ----\n{}", failures.join("\n\n"), setup.turnd.logs());
+}
