@@ -134,9 +134,9 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
     let (stream_tx, stream_rx) = mpsc::channel(4096);
-    let udp_sockets = bind_listeners(&config, path.is_none(), cert.as_ref(), stream_tx)?;
+    let udp_sockets = bind_listeners(&config, path.is_none(), cert.as_ref(), stream_tx.clone())?;
     let publisher = Publisher::new(1024);
-    let event_loop = EventLoop::new(config.core(), udp_sockets, publisher.clone())?;
+    let event_loop = EventLoop::new(config.core(), udp_sockets, publisher.clone(), stream_tx)?;
     let (control, control_rx) = mpsc::channel(8);
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {

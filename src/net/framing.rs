@@ -67,6 +67,14 @@ impl Framer {
         self.end > self.start
     }
 
+    /// Bytes read but not framed yet (what follows a ConnectionBind when the
+    /// connection turns into a raw data connection), emptying the buffer.
+    pub fn take_pending(&mut self) -> &[u8] {
+        let pending = self.start..self.end;
+        self.start = self.end;
+        self.buf.get(pending).unwrap_or_default()
+    }
+
     /// The next whole frame, if one is buffered.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FramingError> {
         let pending = &self.buf[self.start..self.end];

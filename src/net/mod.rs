@@ -7,6 +7,7 @@ pub mod framing;
 pub mod relay_socket;
 pub mod report;
 pub mod stream;
+mod tcp_relay;
 pub mod tls;
 
 pub use report::{Control, Publisher, Snapshot};
@@ -25,7 +26,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use stream::StreamEvent;
+use stream::{Outbound, StreamEvent};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -94,7 +95,13 @@ pub struct EventLoop {
     publisher: Publisher,
     snapshot: Snapshot,
     /// Outbound queues of TCP/TLS connections, by their 5-tuple.
-    streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    streams: HashMap<FiveTuple, mpsc::Sender<Outbound>>,
+    /// Where spawned connection tasks report (RFC 6062 peer connections).
+    stream_events: mpsc::Sender<StreamEvent>,
+    /// RFC 6062: accept loops of TCP relay listeners, by allocation.
+    tcp_relays: HashMap<AllocationId, tokio::task::JoinHandle<()>>,
+    /// RFC 6062: peer connections waiting for a ConnectionBind.
+    peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
     /// Whether systemd listens for notifications (NOTIFY_SOCKET is set).
     systemd: bool,
     /// Relayed packets at the previous publish, for the status line's rate.
@@ -103,7 +110,12 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// An event loop serving `listeners` with a core built from `config`.
-    pub fn new(config: CoreConfig, listeners: Vec<UdpSocket>, publisher: Publisher) -> io::Result<Self> {
+    pub fn new(
+        config: CoreConfig,
+        listeners: Vec<UdpSocket>,
+        publisher: Publisher,
+        stream_events: mpsc::Sender<StreamEvent>,
+    ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let mut bound = Vec::new();
         for (i, socket) in listeners.into_iter().enumerate() {
@@ -127,6 +139,9 @@ impl EventLoop {
             publisher,
             snapshot: Snapshot::default(),
             streams: HashMap::new(),
+            stream_events,
+            tcp_relays: HashMap::new(),
+            peer_streams: HashMap::new(),
             systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
             last_relayed: 0,
         })
@@ -240,6 +255,26 @@ impl EventLoop {
                 self.core.close_five_tuple(five_tuple, now);
                 self.drain_outputs();
             }
+            StreamEvent::PeerIncoming { allocation, stream, peer } => {
+                if let Some(connection) = self.core.handle_peer_incoming(now, allocation, peer) {
+                    self.peer_streams.insert(connection, stream);
+                }
+                self.drain_outputs();
+            }
+            StreamEvent::PeerConnected { connection, stream } => {
+                let connected = match stream {
+                    Ok(stream) => {
+                        self.peer_streams.insert(connection, stream);
+                        true
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "connect to peer failed");
+                        false
+                    }
+                };
+                self.core.handle_peer_connected(now, connection, connected);
+                self.drain_outputs();
+            }
         }
     }
 
@@ -251,7 +286,7 @@ impl EventLoop {
             }
         } else if let Some(queue) = self.streams.get(&to) {
             // A full queue means the client is not reading: drop, as UDP would.
-            let _ = queue.try_send(contents.to_vec());
+            let _ = queue.try_send(Outbound::Bytes(contents.to_vec()));
         }
     }
 
@@ -396,13 +431,43 @@ impl EventLoop {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Transmit { to, bytes } => self.send_to_client(to, &bytes),
-                Output::BindRelay { allocation, local, dont_fragment } => {
-                    let result = self.open_relay(allocation, local, dont_fragment);
+                Output::BindRelay { allocation, local, dont_fragment, tcp } => {
+                    let result = if tcp {
+                        self.open_tcp_relay(allocation, local)
+                    } else {
+                        self.open_relay(allocation, local, dont_fragment)
+                    };
                     self.core.handle_relay_bound(Instant::now(), allocation, local, result);
                 }
                 Output::CloseRelay { allocation } => {
                     for socket in self.relays.remove(&allocation).into_iter().flatten().flatten() {
                         self.epoll.remove(socket.as_raw_fd());
+                    }
+                    if let Some(accepting) = self.tcp_relays.remove(&allocation) {
+                        accepting.abort();
+                    }
+                }
+                Output::ConnectPeer { connection, local, peer, .. } => {
+                    let events = self.stream_events.clone();
+                    tokio::spawn(async move {
+                        let stream = tcp_relay::connect(local, peer).await;
+                        let _ = events.send(StreamEvent::PeerConnected { connection, stream }).await;
+                    });
+                }
+                Output::BindData { connection, data } => {
+                    match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
+                        (Some(peer), Some(queue)) => {
+                            // Queued behind the ConnectionBind success already sent to it.
+                            let _ = queue.try_send(Outbound::Splice(peer));
+                        }
+                        _ => self.core.close_five_tuple(data, Instant::now()),
+                    }
+                }
+                Output::ClosePeerConnection { connection, data } => {
+                    self.peer_streams.remove(&connection);
+                    if let Some(data) = data {
+                        // Dropping its queue ends the splice and closes both sides.
+                        self.streams.remove(&data);
                     }
                 }
                 Output::Event(event) => {
@@ -416,6 +481,21 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// RFC 6062: a TCP listener on the relayed address, accepting peer connections.
+    fn open_tcp_relay(&mut self, id: AllocationId, local: SocketAddr) -> Result<SocketAddr, RelayBindError> {
+        let (listener, bound) = tcp_relay::listen(local).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                RelayBindError::AddrInUse
+            } else {
+                warn!(error = %e, %local, "cannot open TCP relay listener");
+                RelayBindError::Other
+            }
+        })?;
+        let events = self.stream_events.clone();
+        self.tcp_relays.insert(id, tokio::spawn(tcp_relay::accept_peers(listener, id, events)));
+        Ok(bound)
     }
 
     /// The relay socket of `id` for sending to `peer`.

@@ -40,6 +40,15 @@ impl Default for StreamLimits {
     }
 }
 
+/// What the event loop sends a client connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A framed message to write.
+    Bytes(Vec<u8>),
+    /// RFC 6062: from now on, relay raw bytes between this connection and `peer`.
+    Splice(TcpStream),
+}
+
 /// What connections tell the event loop.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -48,7 +57,7 @@ pub enum StreamEvent {
         /// Its 5-tuple.
         five_tuple: FiveTuple,
         /// Its outbound queue.
-        outbound: mpsc::Sender<Vec<u8>>,
+        outbound: mpsc::Sender<Outbound>,
     },
     /// A whole STUN message or ChannelData frame arrived.
     Frame {
@@ -61,6 +70,22 @@ pub enum StreamEvent {
     Closed {
         /// Which connection.
         five_tuple: FiveTuple,
+    },
+    /// RFC 6062: a peer connected to a TCP allocation's relay address.
+    PeerIncoming {
+        /// The allocation.
+        allocation: crate::turn::AllocationId,
+        /// The peer's connection.
+        stream: TcpStream,
+        /// The peer's address.
+        peer: std::net::SocketAddr,
+    },
+    /// RFC 6062: the outcome of connecting to a peer for a Connect request.
+    PeerConnected {
+        /// The connection id the core gave it.
+        connection: crate::turn::ConnectionId,
+        /// The connection, or why there is none.
+        stream: std::io::Result<TcpStream>,
     },
 }
 
@@ -120,14 +145,22 @@ async fn serve(
     }
 }
 
-async fn connection<S: AsyncRead + AsyncWrite>(
+/// How a client connection's framed phase ended.
+enum End {
+    /// Closed, for this reason.
+    Closed(&'static str),
+    /// Turned into an RFC 6062 data connection to this peer.
+    Splice(TcpStream),
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     five_tuple: FiveTuple,
     limits: StreamLimits,
     first_deadline: Instant,
     events: mpsc::Sender<StreamEvent>,
 ) {
-    let (outbound, mut queue) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let (outbound, mut queue) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     if events.send(StreamEvent::Opened { five_tuple, outbound }).await.is_err() {
         return;
     }
@@ -136,7 +169,7 @@ async fn connection<S: AsyncRead + AsyncWrite>(
     let mut seen_message = false;
     let mut partial_since: Option<Instant> = None;
     let mut last_activity = Instant::now();
-    let reason = loop {
+    let end = loop {
         let deadline = if !seen_message {
             first_deadline
         } else if let Some(since) = partial_since {
@@ -147,9 +180,9 @@ async fn connection<S: AsyncRead + AsyncWrite>(
         tokio::select! {
             read = reader.read(framer.spare()) => {
                 let n = match read {
-                    Ok(0) => break "closed by client",
+                    Ok(0) => break End::Closed("closed by client"),
                     Ok(n) => n,
-                    Err(_) => break "read error",
+                    Err(_) => break End::Closed("read error"),
                 };
                 framer.filled(n);
                 last_activity = Instant::now();
@@ -172,7 +205,7 @@ async fn connection<S: AsyncRead + AsyncWrite>(
                     }
                 }
                 if failed {
-                    break "not STUN";
+                    break End::Closed("not STUN");
                 }
                 partial_since = match (framer.has_partial(), partial_since) {
                     (true, None) => Some(last_activity),
@@ -180,17 +213,54 @@ async fn connection<S: AsyncRead + AsyncWrite>(
                     (false, _) => None,
                 };
             }
-            message = queue.recv() => {
-                let Some(bytes) = message else { break "server closed" };
-                if writer.write_all(&bytes).await.is_err() {
-                    break "write error";
+            message = queue.recv() => match message {
+                Some(Outbound::Bytes(bytes)) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        break End::Closed("write error");
+                    }
+                    last_activity = Instant::now();
                 }
-                last_activity = Instant::now();
-            }
-            () = tokio::time::sleep_until(deadline) => break "timeout",
+                Some(Outbound::Splice(peer)) => break End::Splice(peer),
+                None => break End::Closed("server closed"),
+            },
+            () = tokio::time::sleep_until(deadline) => break End::Closed("timeout"),
         }
     };
-    debug!(client = %five_tuple.client, transport = five_tuple.transport.label(), reason, "connection closed");
-    let _ = writer.shutdown().await;
+    let reason = match end {
+        End::Closed(reason) => {
+            let _ = writer.shutdown().await;
+            reason
+        }
+        End::Splice(peer) => {
+            let client = reader.unsplit(writer);
+            splice(client, framer.take_pending(), peer, &mut queue).await
+        }
+    };
     let _ = events.send(StreamEvent::Closed { five_tuple }).await;
+    debug!(client = %five_tuple.client, transport = five_tuple.transport.label(), reason, "connection closed");
+}
+
+/// RFC 6062 data connection: raw bytes both ways between the client and the peer until
+/// either side closes or the event loop drops the connection's queue.
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
+    early: &[u8],
+    mut peer: TcpStream,
+    queue: &mut mpsc::Receiver<Outbound>,
+) -> &'static str {
+    // Bytes the client sent right behind its ConnectionBind belong to the peer.
+    if peer.write_all(early).await.is_err() {
+        return "peer write error";
+    }
+    let pump = tokio::io::copy_bidirectional(&mut client, &mut peer);
+    tokio::pin!(pump);
+    loop {
+        tokio::select! {
+            result = &mut pump => return if result.is_ok() { "data connection ended" } else { "data connection error" },
+            // Dropping both streams on return closes them.
+            message = queue.recv() => if message.is_none() {
+                return "closed by server";
+            },
+        }
+    }
 }

@@ -112,6 +112,102 @@ pub type PasswordAlgorithms = Opaque<0x8002>;
 pub type PasswordAlgorithm = Opaque<0x001D>;
 /// RFC 8489 §14.4 USERHASH.
 pub type Userhash = Opaque<0x001E>;
+/// A password algorithm of RFC 8489 §18.5, by its registry number. turnd knows the two
+/// the RFC defines; both take no parameters (§18.5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// 0x0001: the key is `MD5(username ":" realm ":" password)`, 16 bytes (§18.5.1.1).
+    Md5,
+    /// 0x0002: the key is `SHA-256(username ":" realm ":" password)`, 32 bytes
+    /// (§18.5.1.2).
+    Sha256,
+}
+
+impl Algorithm {
+    /// The registry number.
+    pub const fn number(self) -> u16 {
+        match self {
+            Algorithm::Md5 => 0x0001,
+            Algorithm::Sha256 => 0x0002,
+        }
+    }
+
+    /// The algorithm a registry number names, if turnd knows it.
+    pub const fn from_number(number: u16) -> Option<Self> {
+        match number {
+            0x0001 => Some(Algorithm::Md5),
+            0x0002 => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of PASSWORD-ALGORITHM or PASSWORD-ALGORITHMS as received: the algorithm
+/// number and its parameters (RFC 8489 §14.11, §14.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlgorithmEntry<'a> {
+    /// The registry number (known or not).
+    pub number: u16,
+    /// The parameters, without padding.
+    pub params: &'a [u8],
+}
+
+impl AlgorithmEntry<'_> {
+    /// The algorithm, if turnd knows it and the parameters are the (empty) ones it
+    /// takes.
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        Algorithm::from_number(self.number).filter(|_| self.params.is_empty())
+    }
+}
+
+/// Reads `algorithm (16) | parameters length (16) | parameters, padded to 4` entries
+/// until `value` ends; `None` if an entry overruns it.
+fn algorithm_entries(mut value: &[u8]) -> Option<Vec<AlgorithmEntry<'_>>> {
+    let mut entries = Vec::new();
+    while !value.is_empty() {
+        let number = u16::from_be_bytes([*value.first()?, *value.get(1)?]);
+        let len = usize::from(u16::from_be_bytes([*value.get(2)?, *value.get(3)?]));
+        let params = value.get(4..4 + len)?;
+        entries.push(AlgorithmEntry { number, params });
+        // The padding of the last entry may be left to the attribute's own padding.
+        let next = (4 + len).next_multiple_of(4).min(value.len());
+        value = value.get(next..)?;
+    }
+    Some(entries)
+}
+
+fn encode_algorithms(algorithms: &[Algorithm]) -> Vec<u8> {
+    algorithms.iter().flat_map(|a| [a.number().to_be_bytes(), [0, 0]]).flatten().collect()
+}
+
+impl PasswordAlgorithm {
+    /// PASSWORD-ALGORITHM naming `algorithm`, with no parameters.
+    pub fn new(algorithm: Algorithm) -> Self {
+        Opaque(encode_algorithms(&[algorithm]))
+    }
+
+    /// The one entry the attribute holds; `None` if the value is not exactly one.
+    pub fn entry(&self) -> Option<AlgorithmEntry<'_>> {
+        match algorithm_entries(self.value())?.as_slice() {
+            [entry] => Some(*entry),
+            _ => None,
+        }
+    }
+}
+
+impl PasswordAlgorithms {
+    /// PASSWORD-ALGORITHMS listing `algorithms` in order of preference, each with no
+    /// parameters.
+    pub fn new(algorithms: &[Algorithm]) -> Self {
+        Opaque(encode_algorithms(algorithms))
+    }
+
+    /// The entries in order; `None` if the value does not parse.
+    pub fn entries(&self) -> Option<Vec<AlgorithmEntry<'_>>> {
+        algorithm_entries(self.value())
+    }
+}
+
 /// RFC 8656 §18.12 ADDRESS-ERROR-CODE.
 pub type AddressErrorCode = Opaque<0x8001>;
 /// RFC 8656 §18.1 CHANNEL-NUMBER, kept raw: `stun_codec` rejects numbers above
@@ -170,3 +266,42 @@ stun_codec::define_attribute_enums!(
         IceControlling
     ]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8489_14_11_password_algorithms_round_trip() {
+        let offered = PasswordAlgorithms::new(&[Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(offered.value(), &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
+        let entries = offered.entries().unwrap();
+        let algorithms: Vec<_> = entries.iter().map(|e| e.algorithm()).collect();
+        assert_eq!(algorithms, vec![Some(Algorithm::Sha256), Some(Algorithm::Md5)]);
+    }
+
+    #[test]
+    fn rfc8489_14_12_password_algorithm_round_trip_and_parameters() {
+        let one = PasswordAlgorithm::new(Algorithm::Md5);
+        assert_eq!(one.entry().unwrap().algorithm(), Some(Algorithm::Md5));
+        // Parameters (padded inside the value) make it an algorithm turnd does not take.
+        let with_params: PasswordAlgorithm = Opaque(vec![0x00, 0x02, 0x00, 0x01, 0xAA, 0, 0, 0]);
+        let entry = with_params.entry().unwrap();
+        assert_eq!((entry.number, entry.params, entry.algorithm()), (2, &[0xAA][..], None));
+        // Unpadded last entry, unknown number.
+        let unknown: PasswordAlgorithm = Opaque(vec![0x00, 0x07, 0x00, 0x02, 1, 2]);
+        assert_eq!(unknown.entry().unwrap().algorithm(), None);
+    }
+
+    #[test]
+    fn malformed_algorithm_lists_are_refused() {
+        for value in [&[0x00][..], &[0x00, 0x01, 0x00], &[0x00, 0x01, 0x00, 0x08, 0, 0], &[]] {
+            let attribute: PasswordAlgorithm = Opaque(value.to_vec());
+            assert_eq!(attribute.entry(), None, "{value:?}");
+        }
+        let two: PasswordAlgorithm = Opaque(encode_algorithms(&[Algorithm::Md5, Algorithm::Sha256]));
+        assert_eq!(two.entry(), None, "PASSWORD-ALGORITHM holds one entry");
+        let truncated: PasswordAlgorithms = Opaque(vec![0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00]);
+        assert_eq!(truncated.entries(), None);
+    }
+}

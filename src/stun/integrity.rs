@@ -55,6 +55,30 @@ pub fn long_term_key_md5(username: &str, realm: &str, password: &str) -> [u8; 16
     ctx.compute().0
 }
 
+/// The long-term credential key for the SHA-256 password algorithm (RFC 8489
+/// §18.5.1.2): `SHA-256(username ":" realm ":" password)`, 32 bytes.
+pub fn long_term_key_sha256(username: &str, realm: &str, password: &str) -> [u8; 32] {
+    sha256(&[username.as_bytes(), b":", realm.as_bytes(), b":", password.as_bytes()])
+}
+
+/// The USERHASH value for `username` in `realm` (RFC 8489 §14.4):
+/// `SHA-256(username ":" realm)`. turnd applies no OpaqueString (RFC 8265) profile: the
+/// names are hashed as the UTF-8 bytes configured, which is what RFC 8489 Appendix B.1
+/// does too.
+pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    sha256(&[username.as_bytes(), b":", realm.as_bytes()])
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// The HMAC over `message[..attr_offset]` with the header length field rewritten as if
 /// the integrity attribute at `attr_offset` were the last one (RFC 8489 §14.5).
 fn integrity_tag(
@@ -181,9 +205,54 @@ pub(crate) mod tests_vectors {
     ];
 }
 
+/// RFC 8489 Appendix B.1 sample requests, shared by the codec's and the credentials'
+/// tests.
+#[cfg(test)]
+pub(crate) mod rfc8489_vectors {
+    /// B.1's username, "<U+30DE><U+30C8><U+30EA><U+30C3><U+30AF><U+30B9>".
+    pub(crate) const USERNAME: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+    /// B.1's password after OpaqueString processing.
+    pub(crate) const PASSWORD: &str = "TheMatrIX";
+    /// B.1's realm.
+    pub(crate) const REALM: &str = "example.org";
+    /// B.1's nonce.
+    pub(crate) const NONCE: &str = "obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA";
+
+    /// RFC 8489 Appendix B.1 as published: "Sample Request with Long-Term
+    /// Authentication with MESSAGE-INTEGRITY-SHA256 and USERHASH". Its header length
+    /// (0x9c) counts the header too, and the HMAC was computed over that wrong length.
+    pub(crate) const B1_PUBLISHED: &[u8] = &[
+        0x00, 0x01, 0x00, 0x9c, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda,
+        0x41, 0x2e, 0x00, 0x1e, 0x00, 0x20, 0x4a, 0x3c, 0xf3, 0x8f, 0xef, 0x69, 0x92, 0xbd, 0xa9, 0x52, 0xc6, 0x78,
+        0x04, 0x17, 0xda, 0x0f, 0x24, 0x81, 0x94, 0x15, 0x56, 0x9e, 0x60, 0xb2, 0x05, 0xc4, 0x6e, 0x41, 0x40, 0x7f,
+        0x17, 0x04, 0x00, 0x15, 0x00, 0x29, 0x6f, 0x62, 0x4d, 0x61, 0x74, 0x4a, 0x6f, 0x73, 0x32, 0x41, 0x41, 0x41,
+        0x43, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b, 0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34, 0x6f,
+        0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79, 0x36, 0x34, 0x73, 0x41, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x0b,
+        0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72, 0x67, 0x00, 0x00, 0x1c, 0x00, 0x20, 0xe4, 0x68,
+        0x6c, 0x8f, 0x0e, 0xde, 0xb5, 0x90, 0x13, 0xe0, 0x70, 0x90, 0x01, 0x0a, 0x93, 0xef, 0xcc, 0xbc, 0xcc, 0x54,
+        0x4c, 0x0a, 0x45, 0xd9, 0xf8, 0x30, 0xaa, 0x6d, 0x6f, 0x73, 0x5a, 0x01,
+    ];
+
+    /// Appendix B.1 as corrected by RFC 8489 Errata ID 6268: the length fixed to
+    /// 0x90, PASSWORD-ALGORITHM (SHA-256, no parameters) added before the integrity
+    /// attribute, and MESSAGE-INTEGRITY-SHA256 recomputed.
+    pub(crate) const B1_ERRATUM_6268: &[u8] = &[
+        0x00, 0x01, 0x00, 0x90, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda,
+        0x41, 0x2e, 0x00, 0x1e, 0x00, 0x20, 0x4a, 0x3c, 0xf3, 0x8f, 0xef, 0x69, 0x92, 0xbd, 0xa9, 0x52, 0xc6, 0x78,
+        0x04, 0x17, 0xda, 0x0f, 0x24, 0x81, 0x94, 0x15, 0x56, 0x9e, 0x60, 0xb2, 0x05, 0xc4, 0x6e, 0x41, 0x40, 0x7f,
+        0x17, 0x04, 0x00, 0x15, 0x00, 0x29, 0x6f, 0x62, 0x4d, 0x61, 0x74, 0x4a, 0x6f, 0x73, 0x32, 0x41, 0x41, 0x41,
+        0x43, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b, 0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34, 0x6f,
+        0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79, 0x36, 0x34, 0x73, 0x41, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x0b,
+        0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72, 0x67, 0x00, 0x00, 0x1d, 0x00, 0x04, 0x00, 0x02,
+        0x00, 0x00, 0x00, 0x1c, 0x00, 0x20, 0xb5, 0xc7, 0xbf, 0x00, 0x5b, 0x6c, 0x52, 0xa2, 0x1c, 0x51, 0xc5, 0xe8,
+        0x92, 0xf8, 0x19, 0x24, 0x13, 0x62, 0x96, 0xcb, 0x92, 0x7c, 0x43, 0x14, 0x93, 0x09, 0x27, 0x8c, 0xc6, 0x51,
+        0x8e, 0x65,
+    ];
+}
+
 #[cfg(test)]
 mod tests {
-    //! RFC 5769 test vectors through the integrity and fingerprint code.
+    //! RFC 5769 and RFC 8489 test vectors through the integrity and fingerprint code.
     use super::tests_vectors::*;
     use super::*;
     use crate::stun::raw::{Attributes, RawAttribute};
@@ -252,5 +321,52 @@ mod tests {
         assert_eq!(mi.value.len(), 32);
         assert!(verify(IntegrityKind::Sha256, b"key", &msg, mi.offset, mi.value));
         assert!(!verify(IntegrityKind::Sha256, b"key", &msg, mi.offset, &mi.value[..15]));
+    }
+
+    #[test]
+    fn rfc8489_9_2_2_md5_key_of_the_rfc_example() {
+        // "user:realm:pass" gives 0x8493fbc53ba582fb4c044c456bdc40eb.
+        let expected = [0x84, 0x93, 0xfb, 0xc5, 0x3b, 0xa5, 0x82, 0xfb, 0x4c, 0x04, 0x4c, 0x45, 0x6b, 0xdc, 0x40, 0xeb];
+        assert_eq!(long_term_key_md5("user", "realm", "pass"), expected);
+    }
+
+    #[test]
+    fn rfc8489_b_1_userhash_is_the_one_in_the_vector() {
+        use super::rfc8489_vectors as v;
+        let attribute = find(v::B1_ERRATUM_6268, 0x001E);
+        assert_eq!(attribute.value, &userhash(v::USERNAME, v::REALM));
+        assert_eq!(&v::B1_PUBLISHED[24..56], &userhash(v::USERNAME, v::REALM));
+    }
+
+    #[test]
+    fn rfc8489_b_1_erratum_6268_sha256_integrity_verifies_with_the_sha256_key() {
+        use super::rfc8489_vectors as v;
+        let message = v::B1_ERRATUM_6268;
+        let mi = find(message, ATTR_MESSAGE_INTEGRITY_SHA256);
+        let key = long_term_key_sha256(v::USERNAME, v::REALM, v::PASSWORD);
+        assert!(verify(IntegrityKind::Sha256, &key, message, mi.offset, mi.value));
+        let md5 = long_term_key_md5(v::USERNAME, v::REALM, v::PASSWORD);
+        assert!(!verify(IntegrityKind::Sha256, &md5, message, mi.offset, mi.value), "the MD5 key");
+        let wrong = long_term_key_sha256(v::USERNAME, v::REALM, "TheMatrix");
+        assert!(!verify(IntegrityKind::Sha256, &wrong, message, mi.offset, mi.value));
+        // Re-creating the attribute from the covered prefix gives the same bytes.
+        let mut rebuilt = message[..mi.offset].to_vec();
+        rebuilt[2..4].copy_from_slice(&((mi.offset - HEADER_LEN) as u16).to_be_bytes());
+        append_integrity(&mut rebuilt, IntegrityKind::Sha256, &key);
+        assert_eq!(rebuilt, message);
+    }
+
+    #[test]
+    fn rfc8489_b_1_as_published_was_signed_over_its_wrong_length() {
+        use super::rfc8489_vectors as v;
+        let message = v::B1_PUBLISHED;
+        let mi = find(message, ATTR_MESSAGE_INTEGRITY_SHA256);
+        let key = long_term_key_sha256(v::USERNAME, v::REALM, v::PASSWORD);
+        // §14.6 computes the HMAC with the length up to the integrity attribute (0x88):
+        // the published value does not verify that way...
+        assert!(!verify(IntegrityKind::Sha256, &key, message, mi.offset, mi.value));
+        // ...because it was computed over the header's 0x9c, as Errata ID 6268 explains.
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), &message[..mi.offset]);
+        assert_eq!(tag.as_ref(), mi.value);
     }
 }

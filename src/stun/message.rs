@@ -303,4 +303,28 @@ mod tests {
         assert_eq!(&resp[20..24], &[0x00, 0x01, 0x00, 0x08]);
         assert_eq!(&resp[26..28], &1234u16.to_be_bytes());
     }
+
+    #[test]
+    fn rfc8489_b_1_request_decodes_with_userhash_algorithm_and_sha256_integrity() {
+        use crate::stun::attributes::{Algorithm, PasswordAlgorithm, Userhash};
+        use crate::stun::integrity::rfc8489_vectors as b1;
+        use stun_codec::rfc5389::attributes::{Nonce, Realm};
+        let d = decode(b1::B1_ERRATUM_6268).unwrap();
+        assert_eq!(d.message.class(), MessageClass::Request);
+        assert_eq!(
+            d.message.get_attribute::<Userhash>().unwrap().value(),
+            &integrity::userhash(b1::USERNAME, b1::REALM)
+        );
+        assert!(d.message.get_attribute::<Username>().is_none());
+        assert_eq!(d.message.get_attribute::<Nonce>().unwrap().value(), b1::NONCE);
+        assert_eq!(d.message.get_attribute::<Realm>().unwrap().text(), b1::REALM);
+        let algorithm = d.message.get_attribute::<PasswordAlgorithm>().unwrap().entry().unwrap().algorithm();
+        assert_eq!(algorithm, Some(Algorithm::Sha256));
+        assert!(d.integrity_sha1.is_none());
+        let key = integrity::long_term_key_sha256(b1::USERNAME, b1::REALM, b1::PASSWORD);
+        assert!(d.integrity_sha256.unwrap().verify(&key, b1::B1_ERRATUM_6268));
+        // As published, the header's length counts the header too: not a STUN message.
+        assert_eq!(raw::classify(b1::B1_PUBLISHED), raw::PacketKind::Unknown);
+        assert!(decode(b1::B1_PUBLISHED).is_err());
+    }
 }

@@ -101,6 +101,8 @@ pub struct Allocation {
     pub traffic: Traffic,
     /// Set once a policy denial on this allocation has been logged.
     pub denial_logged: bool,
+    /// An RFC 6062 TCP relay: peers connect and are connected over TCP.
+    pub tcp: bool,
     /// Bandwidth bucket, when a per-allocation cap is configured.
     pub bandwidth: Option<super::rate::Bucket>,
     permissions: Vec<Permission>,
@@ -129,6 +131,7 @@ impl Allocation {
             transaction_id,
             traffic: Traffic::default(),
             denial_logged: false,
+            tcp: false,
             bandwidth: None,
             permissions: Vec::new(),
             channels: Vec::new(),

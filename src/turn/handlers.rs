@@ -9,7 +9,7 @@ use super::server::{
     DEFAULT_LIFETIME, RESERVATION_LIFETIME,
 };
 use super::stats::{AuthFailure, DropReason};
-use super::{AllocationId, FiveTuple};
+use super::{AllocationId, FiveTuple, Transport};
 use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
 use crate::stun::message::{self, IntegritySet, Message};
@@ -26,6 +26,8 @@ use stun_codec::{MessageClass, TransactionId};
 
 /// RFC 8656 §14.7: REQUESTED-TRANSPORT value for UDP.
 const PROTOCOL_UDP: u8 = 17;
+/// RFC 6062 §6.1: REQUESTED-TRANSPORT value for TCP.
+const PROTOCOL_TCP: u8 = 6;
 
 /// Why the shell could not bind a relay socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,15 +59,19 @@ impl Server {
         self.respond(from, response, None);
     }
 
-    /// A 401 or 438 carrying a fresh nonce and the realm.
+    /// A 401 or 438 carrying the realm, a fresh nonce that starts with the nonce cookie
+    /// and turnd's security feature bits, and the PASSWORD-ALGORITHMS turnd offers
+    /// (RFC 8489 §9.2.4: every 401 and 438 has all three).
     fn challenge(&self, code: u16, now: Instant, from: FiveTuple) -> Reject {
+        let credentials = &self.config.credentials;
         let mut reject = Reject::new(code, "");
-        if let Ok(realm) = Realm::new(self.config.credentials.realm().to_owned()) {
+        if let Ok(realm) = Realm::new(credentials.realm().to_owned()) {
             reject.attributes.push(realm.into());
         }
-        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client)) {
+        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client, credentials.features())) {
             reject.attributes.push(nonce.into());
         }
+        reject.attributes.push(super::auth::offered_algorithms().into());
         reject
     }
 
@@ -76,7 +82,11 @@ impl Server {
         self.challenge(code, now, from)
     }
 
-    /// RFC 8489 §9.2.4: the long-term credential checks, in the RFC's order.
+    /// RFC 8489 §9.2.4: the long-term credential checks, in the RFC's order. A request
+    /// with neither PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM (an RFC 5389 client) is
+    /// checked with the MD5 key, as before RFC 8489; one that negotiated uses the key of
+    /// the algorithm it chose. MESSAGE-INTEGRITY-SHA256 is checked in preference to
+    /// MESSAGE-INTEGRITY when both are present.
     pub(crate) fn authenticate(
         &mut self,
         now: Instant,
@@ -85,18 +95,44 @@ impl Server {
         decoded: &message::Decoded,
         packet: &[u8],
     ) -> Result<Auth, Reject> {
+        use super::auth::{negotiate, KeyChoice};
+        use crate::stun::attributes::{PasswordAlgorithm, PasswordAlgorithms, Userhash};
+
         let request = &decoded.message;
         let Some(integrity) = decoded.integrity_sha256.or(decoded.integrity_sha1) else {
             return Err(self.challenge(401, now, from));
         };
-        let (Some(username), Some(_), Some(nonce)) =
-            (request.get_attribute::<Username>(), request.get_attribute::<Realm>(), request.get_attribute::<Nonce>())
-        else {
+        let username = request.get_attribute::<Username>();
+        let userhash = request.get_attribute::<Userhash>();
+        let (Some(_), Some(nonce)) = (request.get_attribute::<Realm>(), request.get_attribute::<Nonce>()) else {
             return Err(Reject::new(400, "Bad Request"));
         };
-        let keys = match self.config.credentials.keys_for(username.name(), unix_now) {
+        // Exactly one of USERNAME and USERHASH names the user.
+        if username.is_some() == userhash.is_some() {
+            return Err(Reject::new(400, "Bad Request"));
+        }
+        let choice = negotiate(
+            nonce.value(),
+            request.get_attribute::<PasswordAlgorithms>(),
+            request.get_attribute::<PasswordAlgorithm>(),
+        )
+        .map_err(|_| Reject::new(400, "Bad Request"))?;
+        let credentials = &self.config.credentials;
+        let name = match (username, userhash) {
+            (Some(username), _) => Some(username.name().to_owned()),
+            // Only static users can be found by hash (see `Credentials::user_for_hash`).
+            (None, Some(hash)) => credentials.user_for_hash(hash.value()).map(str::to_owned),
+            (None, None) => None,
+        };
+        let Some(name) = name else {
+            return Err(self.auth_failed(now, from, AuthFailure::UnknownUser));
+        };
+        let keys = match credentials.keys_for(&name, choice.algorithm(), unix_now) {
             Ok(keys) => keys,
-            Err(CredentialError::UnknownUser) => return Err(self.auth_failed(now, from, AuthFailure::UnknownUser)),
+            // A user with only an MD5 key has no credential for SHA-256: as unknown.
+            Err(CredentialError::UnknownUser | CredentialError::NoKeyForAlgorithm) => {
+                return Err(self.auth_failed(now, from, AuthFailure::UnknownUser))
+            }
             Err(CredentialError::Expired) => return Err(self.auth_failed(now, from, AuthFailure::Expired)),
         };
         let Some(key) = keys.into_iter().find(|k| integrity.verify(k.as_bytes(), packet)) else {
@@ -106,11 +142,13 @@ impl Server {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
         Ok(Auth {
-            username: username.name().to_owned(),
+            username: name,
             key,
             integrity: IntegritySet {
                 sha1: decoded.integrity_sha1.is_some(),
-                sha256: decoded.integrity_sha256.is_some(),
+                // After a negotiation every response carries MESSAGE-INTEGRITY-SHA256
+                // (RFC 8489 §9.2.4, last paragraph); otherwise mirror the request.
+                sha256: decoded.integrity_sha256.is_some() || matches!(choice, KeyChoice::Negotiated(_)),
             },
         })
     }
@@ -122,7 +160,7 @@ impl Server {
     }
 
     /// The allocation on `from`, checked to belong to the authenticated user.
-    fn own_allocation(&self, from: FiveTuple, auth: &Auth) -> Result<AllocationId, Reject> {
+    pub(crate) fn own_allocation(&self, from: FiveTuple, auth: &Auth) -> Result<AllocationId, Reject> {
         let id =
             *self.by_five_tuple.get(&from).ok_or_else(|| Reject::new(437, "Allocation Mismatch").with_auth(auth))?;
         match self.allocations.get(&id) {
@@ -168,8 +206,19 @@ impl Server {
         }
         let bad = || Reject::new(400, "Bad Request").with_auth(&auth);
         let transport = request.get_attribute::<RequestedTransport>().ok_or_else(bad)?;
-        if transport.protocol() != PROTOCOL_UDP {
-            return Err(Reject::new(442, "Unsupported Transport Protocol").with_auth(&auth));
+        let tcp = match transport.protocol() {
+            PROTOCOL_UDP => false,
+            // RFC 6062 §5.1: TCP relays only for clients on a TCP or TLS connection.
+            PROTOCOL_TCP if from.transport != Transport::Udp => true,
+            PROTOCOL_TCP => return Err(bad()),
+            _ => return Err(Reject::new(442, "Unsupported Transport Protocol").with_auth(&auth)),
+        };
+        let udp_only = request.get_attribute::<EvenPort>().is_some()
+            || request.get_attribute::<ReservationToken>().is_some()
+            || request.get_attribute::<DontFragment>().is_some()
+            || request.get_attribute::<AdditionalAddressFamily>().is_some();
+        if tcp && udp_only {
+            return Err(bad());
         }
         let even_port = request.get_attribute::<EvenPort>();
         let token = request.get_attribute::<ReservationToken>();
@@ -225,7 +274,7 @@ impl Server {
         let dont_fragment = request.get_attribute::<DontFragment>().is_some();
         for relay in &relays {
             let local = SocketAddr::new(relay.bind_ip, relay.port);
-            self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment });
+            self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment, tcp });
         }
         self.pending.insert(
             id,
@@ -240,6 +289,7 @@ impl Server {
                 from_reservation: token.is_some(),
                 even_port: even_port.is_some(),
                 dont_fragment,
+                tcp,
                 auth,
             },
         );
@@ -292,8 +342,8 @@ impl Server {
                         relay.port = port;
                         relay.attempts += 1;
                         let local = SocketAddr::new(relay.bind_ip, port);
-                        let dont_fragment = pending.dont_fragment;
-                        self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment });
+                        let (dont_fragment, tcp) = (pending.dont_fragment, pending.tcp);
+                        self.outputs.push_back(Output::BindRelay { allocation: id, local, dont_fragment, tcp });
                         return;
                     }
                     None => relay.outcome = Some(Err(508)),
@@ -345,7 +395,7 @@ impl Server {
             self.reservations.insert(token, Reservation { port, expires: now + RESERVATION_LIFETIME });
             token
         });
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             pending.five_tuple,
             &pending.username,
             pending.auth.key,
@@ -354,6 +404,7 @@ impl Server {
             pending.lifetime,
             pending.transaction_id,
         );
+        allocation.tcp = pending.tcp;
         let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         self.by_five_tuple.insert(pending.five_tuple, id);
         *self.per_user.entry(pending.username.clone().into_boxed_str()).or_default() += 1;
@@ -424,7 +475,13 @@ impl Server {
 
     /// Checks a peer against the relay's family and the peer policy (403 and one log
     /// line per allocation when refused).
-    fn admit_peer(&mut self, id: AllocationId, peer: SocketAddr, with_port: bool, auth: &Auth) -> Result<(), Reject> {
+    pub(crate) fn admit_peer(
+        &mut self,
+        id: AllocationId,
+        peer: SocketAddr,
+        with_port: bool,
+        auth: &Auth,
+    ) -> Result<(), Reject> {
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return Err(Reject::new(437, "Allocation Mismatch").with_auth(auth));
         };

@@ -11,6 +11,7 @@ pub mod rate;
 pub mod relay;
 pub mod server;
 pub mod stats;
+pub mod tcp_relay;
 
 pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server};
 pub use stats::Stats;
@@ -43,6 +44,11 @@ pub struct FiveTuple {
 /// Never reused within a process, so a stale id cannot reach another allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub u64);
+
+/// RFC 6062 CONNECTION-ID: names a peer TCP connection of a TCP allocation until the
+/// client binds a data connection to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u32);
 
 /// The random source for nonce secrets, ports and tokens: a CSPRNG in production,
 /// injectable so tests are deterministic.

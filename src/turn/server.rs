@@ -8,7 +8,9 @@ use super::policy::PeerPolicy;
 use super::ports::PortPool;
 use super::rate::{Bucket, KeyedLimiter};
 use super::stats::{AuthFailure, DropReason, Stats};
-use super::{AllocationId, FiveTuple, Rng};
+use super::tcp_relay;
+use super::tcp_relay::PeerConnection;
+use super::{AllocationId, ConnectionId, FiveTuple, Rng};
 use crate::stun::message::{self, DecodeError, IntegritySet, Message, Protection};
 use crate::stun::raw::{self, PacketKind};
 use std::cmp::Reverse;
@@ -131,9 +133,9 @@ pub enum Output {
         /// The encoded STUN message.
         bytes: Vec<u8>,
     },
-    /// Open a UDP relay socket bound to `local`, then call
-    /// [`Server::handle_relay_bound`] with the outcome. A dual-stack allocation asks
-    /// for two, one per family.
+    /// Open a UDP relay socket bound to `local` (or, with `tcp`, a TCP listener for
+    /// peer connections: RFC 6062), then call [`Server::handle_relay_bound`] with the
+    /// outcome. A dual-stack allocation asks for two, one per family.
     BindRelay {
         /// The allocation the socket belongs to.
         allocation: AllocationId,
@@ -141,6 +143,35 @@ pub enum Output {
         local: SocketAddr,
         /// Set the DF bit on outgoing datagrams (RFC 8656 §14.8 DONT-FRAGMENT).
         dont_fragment: bool,
+        /// A TCP relay (RFC 6062) rather than UDP.
+        tcp: bool,
+    },
+    /// RFC 6062: open a TCP connection from `local` (the relay address) to `peer`, then
+    /// call [`Server::handle_peer_connected`].
+    ConnectPeer {
+        /// The connection's id.
+        connection: ConnectionId,
+        /// Its allocation.
+        allocation: AllocationId,
+        /// The relayed address to connect from.
+        local: SocketAddr,
+        /// The peer.
+        peer: SocketAddr,
+    },
+    /// RFC 6062: splice the client data connection `data` to peer connection
+    /// `connection`; from now on it carries raw bytes both ways.
+    BindData {
+        /// The peer connection.
+        connection: ConnectionId,
+        /// The client's data connection.
+        data: FiveTuple,
+    },
+    /// RFC 6062: close a peer connection (and its data connection, if bound).
+    ClosePeerConnection {
+        /// Which.
+        connection: ConnectionId,
+        /// The client data connection spliced to it, if any.
+        data: Option<FiveTuple>,
     },
     /// Close the relay sockets of an allocation that is gone.
     CloseRelay {
@@ -232,6 +263,8 @@ pub(crate) struct PendingAllocate {
     pub from_reservation: bool,
     pub even_port: bool,
     pub dont_fragment: bool,
+    /// RFC 6062 TCP relay.
+    pub tcp: bool,
 }
 
 /// One relay socket of a pending Allocate.
@@ -308,6 +341,10 @@ pub struct Server {
     pub(crate) unauthenticated: KeyedLimiter<IpAddr>,
     /// The `now` of the input being handled, for code deep in a request's handling.
     pub(crate) last_now: Instant,
+    /// RFC 6062 peer connections of TCP allocations.
+    pub(crate) connections: HashMap<ConnectionId, PeerConnection>,
+    /// Client data connections bound to a peer connection.
+    pub(crate) data_connections: HashMap<FiveTuple, ConnectionId>,
     /// Bandwidth buckets per user with allocations (bounded by the allocations).
     pub(crate) user_bandwidth: HashMap<Box<str>, Bucket>,
 }
@@ -350,6 +387,8 @@ impl Server {
             unauthenticated,
             user_bandwidth: HashMap::new(),
             last_now: now,
+            connections: HashMap::new(),
+            data_connections: HashMap::new(),
         }
     }
 
@@ -434,10 +473,8 @@ impl Server {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((at, _))| *at);
         let reservation = self.reservations.values().map(|r| r.expires).min();
-        match (allocation, reservation) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
-        }
+        let connection = self.next_connection_deadline();
+        [allocation, reservation, connection].into_iter().flatten().min()
     }
 
     /// Expires allocations and reservations whose time has come.
@@ -456,6 +493,7 @@ impl Server {
                 a.prune(now);
             }
         }
+        self.expire_connections(now);
         let ports = &mut self.ports;
         self.reservations.retain(|_, r| {
             let keep = r.expires > now;
@@ -477,6 +515,9 @@ impl Server {
         if let Some(id) = self.by_five_tuple.get(&five_tuple).copied() {
             self.remove_allocation(id, now, EndReason::Closed);
         }
+        if let Some(connection) = self.data_connections.get(&five_tuple).copied() {
+            self.close_connection(connection);
+        }
     }
 
     pub(crate) fn remove_allocation(&mut self, id: AllocationId, now: Instant, reason: EndReason) -> bool {
@@ -492,6 +533,7 @@ impl Server {
         for relay in allocation.relay_addrs() {
             self.ports.release(relay.bound.port());
         }
+        self.close_connections_of(id);
         self.outputs.push_back(Output::CloseRelay { allocation: id });
         self.outputs.push_back(Output::Event(Event::AllocationEnded {
             id,
@@ -603,12 +645,15 @@ impl Server {
             self.binding(from, &decoded.message);
             return Ok(None);
         }
-        if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
+        let (connect, connection_bind) = (tcp_relay::connect_method(), tcp_relay::connection_bind_method());
+        if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND, connect, connection_bind].contains(&method) {
             return Err(Reject::new(400, "Bad Request"));
         }
         let auth = self.authenticate(now, unix_now, from, decoded, packet)?;
         match method {
             ALLOCATE => self.allocate(now, from, &decoded.message, auth).map(|()| None),
+            m if m == connect => self.connect(from, &decoded.message, auth).map(|()| None),
+            m if m == connection_bind => self.connection_bind(now, from, &decoded.message, auth).map(|()| None),
             REFRESH => self.refresh(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),
             CREATE_PERMISSION => self.create_permission(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),
             _ => self.channel_bind(now, from, &decoded.message, &auth).map(|m| Some((m, auth))),

@@ -39,6 +39,7 @@ struct Harness {
     opened: Vec<(AllocationId, SocketAddr)>,
     closed: Vec<AllocationId>,
     events: Vec<Event>,
+    tcp_outputs: Vec<Output>,
 }
 
 fn config() -> CoreConfig {
@@ -76,6 +77,7 @@ impl Harness {
             opened: Vec::new(),
             closed: Vec::new(),
             events: Vec::new(),
+            tcp_outputs: Vec::new(),
         }
     }
 
@@ -109,6 +111,10 @@ impl Harness {
                 }
                 Output::CloseRelay { allocation } => self.closed.push(allocation),
                 Output::Event(e) => self.events.push(e),
+                // RFC 6062 sockets: scripted by the tests that use them.
+                other @ (Output::ConnectPeer { .. } | Output::BindData { .. } | Output::ClosePeerConnection { .. }) => {
+                    self.tcp_outputs.push(other)
+                }
             }
         }
         sent
@@ -223,7 +229,9 @@ fn rfc8489_9_2_first_request_is_challenged_and_unprotected() {
     assert!(decoded.message.get_attribute::<Realm>().is_some());
     assert!(decoded.message.get_attribute::<Nonce>().is_some());
     assert!(decoded.integrity_sha1.is_none());
-    assert!(responses[0].len() <= bytes.len() + 60, "401s must stay small: {} bytes", responses[0].len());
+    // ERROR-CODE 8 bytes, REALM 16, NONCE 36 (RFC 8489 cookie, expiry and MAC), and
+    // PASSWORD-ALGORITHMS 12: RFC 8489 §9.2.4 wants all of them in every 401.
+    assert!(responses[0].len() <= bytes.len() + 72, "401s must stay small: {} bytes", responses[0].len());
 }
 
 #[test]
@@ -357,10 +365,13 @@ fn allocate_retransmission_gets_the_same_relay() {
 }
 
 #[test]
-fn rfc8656_7_2_udp_is_the_only_transport_442() {
+fn rfc8656_7_2_unknown_transport_442_and_tcp_over_udp_400() {
     let mut h = Harness::new();
-    let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]);
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(132).into()]);
     assert_eq!(error_code(&response), Some(442));
+    // RFC 6062 §5.1: a TCP relay needs a TCP or TLS control connection.
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]);
+    assert_eq!(error_code(&response), Some(400));
     let response = h.request(ALLOCATE, vec![]);
     assert_eq!(error_code(&response), Some(400));
 }
@@ -717,4 +728,59 @@ fn oversized_control_messages_are_dropped_before_decoding() {
     bytes[2..4].copy_from_slice(&len.to_be_bytes());
     assert!(h.send_raw(&bytes).is_empty());
     assert_eq!(h.server.stats().dropped(DropReason::Malformed), 1);
+}
+
+#[test]
+fn rfc6062_connect_bind_and_expiry_on_virtual_time() {
+    use crate::turn::tcp_relay::{connect_method, connection_bind_method};
+    let mut h = Harness::new();
+    h.client.transport = Transport::Tcp;
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    // Connect: the answer waits for the shell's connect.
+    let bytes = h.authenticated(connect_method(), vec![XorPeerAddress::new(addr(PEER)).into()]);
+    assert!(h.send_raw(&bytes).is_empty());
+    let Some(Output::ConnectPeer { connection, peer, .. }) = h.tcp_outputs.pop() else { panic!("no ConnectPeer") };
+    assert_eq!(peer, addr(PEER));
+    h.server.handle_peer_connected(h.now, connection, true);
+    let answer = message::decode(&h.drain()[0]).unwrap().message;
+    assert_eq!(answer.class(), MessageClass::SuccessResponse);
+    let id = answer.get_attribute::<crate::stun::attributes::ConnectionId>().unwrap().value().to_vec();
+    assert_eq!(id, connection.0.to_be_bytes());
+    // ConnectionBind on a new connection (the data connection).
+    let control = h.client;
+    h.client.client = addr("198.51.100.1:40200");
+    h.nonce = None;
+    let bind = h.request(connection_bind_method(), vec![crate::stun::attributes::Opaque::<0x002A>(id.clone()).into()]);
+    assert_eq!(bind.class(), MessageClass::SuccessResponse);
+    assert!(matches!(h.tcp_outputs.pop(), Some(Output::BindData { data, .. }) if data == h.client));
+    // Deleting the allocation closes the bound connection and its data connection.
+    h.client = control;
+    h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    assert!(matches!(h.tcp_outputs.pop(), Some(Output::ClosePeerConnection { data: Some(_), .. })));
+}
+
+#[test]
+fn rfc6062_unbound_connections_close_after_30s_and_failures_get_447() {
+    use crate::turn::tcp_relay::connect_method;
+    let mut h = Harness::new();
+    h.client.transport = Transport::Tls;
+    h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]);
+    let bytes = h.authenticated(connect_method(), vec![XorPeerAddress::new(addr(PEER)).into()]);
+    h.send_raw(&bytes);
+    let Some(Output::ConnectPeer { connection, .. }) = h.tcp_outputs.pop() else { panic!("no ConnectPeer") };
+    h.server.handle_peer_connected(h.now, connection, true);
+    h.drain();
+    h.advance(Duration::from_secs(31));
+    assert!(matches!(h.tcp_outputs.pop(), Some(Output::ClosePeerConnection { data: None, .. })));
+    // A failed connect: 447.
+    let bytes = h.authenticated(connect_method(), vec![XorPeerAddress::new(addr("192.0.2.201:1")).into()]);
+    h.send_raw(&bytes);
+    let Some(Output::ConnectPeer { connection, .. }) = h.tcp_outputs.pop() else { panic!("no ConnectPeer") };
+    h.server.handle_peer_connected(h.now, connection, false);
+    assert_eq!(error_code(&message::decode(&h.drain()[0]).unwrap().message), Some(447));
+    // UDP-only attributes with TCP: 400.
+    h.client.client = addr("198.51.100.1:40300");
+    let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into(), EvenPort::new(false).into()]);
+    assert_eq!(error_code(&response), Some(400));
 }
