@@ -152,3 +152,44 @@ fn relayed_addr_parses_script_output() {
     assert_eq!(relayed_addr(s), Some("127.0.0.1:41121".parse().expect("addr")));
     assert_eq!(relayed_addr("ALLOCATE FAILED: x"), None);
 }
+
+// ---- refresh and stale-nonce recovery (tests/py/aioice_refresh.py) ----
+
+const REFRESH_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/aioice_refresh.py");
+
+/// aioice relays over a channel, waits past turnd's 10 s nonce lifetime, refreshes
+/// (turnd answers 438 with a new nonce, aioice retries), relays again, deletes.
+fn aioice_refresh_after_stale_nonce(transport: &str) {
+    if !need_aioice() {
+        return;
+    }
+    let config = format!("{}\n[auth]\nnonce-lifetime = \"10s\"\n", config_with(&["udp", "tcp"]));
+    let mut turnd = TurndProcess::start(&config, &[]);
+    let peer = UdpEchoPeer::start();
+    let out = run_with_timeout(
+        Command::new(python())
+            .arg(REFRESH_SCRIPT)
+            .args(["--server", &turnd.addr(transport).to_string(), "--peer", &peer.addr().to_string()])
+            .args(["--user", USER, "--password", PASSWORD, "--transport", transport])
+            .args(["--count", "3", "--lifetime", "300", "--stale-after", "11"]),
+        Duration::from_secs(90),
+    );
+    assert!(turnd.is_running(), "turnd exited during the aioice run:\n{out}");
+    assert!(out.success(), "aioice refresh script failed:\n{out}");
+    assert!(out.stdout.contains("ECHOED BEFORE 3/3"), "{out}");
+    // The refresh went through after exactly one 438, with a new nonce.
+    assert!(out.stdout.contains("REFRESHED lifetime=300 errors=[438] new_nonce=True"), "{out}");
+    assert!(out.stdout.contains("ECHOED AFTER 3/3"), "{out}");
+    assert!(out.stdout.contains("DELETED"), "{out}");
+    assert_eq!(peer.count(), 6, "datagrams the echo peer received");
+}
+
+#[test]
+fn aioice_udp_refresh_recovers_from_a_stale_nonce() {
+    aioice_refresh_after_stale_nonce("udp");
+}
+
+#[test]
+fn aioice_tcp_refresh_recovers_from_a_stale_nonce() {
+    aioice_refresh_after_stale_nonce("tcp");
+}

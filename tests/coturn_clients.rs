@@ -220,3 +220,53 @@ fn output_parsers_read_real_coturn_output() {
     assert_eq!(uclient_stats(uc), Some(want));
     assert_eq!(uclient_stats("0: : ERROR: Cannot complete Allocation\n"), None);
 }
+
+// ---- TURN REST API credentials (`-W secret`) ----
+
+/// `[auth] secrets` with the UDP listener of `config_with`.
+fn rest_secret_config(secret: &str) -> String {
+    format!("{}\n[auth]\nsecrets = [\"{secret}\"]\n", config_with(&["udp"]))
+}
+
+/// `turnutils_uclient -c -W SECRET -u restuser ...`: uclient mints `<expiry>:restuser`
+/// and its HMAC password itself.
+fn uclient_rest(server: SocketAddr, secret: &str, n: u32, peer: SocketAddr) -> CmdOutput {
+    run_with_timeout(
+        Command::new("turnutils_uclient")
+            .args(["-c", "-p", &server.port().to_string(), "-u", "restuser", "-W", secret])
+            .args(["-n", &n.to_string(), "-l", "100", "-e", &peer.ip().to_string(), "-r", &peer.port().to_string()])
+            .arg(server.ip().to_string()),
+        CLIENT_TIMEOUT,
+    )
+}
+
+#[test]
+fn uclient_rest_secret_relays_to_echo_peer() {
+    if !need_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let mut turnd = TurndProcess::start(&rest_secret_config("uclient-secret"), &[]);
+    let peer = UdpEchoPeer::start();
+    let out = uclient_rest(turnd.udp_addr(), "uclient-secret", 10, peer.addr());
+    let stats = assert_relayed(&out, 10, &mut turnd);
+    assert!(peer.count() as u64 >= stats.received, "peer saw {}", peer.count());
+    // turnd saw the REST username (`<expiry>:restuser`).
+    assert!(turnd.logs().contains(":restuser"), "no REST username in turnd's logs");
+}
+
+#[test]
+fn uclient_wrong_rest_secret_cannot_allocate() {
+    if !need_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let mut turnd = TurndProcess::start(&rest_secret_config("uclient-secret"), &[]);
+    let peer = UdpEchoPeer::start();
+    let out = uclient_rest(turnd.udp_addr(), "not-the-secret", 3, peer.addr());
+    assert!(!out.timed_out(), "uclient hung:\n{out}");
+    assert!(out.all().contains("Cannot complete Allocation"), "{out}");
+    assert_eq!(peer.count(), 0, "data reached the peer");
+    assert!(turnd.is_running(), "turnd died");
+}
+
+// RFC 6062 TCP relaying (`turnutils_uclient -T`) is not tested: turnd does not
+// implement CONNECT/CONNECTION-BIND yet.
