@@ -25,6 +25,8 @@ install_deps() {
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # tests/deploy.rs: systemd-analyze checks the unit (Debian's minimal images lack it).
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # tests/deploy.rs: strace lists turnd's system calls to check the unit's filter.
+    command -v strace >/dev/null 2>&1 || missing+=(strace)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
     # WebRTC and NAT tests (tests/webrtc.rs, tests/nat.rs): network namespaces and veth

@@ -7,6 +7,8 @@
 //! and prints "skipping" elsewhere. Network traffic stays on loopback, ports are
 //! ephemeral, every wait is bounded, and every process started is killed.
 mod common;
+#[path = "common/turn_client.rs"]
+mod turn_client;
 
 use common::*;
 use serde_json::Value;
@@ -280,6 +282,328 @@ fn systemd_unit_keeps_the_service_contract() {
     assert!(nofile >= 65536, "LimitNOFILE={nofile}: one descriptor per relay port and TCP client");
     // Socket activation is not offered: turnd does not call sd_listen_fds.
     assert!(!repo().join("deploy/systemd/turnd.socket").exists(), "turnd.socket needs sd_listen_fds support first");
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child, which KillOnDrop has not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+/// Notification lines ("READY=1", "WATCHDOG=1", "STATUS=...") from a datagram socket
+/// standing in for systemd's, with the time each arrived.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    lines: Vec<(Instant, String)>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &TempDir) -> NotifySocket {
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("set a read timeout");
+        NotifySocket { socket, path, lines: Vec::new() }
+    }
+
+    /// Reads notifications until `done` holds for the lines so far, at most `timeout`.
+    fn read_until(&mut self, timeout: Duration, done: impl Fn(&[(Instant, String)]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while !done(&self.lines) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let now = Instant::now();
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.lines.extend(text.lines().map(|l| (now, l.to_string())));
+            }
+        }
+        true
+    }
+
+    fn count(lines: &[(Instant, String)], wanted: &str) -> usize {
+        lines.iter().filter(|(_, l)| l == wanted).count()
+    }
+}
+
+#[test]
+fn turnd_speaks_the_notify_protocol_the_unit_expects() {
+    // What Type=notify, WatchdogSec= and ExecReload= rely on, with this test in
+    // systemd's place: READY=1 once listening, a STATUS= line, WATCHDOG=1 well within
+    // WatchdogSec, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
+    let e = unit_entries(&read(UNIT));
+    let watchdog = humantime::parse_duration(service_value(&e, "WatchdogSec")).expect("WatchdogSec= parses");
+    let dir = TempDir::new("turnd-notify");
+    let mut notify = NotifySocket::bind(&dir);
+    let config = dir.write("turnd.toml", &config_with_admin().replace("enabled = true", "enabled = false"));
+    let child = cmd(&turnd_binary())
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn turnd");
+    let mut turnd = KillOnDrop(child);
+
+    let started = Instant::now();
+    let ok = notify.read_until(Duration::from_secs(15), |l| {
+        NotifySocket::count(l, "READY=1") >= 1 && NotifySocket::count(l, "WATCHDOG=1") >= 3
+    });
+    let lines: Vec<&str> = notify.lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(ok, "no READY=1 and 3 x WATCHDOG=1 within 15 s: {lines:?}");
+    let status = lines.iter().find(|l| l.starts_with("STATUS=")).unwrap_or_else(|| panic!("no STATUS=: {lines:?}"));
+    assert!(status.contains("allocations"), "the status line does not count allocations: {status}");
+    // Keep-alives come at most WatchdogSec/2 apart (sd_watchdog_enabled(3) advice).
+    let pings: Vec<Instant> = notify.lines.iter().filter(|(_, l)| l == "WATCHDOG=1").map(|(t, _)| *t).collect();
+    let gaps = std::iter::once(pings[0] - started).chain(pings.windows(2).map(|w| w[1] - w[0]));
+    for gap in gaps {
+        assert!(gap <= watchdog / 2, "{gap:?} between watchdog keep-alives, WatchdogSec={watchdog:?}");
+    }
+
+    notify.lines.clear();
+    signal(&turnd.0, libc::SIGHUP);
+    let reloaded = notify.read_until(Duration::from_secs(10), |l| {
+        let reloading = l.iter().position(|(_, s)| s == "RELOADING=1");
+        reloading.is_some_and(|i| l[i..].iter().any(|(_, s)| s == "READY=1"))
+    });
+    assert!(reloaded, "no RELOADING=1 then READY=1 after SIGHUP: {:?}", notify.lines);
+
+    notify.lines.clear();
+    signal(&turnd.0, libc::SIGTERM);
+    let stopping = notify.read_until(Duration::from_secs(10), |l| NotifySocket::count(l, "STOPPING=1") >= 1);
+    assert!(stopping, "no STOPPING=1 after SIGTERM: {:?}", notify.lines);
+    // No allocations: the drain ends at once and turnd exits cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match turnd.0.try_wait() {
+            Ok(Some(status)) => break status,
+            _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            _ => panic!("turnd did not exit within 10 s of SIGTERM with no allocations"),
+        }
+    };
+    assert!(status.success(), "turnd exited with {status} on SIGTERM");
+}
+
+/// `systemd-analyze syscall-filter`: every group and what it lists (system calls and
+/// other groups).
+fn syscall_groups() -> BTreeMap<String, Vec<String>> {
+    let out = run_with_timeout(cmd("systemd-analyze").args(["syscall-filter", "--no-pager"]), Duration::from_secs(30));
+    assert!(out.success(), "{out}");
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in out.stdout.lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_string());
+            groups.entry(line.trim().to_string()).or_default();
+        } else if let (Some(group), item) = (&current, line.trim()) {
+            if !item.is_empty() && !item.starts_with('#') {
+                groups.get_mut(group).expect("the current group").push(item.to_string());
+            }
+        }
+    }
+    groups
+}
+
+fn expand_syscalls(groups: &BTreeMap<String, Vec<String>>, item: &str, out: &mut BTreeSet<String>) {
+    match groups.get(item) {
+        Some(members) => members.iter().for_each(|m| expand_syscalls(groups, m, out)),
+        None if item.starts_with('@') => panic!("systemd-analyze knows no group {item}"),
+        None => {
+            out.insert(item.to_string());
+        }
+    }
+}
+
+/// The system calls the unit's SystemCallFilter= lines allow: the first (allow) list,
+/// less every `~` (deny) list after it.
+fn unit_allowed_syscalls() -> BTreeSet<String> {
+    let groups = syscall_groups();
+    let e = unit_entries(&read(UNIT));
+    let mut allowed = BTreeSet::new();
+    for value in service_values(&e, "SystemCallFilter") {
+        let (deny, list) = value.strip_prefix('~').map_or((false, value), |v| (true, v));
+        let mut set = BTreeSet::new();
+        list.split_whitespace().for_each(|item| expand_syscalls(&groups, item, &mut set));
+        if deny {
+            allowed.retain(|s| !set.contains(s));
+        } else {
+            allowed.extend(set);
+        }
+    }
+    allowed
+}
+
+/// The pid of `parent`'s child process (strace's tracee).
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
+            == Some(parent)
+    })
+}
+
+#[test]
+fn turnd_stays_within_the_units_system_call_filter() {
+    // Under systemd a call outside SystemCallFilter= fails with EPERM, in production
+    // only. Trace turnd through start, UDP/TCP/TLS allocations, relaying, a scrape, a
+    // reload and a drain, and check every call it made against the unit's filter.
+    if !need_tool("strace", "strace") || !need_tool("systemd-analyze", "systemd") || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let allowed = unit_allowed_syscalls();
+    assert!(
+        allowed.contains("sendmsg") && !allowed.contains("reboot") && !allowed.contains("setrlimit"),
+        "{allowed:?}"
+    );
+
+    let dir = TempDir::new("turnd-syscalls");
+    let cert = TestCert::new();
+    let (min, max) = relay_port_range();
+    let config = cert.add_to(&format!(
+        "realm = \"{REALM}\"\n\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\n\
+         [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\n\
+         [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n"
+    ));
+    let config_file = dir.write("turnd.toml", &config);
+    let summary = dir.path().join("strace-summary.txt");
+    let strace = cmd("strace")
+        .args(["-f", "-qq", "-c", "-o"])
+        .arg(&summary)
+        .arg("--")
+        .arg(turnd_binary())
+        .arg("serve")
+        .arg("-c")
+        .arg(&config_file)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let mut strace = KillOnDrop(strace);
+    let stderr = strace.0.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut listeners = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listeners.len() < 4 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if let Some((transport, addr)) = parse_listening(&line) {
+                    listeners.insert(transport, addr);
+                }
+            }
+            Err(_) => panic!("turnd under strace did not listen on udp, tcp, tls and admin: {listeners:?}"),
+        }
+    }
+    let turnd_pid = child_of(strace.0.id()).expect("turnd's pid under strace");
+
+    // UDP: allocate, permission, a Send indication and ChannelData through an echo peer.
+    let peer = UdpEchoPeer::start();
+    let mut udp = turn_client::TurnClient::new("127.0.0.1:0", listeners["udp"], USER, PASSWORD, REALM);
+    udp.allocate(vec![]).expect("UDP allocation");
+    assert_eq!(udp.create_permission(peer.addr()), None);
+    udp.send_indication(peer.addr(), b"ping");
+    assert!(udp.recv_data().is_some(), "no data back through the UDP relay");
+    assert_eq!(udp.channel_bind(0x4000, peer.addr()), None);
+    udp.send_channel_data(0x4000, b"pong");
+    assert!(udp.recv_data().is_some(), "no ChannelData back through the UDP relay");
+    // TCP and TLS allocations.
+    let mut tcp = TcpStream::connect(listeners["tcp"]).expect("connect over TCP");
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tcp).expect("TCP allocation");
+    let mut tls = turn_client::tls_connect(listeners["tls"]);
+    turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tls).expect("TLS allocation");
+    // The admin plane, a reload, then SIGTERM twice: drain, then exit now.
+    let (status, _) = http_get(listeners["admin"], "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let kill = |sig| {
+        // SAFETY: kill(2) on the pid strace started for us.
+        unsafe { libc::kill(turnd_pid as libc::pid_t, sig) };
+    };
+    kill(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(1500));
+    kill(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(1500));
+    kill(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exited = loop {
+        match strace.0.try_wait() {
+            Ok(Some(status)) => break status,
+            _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            _ => panic!("turnd under strace did not exit within 15 s of two SIGTERMs"),
+        }
+    };
+    let _ = reader.join();
+    assert!(exited.success(), "turnd under strace exited with {exited}");
+
+    // strace -c: "% time  seconds  usecs/call  calls  errors  syscall", then "total".
+    let table = std::fs::read_to_string(&summary).expect("strace's summary");
+    let used: BTreeSet<String> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|name| *name != "total" && *name != "syscall")
+        .map(str::to_string)
+        .collect();
+    for expected in ["bind", "accept4", "sendmsg", "epoll_wait", "clone3"] {
+        assert!(used.contains(expected), "the trace missed {expected}: {used:?}\n{table}");
+    }
+    // execve is strace starting turnd, before the filter would apply.
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) && *s != "execve").collect();
+    assert!(outside.is_empty(), "turnd used system calls {UNIT} forbids: {outside:?}\n{table}");
+}
+
+/// `drain-time` from `turnd check-config` output (the effective configuration).
+fn effective_drain_time(check_config_stdout: &str) -> Duration {
+    let value = check_config_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("drain-time = "))
+        .unwrap_or_else(|| panic!("no drain-time in the effective config:\n{check_config_stdout}"));
+    humantime::parse_duration(value.trim_matches('"')).unwrap_or_else(|e| panic!("drain-time = {value}: {e}"))
+}
+
+#[test]
+fn systemd_waits_out_the_drain_before_sigkill() {
+    let out = run_with_timeout(
+        cmd(&turnd_binary()).arg("check-config").arg(repo().join("deploy/turnd.toml")),
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "{out}");
+    let drain = effective_drain_time(&out.stdout);
+    let e = unit_entries(&read(UNIT));
+    let stop = humantime::parse_duration(service_value(&e, "TimeoutStopSec")).expect("TimeoutStopSec= parses");
+    assert!(
+        stop >= drain + Duration::from_secs(10),
+        "TimeoutStopSec={stop:?} leaves no margin over drain-time {drain:?}"
+    );
 }
 
 #[test]
@@ -880,6 +1204,14 @@ fn kubernetes_init_container_renders_a_config_turnd_accepts() {
         Duration::from_secs(20),
     );
     assert!(check.success(), "{check}");
+    // The kubelet waits out the drain before SIGKILL.
+    let grace =
+        Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds"));
+    let drain = effective_drain_time(&check.stdout);
+    assert!(
+        grace >= drain + Duration::from_secs(10),
+        "terminationGracePeriodSeconds {grace:?} vs drain-time {drain:?}"
+    );
 
     let (out, config) = render("2001:db8::10", "s3cret");
     assert!(out.success(), "IPv6 node:\n{out}");
