@@ -7,7 +7,8 @@
 #
 # Host networking: a TURN relay needs its whole relay port range reachable,
 # which `-p` cannot publish sensibly. The image carries deploy/turnd.toml as
-# /etc/turnd/turnd.toml; mount your own config over /etc/turnd.
+# /etc/turnd/turnd.toml; mount your own config over /etc/turnd. That file also
+# listens on [::]: on a host without IPv6, mount one without those listeners.
 # CI has no Docker engine, so this file is checked by reading (tests/deploy.rs
 # checks what it copies and who it runs as), not by building it.
 
