@@ -53,9 +53,10 @@ install_deps() {
             || return 1
     fi
     # tests/deploy.rs builds the .deb; compiling cargo-deb takes a few minutes, once.
+    # Pinned: the version tests/deploy.rs was written against.
     if ! command -v cargo-deb >/dev/null 2>&1; then
         log "installing cargo-deb"
-        cargo install --locked --quiet cargo-deb || return 1
+        cargo install --locked --quiet cargo-deb --version 3.8.0 || return 1
     fi
     if [ ! -d tests/browser/node_modules/playwright-core ]; then
         log "installing playwright-core for the dashboard test"
