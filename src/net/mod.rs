@@ -358,7 +358,9 @@ impl EventLoop {
                     return;
                 }
             };
+            // One clock read per batch, not per datagram.
             let now = Instant::now();
+            let unix = unix_now();
             let local = listener.local;
             for (slot, meta) in meta.iter().take(count).enumerate() {
                 let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
@@ -377,7 +379,7 @@ impl EventLoop {
                     };
                     let control = is_control(packet);
                     let started = if control { Some(Instant::now()) } else { None };
-                    let relayed = self.core.handle_client_packet(now, unix_now(), from, packet);
+                    let relayed = self.core.handle_client_packet(now, unix, from, packet);
                     if let Some(started) = started {
                         let seconds = started.elapsed().as_secs_f64();
                         self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
