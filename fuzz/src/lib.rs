@@ -1,0 +1,3 @@
+//! Shared code for turnd's fuzz targets.
+
+pub mod server_driver;
