@@ -371,3 +371,36 @@ fn admin_websocket_flood_is_refused_and_relaying_never_notices() {
     assert!(http::ws_connect(admin, "/ws", &[]).is_ok(), "a new WebSocket after the flood");
     assert!(!turnd.logs().contains("panicked"));
 }
+
+#[test]
+fn sigterm_under_load_drains_with_508_then_exits_cleanly() {
+    let config = format!("drain-time = \"3s\"\n{}", config_with(&["udp"]));
+    let mut turnd = TurndProcess::start(&config, &[]);
+    let server = turnd.udp_addr();
+    let peer = UdpEchoPeer::start();
+    let old = relaying_client("127.0.0.1:0", server, peer.addr());
+    signal(turnd.pid(), libc::SIGTERM);
+    let term = Instant::now();
+    // Give the loop a moment to hear the signal, then: new Allocates get 508 (no
+    // alternate-server configured) while the old allocation relays until the end.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut late = client("127.0.0.2:0", server);
+    assert_eq!(late.allocate(vec![]).err(), Some(508), "a new Allocate while draining");
+    let mut relayed = 0;
+    while term.elapsed() < Duration::from_millis(2500) {
+        assert!(relays(&old, format!("draining {relayed}").as_bytes()), "relaying stopped during the drain");
+        relayed += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Wait without a second SIGTERM (that would end the drain at once).
+    while turnd.is_running() && term.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = term.elapsed();
+    let status = turnd.terminate(Duration::from_secs(1)).expect("turnd exits after its drain time");
+    assert!(status.success(), "a drained exit is clean: {status}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "exited {took:?} after SIGTERM, drain-time 3s"
+    );
+}

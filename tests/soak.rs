@@ -285,6 +285,13 @@ fn step(
             // Spread clients over 127.0.1.1-127.0.1.250 (per-IP bookkeeping gets churn too).
             let local = format!("127.0.1.{}:0", 1 + slot % 250);
             let mut client = Client::new(&local, server).map_err(|e| StepError::Unexpected(e.to_string()))?;
+            // The kernel may hand this socket the port of a client that walked away from
+            // a live allocation; its Allocate would then carry the same transaction id
+            // and be answered as a retransmission (RFC 8656 §7.2). Start the ids at a
+            // random point so a new client is not taken for an old one.
+            for _ in 0..rand.below(1 << 16) {
+                client.creds.tid();
+            }
             let response = client.expect_success(
                 ALLOCATE,
                 vec![RequestedTransport::new(17).into(), Lifetime::from_u32(lifetime).into()],
