@@ -195,10 +195,10 @@ pub fn offered_algorithms() -> PasswordAlgorithms {
 ///
 /// Bit order: RFC 8489 §9.2 and §18.1 as published make bit 0 the most significant
 /// bit; the RFC's own Appendix B.1 vector ("obMatJos2AAAC", a USERHASH request) and
-/// the erratum on §18.1 make bit 0 the least significant, and so does libjuice, the
-/// one widely deployed client that reads the bits. turnd follows the erratum and the
-/// vector. A client reading the other order sees two unassigned bits and falls back to
-/// RFC 5389 behaviour, which turnd still accepts.
+/// the erratum on §18.1 make bit 0 the least significant, and so does libjuice's
+/// client. turnd follows the erratum and the vector. A client reading the other order
+/// sees two unassigned bits, so it sends USERNAME rather than USERHASH; it still finds
+/// PASSWORD-ALGORITHMS in the challenge and negotiates with it (§9.2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SecurityFeatures(u32);
 
@@ -359,6 +359,8 @@ const MAC_BYTES: usize = 10;
 const BODY_BYTES: usize = 4 + MAC_BYTES;
 /// The whole nonce: the cookie, then the body in unpadded base64.
 pub const NONCE_LEN: usize = COOKIE_LEN + (BODY_BYTES * 4).div_ceil(3);
+// RFC 8489 §14.10: a NONCE has fewer than 128 characters.
+const _: () = assert!(NONCE_LEN < 128);
 
 impl NonceCodec {
     /// `secret` keys the MAC; `epoch` is the instant expiries are counted from (nonces
@@ -464,7 +466,6 @@ mod tests {
         let codec = NonceCodec::new(&[1; 32], Duration::from_secs(600), t0);
         let nonce = codec.issue(t0, client("[2001:db8::1]:65535"), FEATURES);
         assert_eq!(nonce.len(), NONCE_LEN);
-        assert!(NONCE_LEN < 128, "RFC 8489 §14.10: fewer than 128 characters");
         assert!(nonce.starts_with("obMatJos2AAAD"), "{nonce}");
         // RFC 3261 qdtext: no quote, no backslash, no whitespace.
         assert!(nonce.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'), "{nonce}");
