@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// How long the page may take to load (Chromium's first start is the slow part).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the page may take to load (Chromium's first start is the slow part; on a
+/// machine loaded with release builds it was seen taking over 60 s).
+const START_TIMEOUT: Duration = Duration::from_secs(150);
 /// The longest a single call may take (the page's own timeouts are shorter).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
