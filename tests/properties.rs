@@ -580,3 +580,70 @@ fn a_permission_for_a_mapped_peer_admits_its_ipv4_traffic() {
     d.apply(&Op::Send { client: 0, peer: 3, len: 20 });
     assert_eq!((d.tally.to_client, d.tally.to_peer), (1, 1), "the permission did not admit the peer's traffic");
 }
+
+// ---------------------------------------------------------------------------------
+// Bounded state
+
+/// Counts the bytes this thread holds on the heap, so a test can see what the server's
+/// state costs while other tests run on other threads.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn add(n: isize) {
+        // try_with: no panic while the thread-local is being torn down.
+        let _ = LIVE.try_with(|l| l.set(l.get() + n));
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counter
+    // is a const-initialized thread-local Cell, which never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            add(layout.size() as isize);
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            add(-(layout.size() as isize));
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            add(new_size as isize - layout.size() as isize);
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    /// Bytes this thread has allocated and not freed.
+    pub fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static COUNTING: heap::Counting = heap::Counting;
+
+/// One allocation refreshed over and over must cost the server the same memory however
+/// often it is refreshed: an authenticated client can send Refreshes as fast as it
+/// likes. (Each Refresh used to push a new entry on the expiry heap, kept until its
+/// instant passes: up to max-lifetime, an hour by default.)
+#[test]
+fn refreshing_one_allocation_does_not_grow_the_server() {
+    let mut d = Driver::new(6);
+    d.apply(&signed(0, 0, allocate(Some(3600))));
+    let refresh = signed(0, 0, Request::Refresh { lifetime: Some(3600) });
+    for _ in 0..100 {
+        d.apply(&refresh);
+    }
+    let before = heap::live();
+    for _ in 0..3000 {
+        d.apply(&refresh);
+    }
+    assert_eq!(d.tally.last, Some(None));
+    let grown = heap::live() - before;
+    assert!(grown < 24 * 1024, "3000 Refreshes of one allocation grew the heap by {grown} bytes");
+}
