@@ -369,6 +369,12 @@ impl NonceCodec {
         NonceCodec { key: hmac::Key::new(hmac::HMAC_SHA256, secret), lifetime, epoch }
     }
 
+    /// Changes how long newly issued nonces live (a config reload); nonces already
+    /// issued keep the expiry they carry.
+    pub fn set_lifetime(&mut self, lifetime: Duration) {
+        self.lifetime = lifetime;
+    }
+
     fn mac(&self, features: SecurityFeatures, expiry: u32, client: SocketAddr) -> [u8; MAC_BYTES] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(&features.bytes());

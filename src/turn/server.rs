@@ -410,6 +410,7 @@ impl Server {
                 RATE_LIMITED_SOURCES,
             );
         }
+        self.nonces.set_lifetime(config.nonce_lifetime);
         if config.port_range != self.config.port_range && self.ports.in_use() == 0 {
             self.ports = PortPool::new(config.port_range.clone());
         }
