@@ -9,10 +9,10 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `TURND_SOAK_SECONDS` | 18 | how long the load runs (the drain comes after) |
-//! | `TURND_SOAK_SLOTS` | 1000 | client sockets cycling through allocations at once |
+//! | `TURND_SOAK_SECONDS` | 15 | how long the load runs (the drain comes after) |
+//! | `TURND_SOAK_SLOTS` | 300 | client sockets cycling through allocations at once |
 //! | `TURND_SOAK_RATE` | 2000 | client steps (round trips) per second, at most |
-//! | `TURND_SOAK_LIFETIME` | 6 (short) / 30 | LIFETIME asked for, in seconds |
+//! | `TURND_SOAK_LIFETIME` | 10 (short) / 30 | LIFETIME asked for, in seconds |
 //! | `TURND_SOAK_SAMPLE` | 2 | seconds between samples |
 //! | `TURND_SOAK_CSV` | none | write the samples to this file as well |
 
@@ -289,7 +289,7 @@ fn step(
             // a live allocation; its Allocate would then carry the same transaction id
             // and be answered as a retransmission (RFC 8656 §7.2). Start the ids at a
             // random point so a new client is not taken for an old one.
-            for _ in 0..rand.below(1 << 16) {
+            for _ in 0..rand.below(1 << 10) {
                 client.creds.tid();
             }
             let response = client.expect_success(
@@ -346,10 +346,10 @@ fn step(
 
 #[test]
 fn allocations_churn_with_flat_memory_descriptors_and_ports() {
-    let seconds = env_u64("TURND_SOAK_SECONDS", 18);
-    let slots = env_u64("TURND_SOAK_SLOTS", 1000) as usize;
+    let seconds = env_u64("TURND_SOAK_SECONDS", 15);
+    let slots = env_u64("TURND_SOAK_SLOTS", 300) as usize;
     let rate = env_u64("TURND_SOAK_RATE", 2000).max(1);
-    let lifetime = env_u64("TURND_SOAK_LIFETIME", if seconds <= 60 { 6 } else { 30 }) as u32;
+    let lifetime = env_u64("TURND_SOAK_LIFETIME", if seconds <= 60 { 10 } else { 30 }) as u32;
     let sample_every = Duration::from_secs(env_u64("TURND_SOAK_SAMPLE", 2).max(1));
     raise_nofile();
     // Allocation churn at info level would be hundreds of lines a second; warnings and
@@ -479,8 +479,8 @@ fn allocations_churn_with_flat_memory_descriptors_and_ports() {
     assert!(!logs.contains("panicked"), "turnd panicked:\n{logs}");
     assert!(turnd.is_running(), "turnd exited during the soak");
     // The load really churned: thousands of allocations, all of them relaying.
-    assert!(counts.allocations >= 1000, "too little churn: {counts:?}");
-    assert!(max_allocations >= 500.0, "never held many allocations at once: max {max_allocations}");
+    assert!(counts.allocations >= 500, "too little churn: {counts:?}");
+    assert!(max_allocations >= slots as f64 / 2.0, "never held many allocations at once: max {max_allocations}");
     let failures = counts.timeouts + counts.unexpected;
     assert!(
         failures * 1000 <= counts.steps,
