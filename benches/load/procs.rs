@@ -1,0 +1,272 @@
+//! The servers under test as child processes (turnd, coturn's `turnserver`, the raw
+//! forwarder), and what `/proc` says about them.
+//!
+//! Every child is started with PR_SET_PDEATHSIG so it dies with the bench, and is
+//! stopped on drop (SIGTERM, then SIGKILL after a grace period).
+
+use crate::stun::{self, Request};
+use crate::udp;
+use std::io::{self, BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first Binding request.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopped server gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// The same under a profiler, which writes its output at exit.
+const PROFILED_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Which server, and how it is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// turnd from this tree.
+    Turnd,
+    /// coturn; `threads` is its `--relay-threads` (0: single-threaded mode; `None`:
+    /// its default, one relay thread per CPU).
+    Coturn { threads: Option<u32> },
+    /// The raw forwarder, stripping and adding `header` bytes of framing.
+    Forwarder,
+}
+
+impl Kind {
+    pub fn label(&self) -> String {
+        match self {
+            Kind::Turnd => "turnd".into(),
+            Kind::Coturn { threads: None } => "coturn(default threads)".into(),
+            Kind::Coturn { threads: Some(0) } => "coturn".into(),
+            Kind::Coturn { threads: Some(n) } => format!("coturn(-m {n})"),
+            Kind::Forwarder => "forwarder".into(),
+        }
+    }
+}
+
+/// Where the bench keeps its files and which binaries it runs.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub dir: PathBuf,
+    pub turnd: PathBuf,
+    /// A command put in front of turnd (a profiler); CPU figures then describe it.
+    pub turnd_prefix: Vec<String>,
+    pub coturn: Option<PathBuf>,
+    /// Relay port ranges of turnd and coturn.
+    pub turnd_ports: (u16, u16),
+    pub coturn_ports: (u16, u16),
+    pub verbose: bool,
+}
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    grace: Duration,
+    pub pid: u32,
+    pub addr: SocketAddrV4,
+    pub label: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.child, self.grace);
+    }
+}
+
+fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Makes the child die with us, whatever happens to the bench.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> io::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `kind`. `peer` and `header` only matter for the forwarder.
+pub fn start(setup: &Setup, kind: &Kind, client: &UdpSocket, peer: SocketAddrV4, header: usize) -> io::Result<Server> {
+    match kind {
+        Kind::Turnd => start_turnd(setup, client),
+        Kind::Coturn { threads } => start_coturn(setup, *threads, client),
+        Kind::Forwarder => start_forwarder(peer, header),
+    }
+}
+
+fn start_turnd(setup: &Setup, client: &UdpSocket) -> io::Result<Server> {
+    let port = free_port()?;
+    let (min, max) = setup.turnd_ports;
+    // Limits raised for the 10,000-allocation memory run; everything else is turnd's
+    // default (including info-level logging, as coturn logs at its default too).
+    let config = format!(
+        "realm = \"r\"\ndrain-time = \"0s\"\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [[auth.user]]\nname = \"u\"\npassword = \"p\"\n\
+         [limits]\ntotal-allocations = 50000\nallocations-per-user = 50000\nallocations-per-ip = 50000\n\
+         [admin]\nenabled = false\n"
+    );
+    let path = setup.dir.join("turnd.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(setup.dir.join("turnd.log"))?;
+    let mut command = match setup.turnd_prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&setup.turnd);
+            c
+        }
+        None => Command::new(&setup.turnd),
+    };
+    command.arg("serve").arg("-c").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    die_with_parent(&mut command);
+    let child = command.spawn()?;
+    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), "turnd", client, setup.verbose)?;
+    if !setup.turnd_prefix.is_empty() {
+        server.grace = PROFILED_STOP_GRACE;
+    }
+    Ok(server)
+}
+
+fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::Result<Server> {
+    let Some(bin) = &setup.coturn else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "turnserver (Debian package coturn) is not installed"));
+    };
+    let port = free_port()?;
+    let (min, max) = setup.coturn_ports;
+    let dir = &setup.dir;
+    let mut command = Command::new(bin);
+    command.args(["-n", "--no-cli", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"]);
+    command.args(["--allow-loopback-peers", "--lt-cred-mech", "--user", "u:p", "--realm", "r"]);
+    command.args([
+        "--listening-port",
+        &port.to_string(),
+        "--min-port",
+        &min.to_string(),
+        "--max-port",
+        &max.to_string(),
+    ]);
+    // Same surface as the turnd config: UDP only, no TLS/DTLS, no TCP listeners.
+    command.args(["--no-tls", "--no-dtls", "--no-tcp", "--no-tcp-relay"]);
+    if let Some(threads) = threads {
+        command.args(["--relay-threads", &threads.to_string()]);
+    }
+    command.arg("--pidfile").arg(dir.join("coturn.pid"));
+    command.arg("--db").arg(dir.join("coturn.sqlite"));
+    command.arg("--log-file").arg(dir.join("coturn.log")).arg("--simple-log").arg("--no-stdout-log");
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    die_with_parent(&mut command);
+    let child = command.spawn()?;
+    let label = Kind::Coturn { threads }.label();
+    ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)
+}
+
+/// Waits until the server answers a Binding request.
+fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, verbose: bool) -> io::Result<Server> {
+    let pid = child.id();
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut batch = udp::RecvBatch::new(64, 0);
+    let mut seq = 0u32;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(io::Error::other(format!("{label} exited during startup: {status}")));
+        }
+        seq += 1;
+        let request = Request::new(stun::BINDING, stun::tid(u32::MAX, seq)).finish(None);
+        let _ = client.send_to(&request, addr);
+        udp::wait_readable(&[udp::fd(client)], 50);
+        let n = batch.recv(udp::fd(client));
+        for i in 0..n {
+            let (bytes, from) = batch.get(i);
+            if from == addr && stun::Response::parse(bytes).is_some_and(|r| r.is_success()) {
+                if verbose {
+                    eprintln!("  {label} (pid {pid}) ready on {addr}");
+                }
+                return Ok(Server { child, grace: STOP_GRACE, pid, addr, label: label.to_owned() });
+            }
+        }
+    }
+    stop(&mut child, STOP_GRACE);
+    Err(io::Error::other(format!("{label} did not answer on {addr} within {STARTUP_TIMEOUT:?}")))
+}
+
+fn start_forwarder(peer: SocketAddrV4, header: usize) -> io::Result<Server> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command.args(["--forwarder", &peer.to_string(), &header.to_string()]);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    die_with_parent(&mut command);
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
+    match addr {
+        Some(addr) => Ok(Server { child, grace: STOP_GRACE, pid, addr, label: "forwarder".into() }),
+        None => {
+            stop(&mut child, STOP_GRACE);
+            Err(io::Error::other(format!("forwarder did not start: {line:?}")))
+        }
+    }
+}
+
+/// User plus system CPU time of a whole process (all its threads), in seconds, from
+/// fields 14 and 15 of `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// A `kB` line of `/proc/PID/status` (VmRSS, VmHWM), in KiB.
+pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].trim_start_matches(':').split_whitespace().next()?.parse().ok()
+}
+
+/// Threads of a process.
+pub fn threads(pid: u32) -> Option<u64> {
+    status_kb(pid, "Threads")
+}
+
+/// `turnserver` on PATH, if coturn is installed.
+pub fn find_coturn() -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("turnserver")).find(|p| p.is_file())
+}
