@@ -85,6 +85,12 @@ main() {
     step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
     step "cargo test" cargo test --all-targets --no-fail-fast
     step "cargo test --doc" cargo test --doc --quiet
+    # A bounded libFuzzer run of every fuzz target (fuzz/) when rustup has a nightly
+    # toolchain (scripts/fuzz.sh skips otherwise): about 5 min of build on 2 cores, then
+    # FUZZ_SECONDS (20) per target; FUZZ_SECONDS=0 leaves it out. See docs/robustness.md.
+    if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+        step "fuzz (${FUZZ_SECONDS:-20} s per target)" bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+    fi
 
     if [ ${#failed[@]} -ne 0 ]; then
         log "failed steps: ${failed[*]}"

@@ -464,3 +464,25 @@ fn slowloris_on_tcp_and_tls_is_cut_while_udp_relays() {
     assert!(started.elapsed() < Duration::from_secs(5), "cut after {:?}, configured 1 s", started.elapsed());
     f.assert_alive("after a slowloris on TCP and TLS");
 }
+
+/// RFC 8489 §6.3: a response carries the method of its request. turnd answers an
+/// unknown method with 400, and must say which method it is answering, whatever its
+/// number (methods run to 0xFFF). The request is built by hand: the codec's own
+/// encoder is what gets methods of 0x080 and above wrong.
+#[test]
+fn an_unknown_method_is_answered_with_its_own_method() {
+    let f = Fixture::new("");
+    let raw = Raw::new("127.0.0.1:0", f.turnd.udp_addr());
+    for method in [0x00Fu16, 0x07F, 0x080, 0x0FF, 0xABC, 0xFFF] {
+        // RFC 8489 §5: M0-M3, C0, M4-M6, C1, M7-M11 (class bits 0: a request).
+        let message_type = (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2);
+        let mut request = message_type.to_be_bytes().to_vec();
+        request.extend_from_slice(&[0, 0, 0x21, 0x12, 0xA4, 0x42]);
+        request.extend_from_slice(&tid(u32::from(method)).as_bytes()[..]);
+        let answer = raw.exchange(&request).unwrap_or_else(|| panic!("method {method:#x} not answered"));
+        let header = turnd::stun::raw::Header::parse(&answer).expect("a STUN header");
+        assert_eq!(header.class_bits(), 3, "method {method:#x}: an error response");
+        assert_eq!(header.method(), method, "the 400 to method {method:#x} names method {:#x}", header.method());
+    }
+    f.assert_alive("after unknown methods");
+}
