@@ -13,7 +13,6 @@ use super::{AllocationId, FiveTuple, Transport};
 use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
 use crate::stun::message::{self, IntegritySet, Message};
-use std::cmp::Reverse;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{AlternateServer, Nonce, Realm, Username, XorMappedAddress};
@@ -409,8 +408,9 @@ impl Server {
         self.by_five_tuple.insert(pending.five_tuple, id);
         *self.per_user.entry(pending.username.clone().into_boxed_str()).or_default() += 1;
         *self.per_ip.entry(pending.five_tuple.client.ip()).or_default() += 1;
-        self.expiries.push(Reverse((allocation.expires, id)));
+        let expires = allocation.expires;
         self.allocations.insert(id, allocation);
+        self.schedule_expiry(id, expires);
         self.stats.allocations_created += 1;
         if let Some(relay) = advertised {
             self.outputs.push_back(Output::Event(Event::AllocationCreated {
@@ -466,7 +466,8 @@ impl Server {
         } else if let Some(allocation) = self.allocations.get_mut(&id) {
             allocation.expires = now + lifetime;
             allocation.prune(now);
-            self.expiries.push(Reverse((allocation.expires, id)));
+            let expires = allocation.expires;
+            self.schedule_expiry(id, expires);
             self.outputs.push_back(Output::Event(Event::AllocationRefreshed { id, lifetime }));
         }
         response.add_attribute(Lifetime::from_u32(lifetime.as_secs() as u32));

@@ -521,11 +521,26 @@ impl Server {
         }
     }
 
+    /// Schedules an allocation's expiry. Refreshes and deletions leave stale entries in
+    /// the heap (skipped when they come up); when stale ones outnumber live ones, the
+    /// heap is rebuilt, so churn cannot grow it past twice the live allocations.
+    pub(crate) fn schedule_expiry(&mut self, id: AllocationId, at: Instant) {
+        self.expiries.push(Reverse((at, id)));
+        self.compact_expiries();
+    }
+
+    fn compact_expiries(&mut self) {
+        if self.expiries.len() > 2 * self.allocations.len() + 1024 {
+            self.expiries = self.allocations.iter().map(|(id, a)| Reverse((a.expires, *id))).collect();
+        }
+    }
+
     pub(crate) fn remove_allocation(&mut self, id: AllocationId, now: Instant, reason: EndReason) -> bool {
         let Some(allocation) = self.allocations.remove(&id) else {
             return false;
         };
         self.by_five_tuple.remove(&allocation.five_tuple);
+        self.compact_expiries();
         decrement(&mut self.per_user, &allocation.username);
         if !self.per_user.contains_key(&*allocation.username) {
             self.user_bandwidth.remove(&*allocation.username);

@@ -33,7 +33,7 @@ struct Harness {
     now: Instant,
     client: FiveTuple,
     nonce: Option<String>,
-    next_tid: u8,
+    next_tid: u32,
     password: &'static str,
     bind_failures: Vec<RelayBindError>,
     opened: Vec<(AllocationId, SocketAddr)>,
@@ -89,7 +89,9 @@ impl Harness {
 
     fn tid(&mut self) -> TransactionId {
         self.next_tid += 1;
-        TransactionId::new([self.next_tid; 12])
+        let mut tid = [0u8; 12];
+        tid[8..].copy_from_slice(&self.next_tid.to_be_bytes());
+        TransactionId::new(tid)
     }
 
     /// Carries out outputs like the shell would; returns the transmitted messages.
@@ -783,4 +785,17 @@ fn rfc6062_unbound_connections_close_after_30s_and_failures_get_447() {
     h.client.client = addr("198.51.100.1:40300");
     let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into(), EvenPort::new(false).into()]);
     assert_eq!(error_code(&response), Some(400));
+}
+
+#[test]
+fn churn_does_not_grow_the_expiry_heap() {
+    let mut h = Harness::new();
+    for i in 0..3000u16 {
+        h.client.client = SocketAddr::new(addr("198.51.100.1:1").ip(), 10_000 + i);
+        assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
+        h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.server.expiries.len() <= 1025, "heap holds {} stale entries", h.server.expiries.len());
+    assert_eq!(h.server.port_usage().0, 0);
 }
