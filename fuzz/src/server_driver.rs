@@ -11,6 +11,7 @@
 //! - no allocation outlives its lifetime (after `handle_timeout(now)`, every allocation
 //!   expires after `now` and no later than `now + max-lifetime`);
 //! - a channel number maps to one peer and a peer to one channel number;
+//! - nothing is relayed either way without a live permission;
 //! - every relay socket the shell holds belongs to a live allocation (nothing leaks);
 //! - every response decodes and answers the request's transaction;
 //! - what the relay path hands back stays inside the buffers and goes where it should;
@@ -834,7 +835,9 @@ impl Driver {
             for n in CHANNELS {
                 if let Some(peer) = a.channel_peer(n, self.now) {
                     assert_eq!(a.channel_for(peer, self.now), Some(n), "channel {n:#x} and {peer} disagree");
-                    assert!(a.is_permitted(peer.ip(), self.now), "channel {n:#x} to {peer} without a permission");
+                    // A binding outlives the permission it installed (600 s against 300 s,
+                    // RFC 8656 §12): nothing flows on it then, which check_to_peer and the
+                    // peer path check, but the binding itself may stand.
                 }
             }
             for p in &self.peers {
