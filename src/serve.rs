@@ -226,9 +226,12 @@ fn bind_listeners(
             ListenTransport::Tls => "tls",
         };
         let context = || format!("binding {label} {}", listen.address);
-        // The embedded default includes [::]: a host without IPv6 just skips it.
+        // The embedded default and the packaged config include [::]: a host without
+        // IPv6 skips that wildcard listener instead of refusing to start.
         let skip_v6 = |e: &std::io::Error| {
-            let skip = embedded_default && listen.address.is_ipv6();
+            let no_ipv6 = matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL));
+            let wildcard_v6 = listen.address.is_ipv6() && listen.address.ip().is_unspecified();
+            let skip = wildcard_v6 && (embedded_default || no_ipv6);
             if skip {
                 warn!(error = %e, "no IPv6 here: not listening on {label} {}", listen.address);
             }
