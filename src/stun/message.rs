@@ -142,6 +142,18 @@ fn decode_framed(bytes: &[u8]) -> Option<Result<Message, ()>> {
     }
 }
 
+/// RFC 8489 §5, figure 3: M11-M7, C1, M6-M4, C0, M3-M0.
+fn raw_message_type(method: Method, class: MessageClass) -> u16 {
+    let m = method.as_u16();
+    let c: u16 = match class {
+        MessageClass::Request => 0,
+        MessageClass::Indication => 1,
+        MessageClass::SuccessResponse => 2,
+        MessageClass::ErrorResponse => 3,
+    };
+    (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 1) << 4) | ((c & 2) << 7)
+}
+
 fn class_from_bits(bits: u8) -> MessageClass {
     match bits {
         0 => MessageClass::Request,
@@ -172,7 +184,11 @@ pub struct IntegritySet {
 /// Encodes `message`, then appends integrity and fingerprint over the encoded bytes.
 /// `None` only if the codec rejects a message we built, which is a bug.
 pub fn encode(message: Message, protection: Protection<'_>) -> Option<Vec<u8>> {
+    let message_type = raw_message_type(message.method(), message.class());
     let mut bytes = MessageEncoder::<Attribute>::new().encode_into_bytes(message).ok()?;
+    // stun_codec 0.4 misplaces method bits M4-M11 (methods 0x010 and above) when it
+    // encodes the type; the type field is written here from the RFC's layout instead.
+    bytes.get_mut(..2)?.copy_from_slice(&message_type.to_be_bytes());
     if let Some((key, set)) = protection.key {
         if set.sha1 {
             integrity::append_integrity(&mut bytes, IntegrityKind::Sha1, key);
@@ -291,6 +307,18 @@ mod tests {
         assert!(d.integrity_sha1.unwrap().verify(b"k", &bytes));
         assert!(d.integrity_sha256.unwrap().verify(b"k", &bytes));
         assert!(!d.integrity_sha256.unwrap().verify(b"j", &bytes));
+    }
+
+    #[test]
+    fn rfc8489_5_high_methods_encode_to_the_rfc_layout() {
+        for code in [0x001u16, 0x00F, 0x07F, 0x080, 0xABC, 0xFFF] {
+            let method = Method::new(code).unwrap();
+            let m = Message::new(MessageClass::ErrorResponse, method, TransactionId::new([1; 12]));
+            let bytes = encode(m, Protection { key: None, fingerprint: true }).unwrap();
+            let header = Header::parse(&bytes).unwrap();
+            assert_eq!((header.method(), header.class_bits()), (code, 3));
+            assert_eq!(decode(&bytes).unwrap().message.method(), method, "and the fingerprint still verifies");
+        }
     }
 
     #[test]
