@@ -104,6 +104,8 @@ pub struct EventLoop {
     peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
     /// Whether systemd listens for notifications (NOTIFY_SOCKET is set).
     systemd: bool,
+    /// Set while relay sockets cannot be opened, so the failure is logged once.
+    relay_bind_failing: bool,
     /// Relayed packets at the previous publish, for the status line's rate.
     last_relayed: u64,
 }
@@ -143,6 +145,7 @@ impl EventLoop {
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
             systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            relay_bind_failing: false,
             last_relayed: 0,
         })
     }
@@ -514,12 +517,18 @@ impl EventLoop {
         let socket = match relay_socket::bind(local, dont_fragment) {
             Ok(socket) => socket,
             Err((kind, e)) => {
-                if kind != RelayBindError::AddrInUse {
-                    warn!(error = %e, %local, "cannot open relay socket");
+                // Once per episode (e.g. out of file descriptors), not once per Allocate.
+                if kind != RelayBindError::AddrInUse && !self.relay_bind_failing {
+                    self.relay_bind_failing = true;
+                    warn!(error = %e, %local, "cannot open relay socket; new allocations get 508 until this clears");
                 }
                 return Err(kind);
             }
         };
+        if self.relay_bind_failing {
+            self.relay_bind_failing = false;
+            info!("relay sockets can be opened again");
+        }
         let socket: UdpSocket = socket.into();
         let bound = socket.local_addr().map_err(|_| RelayBindError::Other)?;
         let family = Family::of(bound.ip());
