@@ -514,7 +514,7 @@ impl Server {
         let peers: Vec<SocketAddr> = request
             .attributes()
             .filter_map(|a| stun_codec::convert::TryAsRef::<XorPeerAddress>::try_as_ref(a))
-            .map(|p| p.address())
+            .map(|p| unmapped(p.address()))
             .collect();
         if peers.is_empty() {
             return Err(Reject::new(400, "Bad Request").with_auth(auth));

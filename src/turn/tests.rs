@@ -799,3 +799,14 @@ fn churn_does_not_grow_the_expiry_heap() {
     assert!(h.server.expiries.len() <= 1025, "heap holds {} stale entries", h.server.expiries.len());
     assert_eq!(h.server.port_usage().0, 0);
 }
+
+#[test]
+fn a_mapped_peer_is_permitted_and_relayed_as_ipv4() {
+    let mut h = Harness::new();
+    h.allocate();
+    let mapped = "[::ffff:192.0.2.12]:9002";
+    let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(mapped)).into()]);
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+    assert!(h.peer_packet(mapped, b"in").is_some(), "from the mapped form");
+    assert!(h.peer_packet("192.0.2.12:9002", b"in").is_some(), "from the plain form");
+}
