@@ -1309,7 +1309,7 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, ProbeError> {
 /// `--insecure`: accepts any server certificate (signatures are still checked, so the
 /// handshake is real; who holds the key is not).
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct AcceptAnyCertificate(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
