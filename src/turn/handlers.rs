@@ -3,16 +3,18 @@
 
 use super::allocation::{Allocation, BindError, Family, RelayAddr};
 use super::auth::{CredentialError, NonceStatus};
+use super::ledger::{self, Refusal};
 use super::policy::{canonical, unmapped};
 use super::server::{
-    Auth, EndReason, Event, Output, PendingAllocate, PendingRelay, Reject, Reservation, Server, BIND_ATTEMPTS,
-    DEFAULT_LIFETIME, RESERVATION_LIFETIME,
+    Auth, EndReason, Event, Output, PendingAllocate, PendingRelay, Reject, Server, BIND_ATTEMPTS, DEFAULT_LIFETIME,
+    RESERVATION_LIFETIME,
 };
 use super::stats::{AuthFailure, DropReason};
 use super::{AllocationId, FiveTuple, Transport};
 use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
 use crate::stun::message::{self, IntegritySet, Message};
+use std::cmp::Reverse;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{AlternateServer, Nonce, Realm, Username, XorMappedAddress};
@@ -235,40 +237,40 @@ impl Server {
         let bind_ip = self
             .relay_bind_ip(from, primary)
             .ok_or_else(|| Reject::new(440, "Address Family not Supported").with_auth(&auth))?;
-        let quotas = self.config.quotas;
-        if self.allocations.len() + self.pending.len() >= quotas.total_allocations {
-            return Err(Reject::new(508, "Insufficient Capacity").with_auth(&auth));
-        }
-        if self.per_user.get(auth.username.as_str()).copied().unwrap_or(0) >= quotas.allocations_per_user
-            || self.per_ip.get(&from.client.ip()).copied().unwrap_or(0) >= quotas.allocations_per_ip
-        {
-            return Err(Reject::new(486, "Allocation Quota Reached").with_auth(&auth));
-        }
         let reserve_next = even_port.is_some_and(|e| e.is_requested());
-        let port = match token {
-            Some(token) => {
-                let reservation = self.reservations.remove(&token.token()).filter(|r| r.expires > now);
-                reservation.map(|r| r.port).ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?
+        let additional_ip = additional.and_then(|_| self.relay_bind_ip(from, Family::V6));
+        // One lock for the quotas and the ports: the Allocate is counted from here on
+        // (pending ones too), so no other worker can admit past a quota meanwhile.
+        let mut shared = ledger::lock(&self.ledger);
+        shared.admit(&auth.username, from.client.ip(), &self.config.quotas).map_err(|refusal| {
+            match refusal {
+                Refusal::Capacity => Reject::new(508, "Insufficient Capacity"),
+                Refusal::Quota => Reject::new(486, "Allocation Quota Reached"),
             }
-            None => self
-                .ports
-                .take_random(self.rng.as_mut(), even_port.is_some(), reserve_next)
-                .ok_or_else(|| Reject::new(508, "Insufficient Capacity").with_auth(&auth))?,
+            .with_auth(&auth)
+        })?;
+        let port = match token {
+            Some(token) => shared.redeem(token.token(), now),
+            None => shared.take_port(self.rng.as_mut(), even_port.is_some(), reserve_next, now),
+        };
+        let Some(port) = port else {
+            shared.forget_allocation(&auth.username, from.client.ip());
+            return Err(Reject::new(508, "Insufficient Capacity").with_auth(&auth));
         };
         let mut relays = vec![PendingRelay { family: primary, bind_ip, port, attempts: 1, outcome: None }];
         let mut refused_additional = None;
         if additional.is_some() {
-            match (self.relay_bind_ip(from, Family::V6), self.ports.take_random(self.rng.as_mut(), false, false)) {
-                (Some(ip), Some(port)) => {
-                    relays.push(PendingRelay { family: Family::V6, bind_ip: ip, port, attempts: 1, outcome: None })
-                }
-                (None, port) => {
-                    port.into_iter().for_each(|p| self.ports.release(p));
-                    refused_additional = Some(440);
-                }
-                (Some(_), None) => refused_additional = Some(508),
+            match additional_ip {
+                None => refused_additional = Some(440),
+                Some(ip) => match shared.take_port(self.rng.as_mut(), false, false, now) {
+                    Some(port) => {
+                        relays.push(PendingRelay { family: Family::V6, bind_ip: ip, port, attempts: 1, outcome: None })
+                    }
+                    None => refused_additional = Some(508),
+                },
             }
         }
+        drop(shared);
         let id = self.next_allocation_id();
         let dont_fragment = request.get_attribute::<DontFragment>().is_some();
         for relay in &relays {
@@ -325,17 +327,19 @@ impl Server {
         match result {
             Ok(bound) => relay.outcome = Some(Ok(bound)),
             Err(error) => {
-                self.ports.release(relay.port);
+                let mut shared = ledger::lock(&self.ledger);
+                shared.release_port(relay.port);
                 if pending.reserve_next {
-                    self.ports.release(relay.port.saturating_add(1));
+                    shared.release_port(relay.port.saturating_add(1));
                 }
                 let retry =
                     error == RelayBindError::AddrInUse && !pending.from_reservation && relay.attempts < BIND_ATTEMPTS;
                 let next = if retry {
-                    self.ports.take_random(self.rng.as_mut(), pending.even_port, pending.reserve_next)
+                    shared.take_port(self.rng.as_mut(), pending.even_port, pending.reserve_next, now)
                 } else {
                     None
                 };
+                drop(shared);
                 match next {
                     Some(port) => {
                         relay.port = port;
@@ -372,12 +376,16 @@ impl Server {
                 }
                 Some(Err(code)) if i > 0 => address_errors.push((relay.family, code)),
                 _ => {
-                    // The requested family failed: the whole Allocate fails.
+                    // The requested family failed: the whole Allocate fails and stops
+                    // counting against the quotas.
+                    let mut shared = ledger::lock(&self.ledger);
+                    shared.forget_allocation(&pending.username, pending.five_tuple.client.ip());
                     for relay in &pending.relays {
                         if let Some(Ok(bound)) = relay.outcome {
-                            self.ports.release(bound.port());
+                            shared.release_port(bound.port());
                         }
                     }
+                    drop(shared);
                     self.outputs.push_back(Output::CloseRelay { allocation: id });
                     let reject = Reject::new(508, "Insufficient Capacity").with_auth(&pending.auth);
                     self.reject(pending.five_tuple, ALLOCATE, pending.transaction_id, reject);
@@ -388,12 +396,9 @@ impl Server {
         if let Some(code) = pending.refused_additional {
             address_errors.push((Family::V6, code));
         }
-        let reservation = pending.reserve_next.then(|| {
-            let token = self.rng.next_u64();
-            let port = pending.relays[0].port + 1;
-            self.reservations.insert(token, Reservation { port, expires: now + RESERVATION_LIFETIME });
-            token
-        });
+        // The pool took the primary port's successor with it (EVEN-PORT with R).
+        let reserved = pending.relays.first().filter(|_| pending.reserve_next).map(|r| r.port.saturating_add(1));
+        let reservation = reserved.and_then(|port| self.mint_reservation(port, now));
         let mut allocation = Allocation::new(
             pending.five_tuple,
             &pending.username,
@@ -406,8 +411,8 @@ impl Server {
         allocation.tcp = pending.tcp;
         let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         self.by_five_tuple.insert(pending.five_tuple, id);
-        *self.per_user.entry(pending.username.clone().into_boxed_str()).or_default() += 1;
-        *self.per_ip.entry(pending.five_tuple.client.ip()).or_default() += 1;
+        // The ledger counted it at admission; this count is only for `user_bandwidth`.
+        *self.local_users.entry(pending.username.clone().into_boxed_str()).or_default() += 1;
         let expires = allocation.expires;
         self.allocations.insert(id, allocation);
         self.schedule_expiry(id, expires);
@@ -424,6 +429,34 @@ impl Server {
         if let Some(response) = self.allocate_success(id, pending.transaction_id, now, reservation, &address_errors) {
             self.respond(pending.five_tuple, response, Some(&pending.auth));
         }
+    }
+
+    /// RFC 8656 §7.2: holds `port` (already taken from the pool) for a later Allocate
+    /// and returns the RESERVATION-TOKEN naming it; `None`, with the port released, in
+    /// the unlikely case that every token drawn is in use.
+    ///
+    /// The ledger holds the reservation so any worker can redeem it; this worker's
+    /// timer remembers the expiry to release the port. Tokens redeemed meanwhile leave
+    /// entries behind; when those outnumber the live reservations the heap keeps only
+    /// tokens the ledger still holds, so it stays within about twice the reservations
+    /// (themselves bounded by the port range) at amortised O(1) cost.
+    pub(crate) fn mint_reservation(&mut self, port: u16, now: Instant) -> Option<u64> {
+        let expires = now + RESERVATION_LIFETIME;
+        let mut shared = ledger::lock(&self.ledger);
+        // Tokens are random u64s: a collision needs the rng to repeat, so a few draws
+        // are plenty.
+        for _ in 0..4 {
+            let token = self.rng.next_u64();
+            if shared.reserve(token, port, expires) {
+                self.reservation_expiries.push(Reverse((expires, token)));
+                if self.reservation_expiries.len() > 2 * shared.reservation_count() + 1024 {
+                    self.reservation_expiries.retain(|Reverse((_, token))| shared.holds_reservation(*token));
+                }
+                return Some(token);
+            }
+        }
+        shared.release_port(port);
+        None
     }
 
     fn allocate_success(

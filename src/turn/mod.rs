@@ -5,6 +5,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod handlers;
+pub mod ledger;
 pub mod policy;
 pub mod ports;
 pub mod rate;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod stats;
 pub mod tcp_relay;
 
+pub use ledger::{Ledger, SharedLedger};
 pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server};
 pub use stats::Stats;
 use std::net::SocketAddr;
@@ -41,9 +43,19 @@ pub struct FiveTuple {
 }
 
 /// Identifies an allocation and its relay socket between the core and the shell.
-/// Never reused within a process, so a stale id cannot reach another allocation.
+/// Never reused within a process, so a stale id cannot reach another allocation: the
+/// `n`th allocation of worker `index` out of `count` gets `n * count + index` (n from
+/// 1), so ids of different workers never collide and [`worker_of`] finds the owner.
+/// A single-worker server numbers 1, 2, 3...
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub u64);
+
+/// The index of the worker that owns allocation `id` among `workers` workers, to route
+/// an operator's "close allocation" to it. `workers` of 0 is taken as 1.
+pub fn worker_of(id: AllocationId, workers: u32) -> u32 {
+    // The remainder is below `workers`, so it fits in a u32.
+    u32::try_from(id.0 % u64::from(workers.max(1))).unwrap_or(0)
+}
 
 /// RFC 6062 CONNECTION-ID: names a peer TCP connection of a TCP allocation until the
 /// client binds a data connection to it.

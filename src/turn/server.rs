@@ -4,9 +4,9 @@
 
 use super::allocation::{Allocation, Traffic};
 use super::auth::{Credentials, Key, NonceCodec};
+use super::ledger::{self, decrement, Ledger, SharedLedger};
 use super::policy::PeerPolicy;
-use super::ports::PortPool;
-use super::rate::{Bucket, KeyedLimiter};
+use super::rate::Bucket;
 use super::stats::{AuthFailure, DropReason, Stats};
 use super::tcp_relay;
 use super::tcp_relay::PeerConnection;
@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{ErrorCode, Software, UnknownAttributes};
 use stun_codec::{MessageClass, Method, TransactionId};
@@ -26,8 +27,6 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// STUN messages other than Send indications larger than this are dropped before
 /// decoding: no legitimate request comes close, and decoding allocates.
 pub const MAX_CONTROL_MESSAGE: usize = 4096;
-/// Source IPs tracked by the unauthenticated-rate limiter at most.
-pub const RATE_LIMITED_SOURCES: usize = 65_536;
 /// RFC 8656 §7.2: how long a RESERVATION-TOKEN holds its port.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// How many ports an Allocate tries when binding fails because a port is taken by
@@ -278,13 +277,6 @@ pub(crate) struct PendingRelay {
     pub outcome: Option<Result<SocketAddr, u16>>,
 }
 
-/// A port held for a later Allocate by RESERVATION-TOKEN.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reservation {
-    pub port: u16,
-    pub expires: Instant,
-}
-
 /// The authenticated identity behind a request, to protect the response with.
 #[derive(Debug, Clone)]
 pub(crate) struct Auth {
@@ -315,20 +307,33 @@ impl Reject {
     }
 }
 
-/// The TURN server core.
+/// The TURN server core: one per worker thread. What must be counted over all workers
+/// (relay ports, reservations, quotas, the 401 limiter) lives in the shared [`Ledger`];
+/// everything else, the relay hot path included, is this worker's alone.
 pub struct Server {
     pub(crate) config: CoreConfig,
     pub(crate) nonces: NonceCodec,
-    pub(crate) ports: PortPool,
+    /// Shared with the other workers; never locked on the relay path nor in
+    /// `poll_timeout`.
+    pub(crate) ledger: SharedLedger,
+    /// This worker's index, below `workers`; they number allocations (see
+    /// [`AllocationId`]).
+    pub(crate) worker: u32,
+    pub(crate) workers: u32,
     pub(crate) rng: Box<dyn Rng + Send>,
     pub(crate) allocations: HashMap<AllocationId, Allocation>,
     pub(crate) by_five_tuple: HashMap<FiveTuple, AllocationId>,
-    pub(crate) per_user: HashMap<Box<str>, usize>,
-    pub(crate) per_ip: HashMap<IpAddr, usize>,
+    /// Allocations per user on this worker, to know when a user's bandwidth bucket can
+    /// be forgotten (the ledger's count is over all workers).
+    pub(crate) local_users: HashMap<Box<str>, usize>,
     pub(crate) expiries: BinaryHeap<Reverse<(Instant, AllocationId)>>,
     pub(crate) pending: HashMap<AllocationId, PendingAllocate>,
-    pub(crate) reservations: HashMap<u64, Reservation>,
-    pub(crate) next_id: u64,
+    /// Expiries of the reservations this worker minted (the ledger holds them), so its
+    /// timer wakes to release their ports. Entries of redeemed tokens stay until due or
+    /// until `mint_reservation` (handlers.rs) compacts the heap.
+    pub(crate) reservation_expiries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Allocations this worker has numbered so far (see [`AllocationId`]).
+    pub(crate) allocation_seq: u64,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
     /// Random prefix and counter for Data indication transaction ids: drawing from the
@@ -337,15 +342,16 @@ pub struct Server {
     pub(crate) data_indication_tid: u64,
     /// While draining before exit: `Some(alternate)`; new Allocates are turned away.
     pub(crate) draining: Option<Option<SocketAddr>>,
-    /// 401s per source IP.
-    pub(crate) unauthenticated: KeyedLimiter<IpAddr>,
     /// The `now` of the input being handled, for code deep in a request's handling.
     pub(crate) last_now: Instant,
     /// RFC 6062 peer connections of TCP allocations.
     pub(crate) connections: HashMap<ConnectionId, PeerConnection>,
     /// Client data connections bound to a peer connection.
     pub(crate) data_connections: HashMap<FiveTuple, ConnectionId>,
-    /// Bandwidth buckets per user with allocations (bounded by the allocations).
+    /// Bandwidth buckets per user with allocations on this worker (bounded by them).
+    /// Kept per worker so the relay path takes no lock: the per-user cap
+    /// (`bytes_per_second_per_user`) is enforced per worker, so a user whose clients
+    /// land on several workers may relay up to that many times the cap.
     pub(crate) user_bandwidth: HashMap<Box<str>, Bucket>,
 }
 
@@ -356,35 +362,61 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server with `config`, drawing randomness (including the nonce secret) from
-    /// `rng`. `now` is the epoch nonces count from.
+    /// A single-worker server with `config`, drawing randomness (including the nonce
+    /// secret) from `rng`. `now` is the epoch nonces count from. It has a ledger of
+    /// its own.
     pub fn new(config: CoreConfig, mut rng: Box<dyn Rng + Send>, now: Instant) -> Self {
         let mut secret = [0u8; 32];
         rng.fill(&mut secret);
-        let unauthenticated = KeyedLimiter::new(
-            f64::from(config.quotas.unauthenticated_per_second),
-            f64::from(config.quotas.unauthenticated_burst),
-            RATE_LIMITED_SOURCES,
-        );
+        let ledger = Arc::new(Mutex::new(Ledger::new(&config)));
+        Server::new_worker(config, rng, now, ledger, secret, 0, 1)
+    }
+
+    /// Worker `worker` (from 0) of `workers` in a multi-threaded server. Its
+    /// allocations, relay path and timers are its own; ports, reservations, quotas and
+    /// the 401 limiter are counted in `ledger`, which every worker shares. Give every
+    /// worker the same `nonce_secret` (32 bytes from a CSPRNG) so a nonce one issues
+    /// verifies on another; the first worker's `now` becomes the nonce epoch of all.
+    /// The ledger's limits are brought in line with `config`, as on a reload.
+    ///
+    /// # Panics
+    ///
+    /// If `worker >= workers`: the shell's arithmetic is wrong, and allocation ids
+    /// would collide across workers.
+    pub fn new_worker(
+        config: CoreConfig,
+        mut rng: Box<dyn Rng + Send>,
+        now: Instant,
+        ledger: SharedLedger,
+        nonce_secret: [u8; 32],
+        worker: u32,
+        workers: u32,
+    ) -> Self {
+        assert!(worker < workers, "worker {worker} of {workers}");
+        let epoch = {
+            let mut shared = ledger::lock(&ledger);
+            shared.reconfigure(&config);
+            shared.nonce_epoch(now)
+        };
         Server {
-            nonces: NonceCodec::new(&secret, config.nonce_lifetime, now),
-            ports: PortPool::new(config.port_range.clone()),
+            nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
+            ledger,
+            worker,
+            workers,
             config,
             allocations: HashMap::new(),
             by_five_tuple: HashMap::new(),
-            per_user: HashMap::new(),
-            per_ip: HashMap::new(),
+            local_users: HashMap::new(),
             expiries: BinaryHeap::new(),
             pending: HashMap::new(),
-            reservations: HashMap::new(),
-            next_id: 1,
+            reservation_expiries: BinaryHeap::new(),
+            allocation_seq: 0,
             outputs: VecDeque::new(),
             stats: Stats::default(),
             tid_prefix: rng.next_u32(),
             data_indication_tid: rng.next_u64(),
             rng,
             draining: None,
-            unauthenticated,
             user_bandwidth: HashMap::new(),
             last_now: now,
             connections: HashMap::new(),
@@ -393,27 +425,16 @@ impl Server {
     }
 
     /// Replaces users, secrets, quotas, policy and lifetimes (a config reload).
-    /// Permissions and channels to peers the new policy refuses are revoked; the port
-    /// range only changes for new allocations if it is the same size or the old range
-    /// is unused (ports in use stay valid).
+    /// Permissions and channels to peers the new policy refuses are revoked. The
+    /// shared limits change as [`Ledger::reconfigure`] says: every worker applies the
+    /// same reload, and applying it again changes nothing.
     pub fn reconfigure(&mut self, config: CoreConfig) {
         let policy = config.policy.clone();
         for allocation in self.allocations.values_mut() {
             allocation.revoke(|peer| policy.check_ip(peer.ip()).is_err());
         }
-        if (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst)
-            != (self.config.quotas.unauthenticated_per_second, self.config.quotas.unauthenticated_burst)
-        {
-            self.unauthenticated = KeyedLimiter::new(
-                f64::from(config.quotas.unauthenticated_per_second),
-                f64::from(config.quotas.unauthenticated_burst),
-                RATE_LIMITED_SOURCES,
-            );
-        }
+        ledger::lock(&self.ledger).reconfigure(&config);
         self.nonces.set_lifetime(config.nonce_lifetime);
-        if config.port_range != self.config.port_range && self.ports.in_use() == 0 {
-            self.ports = PortPool::new(config.port_range.clone());
-        }
         self.config = config;
     }
 
@@ -433,14 +454,15 @@ impl Server {
         self.stats
     }
 
-    /// Allocations in force.
+    /// Allocations in force on this worker.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
 
-    /// Relay ports in use and still available.
+    /// Relay ports in use and still available, over all workers (the ledger's figures:
+    /// do not add them up across workers).
     pub fn port_usage(&self) -> (usize, usize) {
-        (self.ports.in_use(), self.ports.available())
+        ledger::lock(&self.ledger).port_usage()
     }
 
     /// Live permissions and channels over all allocations.
@@ -473,7 +495,7 @@ impl Server {
     /// When [`Server::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.expiries.peek().map(|Reverse((at, _))| *at);
-        let reservation = self.reservations.values().map(|r| r.expires).min();
+        let reservation = self.reservation_expiries.peek().map(|Reverse((at, _))| *at);
         let connection = self.next_connection_deadline();
         [allocation, reservation, connection].into_iter().flatten().min()
     }
@@ -495,14 +517,17 @@ impl Server {
             }
         }
         self.expire_connections(now);
-        let ports = &mut self.ports;
-        self.reservations.retain(|_, r| {
-            let keep = r.expires > now;
-            if !keep {
-                ports.release(r.port);
+        if self.reservation_expiries.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let mut shared = ledger::lock(&self.ledger);
+            while let Some(Reverse((at, token))) = self.reservation_expiries.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.reservation_expiries.pop();
+                // A token already redeemed (on any worker) is no longer held: nothing to do.
+                shared.expire_reservation(token, now);
             }
-            keep
-        });
+        }
     }
 
     /// Closes an allocation from outside the protocol (its TCP connection closed, or an
@@ -541,13 +566,16 @@ impl Server {
         };
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.compact_expiries();
-        decrement(&mut self.per_user, &allocation.username);
-        if !self.per_user.contains_key(&*allocation.username) {
+        decrement(&mut self.local_users, &*allocation.username);
+        if !self.local_users.contains_key(&*allocation.username) {
             self.user_bandwidth.remove(&*allocation.username);
         }
-        decrement(&mut self.per_ip, &allocation.five_tuple.client.ip());
-        for relay in allocation.relay_addrs() {
-            self.ports.release(relay.bound.port());
+        {
+            let mut shared = ledger::lock(&self.ledger);
+            shared.forget_allocation(&allocation.username, allocation.five_tuple.client.ip());
+            for relay in allocation.relay_addrs() {
+                shared.release_port(relay.bound.port());
+            }
         }
         self.close_connections_of(id);
         self.outputs.push_back(Output::CloseRelay { allocation: id });
@@ -702,7 +730,9 @@ impl Server {
         match reject.auth {
             Some(auth) => self.respond(to, response, Some(&auth)),
             None => {
-                if reject.code == 401 && !self.unauthenticated.allow(to.client.ip(), self.last_now) {
+                if reject.code == 401
+                    && !ledger::lock(&self.ledger).allow_unauthenticated(to.client.ip(), self.last_now)
+                {
                     self.stats.auth_failures[AuthFailure::RateLimited as usize] += 1;
                     return;
                 }
@@ -715,21 +745,9 @@ impl Server {
         }
     }
 
+    /// The next id of this worker (see [`AllocationId`] for the numbering).
     pub(crate) fn next_allocation_id(&mut self) -> AllocationId {
-        let id = AllocationId(self.next_id);
-        self.next_id += 1;
-        id
-    }
-}
-
-fn decrement<K: std::hash::Hash + Eq + ?Sized, Q: std::borrow::Borrow<K> + std::hash::Hash + Eq>(
-    map: &mut HashMap<Q, usize>,
-    key: &K,
-) {
-    if let Some(n) = map.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            map.remove(key);
-        }
+        self.allocation_seq += 1;
+        AllocationId(self.allocation_seq * u64::from(self.workers) + u64::from(self.worker))
     }
 }

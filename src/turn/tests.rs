@@ -2,15 +2,17 @@
 //! sockets and no sleeps.
 
 use super::handlers::RelayBindError;
-use super::server::{EndReason, Event, Output};
-use super::stats::{Direction, DropReason};
+use super::ledger::{Ledger, SharedLedger};
+use super::server::{EndReason, Event, Output, RESERVATION_LIFETIME};
+use super::stats::{AuthFailure, Direction, DropReason};
 use super::tests_support::CountingRng;
-use super::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
+use super::{worker_of, AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use crate::stun::attributes::{Attribute, ChannelNumber};
 use crate::stun::integrity::long_term_key_md5;
 use crate::stun::message::{self, IntegritySet, Message, Protection};
 use crate::turn::policy::PeerPolicy;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{ErrorCode, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress};
 use stun_codec::rfc5389::methods::BINDING;
@@ -34,6 +36,7 @@ struct Harness {
     client: FiveTuple,
     nonce: Option<String>,
     next_tid: u32,
+    user: &'static str,
     password: &'static str,
     bind_failures: Vec<RelayBindError>,
     opened: Vec<(AllocationId, SocketAddr)>,
@@ -62,8 +65,12 @@ impl Harness {
 
     fn with_config(config: CoreConfig) -> Self {
         let now = Instant::now();
+        Self::with_server(Server::new(config, Box::new(CountingRng::default()), now), now)
+    }
+
+    fn with_server(server: Server, now: Instant) -> Self {
         Harness {
-            server: Server::new(config, Box::new(CountingRng::default()), now),
+            server,
             now,
             client: FiveTuple {
                 transport: Transport::Udp,
@@ -72,6 +79,7 @@ impl Harness {
             },
             nonce: None,
             next_tid: 0,
+            user: "alice",
             password: "secret",
             bind_failures: Vec::new(),
             opened: Vec::new(),
@@ -134,10 +142,10 @@ impl Harness {
         for a in attrs {
             m.add_attribute(a);
         }
-        m.add_attribute(Username::new("alice".into()).unwrap());
+        m.add_attribute(Username::new(self.user.into()).unwrap());
         m.add_attribute(Realm::new("example.org".into()).unwrap());
         m.add_attribute(Nonce::new(self.nonce.clone().unwrap_or_else(|| "none".into())).unwrap());
-        let key = long_term_key_md5("alice", "example.org", self.password);
+        let key = long_term_key_md5(self.user, "example.org", self.password);
         let set = IntegritySet { sha1: true, sha256: false };
         message::encode(m, Protection { key: Some((&key, set)), fingerprint: true }).unwrap()
     }
@@ -185,6 +193,27 @@ impl Harness {
         assert_eq!(out.to, self.client);
         Some(buf[out.range].to_vec())
     }
+}
+
+/// Two workers of one process, as the shell builds them: each its own server (and
+/// scripted client, on another port of the same host), sharing a ledger and the nonce
+/// secret. Their clocks are advanced separately.
+fn two_workers(config: CoreConfig) -> (Harness, Harness) {
+    let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
+    let now = Instant::now();
+    let worker = |index: u32, seed: u8| {
+        let rng = Box::new(CountingRng(seed));
+        Server::new_worker(config.clone(), rng, now, ledger.clone(), [7; 32], index, 2)
+    };
+    let a = Harness::with_server(worker(0, 0), now);
+    let mut b = Harness::with_server(worker(1, 128), now);
+    b.client.client = addr("198.51.100.1:41000");
+    (a, b)
+}
+
+fn unauthenticated_allocate() -> Vec<u8> {
+    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
+    message::encode(m, Protection { key: None, fingerprint: false }).unwrap()
 }
 
 fn error_code(m: &Message) -> Option<u16> {
@@ -809,4 +838,155 @@ fn a_mapped_peer_is_permitted_and_relayed_as_ipv4() {
     assert_eq!(response.class(), MessageClass::SuccessResponse);
     assert!(h.peer_packet(mapped, b"in").is_some(), "from the mapped form");
     assert!(h.peer_packet("192.0.2.12:9002", b"in").is_some(), "from the plain form");
+}
+
+#[test]
+fn allocation_quotas_count_the_allocations_of_every_worker() {
+    let mut c = config();
+    c.quotas.allocations_per_user = 1;
+    c.quotas.total_allocations = 2;
+    let (mut a, mut b) = two_workers(c);
+    b.client.client = addr("198.51.100.2:41000");
+    assert_eq!(a.allocate().class(), MessageClass::SuccessResponse);
+    assert_eq!(error_code(&b.allocate()), Some(486), "alice is at her quota on worker 0");
+    (b.user, b.password) = ("bob", "hunter2");
+    assert_eq!(b.allocate().class(), MessageClass::SuccessResponse);
+    b.client.client = addr("198.51.100.3:41000");
+    assert_eq!(error_code(&b.allocate()), Some(508), "two allocations in all, one on each worker");
+    // Deleting on worker 0 frees alice's quota and the total for worker 1.
+    a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    (b.user, b.password) = ("alice", "secret");
+    assert_eq!(b.allocate().class(), MessageClass::SuccessResponse);
+}
+
+#[test]
+fn rfc8656_7_2_reservation_token_from_one_worker_is_redeemed_on_another() {
+    let (mut a, mut b) = two_workers(config());
+    let reserve = || vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()];
+    let redeem = |token: u64| vec![RequestedTransport::new(17).into(), ReservationToken::new(token).into()];
+    let response = a.request(ALLOCATE, reserve());
+    let port = response.get_attribute::<XorRelayAddress>().unwrap().address().port();
+    let token = response.get_attribute::<ReservationToken>().unwrap().token();
+    let second = b.request(ALLOCATE, redeem(token));
+    assert_eq!(second.get_attribute::<XorRelayAddress>().unwrap().address().port(), port + 1);
+    assert_eq!(b.server.port_usage().0, 2, "port usage is global");
+
+    // A token nobody redeems: the timer of the worker that minted it frees the port.
+    a.client.client = addr("198.51.100.1:40001");
+    let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
+    assert_eq!(a.server.port_usage().0, 4);
+    assert_eq!(a.server.poll_timeout(), Some(a.now + RESERVATION_LIFETIME));
+    assert!(b.server.poll_timeout() > Some(b.now + RESERVATION_LIFETIME), "not worker 1's timer");
+    b.advance(RESERVATION_LIFETIME);
+    assert_eq!(b.server.port_usage().0, 4);
+    a.advance(RESERVATION_LIFETIME);
+    assert_eq!(b.server.port_usage().0, 3);
+    b.client.client = addr("198.51.100.1:41001");
+    assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
+
+    // A token past its expiry before any timer ran is refused too, and its port is
+    // freed by the refusal itself.
+    a.client.client = addr("198.51.100.1:40002");
+    let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
+    assert_eq!(b.server.port_usage().0, 5);
+    b.now += RESERVATION_LIFETIME;
+    b.client.client = addr("198.51.100.1:41002");
+    assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
+    assert_eq!(b.server.port_usage().0, 4);
+    a.advance(RESERVATION_LIFETIME);
+    assert_eq!(a.server.port_usage().0, 4, "worker 0's timer finds nothing left to free");
+}
+
+#[test]
+fn allocation_ids_of_two_workers_never_collide_and_name_their_worker() {
+    let (mut a, mut b) = two_workers(config());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        for (worker, h) in [(0, &mut a), (1, &mut b)] {
+            h.client.client = SocketAddr::new(h.client.client.ip(), 42_000 + 10 * worker + i);
+            assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
+            assert_eq!(worker_of(h.allocation_id(), 2), u32::from(worker));
+            ids.push(h.allocation_id().0);
+        }
+    }
+    assert_eq!(ids, [2, 3, 4, 5, 6, 7]);
+    // One worker numbers 1, 2, 3... as it always did.
+    let mut h = Harness::new();
+    h.allocate();
+    assert_eq!((h.allocation_id(), worker_of(h.allocation_id(), 1)), (AllocationId(1), 0));
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source_ip_over_every_worker() {
+    let mut c = config();
+    c.quotas.unauthenticated_per_second = 5;
+    c.quotas.unauthenticated_burst = 5;
+    let (mut a, mut b) = two_workers(c);
+    let bytes = unauthenticated_allocate();
+    let answered: usize = (0..3).map(|_| a.send_raw(&bytes).len()).sum();
+    // The same host from another port lands on worker 1: it shares the budget.
+    let answered = answered + (0..5).map(|_| b.send_raw(&bytes).len()).sum::<usize>();
+    assert_eq!(answered, 5);
+    assert_eq!(b.server.stats().auth_failures[AuthFailure::RateLimited as usize], 3);
+    b.client.client = addr("198.51.100.2:41000");
+    assert_eq!(b.send_raw(&bytes).len(), 1, "another host has its own budget");
+}
+
+#[test]
+fn no_two_workers_hand_out_the_same_relay_port() {
+    let mut c = config();
+    c.port_range = 50000..=50003;
+    let (mut a, mut b) = two_workers(c);
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        for (worker, h) in [(0, &mut a), (1, &mut b)] {
+            h.client.client = SocketAddr::new(h.client.client.ip(), 43_000 + 10 * worker + i);
+            let response = h.allocate();
+            match response.get_attribute::<XorRelayAddress>() {
+                Some(relay) => ports.push(relay.address().port()),
+                None => assert_eq!(error_code(&response), Some(508)),
+            }
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [50000, 50001, 50002, 50003], "each port once, then 508 on both workers");
+    assert_eq!(a.server.port_usage(), (4, 0));
+}
+
+#[test]
+fn a_nonce_issued_by_one_worker_verifies_on_another() {
+    let (mut a, mut b) = two_workers(config());
+    a.allocate();
+    // The same client reaching worker 1 (after a change in the number of workers, say)
+    // uses the nonce worker 0 issued, with no new challenge.
+    b.client = a.client;
+    b.nonce = a.nonce.clone();
+    let bytes = b.authenticated(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    let response = message::decode(&b.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(response.class(), MessageClass::SuccessResponse);
+}
+
+#[test]
+fn a_reload_applied_by_every_worker_takes_effect_once() {
+    let mut c = config();
+    c.quotas.unauthenticated_per_second = 5;
+    c.quotas.unauthenticated_burst = 5;
+    let (mut a, mut b) = two_workers(c.clone());
+    let bytes = unauthenticated_allocate();
+    a.allocate();
+    c.quotas.unauthenticated_burst = 2;
+    c.port_range = 50100..=50109;
+    // Worker 0 applies the reload: the limiter starts afresh, the range in use stays.
+    a.server.reconfigure(c.clone());
+    assert_eq!((0..3).map(|_| a.send_raw(&bytes).len()).sum::<usize>(), 2);
+    // Worker 1 applies the same reload: nothing is reset a second time.
+    b.server.reconfigure(c.clone());
+    assert_eq!(b.send_raw(&bytes).len(), 0, "the shared budget is spent");
+    assert_eq!(b.server.port_usage(), (1, 9));
+    // Once the old range is unused, a reload (on any worker) switches it.
+    a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
+    b.server.reconfigure(c.clone());
+    b.client.client = addr("198.51.100.2:41000");
+    let relay = b.allocate().get_attribute::<XorRelayAddress>().unwrap().address();
+    assert!((50100..=50109).contains(&relay.port()), "{relay}");
 }

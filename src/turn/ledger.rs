@@ -1,0 +1,339 @@
+//! What every worker's [`Server`](super::Server) must count together: relay ports,
+//! RESERVATION-TOKENs, allocation quotas and the unauthenticated-401 limiter.
+//!
+//! Each worker thread owns its own `Server` (allocations, relay sockets, the hot path)
+//! without locks; only these figures are shared, behind one mutex, because splitting
+//! them per worker would break them: two workers would hand out the same relay port, a
+//! token minted on one worker could not be redeemed on another (a client's second
+//! socket hashes elsewhere), a user would get the quota once per worker, and a source
+//! spraying ports would get the 401 rate once per worker.
+//!
+//! The lock is taken on control-plane paths only (Allocate, an allocation ending, a
+//! 401, a reload, a reservation expiring); never on the relay hot path nor in
+//! `poll_timeout`. Every map here is bounded: the quota counts by the total-allocation
+//! quota, the reservations by the port range (each holds a port), the limiter by
+//! [`RATE_LIMITED_SOURCES`].
+
+use super::ports::PortPool;
+use super::rate::KeyedLimiter;
+use super::server::{CoreConfig, Quotas};
+use super::Rng;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+/// Source IPs tracked by the unauthenticated-rate limiter at most.
+pub const RATE_LIMITED_SOURCES: usize = 65_536;
+
+/// The ledger as the workers share it.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// Locks the ledger. A worker that panicked while holding the lock leaves at worst a
+/// count off by one allocation (no method here panics half-way); refusing service on
+/// every other worker because of it would be worse, so poisoning is ignored.
+pub fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why [`Ledger::admit`] turned an Allocate away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The total-allocation quota is reached: 508 Insufficient Capacity.
+    Capacity,
+    /// The user's or the client IP's quota is reached: 486 Allocation Quota Reached.
+    Quota,
+}
+
+/// A port held for a later Allocate by RESERVATION-TOKEN (RFC 8656 §7.2).
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    port: u16,
+    expires: Instant,
+}
+
+/// Counts shared by every worker. See the module documentation.
+pub struct Ledger {
+    ports: PortPool,
+    /// The range `ports` covers, to tell whether a reload changes it.
+    port_range: RangeInclusive<u16>,
+    /// Reserved ports by token; each port is taken in `ports` while reserved.
+    reservations: HashMap<u64, Reservation>,
+    /// No reservation expires before this; `None` when there is none. It may lag
+    /// behind (a redeemed token leaves it early), which costs one needless sweep.
+    next_reservation_expiry: Option<Instant>,
+    /// Allocations (pending or live) per username, over all workers.
+    per_user: HashMap<Box<str>, usize>,
+    /// Allocations (pending or live) per client IP, over all workers.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Allocations (pending or live) over all workers.
+    allocations: usize,
+    /// 401s per source IP, over all workers.
+    unauthenticated: KeyedLimiter<IpAddr>,
+    /// The (per second, burst) `unauthenticated` was built with.
+    unauthenticated_limits: (u32, u32),
+    /// The instant nonce expiries count from, the same for every worker (set by the
+    /// first one built) so that a nonce's expiry means the same on all of them.
+    nonce_epoch: Option<Instant>,
+}
+
+impl std::fmt::Debug for Ledger {
+    // The maps can be large: their sizes say enough.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("ports_in_use", &self.ports.in_use())
+            .field("reservations", &self.reservations.len())
+            .field("allocations", &self.allocations)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// An empty ledger with the port range and 401 limits of `config` (the quotas
+    /// come with each [`Ledger::admit`]). Wrap it in a [`SharedLedger`] for the workers.
+    pub fn new(config: &CoreConfig) -> Self {
+        let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
+        Ledger {
+            ports: PortPool::new(config.port_range.clone()),
+            port_range: config.port_range.clone(),
+            reservations: HashMap::new(),
+            next_reservation_expiry: None,
+            per_user: HashMap::new(),
+            per_ip: HashMap::new(),
+            allocations: 0,
+            unauthenticated: limiter(limits),
+            unauthenticated_limits: limits,
+            nonce_epoch: None,
+        }
+    }
+
+    /// Applies a reload. Every worker receives the same reload and applies it here, so
+    /// this is idempotent: the limiter is rebuilt (forgetting its buckets) only when
+    /// its rate or burst changes, and the port range is switched only when it differs
+    /// and no port of the old range is in use (ports in use stay valid; a later reload
+    /// retries the switch).
+    pub fn reconfigure(&mut self, config: &CoreConfig) {
+        let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
+        if limits != self.unauthenticated_limits {
+            self.unauthenticated = limiter(limits);
+            self.unauthenticated_limits = limits;
+        }
+        if config.port_range != self.port_range && self.ports.in_use() == 0 {
+            self.ports = PortPool::new(config.port_range.clone());
+            self.port_range = config.port_range.clone();
+        }
+    }
+
+    /// Relay ports in use (by allocations and reservations of every worker) and still
+    /// available.
+    pub fn port_usage(&self) -> (usize, usize) {
+        (self.ports.in_use(), self.ports.available())
+    }
+
+    /// Allocations counted against the quotas over all workers, including those still
+    /// waiting for their relay socket.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations
+    }
+
+    /// The nonce epoch of every worker: the `now` of the first worker to ask.
+    pub(crate) fn nonce_epoch(&mut self, now: Instant) -> Instant {
+        *self.nonce_epoch.get_or_insert(now)
+    }
+
+    /// Checks the quotas for one more allocation of `user` from `ip` and, if they
+    /// allow it, counts it at once: checking and counting under one lock is what keeps
+    /// two workers from both admitting the last allocation. The total is checked
+    /// first (508), then the user and the IP (486), in the order turnd always used.
+    pub(crate) fn admit(&mut self, user: &str, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
+        if self.allocations >= quotas.total_allocations {
+            return Err(Refusal::Capacity);
+        }
+        if self.per_user.get(user).copied().unwrap_or(0) >= quotas.allocations_per_user
+            || self.per_ip.get(&ip).copied().unwrap_or(0) >= quotas.allocations_per_ip
+        {
+            return Err(Refusal::Quota);
+        }
+        self.allocations += 1;
+        match self.per_user.get_mut(user) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_user.insert(user.into(), 1);
+            }
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+        Ok(())
+    }
+
+    /// Uncounts an allocation [`Ledger::admit`] counted: it ended, or never came to be.
+    pub(crate) fn forget_allocation(&mut self, user: &str, ip: IpAddr) {
+        self.allocations = self.allocations.saturating_sub(1);
+        decrement(&mut self.per_user, user);
+        decrement(&mut self.per_ip, &ip);
+    }
+
+    /// Takes a random free relay port (see [`PortPool::take_random`]).
+    pub(crate) fn take_port(
+        &mut self,
+        rng: &mut dyn Rng,
+        even: bool,
+        with_successor: bool,
+        now: Instant,
+    ) -> Option<u16> {
+        self.sweep_reservations(now);
+        self.ports.take_random(rng, even, with_successor)
+    }
+
+    /// Returns a relay port to the pool.
+    pub(crate) fn release_port(&mut self, port: u16) {
+        self.ports.release(port);
+    }
+
+    /// Records that `port`, already taken, is held for `token` until `expires`; false
+    /// if `token` is already in use (the caller draws another).
+    pub(crate) fn reserve(&mut self, token: u64, port: u16, expires: Instant) -> bool {
+        if self.reservations.contains_key(&token) {
+            return false;
+        }
+        self.reservations.insert(token, Reservation { port, expires });
+        self.next_reservation_expiry = Some(self.next_reservation_expiry.map_or(expires, |t| t.min(expires)));
+        true
+    }
+
+    /// Hands the port reserved for `token` to its Allocate; `None` if the token is
+    /// unknown, already used or expired (an expired port goes back to the pool).
+    pub(crate) fn redeem(&mut self, token: u64, now: Instant) -> Option<u16> {
+        self.sweep_reservations(now);
+        let reservation = self.reservations.remove(&token)?;
+        if reservation.expires <= now {
+            self.ports.release(reservation.port);
+            return None;
+        }
+        Some(reservation.port)
+    }
+
+    /// Drops `token`'s reservation if it is still held and expired, releasing its
+    /// port: the timer of the worker that minted it calls this.
+    pub(crate) fn expire_reservation(&mut self, token: u64, now: Instant) {
+        if self.reservations.get(&token).is_some_and(|r| r.expires <= now) {
+            if let Some(reservation) = self.reservations.remove(&token) {
+                self.ports.release(reservation.port);
+            }
+        }
+        self.sweep_reservations(now);
+    }
+
+    /// Whether `token` still holds a port.
+    pub(crate) fn holds_reservation(&self, token: u64) -> bool {
+        self.reservations.contains_key(&token)
+    }
+
+    /// Reservations held now, over all workers.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Whether one more unauthenticated answer (a 401) may go to `ip`.
+    pub(crate) fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.unauthenticated.allow(ip, now)
+    }
+
+    /// Drops expired reservations of every worker (one whose worker stopped, too).
+    /// O(1) unless one is due; otherwise a pass over the reservations, which are
+    /// bounded by the port range.
+    fn sweep_reservations(&mut self, now: Instant) {
+        if !self.next_reservation_expiry.is_some_and(|t| t <= now) {
+            return;
+        }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, r| {
+            let keep = r.expires > now;
+            if !keep {
+                ports.release(r.port);
+            }
+            keep
+        });
+        self.next_reservation_expiry = self.reservations.values().map(|r| r.expires).min();
+    }
+}
+
+fn limiter((per_second, burst): (u32, u32)) -> KeyedLimiter<IpAddr> {
+    KeyedLimiter::new(f64::from(per_second), f64::from(burst), RATE_LIMITED_SOURCES)
+}
+
+/// Counts one less of `key`, forgetting it at zero so the map holds only live keys.
+pub(crate) fn decrement<K: std::hash::Hash + Eq + ?Sized, Q: std::borrow::Borrow<K> + std::hash::Hash + Eq>(
+    map: &mut HashMap<Q, usize>,
+    key: &K,
+) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turn::tests_support::CountingRng;
+    use std::time::Duration;
+
+    fn ledger(range: RangeInclusive<u16>) -> Ledger {
+        Ledger::new(&CoreConfig { port_range: range, ..CoreConfig::default() })
+    }
+
+    #[test]
+    fn admit_counts_at_once_and_forget_uncounts() {
+        let mut l = ledger(50000..=50009);
+        let quotas = Quotas { total_allocations: 3, allocations_per_user: 2, ..Quotas::default() };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
+        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
+        assert_eq!(l.admit("alice", ip, &quotas), Err(Refusal::Quota));
+        assert_eq!(l.admit("bob", ip, &quotas), Ok(()));
+        assert_eq!(l.admit("carol", ip, &quotas), Err(Refusal::Capacity));
+        l.forget_allocation("alice", ip);
+        l.forget_allocation("alice", ip);
+        l.forget_allocation("bob", ip);
+        assert_eq!(l.allocation_count(), 0);
+        assert!(l.per_user.is_empty() && l.per_ip.is_empty(), "emptied entries are removed");
+    }
+
+    #[test]
+    fn expired_reservations_are_swept_when_a_port_is_taken() {
+        let mut l = ledger(50000..=50001);
+        let t0 = Instant::now();
+        let mut rng = CountingRng::default();
+        assert_eq!(l.take_port(&mut rng, true, true, t0), Some(50000));
+        assert!(l.reserve(7, 50001, t0 + Duration::from_secs(30)));
+        assert!(!l.reserve(7, 50001, t0 + Duration::from_secs(30)), "a token names one reservation");
+        assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(29)), None);
+        assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(30)), Some(50001));
+        assert_eq!(l.reservation_count(), 0);
+        assert_eq!(l.redeem(7, t0 + Duration::from_secs(30)), None);
+    }
+
+    #[test]
+    fn reload_is_idempotent_and_keeps_a_range_in_use() {
+        let mut l = ledger(50000..=50001);
+        let mut config = CoreConfig { port_range: 50000..=50001, ..CoreConfig::default() };
+        config.quotas.unauthenticated_per_second = 1;
+        config.quotas.unauthenticated_burst = 1;
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        l.reconfigure(&config);
+        assert!(l.allow_unauthenticated(ip, t0));
+        l.reconfigure(&config);
+        assert!(!l.allow_unauthenticated(ip, t0), "the second application left the buckets alone");
+        let port = l.take_port(&mut CountingRng::default(), false, false, t0).unwrap();
+        config.port_range = 60000..=60009;
+        l.reconfigure(&config);
+        assert_eq!(l.port_usage(), (1, 1), "a range in use stays");
+        l.release_port(port);
+        l.reconfigure(&config);
+        assert_eq!(l.port_usage(), (0, 10));
+    }
+}
