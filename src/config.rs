@@ -10,6 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The most workers (event loop threads) a config may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 /// A configuration error, naming the file, the line and the key where it can.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -302,6 +305,9 @@ pub struct Config {
     pub drain_time: Duration,
     /// Where new Allocates are sent while draining (300 Try Alternate); unset: 508.
     pub alternate_server: Option<SocketAddr>,
+    /// Event loops (threads), each with its own allocations and relay sockets; 0 means
+    /// one per available core.
+    pub workers: usize,
     /// Listening sockets.
     pub listen: Vec<Listen>,
     /// Relay settings.
@@ -327,6 +333,7 @@ impl Default for Config {
             software: concat!("turnd/", env!("CARGO_PKG_VERSION")).into(),
             drain_time: Duration::from_secs(30),
             alternate_server: None,
+            workers: 0,
             // 3478 over UDP and TCP, IPv4 and IPv6 (IPv6 is skipped on hosts without it).
             listen: [ListenTransport::Udp, ListenTransport::Tcp]
                 .into_iter()
@@ -395,6 +402,9 @@ impl Config {
         }
         if self.listen.is_empty() {
             return Err(("listen", "at least one listener is needed".into()));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(("workers", format!("at most {MAX_WORKERS} (0 means one per core)")));
         }
         let has_tls = self.listen.iter().any(|l| l.transport == ListenTransport::Tls);
         if has_tls && (self.tls.certificate.is_none() || self.tls.private_key.is_none()) {
@@ -472,6 +482,14 @@ impl Config {
             return Err(("admin.max-connections", "must be 1 to 1024".into()));
         }
         Ok(())
+    }
+
+    /// How many workers to run: `workers`, or one per available core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS),
+            n => n,
+        }
     }
 
     /// Whether anyone can authenticate.

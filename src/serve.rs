@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 use turnd::config::{Config, ListenTransport, LogFormat, User};
 use turnd::net::tls::ReloadableCert;
-use turnd::net::{self, stream, Control, EventLoop, Publisher};
+use turnd::net::{self, stream, Control, Publisher, Workers};
 
 /// How often certificate files are checked for renewal.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(5);
-/// How long the event loop gets to stop once told to.
+/// How long the workers get to stop once told to.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the command line adds to every config, including reloaded ones.
@@ -133,11 +133,14 @@ impl Signals {
 async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
-    let (stream_tx, stream_rx) = mpsc::channel(4096);
-    let udp_sockets = bind_listeners(&config, path.is_none(), cert.as_ref(), stream_tx.clone())?;
+    let (stream_tx, stream_rx) = mpsc::channel(net::workers::STREAM_QUEUE);
+    let worker_count = config.worker_count();
+    let udp_sockets = bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), stream_tx.clone())?;
     let publisher = Publisher::new(1024);
-    let event_loop = EventLoop::new(config.core(), udp_sockets, publisher.clone(), stream_tx)?;
     let (control, control_rx) = mpsc::channel(8);
+    let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, (stream_tx, stream_rx))
+        .context("starting the workers")?;
+    info!(workers = worker_count, "serving");
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {
         let admin = turnd::admin::spawn(&config.admin, &publisher, control.clone())
@@ -148,7 +151,6 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
         None
     };
     let watcher = cert.clone().map(|cert| tokio::spawn(watch_certificate(cert)));
-    let mut event_loop = tokio::spawn(event_loop.run(control_rx, stream_rx));
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut current = config;
@@ -157,7 +159,9 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     let outcome = loop {
         let deadline = drain_deadline;
         tokio::select! {
-            result = &mut event_loop => break result.context("event loop task").and_then(|r| r.context("event loop")),
+            (worker, result) = workers.exited() => {
+                break result.with_context(|| format!("worker {worker}")).and_then(|()| Err(anyhow::anyhow!("worker {worker} stopped")));
+            }
             _ = signals.int.recv() => break Ok(()),
             _ = signals.term.recv() => {
                 if drain_deadline.is_some() || current.drain_time.is_zero() {
@@ -165,10 +169,14 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
                 }
                 let alternate = current.alternate_server;
                 let _ = sd_notify::notify(&[NotifyState::Stopping]);
-                info!(drain_time = ?current.drain_time, "SIGTERM: draining before exit (SIGTERM again to exit now)");
-                if control.send(Control::Drain { alternate }).await.is_err() {
+                let (reply, drained) = tokio::sync::oneshot::channel();
+                let asked = control.send(Control::Drain { alternate, reply }).await.is_ok();
+                if !asked || !matches!(tokio::time::timeout(STOP_GRACE, drained).await, Ok(Ok(()))) {
                     break Ok(());
                 }
+                // Logged once every worker turns new Allocates away.
+                info!(drain_time = ?current.drain_time, alternate = ?alternate,
+                    "SIGTERM: draining before exit, new allocations are turned away (SIGTERM again to exit now)");
                 drain_deadline = Some(tokio::time::Instant::now() + current.drain_time);
             }
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
@@ -193,32 +201,31 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    if !event_loop.is_finished() {
-        let _ = control.try_send(Control::Shutdown);
-        let _ = tokio::time::timeout(STOP_GRACE, &mut event_loop).await;
-    }
+    let _ = control.try_send(Control::Shutdown);
+    let _ = tokio::time::timeout(STOP_GRACE, workers.join()).await;
     match outcome {
         Ok(()) => {
             info!("shutting down");
             Ok(())
         }
         Err(e) => {
-            error!(error = %format!("{e:#}"), "event loop failed");
+            error!(error = %format!("{e:#}"), "a worker failed");
             Err(e)
         }
     }
 }
 
 /// Binds every configured listener; TCP/TLS listeners get their accept loops here.
-/// Returns the UDP sockets for the event loop.
+/// Returns each worker's UDP sockets: one of every configured UDP listener.
 fn bind_listeners(
     config: &Config,
+    workers: usize,
     embedded_default: bool,
     cert: Option<&Arc<ReloadableCert>>,
     streams: mpsc::Sender<stream::StreamEvent>,
-) -> Result<Vec<std::net::UdpSocket>> {
+) -> Result<Vec<Vec<std::net::UdpSocket>>> {
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
-    let mut udp_sockets = Vec::new();
+    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
     for listen in &config.listen {
         let label = match listen.transport {
             ListenTransport::Udp => "udp",
@@ -238,12 +245,14 @@ fn bind_listeners(
             skip
         };
         let local = if listen.transport == ListenTransport::Udp {
-            let (socket, local) = match net::bind_udp_listener(listen.address) {
+            let (sockets, local) = match net::bind_udp_listener(listen.address, udp_sockets.len()) {
                 Ok(bound) => bound,
                 Err(e) if skip_v6(&e) => continue,
                 Err(e) => return Err(e).with_context(context),
             };
-            udp_sockets.push(socket);
+            for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
+                share.push(socket);
+            }
             local
         } else {
             let listener = match net::bind_tcp_listener(listen.address) {
@@ -331,6 +340,7 @@ async fn reload(
             next.tls.certificate != current.tls.certificate || next.tls.private_key != current.tls.private_key,
         ),
         ("admin", format!("{:?}", next.admin) != format!("{:?}", current.admin)),
+        ("workers", next.workers != current.workers),
         ("tcp", format!("{:?}", next.tcp) != format!("{:?}", current.tcp)),
         (
             "relay.port-min/port-max",

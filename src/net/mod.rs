@@ -1,6 +1,7 @@
 //! The tokio shell around the sans-IO core: sockets, timers and signals. One event loop
 //! owns one [`Server`]; every socket it serves (client listeners and relay sockets) sits
-//! in one level-triggered epoll set that tokio watches as a single descriptor.
+//! in one level-triggered epoll set that tokio watches as a single descriptor. A
+//! process runs one event loop per worker thread ([`workers`]).
 
 mod epoll;
 pub mod framing;
@@ -9,14 +10,16 @@ pub mod report;
 pub mod stream;
 mod tcp_relay;
 pub mod tls;
+pub mod workers;
 
 pub use report::{Control, Publisher, Snapshot};
+pub use workers::Workers;
 
 use crate::turn::allocation::Family;
 use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{EndReason, Event, Output};
-use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, SystemRng, Transport};
+use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use epoll::Epoll;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -25,6 +28,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stream::{Outbound, StreamEvent};
 use tokio::io::unix::AsyncFd;
@@ -40,6 +44,12 @@ const BATCH: usize = 8;
 const MAX_DATAGRAM: usize = 65536;
 /// How many reads one socket gets per wake-up before others get a turn.
 const READS_PER_WAKE: usize = 16;
+/// Set while relay sockets cannot be opened (out of descriptors, say), so the episode
+/// is logged once for the process rather than once per worker or per Allocate.
+static RELAY_BIND_FAILING: AtomicBool = AtomicBool::new(false);
+/// One relay receive slot: room for the relay header in front of the largest datagram
+/// and for padding after it.
+const RELAY_SLOT: usize = PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM;
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
 
@@ -50,21 +60,40 @@ struct Listener {
     local: SocketAddr,
 }
 
-/// Binds the configured UDP listeners. Separate from [`EventLoop::new`] so the caller
-/// learns the bound addresses (port 0 is resolved here).
-pub fn bind_udp_listener(address: SocketAddr) -> io::Result<(UdpSocket, SocketAddr)> {
+/// Binds a configured UDP listener as `copies` sockets on one address, one per
+/// worker: an SO_REUSEPORT group when there are several, so the kernel spreads clients
+/// over the workers by their 4-tuple. Separate from [`EventLoop::new`] so the caller
+/// learns the bound address (port 0 is resolved here).
+pub fn bind_udp_listener(address: SocketAddr, copies: usize) -> io::Result<(Vec<UdpSocket>, SocketAddr)> {
+    let group = copies > 1;
+    if group && address.port() != 0 {
+        // SO_REUSEPORT would let this process join a group that another turnd (same
+        // user) already holds, and silently share its clients: an exclusive bind
+        // first turns that into "address in use".
+        drop(bind_udp_socket(address, false)?);
+    }
+    let first = bind_udp_socket(address, group)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..copies {
+        sockets.push(bind_udp_socket(local, true)?);
+    }
+    Ok((sockets, local))
+}
+
+fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&SockAddr::from(address))?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(LISTENER_BUFFER);
     let _ = socket.set_send_buffer_size(LISTENER_BUFFER);
-    let socket: UdpSocket = socket.into();
-    let local = socket.local_addr()?;
-    Ok((socket, local))
+    Ok(socket.into())
 }
 
 /// Binds a TCP listener (IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can
@@ -102,21 +131,17 @@ pub struct EventLoop {
     tcp_relays: HashMap<AllocationId, tokio::task::JoinHandle<()>>,
     /// RFC 6062: peer connections waiting for a ConnectionBind.
     peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
-    /// Whether systemd listens for notifications (NOTIFY_SOCKET is set).
-    systemd: bool,
-    /// Set while relay sockets cannot be opened, so the failure is logged once.
-    relay_bind_failing: bool,
-    /// Relayed packets at the previous publish, for the status line's rate.
-    last_relayed: u64,
 }
 
 impl EventLoop {
-    /// An event loop serving `listeners` with a core built from `config`.
+    /// An event loop serving `listeners` with the core `make_core` builds from `config`
+    /// (once the listeners' own addresses are in its peer policy).
     pub fn new(
         config: CoreConfig,
         listeners: Vec<UdpSocket>,
         publisher: Publisher,
         stream_events: mpsc::Sender<StreamEvent>,
+        make_core: impl FnOnce(CoreConfig) -> Server,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let mut bound = Vec::new();
@@ -130,12 +155,12 @@ impl EventLoop {
         let mut config = config;
         config.policy.deny_own_sockets(bound.iter().flat_map(|l| own_addresses(l.local)));
         Ok(EventLoop {
-            core: Server::new(config, Box::new(SystemRng::default()), Instant::now()),
+            core: make_core(config),
             listeners: bound,
             relays: HashMap::new(),
             epoll,
             recv_slots: vec![0; BATCH * MAX_DATAGRAM],
-            relay_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
+            relay_buf: vec![0; RELAY_SLOT * relay_socket::BATCH],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,
@@ -144,9 +169,6 @@ impl EventLoop {
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
-            systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
-            relay_bind_failing: false,
-            last_relayed: 0,
         })
     }
 
@@ -220,9 +242,9 @@ impl EventLoop {
             Control::DropUser { user, reply } => {
                 let _ = reply.send(self.core.close_user(&user, now));
             }
-            Control::Drain { alternate } => {
+            Control::Drain { alternate, reply } => {
                 self.core.drain(alternate);
-                info!(alternate = ?alternate, "draining: new allocations are turned away");
+                let _ = reply.send(());
             }
             Control::Shutdown => {}
         }
@@ -308,21 +330,8 @@ impl EventLoop {
         snapshot.tcp_connections = self.streams.len();
         snapshot.draining = self.core.is_draining();
         snapshot.stats = self.core.stats();
-        let relayed = snapshot.stats.relayed_packets.iter().flatten().sum::<u64>();
-        if self.systemd {
-            let rate = relayed.saturating_sub(self.last_relayed) as f64 / PUBLISH_EVERY.as_secs_f64();
-            let status = format!(
-                "{} allocations, {} TCP connections, {:.0} packets/s relayed{}",
-                snapshot.allocations,
-                snapshot.tcp_connections,
-                rate,
-                if snapshot.draining { ", draining" } else { "" }
-            );
-            // The keep-alive comes from the loop itself: a wedged loop stops sending
-            // it and systemd restarts the service (WatchdogSec= in the unit).
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status)]);
-        }
-        self.last_relayed = relayed;
+        // Publishing is also this loop's heartbeat: the merge in [`workers`] feeds
+        // systemd's watchdog only while every loop's snapshot keeps moving.
         self.publisher.snapshots.send_replace(snapshot.clone());
     }
 
@@ -400,6 +409,10 @@ impl EventLoop {
                     self.drain_outputs();
                 }
             }
+            // A short batch drained the socket; level-triggered epoll says if more came.
+            if count < BATCH {
+                return;
+            }
         }
     }
 
@@ -408,12 +421,15 @@ impl EventLoop {
             let Some(relay) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()) else {
                 return;
             };
-            let payload_area = PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM;
-            let Some(area) = self.relay_buf.get_mut(payload_area) else {
-                return;
-            };
-            let (len, peer) = match relay.recv_from(area) {
-                Ok(received) => received,
+            let mut received = [None; relay_socket::BATCH];
+            let count = match relay_socket::recv_batch(
+                relay.as_raw_fd(),
+                &mut self.relay_buf,
+                RELAY_SLOT,
+                PEER_HEADROOM,
+                &mut received,
+            ) {
+                Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // ICMP errors (port unreachable) surface here; the allocation lives on.
@@ -421,14 +437,24 @@ impl EventLoop {
                     continue;
                 }
             };
-            let payload = PEER_HEADROOM..PEER_HEADROOM + len;
-            let Some(out) = self.core.handle_peer_packet(Instant::now(), id, peer, &mut self.relay_buf, payload) else {
-                continue;
-            };
-            let Some(contents) = self.relay_buf.get(out.range.clone()) else {
-                continue;
-            };
-            self.send_to_client(out.to, contents);
+            let now = Instant::now();
+            for (slot, entry) in received.iter().take(count).enumerate() {
+                let Some((len, peer)) = *entry else {
+                    continue;
+                };
+                let start = slot * RELAY_SLOT + PEER_HEADROOM;
+                let Some(out) = self.core.handle_peer_packet(now, id, peer, &mut self.relay_buf, start..start + len)
+                else {
+                    continue;
+                };
+                let Some(contents) = self.relay_buf.get(out.range.clone()) else {
+                    continue;
+                };
+                self.send_to_client(out.to, contents);
+            }
+            if count < relay_socket::BATCH {
+                return;
+            }
         }
     }
 
@@ -518,15 +544,13 @@ impl EventLoop {
             Ok(socket) => socket,
             Err((kind, e)) => {
                 // Once per episode (e.g. out of file descriptors), not once per Allocate.
-                if kind != RelayBindError::AddrInUse && !self.relay_bind_failing {
-                    self.relay_bind_failing = true;
+                if kind != RelayBindError::AddrInUse && !RELAY_BIND_FAILING.swap(true, Ordering::Relaxed) {
                     warn!(error = %e, %local, "cannot open relay socket; new allocations get 508 until this clears");
                 }
                 return Err(kind);
             }
         };
-        if self.relay_bind_failing {
-            self.relay_bind_failing = false;
+        if RELAY_BIND_FAILING.load(Ordering::Relaxed) && RELAY_BIND_FAILING.swap(false, Ordering::Relaxed) {
             info!("relay sockets can be opened again");
         }
         let socket: UdpSocket = socket.into();

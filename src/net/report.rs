@@ -32,6 +32,15 @@ impl<const N: usize> Default for Histogram<N> {
 }
 
 impl<const N: usize> Histogram<N> {
+    /// Adds another histogram's observations (same bounds) to this one.
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// Records `value` against `bounds` (N - 1 upper bounds).
     pub fn observe(&mut self, bounds: &[f64], value: f64) {
         let slot = bounds.iter().position(|&b| value <= b).unwrap_or(N - 1).min(N - 1);
@@ -69,6 +78,23 @@ pub struct Snapshot {
     /// Lifetimes of ended allocations, seconds.
     #[serde(skip)]
     pub allocation_lifetime_seconds: Histogram<11>,
+}
+
+impl Snapshot {
+    /// Folds another worker's snapshot into this one. Port figures come from the
+    /// shared ledger, so every worker reports the same ones and they are not summed;
+    /// the process is draining once every worker is.
+    pub fn add(&mut self, other: &Snapshot) {
+        self.unix_ms = self.unix_ms.max(other.unix_ms);
+        self.allocations += other.allocations;
+        self.permissions += other.permissions;
+        self.channels += other.channels;
+        self.tcp_connections += other.tcp_connections;
+        self.draining &= other.draining;
+        self.stats.add(&other.stats);
+        self.request_seconds.add(&other.request_seconds);
+        self.allocation_lifetime_seconds.add(&other.allocation_lifetime_seconds);
+    }
 }
 
 /// One allocation as an operator sees it.
@@ -131,6 +157,8 @@ pub enum Control {
     Drain {
         /// ALTERNATE-SERVER for new Allocates.
         alternate: Option<SocketAddr>,
+        /// Answered once new Allocates are turned away.
+        reply: oneshot::Sender<()>,
     },
     /// Stop.
     Shutdown,

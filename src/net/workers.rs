@@ -1,0 +1,243 @@
+//! Several event loops, one per core. Each worker is a thread with its own
+//! current-thread runtime, its own [`Server`] and its own relay sockets, so the relay
+//! path shares nothing. A client always reaches the same worker: its UDP listener is
+//! one socket of an SO_REUSEPORT group, which the kernel picks by hashing the 4-tuple,
+//! and peer traffic arrives on relay sockets that only the owning worker watches.
+//! TCP and TLS connections all go to worker 0, which keeps RFC 6062's control and
+//! data connections (different 5-tuples of one allocation) on one worker.
+//!
+//! What must be counted across workers (relay ports, reservations, quotas, the 401
+//! limiter) sits in the shared [`Ledger`], locked only on the allocation path.
+//! Around the workers, this module fans admin requests out and merges their
+//! snapshots into one, and tells systemd the process is alive only while every
+//! worker is.
+
+use super::report::{AllocationInfo, Control, Publisher, Snapshot};
+use super::stream::StreamEvent;
+use super::{EventLoop, PUBLISH_EVERY};
+use crate::turn::ledger::{Ledger, SharedLedger};
+use crate::turn::{AllocationId, CoreConfig, Server, SystemRng};
+use std::io;
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
+
+/// Queue depth of each worker's control channel.
+const CONTROL_QUEUE: usize = 8;
+/// Queue depth of each worker's stream channel (TCP/TLS frames and connection events).
+pub const STREAM_QUEUE: usize = 4096;
+/// A worker whose snapshot has not moved for this many merges is taken as wedged.
+const STALE_MERGES: u32 = 3;
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    exited: mpsc::UnboundedReceiver<(usize, io::Result<()>)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts one worker per element of `listeners` (each worker's share of the UDP
+    /// listeners, one socket per SO_REUSEPORT group). Worker 0 takes the TCP/TLS
+    /// traffic from `streams`, whose sender the accept loops hold. `control` is the
+    /// process's single control channel; the workers' snapshots are merged into
+    /// `publisher` and its events are theirs. Call from within a tokio runtime: the
+    /// fan-out and the merge run there.
+    pub fn start(
+        config: CoreConfig,
+        listeners: Vec<Vec<UdpSocket>>,
+        publisher: &Publisher,
+        control: mpsc::Receiver<Control>,
+        streams: (mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>),
+    ) -> io::Result<Workers> {
+        let count = listeners.len().max(1);
+        let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
+        let secret = nonce_secret();
+        let (exited_tx, exited) = mpsc::unbounded_channel();
+        let mut controls = Vec::with_capacity(count);
+        let mut snapshots = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        let mut streams = Some(streams);
+        for (index, sockets) in listeners.into_iter().enumerate() {
+            let (stream_tx, stream_rx) = match streams.take() {
+                Some(pair) => pair,
+                // Other workers never see TCP; their channel only serves their own
+                // spawned tasks, which worker 0 alone has.
+                None => mpsc::channel(1),
+            };
+            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+            let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
+            snapshots.push(own.snapshots.subscribe());
+            let ledger = ledger.clone();
+            let make_core = move |config: CoreConfig| {
+                let rng = Box::new(SystemRng::default());
+                Server::new_worker(config, rng, Instant::now(), ledger, secret, index as u32, count as u32)
+            };
+            let event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, make_core)?;
+            // Built here, not in the thread, so every descriptor the process keeps
+            // exists once start-up is logged (the soak test counts them).
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let exited_tx = exited_tx.clone();
+            let thread = std::thread::Builder::new().name(format!("turnd-worker-{index}")).spawn(move || {
+                let result = runtime.block_on(event_loop.run(control_rx, stream_rx));
+                let _ = exited_tx.send((index, result));
+            })?;
+            controls.push(control_tx);
+            threads.push(thread);
+        }
+        tokio::spawn(fan_out(control, controls));
+        tokio::spawn(merge(snapshots, publisher.clone(), std::env::var_os("NOTIFY_SOCKET").is_some()));
+        Ok(Workers { exited, threads })
+    }
+
+    /// Waits for the first worker to stop and returns how it ended.
+    pub async fn exited(&mut self) -> (usize, io::Result<()>) {
+        match self.exited.recv().await {
+            Some(exit) => exit,
+            None => (0, Err(io::Error::other("every worker is gone"))),
+        }
+    }
+
+    /// Waits until every worker thread has ended (after a [`Control::Shutdown`]).
+    pub async fn join(mut self) {
+        let mut remaining = self.threads.len();
+        while remaining > 0 && self.exited.recv().await.is_some() {
+            remaining -= 1;
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One nonce secret for every worker: a nonce minted by one verifies on another.
+fn nonce_secret() -> [u8; 32] {
+    use crate::turn::Rng;
+    let mut secret = [0u8; 32];
+    SystemRng::default().fill(&mut secret);
+    secret
+}
+
+/// Relays the process's control requests to the workers and merges their answers.
+async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender<Control>>) {
+    while let Some(message) = control.recv().await {
+        match message {
+            Control::Reconfigure(config) => {
+                for worker in &workers {
+                    let _ = worker.send(Control::Reconfigure(config.clone())).await;
+                }
+            }
+            Control::ListAllocations { offset, limit, reply } => {
+                let mut all: Vec<AllocationInfo> = Vec::new();
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    let ask = Control::ListAllocations { offset: 0, limit: usize::MAX, reply: tx };
+                    if worker.send(ask).await.is_ok() {
+                        if let Ok((page, _)) = rx.await {
+                            all.extend(page);
+                        }
+                    }
+                }
+                all.sort_by_key(|a| a.id);
+                let total = all.len();
+                let _ = reply.send((all.into_iter().skip(offset).take(limit).collect(), total));
+            }
+            Control::DropAllocation { id, reply } => {
+                let owner = owner_of(id, workers.len());
+                let dropped = match workers.get(owner) {
+                    Some(worker) => {
+                        let (tx, rx) = oneshot::channel();
+                        worker.send(Control::DropAllocation { id, reply: tx }).await.is_ok()
+                            && rx.await.unwrap_or(false)
+                    }
+                    None => false,
+                };
+                let _ = reply.send(dropped);
+            }
+            Control::DropUser { user, reply } => {
+                let mut dropped = 0;
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Control::DropUser { user: user.clone(), reply: tx }).await.is_ok() {
+                        dropped += rx.await.unwrap_or(0);
+                    }
+                }
+                let _ = reply.send(dropped);
+            }
+            Control::Drain { alternate, reply } => {
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Control::Drain { alternate, reply: tx }).await.is_ok() {
+                        let _ = rx.await;
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Control::Shutdown => break,
+        }
+    }
+    // Asked to stop, or the process dropped its end: either way the workers stop.
+    for worker in &workers {
+        let _ = worker.send(Control::Shutdown).await;
+    }
+}
+
+/// The worker that owns allocation `id` (ids are numbered so that this is a modulo).
+fn owner_of(id: AllocationId, workers: usize) -> usize {
+    crate::turn::worker_of(id, workers as u32) as usize
+}
+
+/// Publishes the sum of the workers' snapshots once a period, and keeps systemd's
+/// watchdog fed only while every worker still publishes.
+async fn merge(mut workers: Vec<watch::Receiver<Snapshot>>, publisher: Publisher, systemd: bool) {
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unchanged = vec![0u32; workers.len()];
+    let mut last_relayed = 0u64;
+    loop {
+        tick.tick().await;
+        let mut merged: Option<Snapshot> = None;
+        for (worker, quiet) in workers.iter_mut().zip(unchanged.iter_mut()) {
+            *quiet = if worker.has_changed().unwrap_or(false) { 0 } else { quiet.saturating_add(1) };
+            let snapshot = worker.borrow_and_update();
+            match &mut merged {
+                None => merged = Some(snapshot.clone()),
+                Some(merged) => merged.add(&snapshot),
+            }
+        }
+        let Some(merged) = merged else {
+            return;
+        };
+        let relayed = merged.stats.relayed_packets.iter().flatten().sum::<u64>();
+        let wedged = unchanged.iter().position(|&quiet| quiet >= STALE_MERGES);
+        if systemd {
+            notify_systemd(&merged, relayed.saturating_sub(last_relayed), wedged);
+        }
+        last_relayed = relayed;
+        publisher.snapshots.send_replace(merged);
+    }
+}
+
+/// STATUS always; WATCHDOG only when no worker is wedged, so systemd restarts a
+/// process with a stuck worker (WatchdogSec= in the unit).
+fn notify_systemd(snapshot: &Snapshot, relayed: u64, wedged: Option<usize>) {
+    use sd_notify::NotifyState;
+    let rate = relayed as f64 / PUBLISH_EVERY.as_secs_f64();
+    let status = format!(
+        "{} allocations, {} TCP connections, {:.0} packets/s relayed{}",
+        snapshot.allocations,
+        snapshot.tcp_connections,
+        rate,
+        if snapshot.draining { ", draining" } else { "" }
+    );
+    let result = match wedged {
+        None => sd_notify::notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]),
+        Some(worker) => {
+            debug!(worker, "a worker stopped publishing: not feeding the watchdog");
+            sd_notify::notify(&[NotifyState::Status(&status)])
+        }
+    };
+    let _ = result;
+}
