@@ -1,6 +1,12 @@
 //! turnd's load benchmark: the relay data plane, Binding, Allocate + Refresh(0) churn
 //! and memory per idle allocation, against turnd, coturn and a raw forwarder (the
-//! kernel's floor), in one run. See docs/bench.md.
+//! kernel's floor), in one run, and how turnd and coturn scale over the cores. See
+//! docs/bench.md.
+//!
+//! The main comparison is one core against one core: turnd with `workers = 1` (one event
+//! loop; `--turnd-workers` changes it) beside coturn's single-threaded mode. The scale
+//! section runs one channel workload through turnd with one worker and with one per
+//! core, and through coturn single-threaded and with its default thread count.
 //!
 //! `cargo bench --bench load` runs it in full (about six minutes), `-- --quick` in about
 //! one; `-- --help` lists the options. Under `cargo test` it runs a smoke check of its
@@ -32,15 +38,20 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
   --duration SECS       measurement window (default 2, quick 1)
   --warmup SECS         traffic before each window (default 0.3)
   --window N            packets in flight per allocation (default 2)
-  --repeat N            windows per server and relay cell, median reported (default 3, quick 1)
+  --repeat N            windows per server in each relay cell and in scale, median
+                        reported (default 3, quick 1)
   --allocations LIST    relay cells, e.g. 10,200,1000 (default; quick: 10,200)
   --payloads LIST       payload bytes (default 100,1000; quick: 100)
   --modes LIST          channel,send (default both)
   --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`)
-  --only LIST           relay,binding,churn,memory,scale (default all)
+  --only LIST           relay,binding,churn,memory,scale (default all); scale runs 1,000
+                        channel allocations through turnd with 1 worker and with one per
+                        core, and through coturn -m 0 and coturn with its default threads
   --memory-allocations N  idle allocations for the memory run (default 10000, quick 2000)
+  --turnd-workers N     turnd's `workers` for the main comparison (default 1: one event
+                        loop, one core; 0: one per core)
   --coturn-threads N    coturn --relay-threads for the main comparison (default 0: its
-                        single-threaded mode, like turnd's one event loop)
+                        single-threaded mode, one core like --turnd-workers 1)
   --json FILE           also append the JSON lines to FILE
   --turnd PATH          the turnd binary (default: the one cargo built with this bench)
   --turnd-prefix CMD    run turnd under CMD (a profiler; CPU figures then describe CMD)
@@ -48,6 +59,18 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
                         shared with other work, wake-up delays otherwise dominate
   --verbose             say what is happening on stderr
 ";
+
+/// Allocations of the scale section: enough that the SO_REUSEPORT hash spreads them
+/// evenly over turnd's workers (with two, one standard deviation is 16 of a worker's
+/// 500), and, at the usual window of 2, 2,000 packets in flight: the relay matrix's
+/// 1,000-allocation cells keep one turnd event loop at 95% of a core with that, queues
+/// never empty. A larger window only adds queueing: at window 8 the p99 round trip
+/// reached 470 ms on a busy 2-core machine, next to the 500 ms after which a packet
+/// counts as lost, and loss became an artefact of the timeout.
+const SCALE_ALLOCATIONS: usize = 1000;
+/// Payload bytes in the scale section: small, so per-packet work dominates, as it does
+/// for media.
+const SCALE_PAYLOAD: usize = 100;
 
 /// Everything the command line says.
 #[derive(Debug, Clone)]
@@ -63,6 +86,8 @@ struct Options {
     servers: Vec<String>,
     only: Vec<String>,
     memory_allocations: usize,
+    /// turnd's `workers` in the main comparison (the scale section sets its own).
+    turnd_workers: usize,
     coturn_threads: Option<u32>,
     json: Option<PathBuf>,
     turnd: PathBuf,
@@ -89,6 +114,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         servers: vec!["turnd".into(), "coturn".into(), "forwarder".into()],
         only: vec!["relay".into(), "binding".into(), "churn".into(), "memory".into(), "scale".into()],
         memory_allocations: if quick { 2000 } else { 10_000 },
+        turnd_workers: 1,
         coturn_threads: Some(0),
         json: None,
         turnd: PathBuf::from(env!("CARGO_BIN_EXE_turnd")),
@@ -125,6 +151,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--memory-allocations" => {
                 o.memory_allocations = value()?.parse().map_err(|_| "bad --memory-allocations")?
             }
+            "--turnd-workers" => o.turnd_workers = value()?.parse().map_err(|_| "bad --turnd-workers")?,
             "--coturn-threads" => {
                 let v = value()?;
                 o.coturn_threads =
@@ -245,7 +272,7 @@ impl Bench {
         let mut kinds = Vec::new();
         for s in &self.o.servers {
             match s.as_str() {
-                "turnd" => kinds.push(Kind::Turnd),
+                "turnd" => kinds.push(Kind::Turnd { workers: self.o.turnd_workers }),
                 "coturn" if self.setup.coturn.is_some() => kinds.push(Kind::Coturn { threads: self.o.coturn_threads }),
                 "coturn" => eprintln!("note: coturn skipped: `turnserver` not found (apt-get install coturn)"),
                 "forwarder" => kinds.push(Kind::Forwarder),
@@ -265,6 +292,14 @@ impl Bench {
             }
         }
         self.json.push(value);
+    }
+
+    /// Emits `value`, a measurement of `server`, with turnd's worker count.
+    fn emit_for(&mut self, server: &procs::Server, mut value: Value) {
+        if let Some(workers) = server.workers {
+            value["workers"] = json!(workers);
+        }
+        self.emit(value);
     }
 
     fn run(&mut self) -> std::io::Result<()> {
@@ -313,7 +348,11 @@ impl Bench {
             .unwrap_or_else(|| "not installed".into());
         let run = if self.o.quick { "quick run" } else { "full run" };
         println!("turnd load bench ({run}): {cores} vCPU, {cpu}, Linux {kernel}, load average {}", load.join(" "));
-        println!("turnd: {} | coturn: {coturn} (relay threads: {:?}) | window {} per allocation | {} s windows after {} s warm-up",
+        let workers = match self.o.turnd_workers {
+            0 => "one per core".to_string(),
+            n => n.to_string(),
+        };
+        println!("turnd: {} (workers: {workers}) | coturn: {coturn} (relay threads: {}) | window {} per allocation | {} s windows after {} s warm-up",
             self.o.turnd.display(), self.o.coturn_threads.map_or("default".to_string(), |t| t.to_string()),
             self.o.window, self.o.duration.as_secs_f64(), self.o.warmup.as_secs_f64());
         if self.o.realtime {
@@ -322,13 +361,18 @@ impl Bench {
             println!("note: the machine is busy (load average above 0.5): figures will be noisier than usual");
         }
         let value = json!({"kind": "machine", "cpus": cores, "cpu_model": cpu, "kernel": kernel,
-            "loadavg": load, "coturn": coturn, "realtime": self.o.realtime, "options": format!("{:?}", self.o)});
+            "loadavg": load, "coturn": coturn, "turnd_workers": self.o.turnd_workers, "realtime": self.o.realtime, "options": format!("{:?}", self.o)});
         self.emit(value);
     }
 
     fn start(&self, kind: &Kind, header: usize) -> std::io::Result<procs::Server> {
+        self.start_in(&self.setup, kind, header)
+    }
+
+    /// Starts `kind` with `setup` instead of the bench's own (other relay ports).
+    fn start_in(&self, setup: &Setup, kind: &Kind, header: usize) -> std::io::Result<procs::Server> {
         let peer = udp::local_v4(&self.peer)?;
-        procs::start(&self.setup, kind, &self.client, peer, header)
+        procs::start(setup, kind, &self.client, peer, header)
     }
 
     fn relay_matrix(&mut self) -> std::io::Result<()> {
@@ -360,7 +404,7 @@ impl Bench {
                 // turns, so a change in background load hits them alike.
                 let mut servers = Vec::new();
                 for kind in &kinds {
-                    match self.prepared(kind, mode, allocations, peer) {
+                    match self.prepared(&self.setup, kind, mode, allocations, peer) {
                         Ok(server) => servers.push(server),
                         Err(e) => eprintln!("note: {} not measured: {e}", kind.label()),
                     }
@@ -382,6 +426,8 @@ impl Bench {
                     }
                     for (server, mut runs) in servers.iter().zip(runs) {
                         runs.sort_by(|a, b| a.window.cpu_us_per_unit().total_cmp(&b.window.cpu_us_per_unit()));
+                        // Every window for the JSON line, the median one included.
+                        let all: Vec<f64> = runs.iter().map(|r| r.window.cpu_us_per_unit()).collect();
                         let outcome = runs.swap_remove(runs.len() / 2);
                         let peak = procs::status_kb(server.pid, "VmHWM").unwrap_or(0);
                         let w = outcome.window;
@@ -400,7 +446,9 @@ impl Bench {
                             peak,
                             w.generator_percent()
                         );
-                        self.emit(json!({"kind": "relay", "server": server.label, "mode": mode.label(),
+                        self.emit_for(
+                            server,
+                            json!({"kind": "relay", "server": server.label, "mode": mode.label(),
                             "allocations": allocations, "payload": payload, "window": self.o.window,
                             "repeats": self.o.repeat, "seconds": w.seconds, "round_trips": w.units,
                             "round_trips_per_s": w.per_second(), "p50_us": outcome.p50_us, "p99_us": outcome.p99_us,
@@ -408,7 +456,8 @@ impl Bench {
                             "server_cpu_s": w.cpu_seconds, "server_cpu_percent": w.cpu_percent(),
                             "cpu_us_per_round_trip": w.cpu_us_per_unit(), "peak_rss_kb": peak,
                             "generator_cpu_percent": w.generator_percent(),
-                            "cpu_us_per_round_trip_all": runs.iter().map(|r| r.window.cpu_us_per_unit()).collect::<Vec<_>>()}));
+                            "cpu_us_per_round_trip_all": all}),
+                        );
                         self.relay.push((mode, allocations, payload, server.label.clone(), outcome));
                     }
                 }
@@ -417,15 +466,17 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts `kind` with `allocations` allocations ready for `mode` towards `peer`.
+    /// Starts `kind` from `setup` with `allocations` allocations ready for `mode` towards
+    /// `peer`.
     fn prepared(
         &self,
+        setup: &Setup,
         kind: &Kind,
         mode: Mode,
         allocations: usize,
         peer: SocketAddrV4,
     ) -> std::io::Result<procs::Server> {
-        let server = self.start(kind, mode.header())?;
+        let server = self.start_in(setup, kind, mode.header())?;
         if *kind == Kind::Forwarder {
             relay::prime_forwarder(&self.clients(), server.addr, allocations, mode, &self.peer);
             return Ok(server);
@@ -460,9 +511,12 @@ impl Bench {
                 w.cpu_percent(),
                 w.cpu_us_per_unit()
             );
-            self.emit(json!({"kind": "binding", "server": server.label, "sessions": 64, "seconds": w.seconds,
+            self.emit_for(
+                &server,
+                json!({"kind": "binding", "server": server.label, "sessions": 64, "seconds": w.seconds,
                 "responses": w.units, "responses_per_s": w.per_second(), "server_cpu_s": w.cpu_seconds,
-                "server_cpu_percent": w.cpu_percent(), "cpu_us_per_response": w.cpu_us_per_unit()}));
+                "server_cpu_percent": w.cpu_percent(), "cpu_us_per_response": w.cpu_us_per_unit()}),
+            );
             self.binding.push((server.label.clone(), w));
         }
         Ok(())
@@ -497,7 +551,7 @@ impl Bench {
                 rss,
                 peak
             );
-            self.emit(json!({"kind": "churn", "server": server.label, "sessions": 32, "seconds": w.seconds,
+            self.emit_for(&server, json!({"kind": "churn", "server": server.label, "sessions": 32, "seconds": w.seconds,
                 "pairs": w.units, "pairs_per_s": w.per_second(), "server_cpu_s": w.cpu_seconds,
                 "server_cpu_percent": w.cpu_percent(), "pairs_per_cpu_second": per_cpu,
                 "extra_challenges_per_pair": retries, "requests_per_pair": churn.totals.requests as f64 / pairs_total as f64,
@@ -529,66 +583,171 @@ impl Bench {
             let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid)).map_or(0, |d| d.count());
             let per = (rss1.saturating_sub(rss0) * 1024) as f64 / ok.max(1) as f64;
             println!("{:<12}{:>10}{:>12}{:>14.0}{:>9}{:>10}", server.label, rss0, rss1, per, ok, fds);
-            self.emit(json!({"kind": "memory", "server": server.label, "allocations": ok, "rss0_kb": rss0,
-                "rss_kb": rss1, "bytes_per_allocation": per, "fds": fds}));
+            self.emit_for(
+                &server,
+                json!({"kind": "memory", "server": server.label, "allocations": ok, "rss0_kb": rss0,
+                "rss_kb": rss1, "bytes_per_allocation": per, "fds": fds}),
+            );
             self.memory.push((server.label.clone(), rss0, rss1, ok));
         }
         Ok(())
     }
 
+    /// The same channel workload through turnd with one worker and with one per core,
+    /// and through coturn single-threaded and with its default thread count. The servers
+    /// run at once, each on its own relay ports, and take turns, as in the relay matrix;
+    /// the window with the median round trips per second is shown.
+    ///
+    /// Spreading over SO_REUSEPORT: the generator speaks for each allocation from its own
+    /// source address (`control::source`, 127.10.x.y) through one socket and one port, so
+    /// the allocations are distinct client 5-tuples that differ in the source address
+    /// rather than the source port. Linux picks the socket of a SO_REUSEPORT group by a
+    /// hash of the whole 4-tuple (`udp_ehashfn` over both addresses and both ports, then
+    /// `reuseport_select_sock`), so 1,000 source addresses spread over turnd's workers as
+    /// 1,000 source ports would: evenly to within a few percent.
     fn scale_runs(&mut self) -> std::io::Result<()> {
-        let (mode, allocations, payload) = (Mode::Channel, 200, 100);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spec = Spec {
+            mode: Mode::Channel,
+            allocations: SCALE_ALLOCATIONS,
+            payload: SCALE_PAYLOAD,
+            window: self.o.window,
+            warmup: self.o.warmup,
+            duration: self.o.duration,
+        };
         println!(
-            "\n== scale: channel, {allocations} allocations, {payload} B; turnd has one event loop (one core) today"
+            "\n== scale: channel, {} allocations, {} B, {} packets in flight per allocation ({} in all: p99 is mostly \
+             queueing); turnd with 1 worker and with {cores} (one per core), coturn single-threaded and with its \
+             default threads; median rt/s of {} windows per server, servers interleaved",
+            spec.allocations,
+            spec.payload,
+            spec.window,
+            spec.allocations * spec.window,
+            self.o.repeat
         );
-        println!("{:<26}{:>9}{:>8}{:>11}{:>9}", "server", "rt/s", "cpu%", "cpu us/rt", "threads");
-        let mut kinds = vec![Kind::Turnd];
+        let cpus = procs::cpus_allowed(std::process::id()).unwrap_or_else(|| "unknown".into());
+        println!(
+            "note: the generator (one thread of this process: every client and the echo peer) ran on CPUs {cpus}, \
+             the same {cores} cores as the servers; gen% is its own CPU, which no server thread can have"
+        );
+        // Two servers of a kind run at once: each gets half of its kind's relay ports.
+        let halves = |(lo, hi): (u16, u16)| {
+            let mid = lo + (hi - lo) / 2;
+            [(lo, mid), (mid + 1, hi)]
+        };
+        let [turnd_one, turnd_all] = halves(self.setup.turnd_ports);
+        let [coturn_one, coturn_all] = halves(self.setup.coturn_ports);
+        let all_workers = Kind::Turnd { workers: cores };
+        let mut plan = Vec::new();
+        if self.o.servers.iter().any(|s| s == "turnd") {
+            plan.push(("turnd, 1 worker".to_string(), Kind::Turnd { workers: 1 }, turnd_one));
+            if cores > 1 {
+                plan.push((format!("turnd, {cores} workers"), all_workers.clone(), turnd_all));
+            } else {
+                println!("note: one core available: turnd runs with one worker only");
+            }
+        }
         if self.setup.coturn.is_some() && self.o.servers.iter().any(|s| s == "coturn") {
-            kinds.push(Kind::Coturn { threads: Some(0) });
-            kinds.push(Kind::Coturn { threads: None });
+            plan.push(("coturn -m 0 (1 thread)".to_string(), Kind::Coturn { threads: Some(0) }, coturn_one));
+            plan.push(("coturn default threads".to_string(), Kind::Coturn { threads: None }, coturn_all));
         }
         let peer = udp::local_v4(&self.peer)?;
-        for kind in kinds {
-            let server = self.start(&kind, mode.header())?;
-            let (convs, _) = sessions::allocate(
-                &self.clients(),
-                server.addr,
-                allocations,
-                Prepare::Channel,
-                peer,
-                Duration::from_secs(60),
-            );
-            if convs.iter().any(|c| c.relay.is_none()) {
-                eprintln!("note: allocations failed on {}; skipped", server.label);
-                continue;
+        let mut servers = Vec::new();
+        for (label, kind, ports) in plan {
+            let setup = Setup { turnd_ports: ports, coturn_ports: ports, ..self.setup.clone() };
+            match self.prepared(&setup, &kind, spec.mode, spec.allocations, peer) {
+                Ok(server) => servers.push((label, kind, server)),
+                Err(e) => eprintln!("note: {label} not measured: {e}"),
             }
-            let spec = Spec {
-                mode,
-                allocations,
-                payload,
-                window: self.o.window,
-                warmup: self.o.warmup,
-                duration: self.o.duration,
-            };
-            let outcome = relay::run(&self.clients(), &self.peer, server.addr, server.pid, &spec);
+        }
+        let before: Vec<_> = servers.iter().map(|(_, _, s)| procs::thread_cpu(s.pid)).collect();
+        let mut runs: Vec<Vec<relay::Outcome>> = vec![Vec::new(); servers.len()];
+        for _ in 0..self.o.repeat {
+            for ((_, _, server), runs) in servers.iter().zip(&mut runs) {
+                runs.push(relay::run(&self.clients(), &self.peer, server.addr, server.pid, &spec));
+            }
+        }
+        // How each turnd's CPU divided over its threads while it relayed: with workers,
+        // this is where an uneven SO_REUSEPORT spread would show.
+        let spreads: Vec<Option<String>> = servers
+            .iter()
+            .zip(&before)
+            .map(|((label, kind, server), before)| {
+                matches!(kind, Kind::Turnd { .. })
+                    .then(|| format!("{label}: {}", thread_shares(before, &procs::thread_cpu(server.pid))))
+            })
+            .collect();
+        println!(
+            "{:<26}{:>9}{:>8}{:>11}{:>9}{:>9}{:>8}{:>6}",
+            "server", "rt/s", "cpu%", "cpu us/rt", "threads", "p99 us", "loss%", "gen%"
+        );
+        let mut measured: Vec<(Kind, Window)> = Vec::new();
+        for ((label, kind, server), mut runs) in servers.into_iter().zip(runs) {
+            runs.sort_by(|a, b| a.window.per_second().total_cmp(&b.window.per_second()));
+            // Every window for the JSON line, the median one included.
+            let all: Vec<f64> = runs.iter().map(|r| r.window.per_second()).collect();
+            let outcome = runs.swap_remove(runs.len() / 2);
             let threads = procs::threads(server.pid).unwrap_or(0);
             let w = outcome.window;
-            let label = match kind {
-                Kind::Turnd => "turnd (1 event loop)".to_string(),
-                Kind::Coturn { threads: Some(0) } => "coturn -m 0 (1 thread)".to_string(),
-                _ => "coturn default (all cores)".to_string(),
-            };
             println!(
-                "{:<26}{:>9.0}{:>8.0}{:>11.2}{:>9}",
+                "{:<26}{:>9.0}{:>8.0}{:>11.2}{:>9}{:>9.0}{:>8.2}{:>6.0}",
                 label,
                 w.per_second(),
                 w.cpu_percent(),
                 w.cpu_us_per_unit(),
-                threads
+                threads,
+                outcome.p99_us,
+                100.0 * outcome.loss(),
+                w.generator_percent()
             );
-            self.emit(json!({"kind": "scale", "server": label, "mode": mode.label(), "allocations": allocations,
-                "payload": payload, "round_trips_per_s": w.per_second(), "server_cpu_percent": w.cpu_percent(),
-                "cpu_us_per_round_trip": w.cpu_us_per_unit(), "threads": threads, "p99_us": outcome.p99_us}));
+            self.emit_for(
+                &server,
+                json!({"kind": "scale", "server": label, "mode": spec.mode.label(),
+                    "allocations": spec.allocations, "payload": spec.payload, "window": spec.window,
+                    "repeats": self.o.repeat, "seconds": w.seconds, "round_trips_per_s": w.per_second(),
+                    "server_cpu_percent": w.cpu_percent(), "cpu_us_per_round_trip": w.cpu_us_per_unit(),
+                    "threads": threads, "p50_us": outcome.p50_us, "p99_us": outcome.p99_us, "loss": outcome.loss(),
+                    "generator_cpu_percent": w.generator_percent(), "round_trips_per_s_all": all}),
+            );
+            measured.push((kind, w));
+        }
+        if !spreads.iter().all(Option::is_none) {
+            println!("CPU by thread while relaying (share of the process's CPU; threads under 1% as \"other\"):");
+        }
+        for spread in spreads.into_iter().flatten() {
+            println!("  {spread}");
+        }
+
+        let window = |kind: &Kind| measured.iter().find(|m| &m.0 == kind).map(|m| m.1);
+        let one_worker = window(&Kind::Turnd { workers: 1 });
+        if let (Some(one), Some(all), true) = (one_worker, window(&all_workers), cores > 1) {
+            let ratio = all.per_second() / one.per_second().max(1e-9);
+            let cpu = all.cpu_percent() / one.cpu_percent().max(1e-9);
+            println!(
+                "turnd, {cores} workers / 1 worker: {ratio:.2}x the round trips per second ({cpu:.2}x the server CPU)"
+            );
+            // What was left for turnd's workers: the cores less what the generator used.
+            let left = cores as f64 - all.generator_percent() / 100.0;
+            println!(
+                "note: the generator used {:.0}% of a core beside turnd's {cores} workers, leaving them at most {left:.1} \
+                 of the {cores} cores (less whatever else ran: see the load average above); the ratio is bounded by \
+                 what this machine had left, not by turnd alone",
+                all.generator_percent()
+            );
+            self.emit(json!({"kind": "scale_ratio", "server": "turnd", "workers": cores, "baseline_workers": 1,
+                "throughput_ratio": ratio, "cpu_ratio": cpu, "generator_cpu_percent": all.generator_percent(),
+                "cores": cores}));
+        }
+        let coturn = (window(&Kind::Coturn { threads: Some(0) }), window(&Kind::Coturn { threads: None }));
+        if let (Some(single), Some(default)) = coturn {
+            let ratio = default.per_second() / single.per_second().max(1e-9);
+            let cpu = default.cpu_percent() / single.cpu_percent().max(1e-9);
+            println!(
+                "coturn default threads / -m 0: {ratio:.2}x the round trips per second ({cpu:.2}x the server CPU)"
+            );
+            self.emit(json!({"kind": "scale_ratio", "server": "coturn", "relay_threads": "default",
+                "baseline_relay_threads": 0, "throughput_ratio": ratio, "cpu_ratio": cpu,
+                "generator_cpu_percent": default.generator_percent(), "cores": cores}));
         }
         Ok(())
     }
@@ -598,6 +757,7 @@ impl Bench {
         println!("\n== targets (ratios are turnd / other)");
         let mut rows: Vec<Value> = Vec::new();
         let coturn = Kind::Coturn { threads: self.o.coturn_threads }.label();
+        let turnd = Kind::Turnd { workers: self.o.turnd_workers }.label();
         let find = |mode: Mode, n: usize, p: usize, label: &str| {
             self.relay.iter().find(|r| r.0 == mode && r.1 == n && r.2 == p && r.3 == label).map(|r| r.4.clone())
         };
@@ -605,7 +765,7 @@ impl Bench {
         for &mode in &self.o.modes {
             for &n in &self.o.allocations {
                 for &p in &self.o.payloads {
-                    if let Some(t) = find(mode, n, p, "turnd") {
+                    if let Some(t) = find(mode, n, p, &turnd) {
                         cells.push((mode, n, p, t, find(mode, n, p, "forwarder"), find(mode, n, p, &coturn)));
                     }
                 }
@@ -626,12 +786,12 @@ impl Bench {
             }
         }
         let binding = |label: &str| self.binding.iter().find(|b| b.0 == label).map(|b| b.1);
-        if let (Some(t), Some(c)) = (binding("turnd"), binding(&coturn)) {
+        if let (Some(t), Some(c)) = (binding(&turnd), binding(&coturn)) {
             let ratio = t.cpu_us_per_unit() / c.cpu_us_per_unit();
             rows.push(target("Binding: cpu/response vs coturn <= 0.65", ratio, ratio <= 0.65));
         }
         let churn = |label: &str| self.churn.iter().find(|b| b.0 == label).cloned();
-        if let (Some(t), Some(c)) = (churn("turnd"), churn(&coturn)) {
+        if let (Some(t), Some(c)) = (churn(&turnd), churn(&coturn)) {
             let per = |w: &Window| w.units as f64 / w.cpu_seconds.max(1e-9);
             let ratio = per(&t.1) / per(&c.1);
             rows.push(target("Allocate+Refresh(0): pairs per cpu-second vs coturn >= 3", ratio, ratio >= 3.0));
@@ -642,7 +802,7 @@ impl Bench {
             rows.push(target("Allocate+Refresh(0): turnd peak RSS / RSS before (no spike)", spike, ok));
         }
         let memory = |label: &str| self.memory.iter().find(|m| m.0 == label).cloned();
-        if let (Some(t), Some(c)) = (memory("turnd"), memory(&coturn)) {
+        if let (Some(t), Some(c)) = (memory(&turnd), memory(&coturn)) {
             let per = |m: &(String, u64, u64, usize)| (m.2.saturating_sub(m.1) * 1024) as f64 / m.3.max(1) as f64;
             let ratio = per(&t) / per(&c);
             rows.push(target("Memory: bytes per idle allocation vs coturn <= 0.25", ratio, ratio <= 0.25));
@@ -663,6 +823,36 @@ fn realtime() -> std::io::Result<()> {
         return Err(std::io::Error::other(format!("--realtime: {}", std::io::Error::last_os_error())));
     }
     Ok(())
+}
+
+/// Each thread's share of the CPU a process used between two `procs::thread_cpu` samples,
+/// busiest first ("tokio-rt-worker 49%, ..."); threads under 1% are summed as "other".
+fn thread_shares(before: &[(u32, String, f64)], after: &[(u32, String, f64)]) -> String {
+    let mut used: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(tid, name, cpu)| {
+            let earlier = before.iter().find(|b| b.0 == *tid).map_or(0.0, |b| b.2);
+            (name.as_str(), cpu - earlier)
+        })
+        .collect();
+    let total: f64 = used.iter().map(|u| u.1).sum();
+    if total <= 0.0 {
+        return "no CPU used".into();
+    }
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut parts: Vec<String> = Vec::new();
+    let mut other = 0.0;
+    for (name, cpu) in used {
+        if cpu / total < 0.01 {
+            other += cpu;
+        } else {
+            parts.push(format!("{name} {:.0}%", 100.0 * cpu / total));
+        }
+    }
+    if other > 0.0 {
+        parts.push(format!("other {:.0}%", 100.0 * other / total));
+    }
+    parts.join(", ")
 }
 
 fn target(name: &str, ratio: f64, met: bool) -> Value {
@@ -689,29 +879,38 @@ fn smoke() {
     .expect("smoke options");
     let mut bench = Bench::new(options).expect("bench setup");
     let peer = udp::local_v4(&bench.peer).expect("peer");
-    for mode in [Mode::Channel, Mode::Send] {
-        for kind in [Kind::Turnd, Kind::Forwarder] {
-            let server = bench.start(&kind, mode.header()).expect("server starts");
-            if kind == Kind::Turnd {
-                let prepare = if mode == Mode::Channel { Prepare::Channel } else { Prepare::Permission };
-                let (convs, _) =
-                    sessions::allocate(&bench.clients(), server.addr, 4, prepare, peer, Duration::from_secs(10));
-                assert!(convs.iter().all(|c| c.relay.is_some() && c.error.is_none()), "allocations on turnd");
-            }
-            let spec = Spec {
-                mode,
-                allocations: 4,
-                payload: 100,
-                window: 2,
-                warmup: Duration::from_millis(100),
-                duration: Duration::from_millis(300),
-            };
-            let outcome = relay::run(&bench.clients(), &bench.peer, server.addr, server.pid, &spec);
-            assert!(outcome.window.units > 0, "{} relayed nothing in {} mode", server.label, mode.label());
-            println!("smoke: {} {} mode: {} round trips", server.label, mode.label(), outcome.window.units);
+    // One worker, as the main comparison runs it; then two in channel mode, as the scale
+    // section runs it: 16 allocations all hash to one worker once in 2^15 runs.
+    let turnd = Kind::Turnd { workers: 1 };
+    let allocations = 16;
+    let cells = [
+        (Mode::Channel, turnd.clone()),
+        (Mode::Channel, Kind::Forwarder),
+        (Mode::Send, turnd.clone()),
+        (Mode::Send, Kind::Forwarder),
+        (Mode::Channel, Kind::Turnd { workers: 2 }),
+    ];
+    for (mode, kind) in cells {
+        let server = bench.start(&kind, mode.header()).expect("server starts");
+        if kind != Kind::Forwarder {
+            let prepare = if mode == Mode::Channel { Prepare::Channel } else { Prepare::Permission };
+            let (convs, _) =
+                sessions::allocate(&bench.clients(), server.addr, allocations, prepare, peer, Duration::from_secs(10));
+            assert!(convs.iter().all(|c| c.relay.is_some() && c.error.is_none()), "allocations on {}", server.label);
         }
+        let spec = Spec {
+            mode,
+            allocations,
+            payload: 100,
+            window: 2,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(300),
+        };
+        let outcome = relay::run(&bench.clients(), &bench.peer, server.addr, server.pid, &spec);
+        assert!(outcome.window.units > 0, "{} relayed nothing in {} mode", server.label, mode.label());
+        println!("smoke: {} {} mode: {} round trips", server.label, mode.label(), outcome.window.units);
     }
-    let server = bench.start(&Kind::Turnd, 0).expect("turnd starts");
+    let server = bench.start(&turnd, 0).expect("turnd starts");
     let mut meter = Meter::new(server.pid, Duration::ZERO, Duration::from_millis(200));
     let until = Instant::now() + Duration::from_millis(250);
     let churn = sessions::churn(&bench.clients(), server.addr, 4, &bench.churn_pool, &mut meter, until);

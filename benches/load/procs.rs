@@ -23,8 +23,9 @@ const PROFILED_STOP_GRACE: Duration = Duration::from_secs(30);
 /// Which server, and how it is configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// turnd from this tree.
-    Turnd,
+    /// turnd from this tree, with its `workers` key (1: one event loop; 0: one per
+    /// available core).
+    Turnd { workers: usize },
     /// coturn; `threads` is its `--relay-threads` (0: single-threaded mode; `None`:
     /// its default, one relay thread per CPU).
     Coturn { threads: Option<u32> },
@@ -35,7 +36,10 @@ pub enum Kind {
 impl Kind {
     pub fn label(&self) -> String {
         match self {
-            Kind::Turnd => "turnd".into(),
+            // One event loop is the plain name, as coturn's single-threaded mode is.
+            Kind::Turnd { workers: 1 } => "turnd".into(),
+            Kind::Turnd { workers: 0 } => "turnd(w=auto)".into(),
+            Kind::Turnd { workers } => format!("turnd(w={workers})"),
             Kind::Coturn { threads: None } => "coturn(default threads)".into(),
             Kind::Coturn { threads: Some(0) } => "coturn".into(),
             Kind::Coturn { threads: Some(n) } => format!("coturn(-m {n})"),
@@ -65,6 +69,8 @@ pub struct Server {
     pub pid: u32,
     pub addr: SocketAddrV4,
     pub label: String,
+    /// turnd's configured `workers` (None for the other servers).
+    pub workers: Option<usize>,
 }
 
 impl Drop for Server {
@@ -109,28 +115,30 @@ fn free_port() -> io::Result<u16> {
 /// Starts `kind`. `peer` and `header` only matter for the forwarder.
 pub fn start(setup: &Setup, kind: &Kind, client: &UdpSocket, peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     match kind {
-        Kind::Turnd => start_turnd(setup, client),
+        Kind::Turnd { workers } => start_turnd(setup, *workers, client),
         Kind::Coturn { threads } => start_coturn(setup, *threads, client),
         Kind::Forwarder => start_forwarder(peer, header),
     }
 }
 
-fn start_turnd(setup: &Setup, client: &UdpSocket) -> io::Result<Server> {
+fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<Server> {
     let port = free_port()?;
     let (min, max) = setup.turnd_ports;
-    // Limits raised for the 10,000-allocation memory run; everything else is turnd's
-    // default (including info-level logging, as coturn logs at its default too).
+    // Limits raised for the 10,000-allocation memory run and the worker count written
+    // out (turnd's default is one per core); everything else is turnd's default
+    // (including info-level logging, as coturn logs at its default too).
     let config = format!(
-        "realm = \"r\"\ndrain-time = \"0s\"\n\
+        "realm = \"r\"\ndrain-time = \"0s\"\nworkers = {workers}\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
          [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\
          [[auth.user]]\nname = \"u\"\npassword = \"p\"\n\
          [limits]\ntotal-allocations = 50000\nallocations-per-user = 50000\nallocations-per-ip = 50000\n\
          [admin]\nenabled = false\n"
     );
-    let path = setup.dir.join("turnd.toml");
+    // Files named after the port: the scale section runs two turnd at once.
+    let path = setup.dir.join(format!("turnd-{port}.toml"));
     std::fs::write(&path, config)?;
-    let log = std::fs::File::create(setup.dir.join("turnd.log"))?;
+    let log = std::fs::File::create(setup.dir.join(format!("turnd-{port}.log")))?;
     let mut command = match setup.turnd_prefix.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -142,7 +150,9 @@ fn start_turnd(setup: &Setup, client: &UdpSocket) -> io::Result<Server> {
     command.arg("serve").arg("-c").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     die_with_parent(&mut command);
     let child = command.spawn()?;
-    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), "turnd", client, setup.verbose)?;
+    let label = Kind::Turnd { workers }.label();
+    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)?;
+    server.workers = Some(workers);
     if !setup.turnd_prefix.is_empty() {
         server.grace = PROFILED_STOP_GRACE;
     }
@@ -172,9 +182,10 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     if let Some(threads) = threads {
         command.args(["--relay-threads", &threads.to_string()]);
     }
-    command.arg("--pidfile").arg(dir.join("coturn.pid"));
-    command.arg("--db").arg(dir.join("coturn.sqlite"));
-    command.arg("--log-file").arg(dir.join("coturn.log")).arg("--simple-log").arg("--no-stdout-log");
+    // Files named after the port: the scale section runs two coturn at once.
+    command.arg("--pidfile").arg(dir.join(format!("coturn-{port}.pid")));
+    command.arg("--db").arg(dir.join(format!("coturn-{port}.sqlite")));
+    command.arg("--log-file").arg(dir.join(format!("coturn-{port}.log"))).arg("--simple-log").arg("--no-stdout-log");
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     die_with_parent(&mut command);
     let child = command.spawn()?;
@@ -203,7 +214,7 @@ fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, 
                 if verbose {
                     eprintln!("  {label} (pid {pid}) ready on {addr}");
                 }
-                return Ok(Server { child, grace: STOP_GRACE, pid, addr, label: label.to_owned() });
+                return Ok(Server { child, grace: STOP_GRACE, pid, addr, label: label.to_owned(), workers: None });
             }
         }
     }
@@ -224,7 +235,7 @@ fn start_forwarder(peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
     match addr {
-        Some(addr) => Ok(Server { child, grace: STOP_GRACE, pid, addr, label: "forwarder".into() }),
+        Some(addr) => Ok(Server { child, grace: STOP_GRACE, pid, addr, label: "forwarder".into(), workers: None }),
         None => {
             stop(&mut child, STOP_GRACE);
             Err(io::Error::other(format!("forwarder did not start: {line:?}")))
@@ -235,9 +246,13 @@ fn start_forwarder(peer: SocketAddrV4, header: usize) -> io::Result<Server> {
 /// User plus system CPU time of a whole process (all its threads), in seconds, from
 /// fields 14 and 15 of `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User plus system CPU seconds from the text of a `stat` file (a process's or a thread's).
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name may hold spaces: count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
@@ -259,6 +274,30 @@ pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].trim_start_matches(':').split_whitespace().next()?.parse().ok()
+}
+
+/// The CPUs a process may run on, as the kernel lists them (`0-1`), from
+/// `Cpus_allowed_list` in `/proc/PID/status`.
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line["Cpus_allowed_list:".len()..].trim().to_owned())
+}
+
+/// CPU seconds of each thread of a process so far, by thread id, with the thread's name
+/// (`/proc/PID/task/TID/comm` and `stat`), in thread id order.
+pub fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut threads: Vec<(u32, String, f64)> = tasks
+        .filter_map(|t| {
+            let tid: u32 = t.ok()?.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            Some((tid, name.trim().to_owned(), stat_cpu_seconds(&stat)?))
+        })
+        .collect();
+    threads.sort_by_key(|t| t.0);
+    threads
 }
 
 /// Threads of a process.
