@@ -5,8 +5,10 @@
 
 mod epoll;
 pub mod framing;
+mod outbox;
 pub mod relay_socket;
 pub mod report;
+mod sockaddr;
 pub mod stream;
 mod tcp_relay;
 pub mod tls;
@@ -21,7 +23,8 @@ use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{EndReason, Event, Output};
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use epoll::Epoll;
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use outbox::{Outbox, Payload};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -50,6 +53,9 @@ static RELAY_BIND_FAILING: AtomicBool = AtomicBool::new(false);
 /// One relay receive slot: room for the relay header in front of the largest datagram
 /// and for padding after it.
 const RELAY_SLOT: usize = PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM;
+/// Relay receive slots: relayed packets wait in theirs, framed, until the outbox is
+/// flushed, so there is a slot for every datagram the outbox can hold.
+const RELAY_SLOTS: usize = outbox::CAPACITY;
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
 
@@ -118,7 +124,12 @@ pub struct EventLoop {
     relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
     epoll: Epoll,
     recv_slots: Vec<u8>,
+    /// [`RELAY_SLOTS`] receive slots for relay sockets.
     relay_buf: Vec<u8>,
+    /// The first relay slot not holding a datagram that waits in `outbox`.
+    next_slot: usize,
+    /// Datagrams for UDP clients, sent in batches.
+    outbox: Outbox,
     events: Vec<libc::epoll_event>,
     ready: Vec<u64>,
     publisher: Publisher,
@@ -160,7 +171,9 @@ impl EventLoop {
             relays: HashMap::new(),
             epoll,
             recv_slots: vec![0; BATCH * MAX_DATAGRAM],
-            relay_buf: vec![0; RELAY_SLOT * relay_socket::BATCH],
+            relay_buf: vec![0; RELAY_SLOT * RELAY_SLOTS],
+            next_slot: 0,
+            outbox: Outbox::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,
@@ -218,6 +231,7 @@ impl EventLoop {
             }
             self.core.handle_timeout(Instant::now());
             self.drain_outputs();
+            self.flush();
         }
     }
 
@@ -303,16 +317,35 @@ impl EventLoop {
         }
     }
 
-    /// Sends a framed message to a client on any transport.
-    fn send_to_client(&self, to: FiveTuple, contents: &[u8]) {
+    /// Sends a framed message to a client on any transport: over UDP through the
+    /// outbox (flushed when full and after every pass over the ready sockets).
+    fn send_to_client(&mut self, to: FiveTuple, payload: Payload) {
         if to.transport == Transport::Udp {
-            if let Some(listener) = listener_for(&self.listeners, to.server) {
-                send_udp(listener, to, contents);
+            let Some(listener) = listener_for(&self.listeners, to.server) else {
+                return;
+            };
+            let (socket, from) =
+                (listener.socket.as_raw_fd(), listener.local.ip().is_unspecified().then_some(to.server.ip()));
+            if self.outbox.is_full() {
+                self.flush();
             }
+            self.outbox.push(socket, to.client, from, payload);
         } else if let Some(queue) = self.streams.get(&to) {
+            let bytes = match payload {
+                Payload::Owned(bytes) => bytes,
+                Payload::Slot(range) => self.relay_buf.get(range).map(<[u8]>::to_vec).unwrap_or_default(),
+            };
             // A full queue means the client is not reading: drop, as UDP would.
-            let _ = queue.try_send(Outbound::Bytes(contents.to_vec()));
+            let _ = queue.try_send(Outbound::Bytes(bytes));
         }
+    }
+
+    /// Sends what the outbox holds; the relay slots are free again afterwards.
+    fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            self.outbox.flush(&self.relay_buf);
+        }
+        self.next_slot = 0;
     }
 
     /// Copies the loop's state into the published snapshot.
@@ -347,6 +380,7 @@ impl EventLoop {
                 self.serve_relay(AllocationId(token >> 1), family);
             }
         }
+        self.flush();
         Ok(n)
     }
 
@@ -418,39 +452,41 @@ impl EventLoop {
 
     fn serve_relay(&mut self, id: AllocationId, family: Family) {
         for _ in 0..READS_PER_WAKE {
+            // Room for a whole batch, in the slots and in the outbox, so that nothing
+            // flushes while this batch's packets sit in their slots half-queued.
+            if self.next_slot + relay_socket::BATCH > RELAY_SLOTS || self.outbox.room() < relay_socket::BATCH {
+                self.flush();
+            }
             let Some(relay) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()) else {
                 return;
             };
-            let mut received = [None; relay_socket::BATCH];
-            let count = match relay_socket::recv_batch(
-                relay.as_raw_fd(),
-                &mut self.relay_buf,
-                RELAY_SLOT,
-                PEER_HEADROOM,
-                &mut received,
-            ) {
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // ICMP errors (port unreachable) surface here; the allocation lives on.
-                    debug!(error = %e, allocation = id.0, "receive error on relay socket");
-                    continue;
-                }
+            let base = self.next_slot * RELAY_SLOT;
+            let Some(area) = self.relay_buf.get_mut(base..base + relay_socket::BATCH * RELAY_SLOT) else {
+                return;
             };
+            let mut received = [None; relay_socket::BATCH];
+            let count =
+                match relay_socket::recv_batch(relay.as_raw_fd(), area, RELAY_SLOT, PEER_HEADROOM, &mut received) {
+                    Ok(count) => count,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        // ICMP errors (port unreachable) surface here; the allocation lives on.
+                        debug!(error = %e, allocation = id.0, "receive error on relay socket");
+                        continue;
+                    }
+                };
+            self.next_slot += count;
             let now = Instant::now();
             for (slot, entry) in received.iter().take(count).enumerate() {
                 let Some((len, peer)) = *entry else {
                     continue;
                 };
-                let start = slot * RELAY_SLOT + PEER_HEADROOM;
+                let start = base + slot * RELAY_SLOT + PEER_HEADROOM;
                 let Some(out) = self.core.handle_peer_packet(now, id, peer, &mut self.relay_buf, start..start + len)
                 else {
                     continue;
                 };
-                let Some(contents) = self.relay_buf.get(out.range.clone()) else {
-                    continue;
-                };
-                self.send_to_client(out.to, contents);
+                self.send_to_client(out.to, Payload::Slot(out.range));
             }
             if count < relay_socket::BATCH {
                 return;
@@ -461,7 +497,7 @@ impl EventLoop {
     fn drain_outputs(&mut self) {
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Transmit { to, bytes } => self.send_to_client(to, &bytes),
+                Output::Transmit { to, bytes } => self.send_to_client(to, Payload::Owned(bytes)),
                 Output::BindRelay { allocation, local, dont_fragment, tcp } => {
                     let result = if tcp {
                         self.open_tcp_relay(allocation, local)
@@ -609,19 +645,6 @@ fn listener_for(listeners: &[Listener], server: SocketAddr) -> Option<&Listener>
         .iter()
         .find(|l| l.local == server)
         .or_else(|| listeners.iter().find(|l| l.local.port() == server.port() && l.local.ip().is_unspecified()))
-}
-
-fn send_udp(listener: &Listener, to: FiveTuple, contents: &[u8]) {
-    let transmit = Transmit {
-        destination: to.client,
-        ecn: None,
-        contents,
-        segment_size: None,
-        src_ip: listener.local.ip().is_unspecified().then_some(to.server.ip()),
-    };
-    if let Err(e) = listener.state.try_send((&listener.socket).into(), &transmit) {
-        debug!(error = %e, client = %to.client, "send to client failed");
-    }
 }
 
 /// quinn-udp turns on GRO and path-MTU probing (DF) for QUIC; a TURN listener wants

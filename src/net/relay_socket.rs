@@ -71,32 +71,11 @@ pub fn recv_batch(
     }
     let n = (n as usize).min(count);
     for ((entry, header), addr) in received.iter_mut().zip(&headers).zip(&addrs).take(n) {
-        let from = socket_addr(addr, header.msg_hdr.msg_namelen);
+        let from = super::sockaddr::from_storage(addr, header.msg_hdr.msg_namelen);
         let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         *entry = from.filter(|_| !truncated).map(|from| (header.msg_len as usize, from));
     }
     Ok(n)
-}
-
-/// The sender a recvmmsg wrote, for the two families a relay socket can have.
-fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match libc::c_int::from(storage.ss_family) {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it is
-            // large and aligned enough for.
-            let v4 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-            Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for a sockaddr_in6.
-            let v6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(std::net::SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), v6.sin6_flowinfo, v6.sin6_scope_id).into())
-        }
-        _ => None,
-    }
 }
 
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {

@@ -1,0 +1,276 @@
+//! Datagrams for UDP clients, gathered while the loop serves its ready sockets and sent
+//! with one sendmmsg per listener instead of one sendmsg each. Peer packets relayed to
+//! clients stay where they were received (a slot of the loop's relay buffer, with the
+//! ChannelData or Data indication header written in front), so batching costs no
+//! copy; responses the core built are moved in. Everything queued goes out in order.
+
+use super::sockaddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::RawFd;
+use tracing::debug;
+
+/// Datagrams held at most; the loop flushes when full and at the end of every pass.
+pub const CAPACITY: usize = 64;
+
+/// Where a queued datagram's bytes are.
+#[derive(Debug)]
+pub enum Payload {
+    /// A range of the relay buffer passed to [`Outbox::flush`].
+    Slot(Range<usize>),
+    /// Bytes of its own (a response).
+    Owned(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    socket: RawFd,
+    to: SocketAddr,
+    /// The source address to send from, for a wildcard listener (IP_PKTINFO).
+    from: Option<IpAddr>,
+    payload: Payload,
+}
+
+/// Queued datagrams; see the module documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    entries: Vec<Entry>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox { entries: Vec::with_capacity(CAPACITY) }
+    }
+}
+
+/// Room for one IP_PKTINFO or IPV6_PKTINFO control message, aligned for cmsghdr.
+type Control = [u64; 6];
+
+impl Outbox {
+    /// Whether a push must wait for a flush.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= CAPACITY
+    }
+
+    /// How many more datagrams fit.
+    pub fn room(&self) -> usize {
+        CAPACITY.saturating_sub(self.entries.len())
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Queues a datagram for `to` on `socket` (sent from `from` when set). The caller
+    /// flushes first when [`Outbox::is_full`]; a push to a full outbox is dropped.
+    pub fn push(&mut self, socket: RawFd, to: SocketAddr, from: Option<IpAddr>, payload: Payload) {
+        if self.is_full() {
+            debug!(client = %to, "outbox full: datagram dropped");
+            return;
+        }
+        self.entries.push(Entry { socket, to, from, payload });
+    }
+
+    /// Sends everything queued, one sendmmsg per run of datagrams on one socket;
+    /// `slots` is the buffer [`Payload::Slot`] ranges point into. Returns how many
+    /// datagrams could not be sent (dropped, as a full socket buffer drops them).
+    pub fn flush(&mut self, slots: &[u8]) -> usize {
+        let mut failed = 0;
+        let mut start = 0;
+        while let Some(first) = self.entries.get(start) {
+            let socket = first.socket;
+            let run = self.entries[start..].iter().take_while(|e| e.socket == socket).count();
+            failed += send_run(socket, &self.entries[start..start + run], slots);
+            start += run;
+        }
+        self.entries.clear();
+        failed
+    }
+}
+
+/// Sends `entries` (all on `socket`, at most [`CAPACITY`]) with sendmmsg.
+fn send_run(socket: RawFd, entries: &[Entry], slots: &[u8]) -> usize {
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut headers: [libc::mmsghdr; CAPACITY] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovecs: [libc::iovec; CAPACITY] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_storage; CAPACITY] = unsafe { std::mem::zeroed() };
+    let mut controls: [Control; CAPACITY] = [[0; 6]; CAPACITY];
+    let mut count = 0;
+    let mut failed = 0;
+    for entry in entries.iter().take(CAPACITY) {
+        let bytes = match &entry.payload {
+            Payload::Owned(bytes) => Some(bytes.as_slice()),
+            Payload::Slot(range) => slots.get(range.clone()),
+        };
+        let Some(bytes) = bytes else {
+            failed += 1;
+            continue;
+        };
+        // sendmmsg only reads through iov_base; the cast to *mut is the C signature's.
+        iovecs[count] = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+        let msg = &mut headers[count].msg_hdr;
+        msg.msg_iov = &mut iovecs[count];
+        msg.msg_iovlen = 1;
+        msg.msg_namelen = sockaddr::to_storage(entry.to, &mut names[count]);
+        msg.msg_name = (&mut names[count] as *mut libc::sockaddr_storage).cast();
+        if let Some(from) = entry.from {
+            set_source(msg, &mut controls[count], from);
+        }
+        count += 1;
+    }
+    let mut sent = 0;
+    while sent < count {
+        // SAFETY: headers[sent..count] point at iovecs, payloads, names and control
+        // buffers that outlive the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(socket, headers.as_mut_ptr().add(sent), (count - sent) as libc::c_uint, libc::MSG_DONTWAIT)
+        };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            // The socket buffer is full: the rest would meet the same fate now.
+            io::ErrorKind::WouldBlock => {
+                failed += count - sent;
+                break;
+            }
+            // This datagram cannot be sent (unreachable destination, say); the others may.
+            _ => {
+                debug!(error = %error, "send to client failed");
+                failed += 1;
+                sent += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// Asks for `from` as the source address (a wildcard listener answers from the
+/// address the client wrote to).
+fn set_source(msg: &mut libc::msghdr, control: &mut Control, from: IpAddr) {
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of::<Control>() as _;
+    // SAFETY: msg_control points at `control`, large and aligned enough for one
+    // cmsghdr with an in_pktinfo or in6_pktinfo (checked by the assertions below).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        if cmsg.is_null() {
+            msg.msg_control = std::ptr::null_mut();
+            msg.msg_controllen = 0;
+            return;
+        }
+        match from {
+            IpAddr::V4(ip) => {
+                const LEN: u32 = std::mem::size_of::<libc::in_pktinfo>() as u32;
+                // SAFETY: CMSG_SPACE only computes a size.
+                const _: () = assert!(unsafe { libc::CMSG_SPACE(LEN) } as usize <= std::mem::size_of::<Control>());
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(LEN) as _;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+                msg.msg_controllen = libc::CMSG_SPACE(LEN) as _;
+            }
+            IpAddr::V6(ip) => {
+                const LEN: u32 = std::mem::size_of::<libc::in6_pktinfo>() as u32;
+                // SAFETY: CMSG_SPACE only computes a size.
+                const _: () = assert!(unsafe { libc::CMSG_SPACE(LEN) } as usize <= std::mem::size_of::<Control>());
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(LEN) as _;
+                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+                msg.msg_controllen = libc::CMSG_SPACE(LEN) as _;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn receiver(address: &str) -> UdpSocket {
+        let socket = UdpSocket::bind(address).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket
+    }
+
+    #[test]
+    fn one_flush_sends_slots_and_owned_bytes_in_order_to_each_destination() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (receiver("127.0.0.1:0"), receiver("127.0.0.1:0"));
+        let slots = b"....first....second".to_vec();
+        let mut outbox = Outbox::default();
+        let fd = sender.as_raw_fd();
+        outbox.push(fd, a.local_addr().unwrap(), None, Payload::Slot(4..9));
+        outbox.push(fd, b.local_addr().unwrap(), None, Payload::Owned(b"response".to_vec()));
+        outbox.push(fd, a.local_addr().unwrap(), None, Payload::Slot(13..19));
+        outbox.push(fd, a.local_addr().unwrap(), None, Payload::Slot(18..99)); // out of range
+        assert_eq!(outbox.flush(&slots), 1, "the bad range is the one failure");
+        assert!(outbox.is_empty());
+        let mut buf = [0u8; 64];
+        for (socket, want) in [(&a, &b"first"[..]), (&a, b"second"), (&b, b"response")] {
+            let (n, from) = socket.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (want, sender.local_addr().unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_wildcard_socket_sends_from_the_address_it_is_told() {
+        let sender = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = sender.local_addr().unwrap().port();
+        let to = receiver("127.0.0.1:0");
+        let mut outbox = Outbox::default();
+        for from in ["127.0.0.2", "127.0.0.1"] {
+            let source = from.parse().ok();
+            outbox.push(sender.as_raw_fd(), to.local_addr().unwrap(), source, Payload::Owned(from.into()));
+        }
+        assert_eq!(outbox.flush(&[]), 0);
+        let mut buf = [0u8; 64];
+        for from in ["127.0.0.2", "127.0.0.1"] {
+            let (n, source) = to.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], from.as_bytes());
+            assert_eq!(source, SocketAddr::new(from.parse().unwrap(), port));
+        }
+    }
+
+    #[test]
+    fn runs_on_different_sockets_each_go_out_and_a_full_outbox_drops() {
+        let (one, two) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let to = receiver("127.0.0.1:0");
+        let mut outbox = Outbox::default();
+        for i in 0..CAPACITY + 1 {
+            let socket = if i % 2 == 0 { &one } else { &two };
+            outbox.push(socket.as_raw_fd(), to.local_addr().unwrap(), None, Payload::Owned(vec![i as u8]));
+        }
+        assert!(outbox.is_full());
+        assert_eq!(outbox.flush(&[]), 0);
+        let mut buf = [0u8; 8];
+        let mut seen = Vec::new();
+        while let Ok((n, from)) = {
+            to.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            to.recv_from(&mut buf)
+        } {
+            assert_eq!(n, 1);
+            let expected = if buf[0] % 2 == 0 { &one } else { &two };
+            assert_eq!(from, expected.local_addr().unwrap());
+            seen.push(buf[0]);
+        }
+        assert_eq!(seen, (0..CAPACITY as u8).collect::<Vec<_>>(), "all but the one pushed when full, in order");
+    }
+}
