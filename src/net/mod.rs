@@ -130,6 +130,8 @@ pub struct EventLoop {
     next_slot: usize,
     /// Datagrams for UDP clients, sent in batches.
     outbox: Outbox,
+    /// Datagrams from one listener batch for peers, payloads still in `recv_slots`.
+    to_peers: Outbox,
     events: Vec<libc::epoll_event>,
     ready: Vec<u64>,
     publisher: Publisher,
@@ -174,6 +176,7 @@ impl EventLoop {
             relay_buf: vec![0; RELAY_SLOT * RELAY_SLOTS],
             next_slot: 0,
             outbox: Outbox::default(),
+            to_peers: Outbox::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,
@@ -431,17 +434,20 @@ impl EventLoop {
                         self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
                     }
                     if let Some(out) = relayed {
-                        if let (Some(relay), Some(payload)) =
-                            (self.relay_socket(out.allocation, out.peer), packet.get(out.payload.clone()))
-                        {
-                            if let Err(e) = relay.send_to(payload, out.peer) {
-                                debug!(error = %e, peer = %out.peer, "send to peer failed");
-                            }
+                        // Queued in place (the payload stays in its receive slot) and sent
+                        // after the batch, one sendmmsg per relay socket.
+                        if let Some(relay) = self.relay_socket(out.allocation, out.peer) {
+                            let payload = start + offset + out.payload.start..start + offset + out.payload.end;
+                            self.to_peers.push(relay.as_raw_fd(), out.peer, None, Payload::Slot(payload));
                         }
                     }
                     offset = end;
                     self.drain_outputs();
                 }
+            }
+            // Before the next receive reuses the slots the payloads are in.
+            if !self.to_peers.is_empty() {
+                self.to_peers.flush_by_socket(&self.recv_slots);
             }
             // A short batch drained the socket; level-triggered epoll says if more came.
             if count < BATCH {

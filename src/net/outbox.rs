@@ -25,6 +25,8 @@ pub enum Payload {
 
 #[derive(Debug)]
 struct Entry {
+    /// Push order, so that sorting by socket keeps each socket's datagrams in order.
+    seq: usize,
     socket: RawFd,
     to: SocketAddr,
     /// The source address to send from, for a wildcard listener (IP_PKTINFO).
@@ -70,7 +72,16 @@ impl Outbox {
             debug!(client = %to, "outbox full: datagram dropped");
             return;
         }
-        self.entries.push(Entry { socket, to, from, payload });
+        let seq = self.entries.len();
+        self.entries.push(Entry { seq, socket, to, from, payload });
+    }
+
+    /// Like [`Outbox::flush`], but first gathers each socket's datagrams (in order) so
+    /// that every socket gets one sendmmsg: for payloads bound to many relay sockets.
+    pub fn flush_by_socket(&mut self, slots: &[u8]) -> usize {
+        // Unstable sort on a unique key: no allocation, and order kept per socket.
+        self.entries.sort_unstable_by_key(|e| (e.socket, e.seq));
+        self.flush(slots)
     }
 
     /// Sends everything queued, one sendmmsg per run of datagrams on one socket;
@@ -272,5 +283,27 @@ mod tests {
             seen.push(buf[0]);
         }
         assert_eq!(seen, (0..CAPACITY as u8).collect::<Vec<_>>(), "all but the one pushed when full, in order");
+    }
+
+    #[test]
+    fn flush_by_socket_keeps_each_sockets_datagrams_in_order() {
+        let (one, two) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let to = receiver("127.0.0.1:0");
+        let slots: Vec<u8> = (0..10).collect();
+        let mut outbox = Outbox::default();
+        for i in 0..10usize {
+            let socket = if i % 3 == 0 { &one } else { &two };
+            outbox.push(socket.as_raw_fd(), to.local_addr().unwrap(), None, Payload::Slot(i..i + 1));
+        }
+        assert_eq!(outbox.flush_by_socket(&slots), 0);
+        let mut by_source: std::collections::HashMap<SocketAddr, Vec<u8>> = Default::default();
+        let mut buf = [0u8; 8];
+        for _ in 0..10 {
+            let (n, from) = to.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 1);
+            by_source.entry(from).or_default().push(buf[0]);
+        }
+        assert_eq!(by_source[&one.local_addr().unwrap()], vec![0, 3, 6, 9]);
+        assert_eq!(by_source[&two.local_addr().unwrap()], vec![1, 2, 4, 5, 7, 8]);
     }
 }

@@ -1,6 +1,7 @@
 //! STUN on the wire: raw framing, the codec's attribute set, integrity and ChannelData.
 
 pub mod attributes;
+pub mod binding;
 pub mod channel_data;
 pub mod integrity;
 pub mod message;

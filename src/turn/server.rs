@@ -11,6 +11,7 @@ use super::stats::{AuthFailure, DropReason, Stats};
 use super::tcp_relay;
 use super::tcp_relay::PeerConnection;
 use super::{AllocationId, ConnectionId, FiveTuple, Rng};
+use crate::stun::binding;
 use crate::stun::message::{self, DecodeError, IntegritySet, Message, Protection};
 use crate::stun::raw::{self, PacketKind};
 use std::cmp::Reverse;
@@ -609,6 +610,13 @@ impl Server {
                 }
                 if packet.len() > MAX_CONTROL_MESSAGE {
                     self.stats.drop(DropReason::Malformed);
+                    return None;
+                }
+                // The codec's own limit on SOFTWARE: what the general path would send.
+                let software = self.config.software.as_deref().filter(|s| s.chars().count() < 128);
+                if let Some(bytes) = binding::plain_binding_response(packet, from.client, software) {
+                    self.stats.answer(stun_codec::rfc5389::methods::BINDING, None);
+                    self.outputs.push_back(Output::Transmit { to: from, bytes });
                     return None;
                 }
                 self.handle_stun(now, unix_now, from, packet);
