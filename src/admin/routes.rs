@@ -80,7 +80,7 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: 
     let problem = if snapshot.unix_ms == 0 {
         Some("the event loop has not started")
     } else if now.saturating_sub(snapshot.unix_ms) > STALE_SNAPSHOT_MS {
-        Some("the event loop has not reported for 5 s")
+        Some("a worker's event loop has not reported for 5 s")
     } else if snapshot.draining {
         Some("draining")
     } else if snapshot.ports_available == 0 {

@@ -83,9 +83,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Folds another worker's snapshot into this one. Port figures come from the
     /// shared ledger, so every worker reports the same ones and they are not summed;
-    /// the process is draining once every worker is.
+    /// the process is draining once every worker is; the time is the oldest worker's.
     pub fn add(&mut self, other: &Snapshot) {
-        self.unix_ms = self.unix_ms.max(other.unix_ms);
+        // The oldest: a wedged worker then shows in /readyz as a stale snapshot.
+        self.unix_ms = self.unix_ms.min(other.unix_ms);
         self.allocations += other.allocations;
         self.permissions += other.permissions;
         self.channels += other.channels;
