@@ -1,6 +1,7 @@
 //! Socket addresses to and from the C form the batched socket calls (recvmmsg,
 //! sendmmsg) read and write, for the two families turnd serves.
 
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 /// The address a recvmmsg wrote, or `None` for another family or a short length.
@@ -24,25 +25,32 @@ pub fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> O
     }
 }
 
-/// Writes `address` into `storage`; returns the length to pass with it.
-pub fn to_storage(address: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+/// Writes `address` at the start of `storage` (only the bytes of its family's
+/// struct: the rest stays as it was, possibly uninitialized, and the kernel reads no
+/// further than the returned length).
+pub fn to_storage(address: SocketAddr, storage: &mut MaybeUninit<libc::sockaddr_storage>) -> libc::socklen_t {
     match address {
         SocketAddr::V4(v4) => {
+            let value = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
             // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
-            let out = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            out.sin_family = libc::AF_INET as libc::sa_family_t;
-            out.sin_port = v4.port().to_be();
-            out.sin_addr = libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() };
+            unsafe { storage.as_mut_ptr().cast::<libc::sockaddr_in>().write(value) };
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
         }
         SocketAddr::V6(v6) => {
+            let value = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: v6.scope_id(),
+            };
             // SAFETY: as above, for a sockaddr_in6.
-            let out = unsafe { &mut *(storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            out.sin6_port = v6.port().to_be();
-            out.sin6_flowinfo = v6.flowinfo();
-            out.sin6_addr = libc::in6_addr { s6_addr: v6.ip().octets() };
-            out.sin6_scope_id = v6.scope_id();
+            unsafe { storage.as_mut_ptr().cast::<libc::sockaddr_in6>().write(value) };
             std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
         }
     }
@@ -57,8 +65,10 @@ mod tests {
         for text in ["127.0.0.1:3478", "[::1]:9", "[fe80::1%3]:65535", "0.0.0.0:0"] {
             let address: SocketAddr = text.parse().unwrap();
             // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
             let len = to_storage(address, &mut storage);
+            // SAFETY: zeroed, then partly overwritten: initialized throughout.
+            let storage = unsafe { storage.assume_init() };
             assert_eq!(from_storage(&storage, len), Some(address), "{text}");
             assert_eq!(from_storage(&storage, len - 1), None, "{text}: short length");
         }
