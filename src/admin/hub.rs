@@ -147,8 +147,9 @@ impl Hub {
                 let allocation = self.describe(id.0);
                 (Topic::Allocations, EventBody::AllocationRefreshed { allocation, lifetime_secs: lifetime.as_secs() })
             }
-            Event::AllocationEnded { id, five_tuple, username, reason, traffic, duration } => {
-                let relay = self.known.remove(&id.0).map(|k| k.relay);
+            Event::AllocationEnded { id, five_tuple, relay, username, reason, traffic, duration } => {
+                self.known.remove(&id.0);
+                let relay = Some(relay);
                 let allocation = AllocationRef {
                     id: id.0,
                     user: Some(username),

@@ -35,13 +35,6 @@ impl Epoll {
         Ok(())
     }
 
-    /// Stops watching `fd` (closing the fd also does this).
-    pub fn remove(&self, fd: RawFd) {
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; failure (fd already closed) is harmless.
-        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
-    }
-
     /// Collects ready tokens into `out` without blocking; returns how many.
     pub fn poll_ready(&self, events: &mut [libc::epoll_event], out: &mut Vec<u64>) -> io::Result<usize> {
         let max = i32::try_from(events.len()).unwrap_or(i32::MAX);

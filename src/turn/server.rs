@@ -222,6 +222,9 @@ pub enum Event {
         id: AllocationId,
         /// The client.
         five_tuple: FiveTuple,
+        /// The (first) advertised relay address, so that one log line tells who used
+        /// which relay port when.
+        relay: SocketAddr,
         /// The user.
         username: String,
         /// Why it ended.
@@ -580,9 +583,11 @@ impl Server {
         }
         self.close_connections_of(id);
         self.outputs.push_back(Output::CloseRelay { allocation: id });
+        let relay = allocation.relay_addrs().next().map_or(allocation.five_tuple.server, |r| r.advertised);
         self.outputs.push_back(Output::Event(Event::AllocationEnded {
             id,
             five_tuple: allocation.five_tuple,
+            relay,
             username: allocation.username.into(),
             reason,
             traffic: allocation.traffic,
