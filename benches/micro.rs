@@ -95,6 +95,13 @@ fn binding_request() -> Vec<u8> {
     message::encode(m, Protection { key: None, fingerprint: true }).expect("encode")
 }
 
+/// A Binding request with FINGERPRINT only: what ICE agents send a STUN server, and
+/// what the Binding fast path (`stun::binding`) answers.
+fn plain_binding_request() -> Vec<u8> {
+    let m = Message::new(MessageClass::Request, BINDING, tid(1));
+    message::encode(m, Protection { key: None, fingerprint: true }).expect("encode")
+}
+
 fn channel_number(n: u16) -> Attribute {
     let b = n.to_be_bytes();
     let number: turnd::stun::attributes::ChannelNumber = Opaque(vec![b[0], b[1], 0, 0]);
@@ -217,6 +224,15 @@ fn core(c: &mut Criterion) {
     g.bench_function("binding_request", |b| {
         b.iter(|| {
             core.server.handle_client_packet(core.now, 1_800_000_000, from, black_box(&binding));
+            while let Some(out) = core.server.poll_output() {
+                black_box(out);
+            }
+        })
+    });
+    let plain = plain_binding_request();
+    g.bench_function("plain_binding_request", |b| {
+        b.iter(|| {
+            core.server.handle_client_packet(core.now, 1_800_000_000, from, black_box(&plain));
             while let Some(out) = core.server.poll_output() {
                 black_box(out);
             }
