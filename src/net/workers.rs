@@ -81,8 +81,8 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let exited_tx = exited_tx.clone();
             let thread = std::thread::Builder::new().name(format!("turnd-worker-{index}")).spawn(move || {
-                let result = runtime.block_on(event_loop.run(control_rx, stream_rx));
-                let _ = exited_tx.send((index, result));
+                let mut exit = ExitReport { index, to: exited_tx, result: None };
+                exit.result = Some(runtime.block_on(event_loop.run(control_rx, stream_rx)));
             })?;
             controls.push(control_tx);
             threads.push(thread);
@@ -109,6 +109,22 @@ impl Workers {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// Tells [`Workers::exited`] that a worker ended, also when it panicked: the process
+/// then stops (and systemd restarts it) rather than run on with a worker gone, its
+/// share of the ledger's ports and quotas held for good.
+struct ExitReport {
+    index: usize,
+    to: mpsc::UnboundedSender<(usize, io::Result<()>)>,
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or_else(|| Err(io::Error::other("the worker panicked")));
+        let _ = self.to.send((self.index, result));
     }
 }
 
@@ -240,4 +256,29 @@ fn notify_systemd(snapshot: &Snapshot, relayed: u64, wedged: Option<usize>) {
         }
     };
     let _ = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_panics_is_reported_as_failed() {
+        let (to, mut exited) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || {
+            let _exit = ExitReport { index: 3, to, result: None };
+            panic!("a bug in a worker");
+        });
+        assert!(thread.join().is_err());
+        let (index, result) = exited.try_recv().expect("reported");
+        assert_eq!(index, 3);
+        assert!(result.unwrap_err().to_string().contains("panicked"));
+    }
+
+    #[test]
+    fn a_worker_that_returns_reports_its_result() {
+        let (to, mut exited) = mpsc::unbounded_channel();
+        drop(ExitReport { index: 1, to, result: Some(Ok(())) });
+        assert!(matches!(exited.try_recv(), Ok((1, Ok(())))));
+    }
 }
