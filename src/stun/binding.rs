@@ -5,7 +5,7 @@
 //! Binding (`cargo bench --bench micro`). Only requests it answers byte for byte as
 //! the general path would are taken; everything else goes that way.
 
-use super::integrity::{append_fingerprint, verify_fingerprint};
+use super::integrity::{append_fingerprint, push_attribute as push, verify_fingerprint};
 use super::raw::{encode_xor_address, padded, Attributes, Header, ATTR_FINGERPRINT, HEADER_LEN, MAGIC_COOKIE};
 use std::net::SocketAddr;
 
@@ -52,18 +52,6 @@ pub fn plain_binding_response(request: &[u8], mapped: SocketAddr, software: Opti
     }
     append_fingerprint(&mut out);
     Some(out)
-}
-
-/// Appends one attribute, zero-padded, and updates the header's length.
-fn push(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len() + padded(value.len()) - value.len(), 0);
-    let length = (out.len() - HEADER_LEN) as u16;
-    if let Some(field) = out.get_mut(2..4) {
-        field.copy_from_slice(&length.to_be_bytes());
-    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ pub fn verify_fingerprint(message: &[u8], attr_offset: usize, received: &[u8]) -
 }
 
 /// Appends an attribute to an encoded message and fixes up the header length.
-fn push_attribute(message: &mut Vec<u8>, kind: u16, value: &[u8]) {
+pub(crate) fn push_attribute(message: &mut Vec<u8>, kind: u16, value: &[u8]) {
     message.extend_from_slice(&kind.to_be_bytes());
     message.extend_from_slice(&(value.len() as u16).to_be_bytes());
     message.extend_from_slice(value);
