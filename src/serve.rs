@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 use turnd::config::{Config, ListenTransport, LogFormat, User};
+use turnd::net::route::StreamRouter;
 use turnd::net::tls::ReloadableCert;
 use turnd::net::{self, stream, Control, Publisher, Workers};
 
@@ -100,7 +101,15 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         // Reloads of a file without users keep it.
         overrides.users.push(user);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The workers have threads of their own; this runtime runs the TCP/TLS connection
+    // tasks (framing and TLS), the accept loops, signals and the admin fan-out. With
+    // several workers it gets as many threads, so that TLS is not held to one core.
+    let threads = config.worker_count();
+    let runtime = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    };
     runtime.block_on(run(config, path, overrides, set_log_level))
 }
 
@@ -133,13 +142,14 @@ impl Signals {
 async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
-    let (stream_tx, stream_rx) = mpsc::channel(net::workers::STREAM_QUEUE);
     let worker_count = config.worker_count();
-    let udp_sockets = bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), stream_tx.clone())?;
+    let streams: Vec<_> = (0..worker_count.max(1)).map(|_| mpsc::channel(net::workers::STREAM_QUEUE)).collect();
+    let router = StreamRouter::new(streams.iter().map(|(tx, _)| tx.clone()).collect());
+    let udp_sockets = bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), router)?;
     let publisher = Publisher::new(1024);
     let (control, control_rx) = mpsc::channel(8);
-    let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, (stream_tx, stream_rx))
-        .context("starting the workers")?;
+    let mut workers =
+        Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams).context("starting the workers")?;
     info!(workers = worker_count, "serving");
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {
@@ -222,7 +232,7 @@ fn bind_listeners(
     workers: usize,
     embedded_default: bool,
     cert: Option<&Arc<ReloadableCert>>,
-    streams: mpsc::Sender<stream::StreamEvent>,
+    router: StreamRouter,
 ) -> Result<Vec<Vec<std::net::UdpSocket>>> {
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
     let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
@@ -268,7 +278,7 @@ fn bind_listeners(
                 _ => None,
             };
             let limits = config.tcp.limits();
-            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), streams.clone()));
+            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), router.clone()));
             local
         };
         info!("listening on {label} {local}");

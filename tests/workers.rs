@@ -1,5 +1,5 @@
-//! Several workers (`workers = 2`) against the real binary: clients spread over the
-//! workers' SO_REUSEPORT sockets and all relay; the admin plane lists and drops
+//! Several workers (`workers = 2`) against the real binary: UDP clients spread over the
+//! workers' SO_REUSEPORT sockets and all relay, TCP clients spread too; the admin plane lists and drops
 //! allocations of every worker and its metrics add them up; quotas and EVEN-PORT
 //! reservations hold across workers; a second turnd cannot join the UDP port.
 mod common;
@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use stun_codec::rfc5766::attributes::{EvenPort, ReservationToken};
 use stun_codec::rfc5766::methods::ALLOCATE;
-use turn_client::{error_code, TurnClient};
+use turn_client::{error_code, StreamClient, TurnClient};
 
 const TOKEN: &str = "workers-test-token-0123";
 const WORKERS: u64 = 2;
@@ -104,6 +104,28 @@ fn clients_spread_over_the_workers_and_every_one_relays() {
     ws_send(&mut ws, json!({"op": "drop_user", "user": USER, "req": 3}));
     let dropped: Value = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "dropped");
     assert_eq!(dropped["count"], 22, "drop_user sums over the workers");
+}
+
+#[test]
+fn tcp_clients_spread_over_the_workers_too() {
+    let config = format!(
+        "workers = {WORKERS}\n{}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+        config_with(&["tcp"])
+    );
+    let turnd = TurndProcess::start(&config, &[]);
+    let mut connections = Vec::new();
+    for i in 0..16 {
+        let mut stream = std::net::TcpStream::connect(turnd.tcp_addr()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut client = StreamClient::new(USER, PASSWORD, REALM);
+        client.allocate(&mut stream).unwrap_or_else(|code| panic!("TCP client {i}: Allocate failed with {code}"));
+        connections.push(stream);
+    }
+    let mut ws = admin_ws(&turnd);
+    let ids = listed_ids(&mut ws);
+    assert_eq!(ids.len(), 16, "{ids:?}");
+    let per_worker = (0..WORKERS).map(|w| ids.values().filter(|id| *id % WORKERS == w).count()).collect::<Vec<_>>();
+    assert!(per_worker.iter().all(|&n| n > 0), "TCP allocations per worker: {per_worker:?}");
 }
 
 #[test]

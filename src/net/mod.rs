@@ -8,6 +8,7 @@ pub mod framing;
 mod outbox;
 pub mod relay_socket;
 pub mod report;
+pub mod route;
 mod sockaddr;
 pub mod stream;
 mod tcp_relay;

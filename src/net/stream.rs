@@ -1,10 +1,12 @@
 //! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection is
-//! a task that frames what it reads and hands whole messages to the event loop, which
-//! owns the core; the loop answers through a bounded per-connection queue. A client
+//! a task that frames what it reads and hands whole messages to one worker's event
+//! loop (chosen by its first message, see [`StreamRouter`]), which owns the core; the
+//! loop answers through a bounded per-connection queue. A client
 //! that sends nothing, or stalls mid-message, is cut after `first_message_timeout`,
 //! and the number of connections is capped: slowloris cannot hold descriptors.
 
 use super::framing::Framer;
+use super::route::StreamRouter;
 use crate::turn::{FiveTuple, Transport};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +97,7 @@ pub async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: StreamLimits,
     slots: Arc<Semaphore>,
-    events: mpsc::Sender<StreamEvent>,
+    router: StreamRouter,
 ) {
     let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
     loop {
@@ -118,10 +120,10 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let five_tuple = FiveTuple { transport, client, server };
-        let events = events.clone();
+        let router = router.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            serve(stream, tls, five_tuple, limits, events).await;
+            serve(stream, tls, five_tuple, limits, router).await;
             drop(permit);
         });
     }
@@ -132,13 +134,13 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     five_tuple: FiveTuple,
     limits: StreamLimits,
-    events: mpsc::Sender<StreamEvent>,
+    router: StreamRouter,
 ) {
     let deadline = Instant::now() + limits.first_message_timeout;
     match tls {
-        None => connection(stream, five_tuple, limits, deadline, events).await,
+        None => connection(stream, five_tuple, limits, deadline, router).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => connection(stream, five_tuple, limits, deadline, events).await,
+            Ok(Ok(stream)) => connection(stream, five_tuple, limits, deadline, router).await,
             Ok(Err(e)) => debug!(client = %five_tuple.client, error = %e, "TLS handshake failed"),
             Err(_) => debug!(client = %five_tuple.client, "TLS handshake timed out"),
         },
@@ -158,12 +160,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     five_tuple: FiveTuple,
     limits: StreamLimits,
     first_deadline: Instant,
-    events: mpsc::Sender<StreamEvent>,
+    router: StreamRouter,
 ) {
     let (outbound, mut queue) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
-    if events.send(StreamEvent::Opened { five_tuple, outbound }).await.is_err() {
-        return;
-    }
+    // The worker is known with the first message; until then the queue's sender waits
+    // here (and nothing is announced for a connection that never sends one).
+    let mut outbound = Some(outbound);
+    let mut worker: Option<mpsc::Sender<StreamEvent>> = None;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut framer = Framer::default();
     let mut seen_message = false;
@@ -192,6 +195,22 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(Some(frame)) => {
                             seen_message = true;
                             let frame = frame.to_vec();
+                            if worker.is_none() {
+                                let (Some(chosen), Some(outbound)) = (router.pick(&five_tuple, &frame), outbound.take())
+                                else {
+                                    failed = true;
+                                    break;
+                                };
+                                if chosen.send(StreamEvent::Opened { five_tuple, outbound }).await.is_err() {
+                                    failed = true;
+                                    break;
+                                }
+                                worker = Some(chosen.clone());
+                            }
+                            let Some(events) = &worker else {
+                                failed = true;
+                                break;
+                            };
                             if events.send(StreamEvent::Frame { five_tuple, frame }).await.is_err() {
                                 failed = true;
                                 break;
@@ -236,7 +255,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             splice(client, framer.take_pending(), peer, &mut queue).await
         }
     };
-    let _ = events.send(StreamEvent::Closed { five_tuple }).await;
+    if let Some(events) = worker {
+        let _ = events.send(StreamEvent::Closed { five_tuple }).await;
+    }
     debug!(client = %five_tuple.client, transport = five_tuple.transport.label(), reason, "connection closed");
 }
 

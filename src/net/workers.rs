@@ -3,8 +3,9 @@
 //! path shares nothing. A client always reaches the same worker: its UDP listener is
 //! one socket of an SO_REUSEPORT group, which the kernel picks by hashing the 4-tuple,
 //! and peer traffic arrives on relay sockets that only the owning worker watches.
-//! TCP and TLS connections all go to worker 0, which keeps RFC 6062's control and
-//! data connections (different 5-tuples of one allocation) on one worker.
+//! TCP and TLS connections are spread by [`StreamRouter`](super::route::StreamRouter),
+//! which sends an RFC 6062 data connection to the worker of the peer connection it
+//! binds.
 //!
 //! What must be counted across workers (relay ports, reservations, quotas, the 401
 //! limiter) sits in the shared [`Ledger`], locked only on the allocation path.
@@ -40,8 +41,9 @@ pub struct Workers {
 
 impl Workers {
     /// Starts one worker per element of `listeners` (each worker's share of the UDP
-    /// listeners, one socket per SO_REUSEPORT group). Worker 0 takes the TCP/TLS
-    /// traffic from `streams`, whose sender the accept loops hold. `control` is the
+    /// listeners, one socket per SO_REUSEPORT group) and of `streams` (each worker's
+    /// stream channel: TCP/TLS traffic from the accept loops' router, and events of
+    /// its own RFC 6062 tasks). `control` is the
     /// process's single control channel; the workers' snapshots are merged into
     /// `publisher` and its events are theirs. Call from within a tokio runtime: the
     /// fan-out and the merge run there.
@@ -50,7 +52,7 @@ impl Workers {
         listeners: Vec<Vec<UdpSocket>>,
         publisher: &Publisher,
         control: mpsc::Receiver<Control>,
-        streams: (mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>),
+        streams: Vec<(mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>)>,
     ) -> io::Result<Workers> {
         let count = listeners.len().max(1);
         let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
@@ -59,14 +61,7 @@ impl Workers {
         let mut controls = Vec::with_capacity(count);
         let mut snapshots = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        let mut streams = Some(streams);
-        for (index, sockets) in listeners.into_iter().enumerate() {
-            let (stream_tx, stream_rx) = match streams.take() {
-                Some(pair) => pair,
-                // Other workers never see TCP; their channel only serves their own
-                // spawned tasks, which worker 0 alone has.
-                None => mpsc::channel(1),
-            };
+        for (index, (sockets, (stream_tx, stream_rx))) in listeners.into_iter().zip(streams).enumerate() {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
             snapshots.push(own.snapshots.subscribe());

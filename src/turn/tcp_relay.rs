@@ -15,6 +15,11 @@ use stun_codec::{MessageClass, Method, TransactionId};
 pub fn connect_method() -> Method {
     Method::new(0x00A).expect("0x00A is a valid method")
 }
+/// The worker (of `workers`) that holds connection `id`.
+pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
+    id.0 % workers.max(1)
+}
+
 /// RFC 6062 §4.4: ConnectionBind.
 pub fn connection_bind_method() -> Method {
     Method::new(0x00B).expect("0x00B is a valid method")
@@ -51,10 +56,17 @@ fn connection_id_attr(id: ConnectionId) -> ConnectionIdAttr {
 }
 
 impl Server {
+    /// A fresh, unpredictable connection id that names this worker ([`worker_of_connection`]):
+    /// the client's ConnectionBind arrives on a new TCP connection, which the shell must
+    /// hand to the worker holding the peer connection.
     fn new_connection_id(&mut self) -> ConnectionId {
+        let workers = self.workers.max(1);
         loop {
-            let id = ConnectionId(self.rng.next_u32());
-            if id.0 != 0 && !self.connections.contains_key(&id) {
+            let random = self.rng.next_u32();
+            let Some(id) = (random - random % workers).checked_add(self.worker % workers).map(ConnectionId) else {
+                continue;
+            };
+            if id.0 != 0 && worker_of_connection(id, workers) == self.worker && !self.connections.contains_key(&id) {
                 return id;
             }
         }
