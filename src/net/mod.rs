@@ -5,6 +5,7 @@
 
 mod epoll;
 pub mod framing;
+mod listeners;
 mod outbox;
 pub mod relay_socket;
 pub mod report;
@@ -15,6 +16,7 @@ mod tcp_relay;
 pub mod tls;
 pub mod workers;
 
+pub use listeners::bind_udp_listener;
 pub use report::{Control, Publisher, Snapshot};
 pub use workers::Workers;
 
@@ -24,8 +26,9 @@ use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{EndReason, Event, Output};
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use epoll::Epoll;
+use listeners::{ListenerKey, UdpListeners};
 use outbox::{Outbox, Payload};
-use quinn_udp::{RecvMeta, UdpSocketState};
+use quinn_udp::RecvMeta;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -40,8 +43,6 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-/// Epoll tokens at or above this are listeners; below are allocation ids.
-const LISTENER_TOKEN: u64 = 1 << 62;
 /// Datagrams read per recvmmsg call on a listener.
 const BATCH: usize = 8;
 /// The largest UDP payload.
@@ -57,52 +58,6 @@ const RELAY_SLOT: usize = PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM;
 /// Relay receive slots: relayed packets wait in theirs, framed, until the outbox is
 /// flushed, so there is a slot for every datagram the outbox can hold.
 const RELAY_SLOTS: usize = outbox::CAPACITY;
-/// Socket buffer size asked for on listeners: bursts of media must not overflow them.
-const LISTENER_BUFFER: usize = 4 << 20;
-
-/// A bound client-facing UDP socket.
-struct Listener {
-    socket: UdpSocket,
-    state: UdpSocketState,
-    local: SocketAddr,
-}
-
-/// Binds a configured UDP listener as `copies` sockets on one address, one per
-/// worker: an SO_REUSEPORT group when there are several, so the kernel spreads clients
-/// over the workers by their 4-tuple. Separate from [`EventLoop::new`] so the caller
-/// learns the bound address (port 0 is resolved here).
-pub fn bind_udp_listener(address: SocketAddr, copies: usize) -> io::Result<(Vec<UdpSocket>, SocketAddr)> {
-    let group = copies > 1;
-    if group && address.port() != 0 {
-        // SO_REUSEPORT would let this process join a group that another turnd (same
-        // user) already holds, and silently share its clients: an exclusive bind
-        // first turns that into "address in use".
-        drop(bind_udp_socket(address, false)?);
-    }
-    let first = bind_udp_socket(address, group)?;
-    let local = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..copies {
-        sockets.push(bind_udp_socket(local, true)?);
-    }
-    Ok((sockets, local))
-}
-
-fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
-    if address.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&SockAddr::from(address))?;
-    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-    let _ = socket.set_recv_buffer_size(LISTENER_BUFFER);
-    let _ = socket.set_send_buffer_size(LISTENER_BUFFER);
-    Ok(socket.into())
-}
-
 /// Binds a TCP listener (IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can
 /// both be configured on one port).
 pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
@@ -120,7 +75,7 @@ pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListe
 /// The event loop: owns the core, the listeners and the relay sockets.
 pub struct EventLoop {
     core: Server,
-    listeners: Vec<Listener>,
+    listeners: UdpListeners,
     /// Relay sockets by allocation, one per [`Family`].
     relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
     epoll: Epoll,
@@ -158,16 +113,12 @@ impl EventLoop {
         make_core: impl FnOnce(CoreConfig) -> Server,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
-        let mut bound = Vec::new();
-        for (i, socket) in listeners.into_iter().enumerate() {
-            let state = UdpSocketState::new((&socket).into())?;
-            disable_gro_and_pmtud(&socket);
-            let local = socket.local_addr()?;
-            epoll.add(socket.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
-            bound.push(Listener { socket, state, local });
+        let (bound, keys) = UdpListeners::new(listeners)?;
+        for (key, fd) in keys {
+            epoll.add(fd, key.token())?;
         }
         let mut config = config;
-        config.policy.deny_own_sockets(bound.iter().flat_map(|l| own_addresses(l.local)));
+        config.policy.deny_own_sockets(bound.own_addresses());
         Ok(EventLoop {
             core: make_core(config),
             listeners: bound,
@@ -243,7 +194,7 @@ impl EventLoop {
         let now = Instant::now();
         match message {
             Control::Reconfigure(mut config) => {
-                config.policy.deny_own_sockets(self.listeners.iter().flat_map(|l| own_addresses(l.local)));
+                config.policy.deny_own_sockets(self.listeners.own_addresses());
                 self.core.reconfigure(*config);
                 info!("configuration reloaded");
             }
@@ -325,7 +276,7 @@ impl EventLoop {
     /// outbox (flushed when full and after every pass over the ready sockets).
     fn send_to_client(&mut self, to: FiveTuple, payload: Payload) {
         if to.transport == Transport::Udp {
-            let Some(listener) = listener_for(&self.listeners, to.server) else {
+            let Some(listener) = self.listeners.reply_via(to.server) else {
                 return;
             };
             let (socket, from) =
@@ -377,8 +328,8 @@ impl EventLoop {
         let n = self.epoll.poll_ready(&mut self.events, &mut self.ready)?;
         for i in 0..self.ready.len() {
             let token = self.ready[i];
-            if token >= LISTENER_TOKEN {
-                self.serve_listener((token - LISTENER_TOKEN) as usize);
+            if let Some(listener) = ListenerKey::from_token(token) {
+                self.serve_listener(listener);
             } else {
                 let family = if token & 1 == 0 { Family::V4 } else { Family::V6 };
                 self.serve_relay(AllocationId(token >> 1), family);
@@ -388,9 +339,9 @@ impl EventLoop {
         Ok(n)
     }
 
-    fn serve_listener(&mut self, index: usize) {
+    fn serve_listener(&mut self, key: ListenerKey) {
         for _ in 0..READS_PER_WAKE {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.listeners.get(key) else {
                 return;
             };
             let mut meta = [RecvMeta::default(); BATCH];
@@ -645,51 +596,6 @@ fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Inst
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn listener_for(listeners: &[Listener], server: SocketAddr) -> Option<&Listener> {
-    listeners
-        .iter()
-        .find(|l| l.local == server)
-        .or_else(|| listeners.iter().find(|l| l.local.port() == server.port() && l.local.ip().is_unspecified()))
-}
-
-/// quinn-udp turns on GRO and path-MTU probing (DF) for QUIC; a TURN listener wants
-/// neither yet: datagrams are handled one by one, and relayed media should fragment
-/// rather than vanish on a small-MTU path, as it would through any other relay.
-fn disable_gro_and_pmtud(socket: &UdpSocket) {
-    let off: libc::c_int = 0;
-    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-    let dont6: libc::c_int = libc::IPV6_PMTUDISC_DONT;
-    for (level, name, value) in [
-        (libc::SOL_UDP, libc::UDP_GRO, &off),
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont),
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &dont6),
-    ] {
-        // Each may fail on a socket of the other family; that is fine.
-        // SAFETY: setsockopt reads one c_int from a valid reference.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-/// The transport addresses a listener answers on, for the peer policy's own-socket
-/// check. A wildcard listener is reachable on loopback at least.
-fn own_addresses(local: SocketAddr) -> Vec<SocketAddr> {
-    if local.ip().is_unspecified() {
-        let loopback: std::net::IpAddr =
-            if local.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
-        vec![local, SocketAddr::new(loopback, local.port())]
-    } else {
-        vec![local]
-    }
 }
 
 fn log_event(event: &Event) {
