@@ -6,6 +6,7 @@ mod serve;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use turnd::config::{Config, LogFormat, User};
@@ -35,6 +36,16 @@ enum Command {
         /// Log format (overrides the config file).
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Put every TURN listener on this port instead of its configured one; 0 picks
+        /// one free port for all of them (logged in each "listening on" line).
+        #[arg(long, env = "TURND_PORT")]
+        port: Option<u16>,
+        /// Worker threads (overrides `workers`; 0 means one per core).
+        #[arg(long, env = "TURND_WORKERS")]
+        workers: Option<usize>,
+        /// Address of the admin listener (overrides `admin.address`; port 0 picks one).
+        #[arg(long, env = "TURND_ADMIN_ADDRESS", value_name = "ADDRESS:PORT")]
+        admin_address: Option<SocketAddr>,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -73,7 +84,7 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Serve { config, users, allow_peers, log_format } => {
+        Command::Serve { config, users, allow_peers, log_format, port, workers, admin_address } => {
             let users = users
                 .iter()
                 .map(|u| {
@@ -81,7 +92,7 @@ fn dispatch(command: Command) -> Result<()> {
                     Ok(User { name: name.to_owned(), password: Some(password.to_owned()), key: None })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            serve::serve(config, serve::Overrides { users, allow_peers, log_format })
+            serve::serve(config, serve::Overrides { users, allow_peers, log_format, port, workers, admin_address })
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use sd_notify::NotifyState;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +31,90 @@ pub struct Overrides {
     pub allow_peers: Vec<IpNet>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--port`: every TURN listener's port (0 is resolved to one free port at start).
+    pub port: Option<u16>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--admin-address`.
+    pub admin_address: Option<SocketAddr>,
 }
 
 impl Overrides {
     fn apply(&self, config: &mut Config) {
         config.auth.user.extend(self.users.iter().cloned());
         config.relay.allowed_peers.extend(self.allow_peers.iter().copied());
+        if let Some(port) = self.port {
+            for listen in &mut config.listen {
+                listen.address.set_port(port);
+            }
+        }
+        if let Some(workers) = self.workers {
+            config.workers = workers;
+        }
+        if let Some(address) = self.admin_address {
+            config.admin.address = address;
+        }
     }
+}
+
+/// How many times `--port 0` looks for a port free for every listener.
+const SHARED_PORT_TRIES: usize = 32;
+
+/// `--port 0`: one port that every configured listener can bind, so that a client
+/// reaches UDP and TCP, IPv4 and IPv6 on the same port as with a fixed one. A port
+/// the kernel picks for the first listener is tried on the others; wildcard IPv6
+/// listeners on a host without IPv6 are left out of the check, as they are skipped.
+fn shared_free_port(config: &Config) -> Result<u16> {
+    use socket2::{Domain, Socket, Type};
+    // Bound, never listening: enough to know the port is free, and nothing lingers.
+    let try_bind = |listen: &turnd::config::Listen, port: u16| -> std::io::Result<Option<Socket>> {
+        let address = SocketAddr::new(listen.address.ip(), port);
+        let kind = if listen.transport == ListenTransport::Udp { Type::DGRAM } else { Type::STREAM };
+        let bound = Socket::new(Domain::for_address(address), kind, None).and_then(|socket| {
+            if address.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.bind(&address.into())?;
+            Ok(socket)
+        });
+        match bound {
+            Ok(socket) => Ok(Some(socket)),
+            Err(e) if skipped_without_ipv6(listen.address, &e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    for _ in 0..SHARED_PORT_TRIES {
+        let mut held = Vec::new();
+        let mut port = 0;
+        let mut all_free = true;
+        for listen in &config.listen {
+            match try_bind(listen, port) {
+                Ok(Some(socket)) => {
+                    if port == 0 {
+                        port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+                    }
+                    held.push(socket);
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port != 0 => {
+                    all_free = false;
+                    break;
+                }
+                Err(e) => return Err(e).with_context(|| format!("binding {} to pick a port", listen.address)),
+            }
+        }
+        if all_free && port != 0 {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for every listener after {SHARED_PORT_TRIES} tries")
+}
+
+/// Whether a bind error means "no IPv6 on this host" for a wildcard IPv6 listener.
+fn skipped_without_ipv6(address: SocketAddr, e: &std::io::Error) -> bool {
+    address.is_ipv6()
+        && address.ip().is_unspecified()
+        && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL))
 }
 
 /// Changes the log filter of the running process.
@@ -87,9 +165,13 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         None => Config::default(),
     };
     let set_log_level = init_logging(&config.log.level, overrides.log_format.unwrap_or(config.log.format));
+    let mut overrides = overrides;
+    if overrides.port == Some(0) {
+        // Resolved once, so that a reload applying the overrides sees the same port.
+        overrides.port = Some(shared_free_port(&config)?);
+    }
     overrides.apply(&mut config);
     config.validate().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
-    let mut overrides = overrides;
     if !config.has_credentials() {
         let password = random_password();
         warn!(
@@ -352,16 +434,19 @@ async fn reload(
         ("admin", format!("{:?}", next.admin) != format!("{:?}", current.admin)),
         ("workers", next.workers != current.workers),
         ("tcp", format!("{:?}", next.tcp) != format!("{:?}", current.tcp)),
-        (
-            "relay.port-min/port-max",
-            (next.relay.port_min, next.relay.port_max) != (current.relay.port_min, current.relay.port_max),
-        ),
     ]
     .into_iter()
     .filter_map(|(what, changed)| changed.then_some(what))
     .collect();
     if !needs_restart.is_empty() {
         warn!(settings = ?needs_restart, "these changes need a restart and are not applied");
+    }
+    if (next.relay.port_min, next.relay.port_max) != (current.relay.port_min, current.relay.port_max) {
+        // The ledger switches ranges only while no port of the old one is in use.
+        warn!(
+            port_min = next.relay.port_min, port_max = next.relay.port_max,
+            "relay port range changed: it takes effect now if no relay port is in use, else at the next reload when none is"
+        );
     }
     if let Err(e) = set_log_level(&next.log.level) {
         warn!(error = %e, "log level not changed");

@@ -5,6 +5,7 @@
 
 mod epoll;
 pub mod framing;
+mod interfaces;
 mod listeners;
 mod outbox;
 pub mod relay_socket;
@@ -118,7 +119,7 @@ impl EventLoop {
             epoll.add(fd, key.token())?;
         }
         let mut config = config;
-        config.policy.deny_own_sockets(bound.own_addresses());
+        know_this_host(&mut config, &bound);
         Ok(EventLoop {
             core: make_core(config),
             listeners: bound,
@@ -194,7 +195,7 @@ impl EventLoop {
         let now = Instant::now();
         match message {
             Control::Reconfigure(mut config) => {
-                config.policy.deny_own_sockets(self.listeners.own_addresses());
+                know_this_host(&mut config, &self.listeners);
                 self.core.reconfigure(*config);
                 info!("configuration reloaded");
             }
@@ -596,6 +597,18 @@ fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Inst
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Tells the peer policy what is this host: the listeners (never a peer) and the
+/// host's addresses (a peer there may only be one of this server's relays), read
+/// again on every reload.
+fn know_this_host(config: &mut CoreConfig, listeners: &UdpListeners) {
+    config.policy.deny_own_sockets(listeners.own_addresses());
+    let relay = &config.relay;
+    let configured = [relay.bind_v4, relay.external_v4].into_iter().flatten().map(std::net::IpAddr::from);
+    let configured_v6 = [relay.bind_v6, relay.external_v6].into_iter().flatten().map(std::net::IpAddr::from);
+    let host: Vec<_> = interfaces::host_addresses().into_iter().chain(configured).chain(configured_v6).collect();
+    config.policy.set_host_addresses(host);
 }
 
 fn log_event(event: &Event) {

@@ -523,7 +523,7 @@ impl Server {
             return Err(Reject::new(443, "Peer Address Family Mismatch").with_auth(auth));
         }
         let policy = &self.config.policy;
-        let verdict = if with_port { policy.check(peer) } else { policy.check_ip(peer.ip()) };
+        let verdict = if with_port { policy.check(peer) } else { policy.check_permission(peer) };
         if verdict.is_err() {
             self.stats.drop(DropReason::Policy);
             if !allocation.denial_logged {

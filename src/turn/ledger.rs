@@ -14,7 +14,7 @@
 //! quota, the reservations by the port range (each holds a port), the limiter by
 //! [`RATE_LIMITED_SOURCES`].
 
-use super::ports::PortPool;
+use super::ports::{LivePorts, PortPool};
 use super::rate::KeyedLimiter;
 use super::server::{CoreConfig, Quotas};
 use super::Rng;
@@ -120,9 +120,15 @@ impl Ledger {
             self.unauthenticated_limits = limits;
         }
         if config.port_range != self.port_range && self.ports.in_use() == 0 {
-            self.ports = PortPool::new(config.port_range.clone());
+            // Nothing is in use, so the shared bits are all clear for the new pool.
+            self.ports = PortPool::with_live(config.port_range.clone(), self.ports.live());
             self.port_range = config.port_range.clone();
         }
+    }
+
+    /// The relay ports in use, readable without this ledger's lock.
+    pub fn live_ports(&self) -> Arc<LivePorts> {
+        self.ports.live()
     }
 
     /// Relay ports in use (by allocations and reservations of every worker) and still

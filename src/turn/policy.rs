@@ -6,8 +6,10 @@
 //! CVE-2020-26262 and relays to 169.254.169.254). Embedded IPv4 addresses in IPv6
 //! (mapped, compatible, NAT64, 6to4) are judged by their IPv4 part.
 
+use super::ports::LivePorts;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 /// Why a peer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,12 +68,17 @@ pub struct PeerPolicy {
     allowed: Vec<IpNet>,
     denied: Vec<IpNet>,
     own_sockets: Vec<SocketAddr>,
+    /// The host's own addresses (canonical), as the shell reads them from its
+    /// interfaces and the relay settings.
+    host: Vec<IpAddr>,
+    /// The relay ports of this server in use now (shared with the ledger).
+    relay_ports: Option<Arc<LivePorts>>,
 }
 
 impl PeerPolicy {
     /// A policy with the given `allowed-peers` and `denied-peers` lists.
     pub fn new(allowed: Vec<IpNet>, denied: Vec<IpNet>) -> Self {
-        PeerPolicy { allowed, denied, own_sockets: Vec::new() }
+        PeerPolicy { allowed, denied, ..PeerPolicy::default() }
     }
 
     /// Adds the server's own listening sockets, which are never a valid peer (a relay
@@ -79,6 +86,43 @@ impl PeerPolicy {
     /// as one entry per local interface address: matching is exact.
     pub fn deny_own_sockets(&mut self, sockets: impl IntoIterator<Item = SocketAddr>) {
         self.own_sockets.extend(sockets);
+    }
+
+    /// The host's own addresses: a peer on one of them, at a port that holds a relay of
+    /// this server, is that relay (two clients of one server relaying to each other's
+    /// relayed addresses), allowed even where the built-in list denies the range
+    /// (loopback on a laptop, a private network behind a load balancer).
+    pub fn set_host_addresses(&mut self, addresses: impl IntoIterator<Item = IpAddr>) {
+        self.host = addresses.into_iter().map(canonical).collect();
+        self.host.sort_unstable();
+        self.host.dedup();
+    }
+
+    /// The ports that hold this server's relays now (the ledger's live view).
+    pub fn watch_relay_ports(&mut self, ports: Arc<LivePorts>) {
+        self.relay_ports = Some(ports);
+    }
+
+    /// Whether `peer` is a relayed transport address of this server that is in use.
+    pub fn is_own_relay(&self, peer: SocketAddr) -> bool {
+        self.relay_ports.as_ref().is_some_and(|ports| ports.contains(peer.port()))
+            && self.host.binary_search(&canonical(peer.ip())).is_ok()
+    }
+
+    /// Checks the peer a CreatePermission names: its IP, as [`PeerPolicy::check_ip`],
+    /// except that one of this server's own relays in a denied range is allowed.
+    pub fn check_permission(&self, peer: SocketAddr) -> Result<(), Denied> {
+        match self.check_ip(peer.ip()) {
+            Err(Denied::Builtin) if self.is_own_relay(peer) => Ok(()),
+            verdict => verdict,
+        }
+    }
+
+    /// Whether a permission already installed for `ip` survives a reload: the IP
+    /// passes, or it is the host's own (a permission for another allocation's relay;
+    /// what can be sent there is checked per transport address by [`PeerPolicy::check`]).
+    pub fn keeps_permission(&self, ip: IpAddr) -> bool {
+        self.check_ip(ip).is_ok() || self.host.binary_search(&canonical(ip)).is_ok()
     }
 
     /// Checks an IP address (for permissions, which are per IP).
@@ -96,9 +140,10 @@ impl PeerPolicy {
         Ok(())
     }
 
-    /// Checks a full transport address: the IP check plus the server's own sockets.
+    /// Checks a full transport address: the IP check (with this server's own relays
+    /// allowed, as in [`PeerPolicy::check_permission`]) plus the server's own sockets.
     pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
-        self.check_ip(peer.ip())?;
+        self.check_permission(peer)?;
         let peer_ip = canonical(peer.ip());
         let own = self.own_sockets.iter().any(|own| own.port() == peer.port() && canonical(own.ip()) == peer_ip);
         if own {

@@ -3,6 +3,38 @@
 
 use super::Rng;
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which port numbers hold a relay (or a reservation) right now, one bit each, for
+/// every worker's peer policy to read without the ledger's lock: a client may relay to
+/// another allocation of this server, but not to whatever else listens on the host.
+#[derive(Debug)]
+pub struct LivePorts(Box<[AtomicU64]>);
+
+impl Default for LivePorts {
+    fn default() -> Self {
+        LivePorts((0..1024).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl LivePorts {
+    /// Whether `port` holds a relay of this server now.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.get(usize::from(port / 64)).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (port % 64)) != 0)
+    }
+
+    fn set(&self, port: u16, live: bool) {
+        if let Some(word) = self.0.get(usize::from(port / 64)) {
+            let bit = 1 << (port % 64);
+            if live {
+                word.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                word.fetch_and(!bit, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 /// A bitmap of the ports in a range: set bits are in use.
 #[derive(Debug, Clone)]
@@ -11,14 +43,27 @@ pub struct PortPool {
     len: usize,
     used: Vec<u64>,
     in_use: usize,
+    /// The same bits by port number, shared with the peer policies.
+    live: Arc<LivePorts>,
 }
 
 impl PortPool {
     /// A pool covering `range` (inclusive); an empty range gives an empty pool.
     pub fn new(range: RangeInclusive<u16>) -> Self {
+        PortPool::with_live(range, Arc::default())
+    }
+
+    /// A pool covering `range` that reports its ports in `live` (which must have none
+    /// set: a new pool starts empty).
+    pub fn with_live(range: RangeInclusive<u16>, live: Arc<LivePorts>) -> Self {
         let first = *range.start();
         let len = if range.is_empty() { 0 } else { usize::from(*range.end() - first) + 1 };
-        PortPool { first, len, used: vec![0; len.div_ceil(64)], in_use: 0 }
+        PortPool { first, len, used: vec![0; len.div_ceil(64)], in_use: 0, live }
+    }
+
+    /// The ports in use, as the peer policies read them.
+    pub fn live(&self) -> Arc<LivePorts> {
+        self.live.clone()
     }
 
     /// Ports currently taken.
@@ -49,6 +94,7 @@ impl PortPool {
         if let Some(i) = self.index(port) {
             self.used[i / 64] |= 1 << (i % 64);
             self.in_use += 1;
+            self.live.set(port, true);
         }
         true
     }
@@ -59,6 +105,7 @@ impl PortPool {
             if self.used[i / 64] & (1 << (i % 64)) != 0 {
                 self.used[i / 64] &= !(1 << (i % 64));
                 self.in_use -= 1;
+                self.live.set(port, false);
             }
         }
     }
@@ -111,6 +158,7 @@ mod tests {
         let mut rng = CountingRng::default();
         assert_eq!(pool.take_random(&mut rng, true, true), Some(50002));
         assert!(!pool.is_free(50003));
+        assert!(pool.live().contains(50002) && pool.live().contains(50003) && !pool.live().contains(50001));
         assert_eq!(pool.take_random(&mut rng, true, true), None);
         assert_eq!(pool.take_random(&mut rng, true, false), Some(50004));
     }
@@ -123,6 +171,7 @@ mod tests {
         pool.release(1000);
         pool.release(9);
         assert_eq!(pool.in_use(), 0);
+        assert!(!pool.live().contains(1000));
         assert!(PortPool::new(std::ops::RangeInclusive::new(5, 4))
             .take_random(&mut CountingRng::default(), false, false)
             .is_none());

@@ -397,9 +397,11 @@ impl Server {
         workers: u32,
     ) -> Self {
         assert!(worker < workers, "worker {worker} of {workers}");
+        let mut config = config;
         let epoch = {
             let mut shared = ledger::lock(&ledger);
             shared.reconfigure(&config);
+            config.policy.watch_relay_ports(shared.live_ports());
             shared.nonce_epoch(now)
         };
         Server {
@@ -433,11 +435,15 @@ impl Server {
     /// shared limits change as [`Ledger::reconfigure`] says: every worker applies the
     /// same reload, and applying it again changes nothing.
     pub fn reconfigure(&mut self, config: CoreConfig) {
-        let policy = config.policy.clone();
+        let mut config = config;
+        let policy = &config.policy;
         for allocation in self.allocations.values_mut() {
-            allocation.revoke(|peer| policy.check_ip(peer.ip()).is_err());
+            allocation.revoke(|peer| !policy.keeps_permission(peer.ip()));
         }
-        ledger::lock(&self.ledger).reconfigure(&config);
+        let mut shared = ledger::lock(&self.ledger);
+        shared.reconfigure(&config);
+        config.policy.watch_relay_ports(shared.live_ports());
+        drop(shared);
         self.nonces.set_lifetime(config.nonce_lifetime);
         self.config = config;
     }

@@ -990,3 +990,46 @@ fn a_reload_applied_by_every_worker_takes_effect_once() {
     let relay = b.allocate().get_attribute::<XorRelayAddress>().unwrap().address();
     assert!((50100..=50109).contains(&relay.port()), "{relay}");
 }
+
+#[test]
+fn two_allocations_of_one_server_relay_to_each_other_in_a_denied_range_but_nothing_else_there() {
+    // The relays bind 10.0.0.1 (the harness's server address): private, denied by
+    // default, but it is this host's address, so another allocation's relay there is
+    // a peer; other ports of it are not, and neither is the relay once it is gone.
+    let mut c = config();
+    c.policy = PeerPolicy::new(vec![], vec![]);
+    c.policy.set_host_addresses(["10.0.0.1".parse().unwrap()]);
+    let (mut a, mut b) = two_workers(c);
+    a.allocate();
+    b.allocate();
+    let b_relay = b.relay_addr();
+    assert_eq!(b_relay.ip(), "10.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    let not_a_relay = SocketAddr::new(b_relay.ip(), 9);
+    let code = |m: Message| error_code(&m);
+    assert_eq!(code(a.request(CREATE_PERMISSION, vec![XorPeerAddress::new(not_a_relay).into()])), Some(403));
+    assert_eq!(code(a.request(CREATE_PERMISSION, vec![XorPeerAddress::new(b_relay).into()])), None);
+    assert_eq!(
+        code(a.request(CHANNEL_BIND, vec![channel(0x4000), XorPeerAddress::new(not_a_relay).into()])),
+        Some(403)
+    );
+    assert_eq!(code(a.request(CHANNEL_BIND, vec![channel(0x4000), XorPeerAddress::new(b_relay).into()])), None);
+    let send = |peer: SocketAddr| {
+        let mut m = Message::new(MessageClass::Indication, SEND, TransactionId::new([9; 12]));
+        m.add_attribute(XorPeerAddress::new(peer));
+        m.add_attribute(Data::new(b"payload".to_vec()).unwrap());
+        message::encode(m, Protection { key: None, fingerprint: false }).unwrap()
+    };
+    let relayed = a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay));
+    assert_eq!(relayed.map(|out| out.peer), Some(b_relay));
+    // The permission is per IP, yet the host's other ports stay closed.
+    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(not_a_relay)).is_none());
+    // A reload keeps the permission to the host's own address.
+    let mut reloaded = config();
+    reloaded.policy = PeerPolicy::new(vec![], vec![]);
+    reloaded.policy.set_host_addresses(["10.0.0.1".parse().unwrap()]);
+    a.server.reconfigure(reloaded);
+    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay)).is_some());
+    // B's allocation ends: its port is no relay any more, and nothing goes there.
+    assert_eq!(code(b.request(REFRESH, vec![Lifetime::from_u32(0).into()])), None);
+    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay)).is_none());
+}
