@@ -521,6 +521,7 @@ impl Config {
                 external_v4: self.relay.external_ipv4,
                 bind_v6: self.relay.bind_ipv6,
                 external_v6: self.relay.external_ipv6,
+                ..RelayAddresses::default()
             },
             policy: PeerPolicy::new(self.relay.allowed_peers.clone(), self.relay.denied_peers.clone()),
             quotas: Quotas {

@@ -5,7 +5,7 @@
 
 mod epoll;
 pub mod framing;
-mod interfaces;
+pub mod interfaces;
 mod listeners;
 mod outbox;
 pub mod relay_socket;
@@ -607,8 +607,10 @@ fn know_this_host(config: &mut CoreConfig, listeners: &UdpListeners) {
     let relay = &config.relay;
     let configured = [relay.bind_v4, relay.external_v4].into_iter().flatten().map(std::net::IpAddr::from);
     let configured_v6 = [relay.bind_v6, relay.external_v6].into_iter().flatten().map(std::net::IpAddr::from);
-    let host: Vec<_> = interfaces::host_addresses().into_iter().chain(configured).chain(configured_v6).collect();
-    config.policy.set_host_addresses(host);
+    let interfaces = interfaces::host_addresses();
+    config.relay.host_v4 = interfaces::primary_v4(&interfaces);
+    config.relay.host_v6 = interfaces::primary_v6(&interfaces);
+    config.policy.set_host_addresses(interfaces.into_iter().chain(configured).chain(configured_v6));
 }
 
 fn log_event(event: &Event) {

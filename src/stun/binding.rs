@@ -17,8 +17,14 @@ const ATTR_SOFTWARE: u16 = 0x8022;
 /// The success response to `request` when it is a well-framed Binding request with
 /// no attribute but, optionally, a valid FINGERPRINT; `None` otherwise. It carries
 /// XOR-MAPPED-ADDRESS for `mapped`, then SOFTWARE when given (already checked to be a
-/// valid SOFTWARE value), then FINGERPRINT, as the general path sends them.
-pub fn plain_binding_response(request: &[u8], mapped: SocketAddr, software: Option<&str>) -> Option<Vec<u8>> {
+/// valid SOFTWARE value), then FINGERPRINT, as the general path sends them. SOFTWARE
+/// is left out when the response would be longer than `budget` bytes.
+pub fn plain_binding_response(
+    request: &[u8],
+    mapped: SocketAddr,
+    software: Option<&str>,
+    budget: Option<usize>,
+) -> Option<Vec<u8>> {
     let header = Header::parse(request)?;
     let framed = usize::from(header.length) + HEADER_LEN == request.len() && header.length % 4 == 0;
     if header.message_type != BINDING_REQUEST || header.cookie != MAGIC_COOKIE || !framed {
@@ -37,8 +43,12 @@ pub fn plain_binding_response(request: &[u8], mapped: SocketAddr, software: Opti
     if !plain {
         return None;
     }
-    let software = software.map(str::as_bytes).filter(|s| !s.is_empty());
-    let capacity = HEADER_LEN + 24 + software.map_or(0, |s| 4 + padded(s.len())) + 8;
+    let address_len = if mapped.is_ipv4() { 12 } else { 24 };
+    let without_software = HEADER_LEN + address_len + 8;
+    let software = software
+        .map(str::as_bytes)
+        .filter(|s| !s.is_empty() && budget.map_or(true, |b| without_software + 4 + padded(s.len()) <= b));
+    let capacity = without_software + software.map_or(0, |s| 4 + padded(s.len()));
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
@@ -88,7 +98,7 @@ mod tests {
             let mapped: SocketAddr = mapped.parse().unwrap();
             for software in [None, Some("turnd/0.1.0"), Some("x"), Some("a name of 17 bytes")] {
                 for fingerprint in [false, true] {
-                    let fast = plain_binding_response(&request(fingerprint, None), mapped, software);
+                    let fast = plain_binding_response(&request(fingerprint, None), mapped, software, None);
                     assert_eq!(fast, Some(general(mapped, software)), "{mapped} {software:?} {fingerprint}");
                 }
             }
@@ -99,9 +109,9 @@ mod tests {
     fn anything_but_a_plain_binding_request_takes_the_general_path() {
         let mapped: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let plain = request(true, None);
-        assert!(plain_binding_response(&plain, mapped, None).is_some());
+        assert!(plain_binding_response(&plain, mapped, None, None).is_some());
         // Another attribute (the general path may answer 420 or ignore it).
-        assert_eq!(plain_binding_response(&request(true, Some("client")), mapped, None), None);
+        assert_eq!(plain_binding_response(&request(true, Some("client")), mapped, None, None), None);
         // A wrong FINGERPRINT, a wrong length field, a truncated packet, an indication,
         // a classic (RFC 3489) request.
         let mut bad = plain.clone();
@@ -120,7 +130,20 @@ mod tests {
             ("classic", &classic[..]),
             ("header only, cut", &plain[..12]),
         ] {
-            assert_eq!(plain_binding_response(packet, mapped, None), None, "{what}");
+            assert_eq!(plain_binding_response(packet, mapped, None, None), None, "{what}");
         }
+    }
+
+    #[test]
+    fn software_is_left_out_when_the_answer_would_pass_the_budget() {
+        let request = request(false, None);
+        let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let budget = Some(3 * request.len());
+        let answer = plain_binding_response(&request, v6, Some("turnd/0.1.0"), budget).unwrap();
+        assert_eq!(answer, general(v6, None), "an IPv6 answer with SOFTWARE would be 68 bytes");
+        assert!(answer.len() <= 3 * request.len());
+        let v4: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let answer = plain_binding_response(&request, v4, Some("turnd/0.1.0"), budget).unwrap();
+        assert_eq!(answer, general(v4, Some("turnd/0.1.0")), "56 bytes fit");
     }
 }

@@ -218,6 +218,11 @@ impl SecurityFeatures {
         self.0 & other.0 == other.0
     }
 
+    /// These features less the bits of `other`.
+    pub fn without(self, other: SecurityFeatures) -> SecurityFeatures {
+        SecurityFeatures(self.0 & !other.0)
+    }
+
     /// The three bytes the cookie encodes.
     fn bytes(self) -> [u8; 3] {
         let b = self.0.to_be_bytes();
@@ -289,10 +294,10 @@ pub enum NegotiationError {
 }
 
 /// RFC 8489 §9.2.4: the password algorithm checks, for a request whose NONCE is
-/// `nonce`. They apply when the nonce cookie has the "Password algorithms" bit (every
-/// nonce turnd issues has it); a nonce without it was not issued by turnd, and fails
-/// the nonce check that comes last, so the request is read as an RFC 5389 one until
-/// then.
+/// `nonce`. They apply when the nonce cookie has the "Password algorithms" bit; a
+/// nonce without it is read as an RFC 5389 one (turnd issues such nonces when a 401
+/// with PASSWORD-ALGORITHMS would exceed its amplification budget; a forged cookie
+/// fails the nonce check that comes last).
 pub fn negotiate(
     nonce: &str,
     algorithms: Option<&PasswordAlgorithms>,
@@ -337,7 +342,8 @@ pub enum NonceStatus {
 /// useless from another address, and a man in the middle who clears a feature bit to
 /// bid the client down (RFC 8489 §9.2.1) turns the nonce stale.
 ///
-/// The nonce is 32 characters, well under the 128 RFC 8489 §14.10 allows. The MAC
+/// The nonce is 28 characters (under the 128 RFC 8489 §14.10 allows, and short so that
+/// a 401 stays within three times the smallest Allocate). The MAC
 /// key is drawn once from the server's random source, the operating system's CSPRNG
 /// in production (see [`crate::turn::SystemRng`]); nonces themselves need no
 /// randomness.
@@ -353,14 +359,17 @@ impl std::fmt::Debug for NonceCodec {
     }
 }
 
-/// Bytes of MAC kept in the nonce (80 bits: forging one is out of reach).
-const MAC_BYTES: usize = 10;
-/// The expiry (4 bytes) and the MAC, before base64.
+/// Bytes of MAC kept in the nonce. 56 bits: a nonce is no credential (MESSAGE-INTEGRITY
+/// still needs the key), and guessing one for a spoofed address takes 2^55 tries
+/// on average against a server that answers 20 of them a second per source.
+const MAC_BYTES: usize = 7;
+/// The expiry (4 bytes) and the MAC, before base64: 11 bytes, 15 characters with no
+/// padding, so the whole NONCE attribute needs no padding either.
 const BODY_BYTES: usize = 4 + MAC_BYTES;
 /// The whole nonce: the cookie, then the body in unpadded base64.
 pub const NONCE_LEN: usize = COOKIE_LEN + (BODY_BYTES * 4).div_ceil(3);
 // RFC 8489 §14.10: a NONCE has fewer than 128 characters.
-const _: () = assert!(NONCE_LEN < 128);
+const _: () = assert!(NONCE_LEN < 128 && NONCE_LEN % 4 == 0);
 
 impl NonceCodec {
     /// `secret` keys the MAC; `epoch` is the instant expiries are counted from (nonces

@@ -15,7 +15,7 @@ use crate::stun::attributes::ChannelNumber;
 use crate::stun::channel_data::CHANNEL_RANGE;
 use crate::stun::message::{self, IntegritySet, Message};
 use std::cmp::Reverse;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{AlternateServer, Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5766::attributes::{
@@ -63,16 +63,36 @@ impl Server {
     /// A 401 or 438 carrying the realm, a fresh nonce that starts with the nonce cookie
     /// and turnd's security feature bits, and the PASSWORD-ALGORITHMS turnd offers
     /// (RFC 8489 §9.2.4: every 401 and 438 has all three).
+    ///
+    /// When that answer would pass the request's amplification budget, it goes without
+    /// PASSWORD-ALGORITHMS and its nonce without the matching feature bit: the client
+    /// then authenticates as an RFC 5389 one (MD5 key, SHA-1 integrity).
     fn challenge(&self, code: u16, now: Instant, from: FiveTuple) -> Reject {
+        use super::auth::{SecurityFeatures, NONCE_LEN, OFFERED_ALGORITHMS};
         let credentials = &self.config.credentials;
+        let attribute = |len: usize| 4 + len.div_ceil(4) * 4;
+        // Header, ERROR-CODE with no reason phrase, REALM, NONCE, PASSWORD-ALGORITHMS.
+        let full = 20
+            + 8
+            + attribute(credentials.realm().len())
+            + attribute(NONCE_LEN)
+            + attribute(4 * OFFERED_ALGORITHMS.len());
+        let offer_algorithms = self.answer_budget.map_or(true, |budget| full <= budget);
+        let features = if offer_algorithms {
+            credentials.features()
+        } else {
+            credentials.features().without(SecurityFeatures::PASSWORD_ALGORITHMS)
+        };
         let mut reject = Reject::new(code, "");
         if let Ok(realm) = Realm::new(credentials.realm().to_owned()) {
             reject.attributes.push(realm.into());
         }
-        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client, credentials.features())) {
+        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client, features)) {
             reject.attributes.push(nonce.into());
         }
-        reject.attributes.push(super::auth::offered_algorithms().into());
+        if offer_algorithms {
+            reject.attributes.push(super::auth::offered_algorithms().into());
+        }
         reject
     }
 
@@ -298,13 +318,28 @@ impl Server {
     }
 
     /// The IP a new relay socket of `family` binds to: the configured one, else the
-    /// local address the request arrived on when it is of that family.
+    /// local address the request arrived on when it is of that family, else the
+    /// loopback of that family for a request to loopback, else the host's address of
+    /// that family (a browser on IPv6 asks for an IPv4 relay by default).
     fn relay_bind_ip(&self, from: FiveTuple, family: Family) -> Option<IpAddr> {
         let arrived = canonical(from.server.ip());
         let relay = &self.config.relay;
+        let loopback = arrived.is_loopback();
         match family {
-            Family::V6 => relay.bind_v6.map(IpAddr::V6).or(arrived.is_ipv6().then_some(arrived)),
-            Family::V4 => relay.bind_v4.map(IpAddr::V4).or(arrived.is_ipv4().then_some(arrived)),
+            Family::V6 => relay.bind_v6.map(IpAddr::V6).or(arrived.is_ipv6().then_some(arrived)).or_else(|| {
+                if loopback {
+                    Some(Ipv6Addr::LOCALHOST.into())
+                } else {
+                    relay.host_v6.map(IpAddr::V6)
+                }
+            }),
+            Family::V4 => relay.bind_v4.map(IpAddr::V4).or(arrived.is_ipv4().then_some(arrived)).or_else(|| {
+                if loopback {
+                    Some(Ipv4Addr::LOCALHOST.into())
+                } else {
+                    relay.host_v4.map(IpAddr::V4)
+                }
+            }),
         }
     }
 

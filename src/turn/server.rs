@@ -28,6 +28,9 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// STUN messages other than Send indications larger than this are dropped before
 /// decoding: no legitimate request comes close, and decoding allocates.
 pub const MAX_CONTROL_MESSAGE: usize = 4096;
+/// An answer to a request from an unverified UDP source is at most this many times the
+/// request's size (a reflector that multiplies bytes is worth spoofing for).
+pub const AMPLIFICATION_LIMIT: usize = 3;
 /// RFC 8656 §7.2: how long a RESERVATION-TOKEN holds its port.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// How many ports an Allocate tries when binding fails because a port is taken by
@@ -45,6 +48,12 @@ pub struct RelayAddresses {
     pub bind_v6: Option<Ipv6Addr>,
     /// Advertise this IPv6 address.
     pub external_v6: Option<Ipv6Addr>,
+    /// The host's IPv4 address for an IPv4 relay requested over IPv6 with no
+    /// `bind_v4` (RFC 8656 §7.2: IPv4 unless the client asks otherwise); the shell
+    /// picks it from the interfaces. A request to `::1` gets `127.0.0.1` instead.
+    pub host_v4: Option<Ipv4Addr>,
+    /// The same for an IPv6 relay requested over IPv4.
+    pub host_v6: Option<Ipv6Addr>,
 }
 
 /// Limits on what clients may hold.
@@ -348,6 +357,11 @@ pub struct Server {
     pub(crate) draining: Option<Option<SocketAddr>>,
     /// The `now` of the input being handled, for code deep in a request's handling.
     pub(crate) last_now: Instant,
+    /// The most bytes the answer to the request being handled may take: three times
+    /// its size over UDP, whose source address nothing has verified (so that turnd is
+    /// a poor amplifier); `None` over TCP and TLS. Answers to authenticated requests
+    /// are not held to it.
+    pub(crate) answer_budget: Option<usize>,
     /// RFC 6062 peer connections of TCP allocations.
     pub(crate) connections: HashMap<ConnectionId, PeerConnection>,
     /// Client data connections bound to a peer connection.
@@ -425,6 +439,7 @@ impl Server {
             draining: None,
             user_bandwidth: HashMap::new(),
             last_now: now,
+            answer_budget: None,
             connections: HashMap::new(),
             data_connections: HashMap::new(),
         }
@@ -613,6 +628,7 @@ impl Server {
         packet: &[u8],
     ) -> Option<super::relay::ToPeer> {
         self.last_now = now;
+        self.answer_budget = (from.transport == super::Transport::Udp).then(|| packet.len() * AMPLIFICATION_LIMIT);
         match raw::classify(packet) {
             PacketKind::ChannelData => self.relay_channel_data(now, from, packet),
             PacketKind::Stun => {
@@ -625,7 +641,8 @@ impl Server {
                 }
                 // The codec's own limit on SOFTWARE: what the general path would send.
                 let software = self.config.software.as_deref().filter(|s| s.chars().count() < 128);
-                if let Some(bytes) = binding::plain_binding_response(packet, from.client, software) {
+                if let Some(bytes) = binding::plain_binding_response(packet, from.client, software, self.answer_budget)
+                {
                     self.stats.answer(stun_codec::rfc5389::methods::BINDING, None);
                     self.outputs.push_back(Output::Transmit { to: from, bytes });
                     return None;
@@ -635,6 +652,9 @@ impl Server {
             }
             PacketKind::ClassicStun => {
                 match message::classic_binding_response(packet, from.client) {
+                    Some(bytes) if self.answer_budget.is_some_and(|b| bytes.len() > b) => {
+                        self.stats.drop(DropReason::Amplification)
+                    }
                     Some(bytes) => {
                         self.stats.answer(stun_codec::rfc5389::methods::BINDING, None);
                         self.outputs.push_back(Output::Transmit { to: from, bytes });
@@ -724,18 +744,36 @@ impl Server {
     }
 
     /// Queues a response, adding SOFTWARE, integrity when authenticated, and FINGERPRINT.
-    pub(crate) fn respond(&mut self, to: FiveTuple, mut response: Message, auth: Option<&Auth>) {
-        if let Some(software) = &self.config.software {
-            if let Ok(attr) = Software::new(software.clone()) {
-                response.add_attribute(attr);
-            }
-        }
-        let code = response.get_attribute::<ErrorCode>().map(|e| e.code());
-        self.stats.answer(response.method(), code);
+    /// An unauthenticated answer over its budget goes without SOFTWARE, or not at all.
+    pub(crate) fn respond(&mut self, to: FiveTuple, response: Message, auth: Option<&Auth>) {
+        let budget = if auth.is_none() { self.answer_budget } else { None };
         let protection = Protection { key: auth.map(|a| (a.key.as_bytes(), a.integrity)), fingerprint: true };
-        if let Some(bytes) = message::encode(response, protection) {
-            self.outputs.push_back(Output::Transmit { to, bytes });
+        let software = self.config.software.as_ref().and_then(|s| Software::new(s.clone()).ok());
+        let (method, code) = (response.method(), response.get_attribute::<ErrorCode>().map(|e| e.code()));
+        let bytes = match (software, budget) {
+            (None, _) => message::encode(response, protection),
+            (Some(software), None) => {
+                let mut response = response;
+                response.add_attribute(software);
+                message::encode(response, protection)
+            }
+            (Some(software), Some(budget)) => {
+                let mut with_software = response.clone();
+                with_software.add_attribute(software);
+                message::encode(with_software, protection)
+                    .filter(|bytes| bytes.len() <= budget)
+                    .or_else(|| message::encode(response, protection))
+            }
+        };
+        let Some(bytes) = bytes else {
+            return;
+        };
+        if budget.is_some_and(|b| bytes.len() > b) {
+            self.stats.drop(DropReason::Amplification);
+            return;
         }
+        self.stats.answer(method, code);
+        self.outputs.push_back(Output::Transmit { to, bytes });
     }
 
     /// Queues an error response. Unauthenticated rejections are kept minimal (no
@@ -755,11 +793,16 @@ impl Server {
                     self.stats.auth_failures[AuthFailure::RateLimited as usize] += 1;
                     return;
                 }
-                self.stats.answer(method, Some(reject.code));
                 let protection = Protection { key: None, fingerprint: reject.code != 401 };
-                if let Some(bytes) = message::encode(response, protection) {
-                    self.outputs.push_back(Output::Transmit { to, bytes });
+                let Some(bytes) = message::encode(response, protection) else {
+                    return;
+                };
+                if self.answer_budget.is_some_and(|b| bytes.len() > b) {
+                    self.stats.drop(DropReason::Amplification);
+                    return;
                 }
+                self.stats.answer(method, Some(reject.code));
+                self.outputs.push_back(Output::Transmit { to, bytes });
             }
         }
     }

@@ -113,17 +113,21 @@ pub enum DropReason {
     RateCap,
     /// A response or indication a server does not expect from a client.
     Unexpected,
+    /// A request from an unverified (UDP) source whose smallest answer would be more
+    /// than three times its size.
+    Amplification,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::NoPermission,
         DropReason::Policy,
         DropReason::Quota,
         DropReason::RateCap,
         DropReason::Unexpected,
+        DropReason::Amplification,
     ];
 
     /// A metric label value.
@@ -135,6 +139,7 @@ impl DropReason {
             DropReason::Quota => "quota",
             DropReason::RateCap => "rate_cap",
             DropReason::Unexpected => "unexpected",
+            DropReason::Amplification => "amplification",
         }
     }
 }
@@ -185,7 +190,7 @@ pub struct Stats {
     /// Authentication failures by [`AuthFailure`] index.
     pub auth_failures: [u64; 5],
     /// Dropped packets by [`DropReason`] index.
-    pub dropped: [u64; 6],
+    pub dropped: [u64; DropReason::ALL.len()],
     /// Relayed datagrams by [`Direction`] then [`Transport`] index.
     pub relayed_packets: [[u64; 3]; 2],
     /// Relayed payload bytes by [`Direction`] then [`Transport`] index.

@@ -211,8 +211,10 @@ fn two_workers(config: CoreConfig) -> (Harness, Harness) {
     (a, b)
 }
 
+/// The smallest Allocate a client sends first: 28 bytes, REQUESTED-TRANSPORT only.
 fn unauthenticated_allocate() -> Vec<u8> {
-    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
+    let mut m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
+    m.add_attribute(RequestedTransport::new(17));
     message::encode(m, Protection { key: None, fingerprint: false }).unwrap()
 }
 
@@ -250,19 +252,71 @@ fn rfc8489_binding_returns_the_reflexive_address() {
 }
 
 #[test]
-fn rfc8489_9_2_first_request_is_challenged_and_unprotected() {
-    let mut h = Harness::new();
-    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
-    let bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+fn rfc8489_9_2_first_request_is_challenged_and_unprotected_within_3x_its_size() {
+    // The default realm ("turnd"): ERROR-CODE 8 bytes, REALM 12, NONCE 32 (RFC 8489
+    // cookie, expiry and MAC), PASSWORD-ALGORITHMS 12: 84 bytes, 3x the 28-byte Allocate.
+    let mut c = config();
+    c.credentials = crate::turn::auth::Credentials::new("turnd");
+    let mut h = Harness::with_config(c);
+    let bytes = unauthenticated_allocate();
+    assert_eq!(bytes.len(), 28);
     let responses = h.send_raw(&bytes);
     let decoded = message::decode(&responses[0]).unwrap();
     assert_eq!(error_code(&decoded.message), Some(401));
     assert!(decoded.message.get_attribute::<Realm>().is_some());
-    assert!(decoded.message.get_attribute::<Nonce>().is_some());
+    assert_eq!(decoded.message.get_attribute::<Nonce>().unwrap().value().len(), crate::turn::auth::NONCE_LEN);
+    assert!(decoded.message.get_attribute::<crate::stun::attributes::PasswordAlgorithms>().is_some());
     assert!(decoded.integrity_sha1.is_none());
-    // ERROR-CODE 8 bytes, REALM 16, NONCE 36 (RFC 8489 cookie, expiry and MAC), and
-    // PASSWORD-ALGORITHMS 12: RFC 8489 §9.2.4 wants all of them in every 401.
-    assert!(responses[0].len() <= bytes.len() + 72, "401s must stay small: {} bytes", responses[0].len());
+    assert_eq!(responses[0].len(), 84, "3.0x the request");
+}
+
+#[test]
+fn a_401_that_would_pass_3x_leaves_out_password_algorithms_and_a_smaller_request_gets_none() {
+    use crate::stun::attributes::PasswordAlgorithms;
+    use crate::turn::auth::SecurityFeatures;
+    // "example.org" takes 16 bytes: with PASSWORD-ALGORITHMS the 401 would be 88 bytes.
+    let mut h = Harness::new();
+    let responses = h.send_raw(&unauthenticated_allocate());
+    assert_eq!(responses[0].len(), 76);
+    let decoded = message::decode(&responses[0]).unwrap().message;
+    assert!(decoded.get_attribute::<PasswordAlgorithms>().is_none());
+    let nonce = decoded.get_attribute::<Nonce>().unwrap().value().to_owned();
+    let features = SecurityFeatures::from_nonce(&nonce).unwrap();
+    assert!(!features.contains(SecurityFeatures::PASSWORD_ALGORITHMS), "the cookie must not promise them");
+    // The client authenticates with that nonce as an RFC 5389 client would.
+    h.nonce = Some(nonce);
+    assert_eq!(error_code(&h.allocate()), None);
+    // A bare 20-byte Allocate cannot be challenged within 60 bytes: dropped, counted.
+    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([2; 12]));
+    let bare = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    h.client.client = addr("198.51.100.2:40000");
+    assert!(h.send_raw(&bare).is_empty());
+    assert_eq!(h.server.stats().dropped(DropReason::Amplification), 1);
+    // Over TCP the source is verified: the whole 401, PASSWORD-ALGORITHMS included.
+    h.client.transport = Transport::Tcp;
+    let responses = h.send_raw(&bare);
+    let decoded = message::decode(&responses[0]).unwrap().message;
+    assert_eq!(error_code(&decoded), Some(401));
+    assert!(decoded.get_attribute::<PasswordAlgorithms>().is_some());
+}
+
+#[test]
+fn binding_answers_over_udp_stay_within_3x() {
+    let mut h = Harness::new();
+    for client in ["198.51.100.1:40000", "[2001:db8::1]:40000"] {
+        h.client.client = addr(client);
+        // The fast path (no attribute) and the general one (an unknown optional attribute).
+        let plain = Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, h.tid());
+        let plain = message::encode(plain, Protection { key: None, fingerprint: false }).unwrap();
+        let mut general = Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, h.tid());
+        general.add_attribute(stun_codec::rfc5389::attributes::Software::new("c".into()).unwrap());
+        let general = message::encode(general, Protection { key: None, fingerprint: false }).unwrap();
+        for request in [plain, general] {
+            let responses = h.send_raw(&request);
+            assert_eq!(responses.len(), 1, "{client}");
+            assert!(responses[0].len() <= 3 * request.len(), "{client}: {} for {}", responses[0].len(), request.len());
+        }
+    }
 }
 
 #[test]
@@ -734,8 +788,7 @@ fn unauthenticated_answers_are_rate_limited_per_source_ip() {
     c.quotas.unauthenticated_per_second = 5;
     c.quotas.unauthenticated_burst = 5;
     let mut h = Harness::with_config(c);
-    let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([1; 12]));
-    let bytes = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
+    let bytes = unauthenticated_allocate();
     let answered: usize = (0..20).map(|_| h.send_raw(&bytes).len()).sum();
     assert_eq!(answered, 5);
     assert_eq!(h.server.stats().auth_failures[crate::turn::stats::AuthFailure::RateLimited as usize], 15);
@@ -1032,4 +1085,31 @@ fn two_allocations_of_one_server_relay_to_each_other_in_a_denied_range_but_nothi
     // B's allocation ends: its port is no relay any more, and nothing goes there.
     assert_eq!(code(b.request(REFRESH, vec![Lifetime::from_u32(0).into()])), None);
     assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay)).is_none());
+}
+
+#[test]
+fn rfc8656_7_2_an_ipv4_relay_asked_over_ipv6_binds_the_hosts_ipv4_address() {
+    // No REQUESTED-ADDRESS-FAMILY means IPv4, whatever the client's own family.
+    let mut c = config();
+    c.relay.host_v4 = Some("10.0.0.1".parse().unwrap());
+    let mut h = Harness::with_config(c);
+    h.client = FiveTuple {
+        transport: Transport::Udp,
+        client: addr("[2001:db8::7]:40000"),
+        server: addr("[2001:db8::1]:3478"),
+    };
+    assert_eq!(error_code(&h.allocate()), None);
+    assert_eq!(h.relay_addr().ip(), "10.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    // To ::1, the IPv4 loopback; with no IPv4 address known, 440.
+    let mut h = Harness::new();
+    h.client = FiveTuple { transport: Transport::Udp, client: addr("[::1]:40000"), server: addr("[::1]:3478") };
+    assert_eq!(error_code(&h.allocate()), None);
+    assert_eq!(h.relay_addr().ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    let mut h = Harness::new();
+    h.client = FiveTuple {
+        transport: Transport::Udp,
+        client: addr("[2001:db8::7]:40000"),
+        server: addr("[2001:db8::1]:3478"),
+    };
+    assert_eq!(error_code(&h.allocate()), Some(440));
 }

@@ -264,12 +264,21 @@ impl TurndProcess {
         let config_toml = &with_ephemeral_admin(config_toml);
         let dir = TempDir::new("turnd-test");
         let file = dir.write("turnd.toml", config_toml);
+        let mut command = Command::new(turnd_binary());
+        command.arg("serve").arg("-c").arg(&file).args(extra_args);
+        TurndProcess::spawn(command, dir, config_toml, expected_listeners(config_toml))
+    }
 
-        let mut child = Command::new(turnd_binary())
-            .arg("serve")
-            .arg("-c")
-            .arg(&file)
-            .args(extra_args)
+    /// Runs `turnd serve ARGS...` with no config file (the embedded default, as a user
+    /// starts it) and waits for the admin listener, which is logged after every other.
+    pub fn start_default(args: &[&str]) -> TurndProcess {
+        let mut command = Command::new(turnd_binary());
+        command.arg("serve").args(args).env_remove("TURND_CONFIG");
+        TurndProcess::spawn(command, TempDir::new("turnd-test"), "", vec!["admin".to_string()])
+    }
+
+    fn spawn(mut command: Command, dir: TempDir, config_toml: &str, mut wanted: Vec<String>) -> TurndProcess {
+        let mut child = command
             .env("RUST_LOG", std::env::var("TURND_TEST_LOG").unwrap_or("debug".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -286,7 +295,7 @@ impl TurndProcess {
         let mut p =
             TurndProcess { child, _dir: dir, logs, listeners: Vec::new(), config: config_toml.to_string(), readers };
 
-        let mut wanted = expected_listeners(config_toml);
+        let every_listener = config_toml.is_empty();
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while !wanted.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -295,6 +304,8 @@ impl TurndProcess {
                     if let Some((t, addr)) = parse_listening(&line) {
                         if let Some(i) = wanted.iter().position(|w| *w == t) {
                             wanted.remove(i);
+                            p.listeners.push((t, addr));
+                        } else if every_listener {
                             p.listeners.push((t, addr));
                         }
                     }

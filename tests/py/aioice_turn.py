@@ -16,8 +16,9 @@ from aioice.turn import create_turn_endpoint
 
 
 def hostport(text):
+    """HOST:PORT, with an IPv6 host in brackets: [::1]:3478."""
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 class Receiver(asyncio.DatagramProtocol):
