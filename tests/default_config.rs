@@ -21,9 +21,12 @@ use std::process::Command;
 use std::time::Duration;
 use stun_codec::rfc5389::attributes::XorMappedAddress;
 use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5766::attributes::RequestedTransport;
 use stun_codec::rfc5766::attributes::XorPeerAddress;
-use stun_codec::rfc5766::methods::CREATE_PERMISSION;
+use stun_codec::rfc5766::methods::{ALLOCATE, CREATE_PERMISSION};
+use stun_codec::{MessageClass, TransactionId};
 use turn_client::{error_code, StreamClient, TurnClient};
+use turnd::stun::message::{self, Message, Protection};
 
 /// The realm of the embedded default.
 const DEFAULT_REALM: &str = "turnd";
@@ -90,12 +93,25 @@ fn allocated_udp_client(ip: IpAddr, port: u16, password: &str) -> (TurnClient, S
     (client, relayed)
 }
 
+/// A Binding over UDP, and the size of the answers to the smallest unauthenticated
+/// Binding and Allocate (at most three times the request: turnd must be no amplifier).
 fn udp_binding(ip: IpAddr, port: u16) {
     let server = SocketAddr::new(ip, port);
     let mut client = TurnClient::new(&local(ip), server, "", "", DEFAULT_REALM);
     let answer = client.plain(BINDING).unwrap_or_else(|| panic!("no Binding answer over UDP from {server}"));
     let mapped = answer.get_attribute::<XorMappedAddress>().map(|a| a.address());
     assert_eq!(mapped, Some(client.socket.local_addr().unwrap()), "UDP Binding to {server}");
+    let binding = Message::new(MessageClass::Request, BINDING, TransactionId::new([1; 12]));
+    let mut allocate = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([2; 12]));
+    allocate.add_attribute(RequestedTransport::new(17));
+    for (what, request) in [("Binding", binding), ("Allocate", allocate)] {
+        let request = message::encode(request, Protection { key: None, fingerprint: false }).unwrap();
+        client.socket.send_to(&request, server).unwrap();
+        let answer = client.recv().unwrap_or_else(|| panic!("no answer to a {what} from {server}"));
+        let factor = answer.len() as f64 / request.len() as f64;
+        println!("{server}: {} byte answer to a {} byte {what}: {factor:.2}x", answer.len(), request.len());
+        assert!(factor <= 3.0, "{server}: {what} amplified {factor:.2}x");
+    }
 }
 
 /// Binding, Allocate and a ChannelData round trip over UDP to `ip`.
@@ -103,7 +119,7 @@ fn udp_round_trip(ip: IpAddr, port: u16, password: &str) {
     udp_binding(ip, port);
     let (mut a, a_relay) = allocated_udp_client(ip, port, password);
     let (mut b, b_relay) = allocated_udp_client(ip, port, password);
-    assert_eq!(a_relay.ip().is_ipv4(), true, "the default relay family is IPv4 (RFC 8656 §7.2)");
+    assert!(a_relay.ip().is_ipv4(), "the default relay family is IPv4 (RFC 8656 §7.2)");
     assert_eq!(a.create_permission(b_relay), None, "A's permission for B's relay {b_relay}");
     assert_eq!(b.create_permission(a_relay), None, "B's permission for A's relay {a_relay}");
     assert_eq!(a.channel_bind(0x4000, b_relay), None, "A binds a channel to B's relay");
