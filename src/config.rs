@@ -3,6 +3,7 @@
 
 use crate::turn::auth::Credentials;
 use crate::turn::policy::PeerPolicy;
+use crate::turn::source::SourcePrefix;
 use crate::turn::{CoreConfig, Quotas, RelayAddresses};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -124,6 +125,18 @@ pub struct Tcp {
     pub idle_timeout: Duration,
     /// Concurrent TCP and TLS connections; more are refused at accept.
     pub max_connections: usize,
+    /// Concurrent connections from one source (an IPv4 address, an IPv6 /64: see
+    /// `limits.ipv4-prefix`/`ipv6-prefix`); more from it are refused at accept.
+    pub max_connections_per_source: usize,
+    /// Of those, connections that hold no allocation yet.
+    pub max_unauthenticated_per_source: usize,
+    /// A connection that holds no allocation this long after accept is closed.
+    #[serde(with = "humantime_serde")]
+    pub unauthenticated_timeout: Duration,
+    /// A client that leaves answers unread this long (its outbound queue full, or a
+    /// write blocked) is cut.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for Tcp {
@@ -133,17 +146,26 @@ impl Default for Tcp {
             first_message_timeout: d.first_message_timeout,
             idle_timeout: d.idle_timeout,
             max_connections: d.max_connections,
+            max_connections_per_source: d.max_connections_per_source,
+            max_unauthenticated_per_source: d.max_unauthenticated_per_source,
+            unauthenticated_timeout: d.unauthenticated_timeout,
+            write_timeout: d.write_timeout,
         }
     }
 }
 
 impl Tcp {
-    /// The shell's view.
-    pub fn limits(&self) -> crate::net::stream::StreamLimits {
+    /// The shell's view; `sources` groups client addresses as `[limits]` says.
+    pub fn limits(&self, sources: SourcePrefix) -> crate::net::stream::StreamLimits {
         crate::net::stream::StreamLimits {
             first_message_timeout: self.first_message_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            max_unauthenticated_per_source: self.max_unauthenticated_per_source,
+            unauthenticated_timeout: self.unauthenticated_timeout,
+            write_timeout: self.write_timeout,
+            sources,
         }
     }
 }
@@ -215,6 +237,21 @@ pub struct Limits {
     pub bandwidth_per_allocation: u64,
     /// Relayed bytes per second per user over all its allocations; 0 is no cap.
     pub bandwidth_per_user: u64,
+    /// EVEN-PORT reservations held at once (each also counts as an allocation of its
+    /// user and source until redeemed or expired); 0 refuses them.
+    pub total_reservations: usize,
+    /// Leading bits of an IPv4 client address that name its source for every
+    /// per-source limit (allocations-per-ip, the 401 limiter, TCP and admin caps).
+    pub ipv4_prefix: u8,
+    /// The same for IPv6 (64: one subnet, usually one host, counts once).
+    pub ipv6_prefix: u8,
+}
+
+impl Limits {
+    /// How client addresses are grouped into sources.
+    pub fn sources(&self) -> SourcePrefix {
+        SourcePrefix { v4: self.ipv4_prefix, v6: self.ipv6_prefix }
+    }
 }
 
 impl Default for Limits {
@@ -230,6 +267,9 @@ impl Default for Limits {
             unauthenticated_burst: q.unauthenticated_burst,
             bandwidth_per_allocation: q.bytes_per_second_per_allocation,
             bandwidth_per_user: q.bytes_per_second_per_user,
+            total_reservations: q.total_reservations,
+            ipv4_prefix: q.source_prefix.v4,
+            ipv6_prefix: q.source_prefix.v6,
         }
     }
 }
@@ -277,6 +317,8 @@ pub struct Admin {
     pub metrics_require_token: bool,
     /// Concurrent admin connections (HTTP and WebSocket together); more are refused.
     pub max_connections: usize,
+    /// Of those, from one source (see `limits.ipv4-prefix`/`ipv6-prefix`).
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Admin {
@@ -287,6 +329,7 @@ impl Default for Admin {
             token: None,
             metrics_require_token: false,
             max_connections: 16,
+            max_connections_per_source: 8,
         }
     }
 }
@@ -416,6 +459,26 @@ impl Config {
         if self.tcp.max_connections == 0 {
             return Err(("tcp.max-connections", "must be at least 1".into()));
         }
+        if self.tcp.max_connections_per_source == 0 {
+            return Err(("tcp.max-connections-per-source", "must be at least 1".into()));
+        }
+        if self.tcp.max_unauthenticated_per_source == 0 {
+            return Err(("tcp.max-unauthenticated-per-source", "must be at least 1".into()));
+        }
+        if self.tcp.unauthenticated_timeout < Duration::from_secs(1)
+            || self.tcp.unauthenticated_timeout > self.tcp.idle_timeout
+        {
+            return Err(("tcp.unauthenticated-timeout", "must be at least 1s and at most idle-timeout".into()));
+        }
+        if self.tcp.write_timeout < Duration::from_secs(1) {
+            return Err(("tcp.write-timeout", "must be at least 1s".into()));
+        }
+        if !(1..=32).contains(&self.limits.ipv4_prefix) {
+            return Err(("limits.ipv4-prefix", "must be 1 to 32".into()));
+        }
+        if !(1..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(("limits.ipv6-prefix", "must be 1 to 128".into()));
+        }
         if self.relay.port_min > self.relay.port_max || self.relay.port_min == 0 {
             return Err((
                 "relay.port-min",
@@ -481,6 +544,9 @@ impl Config {
         if !(1..=1024).contains(&a.max_connections) {
             return Err(("admin.max-connections", "must be 1 to 1024".into()));
         }
+        if !(1..=a.max_connections).contains(&a.max_connections_per_source) {
+            return Err(("admin.max-connections-per-source", "must be 1 to admin.max-connections".into()));
+        }
         Ok(())
     }
 
@@ -534,6 +600,8 @@ impl Config {
                 unauthenticated_burst: self.limits.unauthenticated_burst,
                 bytes_per_second_per_allocation: self.limits.bandwidth_per_allocation,
                 bytes_per_second_per_user: self.limits.bandwidth_per_user,
+                total_reservations: self.limits.total_reservations,
+                source_prefix: self.limits.sources(),
             },
         }
     }

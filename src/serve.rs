@@ -359,7 +359,7 @@ fn bind_listeners(
                 }
                 _ => None,
             };
-            let limits = config.tcp.limits();
+            let limits = config.tcp.limits(config.limits.sources());
             tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), router.clone()));
             local
         };

@@ -30,6 +30,16 @@ pub struct StreamLimits {
     pub idle_timeout: Duration,
     /// Concurrent connections over all stream listeners.
     pub max_connections: usize,
+    /// Concurrent connections from one source.
+    pub max_connections_per_source: usize,
+    /// Concurrent connections from one source that hold no allocation yet.
+    pub max_unauthenticated_per_source: usize,
+    /// A connection that holds no allocation this long after accept is closed.
+    pub unauthenticated_timeout: Duration,
+    /// A client that leaves answers unread this long is cut.
+    pub write_timeout: Duration,
+    /// How client addresses are grouped into sources.
+    pub sources: crate::turn::source::SourcePrefix,
 }
 
 impl Default for StreamLimits {
@@ -38,6 +48,11 @@ impl Default for StreamLimits {
             first_message_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(900),
             max_connections: 10_000,
+            max_connections_per_source: 256,
+            max_unauthenticated_per_source: 16,
+            unauthenticated_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            sources: crate::turn::source::SourcePrefix::default(),
         }
     }
 }

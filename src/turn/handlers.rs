@@ -261,20 +261,38 @@ impl Server {
         let additional_ip = additional.and_then(|_| self.relay_bind_ip(from, Family::V6));
         // One lock for the quotas and the ports: the Allocate is counted from here on
         // (pending ones too), so no other worker can admit past a quota meanwhile.
+        // A reservation (EVEN-PORT with R) counts as one more allocation until it is
+        // redeemed, which trades its count for the redeeming Allocate's.
         let mut shared = ledger::lock(&self.ledger);
-        shared.admit(&auth.username, from.client.ip(), &self.config.quotas).map_err(|refusal| {
+        let refused = |refusal| {
             match refusal {
                 Refusal::Capacity => Reject::new(508, "Insufficient Capacity"),
                 Refusal::Quota => Reject::new(486, "Allocation Quota Reached"),
             }
             .with_auth(&auth)
-        })?;
+        };
+        let (user, ip, quotas) = (&auth.username, from.client.ip(), &self.config.quotas);
         let port = match token {
-            Some(token) => shared.redeem(token.token(), now),
-            None => shared.take_port(self.rng.as_mut(), even_port.is_some(), reserve_next, now),
+            Some(token) => shared.redeem(token.token(), user, ip, quotas, now).map_err(refused)?,
+            None => {
+                shared.admit(user, ip, quotas).map_err(refused)?;
+                if reserve_next {
+                    if let Err(refusal) = shared.admit_reservation(user, ip, quotas) {
+                        shared.forget_allocation(user, ip);
+                        return Err(refused(refusal));
+                    }
+                }
+                let port = shared.take_port(self.rng.as_mut(), even_port.is_some(), reserve_next, now);
+                if port.is_none() {
+                    shared.forget_allocation(user, ip);
+                    if reserve_next {
+                        shared.forget_allocation(user, ip);
+                    }
+                }
+                port
+            }
         };
         let Some(port) = port else {
-            shared.forget_allocation(&auth.username, from.client.ip());
             return Err(Reject::new(508, "Insufficient Capacity").with_auth(&auth));
         };
         let mut relays = vec![PendingRelay { family: primary, bind_ip, port, attempts: 1, outcome: None }];
@@ -415,6 +433,9 @@ impl Server {
                     // counting against the quotas.
                     let mut shared = ledger::lock(&self.ledger);
                     shared.forget_allocation(&pending.username, pending.five_tuple.client.ip());
+                    if pending.reserve_next {
+                        shared.forget_allocation(&pending.username, pending.five_tuple.client.ip());
+                    }
                     for relay in &pending.relays {
                         if let Some(Ok(bound)) = relay.outcome {
                             shared.release_port(bound.port());
@@ -433,7 +454,8 @@ impl Server {
         }
         // The pool took the primary port's successor with it (EVEN-PORT with R).
         let reserved = pending.relays.first().filter(|_| pending.reserve_next).map(|r| r.port.saturating_add(1));
-        let reservation = reserved.and_then(|port| self.mint_reservation(port, now));
+        let (user, ip) = (pending.username.as_str(), pending.five_tuple.client.ip());
+        let reservation = reserved.and_then(|port| self.mint_reservation(port, now, user, ip));
         let mut allocation = Allocation::new(
             pending.five_tuple,
             &pending.username,
@@ -475,14 +497,16 @@ impl Server {
     /// entries behind; when those outnumber the live reservations the heap keeps only
     /// tokens the ledger still holds, so it stays within about twice the reservations
     /// (themselves bounded by the port range) at amortised O(1) cost.
-    pub(crate) fn mint_reservation(&mut self, port: u16, now: Instant) -> Option<u64> {
+    /// The reservation stands on the count `admit_reservation` made for `user` from
+    /// `ip`, which goes when no token can be minted.
+    pub(crate) fn mint_reservation(&mut self, port: u16, now: Instant, user: &str, ip: IpAddr) -> Option<u64> {
         let expires = now + RESERVATION_LIFETIME;
         let mut shared = ledger::lock(&self.ledger);
         // Tokens are random u64s: a collision needs the rng to repeat, so a few draws
         // are plenty.
         for _ in 0..4 {
             let token = self.rng.next_u64();
-            if shared.reserve(token, port, expires) {
+            if shared.reserve(token, port, expires, user, ip) {
                 self.reservation_expiries.push(Reverse((expires, token)));
                 if self.reservation_expiries.len() > 2 * shared.reservation_count() + 1024 {
                     self.reservation_expiries.retain(|Reverse((_, token))| shared.holds_reservation(*token));
@@ -491,6 +515,7 @@ impl Server {
             }
         }
         shared.release_port(port);
+        shared.forget_allocation(user, ip);
         None
     }
 

@@ -17,6 +17,7 @@
 use super::ports::{LivePorts, PortPool};
 use super::rate::KeyedLimiter;
 use super::server::{CoreConfig, Quotas};
+use super::source::SourcePrefix;
 use super::Rng;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,11 +47,15 @@ pub enum Refusal {
     Quota,
 }
 
-/// A port held for a later Allocate by RESERVATION-TOKEN (RFC 8656 §7.2).
-#[derive(Debug, Clone, Copy)]
+/// A port held for a later Allocate by RESERVATION-TOKEN (RFC 8656 §7.2). It counts as
+/// an allocation of the user and source that made it, so looping "Allocate with
+/// EVEN-PORT(R), delete" cannot hold ports past a quota.
+#[derive(Debug, Clone)]
 struct Reservation {
     port: u16,
     expires: Instant,
+    user: Box<str>,
+    source: IpAddr,
 }
 
 /// Counts shared by every worker. See the module documentation.
@@ -65,10 +70,14 @@ pub struct Ledger {
     next_reservation_expiry: Option<Instant>,
     /// Allocations (pending or live) per username, over all workers.
     per_user: HashMap<Box<str>, usize>,
-    /// Allocations (pending or live) per client IP, over all workers.
+    /// Allocations (pending or live) and reservations per client source (an address
+    /// masked by `source_prefix`), over all workers.
     per_ip: HashMap<IpAddr, usize>,
-    /// Allocations (pending or live) over all workers.
+    /// Allocations (pending or live) and reservations over all workers.
     allocations: usize,
+    /// How client addresses are grouped into sources; fixed while anything is counted,
+    /// so that every count is undone under the key it was made with.
+    source_prefix: SourcePrefix,
     /// 401s per source IP, over all workers.
     unauthenticated: KeyedLimiter<IpAddr>,
     /// The (per second, burst) `unauthenticated` was built with.
@@ -102,6 +111,7 @@ impl Ledger {
             per_user: HashMap::new(),
             per_ip: HashMap::new(),
             allocations: 0,
+            source_prefix: config.quotas.source_prefix,
             unauthenticated: limiter(limits),
             unauthenticated_limits: limits,
             nonce_epoch: None,
@@ -118,6 +128,10 @@ impl Ledger {
         if limits != self.unauthenticated_limits {
             self.unauthenticated = limiter(limits);
             self.unauthenticated_limits = limits;
+        }
+        if config.quotas.source_prefix != self.source_prefix && self.allocations == 0 {
+            self.source_prefix = config.quotas.source_prefix;
+            self.unauthenticated = limiter(limits);
         }
         if config.port_range != self.port_range && self.ports.in_use() == 0 {
             // Nothing is in use, so the shared bits are all clear for the new pool.
@@ -156,11 +170,27 @@ impl Ledger {
         if self.allocations >= quotas.total_allocations {
             return Err(Refusal::Capacity);
         }
+        let source = self.source_prefix.key(ip);
         if self.per_user.get(user).copied().unwrap_or(0) >= quotas.allocations_per_user
-            || self.per_ip.get(&ip).copied().unwrap_or(0) >= quotas.allocations_per_ip
+            || self.per_ip.get(&source).copied().unwrap_or(0) >= quotas.allocations_per_ip
         {
             return Err(Refusal::Quota);
         }
+        self.count(user, source);
+        Ok(())
+    }
+
+    /// [`Ledger::admit`] for a reservation the Allocate being admitted will make
+    /// (EVEN-PORT with the R bit): it counts like one more allocation of the user and
+    /// source, within the reservation bound too.
+    pub(crate) fn admit_reservation(&mut self, user: &str, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
+        if self.reservations.len() >= quotas.total_reservations {
+            return Err(Refusal::Capacity);
+        }
+        self.admit(user, ip, quotas)
+    }
+
+    fn count(&mut self, user: &str, source: IpAddr) {
         self.allocations += 1;
         match self.per_user.get_mut(user) {
             Some(n) => *n += 1,
@@ -168,15 +198,20 @@ impl Ledger {
                 self.per_user.insert(user.into(), 1);
             }
         }
-        *self.per_ip.entry(ip).or_default() += 1;
-        Ok(())
+        *self.per_ip.entry(source).or_default() += 1;
     }
 
-    /// Uncounts an allocation [`Ledger::admit`] counted: it ended, or never came to be.
+    /// Uncounts an allocation [`Ledger::admit`] counted (or a reservation
+    /// [`Ledger::admit_reservation`] did): it ended, or never came to be.
     pub(crate) fn forget_allocation(&mut self, user: &str, ip: IpAddr) {
+        let source = self.source_prefix.key(ip);
+        self.uncount(user, source);
+    }
+
+    fn uncount(&mut self, user: &str, source: IpAddr) {
         self.allocations = self.allocations.saturating_sub(1);
         decrement(&mut self.per_user, user);
-        decrement(&mut self.per_ip, &ip);
+        decrement(&mut self.per_ip, &source);
     }
 
     /// Takes a random free relay port (see [`PortPool::take_random`]).
@@ -196,27 +231,49 @@ impl Ledger {
         self.ports.release(port);
     }
 
-    /// Records that `port`, already taken, is held for `token` until `expires`; false
-    /// if `token` is already in use (the caller draws another).
-    pub(crate) fn reserve(&mut self, token: u64, port: u16, expires: Instant) -> bool {
+    /// Records that `port`, already taken, is held for `token` until `expires`, on the
+    /// count [`Ledger::admit_reservation`] made for `user` from `ip`; false if `token`
+    /// is already in use (the caller draws another).
+    pub(crate) fn reserve(&mut self, token: u64, port: u16, expires: Instant, user: &str, ip: IpAddr) -> bool {
         if self.reservations.contains_key(&token) {
             return false;
         }
-        self.reservations.insert(token, Reservation { port, expires });
+        let source = self.source_prefix.key(ip);
+        self.reservations.insert(token, Reservation { port, expires, user: user.into(), source });
         self.next_reservation_expiry = Some(self.next_reservation_expiry.map_or(expires, |t| t.min(expires)));
         true
     }
 
-    /// Hands the port reserved for `token` to its Allocate; `None` if the token is
-    /// unknown, already used or expired (an expired port goes back to the pool).
-    pub(crate) fn redeem(&mut self, token: u64, now: Instant) -> Option<u16> {
+    /// Hands the port reserved for `token` to an Allocate of `user` from `ip`, which
+    /// the quotas must admit in the reservation's place (the reservation's own count
+    /// goes); `None` if the token is unknown, already used or expired (an expired port
+    /// goes back to the pool), or `Err` when the quotas refuse and the reservation
+    /// stays as it was.
+    pub(crate) fn redeem(
+        &mut self,
+        token: u64,
+        user: &str,
+        ip: IpAddr,
+        quotas: &Quotas,
+        now: Instant,
+    ) -> Result<Option<u16>, Refusal> {
         self.sweep_reservations(now);
-        let reservation = self.reservations.remove(&token)?;
+        let Some(reservation) = self.reservations.remove(&token) else {
+            return Ok(None);
+        };
+        self.uncount(&reservation.user, reservation.source);
         if reservation.expires <= now {
             self.ports.release(reservation.port);
-            return None;
+            return Ok(None);
         }
-        Some(reservation.port)
+        match self.admit(user, ip, quotas) {
+            Ok(()) => Ok(Some(reservation.port)),
+            Err(refusal) => {
+                self.count(&reservation.user, reservation.source);
+                self.reservations.insert(token, reservation);
+                Err(refusal)
+            }
+        }
     }
 
     /// Drops `token`'s reservation if it is still held and expired, releasing its
@@ -225,6 +282,7 @@ impl Ledger {
         if self.reservations.get(&token).is_some_and(|r| r.expires <= now) {
             if let Some(reservation) = self.reservations.remove(&token) {
                 self.ports.release(reservation.port);
+                self.uncount(&reservation.user, reservation.source);
             }
         }
         self.sweep_reservations(now);
@@ -240,9 +298,9 @@ impl Ledger {
         self.reservations.len()
     }
 
-    /// Whether one more unauthenticated answer (a 401) may go to `ip`.
+    /// Whether one more unauthenticated answer (a 401) may go to `ip`'s source.
     pub(crate) fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
-        self.unauthenticated.allow(ip, now)
+        self.unauthenticated.allow(self.source_prefix.key(ip), now)
     }
 
     /// Drops expired reservations of every worker (one whose worker stopped, too).
@@ -252,14 +310,13 @@ impl Ledger {
         if !self.next_reservation_expiry.is_some_and(|t| t <= now) {
             return;
         }
-        let ports = &mut self.ports;
-        self.reservations.retain(|_, r| {
-            let keep = r.expires > now;
-            if !keep {
-                ports.release(r.port);
+        let expired: Vec<u64> = self.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(t, _)| *t).collect();
+        for token in expired {
+            if let Some(r) = self.reservations.remove(&token) {
+                self.ports.release(r.port);
+                self.uncount(&r.user, r.source);
             }
-            keep
-        });
+        }
         self.next_reservation_expiry = self.reservations.values().map(|r| r.expires).min();
     }
 }
@@ -313,13 +370,53 @@ mod tests {
         let mut l = ledger(50000..=50001);
         let t0 = Instant::now();
         let mut rng = CountingRng::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let quotas = Quotas::default();
         assert_eq!(l.take_port(&mut rng, true, true, t0), Some(50000));
-        assert!(l.reserve(7, 50001, t0 + Duration::from_secs(30)));
-        assert!(!l.reserve(7, 50001, t0 + Duration::from_secs(30)), "a token names one reservation");
+        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
+        assert!(l.reserve(7, 50001, t0 + Duration::from_secs(30), "alice", ip));
+        assert!(!l.reserve(7, 50001, t0 + Duration::from_secs(30), "alice", ip), "a token names one reservation");
+        assert_eq!(l.allocation_count(), 1, "the reservation counts");
         assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(29)), None);
         assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(30)), Some(50001));
         assert_eq!(l.reservation_count(), 0);
-        assert_eq!(l.redeem(7, t0 + Duration::from_secs(30)), None);
+        assert_eq!(l.allocation_count(), 0, "and stops counting when it expires");
+        assert_eq!(l.redeem(7, "alice", ip, &quotas, t0 + Duration::from_secs(30)), Ok(None));
+    }
+
+    #[test]
+    fn a_reservation_counts_against_the_quotas_until_redeemed_and_redeeming_trades_its_count() {
+        let mut l = ledger(50000..=50009);
+        let t0 = Instant::now();
+        let quotas = Quotas { allocations_per_user: 2, total_reservations: 1, ..Quotas::default() };
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
+        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
+        assert!(l.reserve(9, 50005, t0 + Duration::from_secs(30), "alice", ip));
+        assert_eq!(l.admit("alice", ip, &quotas), Err(Refusal::Quota), "allocation + reservation = 2");
+        assert_eq!(l.admit_reservation("bob", ip, &quotas), Err(Refusal::Capacity), "one reservation at most");
+        // The redeeming Allocate takes the reservation's place, from another address of the /64 too.
+        assert_eq!(l.redeem(9, "alice", same_64, &quotas, t0), Ok(Some(50005)));
+        assert_eq!(l.allocation_count(), 2);
+        assert_eq!(l.per_ip.len(), 1, "one /64, one source");
+    }
+
+    #[test]
+    fn a_refused_redemption_leaves_the_reservation_in_place() {
+        let mut l = ledger(50000..=50009);
+        let t0 = Instant::now();
+        let quotas = Quotas { allocations_per_user: 1, ..Quotas::default() };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
+        assert!(l.reserve(3, 50002, t0 + Duration::from_secs(30), "alice", ip));
+        assert_eq!(l.admit("bob", ip, &Quotas { allocations_per_ip: 1, ..quotas }), Err(Refusal::Quota));
+        assert_eq!(l.redeem(3, "bob", ip, &Quotas { allocations_per_ip: 1, ..quotas }, t0), Ok(Some(50002)));
+        assert_eq!(l.admit_reservation("carol", ip, &quotas), Ok(()));
+        assert!(l.reserve(4, 50004, t0 + Duration::from_secs(30), "carol", ip));
+        assert_eq!(l.admit("carol", "192.0.2.9".parse().unwrap(), &quotas), Err(Refusal::Quota));
+        assert_eq!(l.redeem(4, "bob", ip, &quotas, t0), Err(Refusal::Quota), "bob is at his quota");
+        assert!(l.holds_reservation(4), "still carol's");
     }
 
     #[test]

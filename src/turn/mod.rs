@@ -11,6 +11,7 @@ pub mod ports;
 pub mod rate;
 pub mod relay;
 pub mod server;
+pub mod source;
 pub mod stats;
 pub mod tcp_relay;
 

@@ -78,6 +78,12 @@ pub struct Quotas {
     pub bytes_per_second_per_allocation: u64,
     /// Relayed payload bytes per second per user over all its allocations; 0: no cap.
     pub bytes_per_second_per_user: u64,
+    /// RESERVATION-TOKENs held at once over the server (508 past it). Each also counts
+    /// as an allocation of its user and source until it is redeemed or expires.
+    pub total_reservations: usize,
+    /// How client addresses are grouped into sources for `allocations_per_ip` and the
+    /// 401 limiter (IPv6 by /64 by default).
+    pub source_prefix: super::source::SourcePrefix,
 }
 
 impl Default for Quotas {
@@ -92,6 +98,8 @@ impl Default for Quotas {
             unauthenticated_burst: 40,
             bytes_per_second_per_allocation: 0,
             bytes_per_second_per_user: 0,
+            total_reservations: 1000,
+            source_prefix: super::source::SourcePrefix::default(),
         }
     }
 }

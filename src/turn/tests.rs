@@ -1113,3 +1113,32 @@ fn rfc8656_7_2_an_ipv4_relay_asked_over_ipv6_binds_the_hosts_ipv4_address() {
     };
     assert_eq!(error_code(&h.allocate()), Some(440));
 }
+
+#[test]
+fn even_port_reservations_count_against_the_users_quota_so_a_loop_cannot_hoard_ports() {
+    // Issue: a user limited to 2 allocations looping "Allocate EVEN-PORT(R), Refresh 0"
+    // ended with no allocation and half the port range reserved.
+    let mut c = config();
+    c.quotas.allocations_per_user = 2;
+    let mut h = Harness::with_config(c);
+    let even_r = || vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()];
+    let mut granted = 0;
+    for i in 0..5u16 {
+        h.client.client = addr(&format!("198.51.100.1:{}", 41000 + i));
+        let response = h.request(ALLOCATE, even_r());
+        match error_code(&response) {
+            None => {
+                granted += 1;
+                assert_eq!(error_code(&h.request(REFRESH, vec![Lifetime::from_u32(0).into()])), None);
+            }
+            Some(code) => assert_eq!(code, 486, "refused by the user's quota"),
+        }
+    }
+    assert_eq!(granted, 1, "the reservation left behind still counts");
+    let (in_use, _) = h.server.port_usage();
+    assert_eq!(in_use, 1, "only the one reserved port stays held");
+    // Once it expires, the user may allocate again.
+    h.advance(RESERVATION_LIFETIME);
+    h.client.client = addr("198.51.100.1:42000");
+    assert_eq!(error_code(&h.request(ALLOCATE, even_r())), None);
+}
