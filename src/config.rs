@@ -398,6 +398,29 @@ impl Default for Config {
     }
 }
 
+/// Keys whose values are secrets: never quoted back in an error, which `check-config`
+/// prints and a SIGHUP reload writes to the server log.
+const SECRET_KEYS: [&str; 4] = ["secrets", "password", "key", "token"];
+
+/// The parser's message, or, when the error is in the value of a secret-bearing key
+/// (found on the error's line or the nearest line above that assigns a key, for a
+/// multi-line array), a message that names the key and the expected type only.
+fn without_secrets(source: &str, line: usize, message: &str) -> String {
+    let lines: Vec<&str> = source.lines().take(line).collect();
+    let key = lines.iter().rev().find_map(|l| {
+        let (key, _) = l.split_once('=')?;
+        let key = key.trim();
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).then_some(key)
+    });
+    match key {
+        Some(key) if SECRET_KEYS.contains(&key) => {
+            let expected = message.find(", expected").map_or("", |i| &message[i..]);
+            format!("invalid value for `{key}` (not shown: it holds a secret){expected}")
+        }
+        _ => message.to_owned(),
+    }
+}
+
 fn line_of(source: &str, offset: usize) -> usize {
     source.get(..offset).map_or(1, |s| s.lines().count().max(1) + usize::from(s.ends_with('\n')))
 }
@@ -424,10 +447,9 @@ impl Config {
 
     /// Parses and validates config text; `path` names it in errors.
     pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(source).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            line: e.span().map_or(0, |s| line_of(source, s.start)),
-            message: e.message().to_owned(),
+        let config: Config = toml::from_str(source).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(source, s.start));
+            ConfigError::Parse { path: path.to_owned(), line, message: without_secrets(source, line, e.message()) }
         })?;
         config.validate().map_err(|(key, message)| ConfigError::Invalid {
             path: path.to_owned(),
@@ -649,6 +671,23 @@ mod tests {
         assert!(err.contains("exactly one of password or key"), "{err}");
         let err = parse("[relay]\nmax-lifetime = \"soon\"\n").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn errors_in_secret_values_do_not_quote_them() {
+        for (text, key) in [
+            ("[auth]\nsecrets = \"hunter2-secret\"\n", "secrets"),
+            ("[auth]\nsecrets = [\n  \"ok\",\n  \"hunter2-secret\",\n  7\n]\n", "secrets"),
+            ("[[auth.user]]\nname = \"a\"\npassword = 918273645\n", "password"),
+            ("[admin]\ntoken = [\"hunter2-secret\"]\n", "token"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("918273645") && !err.contains('7'), "{err}");
+            assert!(err.contains(&format!("`{key}`")) && err.contains("expected"), "{err}");
+        }
+        // Other keys still quote what is wrong.
+        let err = parse("realm = 5\n").unwrap_err().to_string();
+        assert!(err.contains('5'), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The turnd binary: the CLI and its subcommands. `anyhow` lives only in the binary,
 //! at the edge; `serve.rs` runs the server's process life.
 
+mod descriptors;
+mod log_escape;
 mod serve;
 
 use anyhow::{bail, Context, Result};
@@ -92,7 +94,10 @@ fn dispatch(command: Command) -> Result<()> {
                     Ok(User { name: name.to_owned(), password: Some(password.to_owned()), key: None })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            serve::serve(config, serve::Overrides { users, allow_peers, log_format, port, workers, admin_address })
+            serve::serve(
+                config,
+                serve::Overrides { users, allow_peers, log_format, port, workers, admin_address, descriptors: None },
+            )
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -108,9 +113,19 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
+/// The longest TTL `credentials` mints: REST credentials are meant to be short-lived,
+/// and ten years keeps the expiry far from any overflow.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 fn credentials(secret: &str, user: &str, ttl: Duration, urls: Vec<String>) -> Result<()> {
     if user.contains(':') {
         bail!("--user must not contain ':' (it separates the expiry from the user id)");
+    }
+    if secret.is_empty() {
+        bail!("--secret is empty: turnd refuses empty shared secrets (auth.secrets)");
+    }
+    if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
+        bail!("--ttl must be from 1s to 10 years (got {})", humantime::format_duration(ttl));
     }
     let expiry = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
     let username = format!("{expiry}:{user}");

@@ -37,6 +37,8 @@ pub struct Overrides {
     pub workers: Option<usize>,
     /// `--admin-address`.
     pub admin_address: Option<SocketAddr>,
+    /// What the open-file limit allows (found at start, applied to reloads too).
+    pub descriptors: Option<crate::descriptors::Budget>,
 }
 
 impl Overrides {
@@ -53,6 +55,9 @@ impl Overrides {
         }
         if let Some(address) = self.admin_address {
             config.admin.address = address;
+        }
+        if let Some(budget) = self.descriptors {
+            budget.apply(config);
         }
     }
 }
@@ -142,7 +147,7 @@ fn init_logging(level: &str, format: LogFormat) -> SetLogLevel {
         LogFormat::Text => {
             let builder = tracing_subscriber::fmt()
                 .with_ansi(false)
-                .with_writer(std::io::stderr)
+                .with_writer(crate::log_escape::EscapedStderr)
                 .with_env_filter(filter)
                 .with_filter_reloading();
             setter!(builder)
@@ -171,6 +176,9 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         overrides.port = Some(shared_free_port(&config)?);
     }
     overrides.apply(&mut config);
+    let budget = crate::descriptors::raise_and_budget(config.worker_count());
+    budget.apply(&mut config);
+    overrides.descriptors = Some(budget);
     config.validate().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
     if !config.has_credentials() {
         let password = random_password();

@@ -25,3 +25,39 @@ fn unknown_config_key_is_an_error() {
     assert!(!out.success(), "turnd accepted an unknown key:\n{out}");
     assert!(out.all().contains("no-such-key"), "error does not name the key:\n{out}");
 }
+
+#[test]
+fn a_mistyped_secret_is_named_but_never_quoted() {
+    let dir = TempDir::new("turnd-cli");
+    for (bad, key) in [
+        ("[auth]\nsecrets = \"hunter2-north\"\n", "secrets"),
+        ("[[auth.user]]\nname = \"bob\"\npassword = 91827364\n", "password"),
+    ] {
+        let file = dir.write("bad.toml", bad);
+        let out =
+            run_with_timeout(Command::new(turnd_binary()).arg("check-config").arg(&file), Duration::from_secs(10));
+        assert!(!out.success(), "{out}");
+        assert!(out.all().contains(&format!("`{key}`")), "the key is not named:\n{out}");
+        assert!(out.all().contains(":2:") || out.all().contains(":3:"), "the line is not named:\n{out}");
+        assert!(!out.all().contains("hunter2") && !out.all().contains("91827364"), "the secret was printed:\n{out}");
+    }
+}
+
+#[test]
+fn credentials_refuse_an_empty_secret_and_a_ttl_that_would_wrap() {
+    for (args, says) in [
+        (vec!["--secret", ""], "--secret is empty"),
+        (vec!["--secret", "s", "--ttl", "600000000years"], "--ttl must be"),
+        (vec!["--secret", "s", "--ttl", "0s"], "--ttl must be"),
+    ] {
+        let out =
+            run_with_timeout(Command::new(turnd_binary()).arg("credentials").args(&args), Duration::from_secs(10));
+        assert!(!out.success() && out.stderr.contains(says), "{args:?}:\n{out}");
+        assert!(out.stdout.is_empty(), "{args:?} minted something:\n{out}");
+    }
+    let out = run_with_timeout(
+        Command::new(turnd_binary()).args(["credentials", "--secret", "s", "--ttl", "3650days"]),
+        Duration::from_secs(10),
+    );
+    assert!(out.success(), "{out}");
+}

@@ -224,3 +224,27 @@ fn memory_stays_flat_under_100k_unauthenticated_allocates_from_many_sources() {
         None
     );
 }
+
+#[test]
+fn a_rest_user_id_with_a_newline_cannot_forge_a_log_line() {
+    let turnd = TurndProcess::start(&config("", "", ""), &[]);
+    let forged = "x\n2026-01-01T00:00:00.000000Z  WARN turnd: FORGED client=203.0.113.9";
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let user = format!("{expiry}:{forged}");
+    let password = turnd::turn::auth::rest_password(b"north-secret", &user);
+    let mut c = TurnClient::new("127.0.0.1:0", turnd.udp_addr(), &user, &password, REALM);
+    c.allocate(vec![]).expect("the REST credential works");
+    let refresh = c.request(
+        stun_codec::rfc5766::methods::REFRESH,
+        vec![stun_codec::rfc5766::attributes::Lifetime::from_u32(0).into()],
+    );
+    assert_eq!(error_code(&refresh), None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !turnd.logs().contains("allocation ended") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = turnd.logs();
+    let ended = logs.lines().find(|l| l.contains("allocation ended")).unwrap_or_else(|| panic!("no end line:\n{logs}"));
+    assert!(ended.contains("x\\x0a2026-01-01T00:00:00.000000Z  WARN turnd: FORGED"), "{ended}");
+    assert!(!logs.lines().any(|l| l.starts_with("2026-01-01T00:00:00")), "a forged line:\n{logs}");
+}

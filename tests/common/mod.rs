@@ -269,6 +269,17 @@ impl TurndProcess {
         TurndProcess::spawn(command, dir, config_toml, expected_listeners(config_toml))
     }
 
+    /// [`TurndProcess::start`] under a wrapper command, e.g. `["prlimit", "--nofile=256:1024", "--"]`.
+    pub fn start_wrapped(wrapper: &[&str], config_toml: &str, extra_args: &[&str]) -> TurndProcess {
+        let config_toml = &with_ephemeral_admin(config_toml);
+        let dir = TempDir::new("turnd-test");
+        let file = dir.write("turnd.toml", config_toml);
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let mut command = Command::new(program);
+        command.args(wrapper_args).arg(turnd_binary()).arg("serve").arg("-c").arg(&file).args(extra_args);
+        TurndProcess::spawn(command, dir, config_toml, expected_listeners(config_toml))
+    }
+
     /// Runs `turnd serve ARGS...` with no config file (the embedded default, as a user
     /// starts it) and waits for the admin listener, which is logged after every other.
     pub fn start_default(args: &[&str]) -> TurndProcess {
