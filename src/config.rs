@@ -94,6 +94,9 @@ pub struct Relay {
     pub allowed_peers: Vec<IpNet>,
     /// Peers denied in addition to the built-in list.
     pub denied_peers: Vec<IpNet>,
+    /// Whether peers may be any port of the host's own addresses, not only the relay
+    /// ports of its other allocations: for tests and single-host labs only.
+    pub allow_host_peers: bool,
 }
 
 impl Default for Relay {
@@ -108,6 +111,7 @@ impl Default for Relay {
             max_lifetime: Duration::from_secs(3600),
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
+            allow_host_peers: false,
         }
     }
 }
@@ -611,7 +615,11 @@ impl Config {
                 external_v6: self.relay.external_ipv6,
                 ..RelayAddresses::default()
             },
-            policy: PeerPolicy::new(self.relay.allowed_peers.clone(), self.relay.denied_peers.clone()),
+            policy: {
+                let mut policy = PeerPolicy::new(self.relay.allowed_peers.clone(), self.relay.denied_peers.clone());
+                policy.allow_host_services(self.relay.allow_host_peers);
+                policy
+            },
             quotas: Quotas {
                 total_allocations: self.limits.total_allocations,
                 allocations_per_user: self.limits.allocations_per_user,

@@ -35,6 +35,10 @@ enum Command {
         /// Allow relaying to peers in this CIDR even if denied by default (repeatable).
         #[arg(long = "allow-peer", value_name = "CIDR")]
         allow_peers: Vec<IpNet>,
+        /// Let peers be any port of this host's own addresses, not only other
+        /// allocations' relays (`relay.allow-host-peers`; for labs, never in production).
+        #[arg(long)]
+        allow_host_peers: bool,
         /// Log format (overrides the config file).
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
@@ -86,7 +90,7 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Serve { config, users, allow_peers, log_format, port, workers, admin_address } => {
+        Command::Serve { config, users, allow_peers, allow_host_peers, log_format, port, workers, admin_address } => {
             let users = users
                 .iter()
                 .map(|u| {
@@ -96,7 +100,16 @@ fn dispatch(command: Command) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             serve::serve(
                 config,
-                serve::Overrides { users, allow_peers, log_format, port, workers, admin_address, descriptors: None },
+                serve::Overrides {
+                    users,
+                    allow_peers,
+                    allow_host_peers,
+                    log_format,
+                    port,
+                    workers,
+                    admin_address,
+                    descriptors: None,
+                },
             )
         }
         Command::CheckConfig { file } => {

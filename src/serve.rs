@@ -29,6 +29,8 @@ pub struct Overrides {
     pub users: Vec<User>,
     /// `--allow-peer CIDR`.
     pub allow_peers: Vec<IpNet>,
+    /// `--allow-host-peers`.
+    pub allow_host_peers: bool,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
     /// `--port`: every TURN listener's port (0 is resolved to one free port at start).
@@ -45,6 +47,7 @@ impl Overrides {
     fn apply(&self, config: &mut Config) {
         config.auth.user.extend(self.users.iter().cloned());
         config.relay.allowed_peers.extend(self.allow_peers.iter().copied());
+        config.relay.allow_host_peers |= self.allow_host_peers;
         if let Some(port) = self.port {
             for listen in &mut config.listen {
                 listen.address.set_port(port);

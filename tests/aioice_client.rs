@@ -124,7 +124,8 @@ fn cli_user_and_allow_peer_flags_take_effect() {
     if !need_aioice() {
         return;
     }
-    let mut turnd = TurndProcess::start(&bare_config(), &["--user", "bob:pw", "--allow-peer", "127.0.0.0/8"]);
+    let mut turnd =
+        TurndProcess::start(&bare_config(), &["--user", "bob:pw", "--allow-peer", "127.0.0.0/8", "--allow-host-peers"]);
     let peer = UdpEchoPeer::start();
     let out = aioice_as(turnd.udp_addr(), "udp", "bob", "pw", peer.addr(), &[]);
     assert_echoed(&out, &mut turnd, &peer);

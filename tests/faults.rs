@@ -77,7 +77,7 @@ fn udp_tcp_config(udp: u16, tcp: u16, relay: (u16, u16), extra: &str) -> String 
         "realm = \"{REALM}\"\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp}\"\n\
          [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{tcp}\"\n\
-         [relay]\nport-min = {}\nport-max = {}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [relay]\nport-min = {}\nport-max = {}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n{extra}",
         relay.0, relay.1
     )
@@ -269,7 +269,7 @@ fn relay_port_exhaustion_gets_508_per_ip_quota_486_and_ports_come_back() {
     let (min, _) = relay_port_range();
     let config = format!(
         "realm = \"{REALM}\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
-         [relay]\nport-min = {min}\nport-max = {}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [relay]\nport-min = {min}\nport-max = {}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
          [limits]\nallocations-per-ip = 2\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",

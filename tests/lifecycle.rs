@@ -18,7 +18,7 @@ fn config(users: &[(&str, &str)], extra: &str) -> String {
     let mut s = format!(
         "realm = \"{REALM}\"\n{extra}\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
          [admin]\nenabled = false\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n"
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n"
     );
     for (name, password) in users {
         s += &format!("[[auth.user]]\nname = \"{name}\"\npassword = \"{password}\"\n");

@@ -16,12 +16,14 @@ use stun_codec::{MessageClass, TransactionId};
 use turn_client::{error_code, TurnClient};
 use turnd::stun::message::{self, Message, Protection};
 
+/// `allowed` also opens the host's own services (echo peers on loopback) when set.
 fn config(extra_top: &str, limits: &str, allowed: &str) -> String {
     let (min, max) = relay_port_range();
+    let host = !allowed.is_empty();
     format!(
         "realm = \"{REALM}\"\n{extra_top}\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
          [admin]\nenabled = false\n[limits]\n{limits}\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [{allowed}]\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [{allowed}]\nallow-host-peers = {host}\n\
          [auth]\nsecrets = [\"north-secret\", \"south-secret\"]\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     )
@@ -247,4 +249,27 @@ fn a_rest_user_id_with_a_newline_cannot_forge_a_log_line() {
     let ended = logs.lines().find(|l| l.contains("allocation ended")).unwrap_or_else(|| panic!("no end line:\n{logs}"));
     assert!(ended.contains("x\\x0a2026-01-01T00:00:00.000000Z  WARN turnd: FORGED"), "{ended}");
     assert!(!logs.lines().any(|l| l.starts_with("2026-01-01T00:00:00")), "a forged line:\n{logs}");
+}
+
+#[test]
+fn per_ip_limits_count_a_source_prefix_not_each_address() {
+    // IPv6 sources are grouped by /64 by default (unit tests in src/turn/source.rs and
+    // ledger.rs); loopback IPv4 shows the same grouping through real sockets with /24.
+    let turnd = TurndProcess::start(&config("", "allocations-per-ip = 2\nipv4-prefix = 24", "\"127.0.0.0/8\""), &[]);
+    let alloc = |local: &str| TurnClient::new(local, turnd.udp_addr(), USER, PASSWORD, REALM).allocate(vec![]).err();
+    assert_eq!(alloc("127.0.0.2:0"), None);
+    assert_eq!(alloc("127.0.0.3:0"), None);
+    assert_eq!(alloc("127.0.0.4:0"), Some(486), "a third address of the same /24");
+    // The 401 limiter counts the /24 too: a burst of 2 for all of its addresses.
+    let limits = "ipv4-prefix = 24\nunauthenticated-per-second = 1\nunauthenticated-burst = 2";
+    let turnd = TurndProcess::start(&config("", limits, ""), &[]);
+    let answered = (5..9u8)
+        .filter(|i| {
+            let socket = UdpSocket::bind(format!("127.0.0.{i}:0")).unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            socket.send_to(&unauthenticated_allocate(*i), turnd.udp_addr()).unwrap();
+            socket.recv_from(&mut [0u8; 256]).is_ok()
+        })
+        .count();
+    assert_eq!(answered, 2, "401s to four addresses of one /24");
 }

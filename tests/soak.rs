@@ -264,7 +264,7 @@ fn config() -> String {
     format!(
         "realm = \"{REALM}\"\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
-         [relay]\nport-min = {PORT_MIN}\nport-max = {PORT_MAX}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [relay]\nport-min = {PORT_MIN}\nport-max = {PORT_MAX}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
          [limits]\ntotal-allocations = 20000\nallocations-per-user = 20000\nallocations-per-ip = 20000\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"

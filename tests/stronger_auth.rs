@@ -478,7 +478,7 @@ fn turnd_config() -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
          [[auth.user]]\nname = \"alice\"\npassword = \"secret\"\n"
     )
 }

@@ -26,7 +26,7 @@ fn tcp_config(extra: &str) -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n{extra}\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\", \"::1/128\"]\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\", \"::1/128\"]\nallow-host-peers = true\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     )
 }
@@ -199,7 +199,7 @@ fn udp_config(listen: &str, relay_extra: &str) -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n[[listen]]\ntransport = \"udp\"\naddress = \"{listen}\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\", \"::1/128\"]\n{relay_extra}\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\", \"::1/128\"]\nallow-host-peers = true\n{relay_extra}\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     )
 }

@@ -16,7 +16,7 @@ fn config(listen: &str, extra_relay: &str) -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n[[listen]]\ntransport = \"udp\"\naddress = \"{listen}\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n{extra_relay}\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n{extra_relay}\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     )
 }

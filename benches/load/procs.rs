@@ -130,7 +130,7 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<
     let config = format!(
         "realm = \"r\"\ndrain-time = \"0s\"\nworkers = {workers}\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
          [[auth.user]]\nname = \"u\"\npassword = \"p\"\n\
          [limits]\ntotal-allocations = 50000\nallocations-per-user = 50000\nallocations-per-ip = 50000\n\
          [admin]\nenabled = false\n"

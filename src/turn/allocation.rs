@@ -26,6 +26,9 @@ struct Channel {
     number: u16,
     peer: SocketAddr,
     expires: Instant,
+    /// The peer is an address of this host: each packet checks that its port still
+    /// holds a relay (see [`crate::turn::policy::PeerPolicy::check`]).
+    to_host: bool,
 }
 
 /// An address family, as an index into per-family arrays.
@@ -181,9 +184,10 @@ impl Allocation {
         live + fresh <= max
     }
 
-    /// The peer bound to channel `number`, if the binding is in force.
-    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
-        self.channels.iter().find(|c| c.number == number && c.expires > now).map(|c| c.peer)
+    /// The peer bound to channel `number`, if the binding is in force, and whether it
+    /// is an address of this host.
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<(SocketAddr, bool)> {
+        self.channels.iter().find(|c| c.number == number && c.expires > now).map(|c| (c.peer, c.to_host))
     }
 
     /// The channel bound to `peer`, if any binding is in force.
@@ -192,7 +196,14 @@ impl Allocation {
     }
 
     /// Binds or refreshes channel `number` to `peer` (RFC 8656 §11.2 rules).
-    pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, now: Instant, max: usize) -> Result<(), BindError> {
+    pub fn bind_channel(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        to_host: bool,
+        now: Instant,
+        max: usize,
+    ) -> Result<(), BindError> {
         self.channels.retain(|c| c.expires > now);
         let expires = now + CHANNEL_LIFETIME;
         let by_number = self.channels.iter().position(|c| c.number == number);
@@ -203,7 +214,7 @@ impl Allocation {
                 Ok(())
             }
             (None, None) if self.channels.len() < max => {
-                self.channels.push(Channel { number, peer, expires });
+                self.channels.push(Channel { number, peer, expires, to_host });
                 Ok(())
             }
             (None, None) => Err(BindError::Quota),

@@ -648,7 +648,9 @@ impl Server {
         if !allocation.has_room_for_permissions(&[peer.ip()], now, quotas.permissions_per_allocation) {
             return Err(Reject::new(486, "Permission Quota Reached").with_auth(auth));
         }
-        match allocation.bind_channel(number, peer, now, quotas.channels_per_allocation) {
+        let to_host = self.config.policy.is_host(peer.ip());
+        let allocation = self.allocations.get_mut(&id).ok_or_else(|| Reject::new(437, "Allocation Mismatch"))?;
+        match allocation.bind_channel(number, peer, to_host, now, quotas.channels_per_allocation) {
             Ok(()) => {}
             Err(BindError::Conflict) => return Err(bad()),
             Err(BindError::Quota) => return Err(Reject::new(486, "Channel Quota Reached").with_auth(auth)),

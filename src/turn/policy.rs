@@ -23,6 +23,9 @@ pub enum Denied {
     /// One of the server's own listening transport addresses.
     #[error("peer address is one of the server's own sockets")]
     OwnSocket,
+    /// An address of the host itself, at a port that holds no relay of this server.
+    #[error("peer address is a service of this host, not one of its relays")]
+    HostService,
 }
 
 /// IPv4 ranges that are never relayed to unless explicitly allowed.
@@ -73,6 +76,9 @@ pub struct PeerPolicy {
     host: Vec<IpAddr>,
     /// The relay ports of this server in use now (shared with the ledger).
     relay_ports: Option<Arc<LivePorts>>,
+    /// Whether any port of the host's own addresses may be a peer (`allow-host-peers`),
+    /// not only the relay ports.
+    host_services: bool,
 }
 
 impl PeerPolicy {
@@ -101,6 +107,17 @@ impl PeerPolicy {
     /// The ports that hold this server's relays now (the ledger's live view).
     pub fn watch_relay_ports(&mut self, ports: Arc<LivePorts>) {
         self.relay_ports = Some(ports);
+    }
+
+    /// Lets peers reach any port of the host's own addresses (`allow-host-peers`): for
+    /// tests and single-host labs, never a public server.
+    pub fn allow_host_services(&mut self, allow: bool) {
+        self.host_services = allow;
+    }
+
+    /// Whether `ip` is one of the host's own addresses.
+    pub fn is_host(&self, ip: IpAddr) -> bool {
+        self.host.binary_search(&canonical(ip)).is_ok()
     }
 
     /// Whether `peer` is a relayed transport address of this server that is in use.
@@ -142,8 +159,16 @@ impl PeerPolicy {
 
     /// Checks a full transport address: the IP check (with this server's own relays
     /// allowed, as in [`PeerPolicy::check_permission`]) plus the server's own sockets.
+    ///
+    /// The host's own addresses are reachable only at ports that hold a relay of this
+    /// server (another allocation): every other port of them is a service of the host
+    /// (a database, an admin API) that its firewall only guards from outside, and
+    /// `allowed-peers` does not reopen them; `allow-host-peers` does.
     pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
         self.check_permission(peer)?;
+        if !self.host_services && self.is_host(peer.ip()) && !self.is_own_relay(peer) {
+            return Err(Denied::HostService);
+        }
         let peer_ip = canonical(peer.ip());
         let own = self.own_sockets.iter().any(|own| own.port() == peer.port() && canonical(own.ip()) == peer_ip);
         if own {

@@ -79,13 +79,18 @@ impl Server {
         };
         let target = self.by_five_tuple.get(&from).and_then(|id| {
             let allocation = self.allocations.get_mut(id)?;
-            let peer = allocation.channel_peer(frame.channel, now)?;
-            allocation.is_permitted(peer.ip(), now).then_some((*id, peer, allocation))
+            let (peer, to_host) = allocation.channel_peer(frame.channel, now)?;
+            allocation.is_permitted(peer.ip(), now).then_some((*id, peer, to_host, allocation))
         });
-        let Some((allocation_id, peer, allocation)) = target else {
+        let Some((allocation_id, peer, to_host, allocation)) = target else {
             self.stats.drop(DropReason::NoPermission);
             return None;
         };
+        // A channel to another allocation's relay: that relay may have ended since.
+        if to_host && self.config.policy.check(peer).is_err() {
+            self.stats.drop(DropReason::Policy);
+            return None;
+        }
         if !within_bandwidth(&self.config.quotas, allocation, &mut self.user_bandwidth, frame.len, now) {
             self.stats.drop(DropReason::RateCap);
             return None;

@@ -49,7 +49,7 @@ pub fn config_with(transports: &[&str]) -> String {
         s += &format!("[[listen]]\ntransport = \"{t}\"\naddress = \"127.0.0.1:0\"\n\n");
     }
     s += &format!(
-        "[relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\n\
+        "[relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
     );
     s
