@@ -833,7 +833,7 @@ impl Driver {
             assert!(permissions <= q.permissions_per_allocation, "{permissions} permissions on {id:?}");
             assert!(channels <= q.channels_per_allocation, "{channels} channels on {id:?}");
             for n in CHANNELS {
-                if let Some(peer) = a.channel_peer(n, self.now) {
+                if let Some((peer, _)) = a.channel_peer(n, self.now) {
                     assert_eq!(a.channel_for(peer, self.now), Some(n), "channel {n:#x} and {peer} disagree");
                     // A binding outlives the permission it installed (600 s against 300 s,
                     // RFC 8656 §12): nothing flows on it then, which check_to_peer and the
@@ -842,7 +842,7 @@ impl Driver {
             }
             for p in &self.peers {
                 if let Some(n) = a.channel_for(unmapped(*p), self.now) {
-                    assert_eq!(a.channel_peer(n, self.now), Some(unmapped(*p)));
+                    assert_eq!(a.channel_peer(n, self.now).map(|(peer, _)| peer), Some(unmapped(*p)));
                 }
             }
         }
