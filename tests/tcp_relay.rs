@@ -198,3 +198,36 @@ fn coturn_uclient_tcp_relay_mode() {
     let (sent, received) = (number("tot_send_msgs="), number("tot_recv_msgs="));
     assert!(sent >= 10 && received == sent, "uclient -T sent {sent}, got back {received}:\n{text}");
 }
+
+/// A TCP peer that never answers a SYN: a listener with a backlog of 0, its queue
+/// filled by connections nobody accepts, so a connect to it hangs.
+fn black_hole() -> (socket2::Socket, Vec<TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let fillers = (0..2).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect();
+    (socket, fillers, addr)
+}
+
+#[test]
+fn rfc6062_connects_in_progress_are_bounded_per_allocation() {
+    let turnd = TurndProcess::start(&config(), &[]);
+    let holes: Vec<_> = (0..12).map(|_| black_hole()).collect();
+    let mut control = connect_stream(turnd.tcp_addr());
+    let mut client = StreamClient::new(USER, PASSWORD, REALM);
+    tcp_allocate(&mut control, &mut client);
+    // Authenticate a Credentials of our own, then send every Connect without waiting:
+    // the answers to Connects in progress come only when they connect or time out.
+    let mut creds = turn_client::Credentials::new(USER, PASSWORD, REALM);
+    let probe = creds.build(method(CONNECT), &[XorPeerAddress::new(holes[0].2).into()]);
+    control.write_all(&probe).unwrap();
+    assert!(creds.wants_retry(&read_stun(&mut control)), "a 401 with a nonce");
+    for (_, _, peer) in &holes {
+        control.write_all(&creds.build(method(CONNECT), &[XorPeerAddress::new(*peer).into()])).unwrap();
+    }
+    control.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let refused = (0..4).map(|_| error_code(&read_stun(&mut control))).collect::<Vec<_>>();
+    assert_eq!(refused, vec![Some(486); 4], "8 Connects in progress at most, the other 4 refused at once");
+    drop(holes);
+}

@@ -31,6 +31,15 @@ pub fn connection_attempt_method() -> Method {
 
 /// RFC 6062 §5.3: a peer connection not bound within 30 seconds is closed.
 pub const CONNECTION_BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect requests of one allocation in progress at once (each holds a socket
+/// connecting for up to the shell's connect timeout); more get 486.
+pub const MAX_CONNECTING_PER_ALLOCATION: usize = 8;
+/// Peer connections of one worker not yet bound to a data connection (connecting,
+/// or waiting for ConnectionBind), over all its allocations: more Connects get 508
+/// and more inbound peer connections are closed. With `permissions-per-allocation`
+/// bounding each allocation, a client cannot make the server hold thousands of
+/// half-open connections.
+pub const MAX_UNBOUND_PER_WORKER: usize = 1024;
 
 /// Where a peer connection stands.
 #[derive(Debug)]
@@ -76,6 +85,15 @@ impl Server {
         self.connections.values().filter(|c| c.allocation == allocation).count()
     }
 
+    fn connecting_count(&self, allocation: AllocationId) -> usize {
+        let connecting = |c: &&PeerConnection| matches!(c.state, ConnectionState::Connecting { .. });
+        self.connections.values().filter(|c| c.allocation == allocation).filter(connecting).count()
+    }
+
+    fn unbound_count(&self) -> usize {
+        self.connections.values().filter(|c| !matches!(c.state, ConnectionState::Bound { .. })).count()
+    }
+
     /// RFC 6062 §5.2. The answer waits for the shell's [`Server::handle_peer_connected`].
     pub(crate) fn connect(&mut self, from: FiveTuple, request: &Message, auth: Auth) -> Result<(), Reject> {
         let id = self.own_allocation(from, &auth)?;
@@ -92,8 +110,13 @@ impl Server {
         if self.connections.values().any(|c| c.allocation == id && c.peer == peer) {
             return Err(Reject::new(446, "Connection Already Exists").with_auth(&auth));
         }
-        if self.connection_count(id) >= self.config.quotas.permissions_per_allocation {
+        if self.connection_count(id) >= self.config.quotas.permissions_per_allocation
+            || self.connecting_count(id) >= MAX_CONNECTING_PER_ALLOCATION
+        {
             return Err(Reject::new(486, "Connection Quota Reached").with_auth(&auth));
+        }
+        if self.unbound_count() >= MAX_UNBOUND_PER_WORKER {
+            return Err(Reject::new(508, "Insufficient Capacity").with_auth(&auth));
         }
         let connection = self.new_connection_id();
         let state = ConnectionState::Connecting { five_tuple: from, transaction_id: request.transaction_id(), auth };
@@ -149,7 +172,9 @@ impl Server {
             self.stats.drop(super::stats::DropReason::NoPermission);
             return None;
         }
-        if self.connection_count(allocation) >= self.config.quotas.permissions_per_allocation {
+        if self.connection_count(allocation) >= self.config.quotas.permissions_per_allocation
+            || self.unbound_count() >= MAX_UNBOUND_PER_WORKER
+        {
             self.stats.drop(super::stats::DropReason::Quota);
             return None;
         }

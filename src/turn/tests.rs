@@ -1142,3 +1142,32 @@ fn even_port_reservations_count_against_the_users_quota_so_a_loop_cannot_hoard_p
     h.client.client = addr("198.51.100.1:42000");
     assert_eq!(error_code(&h.request(ALLOCATE, even_r())), None);
 }
+
+#[test]
+fn rfc6062_connect_attempts_in_progress_are_bounded_per_allocation() {
+    use crate::turn::tcp_relay::{connect_method, MAX_CONNECTING_PER_ALLOCATION};
+    let mut h = Harness::new();
+    h.client.transport = Transport::Tcp;
+    assert_eq!(h.request(ALLOCATE, vec![RequestedTransport::new(6).into()]).class(), MessageClass::SuccessResponse);
+    let mut connecting = Vec::new();
+    for i in 0..MAX_CONNECTING_PER_ALLOCATION as u16 {
+        let bytes = h.authenticated(
+            connect_method(),
+            vec![XorPeerAddress::new(addr(&format!("192.0.2.200:{}", 1000 + i))).into()],
+        );
+        assert!(h.send_raw(&bytes).is_empty(), "Connect {i} waits for the shell");
+        let Some(Output::ConnectPeer { connection, .. }) = h.tcp_outputs.pop() else { panic!("no ConnectPeer") };
+        connecting.push(connection);
+    }
+    // One more while the first eight still connect: refused, with no socket opened.
+    let bytes = h.authenticated(connect_method(), vec![XorPeerAddress::new(addr("192.0.2.200:2000")).into()]);
+    let answer = message::decode(&h.send_raw(&bytes)[0]).unwrap().message;
+    assert_eq!(error_code(&answer), Some(486));
+    assert!(h.tcp_outputs.is_empty());
+    // One finishes (fails): room for one more.
+    h.server.handle_peer_connected(h.now, connecting[0], false);
+    h.drain();
+    let bytes = h.authenticated(connect_method(), vec![XorPeerAddress::new(addr("192.0.2.200:2001")).into()]);
+    assert!(h.send_raw(&bytes).is_empty());
+    assert!(matches!(h.tcp_outputs.pop(), Some(Output::ConnectPeer { .. })));
+}
