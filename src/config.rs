@@ -69,6 +69,21 @@ pub struct Listen {
     pub transport: ListenTransport,
     /// Address and port; port 0 picks a free port (logged at startup).
     pub address: SocketAddr,
+    /// TCP and TLS: each connection starts with a PROXY protocol (v1 or v2) header
+    /// naming the real client, sent by a proxy in `clients.trusted-proxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// `[clients]`: who may talk to turnd, and through which proxies.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Clients {
+    /// Clients whose packets and connections are dropped before any parsing.
+    pub denied: Vec<IpNet>,
+    /// Proxies allowed to send a PROXY protocol header on `proxy-protocol` listeners;
+    /// a connection from anywhere else to such a listener is refused.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `[relay]`.
@@ -363,6 +378,8 @@ pub struct Config {
     pub auth: Auth,
     /// Quotas.
     pub limits: Limits,
+    /// Denied clients and trusted proxies.
+    pub clients: Clients,
     /// TCP/TLS connection limits.
     pub tcp: Tcp,
     /// TLS certificate.
@@ -386,14 +403,15 @@ impl Default for Config {
                 .into_iter()
                 .flat_map(|transport| {
                     [
-                        Listen { transport, address: SocketAddr::from(([0, 0, 0, 0], 3478)) },
-                        Listen { transport, address: SocketAddr::from(([0u16; 8], 3478)) },
+                        Listen { transport, address: SocketAddr::from(([0, 0, 0, 0], 3478)), proxy_protocol: false },
+                        Listen { transport, address: SocketAddr::from(([0u16; 8], 3478)), proxy_protocol: false },
                     ]
                 })
                 .collect(),
             relay: Relay::default(),
             auth: Auth::default(),
             limits: Limits::default(),
+            clients: Clients::default(),
             tcp: Tcp::default(),
             tls: Tls::default(),
             log: Log::default(),
@@ -474,6 +492,12 @@ impl Config {
         }
         if self.workers > MAX_WORKERS {
             return Err(("workers", format!("at most {MAX_WORKERS} (0 means one per core)")));
+        }
+        if self.listen.iter().any(|l| l.proxy_protocol && l.transport == ListenTransport::Udp) {
+            return Err(("proxy-protocol", "only tcp and tls listeners take a PROXY protocol header".into()));
+        }
+        if self.listen.iter().any(|l| l.proxy_protocol) && self.clients.trusted_proxies.is_empty() {
+            return Err(("proxy-protocol", "needs [clients] trusted-proxies: the proxies allowed to send it".into()));
         }
         let has_tls = self.listen.iter().any(|l| l.transport == ListenTransport::Tls);
         if has_tls && (self.tls.certificate.is_none() || self.tls.private_key.is_none()) {
@@ -620,6 +644,7 @@ impl Config {
                 policy.allow_host_services(self.relay.allow_host_peers);
                 policy
             },
+            denied_clients: self.clients.denied.clone(),
             quotas: Quotas {
                 total_allocations: self.limits.total_allocations,
                 allocations_per_user: self.limits.allocations_per_user,

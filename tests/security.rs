@@ -273,3 +273,23 @@ fn per_ip_limits_count_a_source_prefix_not_each_address() {
         .count();
     assert_eq!(answered, 2, "401s to four addresses of one /24");
 }
+
+#[test]
+fn denied_clients_get_nothing_at_all() {
+    let turnd = TurndProcess::start(&config("[clients]\ndenied = [\"127.0.0.9/32\"]\n", "", ""), &[]);
+    let binding = message::encode(
+        Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, TransactionId::new([7; 12])),
+        Protection { key: None, fingerprint: false },
+    )
+    .unwrap();
+    let answered = |local: &str| {
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        socket.send_to(&binding, turnd.udp_addr()).unwrap();
+        socket.send_to(&unauthenticated_allocate(8), turnd.udp_addr()).unwrap();
+        let mut buf = [0u8; 256];
+        (0..2).filter(|_| socket.recv_from(&mut buf).is_ok()).count()
+    };
+    assert_eq!(answered("127.0.0.9:0"), 0, "a denied client was answered");
+    assert_eq!(answered("127.0.0.1:0"), 2, "others are answered");
+}

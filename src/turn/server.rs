@@ -123,6 +123,9 @@ pub struct CoreConfig {
     pub policy: PeerPolicy,
     /// Limits.
     pub quotas: Quotas,
+    /// Clients whose packets are dropped before anything else looks at them (and whose
+    /// allocations a reload that adds them closes).
+    pub denied_clients: Vec<ipnet::IpNet>,
 }
 
 impl Default for CoreConfig {
@@ -136,6 +139,7 @@ impl Default for CoreConfig {
             relay: RelayAddresses::default(),
             policy: PeerPolicy::default(),
             quotas: Quotas::default(),
+            denied_clients: Vec::new(),
         }
     }
 }
@@ -467,8 +471,20 @@ impl Server {
         shared.reconfigure(&config);
         config.policy.watch_relay_ports(shared.live_ports());
         drop(shared);
+        let newly_denied = !config.denied_clients.is_empty() && config.denied_clients != self.config.denied_clients;
         self.nonces.set_lifetime(config.nonce_lifetime);
         self.config = config;
+        if newly_denied {
+            let denied: Vec<AllocationId> = self
+                .allocations
+                .iter()
+                .filter(|(_, a)| self.is_denied_client(a.five_tuple.client))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in denied {
+                self.remove_allocation(id, self.last_now, EndReason::Closed);
+            }
+        }
     }
 
     /// Starts draining: existing allocations keep relaying and refreshing; new
@@ -518,6 +534,11 @@ impl Server {
         let ids: Vec<AllocationId> =
             self.allocations.iter().filter(|(_, a)| &*a.username == username).map(|(id, _)| *id).collect();
         ids.iter().filter(|id| self.remove_allocation(**id, now, EndReason::Closed)).count()
+    }
+
+    fn is_denied_client(&self, client: SocketAddr) -> bool {
+        let ip = super::policy::canonical(client.ip());
+        self.config.denied_clients.iter().any(|net| net.contains(&ip))
     }
 
     /// The next effect for the shell to carry out.
@@ -636,6 +657,10 @@ impl Server {
         packet: &[u8],
     ) -> Option<super::relay::ToPeer> {
         self.last_now = now;
+        if !self.config.denied_clients.is_empty() && self.is_denied_client(from.client) {
+            self.stats.drop(DropReason::DeniedClient);
+            return None;
+        }
         self.answer_budget = (from.transport == super::Transport::Udp).then(|| packet.len() * AMPLIFICATION_LIMIT);
         match raw::classify(packet) {
             PacketKind::ChannelData => self.relay_channel_data(now, from, packet),

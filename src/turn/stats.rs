@@ -116,11 +116,13 @@ pub enum DropReason {
     /// A request from an unverified (UDP) source whose smallest answer would be more
     /// than three times its size.
     Amplification,
+    /// From a client in `clients.denied`.
+    DeniedClient,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::NoPermission,
         DropReason::Policy,
@@ -128,6 +130,7 @@ impl DropReason {
         DropReason::RateCap,
         DropReason::Unexpected,
         DropReason::Amplification,
+        DropReason::DeniedClient,
     ];
 
     /// A metric label value.
@@ -140,6 +143,7 @@ impl DropReason {
             DropReason::RateCap => "rate_cap",
             DropReason::Unexpected => "unexpected",
             DropReason::Amplification => "amplification",
+            DropReason::DeniedClient => "denied_client",
         }
     }
 }

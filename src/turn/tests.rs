@@ -1171,3 +1171,27 @@ fn rfc6062_connect_attempts_in_progress_are_bounded_per_allocation() {
     assert!(h.send_raw(&bytes).is_empty());
     assert!(matches!(h.tcp_outputs.pop(), Some(Output::ConnectPeer { .. })));
 }
+
+#[test]
+fn denied_clients_are_dropped_before_parsing_and_a_reload_that_denies_one_closes_its_allocations() {
+    let mut c = config();
+    c.denied_clients = vec!["203.0.113.0/24".parse().unwrap()];
+    let mut h = Harness::with_config(c.clone());
+    h.allocate();
+    let id = h.allocation_id();
+    // From a denied address: nothing is answered, even a Binding, and it is counted.
+    h.client.client = addr("203.0.113.9:5000");
+    let binding = message::encode(
+        Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, TransactionId::new([3; 12])),
+        Protection { key: None, fingerprint: false },
+    )
+    .unwrap();
+    assert!(h.send_raw(&binding).is_empty());
+    assert!(h.send_raw(&[0xff; 40]).is_empty());
+    assert_eq!(h.server.stats().dropped(DropReason::DeniedClient), 2);
+    // The allocated client's address joins the list: its allocation ends at the reload.
+    c.denied_clients.push("198.51.100.1/32".parse().unwrap());
+    h.server.reconfigure(c);
+    h.drain();
+    assert!(h.server.allocations().all(|(other, _)| other != id), "allocation of a newly denied client kept");
+}
