@@ -148,6 +148,9 @@ impl Server {
         let Some(name) = name else {
             return Err(self.auth_failed(now, from, AuthFailure::UnknownUser));
         };
+        if self.revocations.refuses(&name, unix_now) {
+            return Err(self.auth_failed(now, from, AuthFailure::Revoked));
+        }
         let keys = match credentials.keys_for(&name, choice.algorithm(), unix_now) {
             Ok(keys) => keys,
             // A user with only an MD5 key has no credential for SHA-256: as unknown.

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod ports;
 pub mod rate;
 pub mod relay;
+pub mod revocations;
 pub mod server;
 pub mod source;
 pub mod stats;

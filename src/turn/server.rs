@@ -7,6 +7,7 @@ use super::auth::{Credentials, Key, NonceCodec};
 use super::ledger::{self, decrement, Ledger, SharedLedger};
 use super::policy::PeerPolicy;
 use super::rate::Bucket;
+use super::revocations::{Revocations, RevokeError};
 use super::stats::{AuthFailure, DropReason, Stats};
 use super::tcp_relay;
 use super::tcp_relay::PeerConnection;
@@ -374,6 +375,8 @@ pub struct Server {
     /// a poor amplifier); `None` over TCP and TLS. Answers to authenticated requests
     /// are not held to it.
     pub(crate) answer_budget: Option<usize>,
+    /// Revoked users and credentials; kept across reloads.
+    pub(crate) revocations: Revocations,
     /// RFC 6062 peer connections of TCP allocations.
     pub(crate) connections: HashMap<ConnectionId, PeerConnection>,
     /// Client data connections bound to a peer connection.
@@ -452,6 +455,7 @@ impl Server {
             user_bandwidth: HashMap::new(),
             last_now: now,
             answer_budget: None,
+            revocations: Revocations::default(),
             connections: HashMap::new(),
             data_connections: HashMap::new(),
         }
@@ -539,6 +543,30 @@ impl Server {
     fn is_denied_client(&self, client: SocketAddr) -> bool {
         let ip = super::policy::canonical(client.ip());
         self.config.denied_clients.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Revokes `name` (a user, or one REST credential; see [`Revocations`]): its
+    /// allocations on this worker end now and it is refused with 401 until lifted.
+    /// Returns how many allocations ended.
+    pub fn revoke(&mut self, name: &str, now: Instant, unix_now: u64) -> Result<usize, RevokeError> {
+        self.revocations.revoke(name, unix_now)?;
+        let ids: Vec<AllocationId> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| self.revocations.refuses(&a.username, unix_now))
+            .map(|(id, _)| *id)
+            .collect();
+        Ok(ids.iter().filter(|id| self.remove_allocation(**id, now, EndReason::Closed)).count())
+    }
+
+    /// Lifts a revocation; false if `name` was not revoked.
+    pub fn lift_revocation(&mut self, name: &str) -> bool {
+        self.revocations.lift(name)
+    }
+
+    /// The revocations in force: each name with the Unix time it lapses at, if any.
+    pub fn revocations(&self, unix_now: u64) -> Vec<(String, Option<u64>)> {
+        self.revocations.list(unix_now)
     }
 
     /// The next effect for the shell to carry out.

@@ -74,16 +74,19 @@ pub enum AuthFailure {
     Expired,
     /// The source sent too many unauthenticated requests.
     RateLimited,
+    /// The user or credential is revoked.
+    Revoked,
 }
 
 impl AuthFailure {
     /// Every reason, in index order.
-    pub const ALL: [AuthFailure; 5] = [
+    pub const ALL: [AuthFailure; 6] = [
         AuthFailure::UnknownUser,
         AuthFailure::BadIntegrity,
         AuthFailure::StaleNonce,
         AuthFailure::Expired,
         AuthFailure::RateLimited,
+        AuthFailure::Revoked,
     ];
 
     /// A metric label value.
@@ -94,6 +97,7 @@ impl AuthFailure {
             AuthFailure::StaleNonce => "stale_nonce",
             AuthFailure::Expired => "expired_credential",
             AuthFailure::RateLimited => "rate_limited",
+            AuthFailure::Revoked => "revoked",
         }
     }
 }
@@ -192,7 +196,7 @@ pub struct Stats {
     /// Error responses by [`ERROR_CODES`] index; the last slot is any other code.
     pub errors: [u64; ERROR_CODES.len() + 1],
     /// Authentication failures by [`AuthFailure`] index.
-    pub auth_failures: [u64; 5],
+    pub auth_failures: [u64; AuthFailure::ALL.len()],
     /// Dropped packets by [`DropReason`] index.
     pub dropped: [u64; DropReason::ALL.len()],
     /// Relayed datagrams by [`Direction`] then [`Transport`] index.

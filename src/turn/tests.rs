@@ -1195,3 +1195,25 @@ fn denied_clients_are_dropped_before_parsing_and_a_reload_that_denies_one_closes
     h.drain();
     assert!(h.server.allocations().all(|(other, _)| other != id), "allocation of a newly denied client kept");
 }
+
+#[test]
+fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lifted() {
+    let mut h = Harness::new();
+    h.allocate();
+    let id = h.allocation_id();
+    assert_eq!(h.server.revoke("alice", h.now, UNIX_NOW), Ok(1));
+    h.drain();
+    assert!(h.server.allocations().all(|(other, _)| other != id));
+    h.server.reconfigure(config());
+    h.client.client = addr("198.51.100.1:40100");
+    assert_eq!(error_code(&h.allocate()), Some(401), "revoked, even after a reload");
+    assert!(h.server.stats().auth_failures[AuthFailure::Revoked as usize] >= 1);
+    h.user = "bob";
+    h.password = "hunter2";
+    assert_eq!(error_code(&h.allocate()), None, "other users are served");
+    assert!(h.server.lift_revocation("alice"));
+    h.user = "alice";
+    h.password = "secret";
+    h.client.client = addr("198.51.100.1:40101");
+    assert_eq!(error_code(&h.allocate()), None, "lifted");
+}
