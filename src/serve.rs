@@ -246,8 +246,9 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     info!(workers = worker_count, "serving");
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {
-        let admin = turnd::admin::spawn(&config.admin, &publisher, control.clone())
-            .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?;
+        let admin =
+            turnd::admin::spawn_with_sources(&config.admin, config.limits.sources(), &publisher, control.clone())
+                .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?;
         info!("listening on admin {}", admin.local_addr());
         Some(admin)
     } else {

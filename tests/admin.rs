@@ -1,6 +1,7 @@
 //! The admin plane against the real binary on loopback: `/metrics` moving with a live
 //! allocation, promtool, the `/ws` stream and its admin actions, tokens, slow clients,
-//! the connection cap, health, config, and the dashboard in headless Chromium.
+//! the connection caps and the health reserve, WebSocket idle and rate limits, health,
+//! config, and the dashboard in headless Chromium.
 mod common;
 #[path = "admin/http.rs"]
 mod http;
@@ -8,9 +9,12 @@ mod http;
 mod turn_client;
 
 use common::*;
-use http::{get, metric, scrape, ws_connect, ws_next, ws_send, ws_wait};
+use http::{
+    get, get_from, half_sent, metric, scrape, ws_closed, ws_connect, ws_connect_from, ws_next, ws_send, ws_wait,
+    LOOPBACK,
+};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use turn_client::TurnClient;
 
@@ -282,13 +286,19 @@ fn off_loopback_everything_but_health_and_metrics_needs_the_token() {
         );
         let admin = SocketAddr::from(([127, 0, 0, 1], turnd.admin_addr().port()));
         let bearer = format!("Authorization: Bearer {TOKEN}");
-        for path in ["/", "/readyz", "/dashboard.css"] {
+        for path in ["/", "/dashboard.css"] {
             assert_eq!(get(admin, path, &[]).status, 401, "{path}");
-            // (/readyz may say 503 for a moment, until the loop's first report.)
-            let r = get(admin, path, &[&bearer]);
-            assert!(r.status == 200 || (path == "/readyz" && r.status == 503), "{path}: {r:?}");
+            assert_eq!(get(admin, path, &[&bearer]).status, 200, "{path}");
         }
         assert_eq!(get(admin, "/healthz", &[]).status, 200);
+        // /readyz is open for probes, but the reason it is not ready is for the token.
+        // (It says 503 for a moment, until the loop's first report.)
+        let early = get(admin, "/readyz", &[]);
+        assert!(early.body == "ready\n" || early.body == "not ready\n", "{early:?}");
+        let explained = get(admin, "/readyz", &[&bearer]);
+        assert!(explained.status == 200 || explained.body.starts_with("not ready: "), "{explained:?}");
+        wait_ready(admin);
+        assert_eq!(get(admin, "/readyz", &["Authorization: Bearer wrong-token-000000"]).status, 401);
         let metrics = get(admin, "/metrics", &[]);
         assert_eq!(metrics.status, if require_metrics_token { 401 } else { 200 }, "{metrics:?}");
         assert_eq!(get(admin, "/metrics", &[&bearer]).status, 200);
@@ -359,20 +369,210 @@ fn a_slow_websocket_client_is_dropped_without_stalling_relaying() {
 }
 
 #[test]
-fn connections_over_the_cap_are_refused() {
-    let turnd = start("max-connections = 2\n");
+fn connections_over_the_cap_are_refused_but_health_is_answered() {
+    let turnd = start("max-connections = 2\nmax-connections-per-source = 2\n");
     let admin = turnd.admin_addr();
     let first = ws_connect(admin, "/ws", &[]).expect("first");
     let _second = ws_connect(admin, "/ws", &[]).expect("second");
-    let refused = get(admin, "/healthz", &[]);
+    let refused = get(admin, "/", &[]);
     assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.body.contains("busy"), "{refused:?}");
+    assert_eq!(ws_connect(admin, "/ws", &[]).err(), Some(503));
+    // The probes' paths are answered from the reserve.
+    assert_eq!(get(admin, "/healthz", &[]).status, 200);
     drop(first);
     let deadline = Instant::now() + SHOW_WITHIN;
-    while get(admin, "/healthz", &[]).status != 200 {
+    while get(admin, "/", &[]).status != 200 {
         assert!(Instant::now() < deadline, "a freed slot was never reused");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(metric(&scrape(admin), "turnd_admin_connections_refused_total").is_some_and(|n| n >= 1.0));
+    assert!(metric(&scrape(admin), "turnd_admin_connections_refused_total").is_some_and(|n| n >= 2.0));
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Waits for `/readyz` to say 200 (the loop's first report).
+fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + SHOW_WITHIN;
+    while get(admin, "/readyz", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 21, item 1: half-sent requests, reopened as fast as they are cut, hold every
+/// ordinary slot (and keep trying the reserve from many sources), yet `/healthz`,
+/// `/readyz` and `/metrics` keep answering 200, from the attacker's source too.
+#[test]
+fn half_sent_requests_cannot_keep_health_from_answering() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let turnd = start("max-connections = 4\nmax-connections-per-source = 4\n");
+    let admin = turnd.admin_addr();
+    wait_ready(admin);
+    // Every ordinary slot, from one source: before the reserve, this alone made
+    // /healthz answer 503 (and the kubelet restart the pod).
+    let _held: Vec<_> = (0..4).map(|_| half_sent(LOOPBACK, admin)).collect();
+    assert_eq!(get(admin, "/", &[]).status, 503, "the ordinary slots are not all held");
+    // Meanwhile more half-sent requests, from the same source and ten others, as fast
+    // as a thread can open them: they can only land in (and churn) the reserve.
+    let (stop, opened) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let attacker = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let mut open = std::collections::VecDeque::new();
+            let mut i = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                let source = if i % 3 == 0 { LOOPBACK } else { loopback(10 + i % 10) };
+                open.push_back(half_sent(source, admin));
+                if open.len() > 200 {
+                    open.pop_front();
+                }
+                opened.fetch_add(1, Ordering::Relaxed);
+                i = i.wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        for source in [LOOPBACK, loopback(3)] {
+            for path in ["/healthz", "/readyz", "/metrics"] {
+                let r = get_from(source, admin, path, &[]);
+                assert_eq!(r.status, 200, "{path} from {source} under attack: {r:?}");
+                answered += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().expect("the attacker thread");
+    assert!(opened.load(Ordering::Relaxed) > 200, "the attack was too weak to mean anything");
+    // The ordinary slots stayed held throughout (10 s header timeout).
+    assert_eq!(get(admin, "/", &[]).status, 503);
+    let text = scrape(admin);
+    assert!(metric(&text, "turnd_admin_connections_refused_total").is_some_and(|n| n >= 100.0), "{text}");
+    eprintln!("{answered} probes answered 200 while {} half-sent requests were opened", opened.load(Ordering::Relaxed));
+}
+
+/// More than `max-connections-per-source` from one source are refused; another source
+/// (127.0.0.2: the IPv4 prefix is /32) is still served.
+#[test]
+fn one_source_cannot_take_every_admin_connection() {
+    let turnd = start("max-connections = 4\nmax-connections-per-source = 2\n");
+    let admin = turnd.admin_addr();
+    let mut mine: Vec<_> =
+        (0..2).map(|i| ws_connect(admin, "/ws", &[]).unwrap_or_else(|e| panic!("ws {i}: {e}"))).collect();
+    assert_eq!(ws_connect(admin, "/ws", &[]).err(), Some(503), "a third WebSocket from one source");
+    assert_eq!(get(admin, "/", &[]).status, 503);
+    assert_eq!(get(admin, "/healthz", &[]).status, 200, "the reserve answers the source over its cap too");
+    let other = loopback(2);
+    let mut theirs = ws_connect_from(other, admin, "/ws", &[]).expect("another source's WebSocket");
+    assert_eq!(ws_next(&mut theirs).expect("hello")["type"], "hello");
+    assert_eq!(get_from(other, admin, "/", &[]).status, 200);
+    // A freed place is the source's again.
+    drop(mine.pop());
+    let deadline = Instant::now() + SHOW_WITHIN;
+    while ws_connect(admin, "/ws", &[]).is_err() {
+        assert!(Instant::now() < deadline, "the freed place was never given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 21, item 1 on loopback: WebSockets that send nothing and subscribe to nothing
+/// are closed after the idle timeout (1 s here), pings do not keep them, and their
+/// slots come back; a subscribed one stays.
+#[test]
+fn idle_websockets_are_closed() {
+    let config = format!(
+        "{}\n[admin]\naddress = \"127.0.0.1:0\"\nmax-connections = 3\nmax-connections-per-source = 3\n",
+        config_with(&["udp"])
+    );
+    let turnd = TurndProcess::start_wrapped(&["env", "TURND_ADMIN_WS_IDLE_SECS=1"], &config, &[]);
+    let admin = turnd.admin_addr();
+    let mut subscribed = ws_connect(admin, "/ws", &[]).expect("subscriber");
+    ws_next(&mut subscribed).expect("hello");
+    ws_send(&mut subscribed, json!({"op": "subscribe", "topics": ["stats"]}));
+    let mut idle = ws_connect(admin, "/ws", &[]).expect("idle");
+    let mut pinging = ws_connect(admin, "/ws", &[]).expect("pinging");
+    let opened = Instant::now();
+    assert_eq!(get(admin, "/", &[]).status, 503, "three WebSockets hold every slot");
+    let pinger = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if pinging.send(tungstenite::Message::Ping(b"still here".to_vec().into())).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            pinging.get_mut().set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            match pinging.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        None
+    });
+    let closed = ws_closed(&mut idle, Duration::from_secs(5));
+    let after = opened.elapsed();
+    assert_eq!(closed.as_ref().map(|c| c.0), Some(1008), "the idle WebSocket: {closed:?}");
+    assert!(closed.is_some_and(|c| c.1.contains("idle")));
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_secs(4), "closed after {after:?}");
+    let pinged = pinger.join().expect("pinger");
+    assert_eq!(pinged.map(|c| c.0), Some(1008), "pings kept a WebSocket that asked for nothing");
+    // Their slots are free again; the subscriber is still served.
+    let deadline = Instant::now() + SHOW_WITHIN;
+    while get(admin, "/", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "the idle WebSockets' slots never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = ws_wait(&mut subscribed, SHOW_WITHIN, |m| m["type"] == "stats");
+    assert!(later["unix_ms"].as_u64().is_some(), "{later}");
+    assert!(opened.elapsed() > Duration::from_secs(2), "the subscriber was not tested past the timeout");
+}
+
+/// Binary frames, pings and pongs count against the frame rate like text does: a
+/// flood of any of them ends the session with 1008.
+#[test]
+fn floods_of_binary_frames_pings_and_pongs_are_cut() {
+    use tungstenite::Message;
+    let turnd = start("");
+    let admin = turnd.admin_addr();
+    type Flood = (&'static str, fn() -> Message);
+    let floods: [Flood; 4] = [
+        ("binary", || Message::Binary(vec![0u8; 64].into())),
+        ("ping", || Message::Ping(b"ping".to_vec().into())),
+        ("pong", || Message::Pong(b"pong".to_vec().into())),
+        ("text", || Message::text("{}")),
+    ];
+    for (kind, frame) in floods {
+        let mut ws = ws_connect(admin, "/ws", &[]).expect("open /ws");
+        ws_next(&mut ws).expect("hello");
+        let started = Instant::now();
+        let mut sent = 0;
+        while sent < 200 && ws.send(frame()).is_ok() {
+            sent += 1;
+        }
+        let closed = ws_closed(&mut ws, Duration::from_secs(5));
+        assert_eq!(closed.as_ref().map(|c| c.0), Some(1008), "{kind} flood of {sent}: {closed:?}");
+        assert!(closed.is_some_and(|c| c.1.contains("rate")), "{kind}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{kind} flood cut only after {:?}", started.elapsed());
+    }
+    // A client within the rate is not cut.
+    let mut calm = ws_connect(admin, "/ws", &[]).expect("open /ws");
+    ws_next(&mut calm).expect("hello");
+    for _ in 0..10 {
+        calm.send(Message::Ping(b"ok".to_vec().into())).expect("ping");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    ws_wait(&mut calm, SHOW_WITHIN, |m| m["type"] == "stats");
 }
 
 #[test]
@@ -422,10 +622,13 @@ fn admin_config_errors_name_the_key() {
     let defaults = parse("").expect("defaults");
     assert!(defaults.enabled && defaults.token.is_none() && !defaults.metrics_require_token);
     assert_eq!((defaults.address.to_string(), defaults.max_connections), ("127.0.0.1:9641".to_owned(), 16));
+    assert_eq!(defaults.max_connections_per_source, 8);
     for (admin, key) in [
         ("token = \"short\"\n", "admin.token"),
         ("metrics-require-token = true\n", "admin.metrics-require-token"),
         ("max-connections = 0\n", "admin.max-connections"),
+        ("max-connections-per-source = 0\n", "admin.max-connections-per-source"),
+        ("max-connections = 4\nmax-connections-per-source = 5\n", "admin.max-connections-per-source"),
         ("port = 1\n", "port"),
         ("address = \"nowhere\"\n", "address"),
     ] {

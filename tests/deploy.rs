@@ -42,7 +42,7 @@ fn config_with_admin() -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [admin]\nenabled = true\naddress = \"127.0.0.1:0\"\n"
     )
@@ -483,7 +483,7 @@ fn turnd_stays_within_the_units_system_call_filter() {
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\n\
          [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\n\
          [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\n\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\n"
     ));
@@ -1163,12 +1163,13 @@ fn kubernetes_init_container_renders_a_config_turnd_accepts() {
     let port = annotations["prometheus.io/port"].as_str().expect("a scrape port");
     assert!(template.contains(&format!("\"@HOST_IP@:{port}\"")), "the admin listener is not on port {port}");
 
-    // The probes reach the admin listener without a token: off loopback only /healthz
-    // (and /metrics) answer without one.
-    for probe in ["readinessProbe", "livenessProbe"] {
+    // The probes reach the admin listener without a token: off loopback only /healthz,
+    // /readyz and /metrics answer without one (and only they are served from the
+    // reserve when every admin connection is in use).
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &main[probe]["httpGet"];
         assert_eq!(get["port"].to_string(), port, "{probe} port");
-        assert_eq!(get["path"], "/healthz", "{probe}: other admin paths need the token off loopback");
+        assert_eq!(get["path"], path, "{probe}: other admin paths need the token off loopback");
     }
 
     // Run the init script here, with the binary under test as `turnd` on PATH.

@@ -312,7 +312,10 @@ fn relay_port_exhaustion_gets_508_per_ip_quota_486_and_ports_come_back() {
 #[test]
 fn admin_websocket_flood_is_refused_and_relaying_never_notices() {
     let turnd = TurndProcess::start(
-        &format!("{}\n[admin]\naddress = \"127.0.0.1:0\"\nmax-connections = 4\n", config_with(&["udp"])),
+        &format!(
+            "{}\n[admin]\naddress = \"127.0.0.1:0\"\nmax-connections = 4\nmax-connections-per-source = 4\n",
+            config_with(&["udp"])
+        ),
         &[],
     );
     let admin = turnd.admin_addr();

@@ -1,9 +1,12 @@
 //! Who may see what on the admin listener.
 //!
 //! - `/healthz` is always open.
+//! - `/readyz` is open too, so that a Kubernetes readiness probe (which can carry no
+//!   secret but in plain sight) can use it off loopback; there, without the token, it
+//!   says only `ready` or `not ready`, and the reason is for loopback or token holders.
 //! - `/metrics` is open unless `metrics-require-token` is set.
-//! - Read-only pages (`/`, `/ws`, `/readyz`) are open when the listener is on a
-//!   loopback address, and need the token anywhere else.
+//! - Read-only pages (`/`, `/ws`) are open when the listener is on a loopback address,
+//!   and need the token anywhere else.
 //! - Admin actions always need the token; with none configured they are refused.
 //!
 //! A presented token that is wrong is refused everywhere but `/healthz`, even where no
@@ -25,9 +28,11 @@ use subtle::ConstantTimeEq;
 pub(crate) enum Resource {
     /// `/healthz`.
     Health,
+    /// `/readyz`.
+    Readiness,
     /// `/metrics`.
     Metrics,
-    /// The dashboard, `/ws`, `/readyz`.
+    /// The dashboard, `/ws`.
     ReadOnly,
 }
 
@@ -105,6 +110,7 @@ impl Access {
         match (valid, resource) {
             (Some(false), _) => Err(Refusal::Unauthorized),
             (Some(true), _) => Ok(Grant::Admin),
+            (None, Resource::Readiness) => Ok(Grant::Read),
             (None, Resource::Metrics) if !self.metrics_require_token => Ok(Grant::Read),
             (None, Resource::ReadOnly) if self.loopback => Ok(Grant::Read),
             (None, _) => Err(Refusal::Unauthorized),
@@ -223,10 +229,13 @@ mod tests {
         assert_eq!(a.check(Resource::ReadOnly, None, host, None), Err(Refusal::Unauthorized));
         assert_eq!(a.check(Resource::Metrics, None, host, None), Ok(Grant::Read));
         assert_eq!(a.check(Resource::Health, None, host, None), Ok(Grant::Read));
+        assert_eq!(a.check(Resource::Readiness, None, host, None), Ok(Grant::Read));
+        assert_eq!(a.check(Resource::Readiness, Some(b"Bearer nope"), host, None), Err(Refusal::Unauthorized));
         let bearer = format!("Bearer {TOKEN}");
         assert_eq!(a.check(Resource::ReadOnly, Some(bearer.as_bytes()), host, None), Ok(Grant::Admin));
         let strict = public(Some(TOKEN), true);
         assert_eq!(strict.check(Resource::Metrics, None, host, None), Err(Refusal::Unauthorized));
+        assert_eq!(strict.check(Resource::Readiness, None, host, None), Ok(Grant::Read));
         assert_eq!(strict.check(Resource::Metrics, Some(bearer.as_bytes()), host, None), Ok(Grant::Admin));
     }
 

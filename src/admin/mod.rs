@@ -7,8 +7,21 @@
 //! It talks to the loop only through the loop's [`Publisher`] (a watch channel of
 //! snapshots, a broadcast channel of events; neither ever blocks the sender) and the
 //! bounded control channel, which it uses with `try_send` and a reply timeout.
+//!
+//! What no client can take from the others:
+//!
+//! - **Connections**: `admin.max-connections` (16) in all, `admin.max-connections-per-source`
+//!   (8) from one source (an address masked to the `[limits]` prefix), and beyond those a
+//!   small reserve that answers only `/healthz`, `/readyz` and `/metrics` and that
+//!   half-sent requests cannot hold ([`admission`]).
+//! - **Time**: 10 s for each request head on an ordinary connection, 2 s (and 5 s in
+//!   all) on a reserve one ([`server`]); a WebSocket that has sent no request for 30 s
+//!   and has not subscribed to anything is closed ([`ws`]).
+//! - **Frames**: 20 WebSocket frames a second of any kind (text, binary, ping, pong)
+//!   before the client is dropped ([`ws`]).
 
 mod access;
+mod admission;
 mod hub;
 mod protocol;
 mod routes;
@@ -18,9 +31,11 @@ mod ws;
 use crate::config;
 use crate::metrics::{AdminCounters, Metrics, MetricsError};
 use crate::net::{Control, Publisher, Snapshot};
+use crate::turn::source::SourcePrefix;
 use access::Access;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Why the admin listener could not start.
@@ -56,6 +71,8 @@ struct State {
     hub: hub::Feeds,
     /// Requests to the event loop.
     control: mpsc::Sender<Control>,
+    /// How long a WebSocket that sends nothing and subscribed to nothing is kept.
+    ws_idle: Duration,
 }
 
 /// A running admin listener. Dropping it stops the admin thread's accept loop.
@@ -85,10 +102,23 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Binds the admin listener and starts serving it on a thread of its own. Binding
-/// happens here, synchronously, so a taken address is an error the caller reports.
+/// [`spawn_with_sources`] with the default source prefixes (/32 for IPv4, /64 for
+/// IPv6) for `admin.max-connections-per-source`.
 pub fn spawn(
     settings: &config::Admin,
+    publisher: &Publisher,
+    control: mpsc::Sender<Control>,
+) -> Result<AdminHandle, AdminError> {
+    spawn_with_sources(settings, SourcePrefix::default(), publisher, control)
+}
+
+/// Binds the admin listener and starts serving it on a thread of its own. Binding
+/// happens here, synchronously, so a taken address is an error the caller reports.
+/// `sources` groups client addresses for `admin.max-connections-per-source` (pass
+/// `config.limits.sources()`).
+pub fn spawn_with_sources(
+    settings: &config::Admin,
+    sources: SourcePrefix,
     publisher: &Publisher,
     control: mpsc::Sender<Control>,
 ) -> Result<AdminHandle, AdminError> {
@@ -104,19 +134,25 @@ pub fn spawn(
     let metrics = Metrics::new(snapshots.clone(), counters.clone())?;
     let access = Access::new(local, settings.token.as_deref(), settings.metrics_require_token);
     if !access.open_read() && settings.token.is_none() {
-        tracing::warn!(%local, "admin listener is not on loopback and has no token: only /healthz and /metrics are served");
+        tracing::warn!(%local, "admin listener is not on loopback and has no token: only /healthz, /readyz and /metrics are served");
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AdminError::Runtime)?;
     let (stop, stopped) = oneshot::channel();
-    let max_connections = settings.max_connections;
+    let admission = admission::Admission::new(
+        settings.max_connections,
+        settings.max_connections_per_source,
+        sources,
+        counters.clone(),
+    );
+    let ws_idle = ws::idle_timeout();
     let thread = std::thread::Builder::new()
         .name("turnd-admin".into())
         .spawn(move || {
             runtime.block_on(async move {
                 let feeds = hub::start(snapshots.clone(), events, control.clone(), counters.clone());
-                let state = Arc::new(State { access, metrics, counters, snapshots, hub: feeds, control });
+                let state = Arc::new(State { access, metrics, counters, snapshots, hub: feeds, control, ws_idle });
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => server::serve(listener, state, max_connections, stopped).await,
+                    Ok(listener) => server::serve(listener, state, admission, stopped).await,
                     Err(e) => tracing::error!(error = %e, "admin listener unusable"),
                 }
             })

@@ -1,5 +1,7 @@
 //! HTTP routes: `/metrics`, `/healthz`, `/readyz`, the dashboard, and `/ws` (in
 //! [`super::ws`]). Every handler starts with the access check for its resource.
+//! Connections in the health reserve (see [`super::admission`]) get a router with the
+//! first three only; anything else there is told that the admin plane is busy.
 
 use super::access::{Grant, Refusal, Resource};
 use super::{ws, State};
@@ -37,6 +39,26 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
+/// The router of the health reserve: the probes' and the scraper's paths, the same
+/// handlers; everything else `503`.
+pub(crate) fn reserve_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(busy)
+        .with_state(state)
+}
+
+async fn busy(axum::extract::State(state): AppState) -> Response {
+    state.counters.refused.fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy: every admin connection is in use; only /healthz, /readyz and /metrics are answered\n",
+    )
+        .into_response()
+}
+
 type AppState = axum::extract::State<Arc<State>>;
 
 impl State {
@@ -72,9 +94,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: Uri) -> Response {
-    if let Err(refused) = state.authorize(Resource::ReadOnly, &headers, &uri) {
-        return refused.into_response();
-    }
+    let grant = match state.authorize(Resource::Readiness, &headers, &uri) {
+        Ok(grant) => grant,
+        Err(refused) => return refused.into_response(),
+    };
+    // Off loopback, the reason is for token holders; anyone may learn the verdict.
+    let explain = state.access.open_read() || grant == Grant::Admin;
     let snapshot = state.snapshots.borrow().clone();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let problem = if snapshot.unix_ms == 0 {
@@ -90,7 +115,8 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: 
     };
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Some(why) if explain => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
     }
 }
 

@@ -5,13 +5,29 @@
 //! longer than [`SEND_TIMEOUT`], or falling [`super::hub::CLIENT_BACKLOG`] events
 //! behind, ends the session. Nothing here can slow the hub, let alone the event loop:
 //! the hub's broadcast never waits for receivers.
+//!
+//! Nor can a client hold its connection for nothing or keep the session busy:
+//!
+//! - **Idle**: a session that has sent no request (text message) for [`IDLE_TIMEOUT`]
+//!   (30 s) and has not subscribed to anything is closed with 1008 "idle". The default
+//!   `stats` feed of a new session does not count; an explicit `subscribe` that leaves
+//!   at least one topic does (the dashboard sends one as soon as it connects). Pings,
+//!   pongs and binary frames do not count as requests. The timeout can be shortened
+//!   (for tests) with the environment variable `TURND_ADMIN_WS_IDLE_SECS` (1 to 3600).
+//! - **Rate**: [`FRAMES_PER_SECOND`] (20) frames a second of any kind: text, binary,
+//!   ping and pong together. The next one gets a `rate_limited` error and a 1008 close.
+//!   Binary frames are answered with an error (the protocol is JSON text); pings are
+//!   answered by tungstenite with a pong, so without this a ping flood would be a free
+//!   echo service.
+//! - **Size**: one message or frame is at most [`MAX_MESSAGE_BYTES`] (4 KiB).
 
 use super::access::{same_origin, Resource};
+use super::admission::Slot;
 use super::protocol::{
     ClientMessage, ErrorCode, Limits, ServerMessage, Topic, DEFAULT_PAGE, MAX_INTERVAL_MS, MAX_MESSAGE_BYTES, MAX_PAGE,
     MIN_INTERVAL_MS, VERSION,
 };
-use super::server::{ConnectionSlot, Slot};
+use super::server::ConnectionSlot;
 use super::State;
 use crate::net::Control;
 use crate::turn::AllocationId;
@@ -30,10 +46,35 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an admin action waits for the event loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Client messages allowed per second; past it the client is told and dropped.
-const MESSAGES_PER_SECOND: u32 = 20;
+/// Client frames (text, binary, ping, pong) allowed per second; past it the client is
+/// told and dropped.
+const FRAMES_PER_SECOND: u32 = 20;
+/// A session with no request for this long and no subscription is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variable that overrides [`IDLE_TIMEOUT`] (whole seconds, 1 to 3600).
+const IDLE_ENV: &str = "TURND_ADMIN_WS_IDLE_SECS";
+/// How long a session we close waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Frames read (and discarded) while waiting for it.
+const CLOSE_LINGER_FRAMES: usize = 256;
 /// WebSocket close code for a policy violation (RFC 6455 §7.4.1).
 const CLOSE_POLICY: u16 = 1008;
+
+/// The idle timeout: [`IDLE_TIMEOUT`] unless `TURND_ADMIN_WS_IDLE_SECS` says otherwise.
+pub(crate) fn idle_timeout() -> Duration {
+    parse_idle(std::env::var(IDLE_ENV).ok().as_deref())
+}
+
+fn parse_idle(value: Option<&str>) -> Duration {
+    match value.map(|v| v.trim().parse::<u64>()) {
+        None => IDLE_TIMEOUT,
+        Some(Ok(secs)) if (1..=3600).contains(&secs) => Duration::from_secs(secs),
+        Some(_) => {
+            tracing::warn!("{IDLE_ENV} must be 1 to 3600 (seconds); using {}", IDLE_TIMEOUT.as_secs());
+            IDLE_TIMEOUT
+        }
+    }
+}
 
 /// The `/ws` handler: access check, origin check, then the upgrade.
 pub(crate) async fn upgrade(
@@ -61,6 +102,7 @@ pub(crate) async fn upgrade(
     let session = Session {
         admin: grant == super::access::Grant::Admin,
         topics: vec![Topic::Stats],
+        subscribed: false,
         interval: Duration::from_millis(MIN_INTERVAL_MS),
         window: (Instant::now(), 0),
         state,
@@ -86,8 +128,11 @@ struct Session {
     state: Arc<State>,
     admin: bool,
     topics: Vec<Topic>,
+    /// Whether the client has subscribed itself (the default `stats` feed does not
+    /// count): such a session is not idle while it keeps a topic.
+    subscribed: bool,
     interval: Duration,
-    /// Start of the current one-second window and messages received in it.
+    /// Start of the current one-second window and frames received in it.
     window: (Instant, u32),
 }
 
@@ -95,20 +140,37 @@ impl Session {
     async fn run(mut self, mut socket: WebSocket, _slot: Slot) {
         let mut events = self.state.hub.events.subscribe();
         let mut ticker = ticker(self.interval);
+        let idle = self.state.ws_idle;
+        let mut idle_at = Instant::now() + idle;
         if !self.send(&mut socket, json(&self.hello())).await {
             return;
         }
         loop {
             let step = tokio::select! {
                 incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => self.on_text(&text, &mut ticker).await,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) if !self.within_rate() => {
+                        let why = format!("more than {FRAMES_PER_SECOND} frames in a second");
+                        Step::SendAndClose(Some(json(&error(None, ErrorCode::RateLimited, &why))), "rate limited")
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        idle_at = Instant::now() + idle;
+                        self.on_text(&text, &mut ticker).await
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         Step::Send(json(&error(None, ErrorCode::BadRequest, "send JSON in text frames")))
                     }
                     // tungstenite answers pings itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Step::Nothing,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 },
+                _ = tokio::time::sleep_until(idle_at) => {
+                    if self.subscribed && !self.topics.is_empty() {
+                        idle_at = Instant::now() + idle;
+                        Step::Nothing
+                    } else {
+                        Step::SendAndClose(None, "idle: no request and no subscription")
+                    }
+                }
                 _ = ticker.tick(), if self.topics.contains(&Topic::Stats) => {
                     match self.state.hub.stats.borrow().clone() {
                         Some(stats) => Step::Send(Message::Text(stats)),
@@ -137,7 +199,9 @@ impl Session {
                         self.send(&mut socket, message).await;
                     }
                     let frame = CloseFrame { code: CLOSE_POLICY, reason: why.into() };
-                    self.send(&mut socket, Message::Close(Some(frame))).await;
+                    if self.send(&mut socket, Message::Close(Some(frame))).await {
+                        finish_closing(&mut socket).await;
+                    }
                     return;
                 }
             }
@@ -173,21 +237,17 @@ impl Session {
         }
     }
 
-    /// Whether another message fits this second's allowance.
+    /// Whether another frame fits this second's allowance.
     fn within_rate(&mut self) -> bool {
         let now = Instant::now();
         if now.duration_since(self.window.0) >= Duration::from_secs(1) {
             self.window = (now, 0);
         }
-        self.window.1 += 1;
-        self.window.1 <= MESSAGES_PER_SECOND
+        self.window.1 = self.window.1.saturating_add(1);
+        self.window.1 <= FRAMES_PER_SECOND
     }
 
     async fn on_text(&mut self, text: &str, ticker: &mut Interval) -> Step {
-        if !self.within_rate() {
-            let e = error(None, ErrorCode::RateLimited, "more than 20 messages in a second");
-            return Step::SendAndClose(Some(json(&e)), "rate limited");
-        }
         let request: ClientMessage = match serde_json::from_str(text) {
             Ok(request) => request,
             Err(e) => return Step::Send(json(&error(None, ErrorCode::BadRequest, &e.to_string()))),
@@ -199,6 +259,7 @@ impl Session {
                         self.topics.push(topic);
                     }
                 }
+                self.subscribed = true;
                 if let Some(ms) = interval_ms {
                     self.interval = Duration::from_millis(ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS));
                     *ticker = self::ticker(self.interval);
@@ -264,6 +325,22 @@ impl Session {
     }
 }
 
+/// After our close frame: reads (and discards) what the client still sends until its
+/// own close frame, for at most [`CLOSE_LINGER`]. Closing the socket with unread data
+/// would make the kernel send a reset, which can destroy the close frame (and the
+/// error before it) before the client reads them.
+async fn finish_closing(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        for _ in 0..CLOSE_LINGER_FRAMES {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+}
+
 fn ticker(period: Duration) -> Interval {
     let mut ticker = tokio::time::interval(period);
     // A client that was busy gets the latest snapshot, not a burst of repeats.
@@ -278,4 +355,18 @@ fn error(req: Option<u64>, code: ErrorCode, message: &str) -> ServerMessage {
 fn json(message: &ServerMessage) -> Message {
     // Our own enums of plain fields: serialising cannot fail.
     Message::Text(serde_json::to_string(message).unwrap_or_default().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_timeout_is_30_s_unless_the_environment_says_otherwise() {
+        assert_eq!(parse_idle(None), Duration::from_secs(30));
+        assert_eq!(parse_idle(Some("2")), Duration::from_secs(2));
+        for bad in ["0", "3601", "x", "-1"] {
+            assert_eq!(parse_idle(Some(bad)), Duration::from_secs(30), "{bad}");
+        }
+    }
 }

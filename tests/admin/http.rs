@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
@@ -19,10 +19,34 @@ pub struct Response {
     pub body: String,
 }
 
+/// The address tests connect from unless they say otherwise.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A connection to `addr` from `local` (any 127.0.0.0/8 address: another source).
+pub fn connect_from(local: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::new(local, 0).into()).expect("bind the client's source address");
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).expect("connect to the admin listener");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    stream
+}
+
+/// A request whose head is never finished (the last CRLF is missing): a slow loris.
+pub fn half_sent(local: IpAddr, addr: SocketAddr) -> TcpStream {
+    let mut stream = connect_from(local, addr);
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\n").as_bytes()).expect("send half a request");
+    stream
+}
+
 /// `GET path` with extra header lines ("Name: value"); reads until the server closes.
 pub fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Response {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the admin listener");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    get_from(LOOPBACK, addr, path, headers)
+}
+
+/// [`get`] from another loopback address.
+pub fn get_from(local: IpAddr, addr: SocketAddr, path: &str, headers: &[&str]) -> Response {
+    let mut stream = connect_from(local, addr);
     let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
         request += &format!("Host: {addr}\r\n");
@@ -57,8 +81,12 @@ pub type Ws = WebSocket<TcpStream>;
 
 /// Opens `/ws` with optional extra headers; `Err` carries the HTTP status of a refusal.
 pub fn ws_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the admin listener");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    ws_connect_from(LOOPBACK, addr, path, headers)
+}
+
+/// [`ws_connect`] from another loopback address.
+pub fn ws_connect_from(local: IpAddr, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    let stream = connect_from(local, addr);
     let mut request = format!("ws://{addr}{path}").into_client_request().expect("a WebSocket request");
     for (name, value) in headers {
         let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
@@ -85,6 +113,20 @@ pub fn ws_next(ws: &mut Ws) -> Option<Value> {
             Ok(_) => continue,
         }
     }
+}
+
+/// Reads until the server closes; returns its close frame's code and reason (`None`
+/// if the connection ended without one, or nothing came within `within`).
+pub fn ws_closed(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Reads messages until one satisfies `want`, for at most `within`.
