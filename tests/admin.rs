@@ -797,3 +797,52 @@ mod dashboard {
         }
     }
 }
+
+#[test]
+fn a_revocation_ends_the_users_allocations_and_holds_across_a_reload_until_lifted() {
+    let turnd = start(&format!("token = \"{TOKEN}\"\n"));
+    let bearer = format!("Bearer {TOKEN}");
+    let mut ws = ws_connect(turnd.admin_addr(), "/ws", &[("Authorization", &bearer)]).expect("open /ws");
+    ws_next(&mut ws).expect("hello");
+    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate();
+
+    ws_send(&mut ws, json!({"op": "revoke", "user": USER, "req": 1}));
+    let revoked = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "revoked");
+    assert_eq!((revoked["req"].as_u64(), revoked["count"].as_u64()), (Some(1), Some(1)), "{revoked}");
+    assert_eq!(client.refresh(600), Err(401), "the allocation is gone and the user refused");
+    let mut fresh = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
+    let answer = fresh.request(
+        stun_codec::rfc5766::methods::ALLOCATE,
+        vec![stun_codec::rfc5766::attributes::RequestedTransport::new(17).into()],
+    );
+    assert_eq!(turn_client::error_code(&answer), Some(401));
+
+    // A reload keeps it.
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(turnd.pid() as libc::pid_t, libc::SIGHUP) };
+    let deadline = Instant::now() + SHOW_WITHIN;
+    while !turnd.logs().contains("configuration reloaded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(turnd.logs().contains("configuration reloaded"), "no reload");
+    let answer = fresh.request(
+        stun_codec::rfc5766::methods::ALLOCATE,
+        vec![stun_codec::rfc5766::attributes::RequestedTransport::new(17).into()],
+    );
+    assert_eq!(turn_client::error_code(&answer), Some(401), "revoked after the reload too");
+
+    ws_send(&mut ws, json!({"op": "list_revocations", "req": 2}));
+    let list = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "revocations");
+    assert_eq!(list["revocations"], json!([{"user": USER, "lapses_at": null}]), "{list}");
+    ws_send(&mut ws, json!({"op": "unrevoke", "user": USER, "req": 3}));
+    assert_eq!(ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "unrevoked")["lifted"], true);
+    let mut again = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
+    again.allocate();
+
+    // Without the token: refused like any admin action.
+    let mut plain = ws_connect(turnd.admin_addr(), "/ws", &[]).expect("open /ws");
+    ws_next(&mut plain).expect("hello");
+    ws_send(&mut plain, json!({"op": "revoke", "user": USER, "req": 4}));
+    assert_eq!(ws_wait(&mut plain, SHOW_WITHIN, |m| m["type"] == "error")["code"], "unauthorized");
+}

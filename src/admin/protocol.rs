@@ -78,6 +78,26 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         req: Option<u64>,
     },
+    /// Revoke a user (and every REST credential minted for that user id) or one REST
+    /// username: its allocations end and it gets 401 until `unrevoke` (admin).
+    Revoke {
+        /// The username, user id or REST username.
+        user: String,
+        /// Echoed in the reply.
+        req: Option<u64>,
+    },
+    /// Lift a revocation (admin).
+    Unrevoke {
+        /// The name revoked.
+        user: String,
+        /// Echoed in the reply.
+        req: Option<u64>,
+    },
+    /// The revocations in force (admin).
+    ListRevocations {
+        /// Echoed in the reply.
+        req: Option<u64>,
+    },
 }
 
 /// Limits a client should know about, sent in `hello`.
@@ -155,6 +175,27 @@ pub enum ServerMessage {
         /// Allocations dropped.
         count: usize,
     },
+    /// Reply to `revoke`: allocations ended.
+    Revoked {
+        /// Echo of the request's `req`.
+        req: Option<u64>,
+        /// Allocations ended.
+        count: usize,
+    },
+    /// Reply to `unrevoke`.
+    Unrevoked {
+        /// Echo of the request's `req`.
+        req: Option<u64>,
+        /// Whether there was such a revocation.
+        lifted: bool,
+    },
+    /// Reply to `list_revocations`.
+    Revocations {
+        /// Echo of the request's `req`.
+        req: Option<u64>,
+        /// Each revoked name, with the Unix time it lapses at (`null`: until lifted).
+        revocations: Vec<Revocation>,
+    },
     /// A request failed.
     Error {
         /// Echo of the request's `req`, when it could be read.
@@ -164,6 +205,15 @@ pub enum ServerMessage {
         /// For people.
         message: String,
     },
+}
+
+/// One revocation in `revocations`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Revocation {
+    /// The revoked name.
+    pub user: String,
+    /// Unix time it lapses at (a REST credential's expiry); `None`: until lifted.
+    pub lapses_at: Option<u64>,
 }
 
 /// An allocation as events name it. Fields other than `id` are `null` only if the

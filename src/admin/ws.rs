@@ -24,8 +24,8 @@
 use super::access::{same_origin, Resource};
 use super::admission::Slot;
 use super::protocol::{
-    ClientMessage, ErrorCode, Limits, ServerMessage, Topic, DEFAULT_PAGE, MAX_INTERVAL_MS, MAX_MESSAGE_BYTES, MAX_PAGE,
-    MIN_INTERVAL_MS, VERSION,
+    ClientMessage, ErrorCode, Limits, Revocation, ServerMessage, Topic, DEFAULT_PAGE, MAX_INTERVAL_MS,
+    MAX_MESSAGE_BYTES, MAX_PAGE, MIN_INTERVAL_MS, VERSION,
 };
 use super::server::ConnectionSlot;
 use super::State;
@@ -290,6 +290,28 @@ impl Session {
                 answer.map_or_else(
                     |(code, message)| error(req, code, message),
                     |count| ServerMessage::Dropped { req, count },
+                )
+            }
+            ClientMessage::Revoke { user, req } => match self.ask(|reply| Control::Revoke { user, reply }).await {
+                Ok(Ok(count)) => ServerMessage::Revoked { req, count },
+                Ok(Err(why)) => ServerMessage::Error { req, code: ErrorCode::BadRequest, message: why },
+                Err((code, message)) => error(req, code, message),
+            },
+            ClientMessage::Unrevoke { user, req } => {
+                let answer = self.ask(|reply| Control::LiftRevocation { user, reply }).await;
+                answer.map_or_else(
+                    |(code, message)| error(req, code, message),
+                    |lifted| ServerMessage::Unrevoked { req, lifted },
+                )
+            }
+            ClientMessage::ListRevocations { req } => {
+                let answer = self.ask(|reply| Control::ListRevocations { reply }).await;
+                answer.map_or_else(
+                    |(code, message)| error(req, code, message),
+                    |list| ServerMessage::Revocations {
+                        req,
+                        revocations: list.into_iter().map(|(user, lapses_at)| Revocation { user, lapses_at }).collect(),
+                    },
                 )
             }
         };

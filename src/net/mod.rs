@@ -212,6 +212,19 @@ impl EventLoop {
             Control::DropUser { user, reply } => {
                 let _ = reply.send(self.core.close_user(&user, now));
             }
+            Control::Revoke { user, reply } => {
+                let ended = self.core.revoke(&user, now, unix_now()).map_err(|e| e.to_string());
+                if ended.is_ok() {
+                    info!(user = %user, "revoked");
+                }
+                let _ = reply.send(ended);
+            }
+            Control::LiftRevocation { user, reply } => {
+                let _ = reply.send(self.core.lift_revocation(&user));
+            }
+            Control::ListRevocations { reply } => {
+                let _ = reply.send(self.core.revocations(unix_now()));
+            }
             Control::Drain { alternate, reply } => {
                 self.core.drain(alternate);
                 let _ = reply.send(());

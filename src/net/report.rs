@@ -153,6 +153,26 @@ pub enum Control {
         /// Where the answer goes.
         reply: oneshot::Sender<usize>,
     },
+    /// Revoke a user or a REST credential (see `turn::revocations`): its allocations
+    /// end and it is refused until lifted. The reply: allocations ended, or why not.
+    Revoke {
+        /// The username (or user id, or one REST username).
+        user: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// Lift a revocation; the reply says whether there was one.
+    LiftRevocation {
+        /// The name revoked.
+        user: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<bool>,
+    },
+    /// The revocations in force: each name with the Unix time it lapses at, if any.
+    ListRevocations {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<(String, Option<u64>)>>,
+    },
     /// Stop taking new allocations (graceful stop): 300 with this alternate server,
     /// or 508 without one.
     Drain {

@@ -177,6 +177,41 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                 }
                 let _ = reply.send(dropped);
             }
+            Control::Revoke { user, reply } => {
+                // Every worker holds the list: a client may land on any of them.
+                let mut ended = Ok(0);
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Control::Revoke { user: user.clone(), reply: tx }).await.is_ok() {
+                        match (rx.await, &mut ended) {
+                            (Ok(Ok(n)), Ok(total)) => *total += n,
+                            (Ok(Err(e)), _) => ended = Err(e),
+                            _ => {}
+                        }
+                    }
+                }
+                let _ = reply.send(ended);
+            }
+            Control::LiftRevocation { user, reply } => {
+                let mut lifted = false;
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Control::LiftRevocation { user: user.clone(), reply: tx }).await.is_ok() {
+                        lifted |= rx.await.unwrap_or(false);
+                    }
+                }
+                let _ = reply.send(lifted);
+            }
+            Control::ListRevocations { reply } => {
+                let (tx, rx) = oneshot::channel();
+                let list = match workers.first() {
+                    Some(worker) if worker.send(Control::ListRevocations { reply: tx }).await.is_ok() => {
+                        rx.await.unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                let _ = reply.send(list);
+            }
             Control::Drain { alternate, reply } => {
                 for worker in &workers {
                     let (tx, rx) = oneshot::channel();
