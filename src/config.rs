@@ -226,11 +226,19 @@ pub struct Auth {
     /// TURN REST API shared secrets (several during rotation).
     #[serde(skip_serializing)]
     pub secrets: Vec<String>,
+    /// Whether an allocation made with a REST credential ends when the credential
+    /// expires, not only at its next refresh (which the expired credential fails).
+    pub end_allocations_at_expiry: bool,
 }
 
 impl Default for Auth {
     fn default() -> Self {
-        Auth { nonce_lifetime: Duration::from_secs(600), user: Vec::new(), secrets: Vec::new() }
+        Auth {
+            nonce_lifetime: Duration::from_secs(600),
+            user: Vec::new(),
+            secrets: Vec::new(),
+            end_allocations_at_expiry: false,
+        }
     }
 }
 
@@ -645,6 +653,7 @@ impl Config {
                 policy
             },
             denied_clients: self.clients.denied.clone(),
+            end_at_credential_expiry: self.auth.end_allocations_at_expiry,
             quotas: Quotas {
                 total_allocations: self.limits.total_allocations,
                 allocations_per_user: self.limits.allocations_per_user,

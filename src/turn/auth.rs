@@ -139,6 +139,16 @@ impl Credentials {
         }
     }
 
+    /// How long a credential for `username` stays valid from `unix_now`: `None` for a
+    /// static user (no expiry), else the time to its TURN REST expiry.
+    pub fn valid_for(&self, username: &str, unix_now: u64) -> Option<Duration> {
+        if self.users.contains_key(username) {
+            return None;
+        }
+        let expiry = username.split(':').next()?.parse::<u64>().ok()?;
+        Some(Duration::from_secs(expiry.saturating_sub(unix_now)))
+    }
+
     /// The candidate keys for `username` and `algorithm` at wall-clock time
     /// `unix_now`: one for a static user, one per secret for a REST username (the
     /// integrity check then tells which secret the client's password came from).

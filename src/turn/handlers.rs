@@ -166,6 +166,7 @@ impl Server {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
         Ok(Auth {
+            valid_for: credentials.valid_for(&name, unix_now),
             username: name,
             key,
             integrity: IntegritySet {
@@ -178,9 +179,14 @@ impl Server {
     }
 
     /// The lifetime to grant: the client's request capped by the configured maximum.
-    fn granted_lifetime(&self, request: &Message) -> Duration {
+    /// With `end_at_credential_expiry`, a REST credential's remaining validity caps it.
+    fn granted_lifetime(&self, request: &Message, auth: &Auth) -> Duration {
         let requested = request.get_attribute::<Lifetime>().map(|l| l.lifetime()).unwrap_or(DEFAULT_LIFETIME);
-        requested.min(self.config.max_lifetime)
+        let granted = requested.min(self.config.max_lifetime);
+        match auth.valid_for {
+            Some(left) if self.config.end_at_credential_expiry => granted.min(left),
+            _ => granted,
+        }
     }
 
     /// The allocation on `from`, checked to belong to the authenticated user.
@@ -324,7 +330,7 @@ impl Server {
                 five_tuple: from,
                 transaction_id: request.transaction_id(),
                 username: auth.username.clone(),
-                lifetime: self.granted_lifetime(request).max(Duration::from_secs(1)),
+                lifetime: self.granted_lifetime(request, &auth).max(Duration::from_secs(1)),
                 relays,
                 refused_additional,
                 reserve_next,
@@ -555,7 +561,7 @@ impl Server {
         auth: &Auth,
     ) -> Result<Message, Reject> {
         let id = self.own_allocation(from, auth)?;
-        let lifetime = self.granted_lifetime(request);
+        let lifetime = self.granted_lifetime(request, auth);
         let mut response = success(request);
         if lifetime.is_zero() {
             self.remove_allocation(id, now, EndReason::Deleted);

@@ -127,6 +127,9 @@ pub struct CoreConfig {
     /// Clients whose packets are dropped before anything else looks at them (and whose
     /// allocations a reload that adds them closes).
     pub denied_clients: Vec<ipnet::IpNet>,
+    /// Whether an allocation made with a TURN REST credential ends when the credential
+    /// expires (its lifetime is capped there), not only at its next refresh.
+    pub end_at_credential_expiry: bool,
 }
 
 impl Default for CoreConfig {
@@ -141,6 +144,7 @@ impl Default for CoreConfig {
             policy: PeerPolicy::default(),
             quotas: Quotas::default(),
             denied_clients: Vec::new(),
+            end_at_credential_expiry: false,
         }
     }
 }
@@ -309,6 +313,8 @@ pub(crate) struct Auth {
     pub username: String,
     pub key: Key,
     pub integrity: IntegritySet,
+    /// For a TURN REST credential, how long it stays valid from this request.
+    pub valid_for: Option<Duration>,
 }
 
 /// An error answer to a request.

@@ -1217,3 +1217,24 @@ fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lift
     h.client.client = addr("198.51.100.1:40101");
     assert_eq!(error_code(&h.allocate()), None, "lifted");
 }
+
+#[test]
+fn with_end_at_credential_expiry_a_rest_allocation_ends_when_its_credential_does() {
+    let mut c = config();
+    c.credentials.add_secret(b"north");
+    c.end_at_credential_expiry = true;
+    let mut h = Harness::with_config(c);
+    let user: &'static str = Box::leak(format!("{}:carol", UNIX_NOW + 120).into_boxed_str());
+    let password: &'static str = Box::leak(crate::turn::auth::rest_password(b"north", user).into_boxed_str());
+    (h.user, h.password) = (user, password);
+    let response = h.allocate();
+    assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(120));
+    let id = h.allocation_id();
+    h.advance(Duration::from_secs(120));
+    assert!(h.server.allocations().all(|(other, _)| other != id), "it outlived its credential");
+    // Static users are not capped.
+    (h.user, h.password) = ("alice", "secret");
+    h.client.client = addr("198.51.100.1:40500");
+    let response = h.allocate();
+    assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(600));
+}
