@@ -147,7 +147,9 @@ impl Core {
 
     /// The nonce the server issues to `from` (from a 401).
     fn nonce_for(&mut self, from: FiveTuple) -> String {
-        let m = Message::new(MessageClass::Request, ALLOCATE, tid(0));
+        // A bare 20-byte Allocate is not answered (no 401 fits in three times it).
+        let mut m = Message::new(MessageClass::Request, ALLOCATE, tid(0));
+        m.add_attribute(RequestedTransport::new(17));
         let bytes = message::encode(m, Protection { key: None, fingerprint: false }).expect("encode");
         let answer = self.send(from, &bytes);
         let decoded = message::decode(&answer[0]).expect("401").message;

@@ -34,6 +34,10 @@ install_deps() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+    # tests/fail2ban.rs: the shipped filter against turnd's logs (fail2ban-regex).
+    command -v fail2ban-regex >/dev/null 2>&1 || missing+=(fail2ban)
+    # tests/descriptors.rs runs turnd under prlimit (util-linux).
+    command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

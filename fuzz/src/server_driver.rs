@@ -148,6 +148,7 @@ pub fn config() -> CoreConfig {
         relay: RelayAddresses { bind_v6: Some("2001:db8::1".parse().unwrap()), ..RelayAddresses::default() },
         policy,
         quotas: quotas(),
+        ..CoreConfig::default()
     }
 }
 

@@ -166,7 +166,7 @@ impl Server {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
         Ok(Auth {
-            valid_for: credentials.valid_for(&name, unix_now),
+            valid_for: credentials.valid_for(&name, unix_now).map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             username: name,
             key,
             integrity: IntegritySet {
@@ -184,7 +184,7 @@ impl Server {
         let requested = request.get_attribute::<Lifetime>().map(|l| l.lifetime()).unwrap_or(DEFAULT_LIFETIME);
         let granted = requested.min(self.config.max_lifetime);
         match auth.valid_for {
-            Some(left) if self.config.end_at_credential_expiry => granted.min(left),
+            Some(left) if self.config.end_at_credential_expiry => granted.min(Duration::from_secs(left.into())),
             _ => granted,
         }
     }

@@ -313,8 +313,9 @@ pub(crate) struct Auth {
     pub username: String,
     pub key: Key,
     pub integrity: IntegritySet,
-    /// For a TURN REST credential, how long it stays valid from this request.
-    pub valid_for: Option<Duration>,
+    /// For a TURN REST credential, the seconds it stays valid from this request
+    /// (u32 keeps `Reject`, which carries an `Auth`, small).
+    pub valid_for: Option<u32>,
 }
 
 /// An error answer to a request.
