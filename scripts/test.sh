@@ -38,6 +38,8 @@ install_deps() {
     command -v fail2ban-regex >/dev/null 2>&1 || missing+=(fail2ban)
     # tests/descriptors.rs runs turnd under prlimit (util-linux).
     command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+    # tests/proxy_protocol.rs: a real HAProxy in front of turnd (send-proxy, TLS passthrough).
+    [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

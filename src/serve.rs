@@ -329,6 +329,11 @@ fn bind_listeners(
     router: StreamRouter,
 ) -> Result<Vec<Vec<std::net::UdpSocket>>> {
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
+    // Denied clients and trusted proxies, for every TCP/TLS accept loop.
+    stream::set_client_filter(stream::ClientFilter::new(
+        config.clients.denied.clone(),
+        config.clients.trusted_proxies.clone(),
+    ));
     let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
     for listen in &config.listen {
         let label = match listen.transport {
@@ -372,10 +377,15 @@ fn bind_listeners(
                 _ => None,
             };
             let limits = config.tcp.limits(config.limits.sources());
-            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), router.clone()));
+            let proxy = listen.proxy_protocol;
+            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), router.clone(), proxy));
             local
         };
-        info!("listening on {label} {local}");
+        if listen.proxy_protocol {
+            info!("listening on {label} {local} (PROXY protocol, from trusted proxies only)");
+        } else {
+            info!("listening on {label} {local}");
+        }
     }
     Ok(udp_sockets)
 }
@@ -463,6 +473,11 @@ async fn reload(
     if let Err(e) = set_log_level(&next.log.level) {
         warn!(error = %e, "log level not changed");
     }
+    // New TCP/TLS connections see the new denied clients and trusted proxies at once.
+    stream::set_client_filter(stream::ClientFilter::new(
+        next.clients.denied.clone(),
+        next.clients.trusted_proxies.clone(),
+    ));
     if control.send(Control::Reconfigure(Box::new(next.core()))).await.is_err() {
         return None;
     }

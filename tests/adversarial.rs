@@ -429,7 +429,8 @@ fn allocate_flood_from_many_addresses_hits_quotas_and_spares_the_yardstick() {
 
 #[test]
 fn slowloris_on_tcp_and_tls_is_cut_while_udp_relays() {
-    let f = Fixture::new("");
+    // 40 unauthenticated connections from one source: past the default per-source cap.
+    let f = Fixture::new("max-unauthenticated-per-source = 64");
     let started = Instant::now();
     let mut held = Vec::new();
     for i in 0..40 {

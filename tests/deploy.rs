@@ -276,7 +276,8 @@ fn systemd_unit_keeps_the_service_contract() {
         assert_eq!(service_value(&e, key), value, "{key}=");
     }
     let families: BTreeSet<&str> = service_value(&e, "RestrictAddressFamilies").split_whitespace().collect();
-    assert_eq!(families, BTreeSet::from(["AF_INET", "AF_INET6", "AF_UNIX"]));
+    // AF_NETLINK: getifaddrs reads the host's addresses (peer policy, relay addresses).
+    assert_eq!(families, BTreeSet::from(["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"]));
     assert!(service_values(&e, "SystemCallFilter").contains(&"@system-service"));
     let nofile: u64 = service_value(&e, "LimitNOFILE").parse().expect("LimitNOFILE= is a number");
     assert!(nofile >= 65536, "LimitNOFILE={nofile}: one descriptor per relay port and TCP client");

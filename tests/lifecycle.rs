@@ -179,3 +179,36 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn a_reload_that_denies_a_client_ends_its_allocation_and_turns_away_its_new_connections() {
+    use std::io::{Read, Write};
+    let tcp = "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n";
+    let turnd = TurndProcess::start(&format!("{}{tcp}", config(&[(USER, PASSWORD)], "")), &[]);
+    let peer = UdpEchoPeer::start();
+    let denied = TurnClient::new("127.0.0.66:0", turnd.udp_addr(), USER, PASSWORD, REALM);
+    let mut denied = denied;
+    denied.allocate(vec![]).expect("allocation before the reload");
+    assert_eq!(denied.channel_bind(0x4000, peer.addr()), None);
+    assert_relays(&denied, b"before");
+    let connect = || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 66], 0)).into()).unwrap();
+        socket.connect(&turnd.tcp_addr().into()).unwrap();
+        let mut stream: std::net::TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let binding = [0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let _ = stream.write_all(&binding);
+        let mut head = [0u8; 20];
+        stream.read_exact(&mut head).is_ok()
+    };
+    assert!(connect(), "served over TCP before the reload");
+
+    let clients = "[clients]\ndenied = [\"127.0.0.66/32\"]\n";
+    std::fs::write(config_path(&turnd), format!("{}{tcp}{clients}", config(&[(USER, PASSWORD)], ""))).unwrap();
+    signal(&turnd, "HUP");
+    wait_for_log(&turnd, "configuration reloaded", 2);
+    assert!(!connect(), "a denied client's new TCP connection was served");
+    denied.send_channel_data(0x4000, b"after");
+    assert!(denied.recv_data().is_none(), "a denied client's allocation still relays");
+}

@@ -215,9 +215,11 @@ proptest! {
         let mut out = Vec::new();
         let (mut fed, mut cut) = (0, 0);
         while fed < stream.len() {
-            let n = cuts[cut % cuts.len()].min(stream.len() - fed);
+            // The framer's buffer grows with need: a read takes at most what it offers.
+            let spare = framer.spare();
+            let n = cuts[cut % cuts.len()].min(stream.len() - fed).min(spare.len());
             cut += 1;
-            framer.spare()[..n].copy_from_slice(&stream[fed..fed + n]);
+            spare[..n].copy_from_slice(&stream[fed..fed + n]);
             framer.filled(n);
             fed += n;
             while let Some(frame) = framer.next_frame().expect("valid frames") {

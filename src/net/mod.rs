@@ -8,6 +8,7 @@ pub mod framing;
 pub mod interfaces;
 mod listeners;
 mod outbox;
+mod proxy;
 pub mod relay_socket;
 pub mod report;
 pub mod route;
@@ -25,6 +26,7 @@ use crate::turn::allocation::Family;
 use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{EndReason, Event, Output};
+use crate::turn::stats::AuthFailure;
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
 use epoll::Epoll;
 use listeners::{ListenerKey, UdpListeners};
@@ -50,6 +52,9 @@ const BATCH: usize = 8;
 const MAX_DATAGRAM: usize = 65536;
 /// How many reads one socket gets per wake-up before others get a turn.
 const READS_PER_WAKE: usize = 16;
+/// The host's addresses are read again every this many publishes (seconds): an address
+/// added while turnd runs is kept from peers within that time.
+const HOST_CHECK_EVERY: u32 = 5;
 /// Set while relay sockets cannot be opened (out of descriptors, say), so the episode
 /// is logged once for the process rather than once per worker or per Allocate.
 static RELAY_BIND_FAILING: AtomicBool = AtomicBool::new(false);
@@ -93,14 +98,18 @@ pub struct EventLoop {
     ready: Vec<u64>,
     publisher: Publisher,
     snapshot: Snapshot,
-    /// Outbound queues of TCP/TLS connections, by their 5-tuple.
-    streams: HashMap<FiveTuple, mpsc::Sender<Outbound>>,
+    /// TCP/TLS connections (their outbound queues), by their 5-tuple.
+    streams: HashMap<FiveTuple, stream::Client>,
     /// Where spawned connection tasks report (RFC 6062 peer connections).
     stream_events: mpsc::Sender<StreamEvent>,
     /// RFC 6062: accept loops of TCP relay listeners, by allocation.
     tcp_relays: HashMap<AllocationId, tokio::task::JoinHandle<()>>,
     /// RFC 6062: peer connections waiting for a ConnectionBind.
     peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
+    /// The host's interface addresses as last read (see [`HOST_CHECK_EVERY`]).
+    host_addresses: Vec<std::net::IpAddr>,
+    /// Snapshots published so far.
+    publishes: u32,
 }
 
 impl EventLoop {
@@ -119,9 +128,20 @@ impl EventLoop {
             epoll.add(fd, key.token())?;
         }
         let mut config = config;
-        know_this_host(&mut config, &bound);
+        config.policy.deny_own_sockets(bound.own_addresses());
+        let host_addresses = interfaces::host_addresses();
+        if host_addresses.is_empty() {
+            // Loopback is always there: none means getifaddrs failed (no AF_NETLINK?).
+            warn!("cannot read the host's addresses: only configured relay addresses are kept from peers");
+        }
         Ok(EventLoop {
-            core: make_core(config),
+            core: {
+                let mut core = make_core(config);
+                core.set_host_addresses(&host_addresses);
+                core
+            },
+            host_addresses,
+            publishes: 0,
             listeners: bound,
             relays: HashMap::new(),
             epoll,
@@ -195,8 +215,10 @@ impl EventLoop {
         let now = Instant::now();
         match message {
             Control::Reconfigure(mut config) => {
-                know_this_host(&mut config, &self.listeners);
+                config.policy.deny_own_sockets(self.listeners.own_addresses());
                 self.core.reconfigure(*config);
+                self.host_addresses = interfaces::host_addresses();
+                self.core.set_host_addresses(&self.host_addresses);
                 info!("configuration reloaded");
             }
             Control::ListAllocations { offset, limit, reply } => {
@@ -237,8 +259,8 @@ impl EventLoop {
     fn stream_event(&mut self, event: StreamEvent) {
         let now = Instant::now();
         match event {
-            StreamEvent::Opened { five_tuple, outbound } => {
-                self.streams.insert(five_tuple, outbound);
+            StreamEvent::Opened { five_tuple, client } => {
+                self.streams.insert(five_tuple, client);
             }
             StreamEvent::Frame { five_tuple, frame } => {
                 let started = is_control(&frame).then(Instant::now);
@@ -299,13 +321,14 @@ impl EventLoop {
                 self.flush();
             }
             self.outbox.push(socket, to.client, from, payload);
-        } else if let Some(queue) = self.streams.get(&to) {
+        } else if let Some(client) = self.streams.get(&to) {
             let bytes = match payload {
                 Payload::Owned(bytes) => bytes,
                 Payload::Slot(range) => self.relay_buf.get(range).map(<[u8]>::to_vec).unwrap_or_default(),
             };
-            // A full queue means the client is not reading: drop, as UDP would.
-            let _ = queue.try_send(Outbound::Bytes(bytes));
+            // A full queue means the client is not reading: drop, as UDP would (and
+            // the connection's write timeout cuts it if that goes on).
+            let _ = client.send(Outbound::Bytes(bytes));
         }
     }
 
@@ -319,6 +342,15 @@ impl EventLoop {
 
     /// Copies the loop's state into the published snapshot.
     fn publish(&mut self) {
+        self.publishes = self.publishes.wrapping_add(1);
+        if self.publishes % HOST_CHECK_EVERY == 0 {
+            let now_host = interfaces::host_addresses();
+            if now_host != self.host_addresses {
+                info!(addresses = ?now_host, "the host's addresses changed");
+                self.core.set_host_addresses(&now_host);
+                self.host_addresses = now_host;
+            }
+        }
         let now = Instant::now();
         let (permissions, channels) = self.core.binding_counts(now);
         let (ports_in_use, ports_available) = self.core.port_usage();
@@ -494,12 +526,20 @@ impl EventLoop {
                     });
                 }
                 Output::BindData { connection, data } => {
-                    match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
-                        (Some(peer), Some(queue)) => {
-                            // Queued behind the ConnectionBind success already sent to it.
-                            let _ = queue.try_send(Outbound::Splice(peer));
+                    let spliced = match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
+                        // Queued behind the ConnectionBind success already sent to it; a
+                        // bound data connection counts as authenticated.
+                        (Some(peer), Some(client)) => {
+                            let queued = client.send(Outbound::Splice(peer));
+                            if queued {
+                                client.authenticated();
+                            }
+                            queued
                         }
-                        _ => self.core.close_five_tuple(data, Instant::now()),
+                        _ => false,
+                    };
+                    if !spliced {
+                        self.core.close_five_tuple(data, Instant::now());
                     }
                 }
                 Output::ClosePeerConnection { connection, data } => {
@@ -511,6 +551,14 @@ impl EventLoop {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    // A TCP/TLS connection that holds an allocation is authenticated: out
+                    // of its source's unauthenticated count and timeout (before the
+                    // Allocate success, which follows this event, is written).
+                    if let Event::AllocationCreated { five_tuple, .. } = &event {
+                        if let Some(client) = self.streams.get(five_tuple) {
+                            client.authenticated();
+                        }
+                    }
                     if let Event::AllocationEnded { duration, .. } = &event {
                         let seconds = duration.as_secs_f64();
                         self.snapshot.allocation_lifetime_seconds.observe(&report::LIFETIME_SECONDS_BOUNDS, seconds);
@@ -612,18 +660,41 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Tells the peer policy what is this host: the listeners (never a peer) and the
-/// host's addresses (a peer there may only be one of this server's relays), read
-/// again on every reload.
-fn know_this_host(config: &mut CoreConfig, listeners: &UdpListeners) {
-    config.policy.deny_own_sockets(listeners.own_addresses());
-    let relay = &config.relay;
-    let configured = [relay.bind_v4, relay.external_v4].into_iter().flatten().map(std::net::IpAddr::from);
-    let configured_v6 = [relay.bind_v6, relay.external_v6].into_iter().flatten().map(std::net::IpAddr::from);
-    let interfaces = interfaces::host_addresses();
-    config.relay.host_v4 = interfaces::primary_v4(&interfaces);
-    config.relay.host_v6 = interfaces::primary_v6(&interfaces);
-    config.policy.set_host_addresses(interfaces.into_iter().chain(configured).chain(configured_v6));
+/// Warning lines about failed authentications at most this often a second, over the
+/// process: enough for fail2ban to count an attacker, too few to flood the log.
+const AUTH_FAILURE_LINES_PER_SECOND: u64 = 100;
+/// (second, lines logged in it, lines left out) of the limiter below.
+static AUTH_FAILURE_LOG: std::sync::Mutex<(u64, u64, u64)> = std::sync::Mutex::new((0, 0, 0));
+
+/// One warning line per failed authentication, in the fixed format the shipped
+/// fail2ban filter matches (`ip=`, then `port=` and `reason=`; nothing a client chose),
+/// rate limited. Stale nonces are the normal flow of a long call: debug only.
+fn log_auth_failure(client: SocketAddr, reason: AuthFailure) {
+    let (ip, port, label) = (client.ip(), client.port(), reason.label());
+    if matches!(reason, AuthFailure::StaleNonce | AuthFailure::RateLimited) {
+        debug!(ip = %ip, port, reason = %label, "authentication failed");
+        return;
+    }
+    let now = unix_now();
+    let left_out = {
+        let mut state = AUTH_FAILURE_LOG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (second, logged, dropped) = &mut *state;
+        let mut left_out = 0;
+        if *second != now {
+            left_out = std::mem::take(dropped);
+            (*second, *logged) = (now, 0);
+        }
+        if *logged >= AUTH_FAILURE_LINES_PER_SECOND {
+            *dropped += 1;
+            return;
+        }
+        *logged += 1;
+        left_out
+    };
+    if left_out > 0 {
+        warn!(count = left_out, "authentication failure lines left out in the last second (rate limit)");
+    }
+    warn!(ip = %ip, port, reason = %label, "authentication failed");
 }
 
 fn log_event(event: &Event) {
@@ -644,7 +715,7 @@ fn log_event(event: &Event) {
             to_peer_bytes = traffic.to_peer_bytes, to_client_bytes = traffic.to_client_bytes,
             duration = duration.as_secs(), "allocation ended"
         ),
-        Event::AuthFailed { client, reason } => debug!(client = %client, reason = ?reason, "authentication failed"),
+        Event::AuthFailed { client, reason } => log_auth_failure(*client, *reason),
         Event::PeerDenied { id, peer } => warn!(allocation = id.0, peer = %peer, "peer refused by policy"),
     }
 }

@@ -1,14 +1,39 @@
 //! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection is
 //! a task that frames what it reads and hands whole messages to one worker's event
 //! loop (chosen by its first message, see [`StreamRouter`]), which owns the core; the
-//! loop answers through a bounded per-connection queue. A client
-//! that sends nothing, or stalls mid-message, is cut after `first_message_timeout`,
-//! and the number of connections is capped: slowloris cannot hold descriptors.
+//! loop answers through a bounded per-connection queue.
+//!
+//! What one client can hold is bounded:
+//! - connections over all stream listeners (`max_connections`), from one source
+//!   (`max_connections_per_source`) and, of those, connections that hold no
+//!   allocation yet (`max_unauthenticated_per_source`), all checked at accept: a
+//!   connection over a cap is closed at once;
+//! - time: a client that sends nothing, or stalls mid-message, is cut after
+//!   `first_message_timeout`; one that has not authenticated (holds no allocation and
+//!   is no RFC 6062 data connection) `unauthenticated_timeout` after accept is cut; one
+//!   that leaves its answers unread, so that a write cannot finish within
+//!   `write_timeout`, is cut (the task never blocks in a write for longer);
+//! - memory: the read buffer grows with the frame being received and shrinks back
+//!   when drained ([`Framer`]), so an idle connection costs a few kilobytes.
+//!
+//! Who may connect ([`ClientFilter`], `[clients]`): a denied client's connection is
+//! closed at accept, before any byte is read (so before a TLS handshake). On a
+//! listener with `proxy-protocol`, only proxies in `trusted-proxies` may connect; each
+//! connection starts with a PROXY protocol header ([`super::proxy`]) read within
+//! `first_message_timeout`, and the client it names is the connection's client from
+//! then on (its 5-tuple, so the core, quotas and logs see it): the deny list and the
+//! per-source caps apply to it, not to the proxy.
 
 use super::framing::Framer;
+use super::proxy::{self, Header};
 use super::route::StreamRouter;
 use crate::turn::{FiveTuple, Transport};
-use std::sync::Arc;
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +44,11 @@ use tracing::debug;
 /// Messages queued towards one client before newer ones are dropped (a client that
 /// does not read must not make the loop buffer without bound).
 pub const OUTBOUND_QUEUE: usize = 256;
+/// Bytes written to a connection but not yet sent (the client's window is closed)
+/// beyond which writes wait (TCP_NOTSENT_LOWAT).
+const NOT_SENT_LIMIT: u32 = 128 * 1024;
+/// Queued messages are written together, up to about this many bytes per write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Limits on stream connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +96,28 @@ pub enum Outbound {
     Splice(TcpStream),
 }
 
+/// The event loop's handle on one client connection.
+#[derive(Debug)]
+pub struct Client {
+    queue: mpsc::Sender<Outbound>,
+    source: Arc<SourceSlot>,
+}
+
+impl Client {
+    /// Queues `message` for the client; `false` when the queue is full (the client is
+    /// not reading: the message is dropped, as UDP would) or the connection is gone.
+    pub fn send(&self, message: Outbound) -> bool {
+        self.queue.try_send(message).is_ok()
+    }
+
+    /// The connection now holds an allocation, or is an RFC 6062 data connection: it
+    /// leaves its source's unauthenticated count (at once, before the answer that
+    /// says so is written) and the unauthenticated timeout no longer applies.
+    pub fn authenticated(&self) {
+        self.source.authenticate();
+    }
+}
+
 /// What connections tell the event loop.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -74,7 +126,7 @@ pub enum StreamEvent {
         /// Its 5-tuple.
         five_tuple: FiveTuple,
         /// Its outbound queue.
-        outbound: mpsc::Sender<Outbound>,
+        client: Client,
     },
     /// A whole STUN message or ChannelData frame arrived.
     Frame {
@@ -106,17 +158,239 @@ pub enum StreamEvent {
     },
 }
 
-/// Accepts connections on `listener` until the event channel closes.
+/// Connections refused or cut by the limits, since the process started (all
+/// listeners): [`counters`] reads them.
+static REFUSED_MAX_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+static REFUSED_PER_SOURCE: AtomicU64 = AtomicU64::new(0);
+static REFUSED_UNAUTHENTICATED: AtomicU64 = AtomicU64::new(0);
+static CUT_UNAUTHENTICATED: AtomicU64 = AtomicU64::new(0);
+static CUT_WRITE_TIMEOUT: AtomicU64 = AtomicU64::new(0);
+static REFUSED_DENIED: AtomicU64 = AtomicU64::new(0);
+static REFUSED_UNTRUSTED_PROXY: AtomicU64 = AtomicU64::new(0);
+static REFUSED_PROXY_HEADER: AtomicU64 = AtomicU64::new(0);
+
+/// What the stream limits did, since the process started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounters {
+    /// Refused at accept: `max_connections` reached.
+    pub refused_max_connections: u64,
+    /// Refused at accept: the source at `max_connections_per_source`.
+    pub refused_per_source: u64,
+    /// Refused at accept: the source at `max_unauthenticated_per_source`.
+    pub refused_unauthenticated: u64,
+    /// Closed: still unauthenticated `unauthenticated_timeout` after accept.
+    pub cut_unauthenticated: u64,
+    /// Closed: a write made no progress for `write_timeout`.
+    pub cut_write_timeout: u64,
+    /// Refused: the client is in `clients.denied` (at accept, or as named by a PROXY
+    /// protocol header).
+    pub refused_denied: u64,
+    /// Refused at accept: a `proxy-protocol` listener, and the peer is not in
+    /// `clients.trusted-proxies`.
+    pub refused_untrusted_proxy: u64,
+    /// Closed: no PROXY protocol header, or a malformed, truncated, too long or
+    /// unsupported one, or none within `first_message_timeout`.
+    pub refused_proxy_header: u64,
+}
+
+/// The limits' counters (for metrics).
+pub fn counters() -> StreamCounters {
+    StreamCounters {
+        refused_max_connections: REFUSED_MAX_CONNECTIONS.load(Ordering::Relaxed),
+        refused_per_source: REFUSED_PER_SOURCE.load(Ordering::Relaxed),
+        refused_unauthenticated: REFUSED_UNAUTHENTICATED.load(Ordering::Relaxed),
+        cut_unauthenticated: CUT_UNAUTHENTICATED.load(Ordering::Relaxed),
+        cut_write_timeout: CUT_WRITE_TIMEOUT.load(Ordering::Relaxed),
+        refused_denied: REFUSED_DENIED.load(Ordering::Relaxed),
+        refused_untrusted_proxy: REFUSED_UNTRUSTED_PROXY.load(Ordering::Relaxed),
+        refused_proxy_header: REFUSED_PROXY_HEADER.load(Ordering::Relaxed),
+    }
+}
+
+/// `[clients]` as the accept loops apply it: denied clients, and the proxies trusted
+/// to send a PROXY protocol header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientFilter {
+    denied: Vec<IpNet>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl ClientFilter {
+    /// From `clients.denied` and `clients.trusted-proxies`.
+    pub fn new(denied: Vec<IpNet>, trusted_proxies: Vec<IpNet>) -> ClientFilter {
+        ClientFilter { denied, trusted_proxies }
+    }
+
+    /// Whether connections from `ip` are refused (IPv4-mapped addresses as IPv4).
+    pub fn is_denied(&self, ip: IpAddr) -> bool {
+        let ip = crate::turn::policy::canonical(ip);
+        self.denied.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether `ip` may send a PROXY protocol header.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = crate::turn::policy::canonical(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The filter every accept loop reads at each accept: [`set_client_filter`] replaces
+/// it (at start, and on a reload), and the next connection sees the new one.
+static CLIENT_FILTER: LazyLock<ArcSwap<ClientFilter>> = LazyLock::new(ArcSwap::default);
+
+/// Puts `filter` in force for connections accepted from now on (all listeners).
+/// Connections already open are not closed here; the core drops what a client that
+/// became denied sends on them.
+pub fn set_client_filter(filter: ClientFilter) {
+    CLIENT_FILTER.store(Arc::new(filter));
+}
+
+/// The 5-tuples of open proxied connections. A proxy names the client, so two
+/// connections could claim one 5-tuple (two proxies in front of one listener, or a
+/// confused one); the event loop keys connections by it, so the second is refused.
+static PROXIED: LazyLock<Mutex<HashSet<FiveTuple>>> = LazyLock::new(Mutex::default);
+
+/// A proxied connection's claim on its 5-tuple, given back on drop.
+struct ProxiedClaim(FiveTuple);
+
+impl ProxiedClaim {
+    fn claim(five_tuple: FiveTuple) -> Option<ProxiedClaim> {
+        let inserted = PROXIED.lock().unwrap_or_else(|e| e.into_inner()).insert(five_tuple);
+        // Built only when inserted (and after the lock is released): dropping one
+        // removes its 5-tuple.
+        if inserted {
+            Some(ProxiedClaim(five_tuple))
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for ProxiedClaim {
+    fn drop(&mut self) {
+        PROXIED.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
+
+/// Live connections of one source.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SourceCount {
+    open: usize,
+    unauthenticated: usize,
+}
+
+/// Which connection slots (the `max_connections` semaphore, by address) and which
+/// source a count is for. Listeners that share their slots share their per-source
+/// counts: a source's TCP and TLS connections count together.
+type SourceKey = (usize, IpAddr);
+
+/// Live connections by source. Only sources with a live connection are in it (an
+/// entry goes with its last connection), so it is bounded by `max_connections`.
+static SOURCES: LazyLock<Mutex<HashMap<SourceKey, SourceCount>>> = LazyLock::new(Mutex::default);
+
+fn sources() -> std::sync::MutexGuard<'static, HashMap<SourceKey, SourceCount>> {
+    SOURCES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One connection's place in its source's counts, given back on drop.
+#[derive(Debug)]
+struct SourceSlot {
+    key: SourceKey,
+    authenticated: AtomicBool,
+}
+
+/// Why a source's connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    PerSource,
+    Unauthenticated,
+}
+
+impl SourceSlot {
+    /// Counts a new (unauthenticated) connection from `source`, unless that source is
+    /// at either cap.
+    fn admit(slots: &Arc<Semaphore>, source: IpAddr, limits: &StreamLimits) -> Result<Arc<SourceSlot>, Refused> {
+        let key = (Arc::as_ptr(slots) as usize, limits.sources.key(source));
+        let mut all = sources();
+        let count = all.entry(key).or_default();
+        let refused = if count.open >= limits.max_connections_per_source {
+            Some(Refused::PerSource)
+        } else if count.unauthenticated >= limits.max_unauthenticated_per_source {
+            Some(Refused::Unauthenticated)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            if count.open == 0 {
+                all.remove(&key);
+            }
+            return Err(refused);
+        }
+        count.open += 1;
+        count.unauthenticated += 1;
+        Ok(Arc::new(SourceSlot { key, authenticated: AtomicBool::new(false) }))
+    }
+
+    fn authenticate(&self) {
+        if !self.authenticated.swap(true, Ordering::AcqRel) {
+            if let Some(count) = sources().get_mut(&self.key) {
+                count.unauthenticated = count.unauthenticated.saturating_sub(1);
+            }
+        }
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut all = sources();
+        if let Some(count) = all.get_mut(&self.key) {
+            count.open = count.open.saturating_sub(1);
+            if !*self.authenticated.get_mut() {
+                count.unauthenticated = count.unauthenticated.saturating_sub(1);
+            }
+            if count.open == 0 {
+                all.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Counts a new connection from `client` in its source's counts, or refuses it
+/// (counted and logged) when the source is at a cap.
+fn admit(slots: &Arc<Semaphore>, client: SocketAddr, limits: &StreamLimits) -> Option<Arc<SourceSlot>> {
+    match SourceSlot::admit(slots, client.ip(), limits) {
+        Ok(source) => Some(source),
+        Err(Refused::PerSource) => {
+            REFUSED_PER_SOURCE.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, "connection refused: source at max-connections-per-source");
+            None
+        }
+        Err(Refused::Unauthenticated) => {
+            REFUSED_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, "connection refused: source at max-unauthenticated-per-source");
+            None
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the event channel closes. With
+/// `proxy_protocol`, each connection must come from a trusted proxy and start with a
+/// PROXY protocol header naming the client (see the module's documentation).
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: StreamLimits,
     slots: Arc<Semaphore>,
     router: StreamRouter,
+    proxy_protocol: bool,
 ) {
     let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
     loop {
-        let (stream, client) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; existing
@@ -126,39 +400,147 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let accepted = Instant::now();
+        // Refused connections are dropped here: closed at once, nothing read.
+        {
+            let filter = CLIENT_FILTER.load();
+            if proxy_protocol && !filter.is_trusted_proxy(peer.ip()) {
+                REFUSED_UNTRUSTED_PROXY.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "connection refused: proxy-protocol listener, and not from a trusted proxy");
+                continue;
+            }
+            if !proxy_protocol && filter.is_denied(peer.ip()) {
+                REFUSED_DENIED.fetch_add(1, Ordering::Relaxed);
+                debug!(client = %peer, "connection refused: denied client");
+                continue;
+            }
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%client, "connection refused: at max-connections");
+            REFUSED_MAX_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection refused: at max-connections");
             continue;
+        };
+        // A proxied connection's source is known once its header is read.
+        let source = if proxy_protocol {
+            None
+        } else {
+            match admit(&slots, peer, &limits) {
+                Some(source) => Some(source),
+                None => continue,
+            }
         };
         let Ok(server) = stream.local_addr() else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let five_tuple = FiveTuple { transport, client, server };
+        // Bytes the client has not taken stay in the kernel; without this, autotuning
+        // lets a client that never reads park megabytes there before a write blocks.
+        // In-flight data is not limited, only what waits behind a closed window.
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOT_SENT_LIMIT);
+        let five_tuple = FiveTuple { transport, client: peer, server };
         let router = router.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            serve(stream, tls, five_tuple, limits, router).await;
-            drop(permit);
-        });
+        match source {
+            Some(source) => {
+                tokio::spawn(async move {
+                    serve(stream, tls, Accepted { five_tuple, at: accepted, source }, limits, router).await;
+                    drop(permit);
+                });
+            }
+            None => {
+                let slots = slots.clone();
+                tokio::spawn(async move {
+                    proxied(stream, tls, five_tuple, accepted, slots, limits, router).await;
+                    drop(permit);
+                });
+            }
+        }
     }
+}
+
+/// A connection from a trusted proxy: reads its PROXY protocol header, then serves
+/// the client it names (or the proxy itself, for a v2 LOCAL header) as any other.
+async fn proxied(
+    mut stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut five_tuple: FiveTuple,
+    at: Instant,
+    slots: Arc<Semaphore>,
+    limits: StreamLimits,
+    router: StreamRouter,
+) {
+    let proxy = five_tuple.client;
+    let deadline = at + limits.first_message_timeout.min(limits.unauthenticated_timeout);
+    let header = match tokio::time::timeout_at(deadline, proxy::read_header(&mut stream)).await {
+        Ok(Ok(header)) => header,
+        Ok(Err(e)) => {
+            REFUSED_PROXY_HEADER.fetch_add(1, Ordering::Relaxed);
+            debug!(%proxy, error = %e, "connection closed: bad PROXY protocol header");
+            return;
+        }
+        Err(_) => {
+            REFUSED_PROXY_HEADER.fetch_add(1, Ordering::Relaxed);
+            debug!(%proxy, "connection closed: no whole PROXY protocol header within first-message-timeout");
+            return;
+        }
+    };
+    match header {
+        Header::Proxied { source, destination } => {
+            debug!(%proxy, client = %source, %destination, "PROXY protocol header");
+            five_tuple.client = source;
+        }
+        Header::Local => debug!(%proxy, "PROXY protocol LOCAL header: the proxy's own connection"),
+    }
+    let client = five_tuple.client;
+    if CLIENT_FILTER.load().is_denied(client.ip()) {
+        REFUSED_DENIED.fetch_add(1, Ordering::Relaxed);
+        debug!(%client, %proxy, "connection refused: denied client");
+        return;
+    }
+    let Some(claim) = ProxiedClaim::claim(five_tuple) else {
+        REFUSED_PROXY_HEADER.fetch_add(1, Ordering::Relaxed);
+        debug!(%client, %proxy, "connection refused: PROXY protocol header names a client already connected");
+        return;
+    };
+    let Some(source) = admit(&slots, client, &limits) else {
+        return;
+    };
+    serve(stream, tls, Accepted { five_tuple, at, source }, limits, router).await;
+    drop(claim);
+}
+
+/// A connection let in by the limits.
+struct Accepted {
+    five_tuple: FiveTuple,
+    /// When.
+    at: Instant,
+    /// Its place in its source's counts.
+    source: Arc<SourceSlot>,
 }
 
 async fn serve(
     stream: TcpStream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    five_tuple: FiveTuple,
+    accepted: Accepted,
     limits: StreamLimits,
     router: StreamRouter,
 ) {
-    let deadline = Instant::now() + limits.first_message_timeout;
+    let deadline = (accepted.at + limits.first_message_timeout).min(accepted.at + limits.unauthenticated_timeout);
+    let client = accepted.five_tuple.client;
     match tls {
-        None => connection(stream, five_tuple, limits, deadline, router).await,
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => connection(stream, five_tuple, limits, deadline, router).await,
-            Ok(Err(e)) => debug!(client = %five_tuple.client, error = %e, "TLS handshake failed"),
-            Err(_) => debug!(client = %five_tuple.client, "TLS handshake timed out"),
-        },
+        None => connection(stream, accepted, limits, router).await,
+        // Boxed: a TLS session is kilobytes, which every plain TCP connection's task
+        // would otherwise reserve too.
+        Some(acceptor) => {
+            Box::pin(async move {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, accepted, limits, router).await,
+                    Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%client, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
     }
 }
 
@@ -170,17 +552,25 @@ enum End {
     Splice(TcpStream),
 }
 
+/// Writes one message and pushes it out (TLS buffers records until flushed).
+async fn write_message<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    five_tuple: FiveTuple,
+    accepted: Accepted,
     limits: StreamLimits,
-    first_deadline: Instant,
     router: StreamRouter,
 ) {
+    let Accepted { five_tuple, at: accepted_at, source } = accepted;
+    let first_deadline = accepted_at + limits.first_message_timeout;
+    let unauthenticated_deadline = accepted_at + limits.unauthenticated_timeout;
     let (outbound, mut queue) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     // The worker is known with the first message; until then the queue's sender waits
     // here (and nothing is announced for a connection that never sends one).
-    let mut outbound = Some(outbound);
+    let mut outbound = Some(Client { queue: outbound, source: source.clone() });
     let mut worker: Option<mpsc::Sender<StreamEvent>> = None;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut framer = Framer::default();
@@ -195,6 +585,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             last_activity + limits.idle_timeout
         };
+        // Checked again when the timer fires: the event loop may have authenticated
+        // the connection meanwhile, which only ever moves the deadline later.
+        let authenticated = source.is_authenticated();
+        let wake = if authenticated { deadline } else { deadline.min(unauthenticated_deadline) };
         tokio::select! {
             read = reader.read(framer.spare()) => {
                 let n = match read {
@@ -205,18 +599,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 framer.filled(n);
                 last_activity = Instant::now();
                 let mut failed = false;
+                let mut framed = false;
                 loop {
                     match framer.next_frame() {
                         Ok(Some(frame)) => {
                             seen_message = true;
+                            framed = true;
                             let frame = frame.to_vec();
                             if worker.is_none() {
-                                let (Some(chosen), Some(outbound)) = (router.pick(&five_tuple, &frame), outbound.take())
+                                let (Some(chosen), Some(client)) = (router.pick(&five_tuple, &frame), outbound.take())
                                 else {
                                     failed = true;
                                     break;
                                 };
-                                if chosen.send(StreamEvent::Opened { five_tuple, outbound }).await.is_err() {
+                                if chosen.send(StreamEvent::Opened { five_tuple, client }).await.is_err() {
                                     failed = true;
                                     break;
                                 }
@@ -241,31 +637,67 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 if failed {
                     break End::Closed("not STUN");
                 }
+                // The message now being received started with this read if one ended in it:
+                // a client streaming back to back is never "stalled mid-message".
                 partial_since = match (framer.has_partial(), partial_since) {
-                    (true, None) => Some(last_activity),
-                    (true, since) => since,
+                    (true, Some(since)) if !framed => Some(since),
+                    (true, _) => Some(last_activity),
                     (false, _) => None,
                 };
             }
             message = queue.recv() => match message {
-                Some(Outbound::Bytes(bytes)) => {
-                    if writer.write_all(&bytes).await.is_err() {
-                        break End::Closed("write error");
+                Some(Outbound::Bytes(mut batch)) => {
+                    // Everything queued goes out with it, in one write: answers leave at
+                    // the pace requests are read, so a client that does not read its
+                    // answers fills its socket's buffers and blocks the write.
+                    let mut splice = None;
+                    while batch.len() < WRITE_BATCH {
+                        match queue.try_recv() {
+                            Ok(Outbound::Bytes(more)) => batch.extend_from_slice(&more),
+                            Ok(Outbound::Splice(peer)) => {
+                                splice = Some(peer);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    // Never blocked for longer: a client that does not read is cut, and
+                    // its allocation goes with it.
+                    match tokio::time::timeout(limits.write_timeout, write_message(&mut writer, &batch)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break End::Closed("write error"),
+                        Err(_) => {
+                            CUT_WRITE_TIMEOUT.fetch_add(1, Ordering::Relaxed);
+                            break End::Closed("write timeout");
+                        }
                     }
                     last_activity = Instant::now();
+                    if let Some(peer) = splice {
+                        break End::Splice(peer);
+                    }
                 }
                 Some(Outbound::Splice(peer)) => break End::Splice(peer),
                 None => break End::Closed("server closed"),
             },
-            () = tokio::time::sleep_until(deadline) => break End::Closed("timeout"),
+            () = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= deadline {
+                    break End::Closed("timeout");
+                }
+                if !source.is_authenticated() {
+                    CUT_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
+                    break End::Closed("unauthenticated timeout");
+                }
+            }
         }
     };
     let reason = match end {
         End::Closed(reason) => {
-            let _ = writer.shutdown().await;
+            // Bounded too: a client that reads nothing must not hold the close.
+            let _ = tokio::time::timeout(limits.write_timeout, writer.shutdown()).await;
             reason
         }
         End::Splice(peer) => {
+            source.authenticate();
             let client = reader.unsplit(writer);
             splice(client, framer.take_pending(), peer, &mut queue).await
         }
@@ -298,5 +730,119 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
                 return "closed by server";
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_source: usize, unauthenticated: usize) -> StreamLimits {
+        StreamLimits {
+            max_connections_per_source: per_source,
+            max_unauthenticated_per_source: unauthenticated,
+            ..StreamLimits::default()
+        }
+    }
+
+    fn count(slots: &Arc<Semaphore>, source: &str) -> Option<SourceCount> {
+        sources().get(&(Arc::as_ptr(slots) as usize, source.parse().unwrap())).copied()
+    }
+
+    #[test]
+    fn a_source_is_held_to_both_caps_and_leaves_the_map_with_its_last_connection() {
+        let slots = Arc::new(Semaphore::new(100));
+        let limits = limits(3, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = SourceSlot::admit(&slots, ip, &limits).unwrap();
+        let b = SourceSlot::admit(&slots, ip, &limits).unwrap();
+        assert_eq!(SourceSlot::admit(&slots, ip, &limits).unwrap_err(), Refused::Unauthenticated);
+        a.authenticate();
+        a.authenticate(); // counted once
+        assert_eq!(count(&slots, "192.0.2.1"), Some(SourceCount { open: 2, unauthenticated: 1 }));
+        let c = SourceSlot::admit(&slots, ip, &limits).unwrap();
+        c.authenticate();
+        assert_eq!(SourceSlot::admit(&slots, ip, &limits).unwrap_err(), Refused::PerSource);
+        // Another source, and the same source under other slots, count apart.
+        let other = SourceSlot::admit(&slots, "192.0.2.2".parse().unwrap(), &limits).unwrap();
+        let elsewhere = Arc::new(Semaphore::new(100));
+        let apart = SourceSlot::admit(&elsewhere, ip, &limits).unwrap();
+        drop((a, c));
+        assert_eq!(count(&slots, "192.0.2.1"), Some(SourceCount { open: 1, unauthenticated: 1 }));
+        drop(b);
+        assert_eq!(count(&slots, "192.0.2.1"), None, "no entry without a connection");
+        drop((other, apart));
+        assert_eq!(count(&slots, "192.0.2.2"), None);
+        assert_eq!(count(&elsewhere, "192.0.2.1"), None);
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_prefix() {
+        let slots = Arc::new(Semaphore::new(100));
+        let limits = limits(2, 2);
+        let held: Vec<_> = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"]
+            .iter()
+            .map(|ip| SourceSlot::admit(&slots, ip.parse().unwrap(), &limits).unwrap())
+            .collect();
+        assert_eq!(
+            SourceSlot::admit(&slots, "2001:db8:1:2::77".parse().unwrap(), &limits).unwrap_err(),
+            Refused::PerSource
+        );
+        assert!(SourceSlot::admit(&slots, "2001:db8:1:3::1".parse().unwrap(), &limits).is_ok());
+        drop(held);
+    }
+
+    #[test]
+    fn a_proxied_five_tuple_is_claimed_once_until_its_connection_ends() {
+        let five_tuple = FiveTuple {
+            transport: Transport::Tcp,
+            client: "198.51.100.77:4000".parse().unwrap(),
+            server: "192.0.2.1:3478".parse().unwrap(),
+        };
+        let first = ProxiedClaim::claim(five_tuple).expect("the first claim");
+        // A refused claim must not give the first one's 5-tuple back.
+        assert!(ProxiedClaim::claim(five_tuple).is_none());
+        assert!(ProxiedClaim::claim(five_tuple).is_none());
+        let other = ProxiedClaim::claim(FiveTuple { transport: Transport::Tls, ..five_tuple });
+        assert!(other.is_some(), "another transport is another 5-tuple");
+        drop(first);
+        assert!(ProxiedClaim::claim(five_tuple).is_some());
+    }
+
+    #[test]
+    fn the_client_filter_matches_ipv4_mapped_addresses_as_ipv4() {
+        let filter = ClientFilter::new(vec!["203.0.113.0/24".parse().unwrap()], vec!["10.0.0.9/32".parse().unwrap()]);
+        assert!(filter.is_denied("203.0.113.5".parse().unwrap()));
+        assert!(filter.is_denied("::ffff:203.0.113.5".parse().unwrap()));
+        assert!(!filter.is_denied("203.0.114.5".parse().unwrap()));
+        assert!(filter.is_trusted_proxy("::ffff:10.0.0.9".parse().unwrap()));
+        assert!(!filter.is_trusted_proxy("10.0.0.8".parse().unwrap()));
+        assert!(!ClientFilter::default().is_denied("203.0.113.5".parse().unwrap()));
+        assert!(!ClientFilter::default().is_trusted_proxy("10.0.0.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_plain_tcp_connection_task_is_small() {
+        // What every idle connection holds besides its read buffer: a TLS session must
+        // not be reserved in plain TCP connections' tasks.
+        let (tx, _rx) = mpsc::channel::<StreamEvent>(1);
+        let router = StreamRouter::new(vec![tx]);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let slots = Arc::new(Semaphore::new(1));
+            let source = SourceSlot::admit(&slots, [127, 0, 0, 1].into(), &StreamLimits::default()).unwrap();
+            let address = stream.local_addr().unwrap();
+            let five_tuple = FiveTuple { transport: Transport::Tcp, client: address, server: address };
+            let accepted = Accepted { five_tuple, at: Instant::now(), source };
+            let task = serve(stream, None, accepted, StreamLimits::default(), router.clone());
+            assert!(std::mem::size_of_val(&task) < 4096, "{} bytes", std::mem::size_of_val(&task));
+            drop(task);
+            // Nor one behind a PROXY protocol header.
+            let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let task = proxied(stream, None, five_tuple, Instant::now(), slots, StreamLimits::default(), router);
+            assert!(std::mem::size_of_val(&task) < 4096, "proxied: {} bytes", std::mem::size_of_val(&task));
+        });
     }
 }

@@ -236,6 +236,18 @@ impl Allocation {
         self.channels.retain(|c| c.expires > now);
     }
 
+    /// Rechecks every channel's peer after the host's addresses changed: `verdict`
+    /// says `None` to drop it, or whether its peer is now an address of the host.
+    pub fn recheck_channels(&mut self, verdict: impl Fn(SocketAddr) -> Option<bool>) {
+        self.channels.retain_mut(|c| match verdict(c.peer) {
+            Some(to_host) => {
+                c.to_host = to_host;
+                true
+            }
+            None => false,
+        });
+    }
+
     /// Drops permissions and channels whose peers `denied` now refuses (after a policy
     /// reload); returns how many went.
     pub fn revoke(&mut self, denied: impl Fn(SocketAddr) -> bool) -> usize {

@@ -5,6 +5,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod handlers;
+pub mod host;
 pub mod ledger;
 pub mod policy;
 pub mod ports;

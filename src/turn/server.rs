@@ -552,6 +552,26 @@ impl Server {
         self.config.denied_clients.iter().any(|net| net.contains(&ip))
     }
 
+    /// The host's interface addresses, read by the shell at start, on reload and when
+    /// they change: with the configured relay addresses they are the host the peer
+    /// policy keeps peers away from, and they give the relay address of a family the
+    /// request did not come over. Channels to what is now the host's are rechecked.
+    pub fn set_host_addresses(&mut self, interfaces: &[IpAddr]) {
+        let relay = &mut self.config.relay;
+        relay.host_v4 = super::host::primary_v4(interfaces);
+        relay.host_v6 = super::host::primary_v6(interfaces);
+        let configured = [relay.bind_v4.map(IpAddr::V4), relay.external_v4.map(IpAddr::V4)]
+            .into_iter()
+            .chain([relay.bind_v6.map(IpAddr::V6), relay.external_v6.map(IpAddr::V6)])
+            .flatten();
+        let all: Vec<IpAddr> = interfaces.iter().copied().chain(configured).collect();
+        self.config.policy.set_host_addresses(all);
+        let policy = &self.config.policy;
+        for allocation in self.allocations.values_mut() {
+            allocation.recheck_channels(|peer| policy.check(peer).ok().map(|()| policy.is_host(peer.ip())));
+        }
+    }
+
     /// Revokes `name` (a user, or one REST credential; see [`Revocations`]): its
     /// allocations on this worker end now and it is refused with 401 until lifted.
     /// Returns how many allocations ended.

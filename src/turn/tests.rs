@@ -1238,3 +1238,23 @@ fn with_end_at_credential_expiry_a_rest_allocation_ends_when_its_credential_does
     let response = h.allocate();
     assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(600));
 }
+
+#[test]
+fn an_address_the_host_gains_while_running_stops_being_a_peer_but_for_its_relays() {
+    let mut h = Harness::new();
+    h.allocate();
+    assert_eq!(
+        error_code(&h.request(CHANNEL_BIND, vec![channel(0x4000), XorPeerAddress::new(addr(PEER)).into()])),
+        None
+    );
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4000, b"x")).is_some());
+    // The host gains the peer's address (say, an interface comes up): the channel goes.
+    h.server.set_host_addresses(&["192.0.2.200".parse().unwrap()]);
+    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4000, b"x")).is_none());
+    let bind = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    assert_eq!(error_code(&bind), Some(403));
+    // Gone again: a peer like any other.
+    h.server.set_host_addresses(&[]);
+    let bind = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    assert_eq!(error_code(&bind), None);
+}
