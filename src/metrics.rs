@@ -72,6 +72,12 @@ pub const DEFINITIONS: &[Definition] = &[
     def("turnd_permissions", GAUGE, &[], "Live permissions over all allocations."),
     def("turnd_channels", GAUGE, &[], "Live channel bindings over all allocations."),
     def("turnd_tcp_connections", GAUGE, &[], "Open TCP and TLS client connections."),
+    def(
+        "turnd_tcp_connections_refused_total",
+        COUNTER,
+        &["reason"],
+        "TCP and TLS connections refused at accept or cut, by reason (see [tcp] and [clients]).",
+    ),
     def("turnd_allocations_created_total", COUNTER, &[], "Allocations created."),
     def("turnd_allocations_expired_total", COUNTER, &[], "Allocations that expired without a refresh."),
     def(
@@ -213,6 +219,23 @@ impl Collector for Collect {
         push(vec![gauge(&[], s.permissions as f64)]);
         push(vec![gauge(&[], s.channels as f64)]);
         push(vec![gauge(&[], s.tcp_connections as f64)]);
+        // Process-wide counters of the accept loops (not per worker).
+        let c = crate::net::stream::counters();
+        push(
+            [
+                ("max_connections", c.refused_max_connections),
+                ("per_source", c.refused_per_source),
+                ("unauthenticated_per_source", c.refused_unauthenticated),
+                ("unauthenticated_timeout", c.cut_unauthenticated),
+                ("write_timeout", c.cut_write_timeout),
+                ("denied_client", c.refused_denied),
+                ("untrusted_proxy", c.refused_untrusted_proxy),
+                ("proxy_header", c.refused_proxy_header),
+            ]
+            .iter()
+            .map(|(reason, n)| counter(&[("reason", reason)], *n))
+            .collect(),
+        );
         push(vec![counter(&[], stats.allocations_created)]);
         push(vec![counter(&[], stats.allocations_expired)]);
         push(by_direction_and_transport(&stats.relayed_packets));

@@ -87,6 +87,16 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// `GET /metrics` from the admin listener.
+fn scrape(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).expect("admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
@@ -129,6 +139,11 @@ fn one_source_is_held_to_max_connections_per_source() {
     let mut fifth = connect_from(ip(2), server);
     assert!(!binding_answered(&mut fifth, 5), "a fifth connection from one source is refused");
     assert!(wait_for_log(&turnd, "max-connections-per-source", Duration::from_secs(3)), "refusal is logged");
+    let metrics = scrape(turnd.admin_addr());
+    assert!(
+        metrics.lines().any(|l| l.starts_with("turnd_tcp_connections_refused_total{reason=\"per_source\"} ") && !l.ends_with(" 0")),
+        "refusal is counted:\n{metrics}"
+    );
     // Another source is served, and so is UDP.
     let mut other = connect_from(ip(3), server);
     assert!(binding_answered(&mut other, 6), "another source is served");
