@@ -6,6 +6,7 @@
 //! two allocations of the server keep relaying to each other.
 
 mod common;
+mod netns;
 #[path = "common/turn_client.rs"]
 mod turn_client;
 
@@ -75,13 +76,13 @@ fn send_indication(peer: SocketAddr) -> Vec<u8> {
 }
 
 /// Every path from a stream client (TCP or TLS) to the host's UDP service is refused.
-fn stream_paths_refused(stream: &mut (impl Read + std::io::Write), services: &Services) {
+fn stream_paths_refused(stream: &mut (impl Read + std::io::Write), services: &Services, service: SocketAddr) {
     let mut client = StreamClient::new(USER, PASSWORD, REALM);
     assert!(client.allocate(stream).is_ok());
-    let permission = client.request(stream, CREATE_PERMISSION, vec![XorPeerAddress::new(services.udp_addr()).into()]);
+    let permission = client.request(stream, CREATE_PERMISSION, vec![XorPeerAddress::new(service).into()]);
     assert_eq!(error_code(&permission), None, "a permission is per IP: the host's IP may be permitted");
-    assert_eq!(client.channel_bind(stream, 0x4000, services.udp_addr()), Some(403));
-    stream.write_all(&send_indication(services.udp_addr())).unwrap();
+    assert_eq!(client.channel_bind(stream, 0x4000, service), Some(403));
+    stream.write_all(&send_indication(service)).unwrap();
     assert!(!services.udp_received(), "a Send indication reached the host's UDP service");
 }
 
@@ -104,9 +105,9 @@ fn the_hosts_services_are_refused_on_every_path_and_its_relays_are_not() {
     // TCP and TLS clients.
     let mut tcp = TcpStream::connect(turnd.tcp_addr()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    stream_paths_refused(&mut tcp, &services);
+    stream_paths_refused(&mut tcp, &services, services.udp_addr());
     let mut tls = turn_client::tls_connect(turnd.tls_addr());
-    stream_paths_refused(&mut tls, &services);
+    stream_paths_refused(&mut tls, &services, services.udp_addr());
 
     // RFC 6062 Connect to the host's TCP service: 403, and no connection reaches it.
     let mut control = TcpStream::connect(turnd.tcp_addr()).unwrap();
@@ -153,4 +154,79 @@ fn allow_host_peers_opens_the_hosts_services_for_labs() {
     assert_eq!(a.channel_bind(0x4000, services.udp_addr()), None);
     a.send_channel_data(0x4000, b"lab");
     assert!(services.udp_received());
+}
+
+/// The same in network namespaces: turnd on a host whose interface has an address the
+/// policy takes for public (100.64.0.0/10 opened by `allowed-peers`, as a real public
+/// address would be), wildcard listeners, a UDP and a TCP service on that address, and
+/// clients on another host across a veth pair.
+#[test]
+fn in_a_namespace_the_servers_public_address_is_refused_but_its_relays_and_other_peers_are_not() {
+    if let Err(why) = netns::available() {
+        need(false, &format!("network namespaces ({why})"));
+        return;
+    }
+    let y = 64 + netns::subnet_tag();
+    let (server_ns, client_ns) = (netns::Netns::new("hs-srv"), netns::Netns::new("hs-cli"));
+    netns::link(&server_ns, "eth0", &format!("100.{y}.7.1/24"), &client_ns, "eth0", &format!("100.{y}.7.2/24"));
+    let public: std::net::IpAddr = format!("100.{y}.7.1").parse().unwrap();
+    let cert = TestCert::new();
+    let (min, max) = relay_port_range();
+    let config = cert.add_to(&format!(
+        "realm = \"{REALM}\"\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:0\"\n\
+         [[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:0\"\n\
+         [[listen]]\ntransport = \"tls\"\naddress = \"0.0.0.0:0\"\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"100.64.0.0/10\"]\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    ));
+    let turnd = server_ns.enter(|| TurndProcess::start(&config, &[]));
+    let at = |port: u16| SocketAddr::new(public, port);
+    let (udp, tcp, tls) = (at(turnd.udp_addr().port()), at(turnd.tcp_addr().port()), at(turnd.tls_addr().port()));
+    // The host's own services, on every address (0.0.0.0), as databases often are.
+    let services = server_ns.enter(|| {
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let tcp = TcpListener::bind("0.0.0.0:0").unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        Services { udp, tcp }
+    });
+    let (svc_udp, svc_tcp) = (at(services.udp_addr().port()), at(services.tcp_addr().port()));
+    // A peer on the client's host is a peer like any other.
+    let other_peer = client_ns.enter(|| UdpSocket::bind(format!("100.{y}.7.2:0"))).unwrap();
+    other_peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+
+    let mut a = client_ns.enter(|| TurnClient::new("0.0.0.0:0", udp, USER, PASSWORD, REALM));
+    let (a_relay, _) = a.allocate(vec![]).unwrap();
+    assert_eq!(a_relay.ip(), public, "the relay is on the public address");
+    assert_eq!(a.channel_bind(0x4000, svc_udp), Some(403), "ChannelBind to the host's UDP service");
+    a.send_indication(svc_udp, b"to the host");
+    assert!(!services.udp_received(), "a Send indication reached the host's UDP service");
+    assert_eq!(a.channel_bind(0x4001, other_peer.local_addr().unwrap()), None);
+    a.send_channel_data(0x4001, b"to a peer");
+    assert!(other_peer.recv_from(&mut [0u8; 64]).is_ok(), "a peer elsewhere is reached");
+
+    let mut over_tcp = client_ns.enter(|| TcpStream::connect(tcp)).unwrap();
+    over_tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    stream_paths_refused(&mut over_tcp, &services, svc_udp);
+    let mut over_tls = client_ns.enter(|| turn_client::tls_connect(tls));
+    stream_paths_refused(&mut over_tls, &services, svc_udp);
+
+    let mut control = client_ns.enter(|| TcpStream::connect(tcp)).unwrap();
+    control.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut client = StreamClient::new(USER, PASSWORD, REALM);
+    assert_eq!(error_code(&client.request(&mut control, ALLOCATE, vec![RequestedTransport::new(6).into()])), None);
+    let connect = client.request(&mut control, Method::new(0x00A).unwrap(), vec![XorPeerAddress::new(svc_tcp).into()]);
+    assert_eq!(error_code(&connect), Some(403), "Connect to the host's TCP service");
+    assert!(!services.tcp_accepted(), "the host's TCP service got a connection");
+
+    // Two clients of the server relay to each other's relayed (public) addresses.
+    let mut b = client_ns.enter(|| TurnClient::new("0.0.0.0:0", udp, USER, PASSWORD, REALM));
+    let (b_relay, _) = b.allocate(vec![]).unwrap();
+    assert_eq!((a.create_permission(b_relay), b.create_permission(a_relay)), (None, None));
+    assert_eq!(a.channel_bind(0x4002, b_relay), None);
+    a.send_channel_data(0x4002, b"relay to relay");
+    let (_, from, payload) = b.recv_data().expect("relayed to B");
+    assert_eq!((from, payload.as_slice()), (Some(a_relay), &b"relay to relay"[..]));
+    drop(turnd);
 }
