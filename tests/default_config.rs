@@ -231,3 +231,26 @@ fn aioice_over(ip: IpAddr, port: u16, password: &str) {
     assert!(out.success() && out.stdout.contains("ECHOED 5/5"), "aioice over {ip}:\n{out}");
     assert!(out.stdout.contains(&format!("mapped={ip}:")), "aioice's mapped address over {ip}:\n{out}");
 }
+
+/// The README's local relay command, as written but for the port flags every test adds:
+/// `serve --user alice:secret --allow-peer 127.0.0.0/8 --allow-host-peers` relays to an
+/// echo server on loopback.
+#[test]
+fn the_readmes_local_relay_command_relays_to_a_loopback_echo_server() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let command = "cargo run --release -- serve --user alice:secret --allow-peer 127.0.0.0/8 --allow-host-peers";
+    assert!(readme.contains(command), "the README no longer shows {command:?}");
+    // After `cargo run --release -- serve` (start_default runs `turnd serve`).
+    let mut args: Vec<&str> = command.split_whitespace().skip(5).collect();
+    args.extend(["--port", "0", "--admin-address", "127.0.0.1:0", "--workers", "1"]);
+    let turnd = TurndProcess::start_default(&args);
+    let server = turnd.listeners().iter().find(|(t, a)| t == "udp" && a.is_ipv4()).map(|(_, a)| *a).unwrap();
+    let server = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), server.port());
+    let peer = UdpEchoPeer::start();
+    let mut client = TurnClient::new("127.0.0.1:0", server, "alice", "secret", DEFAULT_REALM);
+    client.allocate(vec![]).expect("alice allocates");
+    assert_eq!(client.channel_bind(0x4000, peer.addr()), None);
+    client.send_channel_data(0x4000, b"echo me");
+    let (_, _, payload) = client.recv_data().expect("echoed through the relay");
+    assert_eq!(payload, b"echo me");
+}
