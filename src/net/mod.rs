@@ -8,7 +8,7 @@ pub mod framing;
 pub mod interfaces;
 mod listeners;
 mod outbox;
-mod proxy;
+pub mod proxy;
 pub mod relay_socket;
 pub mod report;
 pub mod route;
