@@ -3,6 +3,7 @@
 //! in one level-triggered epoll set that tokio watches as a single descriptor. A
 //! process runs one event loop per worker thread ([`workers`]).
 
+mod admission;
 mod epoll;
 pub mod framing;
 pub mod interfaces;
