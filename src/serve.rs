@@ -387,6 +387,21 @@ fn bind_listeners(
             info!("listening on {label} {local}");
         }
     }
+    // RFC 5780: the other three combinations of the primary and alternate IP and port
+    // become ordinary UDP listeners of every worker (see `turn::nat_discovery`).
+    let discovery = config.nat_discovery_addresses().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    for address in discovery.iter().flat_map(|d| d.addresses()) {
+        let configured = config.listen.iter().any(|l| l.transport == ListenTransport::Udp && l.address == address);
+        if configured {
+            continue;
+        }
+        let (sockets, local) = net::bind_udp_listener(address, udp_sockets.len())
+            .with_context(|| format!("binding udp {address} for [nat-discovery] (is the address on this host?)"))?;
+        for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
+            share.push(socket);
+        }
+        info!("listening on udp {local} (RFC 5780 NAT behaviour discovery)");
+    }
     Ok(udp_sockets)
 }
 
@@ -456,6 +471,7 @@ async fn reload(
         ("admin", format!("{:?}", next.admin) != format!("{:?}", current.admin)),
         ("workers", next.workers != current.workers),
         ("tcp", format!("{:?}", next.tcp) != format!("{:?}", current.tcp)),
+        ("nat-discovery", next.nat_discovery != current.nat_discovery),
     ]
     .into_iter()
     .filter_map(|(what, changed)| changed.then_some(what))
@@ -470,6 +486,10 @@ async fn reload(
             "relay port range changed: it takes effect now if no relay port is in use, else at the next reload when none is"
         );
     }
+    // The discovery addresses are sockets: the running ones stay.
+    next.nat_discovery = current.nat_discovery.clone();
+    let mut core = next.core();
+    core.nat_discovery = current.core().nat_discovery;
     if let Err(e) = set_log_level(&next.log.level) {
         warn!(error = %e, "log level not changed");
     }
@@ -478,7 +498,7 @@ async fn reload(
         next.clients.denied.clone(),
         next.clients.trusted_proxies.clone(),
     ));
-    if control.send(Control::Reconfigure(Box::new(next.core()))).await.is_err() {
+    if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }
     info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");

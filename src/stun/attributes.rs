@@ -12,6 +12,7 @@ use stun_codec::rfc5389::attributes::{
 use stun_codec::rfc5766::attributes::{
     Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress, XorRelayAddress,
 };
+use stun_codec::rfc5780::attributes::{OtherAddress, ResponseOrigin};
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, RequestedAddressFamily};
 use stun_codec::AttributeType;
 
@@ -227,6 +228,47 @@ impl ChannelNumber {
 /// RFC 6062 §6.2.1 CONNECTION-ID.
 pub type ConnectionId = Opaque<0x002A>;
 
+/// RFC 5780 §7.2 CHANGE-REQUEST, kept raw: `stun_codec` 0.4 decodes its flags one bit
+/// off (it reads "change IP" from the "change port" bit).
+pub type ChangeRequest = Opaque<0x0003>;
+
+impl ChangeRequest {
+    /// (change IP, change port), if the value is the 4-byte form.
+    pub fn flags(&self) -> Option<(bool, bool)> {
+        match self.value() {
+            [_, _, _, last] => Some((last & 0x04 != 0, last & 0x02 != 0)),
+            _ => None,
+        }
+    }
+
+    /// A CHANGE-REQUEST asking for the changes given.
+    pub fn with_flags(ip: bool, port: bool) -> Self {
+        Opaque(vec![0, 0, 0, u8::from(ip) << 2 | u8::from(port) << 1])
+    }
+}
+
+/// RFC 5780 §7.5 RESPONSE-PORT, kept raw: `stun_codec` 0.4 encodes it as port 0.
+pub type ResponsePort = Opaque<0x0027>;
+
+impl ResponsePort {
+    /// The port, if the value is the 4-byte form (port, then 2 bytes of padding).
+    pub fn port(&self) -> Option<u16> {
+        match self.value() {
+            [hi, lo, _, _] => Some(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
+        }
+    }
+
+    /// RESPONSE-PORT naming `port`.
+    pub fn with_port(port: u16) -> Self {
+        let [hi, lo] = port.to_be_bytes();
+        Opaque(vec![hi, lo, 0, 0])
+    }
+}
+
+/// RFC 5780 §7.6 PADDING: its value does not matter, only its length.
+pub type Padding = Opaque<0x0026>;
+
 stun_codec::define_attribute_enums!(
     Attribute,
     AttributeDecoder,
@@ -263,7 +305,12 @@ stun_codec::define_attribute_enums!(
         Priority,
         UseCandidate,
         IceControlled,
-        IceControlling
+        IceControlling,
+        ChangeRequest,
+        ResponsePort,
+        Padding,
+        ResponseOrigin,
+        OtherAddress
     ]
 );
 

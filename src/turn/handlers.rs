@@ -57,7 +57,10 @@ impl Server {
     pub(crate) fn binding(&mut self, from: FiveTuple, request: &Message) {
         let mut response = success(request);
         response.add_attribute(XorMappedAddress::new(from.client));
-        self.respond(from, response, None);
+        match self.nat_discovery_for(from) {
+            Some(discovery) => self.binding_rfc5780(from, request, response, discovery),
+            None => self.respond(from, response, None),
+        }
     }
 
     /// A 401 or 438 carrying the realm, a fresh nonce that starts with the nonce cookie

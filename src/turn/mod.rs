@@ -7,6 +7,7 @@ pub mod auth;
 pub mod handlers;
 pub mod host;
 pub mod ledger;
+pub mod nat_discovery;
 pub mod policy;
 pub mod ports;
 pub mod rate;
@@ -18,6 +19,7 @@ pub mod stats;
 pub mod tcp_relay;
 
 pub use ledger::{Ledger, SharedLedger};
+pub use nat_discovery::NatDiscovery;
 pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server};
 pub use stats::Stats;
 use std::net::SocketAddr;

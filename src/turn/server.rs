@@ -130,6 +130,8 @@ pub struct CoreConfig {
     /// Whether an allocation made with a TURN REST credential ends when the credential
     /// expires (its lifetime is capped there), not only at its next refresh.
     pub end_at_credential_expiry: bool,
+    /// RFC 5780 NAT behaviour discovery on Binding (see `nat_discovery`); `None`: off.
+    pub nat_discovery: Option<super::NatDiscovery>,
 }
 
 impl Default for CoreConfig {
@@ -145,6 +147,7 @@ impl Default for CoreConfig {
             quotas: Quotas::default(),
             denied_clients: Vec::new(),
             end_at_credential_expiry: false,
+            nat_discovery: None,
         }
     }
 }
@@ -729,7 +732,11 @@ impl Server {
                 }
                 // The codec's own limit on SOFTWARE: what the general path would send.
                 let software = self.config.software.as_deref().filter(|s| s.chars().count() < 128);
-                if let Some(bytes) = binding::plain_binding_response(packet, from.client, software, self.answer_budget)
+                // RFC 5780 answers carry more than the fast path writes.
+                let fast = from.transport != super::Transport::Udp || self.nat_discovery_for(from).is_none();
+                if let Some(bytes) = fast
+                    .then(|| binding::plain_binding_response(packet, from.client, software, self.answer_budget))
+                    .flatten()
                 {
                     self.stats.answer(stun_codec::rfc5389::methods::BINDING, None);
                     self.outputs.push_back(Output::Transmit { to: from, bytes });
@@ -780,11 +787,15 @@ impl Server {
             return;
         }
         let (method, transaction_id) = (request.method(), request.transaction_id());
-        let unknown: Vec<_> = request
+        let mut unknown: Vec<_> = request
             .unknown_attributes()
             .map(stun_codec::Attribute::get_type)
             .filter(|t| t.is_comprehension_required())
             .collect();
+        // RFC 5780's request attributes are known only where discovery answers them.
+        if method != stun_codec::rfc5389::methods::BINDING || self.nat_discovery_for(from).is_none() {
+            unknown.extend(super::nat_discovery::request_attributes(request));
+        }
         if !unknown.is_empty() {
             let mut reject = Reject::new(420, "Unknown Attribute");
             reject.attributes.push(UnknownAttributes::new(unknown).into());
