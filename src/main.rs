@@ -1,12 +1,13 @@
 //! The turnd binary: the CLI and its subcommands. `anyhow` lives only in the binary,
 //! at the edge; `serve.rs` runs the server's process life.
 
+mod ctl;
 mod descriptors;
 mod log_escape;
 mod serve;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,11 +76,26 @@ enum Command {
     },
     /// Check a STUN/TURN server from the outside: Binding, Allocate, relayed data both ways.
     Probe(turnd::probe::ProbeArgs),
+    /// Control a running turnd through its admin listener: status, sessions, drop,
+    /// revoke, reload, drain. Exit codes: 0 done, 1 the action failed, 2 usage,
+    /// 3 turnd not reachable, 4 missing or wrong admin token.
+    Ctl(ctl::CtlArgs),
+    /// Print a shell completion script, e.g. `turnd completions bash > /etc/bash_completion.d/turnd`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     // Errors are for operators: one line naming the file, key or address, no backtrace.
-    match dispatch(Cli::parse().command) {
+    let command = match Cli::parse().command {
+        // ctl has exit codes of its own (see `ctl`).
+        Command::Ctl(args) => return ctl::run(args),
+        command => command,
+    };
+    match dispatch(command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("turnd: error: {e:#}");
@@ -122,6 +138,17 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Probe(args) => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             turnd::probe::cli(&args, now, &mut std::io::stdout()).map(drop).map_err(Into::into)
+        }
+        Command::Ctl(args) => {
+            // Handled in `main` (its exit codes); kept here so the match stays total.
+            match ctl::run(args) {
+                code if code == std::process::ExitCode::SUCCESS => Ok(()),
+                _ => bail!("turnd ctl failed"),
+            }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "turnd", &mut std::io::stdout());
+            Ok(())
         }
     }
 }

@@ -98,6 +98,22 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         req: Option<u64>,
     },
+    /// Reload the configuration file, exactly as `SIGHUP` does (admin): the admin plane
+    /// raises SIGHUP in its own process, so the reload takes the signal's path (the
+    /// file is reread and checked; a bad one is logged and the running configuration
+    /// kept). The reply, `reloading`, says the reload was started, not how it ended.
+    Reload {
+        /// Echoed in the reply.
+        req: Option<u64>,
+    },
+    /// Drain and exit, exactly as `SIGTERM` does (admin): new Allocates are turned away,
+    /// and the process exits once no allocation is left or after `drain-time`. Raised
+    /// once: while the server already drains, the reply says so (`already`) and no
+    /// second SIGTERM (which would mean "exit now") is sent.
+    Drain {
+        /// Echoed in the reply.
+        req: Option<u64>,
+    },
 }
 
 /// Limits a client should know about, sent in `hello`.
@@ -195,6 +211,18 @@ pub enum ServerMessage {
         req: Option<u64>,
         /// Each revoked name, with the Unix time it lapses at (`null`: until lifted).
         revocations: Vec<Revocation>,
+    },
+    /// Reply to `reload`: SIGHUP was raised; the outcome is in the log.
+    Reloading {
+        /// Echo of the request's `req`.
+        req: Option<u64>,
+    },
+    /// Reply to `drain`: SIGTERM was raised (or the server was draining already).
+    Draining {
+        /// Echo of the request's `req`.
+        req: Option<u64>,
+        /// Whether the server was draining already (then nothing was raised).
+        already: bool,
     },
     /// A request failed.
     Error {
@@ -356,12 +384,19 @@ mod tests {
         assert!(parse(r#"{"op":"subscribe","topics":["everything"]}"#).is_err());
         assert!(parse(r#"{"op":"drop_allocation","id":1,"extra":2}"#).is_err());
         assert!(parse(r#"{"op":"reboot"}"#).is_err());
+        assert_eq!(parse(r#"{"op":"reload","req":3}"#).unwrap(), ClientMessage::Reload { req: Some(3) });
+        assert_eq!(parse(r#"{"op":"drain"}"#).unwrap(), ClientMessage::Drain { req: None });
+        assert!(parse(r#"{"op":"drain","now":true}"#).is_err());
     }
 
     #[test]
     fn server_messages_have_a_type_tag() {
         let m = ServerMessage::Dropped { req: Some(7), count: 2 };
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"dropped","req":7,"count":2}"#);
+        let m = ServerMessage::Draining { req: None, already: false };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"draining","req":null,"already":false}"#);
+        let m = ServerMessage::Reloading { req: Some(1) };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"reloading","req":1}"#);
         let e = EventMessage {
             kind: "event",
             topic: Topic::Auth,

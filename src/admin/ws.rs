@@ -36,7 +36,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
@@ -116,10 +116,17 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| session.run(socket, slot))
 }
 
+/// Set once a `drain` op has raised SIGTERM: a second one would mean "exit now" to
+/// `serve`, so later `drain` ops (on any connection) only say it is under way.
+static DRAIN_RAISED: AtomicBool = AtomicBool::new(false);
+
 /// What to do after one turn of the session loop.
 enum Step {
     Nothing,
     Send(Message),
+    /// Send this, then raise the signal in this process (`reload`, `drain`): after the
+    /// reply, so that a drain with `drain-time = 0`, which exits at once, still answers.
+    SendThenRaise(Message, libc::c_int),
     /// Send this, then close with a policy-violation frame.
     SendAndClose(Option<Message>, &'static str),
 }
@@ -191,6 +198,13 @@ impl Session {
                 Step::Nothing => {}
                 Step::Send(message) => {
                     if !self.send(&mut socket, message).await {
+                        return;
+                    }
+                }
+                Step::SendThenRaise(message, signal) => {
+                    let sent = self.send(&mut socket, message).await;
+                    raise(signal);
+                    if !sent {
                         return;
                     }
                 }
@@ -304,6 +318,29 @@ impl Session {
                     |lifted| ServerMessage::Unrevoked { req, lifted },
                 )
             }
+            ClientMessage::Reload { req } => {
+                return match self.may_raise(libc::SIGHUP) {
+                    Err((code, message)) => Step::Send(json(&error(req, code, message))),
+                    Ok(()) => {
+                        tracing::info!("admin: reload asked for over /ws; raising SIGHUP");
+                        Step::SendThenRaise(json(&ServerMessage::Reloading { req }), libc::SIGHUP)
+                    }
+                };
+            }
+            ClientMessage::Drain { req } => {
+                return match self.may_raise(libc::SIGTERM) {
+                    Err((code, message)) => Step::Send(json(&error(req, code, message))),
+                    Ok(()) => {
+                        let draining = self.state.snapshots.borrow().draining;
+                        if draining || DRAIN_RAISED.swap(true, Ordering::SeqCst) {
+                            Step::Send(json(&ServerMessage::Draining { req, already: true }))
+                        } else {
+                            tracing::info!("admin: drain asked for over /ws; raising SIGTERM");
+                            Step::SendThenRaise(json(&ServerMessage::Draining { req, already: false }), libc::SIGTERM)
+                        }
+                    }
+                };
+            }
             ClientMessage::ListRevocations { req } => {
                 let answer = self.ask(|reply| Control::ListRevocations { reply }).await;
                 answer.map_or_else(
@@ -322,19 +359,39 @@ impl Session {
         ServerMessage::Subscribed { req, topics: self.topics.clone(), interval_ms: self.interval.as_millis() as u64 }
     }
 
+    /// Whether this session may raise `signal` (`reload`, `drain`): it needs the token,
+    /// and the process must handle the signal (`turnd serve` does; a program embedding
+    /// the admin plane without handlers would be killed by it instead).
+    fn may_raise(&self, signal: libc::c_int) -> Result<(), (ErrorCode, &'static str)> {
+        self.admin_only()?;
+        if handles(signal) {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::Unavailable,
+                "this process does not handle the signal; reload and drain need `turnd serve`",
+            ))
+        }
+    }
+
+    /// `Err` unless this session holds the token.
+    fn admin_only(&self) -> Result<(), (ErrorCode, &'static str)> {
+        if self.admin {
+            Ok(())
+        } else if self.state.access.has_token() {
+            Err((ErrorCode::Unauthorized, "admin actions need the bearer token"))
+        } else {
+            Err((ErrorCode::Unauthorized, "admin actions are disabled: no admin.token is configured"))
+        }
+    }
+
     /// Runs an admin action on the event loop: never waits for room in its queue, and
     /// waits a bounded time for the answer.
     async fn ask<T>(
         &self,
         request: impl FnOnce(oneshot::Sender<T>) -> Control,
     ) -> Result<T, (ErrorCode, &'static str)> {
-        if !self.admin {
-            return Err(if self.state.access.has_token() {
-                (ErrorCode::Unauthorized, "admin actions need the bearer token")
-            } else {
-                (ErrorCode::Unauthorized, "admin actions are disabled: no admin.token is configured")
-            });
-        }
+        self.admin_only()?;
         let (reply, answer) = oneshot::channel();
         self.state.control.try_send(request(reply)).map_err(|e| match e {
             tokio::sync::mpsc::error::TrySendError::Full(_) => (ErrorCode::Busy, "the event loop is busy; try again"),
@@ -361,6 +418,28 @@ async fn finish_closing(socket: &mut WebSocket) {
         }
     })
     .await;
+}
+
+/// Whether this process has a handler for `signal` (rather than the default action or
+/// ignoring it).
+fn handles(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition
+    // into `current`, a zeroed plain C struct.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction != libc::SIG_DFL
+            && current.sa_sigaction != libc::SIG_IGN
+    }
+}
+
+/// Raises `signal` in this process: `reload` and `drain` take the very path of an
+/// operator's `kill -HUP` / `kill -TERM` (tokio's handlers in `serve`).
+fn raise(signal: libc::c_int) {
+    // SAFETY: kill(2) on our own pid with a signal we checked is handled.
+    if unsafe { libc::kill(libc::getpid(), signal) } != 0 {
+        tracing::error!(error = %std::io::Error::last_os_error(), signal, "raising the signal failed");
+    }
 }
 
 fn ticker(period: Duration) -> Interval {
