@@ -44,21 +44,44 @@ impl Budget {
     /// Lowers `tcp.max-connections` and `limits.total-allocations` to this budget;
     /// warns (once per start or reload) when it does.
     pub fn apply(&self, config: &mut Config) {
+        // A default the operator never set is lowered quietly (info); a configured
+        // value is a warning, since the operator asked for more than the host allows.
+        let defaults = Config::default();
         if config.tcp.max_connections > self.streams {
-            warn!(
-                configured = config.tcp.max_connections,
-                used = self.streams,
-                open_files = self.limit,
-                "tcp.max-connections is more than half the open-file limit leaves: lowered (raise LimitNOFILE)"
-            );
-            config.tcp.max_connections = self.streams;
+            let (configured, used) = (config.tcp.max_connections, self.streams);
+            if configured == defaults.tcp.max_connections {
+                info!(
+                    configured,
+                    used,
+                    open_files = self.limit,
+                    "tcp.max-connections lowered to fit the open-file limit"
+                );
+            } else {
+                warn!(
+                    configured,
+                    used,
+                    open_files = self.limit,
+                    "tcp.max-connections is more than half the open-file limit leaves: lowered (raise LimitNOFILE)"
+                );
+            }
+            config.tcp.max_connections = used;
         }
         if config.limits.total_allocations > self.allocations {
-            warn!(
-                configured = config.limits.total_allocations, used = self.allocations, open_files = self.limit,
-                "limits.total-allocations needs more relay sockets than the open-file limit leaves: lowered (raise LimitNOFILE)"
-            );
-            config.limits.total_allocations = self.allocations;
+            let (configured, used) = (config.limits.total_allocations, self.allocations);
+            if configured == defaults.limits.total_allocations {
+                info!(
+                    configured,
+                    used,
+                    open_files = self.limit,
+                    "limits.total-allocations lowered to fit the open-file limit"
+                );
+            } else {
+                warn!(
+                    configured, used, open_files = self.limit,
+                    "limits.total-allocations needs more relay sockets than the open-file limit leaves: lowered (raise LimitNOFILE)"
+                );
+            }
+            config.limits.total_allocations = used;
         }
     }
 }
