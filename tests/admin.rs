@@ -101,15 +101,20 @@ fn metrics_move_with_a_live_allocation() {
     at_least("process_open_fds", 3.0);
 
     client.refresh(0).expect("delete the allocation");
-    let after = scrape_until(admin, "the allocation gone", |t| is(t, "turnd_allocations", 0.0));
-    for (series, value) in [
+    let gone = [
+        ("turnd_allocations", 0.0),
         ("turnd_permissions", 0.0),
         ("turnd_channels", 0.0),
         ("turnd_relay_ports_in_use", 0.0),
         ("turnd_allocation_lifetime_seconds_count", 1.0),
         ("turnd_allocation_lifetime_seconds_bucket{le=\"+Inf\"}", 1.0),
         ("turnd_allocations_expired_total", 0.0),
-    ] {
+    ];
+    // Each worker publishes its snapshot once a second, so the figures of two workers
+    // can be a second apart: wait for all of them, then check each.
+    let after =
+        scrape_until(admin, "the allocation gone", |t| gone.iter().all(|(series, value)| is(t, series, *value)));
+    for (series, value) in gone {
         assert_eq!(metric(&after, series), Some(value), "{series}:\n{after}");
     }
     // Bounded labels: no user, no address anywhere in the exposition.
