@@ -98,6 +98,12 @@ pub const DEFINITIONS: &[Definition] = &[
         &["reason"],
         "Packets dropped without relaying or answering, by reason.",
     ),
+    def(
+        "turnd_icmp_relayed_total",
+        COUNTER,
+        &[],
+        "ICMP errors from peers relayed to clients as Data indications (RFC 8656 section 11).",
+    ),
     def("turnd_relay_ports_in_use", GAUGE, &[], "Relay ports held by allocations."),
     def("turnd_relay_ports_available", GAUGE, &[], "Relay ports still free in the configured range."),
     def("turnd_draining", GAUGE, &[], "1 while new allocations are refused before exit."),
@@ -241,6 +247,7 @@ impl Collector for Collect {
         push(by_direction_and_transport(&stats.relayed_packets));
         push(by_direction_and_transport(&stats.relayed_bytes));
         push(DropReason::ALL.iter().map(|r| counter(&[("reason", r.label())], stats.dropped(*r))).collect());
+        push(vec![counter(&[], stats.icmp_relayed)]);
         push(vec![gauge(&[], s.ports_in_use as f64)]);
         push(vec![gauge(&[], s.ports_available as f64)]);
         push(vec![gauge(&[], if s.draining { 1.0 } else { 0.0 })]);

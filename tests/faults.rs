@@ -53,10 +53,14 @@ fn relays(c: &TurnClient, payload: &[u8]) -> bool {
     c.send_channel_data(CHANNEL, payload);
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        match c.recv_data() {
-            Some((_, _, data)) if data == payload => return true,
-            Some(_) => continue,
-            None => return false,
+        // Raw: Data indications that carry an ICMP error and no DATA (RFC 8656 §11)
+        // may come first, and are skipped like any other datagram.
+        let Some(bytes) = c.recv() else {
+            return false;
+        };
+        let channel_data = bytes.first().is_some_and(|b| (0x40..0x80).contains(b));
+        if channel_data && bytes.get(4..) == Some(payload) {
+            return true;
         }
     }
     false

@@ -473,10 +473,18 @@ impl EventLoop {
             let count =
                 match relay_socket::recv_batch(relay.as_raw_fd(), area, RELAY_SLOT, PEER_HEADROOM, &mut received) {
                     Ok(count) => count,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    // Nothing to read: the wake-up may be an EPOLLERR alone (a send
+                    // took the socket's pending error, the queue still holds it).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.serve_relay_errors(id, family);
+                        return;
+                    }
                     Err(e) => {
-                        // ICMP errors (port unreachable) surface here; the allocation lives on.
+                        // An ICMP error about a datagram this socket sent (IP_RECVERR):
+                        // relayed to the client from the error queue; the allocation
+                        // lives on.
                         debug!(error = %e, allocation = id.0, "receive error on relay socket");
+                        self.serve_relay_errors(id, family);
                         continue;
                     }
                 };
@@ -497,6 +505,27 @@ impl EventLoop {
                 return;
             }
         }
+    }
+
+    /// Reads a relay socket's error queue (bounded per wake-up) and hands each ICMP
+    /// error to the core, which relays it to the client (RFC 8656 §11).
+    fn serve_relay_errors(&mut self, id: AllocationId, family: Family) {
+        let Some(fd) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()).map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let now = Instant::now();
+        for _ in 0..relay_socket::ICMP_PER_WAKE {
+            match relay_socket::recv_icmp(fd) {
+                Ok(Some((peer, icmp))) => {
+                    debug!(allocation = id.0, %peer, kind = icmp.kind, code = icmp.code, "ICMP error from peer");
+                    self.core.handle_peer_icmp(now, id, peer, icmp);
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.drain_outputs();
     }
 
     fn drain_outputs(&mut self) {

@@ -1,6 +1,7 @@
 //! Relay sockets: one UDP socket per allocation, bound in the relay port range.
 
 use crate::turn::handlers::RelayBindError;
+use crate::turn::relay::IcmpError;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub fn bind(local: SocketAddr, dont_fragment: bool) -> Result<Socket, (RelayBind
     if dont_fragment {
         set_dont_fragment(&socket, local.is_ipv6()).map_err(classify)?;
     }
+    set_recv_err(&socket, local.is_ipv6()).map_err(classify)?;
     Ok(socket)
 }
 
@@ -76,6 +78,90 @@ pub fn recv_batch(
         *entry = from.filter(|_| !truncated).map(|from| (header.msg_len as usize, from));
     }
     Ok(n)
+}
+
+/// Error-queue entries read per wake-up of a relay socket; the rest wait for the next
+/// (epoll keeps reporting EPOLLERR while the queue holds any).
+pub const ICMP_PER_WAKE: usize = 16;
+
+/// Reads one entry of the socket's error queue (IP_RECVERR): `Ok(Some((peer, icmp)))`
+/// for an ICMP error about a datagram sent to `peer`, `Ok(None)` for an entry that is
+/// not one (a local error, say), and `WouldBlock` when the queue is empty. Reading
+/// also clears the socket's pending error, so the next send does not fail with it.
+pub fn recv_icmp(fd: RawFd) -> io::Result<Option<(SocketAddr, IcmpError)>> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr (null pointers).
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // The offending datagram comes back too; its first bytes are enough (MSG_TRUNC).
+    let mut data = [0u8; 8];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // u64s for cmsghdr alignment; room for a sock_extended_err and its offender address.
+    let mut control = [0u64; 32];
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at name, iov (at data) and control, all live and unborrowed
+    // until the call returns; the kernel writes within the lengths given.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let Some(peer) = super::sockaddr::from_storage(&name, msg.msg_namelen) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    // SAFETY: msg.msg_control/msg_controllen describe `control` as the kernel filled
+    // it; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and CMSG_DATA of an IP_RECVERR or
+    // IPV6_RECVERR message holds a sock_extended_err (read unaligned to be safe).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let recverr = (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
+                || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR);
+            let len = c.cmsg_len as usize;
+            if recverr && len >= libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32) as usize {
+                let err = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>());
+                let v6 = match err.ee_origin {
+                    libc::SO_EE_ORIGIN_ICMP => Some(false),
+                    libc::SO_EE_ORIGIN_ICMP6 => Some(true),
+                    _ => None,
+                };
+                if let Some(v6) = v6 {
+                    found = Some(IcmpError { v6, kind: err.ee_type, code: err.ee_code, info: err.ee_info });
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(found.map(|icmp| (peer, icmp)))
+}
+
+/// Asks for ICMP errors about sent datagrams in the socket's error queue (IP_RECVERR
+/// / IPV6_RECVERR): an unconnected UDP socket otherwise never hears of them.
+fn set_recv_err(socket: &Socket, ipv6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name) =
+        if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVERR) } else { (libc::IPPROTO_IP, libc::IP_RECVERR) };
+    let value: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
@@ -171,6 +257,23 @@ mod tests {
         use std::os::fd::AsRawFd;
         assert_eq!(recv_batch(relay.as_raw_fd(), &mut slots, 64, 8, &mut received).unwrap(), 1);
         assert_eq!(received[0], None);
+    }
+
+    #[test]
+    fn a_closed_peer_port_comes_back_as_an_icmp_port_unreachable() {
+        use std::os::fd::AsRawFd;
+        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false).unwrap().into();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = closed.local_addr().unwrap();
+        drop(closed);
+        assert_eq!(recv_icmp(relay.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        relay.send_to(b"x", peer).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let got = recv_icmp(relay.as_raw_fd()).unwrap();
+        assert_eq!(got, Some((peer, IcmpError { v6: false, kind: 3, code: 3, info: 0 })));
+        assert_eq!(recv_icmp(relay.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // Read from the queue, the error does not fail the next send either.
+        relay.send_to(b"y", peer).unwrap();
     }
 
     #[test]

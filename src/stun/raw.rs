@@ -18,6 +18,8 @@ pub const ATTR_FINGERPRINT: u16 = 0x8028;
 pub const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
 /// RFC 8656 §18.4 DATA.
 pub const ATTR_DATA: u16 = 0x0013;
+/// RFC 8656 §18.13 ICMP.
+pub const ATTR_ICMP: u16 = 0x8004;
 
 /// RFC 8656 §12: Send indication message type (method 0x006, class indication).
 pub const TYPE_SEND_INDICATION: u16 = 0x0016;

@@ -108,6 +108,8 @@ pub struct Allocation {
     pub tcp: bool,
     /// Bandwidth bucket, when a per-allocation cap is configured.
     pub bandwidth: Option<super::rate::Bucket>,
+    /// Rate limit on relayed ICMP errors (RFC 8656 §11), made on the first one.
+    pub icmp: Option<super::rate::Bucket>,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
 }
@@ -136,6 +138,7 @@ impl Allocation {
             denial_logged: false,
             tcp: false,
             bandwidth: None,
+            icmp: None,
             permissions: Vec::new(),
             channels: Vec::new(),
         }

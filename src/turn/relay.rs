@@ -20,6 +20,61 @@ pub const PEER_HEADROOM: usize = HEADER_LEN + 4 + 20 + 4;
 /// Room needed after the payload for padding to 4 bytes.
 pub const PEER_TAILROOM: usize = 3;
 
+/// ICMP errors relayed per second per allocation (RFC 8656 §11 asks for a limit, so
+/// that a peer cannot have turnd flood a client with them), in bursts of up to
+/// [`ICMP_BURST`].
+pub const ICMP_PER_SECOND: f64 = 5.0;
+/// See [`ICMP_PER_SECOND`].
+pub const ICMP_BURST: f64 = 10.0;
+
+/// An ICMP error that a relay socket's error queue gave back (Linux IP_RECVERR):
+/// what the ICMP attribute (RFC 8656 §18.13) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpError {
+    /// ICMPv6 (the relay socket is IPv6) rather than ICMPv4.
+    pub v6: bool,
+    /// The ICMP type, as received.
+    pub kind: u8,
+    /// The ICMP code, as received.
+    pub code: u8,
+    /// The ICMP header's extra field: the next-hop MTU for "fragmentation needed"
+    /// (ICMPv4 3/4) and "packet too big" (ICMPv6 2).
+    pub info: u32,
+}
+
+impl IcmpError {
+    /// RFC 8656 §11: only ICMPv4 types 3 (destination unreachable) and 11 (time
+    /// exceeded), and ICMPv6 types 1 (destination unreachable), 2 (packet too big) and
+    /// 3 (time exceeded) are relayed.
+    pub fn is_relayed(&self) -> bool {
+        if self.v6 {
+            matches!(self.kind, 1..=3)
+        } else {
+            matches!(self.kind, 3 | 11)
+        }
+    }
+
+    /// RFC 8656 §18.13 Error Data: the MTU for "fragmentation needed" and "packet too
+    /// big", zero for everything else.
+    pub fn error_data(&self) -> u32 {
+        let carries_mtu = if self.v6 { self.kind == 2 } else { self.kind == 3 && self.code == 4 };
+        if carries_mtu {
+            self.info
+        } else {
+            0
+        }
+    }
+
+    /// The ICMP attribute's value: Reserved (2 bytes), Type, Code, Error Data (4).
+    pub fn attribute_value(&self) -> [u8; 8] {
+        let mut value = [0u8; 8];
+        value[2] = self.kind;
+        value[3] = self.code;
+        value[4..].copy_from_slice(&self.error_data().to_be_bytes());
+        value
+    }
+}
+
 /// A payload to send from an allocation's relay socket to a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
@@ -199,6 +254,69 @@ impl Server {
         self.stats.relay(Direction::PeerToClient, entry.five_tuple.transport, len);
         Some(ToClient { to: entry.five_tuple, range })
     }
+}
+
+impl Server {
+    /// Handles an ICMP error that came back for a datagram the allocation's relay
+    /// socket sent to `peer` (RFC 8656 §11): if the allocation has a permission for
+    /// `peer`'s IP (the destination of the offending datagram: only the address is
+    /// compared, never the port) and is within its ICMP rate, the client gets a Data
+    /// indication with XOR-PEER-ADDRESS `peer` and an ICMP attribute, and no DATA, on
+    /// the allocation's 5-tuple. Returns whether it was sent.
+    pub fn handle_peer_icmp(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        peer: SocketAddr,
+        icmp: IcmpError,
+    ) -> bool {
+        if !icmp.is_relayed() {
+            return false;
+        }
+        let peer = unmapped(peer);
+        let Some(entry) = self.allocations.get_mut(&allocation) else {
+            self.stats.drop(DropReason::NoPermission);
+            return false;
+        };
+        if !entry.is_permitted(peer.ip(), now) {
+            self.stats.drop(DropReason::NoPermission);
+            return false;
+        }
+        let bucket = entry.icmp.get_or_insert_with(|| Bucket::full(ICMP_BURST, now));
+        if !bucket.take(1.0, ICMP_PER_SECOND, ICMP_BURST, now) {
+            self.stats.drop(DropReason::IcmpRateLimit);
+            return false;
+        }
+        let to = entry.five_tuple;
+        self.data_indication_tid = self.data_indication_tid.wrapping_add(1);
+        let tid = data_indication_tid(self.tid_prefix, self.data_indication_tid);
+        let Some(bytes) = icmp_data_indication(peer, &icmp, &tid) else {
+            return false;
+        };
+        self.stats.icmp_relayed += 1;
+        self.outputs.push_back(super::server::Output::Transmit { to, bytes });
+        true
+    }
+}
+
+/// A Data indication for an ICMP error (RFC 8656 §11): XOR-PEER-ADDRESS and ICMP,
+/// no DATA.
+pub(crate) fn icmp_data_indication(peer: SocketAddr, icmp: &IcmpError, tid: &[u8; 12]) -> Option<Vec<u8>> {
+    let addr_len = if peer.is_ipv4() { 8 } else { 20 };
+    let body_len = 4 + addr_len + 4 + 8;
+    let mut out = vec![0u8; HEADER_LEN + body_len];
+    out[0..2].copy_from_slice(&raw::TYPE_DATA_INDICATION.to_be_bytes());
+    out[2..4].copy_from_slice(&(body_len as u16).to_be_bytes());
+    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out[8..20].copy_from_slice(tid);
+    out[20..22].copy_from_slice(&raw::ATTR_XOR_PEER_ADDRESS.to_be_bytes());
+    out[22..24].copy_from_slice(&(addr_len as u16).to_be_bytes());
+    raw::encode_xor_address(peer, tid, &mut out[24..24 + addr_len])?;
+    let icmp_at = 24 + addr_len;
+    out[icmp_at..icmp_at + 2].copy_from_slice(&raw::ATTR_ICMP.to_be_bytes());
+    out[icmp_at + 2..icmp_at + 4].copy_from_slice(&8u16.to_be_bytes());
+    out[icmp_at + 4..icmp_at + 12].copy_from_slice(&icmp.attribute_value());
+    Some(out)
 }
 
 fn data_indication_tid(prefix: u32, counter: u64) -> [u8; 12] {

@@ -122,11 +122,13 @@ pub enum DropReason {
     Amplification,
     /// From a client in `clients.denied`.
     DeniedClient,
+    /// An ICMP error from a peer over the allocation's ICMP relaying rate (RFC 8656 §11).
+    IcmpRateLimit,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::NoPermission,
         DropReason::Policy,
@@ -135,6 +137,7 @@ impl DropReason {
         DropReason::Unexpected,
         DropReason::Amplification,
         DropReason::DeniedClient,
+        DropReason::IcmpRateLimit,
     ];
 
     /// A metric label value.
@@ -148,6 +151,7 @@ impl DropReason {
             DropReason::Unexpected => "unexpected",
             DropReason::Amplification => "amplification",
             DropReason::DeniedClient => "denied_client",
+            DropReason::IcmpRateLimit => "icmp_rate_limit",
         }
     }
 }
@@ -207,6 +211,8 @@ pub struct Stats {
     pub allocations_created: u64,
     /// Allocations that expired (not refreshed in time).
     pub allocations_expired: u64,
+    /// ICMP errors from peers relayed to clients as Data indications (RFC 8656 §11).
+    pub icmp_relayed: u64,
 }
 
 impl Stats {
@@ -265,5 +271,6 @@ impl Stats {
         self.relayed_bytes.iter_mut().zip(&other.relayed_bytes).for_each(|(a, b)| add(a, b));
         self.allocations_created += other.allocations_created;
         self.allocations_expired += other.allocations_expired;
+        self.icmp_relayed += other.icmp_relayed;
     }
 }

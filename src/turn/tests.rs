@@ -1258,3 +1258,88 @@ fn an_address_the_host_gains_while_running_stops_being_a_peer_but_for_its_relays
     let bind = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     assert_eq!(error_code(&bind), None);
 }
+
+fn icmp(v6: bool, kind: u8, code: u8, info: u32) -> crate::turn::relay::IcmpError {
+    crate::turn::relay::IcmpError { v6, kind, code, info }
+}
+
+/// The ICMP attribute's value in a Data indication, and whether it has a DATA attribute.
+fn icmp_attribute(indication: &[u8]) -> (Option<[u8; 8]>, bool) {
+    let mut found = (None, false);
+    for attr in crate::stun::raw::Attributes::new(indication) {
+        let attr = attr.unwrap();
+        match attr.kind {
+            crate::stun::raw::ATTR_ICMP => found.0 = Some(attr.value.try_into().unwrap()),
+            crate::stun::raw::ATTR_DATA => found.1 = true,
+            _ => {}
+        }
+    }
+    found
+}
+
+#[test]
+fn rfc8656_11_icmp_errors_reach_the_client_only_for_permitted_peers() {
+    let mut h = Harness::new();
+    h.allocate();
+    let id = h.allocation_id();
+    // No permission yet: dropped and counted.
+    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0)));
+    assert!(h.drain().is_empty());
+    assert_eq!(h.server.stats().dropped(DropReason::NoPermission), 1);
+    h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    // Port unreachable from the permitted IP (any port: only the address is compared).
+    assert!(h.server.handle_peer_icmp(h.now, id, addr("192.0.2.200:1234"), icmp(false, 3, 3, 0)));
+    let sent = h.drain();
+    assert_eq!(sent.len(), 1, "one Data indication, on the allocation's 5-tuple");
+    let decoded = message::decode(&sent[0]).unwrap().message;
+    assert_eq!(decoded.method(), stun_codec::rfc5766::methods::DATA);
+    assert_eq!(decoded.class(), MessageClass::Indication);
+    assert_eq!(decoded.get_attribute::<XorPeerAddress>().unwrap().address(), addr("192.0.2.200:1234"));
+    assert_eq!(icmp_attribute(&sent[0]), (Some([0, 0, 3, 3, 0, 0, 0, 0]), false), "ICMP, no DATA");
+    // Fragmentation needed carries the MTU; other codes carry zero.
+    assert!(h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 4, 1280)));
+    assert_eq!(icmp_attribute(&h.drain()[0]).0, Some([0, 0, 3, 4, 0, 0, 0x05, 0x00]));
+    assert!(h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 1, 99)));
+    assert_eq!(icmp_attribute(&h.drain()[0]).0, Some([0, 0, 3, 1, 0, 0, 0, 0]));
+    // Types RFC 8656 §11 does not relay (echo reply, redirect) are dropped silently.
+    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 0, 0, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 5, 1, 0)));
+    assert!(h.drain().is_empty());
+    assert_eq!(h.server.stats().icmp_relayed, 3);
+    // Another IP has no permission.
+    assert!(!h.server.handle_peer_icmp(h.now, id, addr("192.0.2.201:9000"), icmp(false, 3, 3, 0)));
+    // An allocation that is gone gets nothing.
+    assert!(!h.server.handle_peer_icmp(h.now, AllocationId(12345), addr(PEER), icmp(false, 3, 3, 0)));
+}
+
+#[test]
+fn rfc8656_11_icmpv6_types_and_packet_too_big_mtu() {
+    let v6 = icmp(true, 2, 0, 1280);
+    assert!(v6.is_relayed());
+    assert_eq!(v6.attribute_value(), [0, 0, 2, 0, 0, 0, 0x05, 0x00]);
+    assert_eq!(icmp(true, 1, 4, 7).attribute_value(), [0, 0, 1, 4, 0, 0, 0, 0]);
+    assert!(icmp(true, 3, 0, 0).is_relayed());
+    assert!(!icmp(true, 128, 0, 0).is_relayed(), "echo request");
+    assert!(icmp(false, 11, 0, 0).is_relayed());
+    assert_eq!(icmp(false, 3, 4, 1400).error_data(), 1400);
+    assert_eq!(icmp(false, 11, 4, 1400).error_data(), 0);
+}
+
+#[test]
+fn rfc8656_11_icmp_relaying_is_rate_limited_per_allocation() {
+    use crate::turn::relay::{ICMP_BURST, ICMP_PER_SECOND};
+    let mut h = Harness::new();
+    h.allocate();
+    let id = h.allocation_id();
+    h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
+    let relayed = (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0))).count();
+    assert_eq!(relayed, ICMP_BURST as usize, "a burst, then nothing");
+    assert_eq!(h.drain().len(), ICMP_BURST as usize);
+    assert_eq!(h.server.stats().dropped(DropReason::IcmpRateLimit), 100 - ICMP_BURST as u64);
+    // A second later the bucket has refilled by the rate.
+    h.now += Duration::from_secs(1);
+    let relayed = (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0))).count();
+    assert_eq!(relayed, ICMP_PER_SECOND as usize);
+    // Ordinary peer data is not held back by it.
+    assert!(h.peer_packet(PEER, b"data").is_some());
+}
