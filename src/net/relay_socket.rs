@@ -144,33 +144,23 @@ pub fn recv_icmp(fd: RawFd) -> io::Result<Option<(SocketAddr, IcmpError)>> {
 /// Asks for ICMP errors about sent datagrams in the socket's error queue (IP_RECVERR
 /// / IPV6_RECVERR): an unconnected UDP socket otherwise never hears of them.
 fn set_recv_err(socket: &Socket, ipv6: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let (level, name) =
         if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVERR) } else { (libc::IPPROTO_IP, libc::IP_RECVERR) };
-    let value: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_int_option(socket, level, name, 1)
 }
 
 fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let (level, name, value) = if ipv6 {
         (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
     } else {
         (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
     };
+    set_int_option(socket, level, name, value)
+}
+
+/// setsockopt with an int value (what socket2 does not offer for these options).
+fn set_int_option(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
     let rc = unsafe {
         libc::setsockopt(
