@@ -12,14 +12,12 @@ mod common;
 mod turn_client;
 
 use common::*;
-use rustls_pki_types::ServerName;
 use socket2::{Domain, Socket, Type};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::XorMappedAddress;
 use stun_codec::rfc5389::methods::BINDING;
@@ -244,25 +242,12 @@ fn closed_silently_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+type TlsStream = turn_client::TlsStream;
 
 /// A TLS handshake (any certificate accepted) over `tcp`, which may already carry a
 /// PROXY protocol header.
 fn tls_over(tcp: TcpStream) -> std::io::Result<TlsStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    let name = ServerName::IpAddress(IpAddr::from([127, 0, 0, 1]).into());
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
-    }
-    Ok(stream)
+    turn_client::tls_over(tcp, IpAddr::from([127, 0, 0, 1]))
 }
 
 /// A v1 header naming `source` (to 127.0.0.1:3478).

@@ -242,6 +242,14 @@ pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// Connects with TLS and completes the handshake.
 pub fn tls_connect(server: SocketAddr) -> TlsStream {
+    let tcp = TcpStream::connect(server).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    tls_over(tcp, server.ip()).expect("TLS handshake")
+}
+
+/// A TLS handshake (any certificate accepted, the server named by `ip`) over `tcp`,
+/// which may already carry something else first (a PROXY protocol header).
+pub fn tls_over(tcp: TcpStream, ip: std::net::IpAddr) -> std::io::Result<TlsStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -249,15 +257,13 @@ pub fn tls_connect(server: SocketAddr) -> TlsStream {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
         .with_no_client_auth();
-    let name = ServerName::IpAddress(server.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
-    let tcp = TcpStream::connect(server).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(ip.into())).expect("client connection");
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).expect("TLS handshake");
+        stream.conn.complete_io(&mut stream.sock)?;
     }
-    stream
+    Ok(stream)
 }
 
 /// The presented leaf certificate as lossy text (enough to find its common name).
