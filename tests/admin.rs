@@ -340,6 +340,8 @@ fn a_slow_websocket_client_is_dropped_without_stalling_relaying() {
     // A well-behaved client alongside it, reading everything on a thread of its own.
     let mut fast = ws_connect(admin, "/ws", &[]).expect("fast client");
     ws_send(&mut fast, json!({"op": "subscribe", "topics": ["allocations"]}));
+    // Churn only once the subscription is in force, or the first events go unseen.
+    ws_wait(&mut fast, SHOW_WITHIN, |m| m["type"] == "subscribed");
     let reader = std::thread::spawn(move || {
         let (mut deleted, deadline) = (0, Instant::now() + Duration::from_secs(60));
         while deleted < CHURN && Instant::now() < deadline {
