@@ -131,9 +131,13 @@ fn received_within(socket: &UdpSocket, wait: Duration) -> Vec<(SocketAddr, Vec<u
     let deadline = Instant::now() + wait;
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
+    // The socket's own timeout comes back afterwards: left at the last few microseconds,
+    // the client's next request would give up before turnd could answer.
+    let restore = socket.read_timeout().expect("read timeout");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            socket.set_read_timeout(restore).expect("timeout");
             return got;
         }
         socket.set_read_timeout(Some(left)).expect("timeout");
