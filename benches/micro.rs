@@ -18,8 +18,11 @@ use turnd::stun::integrity::{self, long_term_key_md5, IntegrityKind};
 use turnd::stun::message::{self, IntegritySet, Message, Protection};
 use turnd::turn::auth::Credentials;
 use turnd::turn::policy::PeerPolicy;
+use turnd::turn::relay::ToPeer;
 use turnd::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
-use turnd::turn::{AllocationId, CoreConfig, FiveTuple, Output, Quotas, Rng, Server, Transport};
+use turnd::turn::{
+    AllocationId, CoreConfig, FiveTuple, Ledger, Output, PeerAddr, Quotas, Received, Rng, Server, Transport,
+};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "secret";
@@ -111,6 +114,7 @@ fn channel_number(n: u16) -> Attribute {
 /// A core with allocations made through real requests, as the shell would drive it.
 struct Core {
     server: Server,
+    ledger: Ledger,
     now: Instant,
     ids: Vec<AllocationId>,
 }
@@ -118,9 +122,10 @@ struct Core {
 impl Core {
     fn new() -> Self {
         let now = Instant::now();
-        let server = Server::new(config(), Box::new(Counting(7)), now);
+        let mut ledger = Ledger::new(&config());
+        let server = Server::new(config(), Box::new(Counting(7)), now, &mut ledger);
         // Nonces are bound to the client address: `nonce_for` fetches one per client.
-        Core { server, now, ids: Vec::new() }
+        Core { server, ledger, now, ids: Vec::new() }
     }
 
     /// Carries out the core's outputs; returns the transmitted messages.
@@ -131,7 +136,7 @@ impl Core {
                 Output::Transmit { bytes, .. } => sent.push(bytes),
                 Output::BindRelay { allocation, local, .. } => {
                     self.ids.push(allocation);
-                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local));
+                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &mut self.ledger);
                 }
                 _ => {}
             }
@@ -140,9 +145,21 @@ impl Core {
     }
 
     fn send(&mut self, from: FiveTuple, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let relayed = self.server.handle_client_packet(self.now, 1_800_000_000, from, bytes);
+        let relayed = self.packet(from, bytes);
         assert!(relayed.is_none(), "requests are answered, not relayed");
         self.drain()
+    }
+
+    /// A client packet through both entry points, as the shell passes it.
+    fn packet(&mut self, from: FiveTuple, bytes: &[u8]) -> Option<ToPeer> {
+        match self.server.handle_client_packet(self.now, from, bytes) {
+            Received::Relay(out) => Some(out),
+            Received::Handled => None,
+            Received::Request => {
+                self.server.handle_request(self.now, 1_800_000_000, from, bytes, &mut self.ledger);
+                None
+            }
+        }
     }
 
     /// The nonce the server issues to `from` (from a 401).
@@ -225,7 +242,7 @@ fn core(c: &mut Criterion) {
     let from = client(0);
     g.bench_function("binding_request", |b| {
         b.iter(|| {
-            core.server.handle_client_packet(core.now, 1_800_000_000, from, black_box(&binding));
+            core.packet(from, black_box(&binding));
             while let Some(out) = core.server.poll_output() {
                 black_box(out);
             }
@@ -234,7 +251,7 @@ fn core(c: &mut Criterion) {
     let plain = plain_binding_request();
     g.bench_function("plain_binding_request", |b| {
         b.iter(|| {
-            core.server.handle_client_packet(core.now, 1_800_000_000, from, black_box(&plain));
+            core.packet(from, black_box(&plain));
             while let Some(out) = core.server.poll_output() {
                 black_box(out);
             }
@@ -277,7 +294,7 @@ fn relay(c: &mut Criterion) {
         g.bench_function(format!("channel_data_to_peer/{allocations}"), |b| {
             b.iter(|| {
                 i = (i + 1) % allocations;
-                let out = core.server.handle_client_packet(core.now, 0, client(i), black_box(&frame));
+                let out = core.packet(client(i), black_box(&frame));
                 black_box(out.expect("relayed"))
             })
         });
@@ -288,7 +305,8 @@ fn relay(c: &mut Criterion) {
         g.bench_function(format!("peer_to_channel_data/{allocations}"), |b| {
             b.iter(|| {
                 k = (k + 1) % ids.len();
-                let out = core.server.handle_peer_packet(core.now, ids[k], peer, &mut buf, range.clone());
+                let out =
+                    core.server.handle_peer_packet(core.now, ids[k], PeerAddr::new(peer), &mut buf, range.clone());
                 black_box(out.expect("relayed"))
             })
         });
@@ -303,13 +321,17 @@ fn relay(c: &mut Criterion) {
     let send = message::encode(send, Protection { key: None, fingerprint: false }).expect("encode");
     let from = client(0);
     g.bench_function("send_indication_to_peer", |b| {
-        b.iter(|| black_box(core.server.handle_client_packet(core.now, 0, from, black_box(&send)).expect("relayed")))
+        b.iter(|| black_box(core.packet(from, black_box(&send)).expect("relayed")))
     });
     let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
     let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
     g.bench_function("peer_to_data_indication", |b| {
         b.iter(|| {
-            black_box(core.server.handle_peer_packet(core.now, id, peer, &mut buf, range.clone()).expect("relayed"))
+            black_box(
+                core.server
+                    .handle_peer_packet(core.now, id, PeerAddr::new(peer), &mut buf, range.clone())
+                    .expect("relayed"),
+            )
         })
     });
     g.finish();

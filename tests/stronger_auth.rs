@@ -25,7 +25,7 @@ use turnd::stun::integrity::{
 };
 use turnd::stun::message::{self, Decoded, IntegritySet, Message, Protection};
 use turnd::turn::auth::{rest_password, Credentials};
-use turnd::turn::{CoreConfig, Event, FiveTuple, Output, Rng, Server, Transport};
+use turnd::turn::{CoreConfig, Event, FiveTuple, Ledger, Output, Received, Rng, Server, Transport};
 
 const REALM: &str = "example.org";
 const UNIX_NOW: u64 = 1_800_000_000;
@@ -178,6 +178,7 @@ impl Rng for CountingRng {
 /// The core on virtual time, with one client 5-tuple; relay sockets always bind.
 struct Core {
     server: Server,
+    ledger: Ledger,
     now: Instant,
     from: FiveTuple,
     events: Vec<Event>,
@@ -187,8 +188,10 @@ impl Core {
     fn new(credentials: Credentials) -> Core {
         let config = CoreConfig { credentials, port_range: 50000..=50009, ..CoreConfig::default() };
         let now = Instant::now();
+        let mut ledger = Ledger::new(&config);
         Core {
-            server: Server::new(config, Box::new(CountingRng(0)), now),
+            server: Server::new(config, Box::new(CountingRng(0)), now, &mut ledger),
+            ledger,
             now,
             from: FiveTuple {
                 transport: Transport::Udp,
@@ -208,13 +211,14 @@ impl Core {
 
     /// Feeds one request and returns the one response it gets.
     fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
-        assert!(self.server.handle_client_packet(self.now, UNIX_NOW, self.from, bytes).is_none());
+        assert_eq!(self.server.handle_client_packet(self.now, self.from, bytes), Received::Request);
+        self.server.handle_request(self.now, UNIX_NOW, self.from, bytes, &mut self.ledger);
         let mut sent = Vec::new();
         while let Some(output) = self.server.poll_output() {
             match output {
                 Output::Transmit { bytes, .. } => sent.push(bytes),
                 Output::BindRelay { allocation, local, .. } => {
-                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local))
+                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &mut self.ledger)
                 }
                 Output::Event(e) => self.events.push(e),
                 _ => {}
@@ -460,7 +464,7 @@ fn rfc8489_9_2_4_stale_nonce_438_renews_the_cookie_and_algorithms() {
     core.request(&mut client, ALLOCATE, &[RequestedTransport::new(17).into()]);
     let first = client.nonce.clone();
     core.now += Duration::from_secs(601);
-    core.server.handle_timeout(core.now);
+    core.server.handle_timeout(core.now, &mut core.ledger);
     let stale = message::decode(&core.exchange(&client.build(REFRESH, &[]))).unwrap();
     assert_eq!(error_code(&stale.message), Some(438));
     assert!(stale.message.get_attribute::<Nonce>().unwrap().value().starts_with("obMatJos2AAAD"));

@@ -40,11 +40,14 @@ use turnd::stun::channel_data::ChannelData;
 use turnd::stun::integrity::long_term_key_md5;
 use turnd::stun::message::{self, IntegritySet, Message, Protection};
 use turnd::turn::auth::{rest_password, Credentials};
-use turnd::turn::handlers::RelayBindError;
+use turnd::turn::effects::{carry_out, Effects};
 use turnd::turn::policy::PeerPolicy;
 use turnd::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use turnd::turn::server::RESERVATION_LIFETIME;
-use turnd::turn::{AllocationId, CoreConfig, FiveTuple, Output, Quotas, RelayAddresses, Rng, Server, Transport};
+use turnd::turn::{
+    AllocationId, ConnectionId, CoreConfig, Event, FiveTuple, Ledger, PeerAddr, Quotas, Received, RelayAddresses,
+    RelayBindError, Rng, Server, Transport,
+};
 
 /// The realm of every user.
 pub const REALM: &str = "fuzz.example";
@@ -429,10 +432,65 @@ pub struct Tally {
     pub last: Option<Option<u16>>,
 }
 
+/// The outputs' side of the scripted shell, checking each as it is carried out.
+struct Shell<'a> {
+    sent: Vec<(FiveTuple, Vec<u8>)>,
+    sockets: &'a mut BTreeMap<AllocationId, Vec<SocketAddr>>,
+    bind_failures: &'a mut Vec<RelayBindError>,
+    ledger: &'a mut Ledger,
+}
+
+impl Effects for Shell<'_> {
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        assert!(bytes.len() <= 1500, "a {}-byte response", bytes.len());
+        // Everything turnd sends decodes (RFC 3489 answers carry no cookie).
+        if bytes.get(4..8) == Some(&[0x21, 0x12, 0xA4, 0x42][..]) {
+            assert!(message::decode(&bytes).is_ok(), "turnd sent an undecodable message");
+        }
+        self.sent.push((to, bytes));
+    }
+
+    fn bind_relay(
+        &mut self,
+        allocation: AllocationId,
+        local: SocketAddr,
+        _: bool,
+        _: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        assert!(PORTS.contains(&local.port()), "bind outside the relay range: {local}");
+        let taken = self.sockets.values().flatten().any(|s| s.port() == local.port());
+        assert!(!taken, "port {} handed out while a relay socket holds it", local.port());
+        if !self.bind_failures.is_empty() {
+            return Err(self.bind_failures.remove(0));
+        }
+        self.sockets.entry(allocation).or_default().push(local);
+        Ok(local)
+    }
+
+    fn close_relay(&mut self, allocation: AllocationId) {
+        self.sockets.remove(&allocation);
+    }
+
+    // The RFC 6062 TCP-relay outputs (connections to peers), which this UDP-only shell
+    // leaves unanswered, as a shell with no route would; and events.
+    fn connect_peer(&mut self, _: ConnectionId, _: AllocationId, _: SocketAddr, _: SocketAddr) {}
+    fn bind_data(&mut self, _: ConnectionId, _: FiveTuple) -> bool {
+        true
+    }
+    fn close_peer_connection(&mut self, _: ConnectionId, _: Option<FiveTuple>) {}
+    fn event(&mut self, _: Event) {}
+
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger)) {
+        f(self.ledger);
+    }
+}
+
 /// The scripted shell.
 pub struct Driver {
     /// The core under test.
     pub server: Server,
+    /// Its ledger (one worker: no one to share it with).
+    pub ledger: Ledger,
     /// Virtual monotonic time.
     pub now: Instant,
     /// The start of virtual time.
@@ -455,8 +513,10 @@ impl Driver {
     /// A fresh server whose randomness comes from `seed`.
     pub fn new(seed: u64) -> Driver {
         let start = Instant::now();
+        let mut ledger = Ledger::new(&config());
         Driver {
-            server: Server::new(config(), Box::new(SeededRng(seed)), start),
+            server: Server::new(config(), Box::new(SeededRng(seed)), start, &mut ledger),
+            ledger,
             now: start,
             start,
             unix_now: UNIX_START,
@@ -494,7 +554,7 @@ impl Driver {
                 let (index, from) = self.client(*client);
                 for attempt in 0..2 {
                     let (tid, bytes) = self.encode_request(index, *user, *sha1, *sha256, *wrong_key, request);
-                    let relayed = self.server.handle_client_packet(self.now, self.unix_now, from, &bytes);
+                    let relayed = self.client_packet(from, &bytes);
                     assert!(relayed.is_none(), "a request was relayed: {request:?}");
                     let answers = self.drain();
                     let retry = self.check_answers(index, from, tid, &answers, request);
@@ -505,7 +565,7 @@ impl Driver {
             }
             Op::Raw { client, bytes } => {
                 let (_, from) = self.client(*client);
-                let relayed = self.server.handle_client_packet(self.now, self.unix_now, from, bytes);
+                let relayed = self.client_packet(from, bytes);
                 self.check_to_peer(from, bytes, relayed);
                 self.drain();
             }
@@ -516,7 +576,7 @@ impl Driver {
                 let mut bytes = channel.to_be_bytes().to_vec();
                 bytes.extend_from_slice(&claimed.to_be_bytes());
                 bytes.extend((0..*len).map(|i| i as u8));
-                let relayed = self.server.handle_client_packet(self.now, self.unix_now, from, &bytes);
+                let relayed = self.client_packet(from, &bytes);
                 if let Some(out) = &relayed {
                     assert!(claimed <= *len, "ChannelData relayed with a length past the datagram");
                     assert_eq!(out.payload.len(), usize::from(claimed));
@@ -531,10 +591,10 @@ impl Driver {
                 m.add_attribute(XorPeerAddress::new(peer));
                 m.add_attribute(Data::new(vec![0x5A; usize::from(*len)]).expect("DATA fits"));
                 let bytes = message::encode(m, Protection { key: None, fingerprint: false }).expect("encode Send");
-                let relayed = self.server.handle_client_packet(self.now, self.unix_now, from, &bytes);
+                let relayed = self.client_packet(from, &bytes);
                 if let Some(out) = &relayed {
                     assert_eq!(out.payload.len(), usize::from(*len));
-                    assert!(policy_allows(out.peer), "Send relayed to a denied peer {}", out.peer);
+                    assert!(policy_allows(out.peer.get()), "Send relayed to a denied peer {}", out.peer);
                 }
                 self.check_to_peer(from, &bytes, relayed);
                 self.drain();
@@ -551,7 +611,8 @@ impl Driver {
                 let mut buf = vec![0xEE; PEER_HEADROOM + len + PEER_TAILROOM];
                 buf[PEER_HEADROOM..PEER_HEADROOM + len].fill(0xA5);
                 let payload = PEER_HEADROOM..PEER_HEADROOM + len;
-                if let Some(out) = self.server.handle_peer_packet(self.now, id, peer, &mut buf, payload) {
+                if let Some(out) = self.server.handle_peer_packet(self.now, id, PeerAddr::new(peer), &mut buf, payload)
+                {
                     self.tally.to_client += 1;
                     let allocation = self.server.allocation(id).expect("relayed to a client with no allocation");
                     assert_eq!(out.to, allocation.five_tuple, "relayed to another client");
@@ -580,7 +641,7 @@ impl Driver {
             Op::Close { client } => {
                 let (_, from) = self.client(*client);
                 if from.transport != Transport::Udp {
-                    self.server.close_five_tuple(from, self.now);
+                    self.server.close_five_tuple(from, self.now, &mut self.ledger);
                     self.drain();
                 }
             }
@@ -598,14 +659,14 @@ impl Driver {
             if at > self.now {
                 break;
             }
-            self.server.handle_timeout(self.now);
+            self.server.handle_timeout(self.now, &mut self.ledger);
             self.drain();
             // A due timer must make progress, or the shell would spin.
             if self.server.poll_timeout() == Some(at) {
                 panic!("handle_timeout({:?}) left the same deadline due", self.now - self.start);
             }
         }
-        self.server.handle_timeout(self.now);
+        self.server.handle_timeout(self.now, &mut self.ledger);
         self.drain();
     }
 
@@ -615,7 +676,7 @@ impl Driver {
         self.timers();
         self.check_invariants();
         assert_eq!(self.server.allocation_count(), 0, "allocations outlived the longest lifetime");
-        let (in_use, available) = self.server.port_usage();
+        let (in_use, available) = self.ledger.port_usage();
         assert_eq!(in_use, 0, "relay ports not returned to the pool");
         assert_eq!(available, PORTS.len());
         assert!(self.sockets.is_empty(), "relay sockets left open: {:?}", self.sockets);
@@ -769,39 +830,28 @@ impl Driver {
         );
     }
 
-    /// Carries out every output like the event loop; returns the transmits.
-    fn drain(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
-        let mut sent = Vec::new();
-        while let Some(output) = self.server.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => {
-                    assert!(bytes.len() <= 1500, "a {}-byte response", bytes.len());
-                    // Everything turnd sends decodes (RFC 3489 answers carry no cookie).
-                    if bytes.get(4..8) == Some(&[0x21, 0x12, 0xA4, 0x42][..]) {
-                        assert!(message::decode(&bytes).is_ok(), "turnd sent an undecodable message");
-                    }
-                    sent.push((to, bytes));
-                }
-                Output::BindRelay { allocation, local, .. } => {
-                    assert!(PORTS.contains(&local.port()), "bind outside the relay range: {local}");
-                    let taken = self.sockets.values().flatten().any(|s| s.port() == local.port());
-                    assert!(!taken, "port {} handed out while a relay socket holds it", local.port());
-                    let result =
-                        if self.bind_failures.is_empty() { Ok(local) } else { Err(self.bind_failures.remove(0)) };
-                    if result.is_ok() {
-                        self.sockets.entry(allocation).or_default().push(local);
-                    }
-                    self.server.handle_relay_bound(self.now, allocation, local, result);
-                }
-                Output::CloseRelay { allocation } => {
-                    self.sockets.remove(&allocation);
-                }
-                // Events, and the RFC 6062 TCP-relay outputs (connections to peers), which
-                // this UDP-only shell leaves unanswered, as a shell with no route would.
-                _ => {}
+    /// A client packet through both entry points, as the event loop passes it.
+    fn client_packet(&mut self, from: FiveTuple, bytes: &[u8]) -> Option<turnd::turn::relay::ToPeer> {
+        match self.server.handle_client_packet(self.now, from, bytes) {
+            Received::Relay(out) => Some(out),
+            Received::Handled => None,
+            Received::Request => {
+                self.server.handle_request(self.now, self.unix_now, from, bytes, &mut self.ledger);
+                None
             }
         }
-        sent
+    }
+
+    /// Carries out every output through the shell's own drain; returns the transmits.
+    fn drain(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
+        let mut shell = Shell {
+            sent: Vec::new(),
+            sockets: &mut self.sockets,
+            bind_failures: &mut self.bind_failures,
+            ledger: &mut self.ledger,
+        };
+        carry_out(&mut self.server, self.now, &mut shell);
+        shell.sent
     }
 
     /// Everything that must hold between inputs.
@@ -810,7 +860,7 @@ impl Driver {
         let server = &self.server;
         let count = server.allocation_count();
         assert!(count <= q.total_allocations, "{count} allocations over the total quota");
-        let (in_use, available) = server.port_usage();
+        let (in_use, available) = self.ledger.port_usage();
         assert_eq!(in_use + available, PORTS.len(), "port usage does not add up");
         let mut ports = Vec::new();
         let mut per_user: HashMap<&str, usize> = HashMap::new();

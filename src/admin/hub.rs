@@ -11,8 +11,8 @@ use super::protocol::{AllocationRef, Ended, EventBody, EventMessage, PerDirectio
 use crate::metrics::AdminCounters;
 use crate::net::report::AllocationInfo;
 use crate::net::{Control, Snapshot};
-use crate::turn::server::EndReason;
 use crate::turn::stats::{AuthFailure, Direction, DropReason, RequestMethod};
+use crate::turn::EndReason;
 use crate::turn::Event;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;

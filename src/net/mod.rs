@@ -24,11 +24,11 @@ pub use report::{Control, Publisher, Snapshot};
 pub use workers::Workers;
 
 use crate::turn::allocation::Family;
-use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
-use crate::turn::server::{EndReason, Event, Output};
 use crate::turn::stats::AuthFailure;
-use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server, Transport};
+use crate::turn::RelayBindError;
+use crate::turn::{AllocationId, CoreConfig, FiveTuple, Ledger, PeerAddr, Received, Server, Transport};
+use crate::turn::{EndReason, Event, Output};
 use epoll::Epoll;
 use listeners::{ListenerKey, UdpListeners};
 use outbox::{Outbox, Payload};
@@ -46,6 +46,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+use workers::{lock, SharedLedger};
 
 /// Datagrams read per recvmmsg call on a listener.
 const BATCH: usize = 8;
@@ -82,6 +83,9 @@ pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListe
 /// The event loop: owns the core, the listeners and the relay sockets.
 pub struct EventLoop {
     core: Server,
+    /// What every worker counts together; locked only for the core's control-plane
+    /// entry points that take it.
+    ledger: SharedLedger,
     listeners: UdpListeners,
     /// Relay sockets by allocation, one per [`Family`].
     relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
@@ -121,7 +125,8 @@ impl EventLoop {
         listeners: Vec<UdpSocket>,
         publisher: Publisher,
         stream_events: mpsc::Sender<StreamEvent>,
-        make_core: impl FnOnce(CoreConfig) -> Server,
+        ledger: SharedLedger,
+        make_core: impl FnOnce(CoreConfig, &mut Ledger) -> Server,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let (bound, keys) = UdpListeners::new(listeners)?;
@@ -137,10 +142,11 @@ impl EventLoop {
         }
         Ok(EventLoop {
             core: {
-                let mut core = make_core(config);
+                let mut core = make_core(config, &mut lock(&ledger));
                 core.set_host_addresses(&host_addresses);
                 core
             },
+            ledger,
             host_addresses,
             publishes: 0,
             listeners: bound,
@@ -206,7 +212,10 @@ impl EventLoop {
                     Some(message) => self.control(message),
                 },
             }
-            self.core.handle_timeout(Instant::now());
+            let now = Instant::now();
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.core.handle_timeout(now, &mut lock(&self.ledger));
+            }
             self.drain_outputs();
             self.flush();
         }
@@ -217,7 +226,7 @@ impl EventLoop {
         match message {
             Control::Reconfigure(mut config) => {
                 config.policy.deny_own_sockets(self.listeners.own_addresses());
-                self.core.reconfigure(*config);
+                self.core.reconfigure(*config, &mut lock(&self.ledger));
                 self.host_addresses = interfaces::host_addresses();
                 self.core.set_host_addresses(&self.host_addresses);
                 info!("configuration reloaded");
@@ -230,13 +239,14 @@ impl EventLoop {
                 let _ = reply.send((page, total));
             }
             Control::DropAllocation { id, reply } => {
-                let _ = reply.send(self.core.close_allocation(id, now));
+                let _ = reply.send(self.core.close_allocation(id, now, &mut lock(&self.ledger)));
             }
             Control::DropUser { user, reply } => {
-                let _ = reply.send(self.core.close_user(&user, now));
+                let _ = reply.send(self.core.close_user(&user, now, &mut lock(&self.ledger)));
             }
             Control::Revoke { user, reply } => {
-                let ended = self.core.revoke(&user, now, unix_now()).map_err(|e| e.to_string());
+                let ended =
+                    self.core.revoke(&user, now, unix_now(), &mut lock(&self.ledger)).map_err(|e| e.to_string());
                 if ended.is_ok() {
                     info!(user = %user, "revoked");
                 }
@@ -265,16 +275,24 @@ impl EventLoop {
             }
             StreamEvent::Frame { five_tuple, frame } => {
                 let started = is_control(&frame).then(Instant::now);
-                let relayed = self.core.handle_client_packet(now, unix_now(), five_tuple, &frame);
+                let relayed = match self.core.handle_client_packet(now, five_tuple, &frame) {
+                    Received::Relay(out) => Some(out),
+                    Received::Handled => None,
+                    Received::Request => {
+                        let mut shared = lock(&self.ledger);
+                        self.core.handle_request(now, unix_now(), five_tuple, &frame, &mut shared);
+                        None
+                    }
+                };
                 if let Some(started) = started {
                     let seconds = started.elapsed().as_secs_f64();
                     self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
                 }
                 if let Some(out) = relayed {
                     if let (Some(relay), Some(payload)) =
-                        (self.relay_socket(out.allocation, out.peer), frame.get(out.payload))
+                        (self.relay_socket(out.allocation, out.peer.get()), frame.get(out.payload))
                     {
-                        if let Err(e) = relay.send_to(payload, out.peer) {
+                        if let Err(e) = relay.send_to(payload, out.peer.get()) {
                             debug!(error = %e, peer = %out.peer, "send to peer failed");
                         }
                     }
@@ -283,11 +301,11 @@ impl EventLoop {
             }
             StreamEvent::Closed { five_tuple } => {
                 self.streams.remove(&five_tuple);
-                self.core.close_five_tuple(five_tuple, now);
+                self.core.close_five_tuple(five_tuple, now, &mut lock(&self.ledger));
                 self.drain_outputs();
             }
             StreamEvent::PeerIncoming { allocation, stream, peer } => {
-                if let Some(connection) = self.core.handle_peer_incoming(now, allocation, peer) {
+                if let Some(connection) = self.core.handle_peer_incoming(now, allocation, PeerAddr::new(peer)) {
                     self.peer_streams.insert(connection, stream);
                 }
                 self.drain_outputs();
@@ -354,7 +372,7 @@ impl EventLoop {
         }
         let now = Instant::now();
         let (permissions, channels) = self.core.binding_counts(now);
-        let (ports_in_use, ports_available) = self.core.port_usage();
+        let (ports_in_use, ports_available) = lock(&self.ledger).port_usage();
         let snapshot = &mut self.snapshot;
         snapshot.unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         snapshot.allocations = self.core.allocation_count();
@@ -427,7 +445,14 @@ impl EventLoop {
                     };
                     let control = is_control(packet);
                     let started = if control { Some(Instant::now()) } else { None };
-                    let relayed = self.core.handle_client_packet(now, unix, from, packet);
+                    let relayed = match self.core.handle_client_packet(now, from, packet) {
+                        Received::Relay(out) => Some(out),
+                        Received::Handled => None,
+                        Received::Request => {
+                            self.core.handle_request(now, unix, from, packet, &mut lock(&self.ledger));
+                            None
+                        }
+                    };
                     if let Some(started) = started {
                         let seconds = started.elapsed().as_secs_f64();
                         self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
@@ -435,9 +460,9 @@ impl EventLoop {
                     if let Some(out) = relayed {
                         // Queued in place (the payload stays in its receive slot) and sent
                         // after the batch, one sendmmsg per relay socket.
-                        if let Some(relay) = self.relay_socket(out.allocation, out.peer) {
+                        if let Some(relay) = self.relay_socket(out.allocation, out.peer.get()) {
                             let payload = start + offset + out.payload.start..start + offset + out.payload.end;
-                            self.to_peers.push(relay.as_raw_fd(), out.peer, None, Payload::Slot(payload));
+                            self.to_peers.push(relay.as_raw_fd(), out.peer.get(), None, Payload::Slot(payload));
                         }
                     }
                     offset = end;
@@ -495,7 +520,8 @@ impl EventLoop {
                     continue;
                 };
                 let start = base + slot * RELAY_SLOT + PEER_HEADROOM;
-                let Some(out) = self.core.handle_peer_packet(now, id, peer, &mut self.relay_buf, start..start + len)
+                let Some(out) =
+                    self.core.handle_peer_packet(now, id, PeerAddr::new(peer), &mut self.relay_buf, start..start + len)
                 else {
                     continue;
                 };
@@ -518,7 +544,7 @@ impl EventLoop {
             match relay_socket::recv_icmp(fd) {
                 Ok(Some((peer, icmp))) => {
                     debug!(allocation = id.0, %peer, kind = icmp.kind, code = icmp.code, "ICMP error from peer");
-                    self.core.handle_peer_icmp(now, id, peer, icmp);
+                    self.core.handle_peer_icmp(now, id, PeerAddr::new(peer), icmp);
                 }
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -538,7 +564,7 @@ impl EventLoop {
                     } else {
                         self.open_relay(allocation, local, dont_fragment)
                     };
-                    self.core.handle_relay_bound(Instant::now(), allocation, local, result);
+                    self.core.handle_relay_bound(Instant::now(), allocation, local, result, &mut lock(&self.ledger));
                 }
                 Output::CloseRelay { allocation } => {
                     // Closing a socket takes it out of the epoll set (its descriptor is
@@ -569,7 +595,7 @@ impl EventLoop {
                         _ => false,
                     };
                     if !spliced {
-                        self.core.close_five_tuple(data, Instant::now());
+                        self.core.close_five_tuple(data, Instant::now(), &mut lock(&self.ledger));
                     }
                 }
                 Output::ClosePeerConnection { connection, data } => {

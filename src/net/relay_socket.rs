@@ -1,7 +1,7 @@
 //! Relay sockets: one UDP socket per allocation, bound in the relay port range.
 
-use crate::turn::handlers::RelayBindError;
 use crate::turn::relay::IcmpError;
+use crate::turn::RelayBindError;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::SocketAddr;

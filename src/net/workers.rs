@@ -16,11 +16,11 @@
 use super::report::{AllocationInfo, Control, Publisher, Snapshot};
 use super::stream::StreamEvent;
 use super::{EventLoop, PUBLISH_EVERY};
-use crate::turn::ledger::{Ledger, SharedLedger};
+use crate::turn::ledger::Ledger;
 use crate::turn::{AllocationId, CoreConfig, Server, SystemRng};
 use std::io;
 use std::net::UdpSocket;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
@@ -66,11 +66,11 @@ impl Workers {
             let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
             snapshots.push(own.snapshots.subscribe());
             let ledger = ledger.clone();
-            let make_core = move |config: CoreConfig| {
+            let make_core = move |config: CoreConfig, shared: &mut Ledger| {
                 let rng = Box::new(SystemRng::default());
-                Server::new_worker(config, rng, Instant::now(), ledger, secret, index as u32, count as u32)
+                Server::new_worker(config, rng, Instant::now(), shared, secret, index as u32, count as u32)
             };
-            let event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, make_core)?;
+            let event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, ledger, make_core)?;
             // Built here, not in the thread, so every descriptor the process keeps
             // exists once start-up is logged (the soak test counts them).
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -286,6 +286,17 @@ fn notify_systemd(snapshot: &Snapshot, relayed: u64, wedged: Option<usize>) {
         }
     };
     let _ = result;
+}
+
+/// The ledger as the workers share it: the shell owns it, and locks it for each core
+/// entry point that takes it (control-plane paths only).
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// Locks the ledger. A worker that panicked while holding the lock leaves at worst a
+/// count off by one allocation (no ledger method panics half-way); refusing service on
+/// every other worker because of it would be worse, so poisoning is ignored.
+pub fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod attributes;
 pub mod binding;
 pub mod channel_data;
+pub mod errors;
 pub mod integrity;
 pub mod message;
 pub mod raw;

@@ -221,6 +221,12 @@ pub fn encode_xor_address(addr: SocketAddr, transaction_id: &[u8; 12], out: &mut
     }
 }
 
+/// Whether a STUN packet is a Send indication (RFC 8656 §10.1), by its type alone: the
+/// relay path's test before it reads the attributes in place.
+pub fn is_send_indication(packet: &[u8]) -> bool {
+    packet.get(..2) == Some(&TYPE_SEND_INDICATION.to_be_bytes()[..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,41 +2,31 @@
 //! RESERVATION-TOKENs, allocation quotas and the unauthenticated-401 limiter.
 //!
 //! Each worker thread owns its own `Server` (allocations, relay sockets, the hot path)
-//! without locks; only these figures are shared, behind one mutex, because splitting
+//! without locks; only these figures are shared (the shell keeps them behind one mutex
+//! and passes `&mut Ledger` to the entry points that need it), because splitting
 //! them per worker would break them: two workers would hand out the same relay port, a
 //! token minted on one worker could not be redeemed on another (a client's second
 //! socket hashes elsewhere), a user would get the quota once per worker, and a source
 //! spraying ports would get the 401 rate once per worker.
 //!
-//! The lock is taken on control-plane paths only (Allocate, an allocation ending, a
-//! 401, a reload, a reservation expiring); never on the relay hot path nor in
-//! `poll_timeout`. Every map here is bounded: the quota counts by the total-allocation
+//! It is needed on control-plane paths only (STUN requests, an allocation ending, a
+//! reload, a timer); never on the relay hot path nor in `poll_timeout`. Every map here is bounded: the quota counts by the total-allocation
 //! quota, the reservations by the port range (each holds a port), the limiter by
 //! [`RATE_LIMITED_SOURCES`].
 
+use super::config::{CoreConfig, Quotas};
 use super::ports::{LivePorts, PortPool};
 use super::rate::KeyedLimiter;
-use super::server::{CoreConfig, Quotas};
 use super::source::SourcePrefix;
 use super::Rng;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Source IPs tracked by the unauthenticated-rate limiter at most.
 pub const RATE_LIMITED_SOURCES: usize = 65_536;
-
-/// The ledger as the workers share it.
-pub type SharedLedger = Arc<Mutex<Ledger>>;
-
-/// Locks the ledger. A worker that panicked while holding the lock leaves at worst a
-/// count off by one allocation (no method here panics half-way); refusing service on
-/// every other worker because of it would be worse, so poisoning is ignored.
-pub fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Why [`Ledger::admit`] turned an Allocate away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +90,7 @@ impl std::fmt::Debug for Ledger {
 
 impl Ledger {
     /// An empty ledger with the port range and 401 limits of `config` (the quotas
-    /// come with each [`Ledger::admit`]). Wrap it in a [`SharedLedger`] for the workers.
+    /// come with each [`Ledger::admit`]). The shell shares one among its workers.
     pub fn new(config: &CoreConfig) -> Self {
         let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
         Ledger {

@@ -3,24 +3,32 @@
 //! sockets to open or close, and when to wake it next through `poll_*` methods.
 
 pub mod allocation;
+pub(crate) mod answer;
 pub mod auth;
-pub mod handlers;
+pub mod config;
+pub mod effects;
 pub mod host;
 pub mod ledger;
 pub mod nat_discovery;
+pub(crate) mod outbox;
+pub mod output;
 pub mod policy;
 pub mod ports;
 pub mod rate;
 pub mod relay;
+pub mod request;
 pub mod revocations;
 pub mod server;
 pub mod source;
 pub mod stats;
+pub mod table;
 pub mod tcp_relay;
 
-pub use ledger::{Ledger, SharedLedger};
+pub use config::{CoreConfig, Quotas, RelayAddresses};
+pub use ledger::Ledger;
 pub use nat_discovery::NatDiscovery;
-pub use server::{CoreConfig, Event, Output, Quotas, RelayAddresses, Server};
+pub use output::{EndReason, Event, Output, RelayBindError};
+pub use server::{Received, Server};
 pub use stats::Stats;
 use std::net::SocketAddr;
 
@@ -60,6 +68,36 @@ pub struct AllocationId(pub u64);
 pub fn worker_of(id: AllocationId, workers: u32) -> u32 {
     // The remainder is below `workers`, so it fits in a u32.
     u32::try_from(id.0 % u64::from(workers.max(1))).unwrap_or(0)
+}
+
+/// A peer's transport address (RFC 8656 §2), in the one form the core compares: an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports) is
+/// the IPv4 address it is. Built only through [`PeerAddr::new`], so no entry point
+/// can forget to normalise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(SocketAddr);
+
+impl PeerAddr {
+    /// The peer at `addr`, normalised.
+    pub fn new(addr: SocketAddr) -> Self {
+        PeerAddr(policy::unmapped(addr))
+    }
+
+    /// The address.
+    pub fn get(self) -> SocketAddr {
+        self.0
+    }
+
+    /// Its IP address.
+    pub fn ip(self) -> std::net::IpAddr {
+        self.0.ip()
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// RFC 6062 CONNECTION-ID: names a peer TCP connection of a TCP allocation until the

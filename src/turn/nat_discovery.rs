@@ -58,9 +58,10 @@
 //!   attributes, nothing the requester can grow.
 //! - PADDING is at most [`PADDING_LEN`] bytes (RFC 5780 §7.6: the size of an MTU).
 
-use super::server::{Reject, Server};
+use super::outbox::Outbox;
 use super::{FiveTuple, Transport};
 use crate::stun::attributes::{Attribute, ChangeRequest, Padding, ResponsePort};
+use crate::stun::errors::{self, ErrorKind};
 use crate::stun::message::{self, Message, Protection};
 use std::net::SocketAddr;
 use stun_codec::rfc5389::attributes::Software;
@@ -133,90 +134,78 @@ pub(crate) fn request_attributes(request: &Message) -> Vec<AttributeType> {
     found
 }
 
-impl Server {
-    /// The discovery addresses when a request from `from` is answered by RFC 5780 rules:
-    /// discovery is on and `from` arrived on one of its four addresses.
-    pub(crate) fn nat_discovery_for(&self, from: FiveTuple) -> Option<NatDiscovery> {
-        self.config.nat_discovery.filter(|d| d.locate(from.server).is_some())
-    }
-
+impl NatDiscovery {
     /// RFC 5780 §6.1: the Binding answer `response` (already holding
-    /// XOR-MAPPED-ADDRESS) completed and sent per the request's CHANGE-REQUEST,
-    /// RESPONSE-PORT and PADDING.
-    pub(crate) fn binding_rfc5780(
-        &mut self,
+    /// XOR-MAPPED-ADDRESS) completed and queued per the request's CHANGE-REQUEST,
+    /// RESPONSE-PORT and PADDING; the error to answer with instead when the request
+    /// asks for what cannot be done.
+    pub(crate) fn answer(
+        &self,
+        out: &mut Outbox,
+        software: Option<&str>,
         from: FiveTuple,
         request: &Message,
         mut response: Message,
-        discovery: NatDiscovery,
-    ) {
-        let bad = |server: &mut Server| {
-            server.reject(from, request.method(), request.transaction_id(), Reject::new(400, "Bad Request"));
-        };
+    ) -> Result<(), ErrorKind> {
         let change = match request.get_attribute::<ChangeRequest>().map(ChangeRequest::flags) {
             None => (false, false),
             Some(Some(flags)) => flags,
-            Some(None) => return bad(self),
+            Some(None) => return Err(errors::BAD_REQUEST),
         };
         let response_port = match request.get_attribute::<ResponsePort>().map(ResponsePort::port) {
             None => None,
             Some(Some(port)) if port != 0 => Some(port),
-            Some(_) => return bad(self),
+            Some(_) => return Err(errors::BAD_REQUEST),
         };
         let to = if from.transport == Transport::Udp {
-            let Some((ip, port)) = discovery.locate(from.server) else {
-                return bad(self);
-            };
-            let origin = discovery.address(ip ^ change.0, port ^ change.1);
+            let (ip, port) = self.locate(from.server).ok_or(errors::BAD_REQUEST)?;
+            let origin = self.address(ip ^ change.0, port ^ change.1);
             response.add_attribute(ResponseOrigin::new(origin));
-            response.add_attribute(OtherAddress::new(discovery.address(!ip, !port)));
+            response.add_attribute(OtherAddress::new(self.address(!ip, !port)));
             // Never another IP than the request's source: not a reflector.
             let client = SocketAddr::new(from.client.ip(), response_port.unwrap_or(from.client.port()));
             FiveTuple { transport: from.transport, client, server: origin }
         } else if change.0 || change.1 || response_port.is_some() {
             // A stream cannot be answered from another address nor to another port.
-            return bad(self);
+            return Err(errors::BAD_REQUEST);
         } else {
             from
         };
         // The budget's floor: the answer with the discovery attributes and FINGERPRINT
         // but without SOFTWARE or PADDING, which only go in within 3x the request.
-        if let Some(budget) = self.answer_budget {
+        if let Some(budget) = out.budget {
             let floor =
                 message::encode(response.clone(), Protection { key: None, fingerprint: true }).map_or(0, |b| b.len());
-            self.answer_budget = Some(budget.max(floor));
+            out.budget = Some(budget.max(floor));
         }
         if request.get_attribute::<Padding>().is_some() {
-            if let Some(padding) = self.padding_for(&response) {
+            if let Some(padding) = padding_for(&response, software, out.budget) {
                 response.add_attribute(padding);
             }
         }
-        self.respond(to, response, None);
+        out.respond(to, response, None, software);
+        Ok(())
     }
+}
 
-    /// PADDING for `response`: [`PADDING_LEN`] bytes, or less so that the answer with
-    /// SOFTWARE and FINGERPRINT stays within the request's budget; `None` if not even
-    /// an empty one fits.
-    fn padding_for(&self, response: &Message) -> Option<Padding> {
-        let encoded = message::encode(response.clone(), Protection { key: None, fingerprint: true })?.len();
-        let software = self
-            .config
-            .software
-            .as_ref()
-            .and_then(|s| Software::new(s.clone()).ok())
-            .map_or(0, |s| 4 + s.description().len().next_multiple_of(4));
-        let room = self.answer_budget.map_or(usize::MAX, |budget| budget.saturating_sub(encoded + software));
-        // The attribute's own header, then a value that keeps the message 4-aligned.
-        let len = room.checked_sub(4)?.min(PADDING_LEN) / 4 * 4;
-        Some(crate::stun::attributes::Opaque(vec![0; len]))
-    }
+/// PADDING for `response`: [`PADDING_LEN`] bytes, or less so that the answer with
+/// SOFTWARE and FINGERPRINT stays within `budget`; `None` if not even an empty one fits.
+fn padding_for(response: &Message, software: Option<&str>, budget: Option<usize>) -> Option<Padding> {
+    let encoded = message::encode(response.clone(), Protection { key: None, fingerprint: true })?.len();
+    let software = software
+        .and_then(|s| Software::new(s.to_owned()).ok())
+        .map_or(0, |s| 4 + s.description().len().next_multiple_of(4));
+    let room = budget.map_or(usize::MAX, |budget| budget.saturating_sub(encoded + software));
+    // The attribute's own header, then a value that keeps the message 4-aligned.
+    let len = room.checked_sub(4)?.min(PADDING_LEN) / 4 * 4;
+    Some(crate::stun::attributes::Opaque(vec![0; len]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::turn::tests_support::CountingRng;
-    use crate::turn::{CoreConfig, Output};
+    use crate::turn::{CoreConfig, Ledger, Output, Received, Server};
     use std::time::Instant;
     use stun_codec::rfc5389::attributes::{ErrorCode, UnknownAttributes, XorMappedAddress};
     use stun_codec::rfc5389::methods::BINDING;
@@ -230,10 +219,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn discovery() -> NatDiscovery {
+        NatDiscovery { primary: addr(PRIMARY), alternate: addr(ALTERNATE) }
+    }
+
     fn server(on: bool) -> Server {
-        let discovery = NatDiscovery { primary: addr(PRIMARY), alternate: addr(ALTERNATE) };
-        let config = CoreConfig { nat_discovery: on.then_some(discovery), ..CoreConfig::default() };
-        Server::new(config, Box::new(CountingRng::default()), Instant::now())
+        let config = CoreConfig { nat_discovery: on.then_some(discovery()), ..CoreConfig::default() };
+        let mut ledger = Ledger::new(&config);
+        Server::new(config, Box::new(CountingRng::default()), Instant::now(), &mut ledger)
     }
 
     fn padding(len: usize) -> Padding {
@@ -254,7 +247,11 @@ mod tests {
 
     /// Feeds `packet` from `from`; returns where each answer went and what it was.
     fn exchange(server: &mut Server, from: FiveTuple, packet: &[u8]) -> Vec<(FiveTuple, Vec<u8>, Message)> {
-        let _ = server.handle_client_packet(Instant::now(), 0, from, packet);
+        let now = Instant::now();
+        if server.handle_client_packet(now, from, packet) == Received::Request {
+            // Binding takes nothing from the ledger: a fresh one serves.
+            server.handle_request(now, 0, from, packet, &mut Ledger::new(&CoreConfig::default()));
+        }
         let mut out = Vec::new();
         while let Some(output) = server.poll_output() {
             if let Output::Transmit { to, bytes } = output {
@@ -274,7 +271,7 @@ mod tests {
     #[test]
     fn plain_bindings_carry_response_origin_and_other_address_on_each_of_the_four() {
         let mut s = server(true);
-        let discovery = s.config.nat_discovery.unwrap();
+        let discovery = discovery();
         for arrived in discovery.addresses() {
             for fingerprint in [false, true] {
                 let (to, _, answer) = one(&mut s, udp(&arrived.to_string()), &binding(vec![], fingerprint));

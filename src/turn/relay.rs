@@ -2,15 +2,15 @@
 //! peers. No heap allocation, no codec: headers are read and written in place.
 
 use super::allocation::Allocation;
-use super::policy::unmapped;
+use super::config::{CoreConfig, Quotas};
+use super::outbox::Outbox;
 use super::rate::Bucket;
-use super::server::{Quotas, Server};
-use super::stats::{Direction, DropReason};
-use super::{AllocationId, FiveTuple, Transport};
+use super::stats::{Direction, DropReason, Stats};
+use super::table::AllocationTable;
+use super::{AllocationId, FiveTuple, PeerAddr, Transport};
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::raw::{self, padded, Attributes, Header, HEADER_LEN, MAGIC_COOKIE};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -81,7 +81,7 @@ pub struct ToPeer {
     /// The allocation whose relay socket sends it.
     pub allocation: AllocationId,
     /// The destination.
-    pub peer: SocketAddr,
+    pub peer: PeerAddr,
     /// Where the payload sits in the client's packet.
     pub payload: Range<usize>,
 }
@@ -126,49 +126,69 @@ fn within_bandwidth(
     true
 }
 
-impl Server {
-    pub(crate) fn relay_channel_data(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
+impl AllocationTable {
+    /// ChannelData from a client: the payload to send to the channel's peer, if the
+    /// channel, the permission, the policy and the bandwidth caps allow it.
+    pub(crate) fn relay_channel_data(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &[u8],
+        config: &CoreConfig,
+        stats: &mut Stats,
+    ) -> Option<ToPeer> {
         let Some(frame) = ChannelData::parse_datagram(packet) else {
-            self.stats.drop(DropReason::Malformed);
+            stats.drop(DropReason::Malformed);
             return None;
         };
+        let users = &mut self.user_bandwidth;
         let target = self.by_five_tuple.get(&from).and_then(|id| {
-            let allocation = self.allocations.get_mut(id)?;
+            let allocation = self.by_id.get_mut(id)?;
             let (peer, to_host) = allocation.channel_peer(frame.channel, now)?;
             allocation.is_permitted(peer.ip(), now).then_some((*id, peer, to_host, allocation))
         });
         let Some((allocation_id, peer, to_host, allocation)) = target else {
-            self.stats.drop(DropReason::NoPermission);
+            stats.drop(DropReason::NoPermission);
             return None;
         };
         // A channel to another allocation's relay: that relay may have ended since.
-        if to_host && self.config.policy.check(peer).is_err() {
-            self.stats.drop(DropReason::Policy);
+        if to_host && config.policy.check(peer).is_err() {
+            stats.drop(DropReason::Policy);
             return None;
         }
-        if !within_bandwidth(&self.config.quotas, allocation, &mut self.user_bandwidth, frame.len, now) {
-            self.stats.drop(DropReason::RateCap);
+        if !within_bandwidth(&config.quotas, allocation, users, frame.len, now) {
+            stats.drop(DropReason::RateCap);
             return None;
         }
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += frame.len as u64;
-        self.stats.relay(Direction::ClientToPeer, from.transport, frame.len);
+        stats.relay(Direction::ClientToPeer, from.transport, frame.len);
         let start = channel_data::HEADER_LEN;
-        Some(ToPeer { allocation: allocation_id, peer, payload: start..start + frame.len })
+        // Channel peers were normalised when bound.
+        Some(ToPeer { allocation: allocation_id, peer: PeerAddr::new(peer), payload: start..start + frame.len })
     }
 
-    pub(crate) fn relay_send_indication(&mut self, now: Instant, from: FiveTuple, packet: &[u8]) -> Option<ToPeer> {
+    /// A Send indication from a client (RFC 8656 §11.1), read in place: the DATA to
+    /// send to the XOR-PEER-ADDRESS, if permitted.
+    pub(crate) fn relay_send_indication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &[u8],
+        config: &CoreConfig,
+        stats: &mut Stats,
+    ) -> Option<ToPeer> {
         let header = Header::parse(packet)?;
         let mut peer = None;
         let mut data = None;
         for attr in Attributes::new(packet) {
             let Ok(attr) = attr else {
-                self.stats.drop(DropReason::Malformed);
+                stats.drop(DropReason::Malformed);
                 return None;
             };
             match attr.kind {
                 raw::ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
-                    peer = raw::decode_xor_address(attr.value, &header.transaction_id).map(unmapped);
+                    peer = raw::decode_xor_address(attr.value, &header.transaction_id).map(PeerAddr::new);
                 }
                 raw::ATTR_DATA if data.is_none() => {
                     let start = attr.offset + 4;
@@ -178,62 +198,63 @@ impl Server {
             }
         }
         let (Some(peer), Some(data)) = (peer, data) else {
-            self.stats.drop(DropReason::Malformed);
+            stats.drop(DropReason::Malformed);
             return None;
         };
         let Some(&id) = self.by_five_tuple.get(&from) else {
-            self.stats.drop(DropReason::NoPermission);
+            stats.drop(DropReason::NoPermission);
             return None;
         };
-        let allocation = self.allocations.get_mut(&id)?;
+        let allocation = self.by_id.get_mut(&id)?;
         if !allocation.is_permitted(peer.ip(), now) {
-            self.stats.drop(DropReason::NoPermission);
+            stats.drop(DropReason::NoPermission);
             return None;
         }
         // The permission proves the IP passed the policy; the port may still be one of
         // our own listeners.
-        if self.config.policy.check(peer).is_err() {
-            self.stats.drop(DropReason::Policy);
+        if config.policy.check(peer.get()).is_err() {
+            stats.drop(DropReason::Policy);
             return None;
         }
-        if !within_bandwidth(&self.config.quotas, allocation, &mut self.user_bandwidth, data.len(), now) {
-            self.stats.drop(DropReason::RateCap);
+        if !within_bandwidth(&config.quotas, allocation, &mut self.user_bandwidth, data.len(), now) {
+            stats.drop(DropReason::RateCap);
             return None;
         }
         allocation.traffic.to_peer_packets += 1;
         allocation.traffic.to_peer_bytes += data.len() as u64;
-        self.stats.relay(Direction::ClientToPeer, from.transport, data.len());
+        stats.relay(Direction::ClientToPeer, from.transport, data.len());
         Some(ToPeer { allocation: id, peer, payload: data })
     }
 
-    /// Handles a datagram a peer sent to an allocation's relay socket. The payload sits
-    /// at `buf[payload]` with at least [`PEER_HEADROOM`] bytes before it and
-    /// [`PEER_TAILROOM`] after; the ChannelData or Data indication header is written
-    /// in place and the framed range returned.
-    pub fn handle_peer_packet(
+    /// A datagram a peer sent to an allocation's relay socket (see
+    /// [`crate::turn::Server::handle_peer_packet`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn relay_from_peer(
         &mut self,
         now: Instant,
         allocation: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         payload: Range<usize>,
+        quotas: &Quotas,
+        out: &mut Outbox,
     ) -> Option<ToClient> {
-        let peer = unmapped(peer);
-        let Some(entry) = self.allocations.get_mut(&allocation) else {
-            self.stats.drop(DropReason::NoPermission);
+        let stats = &mut out.stats;
+        let Some(entry) = self.by_id.get_mut(&allocation) else {
+            stats.drop(DropReason::NoPermission);
             return None;
         };
         if !entry.is_permitted(peer.ip(), now) {
-            self.stats.drop(DropReason::NoPermission);
+            stats.drop(DropReason::NoPermission);
             return None;
         }
         let len = payload.len();
-        if !within_bandwidth(&self.config.quotas, entry, &mut self.user_bandwidth, len, now) {
-            self.stats.drop(DropReason::RateCap);
+        if !within_bandwidth(quotas, entry, &mut self.user_bandwidth, len, now) {
+            stats.drop(DropReason::RateCap);
             return None;
         }
         let stream = entry.five_tuple.transport != Transport::Udp;
-        let range = match entry.channel_for(peer, now) {
+        let range = match entry.channel_for(peer.get(), now) {
             Some(channel) => {
                 let start = payload.start.checked_sub(channel_data::HEADER_LEN)?;
                 let header: &mut [u8; 4] = buf.get_mut(start..payload.start)?.try_into().ok()?;
@@ -244,64 +265,60 @@ impl Server {
                 start..end
             }
             None => {
-                self.data_indication_tid = self.data_indication_tid.wrapping_add(1);
-                let tid = data_indication_tid(self.tid_prefix, self.data_indication_tid);
-                write_data_indication(buf, &payload, peer, &tid)?
+                let tid = out.data_indication_tid();
+                write_data_indication(buf, &payload, peer.get(), &tid)?
             }
         };
         entry.traffic.to_client_packets += 1;
         entry.traffic.to_client_bytes += len as u64;
-        self.stats.relay(Direction::PeerToClient, entry.five_tuple.transport, len);
+        out.stats.relay(Direction::PeerToClient, entry.five_tuple.transport, len);
         Some(ToClient { to: entry.five_tuple, range })
     }
-}
 
-impl Server {
     /// Handles an ICMP error that came back for a datagram the allocation's relay
     /// socket sent to `peer` (RFC 8656 §11): if the allocation has a permission for
     /// `peer`'s IP (the destination of the offending datagram: only the address is
     /// compared, never the port) and is within its ICMP rate, the client gets a Data
     /// indication with XOR-PEER-ADDRESS `peer` and an ICMP attribute, and no DATA, on
     /// the allocation's 5-tuple. Returns whether it was sent.
-    pub fn handle_peer_icmp(
+    pub(crate) fn relay_icmp(
         &mut self,
         now: Instant,
         allocation: AllocationId,
-        peer: SocketAddr,
+        peer: PeerAddr,
         icmp: IcmpError,
+        out: &mut Outbox,
     ) -> bool {
         if !icmp.is_relayed() {
             return false;
         }
-        let peer = unmapped(peer);
-        let Some(entry) = self.allocations.get_mut(&allocation) else {
-            self.stats.drop(DropReason::NoPermission);
+        let Some(entry) = self.by_id.get_mut(&allocation) else {
+            out.stats.drop(DropReason::NoPermission);
             return false;
         };
         if !entry.is_permitted(peer.ip(), now) {
-            self.stats.drop(DropReason::NoPermission);
+            out.stats.drop(DropReason::NoPermission);
             return false;
         }
         let bucket = entry.icmp.get_or_insert_with(|| Bucket::full(ICMP_BURST, now));
         if !bucket.take(1.0, ICMP_PER_SECOND, ICMP_BURST, now) {
-            self.stats.drop(DropReason::IcmpRateLimit);
+            out.stats.drop(DropReason::IcmpRateLimit);
             return false;
         }
         let to = entry.five_tuple;
-        self.data_indication_tid = self.data_indication_tid.wrapping_add(1);
-        let tid = data_indication_tid(self.tid_prefix, self.data_indication_tid);
-        let Some(bytes) = icmp_data_indication(peer, &icmp, &tid) else {
+        let tid = out.data_indication_tid();
+        let Some(bytes) = icmp_data_indication(peer.get(), &icmp, &tid) else {
             return false;
         };
-        self.stats.icmp_relayed += 1;
-        self.outputs.push_back(super::server::Output::Transmit { to, bytes });
+        out.stats.icmp_relayed += 1;
+        out.push(super::output::Output::Transmit { to, bytes });
         true
     }
 }
 
 /// A Data indication for an ICMP error (RFC 8656 §11): XOR-PEER-ADDRESS and ICMP,
 /// no DATA.
-pub(crate) fn icmp_data_indication(peer: SocketAddr, icmp: &IcmpError, tid: &[u8; 12]) -> Option<Vec<u8>> {
+pub(crate) fn icmp_data_indication(peer: std::net::SocketAddr, icmp: &IcmpError, tid: &[u8; 12]) -> Option<Vec<u8>> {
     let addr_len = if peer.is_ipv4() { 8 } else { 20 };
     let body_len = 4 + addr_len + 4 + 8;
     let mut out = vec![0u8; HEADER_LEN + body_len];
@@ -319,18 +336,11 @@ pub(crate) fn icmp_data_indication(peer: SocketAddr, icmp: &IcmpError, tid: &[u8
     Some(out)
 }
 
-fn data_indication_tid(prefix: u32, counter: u64) -> [u8; 12] {
-    let mut tid = [0u8; 12];
-    tid[..4].copy_from_slice(&prefix.to_be_bytes());
-    tid[4..].copy_from_slice(&counter.to_be_bytes());
-    tid
-}
-
 /// Writes a Data indication (RFC 8656 §11.6) around `buf[payload]` in place.
 fn write_data_indication(
     buf: &mut [u8],
     payload: &Range<usize>,
-    peer: SocketAddr,
+    peer: std::net::SocketAddr,
     tid: &[u8; 12],
 ) -> Option<Range<usize>> {
     let addr_len = if peer.is_ipv4() { 8 } else { 20 };

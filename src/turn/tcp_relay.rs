@@ -2,18 +2,24 @@
 //! peer connections, and ConnectionBind of a client's data connection. The core only
 //! decides; the shell opens, accepts and splices the TCP connections it is told about.
 
-use super::server::{Auth, Output, Reject, Server};
-use super::{AllocationId, ConnectionId, FiveTuple, Transport};
+use super::answer::Auth;
+use super::output::Output;
+use super::{AllocationId, ConnectionId, FiveTuple, PeerAddr, Rng};
 use crate::stun::attributes::ConnectionId as ConnectionIdAttr;
-use crate::stun::message::{self, Message, Protection};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use stun_codec::rfc5766::attributes::XorPeerAddress;
-use stun_codec::{MessageClass, Method, TransactionId};
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::{Method, TransactionId};
+
+/// A method of RFC 6062's. Its codepoints are below 0x1000, so `Method::new` never
+/// refuses them; the fallback only keeps this free of a panic.
+fn method(codepoint: u16) -> Method {
+    Method::new(codepoint).unwrap_or(BINDING)
+}
 
 /// RFC 6062 §4.3: Connect.
 pub fn connect_method() -> Method {
-    Method::new(0x00A).expect("0x00A is a valid method")
+    method(0x00A)
 }
 /// The worker (of `workers`) that holds connection `id`.
 pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
@@ -22,11 +28,11 @@ pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
 
 /// RFC 6062 §4.4: ConnectionBind.
 pub fn connection_bind_method() -> Method {
-    Method::new(0x00B).expect("0x00B is a valid method")
+    method(0x00B)
 }
 /// RFC 6062 §4.5: ConnectionAttempt.
 pub fn connection_attempt_method() -> Method {
-    Method::new(0x00C).expect("0x00C is a valid method")
+    method(0x00C)
 }
 
 /// RFC 6062 §5.3: a peer connection not bound within 30 seconds is closed.
@@ -44,214 +50,143 @@ pub const MAX_UNBOUND_PER_WORKER: usize = 1024;
 /// Where a peer connection stands.
 #[derive(Debug)]
 pub(crate) enum ConnectionState {
-    /// The shell is connecting on behalf of a Connect request.
-    Connecting { five_tuple: FiveTuple, transaction_id: TransactionId, auth: Auth },
-    /// Connected (or accepted); waiting for the client's ConnectionBind.
-    Waiting { expires: Instant },
+    /// The shell is connecting on behalf of a Connect request, to be answered on
+    /// `five_tuple`.
+    Connecting {
+        /// The control connection the Connect came on.
+        five_tuple: FiveTuple,
+        /// The Connect's transaction.
+        transaction_id: TransactionId,
+        /// Who asked, to protect the answer.
+        auth: Auth,
+    },
+    /// Connected (or accepted); waiting for the client's ConnectionBind until `expires`.
+    Waiting {
+        /// The ConnectionBind deadline.
+        expires: Instant,
+    },
     /// Spliced to a client data connection.
-    Bound { data: FiveTuple },
+    Bound {
+        /// The client's data connection.
+        data: FiveTuple,
+    },
 }
 
 /// A TCP connection between a TCP allocation's relay address and a peer.
 #[derive(Debug)]
 pub(crate) struct PeerConnection {
+    /// The TCP allocation it belongs to.
     pub allocation: AllocationId,
-    pub peer: SocketAddr,
+    /// The peer.
+    pub peer: PeerAddr,
+    /// Where it stands.
     pub state: ConnectionState,
 }
 
-fn connection_id_attr(id: ConnectionId) -> ConnectionIdAttr {
+/// The CONNECTION-ID attribute naming `id`.
+pub(crate) fn connection_id_attr(id: ConnectionId) -> ConnectionIdAttr {
     crate::stun::attributes::Opaque(id.0.to_be_bytes().to_vec())
 }
 
-impl Server {
-    /// A fresh, unpredictable connection id that names this worker ([`worker_of_connection`]):
-    /// the client's ConnectionBind arrives on a new TCP connection, which the shell must
-    /// hand to the worker holding the peer connection.
-    fn new_connection_id(&mut self) -> ConnectionId {
-        let workers = self.workers.max(1);
+/// One worker's RFC 6062 peer connections, and the client data connections bound to
+/// them. Bounded: [`MAX_UNBOUND_PER_WORKER`] unbound ones, and bound ones by the
+/// per-allocation permission quota.
+#[derive(Debug, Default)]
+pub(crate) struct PeerConnections {
+    by_id: HashMap<ConnectionId, PeerConnection>,
+    by_data: HashMap<FiveTuple, ConnectionId>,
+}
+
+impl PeerConnections {
+    /// A fresh, unpredictable connection id that names worker `worker` of `workers`
+    /// ([`worker_of_connection`]): the client's ConnectionBind arrives on a new TCP
+    /// connection, which the shell must hand to the worker holding the peer connection.
+    pub fn new_id(&self, rng: &mut dyn Rng, (worker, workers): (u32, u32)) -> ConnectionId {
+        let workers = workers.max(1);
         loop {
-            let random = self.rng.next_u32();
-            let Some(id) = (random - random % workers).checked_add(self.worker % workers).map(ConnectionId) else {
+            let random = rng.next_u32();
+            let Some(id) = (random - random % workers).checked_add(worker % workers).map(ConnectionId) else {
                 continue;
             };
-            if id.0 != 0 && worker_of_connection(id, workers) == self.worker && !self.connections.contains_key(&id) {
+            if id.0 != 0 && worker_of_connection(id, workers) == worker && !self.by_id.contains_key(&id) {
                 return id;
             }
         }
     }
 
-    fn connection_count(&self, allocation: AllocationId) -> usize {
-        self.connections.values().filter(|c| c.allocation == allocation).count()
+    /// A connection by id.
+    pub fn get(&self, id: ConnectionId) -> Option<&PeerConnection> {
+        self.by_id.get(&id)
     }
 
-    fn connecting_count(&self, allocation: AllocationId) -> usize {
+    /// A connection by id, to change.
+    pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut PeerConnection> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// Adds a connection.
+    pub fn insert(&mut self, id: ConnectionId, connection: PeerConnection) {
+        self.by_id.insert(id, connection);
+    }
+
+    /// Forgets a connection that never got going (a failed Connect).
+    pub fn forget(&mut self, id: ConnectionId) {
+        self.by_id.remove(&id);
+    }
+
+    /// Whether the allocation already has a connection to `peer` (446).
+    pub fn exists(&self, allocation: AllocationId, peer: PeerAddr) -> bool {
+        self.by_id.values().any(|c| c.allocation == allocation && c.peer == peer)
+    }
+
+    /// Connections of an allocation.
+    pub fn count_of(&self, allocation: AllocationId) -> usize {
+        self.by_id.values().filter(|c| c.allocation == allocation).count()
+    }
+
+    /// Connects of an allocation in progress.
+    pub fn connecting_of(&self, allocation: AllocationId) -> usize {
         let connecting = |c: &&PeerConnection| matches!(c.state, ConnectionState::Connecting { .. });
-        self.connections.values().filter(|c| c.allocation == allocation).filter(connecting).count()
+        self.by_id.values().filter(|c| c.allocation == allocation).filter(connecting).count()
     }
 
-    fn unbound_count(&self) -> usize {
-        self.connections.values().filter(|c| !matches!(c.state, ConnectionState::Bound { .. })).count()
+    /// Connections not spliced to a data connection, over the worker.
+    pub fn unbound(&self) -> usize {
+        self.by_id.values().filter(|c| !matches!(c.state, ConnectionState::Bound { .. })).count()
     }
 
-    /// RFC 6062 §5.2. The answer waits for the shell's [`Server::handle_peer_connected`].
-    pub(crate) fn connect(&mut self, from: FiveTuple, request: &Message, auth: Auth) -> Result<(), Reject> {
-        let id = self.own_allocation(from, &auth)?;
-        let bad = || Reject::new(400, "Bad Request").with_auth(&auth);
-        let peer = request.get_attribute::<XorPeerAddress>().map(|p| super::policy::unmapped(p.address()));
-        let peer = peer.ok_or_else(bad)?;
-        let allocation = self.allocations.get(&id).ok_or_else(bad)?;
-        if !allocation.tcp {
-            return Err(bad());
-        }
-        let local = allocation.relay_for(peer.ip()).map(|r| r.bound);
-        self.admit_peer(id, peer, true, &auth)?;
-        let local = local.ok_or_else(|| Reject::new(443, "Peer Address Family Mismatch").with_auth(&auth))?;
-        if self.connections.values().any(|c| c.allocation == id && c.peer == peer) {
-            return Err(Reject::new(446, "Connection Already Exists").with_auth(&auth));
-        }
-        if self.connection_count(id) >= self.config.quotas.permissions_per_allocation
-            || self.connecting_count(id) >= MAX_CONNECTING_PER_ALLOCATION
-        {
-            return Err(Reject::new(486, "Connection Quota Reached").with_auth(&auth));
-        }
-        if self.unbound_count() >= MAX_UNBOUND_PER_WORKER {
-            return Err(Reject::new(508, "Insufficient Capacity").with_auth(&auth));
-        }
-        let connection = self.new_connection_id();
-        let state = ConnectionState::Connecting { five_tuple: from, transaction_id: request.transaction_id(), auth };
-        self.connections.insert(connection, PeerConnection { allocation: id, peer, state });
-        self.outputs.push_back(Output::ConnectPeer { connection, allocation: id, local, peer });
-        Ok(())
+    /// Whether `five_tuple` is a data connection already.
+    pub fn is_data(&self, five_tuple: &FiveTuple) -> bool {
+        self.by_data.contains_key(five_tuple)
     }
 
-    /// The shell's answer to [`Output::ConnectPeer`]: whether the TCP connection to the
-    /// peer was established (RFC 6062 §5.2: 447 when not).
-    pub fn handle_peer_connected(&mut self, now: Instant, connection: ConnectionId, connected: bool) {
-        let Some(entry) = self.connections.get_mut(&connection) else {
-            return;
-        };
-        let ConnectionState::Connecting { five_tuple, transaction_id, .. } = &entry.state else {
-            return;
-        };
-        let (five_tuple, transaction_id) = (*five_tuple, *transaction_id);
-        let waiting = ConnectionState::Waiting { expires: now + CONNECTION_BIND_TIMEOUT };
-        let ConnectionState::Connecting { auth, .. } = std::mem::replace(&mut entry.state, waiting) else {
-            return;
-        };
-        let (allocation, peer) = (entry.allocation, entry.peer);
-        if !connected {
-            self.connections.remove(&connection);
-            let reject = Reject::new(447, "Connection Timeout or Failure").with_auth(&auth);
-            self.reject(five_tuple, connect_method(), transaction_id, reject);
-            return;
-        }
-        // A connection the client asked for admits the peer back in.
-        let max = self.config.quotas.permissions_per_allocation;
-        if let Some(a) = self.allocations.get_mut(&allocation) {
-            a.permit(peer.ip(), now, max);
-        }
-        let mut response = Message::new(MessageClass::SuccessResponse, connect_method(), transaction_id);
-        response.add_attribute(connection_id_attr(connection));
-        self.respond(five_tuple, response, Some(&auth));
+    /// The peer connection a data connection is spliced to.
+    pub fn of_data(&self, five_tuple: &FiveTuple) -> Option<ConnectionId> {
+        self.by_data.get(five_tuple).copied()
     }
 
-    /// A peer connected to a TCP allocation's relay address. Returns the connection id
-    /// to keep it under, after telling the client with a ConnectionAttempt indication;
-    /// `None` (close it) without a permission for the peer (RFC 6062 §5.3).
-    pub fn handle_peer_incoming(
-        &mut self,
-        now: Instant,
-        allocation: AllocationId,
-        peer: SocketAddr,
-    ) -> Option<ConnectionId> {
-        let peer = super::policy::unmapped(peer);
-        let entry = self.allocations.get(&allocation)?;
-        let client = entry.five_tuple;
-        if !entry.tcp || !entry.is_permitted(peer.ip(), now) || self.config.policy.check_ip(peer.ip()).is_err() {
-            self.stats.drop(super::stats::DropReason::NoPermission);
-            return None;
+    /// Splices `data` to connection `id`.
+    pub fn bind(&mut self, id: ConnectionId, data: FiveTuple) {
+        if let Some(entry) = self.by_id.get_mut(&id) {
+            entry.state = ConnectionState::Bound { data };
+            self.by_data.insert(data, id);
         }
-        if self.connection_count(allocation) >= self.config.quotas.permissions_per_allocation
-            || self.unbound_count() >= MAX_UNBOUND_PER_WORKER
-        {
-            self.stats.drop(super::stats::DropReason::Quota);
-            return None;
-        }
-        let connection = self.new_connection_id();
-        let state = ConnectionState::Waiting { expires: now + CONNECTION_BIND_TIMEOUT };
-        self.connections.insert(connection, PeerConnection { allocation, peer, state });
-        let tid = TransactionId::new(self.rng_transaction_id());
-        let mut attempt = Message::new(MessageClass::Indication, connection_attempt_method(), tid);
-        attempt.add_attribute(XorPeerAddress::new(peer));
-        attempt.add_attribute(connection_id_attr(connection));
-        if let Some(bytes) = message::encode(attempt, Protection { key: None, fingerprint: true }) {
-            self.outputs.push_back(Output::Transmit { to: client, bytes });
-        }
-        Some(connection)
     }
 
-    fn rng_transaction_id(&mut self) -> [u8; 12] {
-        let mut tid = [0u8; 12];
-        self.rng.fill(&mut tid);
-        tid
+    /// The connections of an allocation.
+    pub fn of_allocation(&self, allocation: AllocationId) -> Vec<ConnectionId> {
+        self.by_id.iter().filter(|(_, c)| c.allocation == allocation).map(|(id, _)| *id).collect()
     }
 
-    /// RFC 6062 §5.4: binds the data connection `from` to a waiting peer connection.
-    pub(crate) fn connection_bind(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        request: &Message,
-        auth: Auth,
-    ) -> Result<(), Reject> {
-        let bad = || Reject::new(400, "Bad Request").with_auth(&auth);
-        if from.transport == Transport::Udp || self.data_connections.contains_key(&from) {
-            return Err(bad());
-        }
-        if self.by_five_tuple.contains_key(&from) {
-            return Err(bad()); // a control connection cannot become a data connection
-        }
-        let value = request.get_attribute::<ConnectionIdAttr>().map(|c| c.value().to_vec());
-        let id = value.and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok()).map(u32::from_be_bytes);
-        let connection = ConnectionId(id.ok_or_else(bad)?);
-        let entry = self.connections.get(&connection).ok_or_else(bad)?;
-        let waiting = matches!(entry.state, ConnectionState::Waiting { expires } if expires > now);
-        if !waiting {
-            return Err(bad());
-        }
-        match self.allocations.get(&entry.allocation) {
-            Some(a) if *a.username == *auth.username => {}
-            Some(_) => return Err(Reject::new(441, "Wrong Credentials").with_auth(&auth)),
-            None => return Err(bad()),
-        }
-        if let Some(entry) = self.connections.get_mut(&connection) {
-            entry.state = ConnectionState::Bound { data: from };
-        }
-        self.data_connections.insert(from, connection);
-        let response = Message::new(MessageClass::SuccessResponse, connection_bind_method(), request.transaction_id());
-        // The success goes out on the data connection before it turns into raw bytes.
-        self.respond(from, response, Some(&auth));
-        self.outputs.push_back(Output::BindData { connection, data: from });
-        Ok(())
-    }
-
-    /// Closes peer connections left unbound past their deadline.
-    pub(crate) fn expire_connections(&mut self, now: Instant) {
-        let expired: Vec<ConnectionId> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| matches!(c.state, ConnectionState::Waiting { expires } if expires <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.close_connection(id);
-        }
+    /// Connections left unbound past their deadline.
+    pub fn expired(&self, now: Instant) -> Vec<ConnectionId> {
+        let expired = |c: &PeerConnection| matches!(c.state, ConnectionState::Waiting { expires } if expires <= now);
+        self.by_id.iter().filter(|(_, c)| expired(c)).map(|(id, _)| *id).collect()
     }
 
     /// The earliest ConnectionBind deadline.
-    pub(crate) fn next_connection_deadline(&self) -> Option<Instant> {
-        self.connections
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.by_id
             .values()
             .filter_map(|c| match c.state {
                 ConnectionState::Waiting { expires } => Some(expires),
@@ -260,26 +195,16 @@ impl Server {
             .min()
     }
 
-    /// Forgets a peer connection and tells the shell to close it.
-    pub(crate) fn close_connection(&mut self, id: ConnectionId) {
-        if let Some(entry) = self.connections.remove(&id) {
-            let data = match entry.state {
-                ConnectionState::Bound { data } => {
-                    self.data_connections.remove(&data);
-                    Some(data)
-                }
-                _ => None,
-            };
-            self.outputs.push_back(Output::ClosePeerConnection { connection: id, data });
-        }
-    }
-
-    /// Closes every peer connection of an allocation that is going away.
-    pub(crate) fn close_connections_of(&mut self, allocation: AllocationId) {
-        let ids: Vec<ConnectionId> =
-            self.connections.iter().filter(|(_, c)| c.allocation == allocation).map(|(id, _)| *id).collect();
-        for id in ids {
-            self.close_connection(id);
-        }
+    /// Forgets a connection; the output that tells the shell to close it.
+    pub fn close(&mut self, id: ConnectionId) -> Option<Output> {
+        let entry = self.by_id.remove(&id)?;
+        let data = match entry.state {
+            ConnectionState::Bound { data } => {
+                self.by_data.remove(&data);
+                Some(data)
+            }
+            _ => None,
+        };
+        Some(Output::ClosePeerConnection { connection: id, data })
     }
 }

@@ -1,12 +1,14 @@
 //! Scenario tests of the core on virtual time: scripted inputs, expected outputs, no
 //! sockets and no sleeps.
 
-use super::handlers::RelayBindError;
-use super::ledger::{Ledger, SharedLedger};
-use super::server::{EndReason, Event, Output, RESERVATION_LIFETIME};
+use super::effects::{carry_out, Effects};
+use super::ledger::Ledger;
+use super::relay::ToPeer;
+use super::server::RESERVATION_LIFETIME;
 use super::stats::{AuthFailure, Direction, DropReason};
 use super::tests_support::CountingRng;
 use super::{worker_of, AllocationId, CoreConfig, FiveTuple, Server, Transport};
+use super::{ConnectionId, EndReason, Event, Output, PeerAddr, Received, RelayBindError};
 use crate::stun::attributes::{Attribute, ChannelNumber};
 use crate::stun::integrity::long_term_key_md5;
 use crate::stun::message::{self, IntegritySet, Message, Protection};
@@ -32,6 +34,8 @@ fn addr(s: &str) -> SocketAddr {
 /// A server plus a scripted client that answers the core's relay-socket requests.
 struct Harness {
     server: Server,
+    /// The ledger, shared with the other worker's harness in `two_workers`.
+    ledger: Shared,
     now: Instant,
     client: FiveTuple,
     nonce: Option<String>,
@@ -43,6 +47,76 @@ struct Harness {
     closed: Vec<AllocationId>,
     events: Vec<Event>,
     tcp_outputs: Vec<Output>,
+}
+
+type Shared = Arc<Mutex<Ledger>>;
+
+/// What the harness's drain records.
+struct HarnessEffects {
+    ledger: Shared,
+    bind_failures: Vec<RelayBindError>,
+    opened: Vec<(AllocationId, SocketAddr)>,
+    closed: Vec<AllocationId>,
+    events: Vec<Event>,
+    tcp_outputs: Vec<Output>,
+}
+
+/// The scripted shell: relay sockets bind unless a failure is queued; RFC 6062
+/// outputs are kept for the tests that script those sockets.
+struct Scripted {
+    harness_client: FiveTuple,
+    sent: Vec<Vec<u8>>,
+    h: HarnessEffects,
+}
+
+impl Effects for Scripted {
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        assert_eq!(to, self.harness_client, "responses go back on the request's 5-tuple");
+        self.sent.push(bytes);
+    }
+    fn bind_relay(
+        &mut self,
+        allocation: AllocationId,
+        local: SocketAddr,
+        _: bool,
+        _: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        if self.h.bind_failures.is_empty() {
+            self.h.opened.push((allocation, local));
+            Ok(local)
+        } else {
+            Err(self.h.bind_failures.remove(0))
+        }
+    }
+    fn close_relay(&mut self, allocation: AllocationId) {
+        self.h.closed.push(allocation);
+    }
+    fn connect_peer(
+        &mut self,
+        connection: ConnectionId,
+        allocation: AllocationId,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        self.h.tcp_outputs.push(Output::ConnectPeer { connection, allocation, local, peer });
+    }
+    fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) -> bool {
+        self.h.tcp_outputs.push(Output::BindData { connection, data });
+        true
+    }
+    fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
+        self.h.tcp_outputs.push(Output::ClosePeerConnection { connection, data });
+    }
+    fn event(&mut self, event: Event) {
+        self.h.events.push(event);
+    }
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger)) {
+        f(&mut self.h.ledger.lock().unwrap());
+    }
+}
+
+fn peer_addr(s: &str) -> PeerAddr {
+    PeerAddr::new(addr(s))
 }
 
 fn config() -> CoreConfig {
@@ -65,12 +139,15 @@ impl Harness {
 
     fn with_config(config: CoreConfig) -> Self {
         let now = Instant::now();
-        Self::with_server(Server::new(config, Box::new(CountingRng::default()), now), now)
+        let ledger = Arc::new(Mutex::new(Ledger::new(&config)));
+        let server = Server::new(config, Box::new(CountingRng::default()), now, &mut ledger.lock().unwrap());
+        Self::with_server(server, ledger, now)
     }
 
-    fn with_server(server: Server, now: Instant) -> Self {
+    fn with_server(server: Server, ledger: Shared, now: Instant) -> Self {
         Harness {
             server,
+            ledger,
             now,
             client: FiveTuple {
                 transport: Transport::Udp,
@@ -91,7 +168,7 @@ impl Harness {
 
     fn advance(&mut self, by: Duration) {
         self.now += by;
-        self.server.handle_timeout(self.now);
+        self.server.handle_timeout(self.now, &mut self.ledger.lock().unwrap());
         self.drain();
     }
 
@@ -102,36 +179,55 @@ impl Harness {
         TransactionId::new(tid)
     }
 
-    /// Carries out outputs like the shell would; returns the transmitted messages.
+    /// Carries out outputs like the shell would (through the same drain); returns the
+    /// transmitted messages.
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        let mut sent = Vec::new();
-        while let Some(output) = self.server.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => {
-                    assert_eq!(to, self.client, "responses go back on the request's 5-tuple");
-                    sent.push(bytes);
-                }
-                Output::BindRelay { allocation, local, .. } => {
-                    let result =
-                        if self.bind_failures.is_empty() { Ok(local) } else { Err(self.bind_failures.remove(0)) };
-                    if result.is_ok() {
-                        self.opened.push((allocation, local));
-                    }
-                    self.server.handle_relay_bound(self.now, allocation, local, result);
-                }
-                Output::CloseRelay { allocation } => self.closed.push(allocation),
-                Output::Event(e) => self.events.push(e),
-                // RFC 6062 sockets: scripted by the tests that use them.
-                other @ (Output::ConnectPeer { .. } | Output::BindData { .. } | Output::ClosePeerConnection { .. }) => {
-                    self.tcp_outputs.push(other)
-                }
-            }
-        }
+        let mut effects = Scripted {
+            harness_client: self.client,
+            sent: Vec::new(),
+            h: HarnessEffects {
+                ledger: self.ledger.clone(),
+                bind_failures: std::mem::take(&mut self.bind_failures),
+                opened: Vec::new(),
+                closed: Vec::new(),
+                events: Vec::new(),
+                tcp_outputs: Vec::new(),
+            },
+        };
+        carry_out(&mut self.server, self.now, &mut effects);
+        let Scripted { sent, h, .. } = effects;
+        self.bind_failures = h.bind_failures;
+        self.opened.extend(h.opened);
+        self.closed.extend(h.closed);
+        self.events.extend(h.events);
+        self.tcp_outputs.extend(h.tcp_outputs);
         sent
     }
 
+    /// A client packet through both entry points, as the shell passes it: the relayed
+    /// payload, if any.
+    fn client_packet(&mut self, bytes: &[u8]) -> Option<ToPeer> {
+        match self.server.handle_client_packet(self.now, self.client, bytes) {
+            Received::Relay(out) => Some(out),
+            Received::Handled => None,
+            Received::Request => {
+                self.server.handle_request(self.now, UNIX_NOW, self.client, bytes, &mut self.ledger.lock().unwrap());
+                None
+            }
+        }
+    }
+
+    /// Relay ports in use and available, over every worker sharing the ledger.
+    fn port_usage(&self) -> (usize, usize) {
+        self.ledger.lock().unwrap().port_usage()
+    }
+
+    fn reconfigure(&mut self, config: CoreConfig) {
+        self.server.reconfigure(config, &mut self.ledger.lock().unwrap());
+    }
+
     fn send_raw(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let relayed = self.server.handle_client_packet(self.now, UNIX_NOW, self.client, bytes);
+        let relayed = self.client_packet(bytes);
         assert!(relayed.is_none(), "a request is not relayed");
         self.drain()
     }
@@ -189,7 +285,7 @@ impl Harness {
         let mut buf = vec![0u8; 64 + payload.len() + 4];
         buf[64..64 + payload.len()].copy_from_slice(payload);
         let id = self.allocation_id();
-        let out = self.server.handle_peer_packet(self.now, id, addr(peer), &mut buf, 64..64 + payload.len())?;
+        let out = self.server.handle_peer_packet(self.now, id, peer_addr(peer), &mut buf, 64..64 + payload.len())?;
         assert_eq!(out.to, self.client);
         Some(buf[out.range].to_vec())
     }
@@ -199,14 +295,14 @@ impl Harness {
 /// scripted client, on another port of the same host), sharing a ledger and the nonce
 /// secret. Their clocks are advanced separately.
 fn two_workers(config: CoreConfig) -> (Harness, Harness) {
-    let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
+    let ledger: Shared = Arc::new(Mutex::new(Ledger::new(&config)));
     let now = Instant::now();
     let worker = |index: u32, seed: u8| {
         let rng = Box::new(CountingRng(seed));
-        Server::new_worker(config.clone(), rng, now, ledger.clone(), [7; 32], index, 2)
+        Server::new_worker(config.clone(), rng, now, &mut ledger.lock().unwrap(), [7; 32], index, 2)
     };
-    let a = Harness::with_server(worker(0, 0), now);
-    let mut b = Harness::with_server(worker(1, 128), now);
+    let a = Harness::with_server(worker(0, 0), ledger.clone(), now);
+    let mut b = Harness::with_server(worker(1, 128), ledger.clone(), now);
     b.client.client = addr("198.51.100.1:41000");
     (a, b)
 }
@@ -357,13 +453,13 @@ fn external_address_is_advertised_while_the_private_one_is_bound() {
 fn rfc8656_7_2_allocation_expires_and_its_port_returns() {
     let mut h = Harness::new();
     h.allocate();
-    assert_eq!(h.server.port_usage().0, 1);
+    assert_eq!(h.port_usage().0, 1);
     h.advance(Duration::from_secs(599));
     assert_eq!(h.server.allocation_count(), 1);
     h.advance(Duration::from_secs(1));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.closed, vec![h.allocation_id()]);
-    assert_eq!(h.server.port_usage().0, 0);
+    assert_eq!(h.port_usage().0, 0);
     assert!(h.events.iter().any(|e| matches!(e, Event::AllocationEnded { reason: EndReason::Expired, .. })));
 }
 
@@ -422,7 +518,7 @@ fn a_port_taken_by_another_process_is_skipped() {
     let mut h = Harness::new();
     h.bind_failures = vec![RelayBindError::AddrInUse, RelayBindError::AddrInUse];
     assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
-    assert_eq!(h.server.port_usage().0, 1, "failed ports went back to the pool");
+    assert_eq!(h.port_usage().0, 1, "failed ports went back to the pool");
 }
 
 #[test]
@@ -481,9 +577,9 @@ fn even_port_with_reservation_then_token_gets_the_next_port() {
 fn reservation_expires_and_frees_the_port() {
     let mut h = Harness::new();
     h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()]);
-    assert_eq!(h.server.port_usage().0, 2);
+    assert_eq!(h.port_usage().0, 2);
     h.advance(Duration::from_secs(31));
-    assert_eq!(h.server.port_usage().0, 1);
+    assert_eq!(h.port_usage().0, 1);
 }
 
 #[test]
@@ -511,10 +607,10 @@ fn send_indication_is_relayed_only_with_a_permission() {
     send.add_attribute(XorPeerAddress::new(addr(PEER)));
     send.add_attribute(Data::new(b"payload".to_vec()).unwrap());
     let bytes = message::encode(send, Protection { key: None, fingerprint: false }).unwrap();
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &bytes).is_none());
+    assert!(h.client_packet(&bytes).is_none());
     h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
-    let out = h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &bytes).unwrap();
-    assert_eq!(out.peer, addr(PEER));
+    let out = h.client_packet(&bytes).unwrap();
+    assert_eq!(out.peer.get(), addr(PEER));
     assert_eq!(&bytes[out.payload], b"payload");
 }
 
@@ -525,8 +621,8 @@ fn rfc8656_11_channel_relays_both_ways_and_expires_after_600s() {
     let response = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     assert_eq!(response.class(), MessageClass::SuccessResponse);
     let packet = channel_data(0x4001, b"to peer");
-    let out = h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).unwrap();
-    assert_eq!((out.peer, &packet[out.payload.clone()]), (addr(PEER), &b"to peer"[..]));
+    let out = h.client_packet(&packet).unwrap();
+    assert_eq!((out.peer.get(), &packet[out.payload.clone()]), (addr(PEER), &b"to peer"[..]));
     let framed = h.peer_packet(PEER, b"to client").unwrap();
     assert_eq!(framed, channel_data(0x4001, b"to client"), "UDP ChannelData is not padded");
     // A packet from the same IP but another port uses a Data indication.
@@ -539,7 +635,7 @@ fn rfc8656_11_channel_relays_both_ways_and_expires_after_600s() {
     h.advance(Duration::from_secs(299));
     h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
     h.advance(Duration::from_secs(2));
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_none(), "the channel expired");
+    assert!(h.client_packet(&packet).is_none(), "the channel expired");
 }
 
 #[test]
@@ -662,7 +758,7 @@ fn relay_path_counts_traffic_per_allocation() {
     h.allocate();
     h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     for _ in 0..3 {
-        h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4001, &[0; 100])).unwrap();
+        h.client_packet(&channel_data(0x4001, &[0; 100])).unwrap();
     }
     h.peer_packet(PEER, &[0; 50]).unwrap();
     let stats = h.server.stats();
@@ -723,9 +819,9 @@ fn rfc8656_dual_stack_allocation_gets_two_relays() {
     assert!(relays[0].is_ipv4() && relays[1].is_ipv6());
     assert_eq!(h.opened.len(), 2);
     // Both families accept permissions; deleting releases both ports.
-    assert_eq!(h.server.port_usage().0, 2);
+    assert_eq!(h.port_usage().0, 2);
     h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
-    assert_eq!(h.server.port_usage().0, 0);
+    assert_eq!(h.port_usage().0, 0);
 }
 
 #[test]
@@ -755,7 +851,7 @@ fn draining_turns_new_allocations_away_and_keeps_old_ones() {
     // The existing allocation refreshes and relays.
     assert_eq!(h.request(REFRESH, vec![]).class(), MessageClass::SuccessResponse);
     h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4001, b"x")).is_some());
+    assert!(h.client_packet(&channel_data(0x4001, b"x")).is_some());
     // A new one is redirected, with integrity.
     h.client.client = addr("198.51.100.1:40100");
     let response = h.allocate();
@@ -775,11 +871,11 @@ fn bandwidth_cap_per_allocation_drops_over_the_rate() {
     h.allocate();
     h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     let packet = channel_data(0x4001, &[0; 400]);
-    let passed = (0..5).filter(|_| h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_some()).count();
+    let passed = (0..5).filter(|_| h.client_packet(&packet).is_some()).count();
     assert_eq!(passed, 2, "1000 bytes/s with a one-second burst: two 400-byte packets");
     assert_eq!(h.server.stats().dropped(DropReason::RateCap), 3);
     h.now += Duration::from_secs(1);
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &packet).is_some(), "refilled");
+    assert!(h.client_packet(&packet).is_some(), "refilled");
 }
 
 #[test]
@@ -878,8 +974,8 @@ fn churn_does_not_grow_the_expiry_heap() {
         h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
     }
     assert_eq!(h.server.allocation_count(), 0);
-    assert!(h.server.expiries.len() <= 1025, "heap holds {} stale entries", h.server.expiries.len());
-    assert_eq!(h.server.port_usage().0, 0);
+    assert!(h.server.expiry_timers() <= 1025, "heap holds {} stale entries", h.server.expiry_timers());
+    assert_eq!(h.port_usage().0, 0);
 }
 
 #[test]
@@ -922,18 +1018,18 @@ fn rfc8656_7_2_reservation_token_from_one_worker_is_redeemed_on_another() {
     let token = response.get_attribute::<ReservationToken>().unwrap().token();
     let second = b.request(ALLOCATE, redeem(token));
     assert_eq!(second.get_attribute::<XorRelayAddress>().unwrap().address().port(), port + 1);
-    assert_eq!(b.server.port_usage().0, 2, "port usage is global");
+    assert_eq!(b.port_usage().0, 2, "port usage is global");
 
     // A token nobody redeems: the timer of the worker that minted it frees the port.
     a.client.client = addr("198.51.100.1:40001");
     let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
-    assert_eq!(a.server.port_usage().0, 4);
+    assert_eq!(a.port_usage().0, 4);
     assert_eq!(a.server.poll_timeout(), Some(a.now + RESERVATION_LIFETIME));
     assert!(b.server.poll_timeout() > Some(b.now + RESERVATION_LIFETIME), "not worker 1's timer");
     b.advance(RESERVATION_LIFETIME);
-    assert_eq!(b.server.port_usage().0, 4);
+    assert_eq!(b.port_usage().0, 4);
     a.advance(RESERVATION_LIFETIME);
-    assert_eq!(b.server.port_usage().0, 3);
+    assert_eq!(b.port_usage().0, 3);
     b.client.client = addr("198.51.100.1:41001");
     assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
 
@@ -941,13 +1037,13 @@ fn rfc8656_7_2_reservation_token_from_one_worker_is_redeemed_on_another() {
     // freed by the refusal itself.
     a.client.client = addr("198.51.100.1:40002");
     let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
-    assert_eq!(b.server.port_usage().0, 5);
+    assert_eq!(b.port_usage().0, 5);
     b.now += RESERVATION_LIFETIME;
     b.client.client = addr("198.51.100.1:41002");
     assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
-    assert_eq!(b.server.port_usage().0, 4);
+    assert_eq!(b.port_usage().0, 4);
     a.advance(RESERVATION_LIFETIME);
-    assert_eq!(a.server.port_usage().0, 4, "worker 0's timer finds nothing left to free");
+    assert_eq!(a.port_usage().0, 4, "worker 0's timer finds nothing left to free");
 }
 
 #[test]
@@ -1003,7 +1099,7 @@ fn no_two_workers_hand_out_the_same_relay_port() {
     }
     ports.sort_unstable();
     assert_eq!(ports, [50000, 50001, 50002, 50003], "each port once, then 508 on both workers");
-    assert_eq!(a.server.port_usage(), (4, 0));
+    assert_eq!(a.port_usage(), (4, 0));
 }
 
 #[test]
@@ -1030,15 +1126,15 @@ fn a_reload_applied_by_every_worker_takes_effect_once() {
     c.quotas.unauthenticated_burst = 2;
     c.port_range = 50100..=50109;
     // Worker 0 applies the reload: the limiter starts afresh, the range in use stays.
-    a.server.reconfigure(c.clone());
+    a.reconfigure(c.clone());
     assert_eq!((0..3).map(|_| a.send_raw(&bytes).len()).sum::<usize>(), 2);
     // Worker 1 applies the same reload: nothing is reset a second time.
-    b.server.reconfigure(c.clone());
+    b.reconfigure(c.clone());
     assert_eq!(b.send_raw(&bytes).len(), 0, "the shared budget is spent");
-    assert_eq!(b.server.port_usage(), (1, 9));
+    assert_eq!(b.port_usage(), (1, 9));
     // Once the old range is unused, a reload (on any worker) switches it.
     a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
-    b.server.reconfigure(c.clone());
+    b.reconfigure(c.clone());
     b.client.client = addr("198.51.100.2:41000");
     let relay = b.allocate().get_attribute::<XorRelayAddress>().unwrap().address();
     assert!((50100..=50109).contains(&relay.port()), "{relay}");
@@ -1072,19 +1168,19 @@ fn two_allocations_of_one_server_relay_to_each_other_in_a_denied_range_but_nothi
         m.add_attribute(Data::new(b"payload".to_vec()).unwrap());
         message::encode(m, Protection { key: None, fingerprint: false }).unwrap()
     };
-    let relayed = a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay));
-    assert_eq!(relayed.map(|out| out.peer), Some(b_relay));
+    let relayed = a.client_packet(&send(b_relay));
+    assert_eq!(relayed.map(|out| out.peer.get()), Some(b_relay));
     // The permission is per IP, yet the host's other ports stay closed.
-    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(not_a_relay)).is_none());
+    assert!(a.client_packet(&send(not_a_relay)).is_none());
     // A reload keeps the permission to the host's own address.
     let mut reloaded = config();
     reloaded.policy = PeerPolicy::new(vec![], vec![]);
     reloaded.policy.set_host_addresses(["10.0.0.1".parse().unwrap()]);
-    a.server.reconfigure(reloaded);
-    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay)).is_some());
+    a.reconfigure(reloaded);
+    assert!(a.client_packet(&send(b_relay)).is_some());
     // B's allocation ends: its port is no relay any more, and nothing goes there.
     assert_eq!(code(b.request(REFRESH, vec![Lifetime::from_u32(0).into()])), None);
-    assert!(a.server.handle_client_packet(a.now, UNIX_NOW, a.client, &send(b_relay)).is_none());
+    assert!(a.client_packet(&send(b_relay)).is_none());
 }
 
 #[test]
@@ -1135,7 +1231,7 @@ fn even_port_reservations_count_against_the_users_quota_so_a_loop_cannot_hoard_p
         }
     }
     assert_eq!(granted, 1, "the reservation left behind still counts");
-    let (in_use, _) = h.server.port_usage();
+    let (in_use, _) = h.port_usage();
     assert_eq!(in_use, 1, "only the one reserved port stays held");
     // Once it expires, the user may allocate again.
     h.advance(RESERVATION_LIFETIME);
@@ -1191,7 +1287,7 @@ fn denied_clients_are_dropped_before_parsing_and_a_reload_that_denies_one_closes
     assert_eq!(h.server.stats().dropped(DropReason::DeniedClient), 2);
     // The allocated client's address joins the list: its allocation ends at the reload.
     c.denied_clients.push("198.51.100.1/32".parse().unwrap());
-    h.server.reconfigure(c);
+    h.reconfigure(c);
     h.drain();
     assert!(h.server.allocations().all(|(other, _)| other != id), "allocation of a newly denied client kept");
 }
@@ -1201,10 +1297,10 @@ fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lift
     let mut h = Harness::new();
     h.allocate();
     let id = h.allocation_id();
-    assert_eq!(h.server.revoke("alice", h.now, UNIX_NOW), Ok(1));
+    assert_eq!(h.server.revoke("alice", h.now, UNIX_NOW, &mut h.ledger.lock().unwrap()), Ok(1));
     h.drain();
     assert!(h.server.allocations().all(|(other, _)| other != id));
-    h.server.reconfigure(config());
+    h.reconfigure(config());
     h.client.client = addr("198.51.100.1:40100");
     assert_eq!(error_code(&h.allocate()), Some(401), "revoked, even after a reload");
     assert!(h.server.stats().auth_failures[AuthFailure::Revoked as usize] >= 1);
@@ -1247,10 +1343,10 @@ fn an_address_the_host_gains_while_running_stops_being_a_peer_but_for_its_relays
         error_code(&h.request(CHANNEL_BIND, vec![channel(0x4000), XorPeerAddress::new(addr(PEER)).into()])),
         None
     );
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4000, b"x")).is_some());
+    assert!(h.client_packet(&channel_data(0x4000, b"x")).is_some());
     // The host gains the peer's address (say, an interface comes up): the channel goes.
     h.server.set_host_addresses(&["192.0.2.200".parse().unwrap()]);
-    assert!(h.server.handle_client_packet(h.now, UNIX_NOW, h.client, &channel_data(0x4000, b"x")).is_none());
+    assert!(h.client_packet(&channel_data(0x4000, b"x")).is_none());
     let bind = h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     assert_eq!(error_code(&bind), Some(403));
     // Gone again: a peer like any other.
@@ -1283,12 +1379,12 @@ fn rfc8656_11_icmp_errors_reach_the_client_only_for_permitted_peers() {
     h.allocate();
     let id = h.allocation_id();
     // No permission yet: dropped and counted.
-    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 3, 3, 0)));
     assert!(h.drain().is_empty());
     assert_eq!(h.server.stats().dropped(DropReason::NoPermission), 1);
     h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
     // Port unreachable from the permitted IP (any port: only the address is compared).
-    assert!(h.server.handle_peer_icmp(h.now, id, addr("192.0.2.200:1234"), icmp(false, 3, 3, 0)));
+    assert!(h.server.handle_peer_icmp(h.now, id, peer_addr("192.0.2.200:1234"), icmp(false, 3, 3, 0)));
     let sent = h.drain();
     assert_eq!(sent.len(), 1, "one Data indication, on the allocation's 5-tuple");
     let decoded = message::decode(&sent[0]).unwrap().message;
@@ -1297,19 +1393,19 @@ fn rfc8656_11_icmp_errors_reach_the_client_only_for_permitted_peers() {
     assert_eq!(decoded.get_attribute::<XorPeerAddress>().unwrap().address(), addr("192.0.2.200:1234"));
     assert_eq!(icmp_attribute(&sent[0]), (Some([0, 0, 3, 3, 0, 0, 0, 0]), false), "ICMP, no DATA");
     // Fragmentation needed carries the MTU; other codes carry zero.
-    assert!(h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 4, 1280)));
+    assert!(h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 3, 4, 1280)));
     assert_eq!(icmp_attribute(&h.drain()[0]).0, Some([0, 0, 3, 4, 0, 0, 0x05, 0x00]));
-    assert!(h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 1, 99)));
+    assert!(h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 3, 1, 99)));
     assert_eq!(icmp_attribute(&h.drain()[0]).0, Some([0, 0, 3, 1, 0, 0, 0, 0]));
     // Types RFC 8656 §11 does not relay (echo reply, redirect) are dropped silently.
-    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 0, 0, 0)));
-    assert!(!h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 5, 1, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 0, 0, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 5, 1, 0)));
     assert!(h.drain().is_empty());
     assert_eq!(h.server.stats().icmp_relayed, 3);
     // Another IP has no permission.
-    assert!(!h.server.handle_peer_icmp(h.now, id, addr("192.0.2.201:9000"), icmp(false, 3, 3, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, id, peer_addr("192.0.2.201:9000"), icmp(false, 3, 3, 0)));
     // An allocation that is gone gets nothing.
-    assert!(!h.server.handle_peer_icmp(h.now, AllocationId(12345), addr(PEER), icmp(false, 3, 3, 0)));
+    assert!(!h.server.handle_peer_icmp(h.now, AllocationId(12345), peer_addr(PEER), icmp(false, 3, 3, 0)));
 }
 
 #[test]
@@ -1332,13 +1428,15 @@ fn rfc8656_11_icmp_relaying_is_rate_limited_per_allocation() {
     h.allocate();
     let id = h.allocation_id();
     h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()]);
-    let relayed = (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0))).count();
+    let relayed =
+        (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 3, 3, 0))).count();
     assert_eq!(relayed, ICMP_BURST as usize, "a burst, then nothing");
     assert_eq!(h.drain().len(), ICMP_BURST as usize);
     assert_eq!(h.server.stats().dropped(DropReason::IcmpRateLimit), 100 - ICMP_BURST as u64);
     // A second later the bucket has refilled by the rate.
     h.now += Duration::from_secs(1);
-    let relayed = (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, addr(PEER), icmp(false, 3, 3, 0))).count();
+    let relayed =
+        (0..100).filter(|_| h.server.handle_peer_icmp(h.now, id, peer_addr(PEER), icmp(false, 3, 3, 0))).count();
     assert_eq!(relayed, ICMP_PER_SECOND as usize);
     // Ordinary peer data is not held back by it.
     assert!(h.peer_packet(PEER, b"data").is_some());

@@ -1,0 +1,64 @@
+//! The one place the core's outputs are turned into actions: [`carry_out`] drains a
+//! [`Server`] into an [`Effects`], feeding back what the core asked to be told (a
+//! relay socket bound, a data connection that could not be spliced). The shell's
+//! workers, the scenario tests and the fuzz driver all drain through it, so none of
+//! them can forget an output or its answer.
+
+use super::ledger::Ledger;
+use super::output::{Event, Output, RelayBindError};
+use super::server::Server;
+use super::{AllocationId, ConnectionId, FiveTuple};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a shell does with each kind of output.
+pub trait Effects {
+    /// Sends `bytes` to the client on `to`.
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
+    /// Opens a relay socket (UDP, or with `tcp` an RFC 6062 listener) on `local`.
+    fn bind_relay(
+        &mut self,
+        allocation: AllocationId,
+        local: SocketAddr,
+        dont_fragment: bool,
+        tcp: bool,
+    ) -> Result<SocketAddr, RelayBindError>;
+    /// Closes the relay sockets of an allocation that ended.
+    fn close_relay(&mut self, allocation: AllocationId);
+    /// Starts a TCP connection from `local` to `peer`; its outcome goes to
+    /// [`Server::handle_peer_connected`] later.
+    fn connect_peer(&mut self, connection: ConnectionId, allocation: AllocationId, local: SocketAddr, peer: SocketAddr);
+    /// Splices a client data connection to a peer connection; false if either is
+    /// gone (the core then closes the data connection's state).
+    fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) -> bool;
+    /// Closes a peer connection and the data connection spliced to it.
+    fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>);
+    /// Logs or publishes an event.
+    fn event(&mut self, event: Event);
+    /// Runs `f` on the workers' shared ledger (the shell locks it for the call).
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger));
+}
+
+/// Drains every output of `core` into `effects`, until the core has nothing left.
+pub fn carry_out(core: &mut Server, now: Instant, effects: &mut impl Effects) {
+    while let Some(output) = core.poll_output() {
+        match output {
+            Output::Transmit { to, bytes } => effects.transmit(to, bytes),
+            Output::BindRelay { allocation, local, dont_fragment, tcp } => {
+                let result = effects.bind_relay(allocation, local, dont_fragment, tcp);
+                effects.with_ledger(&mut |shared| core.handle_relay_bound(now, allocation, local, result, shared));
+            }
+            Output::CloseRelay { allocation } => effects.close_relay(allocation),
+            Output::ConnectPeer { connection, allocation, local, peer } => {
+                effects.connect_peer(connection, allocation, local, peer)
+            }
+            Output::BindData { connection, data } => {
+                if !effects.bind_data(connection, data) {
+                    effects.with_ledger(&mut |shared| core.close_five_tuple(data, now, shared));
+                }
+            }
+            Output::ClosePeerConnection { connection, data } => effects.close_peer_connection(connection, data),
+            Output::Event(event) => effects.event(event),
+        }
+    }
+}
