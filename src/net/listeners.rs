@@ -1,4 +1,4 @@
-//! Client-facing UDP listeners: binding them, and choosing the socket a reply leaves
+//! Client-facing listeners: binding them (UDP and TCP), and choosing the socket a reply leaves
 //! through.
 //!
 //! A reply must leave through a socket of the client's address family: an IPv6 client
@@ -17,10 +17,6 @@ use std::os::fd::AsRawFd;
 
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
-/// Epoll tokens at or above this are listeners; below are allocation ids. The next
-/// bit says the family, the bits below it the index within that family.
-const LISTENER_TOKEN: u64 = 1 << 62;
-const V6_TOKEN: u64 = 1 << 61;
 
 /// A bound client-facing UDP socket.
 pub(super) struct Listener {
@@ -38,20 +34,19 @@ pub(super) struct ListenerKey {
 }
 
 impl ListenerKey {
-    /// The epoll token of this listener.
-    pub(super) fn token(self) -> u64 {
-        let family = if self.family == Family::V6 { V6_TOKEN } else { 0 };
-        LISTENER_TOKEN | family | self.index as u64
+    /// The listener at `index` among those of `family`.
+    pub(super) fn new(family: Family, index: usize) -> Self {
+        ListenerKey { family, index }
     }
 
-    /// The listener an epoll token names, or `None` for a relay socket's token.
-    pub(super) fn from_token(token: u64) -> Option<ListenerKey> {
-        if token & LISTENER_TOKEN == 0 {
-            return None;
-        }
-        let family = if token & V6_TOKEN != 0 { Family::V6 } else { Family::V4 };
-        let index = usize::try_from(token & (V6_TOKEN - 1)).ok()?;
-        Some(ListenerKey { family, index })
+    /// The listener's family.
+    pub(super) fn family(self) -> Family {
+        self.family
+    }
+
+    /// The listener's index among those of its family.
+    pub(super) fn index(self) -> usize {
+        self.index
     }
 }
 
@@ -126,6 +121,20 @@ pub fn bind_udp_listener(address: SocketAddr, copies: usize) -> io::Result<(Vec<
         sockets.push(bind_udp_socket(local, true)?);
     }
     Ok((sockets, local))
+}
+
+/// Binds a TCP listener (IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can
+/// both be configured on one port).
+pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
@@ -204,9 +213,8 @@ mod tests {
             let via = set.reply_via(server.parse().unwrap()).unwrap();
             assert!(via.local.is_ipv4(), "{server} answered through {}", via.local);
         }
-        // Each key comes back from its token, and names the socket it was made for.
+        // Each key names the socket it was made for.
         for (key, fd) in keys {
-            assert_eq!(ListenerKey::from_token(key.token()), Some(key));
             assert_eq!(set.get(key).unwrap().socket.as_raw_fd(), fd);
         }
     }
@@ -220,11 +228,5 @@ mod tests {
         let via = set.reply_via(SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), wildcard_port)).unwrap();
         assert!(via.local.ip().is_unspecified());
         assert!(set.reply_via("127.0.0.1:1".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn relay_tokens_are_not_listener_tokens() {
-        assert_eq!(ListenerKey::from_token(42 << 1), None);
-        assert_eq!(ListenerKey::from_token(LISTENER_TOKEN - 1), None);
     }
 }
