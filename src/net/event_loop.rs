@@ -7,23 +7,20 @@
 //! files: [`super::udp`], [`super::stream_events`], [`super::control`],
 //! [`super::rfc6062`] and [`super::output`].
 
-use super::epoll::Epoll;
-use super::interfaces;
 use super::listeners::UdpListeners;
 use super::outbox::{self, Outbox};
 use super::report::{Control, Publisher, Snapshot};
 use super::stream::{self, StreamEvent};
 use super::token::Token;
+use crate::sys::epoll::Epoll;
+use crate::sys::interfaces;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Server};
 use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -131,10 +128,7 @@ impl EventLoop {
         mut control: mpsc::Receiver<Control>,
         mut streams: mpsc::Receiver<StreamEvent>,
     ) -> io::Result<()> {
-        // SAFETY: the epoll fd is owned by `self.epoll`, which outlives `watch` (a local
-        // dropped before `self` at the end of this function) and is never replaced.
-        let watch = unsafe { AsyncFd::register_with_interest(EpollFd(self.epoll.as_raw_fd()), Interest::READABLE) }
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let watch = self.epoll.watch()?;
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -194,15 +188,6 @@ impl EventLoop {
             self.outbox.flush(&self.relay_buf);
         }
         self.next_slot = 0;
-    }
-}
-
-/// The epoll descriptor as tokio sees it; ownership stays with [`Epoll`].
-struct EpollFd(std::os::fd::RawFd);
-
-impl AsRawFd for EpollFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
     }
 }
 

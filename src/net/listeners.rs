@@ -8,12 +8,13 @@
 //! from the server address itself; a socket of the other family is not among those it
 //! can return.
 
+use crate::sys::sockopt;
 use crate::turn::allocation::Family;
 use quinn_udp::UdpSocketState;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
@@ -156,25 +157,13 @@ fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocke
 /// neither yet: datagrams are handled one by one, and relayed media should fragment
 /// rather than vanish on a small-MTU path, as it would through any other relay.
 fn disable_gro_and_pmtud(socket: &UdpSocket) {
-    let off: libc::c_int = 0;
-    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-    let dont6: libc::c_int = libc::IPV6_PMTUDISC_DONT;
     for (level, name, value) in [
-        (libc::SOL_UDP, libc::UDP_GRO, &off),
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont),
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &dont6),
+        (libc::SOL_UDP, libc::UDP_GRO, 0),
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT),
     ] {
         // Each may fail on a socket of the other family; that is fine.
-        // SAFETY: setsockopt reads one c_int from a valid reference.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = sockopt::set_int(socket.as_fd(), level, name, value);
     }
 }
 

@@ -11,10 +11,8 @@
 
 mod admission;
 mod control;
-mod epoll;
 mod event_loop;
 pub mod framing;
-pub mod interfaces;
 mod listeners;
 mod log;
 mod outbox;
@@ -24,7 +22,6 @@ pub mod relay_socket;
 pub mod report;
 mod rfc6062;
 pub mod route;
-mod sockaddr;
 pub mod stream;
 mod stream_channel;
 mod stream_events;
@@ -34,6 +31,8 @@ mod token;
 mod udp;
 pub mod workers;
 
+/// The host's own addresses (moved to [`crate::sys`]; the path stays for callers).
+pub use crate::sys::interfaces;
 pub use event_loop::{EventLoop, PUBLISH_EVERY};
 pub use listeners::{bind_tcp_listener, bind_udp_listener};
 pub use report::{Control, Publisher, Snapshot};
