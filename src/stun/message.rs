@@ -207,8 +207,8 @@ pub fn encode(message: Message, protection: Protection<'_>) -> Option<Vec<u8>> {
 pub fn error_response(method: Method, transaction_id: TransactionId, code: u16, reason: &str) -> Message {
     let mut message = Message::new(MessageClass::ErrorResponse, method, transaction_id);
     // Codes are ours and in 300..=699, so this cannot fail; fall back to 500 all the same.
-    let attr = ErrorCode::new(code, reason.to_owned())
-        .unwrap_or_else(|_| ErrorCode::new(500, String::new()).expect("500 is a valid code"));
+    let attr =
+        ErrorCode::new(code, reason.to_owned()).unwrap_or_else(|_| stun_codec::rfc5389::errors::ServerError.into());
     message.add_attribute(attr);
     message
 }

@@ -13,7 +13,7 @@ use stun_codec::{MessageClass, Method, TransactionId};
 
 /// RFC 6062 §4.3: Connect.
 pub fn connect_method() -> Method {
-    Method::new(0x00A).expect("0x00A is a valid method")
+    Method::from(0x0A_u8)
 }
 /// The worker (of `workers`) that holds connection `id`.
 pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
@@ -22,11 +22,11 @@ pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
 
 /// RFC 6062 §4.4: ConnectionBind.
 pub fn connection_bind_method() -> Method {
-    Method::new(0x00B).expect("0x00B is a valid method")
+    Method::from(0x0B_u8)
 }
 /// RFC 6062 §4.5: ConnectionAttempt.
 pub fn connection_attempt_method() -> Method {
-    Method::new(0x00C).expect("0x00C is a valid method")
+    Method::from(0x0C_u8)
 }
 
 /// RFC 6062 §5.3: a peer connection not bound within 30 seconds is closed.
