@@ -43,7 +43,7 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 pub struct EventLoop {
     pub(super) core: Server,
     pub(super) listeners: UdpListeners,
-    /// Relay sockets by allocation, one per [`Family`].
+    /// Relay sockets by allocation, one per [`Family`](crate::turn::allocation::Family).
     pub(super) relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
     pub(super) epoll: Epoll,
     pub(super) recv_slots: Vec<u8>,
@@ -67,7 +67,7 @@ pub struct EventLoop {
     pub(super) tcp_relays: HashMap<AllocationId, tokio::task::JoinHandle<()>>,
     /// RFC 6062: peer connections waiting for a ConnectionBind.
     pub(super) peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
-    /// The host's interface addresses as last read (see [`HOST_CHECK_EVERY`]).
+    /// The host's interface addresses as last read (re-read every few publishes).
     pub(super) host_addresses: Vec<std::net::IpAddr>,
     /// Snapshots published so far.
     pub(super) publishes: u32,
