@@ -8,6 +8,7 @@
 
 use tracing::{info, warn};
 use turnd::config::Config;
+use turnd::sys::process;
 
 /// Descriptors kept for what is not a stream or a relay: listeners, epoll, eventfds,
 /// the admin listener and its connections, log and proc files, per worker and overall.
@@ -88,22 +89,16 @@ impl Budget {
 
 /// Raises the soft open-file limit to the hard one and returns the budget it allows.
 pub fn raise_and_budget(workers: usize) -> Budget {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some((soft, hard)) = process::open_file_limit() else {
         // Unknown: assume the common default rather than nothing.
         return Budget::of(1024, workers);
+    };
+    let mut limit = soft;
+    if soft < hard && process::set_open_file_limit(hard, hard).is_ok() {
+        info!(from = soft, to = hard, "raised the open-file limit to its hard limit");
+        limit = hard;
     }
-    let soft = limit.rlim_cur;
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        // SAFETY: setrlimit reads one rlimit from a valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            info!(from = soft, to = limit.rlim_max, "raised the open-file limit to its hard limit");
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    Budget::of(limit.rlim_cur, workers)
+    Budget::of(limit, workers)
 }
 
 #[cfg(test)]

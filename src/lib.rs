@@ -6,6 +6,8 @@
 //! - [`admin`]: the HTTP admin listener (metrics, health, live stats, dashboard).
 //! - [`metrics`]: every Prometheus metric, declared in one place.
 //! - [`probe`]: `turnd probe URL`, an outside check of a STUN/TURN server after a deploy.
+//! - [`sys`]: every `unsafe` system call, behind safe functions (`unsafe_code` is denied
+//!   everywhere else).
 
 pub mod admin;
 pub mod config;
@@ -13,4 +15,5 @@ pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod stun;
+pub mod sys;
 pub mod turn;

@@ -184,7 +184,7 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     overrides.descriptors = Some(budget);
     config.validate().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
     if !config.has_credentials() {
-        let password = random_password();
+        let password = random_password()?;
         warn!(
             user = "turnd", password = %password,
             "no users configured: generated a one-time user for this run (configure [[auth.user]] or auth.secrets)"
@@ -206,12 +206,12 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     runtime.block_on(run(config, path, overrides, set_log_level))
 }
 
-fn random_password() -> String {
+fn random_password() -> Result<String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 12];
     // Without a working CSPRNG a predictable password would be worse than no start.
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("system CSPRNG");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("the system CSPRNG failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The signals turnd acts on, registered before anything is bound: a SIGTERM that

@@ -4,6 +4,10 @@
 //! closed (port unreachable, from the local stack, over 127.0.0.1 and ::1), and a
 //! router whose link to the peer has an MTU smaller than a DONT-FRAGMENT datagram
 //! (fragmentation needed, with that MTU), built from network namespaces.
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod netns;
 #[path = "common/turn_client.rs"]

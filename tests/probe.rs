@@ -1,5 +1,9 @@
 //! `turnd probe URL` against the real turnd binary and against coturn's `turnserver`
 //! (Debian package `coturn`), on loopback with ephemeral ports.
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "netns/ca.rs"]
 mod ca;
 mod common;

@@ -6,6 +6,9 @@
 //! same driver as the `server` fuzz target), with wall-clock jumps among them.
 //!
 //! `PROPTEST_CASES` raises the number of cases (default 64 for the server runs).
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../fuzz/src/server_driver.rs"]
 mod server_driver;

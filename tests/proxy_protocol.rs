@@ -6,6 +6,9 @@
 //! Loopback only. 127.0.0.9 is the proxy (HAProxy's `source`, and the test when it
 //! plays the proxy) and the only trusted one; 127.0.0.5 and .6 are clients;
 //! 127.0.0.66 and 198.51.100.66 are denied.
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "common/turn_client.rs"]

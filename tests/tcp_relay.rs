@@ -2,6 +2,9 @@
 //! peer, inbound peer connections announced by ConnectionAttempt, ConnectionBind of data
 //! connections carrying raw bytes both ways, the 446/447/400 errors, and coturn's
 //! `turnutils_uclient -T` as a client this project did not write.
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "common/turn_client.rs"]

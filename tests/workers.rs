@@ -2,6 +2,10 @@
 //! workers' SO_REUSEPORT sockets and all relay, TCP clients spread too; the admin plane lists and drops
 //! allocations of every worker and its metrics add them up; quotas and EVEN-PORT
 //! reservations hold across workers; a second turnd cannot join the UDP port.
+// A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
+// (signals, namespaces); the server code denies both (Cargo.toml [lints]).
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 #[allow(dead_code)]
 #[path = "admin/http.rs"]

@@ -108,9 +108,10 @@ impl SendBatch {
         if n == 0 {
             return 0;
         }
-        // SAFETY (all the zeroed calls): plain C structs for which all-zero is valid.
+        // SAFETY: all-zero is a valid iovec (a null pointer, a zero length).
         let mut iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; n];
         let mut cmsg = vec![[0u64; CMSG_WORDS]; n];
+        // SAFETY: all-zero is a valid mmsghdr (a plain C struct: null pointers, zero lengths).
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; n];
         for i in 0..n {
             iov[i] = libc::iovec { iov_base: self.data[i * SLOT..].as_mut_ptr().cast(), iov_len: self.lens[i] };
@@ -203,6 +204,7 @@ impl RecvBatch {
         let n = max.min(self.cap);
         // SAFETY: as in `SendBatch::flush`.
         let mut iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; n];
+        // SAFETY: all-zero is a valid mmsghdr (a plain C struct: null pointers, zero lengths).
         let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { zeroed() }; n];
         for i in 0..n {
             let start = i * SLOT + self.headroom;

@@ -423,22 +423,14 @@ async fn finish_closing(socket: &mut WebSocket) {
 /// Whether this process has a handler for `signal` (rather than the default action or
 /// ignoring it).
 fn handles(signal: libc::c_int) -> bool {
-    // SAFETY: sigaction with a null new action only reads the current disposition
-    // into `current`, a zeroed plain C struct.
-    unsafe {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
-            && current.sa_sigaction != libc::SIG_DFL
-            && current.sa_sigaction != libc::SIG_IGN
-    }
+    crate::sys::process::handles_signal(signal)
 }
 
 /// Raises `signal` in this process: `reload` and `drain` take the very path of an
 /// operator's `kill -HUP` / `kill -TERM` (tokio's handlers in `serve`).
 fn raise(signal: libc::c_int) {
-    // SAFETY: kill(2) on our own pid with a signal we checked is handled.
-    if unsafe { libc::kill(libc::getpid(), signal) } != 0 {
-        tracing::error!(error = %std::io::Error::last_os_error(), signal, "raising the signal failed");
+    if let Err(e) = crate::sys::process::raise_signal(signal) {
+        tracing::error!(error = %e, signal, "raising the signal failed");
     }
 }
 

@@ -19,8 +19,7 @@ pub(super) fn read() -> ProcessStats {
     if !cfg!(target_os = "linux") {
         return out;
     }
-    // SAFETY: sysconf only reads a configuration value.
-    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (ticks, page) = crate::sys::process::clock_ticks_and_page_size();
     if let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_stat(&s)) {
         if ticks > 0 {
             let ticks = ticks as f64;
@@ -34,10 +33,8 @@ pub(super) fn read() -> ProcessStats {
     }
     // Counting entries, not reading them: this is one getdents loop, cheap at scrape rates.
     out.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        out.max_fds = Some(limit.rlim_cur as f64);
+    if let Some((soft, _)) = crate::sys::process::open_file_limit() {
+        out.max_fds = Some(soft as f64);
     }
     out
 }

@@ -4,7 +4,6 @@
 //! proxied connections from naming one client, and the counters `/metrics` reads.
 //! The connection tasks themselves are in [`super::stream`].
 
-use super::stream::StreamLimits;
 use crate::turn::FiveTuple;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -12,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
@@ -234,6 +234,43 @@ pub(super) fn admit(slots: &Arc<Semaphore>, client: SocketAddr, limits: &StreamL
             REFUSED_UNAUTHENTICATED.fetch_add(1, Ordering::Relaxed);
             debug!(%client, "connection refused: source at max-unauthenticated-per-source");
             None
+        }
+    }
+}
+
+/// Limits on stream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Time allowed from accept (incl. the TLS handshake) to the first whole message,
+    /// and to finish any message once started.
+    pub first_message_timeout: Duration,
+    /// A connection with no traffic at all for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent connections over all stream listeners.
+    pub max_connections: usize,
+    /// Concurrent connections from one source.
+    pub max_connections_per_source: usize,
+    /// Concurrent connections from one source that hold no allocation yet.
+    pub max_unauthenticated_per_source: usize,
+    /// A connection that holds no allocation this long after accept is closed.
+    pub unauthenticated_timeout: Duration,
+    /// A client that leaves answers unread this long is cut.
+    pub write_timeout: Duration,
+    /// How client addresses are grouped into sources.
+    pub sources: crate::turn::source::SourcePrefix,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            first_message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            max_connections: 10_000,
+            max_connections_per_source: 256,
+            max_unauthenticated_per_source: 16,
+            unauthenticated_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            sources: crate::turn::source::SourcePrefix::default(),
         }
     }
 }

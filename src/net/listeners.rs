@@ -1,4 +1,4 @@
-//! Client-facing UDP listeners: binding them, and choosing the socket a reply leaves
+//! Client-facing listeners: binding them (UDP and TCP), and choosing the socket a reply leaves
 //! through.
 //!
 //! A reply must leave through a socket of the client's address family: an IPv6 client
@@ -8,19 +8,16 @@
 //! from the server address itself; a socket of the other family is not among those it
 //! can return.
 
+use crate::sys::sockopt;
 use crate::turn::allocation::Family;
 use quinn_udp::UdpSocketState;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// Socket buffer size asked for on listeners: bursts of media must not overflow them.
 const LISTENER_BUFFER: usize = 4 << 20;
-/// Epoll tokens at or above this are listeners; below are allocation ids. The next
-/// bit says the family, the bits below it the index within that family.
-const LISTENER_TOKEN: u64 = 1 << 62;
-const V6_TOKEN: u64 = 1 << 61;
 
 /// A bound client-facing UDP socket.
 pub(super) struct Listener {
@@ -38,20 +35,19 @@ pub(super) struct ListenerKey {
 }
 
 impl ListenerKey {
-    /// The epoll token of this listener.
-    pub(super) fn token(self) -> u64 {
-        let family = if self.family == Family::V6 { V6_TOKEN } else { 0 };
-        LISTENER_TOKEN | family | self.index as u64
+    /// The listener at `index` among those of `family`.
+    pub(super) fn new(family: Family, index: usize) -> Self {
+        ListenerKey { family, index }
     }
 
-    /// The listener an epoll token names, or `None` for a relay socket's token.
-    pub(super) fn from_token(token: u64) -> Option<ListenerKey> {
-        if token & LISTENER_TOKEN == 0 {
-            return None;
-        }
-        let family = if token & V6_TOKEN != 0 { Family::V6 } else { Family::V4 };
-        let index = usize::try_from(token & (V6_TOKEN - 1)).ok()?;
-        Some(ListenerKey { family, index })
+    /// The listener's family.
+    pub(super) fn family(self) -> Family {
+        self.family
+    }
+
+    /// The listener's index among those of its family.
+    pub(super) fn index(self) -> usize {
+        self.index
     }
 }
 
@@ -128,6 +124,20 @@ pub fn bind_udp_listener(address: SocketAddr, copies: usize) -> io::Result<(Vec<
     Ok((sockets, local))
 }
 
+/// Binds a TCP listener (IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can
+/// both be configured on one port).
+pub fn bind_tcp_listener(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(address))?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     if address.is_ipv6() {
@@ -147,25 +157,13 @@ fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocke
 /// neither yet: datagrams are handled one by one, and relayed media should fragment
 /// rather than vanish on a small-MTU path, as it would through any other relay.
 fn disable_gro_and_pmtud(socket: &UdpSocket) {
-    let off: libc::c_int = 0;
-    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-    let dont6: libc::c_int = libc::IPV6_PMTUDISC_DONT;
     for (level, name, value) in [
-        (libc::SOL_UDP, libc::UDP_GRO, &off),
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &dont),
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, &dont6),
+        (libc::SOL_UDP, libc::UDP_GRO, 0),
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT),
     ] {
         // Each may fail on a socket of the other family; that is fine.
-        // SAFETY: setsockopt reads one c_int from a valid reference.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = sockopt::set_int(socket.as_fd(), level, name, value);
     }
 }
 
@@ -204,9 +202,8 @@ mod tests {
             let via = set.reply_via(server.parse().unwrap()).unwrap();
             assert!(via.local.is_ipv4(), "{server} answered through {}", via.local);
         }
-        // Each key comes back from its token, and names the socket it was made for.
+        // Each key names the socket it was made for.
         for (key, fd) in keys {
-            assert_eq!(ListenerKey::from_token(key.token()), Some(key));
             assert_eq!(set.get(key).unwrap().socket.as_raw_fd(), fd);
         }
     }
@@ -220,11 +217,5 @@ mod tests {
         let via = set.reply_via(SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), wildcard_port)).unwrap();
         assert!(via.local.ip().is_unspecified());
         assert!(set.reply_via("127.0.0.1:1".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn relay_tokens_are_not_listener_tokens() {
-        assert_eq!(ListenerKey::from_token(42 << 1), None);
-        assert_eq!(ListenerKey::from_token(LISTENER_TOKEN - 1), None);
     }
 }

@@ -4,16 +4,15 @@
 //! ChannelData or Data indication header written in front), so batching costs no
 //! copy; responses the core built are moved in. Everything queued goes out in order.
 
-use super::sockaddr;
-use std::io;
-use std::mem::MaybeUninit;
+use crate::sys::mmsg::{self, Datagram};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::RawFd;
 use tracing::debug;
 
-/// Datagrams held at most; the loop flushes when full and at the end of every pass.
-pub const CAPACITY: usize = 64;
+/// Datagrams held at most (one sendmmsg's worth); the loop flushes when full and at
+/// the end of every pass.
+pub const CAPACITY: usize = mmsg::SEND_BATCH;
 
 /// Where a queued datagram's bytes are.
 #[derive(Debug)]
@@ -46,9 +45,6 @@ impl Default for Outbox {
         Outbox { entries: Vec::with_capacity(CAPACITY) }
     }
 }
-
-/// Room for one IP_PKTINFO or IPV6_PKTINFO control message, aligned for cmsghdr.
-type Control = [u64; 6];
 
 impl Outbox {
     /// Whether a push must wait for a flush.
@@ -102,120 +98,22 @@ impl Outbox {
     }
 }
 
-/// Sends `entries` (all on `socket`, at most [`CAPACITY`]) with sendmmsg.
+/// Sends `entries` (all on `socket`, at most [`CAPACITY`]) with one sendmmsg; returns
+/// how many could not be sent (a slot range outside `slots` counts as one).
 fn send_run(socket: RawFd, entries: &[Entry], slots: &[u8]) -> usize {
-    // Left uninitialized: zeroing 16 kB of arrays on every call cost more than the
-    // batching saved for small batches. Element `i < count` is written before use.
-    let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; CAPACITY];
-    let mut iovecs = [const { MaybeUninit::<libc::iovec>::uninit() }; CAPACITY];
-    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; CAPACITY];
-    let mut controls = [const { MaybeUninit::<Control>::uninit() }; CAPACITY];
-    let mut count = 0;
-    let mut failed = 0;
-    for entry in entries.iter().take(CAPACITY) {
+    let mut missing = 0;
+    let datagrams = entries.iter().take(CAPACITY).filter_map(|entry| {
         let bytes = match &entry.payload {
             Payload::Owned(bytes) => Some(bytes.as_slice()),
             Payload::Slot(range) => slots.get(range.clone()),
         };
-        let Some(bytes) = bytes else {
-            failed += 1;
-            continue;
-        };
-        let (Some(iovec), Some(name), Some(control), Some(header)) =
-            (iovecs.get_mut(count), names.get_mut(count), controls.get_mut(count), headers.get_mut(count))
-        else {
-            break;
-        };
-        // sendmmsg only reads through iov_base; the cast to *mut is the C signature's.
-        let iovec = iovec.write(libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() });
-        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
-        let mut message: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        let msg = &mut message.msg_hdr;
-        msg.msg_iov = iovec;
-        msg.msg_iovlen = 1;
-        msg.msg_namelen = sockaddr::to_storage(entry.to, name);
-        msg.msg_name = name.as_mut_ptr().cast();
-        if let Some(from) = entry.from {
-            set_source(msg, control.write([0; 6]), from);
+        if bytes.is_none() {
+            missing += 1;
         }
-        header.write(message);
-        count += 1;
-    }
-    let mut sent = 0;
-    while sent < count {
-        // SAFETY: headers[..count] were written above and point at iovecs, payloads,
-        // names and control buffers (written too) that outlive the call; the kernel
-        // only reads them.
-        let n = unsafe {
-            let first = headers.as_mut_ptr().cast::<libc::mmsghdr>().add(sent);
-            libc::sendmmsg(socket, first, (count - sent) as libc::c_uint, libc::MSG_DONTWAIT)
-        };
-        if n > 0 {
-            sent += n as usize;
-            continue;
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::Interrupted => continue,
-            // The socket buffer is full: the rest would meet the same fate now.
-            io::ErrorKind::WouldBlock => {
-                failed += count - sent;
-                break;
-            }
-            // This datagram cannot be sent (unreachable destination, say); the others may.
-            _ => {
-                debug!(error = %error, "send to client failed");
-                failed += 1;
-                sent += 1;
-            }
-        }
-    }
-    failed
-}
-
-/// Asks for `from` as the source address (a wildcard listener answers from the
-/// address the client wrote to).
-fn set_source(msg: &mut libc::msghdr, control: &mut Control, from: IpAddr) {
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of::<Control>() as _;
-    // SAFETY: msg_control points at `control`, large and aligned enough for one
-    // cmsghdr with an in_pktinfo or in6_pktinfo (checked by the assertions below).
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(msg);
-        if cmsg.is_null() {
-            msg.msg_control = std::ptr::null_mut();
-            msg.msg_controllen = 0;
-            return;
-        }
-        match from {
-            IpAddr::V4(ip) => {
-                const LEN: u32 = std::mem::size_of::<libc::in_pktinfo>() as u32;
-                // SAFETY: CMSG_SPACE only computes a size.
-                const _: () = assert!(unsafe { libc::CMSG_SPACE(LEN) } as usize <= std::mem::size_of::<Control>());
-                (*cmsg).cmsg_level = libc::IPPROTO_IP;
-                (*cmsg).cmsg_type = libc::IP_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(LEN) as _;
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
-                msg.msg_controllen = libc::CMSG_SPACE(LEN) as _;
-            }
-            IpAddr::V6(ip) => {
-                const LEN: u32 = std::mem::size_of::<libc::in6_pktinfo>() as u32;
-                // SAFETY: CMSG_SPACE only computes a size.
-                const _: () = assert!(unsafe { libc::CMSG_SPACE(LEN) } as usize <= std::mem::size_of::<Control>());
-                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
-                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(LEN) as _;
-                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
-                msg.msg_controllen = libc::CMSG_SPACE(LEN) as _;
-            }
-        }
-    }
+        Some(Datagram { to: entry.to, from: entry.from, bytes: bytes? })
+    });
+    let failed = mmsg::send_batch(socket, datagrams);
+    missing + failed
 }
 
 #[cfg(test)]

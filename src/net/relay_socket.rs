@@ -1,14 +1,16 @@
 //! Relay sockets: one UDP socket per allocation, bound in the relay port range.
 
+use crate::sys::{mmsg, sockopt};
 use crate::turn::relay::IcmpError;
 use crate::turn::RelayBindError;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 
-/// Datagrams taken per recvmmsg call on a relay socket.
-pub const BATCH: usize = 8;
+/// Datagrams taken per recvmmsg call on a relay socket, and the call itself (see
+/// [`mmsg::recv_batch`]).
+pub use mmsg::{recv_batch, RECV_BATCH as BATCH};
 
 /// Opens a non-blocking UDP socket bound to `local`; with `dont_fragment`, the DF bit
 /// is set on everything it sends (RFC 8656 §14.8, IP_PMTUDISC_DO).
@@ -30,56 +32,6 @@ pub fn bind(local: SocketAddr, dont_fragment: bool) -> Result<Socket, (RelayBind
     Ok(socket)
 }
 
-/// Reads up to [`BATCH`] datagrams with one recvmmsg call. Datagram `i` lands in
-/// slot `i` (`slots` cut in `slot_len` pieces) at offset `headroom`, so its ChannelData
-/// or Data indication header can be written in front of it in place; `received[i]`
-/// gets its length and sender, or `None` for one that cannot be relayed (truncated,
-/// or from an address family we do not know). Returns how many slots were filled. A
-/// short batch means the socket is drained: the caller need not ask again (the epoll
-/// set is level-triggered), which saves the EAGAIN call that a read-until-empty loop
-/// makes on every wake-up.
-pub fn recv_batch(
-    fd: RawFd,
-    slots: &mut [u8],
-    slot_len: usize,
-    headroom: usize,
-    received: &mut [Option<(usize, SocketAddr)>; BATCH],
-) -> io::Result<usize> {
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above (null pointers, zero lengths).
-    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let mut count = 0;
-    for (slot, ((iovec, header), addr)) in
-        slots.chunks_exact_mut(slot_len).zip(iovecs.iter_mut().zip(headers.iter_mut()).zip(addrs.iter_mut()))
-    {
-        let Some(area) = slot.get_mut(headroom..) else {
-            break;
-        };
-        *iovec = libc::iovec { iov_base: area.as_mut_ptr().cast(), iov_len: area.len() };
-        header.msg_hdr.msg_iov = iovec;
-        header.msg_hdr.msg_iovlen = 1;
-        header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        count += 1;
-    }
-    // SAFETY: the first `count` headers point at iovecs, buffers and address storage
-    // that live, and are not otherwise borrowed, until the call returns.
-    let n = unsafe { libc::recvmmsg(fd, headers.as_mut_ptr(), count as libc::c_uint, 0, std::ptr::null_mut()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = (n as usize).min(count);
-    for ((entry, header), addr) in received.iter_mut().zip(&headers).zip(&addrs).take(n) {
-        let from = super::sockaddr::from_storage(addr, header.msg_hdr.msg_namelen);
-        let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        *entry = from.filter(|_| !truncated).map(|from| (header.msg_len as usize, from));
-    }
-    Ok(n)
-}
-
 /// Error-queue entries read per wake-up of a relay socket; the rest wait for the next
 /// (epoll keeps reporting EPOLLERR while the queue holds any).
 pub const ICMP_PER_WAKE: usize = 16;
@@ -89,56 +41,8 @@ pub const ICMP_PER_WAKE: usize = 16;
 /// not one (a local error, say), and `WouldBlock` when the queue is empty. Reading
 /// also clears the socket's pending error, so the next send does not fail with it.
 pub fn recv_icmp(fd: RawFd) -> io::Result<Option<(SocketAddr, IcmpError)>> {
-    // SAFETY: all-zero is a valid sockaddr_storage and msghdr (null pointers).
-    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // The offending datagram comes back too; its first bytes are enough (MSG_TRUNC).
-    let mut data = [0u8; 8];
-    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
-    // u64s for cmsghdr alignment; room for a sock_extended_err and its offender address.
-    let mut control = [0u64; 32];
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: msg points at name, iov (at data) and control, all live and unborrowed
-    // until the call returns; the kernel writes within the lengths given.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let Some(peer) = super::sockaddr::from_storage(&name, msg.msg_namelen) else {
-        return Ok(None);
-    };
-    let mut found = None;
-    // SAFETY: msg.msg_control/msg_controllen describe `control` as the kernel filled
-    // it; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and CMSG_DATA of an IP_RECVERR or
-    // IPV6_RECVERR message holds a sock_extended_err (read unaligned to be safe).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            let recverr = (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
-                || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR);
-            let len = c.cmsg_len as usize;
-            if recverr && len >= libc::CMSG_LEN(std::mem::size_of::<libc::sock_extended_err>() as u32) as usize {
-                let err = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>());
-                let v6 = match err.ee_origin {
-                    libc::SO_EE_ORIGIN_ICMP => Some(false),
-                    libc::SO_EE_ORIGIN_ICMP6 => Some(true),
-                    _ => None,
-                };
-                if let Some(v6) = v6 {
-                    found = Some(IcmpError { v6, kind: err.ee_type, code: err.ee_code, info: err.ee_info });
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok(found.map(|icmp| (peer, icmp)))
+    let queued = mmsg::recv_error(fd)?;
+    Ok(queued.map(|(peer, icmp)| (peer, IcmpError { v6: icmp.v6, kind: icmp.kind, code: icmp.code, info: icmp.info })))
 }
 
 /// Asks for ICMP errors about sent datagrams in the socket's error queue (IP_RECVERR
@@ -160,43 +64,13 @@ fn set_dont_fragment(socket: &Socket, ipv6: bool) -> io::Result<()> {
 
 /// setsockopt with an int value (what socket2 does not offer for these options).
 fn set_int_option(socket: &Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sockopt::set_int(socket.as_fd(), level, name, value)
 }
 
 /// Whether the DF bit is set on an IPv4 relay socket.
 #[cfg(test)]
 fn dont_fragment_is_set(socket: &Socket) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value == libc::IP_PMTUDISC_DO)
+    Ok(sockopt::get_int(socket.as_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)? == libc::IP_PMTUDISC_DO)
 }
 
 #[cfg(test)]

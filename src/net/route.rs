@@ -3,16 +3,14 @@
 //! the peer connection it names (connection ids name their worker); anything else
 //! goes by a hash of the client's address, which spreads connections over workers.
 
-use super::stream::StreamEvent;
-use crate::stun::raw::{Attributes, Header, MAGIC_COOKIE};
+use super::stream_channel::StreamEvent;
+use crate::stun::raw::{Attributes, Header, ATTR_CONNECTION_ID, MAGIC_COOKIE};
 use crate::turn::tcp_relay::{connection_bind_method, worker_of_connection};
 use crate::turn::{ConnectionId, FiveTuple};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// RFC 6062 §6.2.1 CONNECTION-ID.
-const ATTR_CONNECTION_ID: u16 = 0x002A;
 /// A STUN request's message type is its method with both class bits clear.
 const CLASS_BITS: u16 = 0x0110;
 

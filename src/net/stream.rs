@@ -28,10 +28,11 @@ use super::admission::{
     admit, ProxiedClaim, SourceSlot, CLIENT_FILTER, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT, REFUSED_DENIED,
     REFUSED_MAX_CONNECTIONS, REFUSED_PROXY_HEADER, REFUSED_UNTRUSTED_PROXY,
 };
-pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters};
+pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters, StreamLimits};
 use super::framing::Framer;
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
+pub use super::stream_channel::{Client, Outbound, StreamEvent};
 use crate::turn::{FiveTuple, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,114 +51,6 @@ pub const OUTBOUND_QUEUE: usize = 256;
 const NOT_SENT_LIMIT: u32 = 128 * 1024;
 /// Queued messages are written together, up to about this many bytes per write.
 const WRITE_BATCH: usize = 64 * 1024;
-
-/// Limits on stream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamLimits {
-    /// Time allowed from accept (incl. the TLS handshake) to the first whole message,
-    /// and to finish any message once started.
-    pub first_message_timeout: Duration,
-    /// A connection with no traffic at all for this long is closed.
-    pub idle_timeout: Duration,
-    /// Concurrent connections over all stream listeners.
-    pub max_connections: usize,
-    /// Concurrent connections from one source.
-    pub max_connections_per_source: usize,
-    /// Concurrent connections from one source that hold no allocation yet.
-    pub max_unauthenticated_per_source: usize,
-    /// A connection that holds no allocation this long after accept is closed.
-    pub unauthenticated_timeout: Duration,
-    /// A client that leaves answers unread this long is cut.
-    pub write_timeout: Duration,
-    /// How client addresses are grouped into sources.
-    pub sources: crate::turn::source::SourcePrefix,
-}
-
-impl Default for StreamLimits {
-    fn default() -> Self {
-        StreamLimits {
-            first_message_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(900),
-            max_connections: 10_000,
-            max_connections_per_source: 256,
-            max_unauthenticated_per_source: 16,
-            unauthenticated_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(10),
-            sources: crate::turn::source::SourcePrefix::default(),
-        }
-    }
-}
-
-/// What the event loop sends a client connection.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A framed message to write.
-    Bytes(Vec<u8>),
-    /// RFC 6062: from now on, relay raw bytes between this connection and `peer`.
-    Splice(TcpStream),
-}
-
-/// The event loop's handle on one client connection.
-#[derive(Debug)]
-pub struct Client {
-    queue: mpsc::Sender<Outbound>,
-    source: Arc<SourceSlot>,
-}
-
-impl Client {
-    /// Queues `message` for the client; `false` when the queue is full (the client is
-    /// not reading: the message is dropped, as UDP would) or the connection is gone.
-    pub fn send(&self, message: Outbound) -> bool {
-        self.queue.try_send(message).is_ok()
-    }
-
-    /// The connection now holds an allocation, or is an RFC 6062 data connection: it
-    /// leaves its source's unauthenticated count (at once, before the answer that
-    /// says so is written) and the unauthenticated timeout no longer applies.
-    pub fn authenticated(&self) {
-        self.source.authenticate();
-    }
-}
-
-/// What connections tell the event loop.
-#[derive(Debug)]
-pub enum StreamEvent {
-    /// A connection is up; send to it through `outbound`.
-    Opened {
-        /// Its 5-tuple.
-        five_tuple: FiveTuple,
-        /// Its outbound queue.
-        client: Client,
-    },
-    /// A whole STUN message or ChannelData frame arrived.
-    Frame {
-        /// From which connection.
-        five_tuple: FiveTuple,
-        /// The framed bytes.
-        frame: Vec<u8>,
-    },
-    /// The connection is gone: its allocation goes with it (RFC 8656 §3.1).
-    Closed {
-        /// Which connection.
-        five_tuple: FiveTuple,
-    },
-    /// RFC 6062: a peer connected to a TCP allocation's relay address.
-    PeerIncoming {
-        /// The allocation.
-        allocation: crate::turn::AllocationId,
-        /// The peer's connection.
-        stream: TcpStream,
-        /// The peer's address.
-        peer: std::net::SocketAddr,
-    },
-    /// RFC 6062: the outcome of connecting to a peer for a Connect request.
-    PeerConnected {
-        /// The connection id the core gave it.
-        connection: crate::turn::ConnectionId,
-        /// The connection, or why there is none.
-        stream: std::io::Result<TcpStream>,
-    },
-}
 
 /// Accepts connections on `listener` until the event channel closes. With
 /// `proxy_protocol`, each connection must come from a trusted proxy and start with a
@@ -352,7 +245,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let (outbound, mut queue) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     // The worker is known with the first message; until then the queue's sender waits
     // here (and nothing is announced for a connection that never sends one).
-    let mut outbound = Some(Client { queue: outbound, source: source.clone() });
+    let mut outbound = Some(Client::new(outbound, source.clone()));
     let mut worker: Option<mpsc::Sender<StreamEvent>> = None;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut framer = Framer::default();

@@ -2,7 +2,7 @@
 //! outgoing connections from that same address to peers. Both set SO_REUSEADDR and
 //! SO_REUSEPORT, since a connection from the relayed port shares it with the listener.
 
-use super::stream::StreamEvent;
+use super::stream_channel::StreamEvent;
 use crate::turn::AllocationId;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;

@@ -13,9 +13,9 @@
 //! snapshots into one, and tells systemd the process is alive only while every
 //! worker is.
 
+use super::event_loop::{EventLoop, PUBLISH_EVERY};
 use super::report::{AllocationInfo, Control, Publisher, Snapshot};
 use super::stream::StreamEvent;
-use super::{EventLoop, PUBLISH_EVERY};
 use crate::turn::ledger::Ledger;
 use crate::turn::{AllocationId, CoreConfig, Server, SystemRng};
 use std::io;

@@ -206,11 +206,10 @@ pub fn encode(message: Message, protection: Protection<'_>) -> Option<Vec<u8>> {
 /// An error response to a request, with the reason phrase given (may be empty).
 pub fn error_response(method: Method, transaction_id: TransactionId, code: u16, reason: &str) -> Message {
     let mut message = Message::new(MessageClass::ErrorResponse, method, transaction_id);
-    // Codes are ours (see `stun::errors`) and in 300..=699, so this cannot fail; if it
-    // ever did, the response goes without ERROR-CODE rather than panicking.
-    if let Ok(attr) = ErrorCode::new(code, reason.to_owned()) {
-        message.add_attribute(attr);
-    }
+    // Codes are ours and in 300..=699, so this cannot fail; fall back to 500 all the same.
+    let attr =
+        ErrorCode::new(code, reason.to_owned()).unwrap_or_else(|_| stun_codec::rfc5389::errors::ServerError.into());
+    message.add_attribute(attr);
     message
 }
 

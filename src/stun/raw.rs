@@ -20,6 +20,8 @@ pub const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
 pub const ATTR_DATA: u16 = 0x0013;
 /// RFC 8656 §18.13 ICMP.
 pub const ATTR_ICMP: u16 = 0x8004;
+/// RFC 6062 §6.2.1 CONNECTION-ID.
+pub const ATTR_CONNECTION_ID: u16 = 0x002A;
 
 /// RFC 8656 §12: Send indication message type (method 0x006, class indication).
 pub const TYPE_SEND_INDICATION: u16 = 0x0016;

@@ -8,18 +8,11 @@ use super::{AllocationId, ConnectionId, FiveTuple, PeerAddr, Rng};
 use crate::stun::attributes::ConnectionId as ConnectionIdAttr;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::{Method, TransactionId};
-
-/// A method of RFC 6062's. Its codepoints are below 0x1000, so `Method::new` never
-/// refuses them; the fallback only keeps this free of a panic.
-fn method(codepoint: u16) -> Method {
-    Method::new(codepoint).unwrap_or(BINDING)
-}
 
 /// RFC 6062 §4.3: Connect.
 pub fn connect_method() -> Method {
-    method(0x00A)
+    Method::from(0x0A_u8)
 }
 /// The worker (of `workers`) that holds connection `id`.
 pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
@@ -28,11 +21,11 @@ pub fn worker_of_connection(id: ConnectionId, workers: u32) -> u32 {
 
 /// RFC 6062 §4.4: ConnectionBind.
 pub fn connection_bind_method() -> Method {
-    method(0x00B)
+    Method::from(0x0B_u8)
 }
 /// RFC 6062 §4.5: ConnectionAttempt.
 pub fn connection_attempt_method() -> Method {
-    method(0x00C)
+    Method::from(0x0C_u8)
 }
 
 /// RFC 6062 §5.3: a peer connection not bound within 30 seconds is closed.

@@ -1,8 +1,17 @@
 //! Socket addresses to and from the C form the batched socket calls (recvmmsg,
-//! sendmmsg) read and write, for the two families turnd serves.
+//! sendmmsg) read and write, for the two families turnd serves. (`socket2::SockAddr`
+//! wraps the same storage, but is made from what the kernel wrote only through an
+//! `unsafe` constructor, and these write in place into the arrays a batch call takes.)
 
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+/// An all-zero `sockaddr_storage` (family `AF_UNSPEC`), for the kernel to write into.
+pub fn zeroed() -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage: a plain C struct of integers
+    // (whose padding fields are private in libc, so it cannot be built field by field).
+    unsafe { std::mem::zeroed() }
+}
 
 /// The address a recvmmsg wrote, or `None` for another family or a short length.
 pub fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -64,10 +73,9 @@ mod tests {
     fn addresses_survive_the_round_trip() {
         for text in ["127.0.0.1:3478", "[::1]:9", "[fe80::1%3]:65535", "0.0.0.0:0"] {
             let address: SocketAddr = text.parse().unwrap();
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+            let mut storage = MaybeUninit::new(zeroed());
             let len = to_storage(address, &mut storage);
-            // SAFETY: zeroed, then partly overwritten: initialized throughout.
+            // SAFETY: initialized (zeroed), then partly overwritten: initialized throughout.
             let storage = unsafe { storage.assume_init() };
             assert_eq!(from_storage(&storage, len), Some(address), "{text}");
             assert_eq!(from_storage(&storage, len - 1), None, "{text}: short length");

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// An epoll instance.
 #[derive(Debug)]
@@ -20,7 +22,7 @@ impl Epoll {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is valid and owned by nobody else.
+        // SAFETY: fd is a valid, open descriptor that nothing else owns (just made).
         Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
@@ -33,6 +35,17 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// A handle for tokio to watch the set with: readable while any watched socket is
+    /// ready. It holds a duplicate of the epoll descriptor (the same epoll instance),
+    /// so it stays valid however long it lives.
+    pub fn watch(&self) -> io::Result<AsyncFd<OwnedFd>> {
+        let fd = self.fd.try_clone()?;
+        // SAFETY: `fd` is open and owned by the AsyncFd from here on, so it stays open
+        // and names the same epoll instance for as long as the AsyncFd lives, and
+        // OwnedFd::as_raw_fd always returns that descriptor.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// Collects ready tokens into `out` without blocking; returns how many.

@@ -1,0 +1,109 @@
+//! Admin commands to a worker ([`Control`]) and the snapshot it publishes every
+//! [`super::PUBLISH_EVERY`]: what the admin listener, `turnd ctl` and the metrics see.
+
+use super::event_loop::{unix_now, EventLoop};
+use super::report::{self, Control};
+use super::workers::lock;
+use crate::sys::interfaces;
+use crate::turn::AllocationId;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tracing::info;
+
+/// The host's addresses are read again every this many publishes (seconds): an address
+/// added while turnd runs is kept from peers within that time.
+const HOST_CHECK_EVERY: u32 = 5;
+
+impl EventLoop {
+    /// Carries out one admin command (all but `Shutdown`, which ends [`EventLoop::run`]).
+    pub(super) fn control(&mut self, message: Control) {
+        let now = Instant::now();
+        match message {
+            Control::Reconfigure(mut config) => {
+                config.policy.deny_own_sockets(self.listeners.own_addresses());
+                self.core.reconfigure(*config, &mut lock(&self.ledger));
+                self.host_addresses = interfaces::host_addresses();
+                self.core.set_host_addresses(&self.host_addresses);
+                info!("configuration reloaded");
+            }
+            Control::ListAllocations { offset, limit, reply } => {
+                let mut all: Vec<_> = self.core.allocations().map(|(id, a)| describe(id, a, now)).collect();
+                all.sort_by_key(|a| a.id);
+                let total = all.len();
+                let page = all.into_iter().skip(offset).take(limit).collect();
+                let _ = reply.send((page, total));
+            }
+            Control::DropAllocation { id, reply } => {
+                let _ = reply.send(self.core.close_allocation(id, now, &mut lock(&self.ledger)));
+            }
+            Control::DropUser { user, reply } => {
+                let _ = reply.send(self.core.close_user(&user, now, &mut lock(&self.ledger)));
+            }
+            Control::Revoke { user, reply } => {
+                let ended =
+                    self.core.revoke(&user, now, unix_now(), &mut lock(&self.ledger)).map_err(|e| e.to_string());
+                if ended.is_ok() {
+                    info!(user = %user, "revoked");
+                }
+                let _ = reply.send(ended);
+            }
+            Control::LiftRevocation { user, reply } => {
+                let _ = reply.send(self.core.lift_revocation(&user));
+            }
+            Control::ListRevocations { reply } => {
+                let _ = reply.send(self.core.revocations(unix_now()));
+            }
+            Control::Drain { alternate, reply } => {
+                self.core.drain(alternate);
+                let _ = reply.send(());
+            }
+            Control::Shutdown => {}
+        }
+        self.drain_outputs();
+    }
+
+    /// Copies the loop's state into the published snapshot.
+    pub(super) fn publish(&mut self) {
+        self.publishes = self.publishes.wrapping_add(1);
+        if self.publishes % HOST_CHECK_EVERY == 0 {
+            let now_host = interfaces::host_addresses();
+            if now_host != self.host_addresses {
+                info!(addresses = ?now_host, "the host's addresses changed");
+                self.core.set_host_addresses(&now_host);
+                self.host_addresses = now_host;
+            }
+        }
+        let now = Instant::now();
+        let (permissions, channels) = self.core.binding_counts(now);
+        let (ports_in_use, ports_available) = lock(&self.ledger).port_usage();
+        let snapshot = &mut self.snapshot;
+        snapshot.unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        snapshot.allocations = self.core.allocation_count();
+        snapshot.permissions = permissions;
+        snapshot.channels = channels;
+        snapshot.ports_in_use = ports_in_use;
+        snapshot.ports_available = ports_available;
+        snapshot.tcp_connections = self.streams.len();
+        snapshot.draining = self.core.is_draining();
+        snapshot.stats = self.core.stats();
+        // Publishing is also this loop's heartbeat: the merge in [`workers`] feeds
+        // systemd's watchdog only while every loop's snapshot keeps moving.
+        self.publisher.snapshots.send_replace(snapshot.clone());
+    }
+}
+
+fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Instant) -> report::AllocationInfo {
+    let (permissions, channels) = a.counts(now);
+    report::AllocationInfo {
+        id: id.0,
+        user: a.username.to_string(),
+        client: a.five_tuple.client,
+        transport: a.five_tuple.transport.label(),
+        relay: a.relay_addrs().next().map_or(a.five_tuple.server, |r| r.advertised),
+        age_secs: now.saturating_duration_since(a.created).as_secs(),
+        expires_in_secs: a.remaining(now).as_secs(),
+        permissions,
+        channels,
+        bytes_to_peer: a.traffic.to_peer_bytes,
+        bytes_to_client: a.traffic.to_client_bytes,
+    }
+}

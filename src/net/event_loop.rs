@@ -1,0 +1,228 @@
+//! The worker's run loop: one [`EventLoop`] owns one [`Server`] and every socket it
+//! serves. Client listeners and relay sockets sit in one level-triggered epoll set
+//! that tokio watches as a single descriptor; TCP/TLS traffic, timers, snapshots and
+//! admin commands come through the `select!` in [`EventLoop::run`]. Each socket gets
+//! at most [`READS_PER_WAKE`] reads per wake-up, and queued stream events the same
+//! budget, so no one source starves the others. The paths themselves are in sibling
+//! files: [`super::udp`], [`super::stream_events`], [`super::control`],
+//! [`super::rfc6062`] and [`super::output`].
+
+use super::listeners::UdpListeners;
+use super::outbox::{self, Outbox};
+use super::report::{Control, Publisher, Snapshot};
+use super::stream::{self, StreamEvent};
+use super::token::Token;
+use super::workers::{lock, SharedLedger};
+use crate::sys::epoll::Epoll;
+use crate::sys::interfaces;
+use crate::turn::relay::ToPeer;
+use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::{AllocationId, CoreConfig, FiveTuple, Ledger, Received, Server};
+use std::collections::HashMap;
+use std::io;
+use std::net::UdpSocket;
+use std::pin::pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Datagrams read per recvmmsg call on a listener.
+pub(super) const BATCH: usize = 8;
+/// The largest UDP payload.
+pub(super) const MAX_DATAGRAM: usize = 65536;
+/// How many reads one socket gets per wake-up before others get a turn.
+pub(super) const READS_PER_WAKE: usize = 16;
+/// One relay receive slot: room for the relay header in front of the largest datagram
+/// and for padding after it.
+pub(super) const RELAY_SLOT: usize = PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM;
+/// Relay receive slots: relayed packets wait in theirs, framed, until the outbox is
+/// flushed, so there is a slot for every datagram the outbox can hold.
+pub(super) const RELAY_SLOTS: usize = outbox::CAPACITY;
+/// How often the loop publishes its snapshot.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// The event loop: owns the core, the listeners and the relay sockets.
+pub struct EventLoop {
+    pub(super) core: Server,
+    /// What every worker counts together; locked only for the core's control-plane
+    /// entry points that take it.
+    pub(super) ledger: SharedLedger,
+    pub(super) listeners: UdpListeners,
+    /// Relay sockets by allocation, one per [`Family`](crate::turn::allocation::Family).
+    pub(super) relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
+    pub(super) epoll: Epoll,
+    pub(super) recv_slots: Vec<u8>,
+    /// [`RELAY_SLOTS`] receive slots for relay sockets.
+    pub(super) relay_buf: Vec<u8>,
+    /// The first relay slot not holding a datagram that waits in `outbox`.
+    pub(super) next_slot: usize,
+    /// Datagrams for UDP clients, sent in batches.
+    pub(super) outbox: Outbox,
+    /// Datagrams from one listener batch for peers, payloads still in `recv_slots`.
+    pub(super) to_peers: Outbox,
+    pub(super) events: Vec<libc::epoll_event>,
+    pub(super) ready: Vec<u64>,
+    pub(super) publisher: Publisher,
+    pub(super) snapshot: Snapshot,
+    /// TCP/TLS connections (their outbound queues), by their 5-tuple.
+    pub(super) streams: HashMap<FiveTuple, stream::Client>,
+    /// Where spawned connection tasks report (RFC 6062 peer connections).
+    pub(super) stream_events: mpsc::Sender<StreamEvent>,
+    /// RFC 6062: accept loops of TCP relay listeners, by allocation.
+    pub(super) tcp_relays: HashMap<AllocationId, tokio::task::JoinHandle<()>>,
+    /// RFC 6062: peer connections waiting for a ConnectionBind.
+    pub(super) peer_streams: HashMap<crate::turn::ConnectionId, tokio::net::TcpStream>,
+    /// The host's interface addresses as last read (re-read every few publishes).
+    pub(super) host_addresses: Vec<std::net::IpAddr>,
+    /// Snapshots published so far.
+    pub(super) publishes: u32,
+}
+
+impl EventLoop {
+    /// An event loop serving `listeners` with the core `make_core` builds from `config`
+    /// (once the listeners' own addresses are in its peer policy).
+    pub fn new(
+        config: CoreConfig,
+        listeners: Vec<UdpSocket>,
+        publisher: Publisher,
+        stream_events: mpsc::Sender<StreamEvent>,
+        ledger: SharedLedger,
+        make_core: impl FnOnce(CoreConfig, &mut Ledger) -> Server,
+    ) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let (bound, keys) = UdpListeners::new(listeners)?;
+        for (key, fd) in keys {
+            epoll.add(fd, Token::Listener(key).encode())?;
+        }
+        let mut config = config;
+        config.policy.deny_own_sockets(bound.own_addresses());
+        let host_addresses = interfaces::host_addresses();
+        if host_addresses.is_empty() {
+            // Loopback is always there: none means getifaddrs failed (no AF_NETLINK?).
+            warn!("cannot read the host's addresses: only configured relay addresses are kept from peers");
+        }
+        Ok(EventLoop {
+            core: {
+                let mut core = make_core(config, &mut lock(&ledger));
+                core.set_host_addresses(&host_addresses);
+                core
+            },
+            ledger,
+            host_addresses,
+            publishes: 0,
+            listeners: bound,
+            relays: HashMap::new(),
+            epoll,
+            recv_slots: vec![0; BATCH * MAX_DATAGRAM],
+            relay_buf: vec![0; RELAY_SLOT * RELAY_SLOTS],
+            next_slot: 0,
+            outbox: Outbox::default(),
+            to_peers: Outbox::default(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            ready: Vec::with_capacity(256),
+            publisher,
+            snapshot: Snapshot::default(),
+            streams: HashMap::new(),
+            stream_events,
+            tcp_relays: HashMap::new(),
+            peer_streams: HashMap::new(),
+        })
+    }
+
+    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic.
+    pub async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut streams: mpsc::Receiver<StreamEvent>,
+    ) -> io::Result<()> {
+        let watch = self.epoll.watch()?;
+        let mut publish = tokio::time::interval(PUBLISH_EVERY);
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            let sleep = pin!(async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            });
+            tokio::select! {
+                guard = watch.readable() => {
+                    let mut guard = guard?;
+                    if self.serve_ready()? == 0 {
+                        guard.clear_ready();
+                    }
+                }
+                () = sleep => {}
+                Some(event) = streams.recv() => {
+                    self.stream_event(event);
+                    // Take what else is queued, within a budget, before timers run.
+                    for _ in 0..READS_PER_WAKE * BATCH {
+                        match streams.try_recv() {
+                            Ok(event) => self.stream_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = publish.tick() => self.publish(),
+                message = control.recv() => match message {
+                    Some(Control::Shutdown) | None => return Ok(()),
+                    Some(message) => self.control(message),
+                },
+            }
+            let now = Instant::now();
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.core.handle_timeout(now, &mut lock(&self.ledger));
+            }
+            self.drain_outputs();
+            self.flush();
+        }
+    }
+
+    /// Serves every ready socket once; returns how many were ready.
+    fn serve_ready(&mut self) -> io::Result<usize> {
+        let n = self.epoll.poll_ready(&mut self.events, &mut self.ready)?;
+        for i in 0..self.ready.len() {
+            match Token::decode(self.ready[i]) {
+                Token::Listener(listener) => self.serve_listener(listener),
+                Token::Relay(id, family) => self.serve_relay(id, family),
+            }
+        }
+        self.flush();
+        Ok(n)
+    }
+
+    /// Sends what the outbox holds; the relay slots are free again afterwards.
+    pub(super) fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            self.outbox.flush(&self.relay_buf);
+        }
+        self.next_slot = 0;
+    }
+}
+
+/// Seconds since the Unix epoch, for the core's credential checks and the snapshot.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A client packet through the core: the relay hot path, or for a STUN request the
+/// request path with the shared ledger locked for that call alone. Returns what to
+/// relay to a peer.
+pub(super) fn through_core(
+    core: &mut Server,
+    ledger: &SharedLedger,
+    now: Instant,
+    unix_now: u64,
+    from: FiveTuple,
+    packet: &[u8],
+) -> Option<ToPeer> {
+    match core.handle_client_packet(now, from, packet) {
+        Received::Relay(out) => Some(out),
+        Received::Handled => None,
+        Received::Request => {
+            core.handle_request(now, unix_now, from, packet, &mut lock(ledger));
+            None
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The UDP path: datagrams from clients on the listeners (handed to the core, and
+//! what it relays queued for the peers' relay sockets), and datagrams and ICMP errors
+//! from peers on the relay sockets (relayed to the clients through the outbox). Also
+//! opening a relay socket, and finding the one to send from.
+
+use super::event_loop::through_core;
+use super::event_loop::{unix_now, EventLoop, BATCH, MAX_DATAGRAM, READS_PER_WAKE, RELAY_SLOT, RELAY_SLOTS};
+use super::listeners::ListenerKey;
+use super::outbox::Payload;
+use super::relay_socket;
+use super::report;
+use super::token::Token;
+use crate::stun::raw::TYPE_SEND_INDICATION;
+use crate::turn::allocation::Family;
+use crate::turn::relay::PEER_HEADROOM;
+use crate::turn::PeerAddr;
+use crate::turn::RelayBindError;
+use crate::turn::{AllocationId, FiveTuple, Transport};
+use quinn_udp::RecvMeta;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Set while relay sockets cannot be opened (out of descriptors, say), so the episode
+/// is logged once for the process rather than once per worker or per Allocate.
+static RELAY_BIND_FAILING: AtomicBool = AtomicBool::new(false);
+
+impl EventLoop {
+    /// Reads batches from a ready listener (at most [`READS_PER_WAKE`]) and hands each
+    /// datagram to the core.
+    pub(super) fn serve_listener(&mut self, key: ListenerKey) {
+        for _ in 0..READS_PER_WAKE {
+            let Some(listener) = self.listeners.get(key) else {
+                return;
+            };
+            let mut meta = [RecvMeta::default(); BATCH];
+            let received = {
+                let mut slots = self.recv_slots.chunks_mut(MAX_DATAGRAM);
+                let mut bufs: [IoSliceMut<'_>; BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(slots.next().unwrap_or_default()));
+                listener.state.recv((&listener.socket).into(), &mut bufs, &mut meta)
+            };
+            let count = match received {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "receive error on listener");
+                    return;
+                }
+            };
+            // One clock read per batch, not per datagram.
+            let now = Instant::now();
+            let unix = unix_now();
+            let local = listener.local;
+            for (slot, meta) in meta.iter().take(count).enumerate() {
+                let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
+                let from = FiveTuple { transport: Transport::Udp, client: meta.addr, server };
+                // A zero source port cannot be answered and is a classic spoofing tell.
+                if meta.addr.port() == 0 {
+                    continue;
+                }
+                let start = slot * MAX_DATAGRAM;
+                let stride = meta.stride.max(1);
+                let mut offset = 0;
+                while offset < meta.len {
+                    let end = (offset + stride).min(meta.len);
+                    let Some(packet) = self.recv_slots.get(start + offset..start + end) else {
+                        break;
+                    };
+                    let control = is_control(packet);
+                    let started = if control { Some(Instant::now()) } else { None };
+                    let relayed = through_core(&mut self.core, &self.ledger, now, unix, from, packet);
+                    if let Some(started) = started {
+                        let seconds = started.elapsed().as_secs_f64();
+                        self.snapshot.request_seconds.observe(&report::REQUEST_SECONDS_BOUNDS, seconds);
+                    }
+                    if let Some(out) = relayed {
+                        // Queued in place (the payload stays in its receive slot) and sent
+                        // after the batch, one sendmmsg per relay socket.
+                        if let Some(relay) = self.relay_socket(out.allocation, out.peer.get()) {
+                            let payload = start + offset + out.payload.start..start + offset + out.payload.end;
+                            self.to_peers.push(relay.as_raw_fd(), out.peer.get(), None, Payload::Slot(payload));
+                        }
+                    }
+                    offset = end;
+                    self.drain_outputs();
+                }
+            }
+            // Before the next receive reuses the slots the payloads are in.
+            if !self.to_peers.is_empty() {
+                self.to_peers.flush_by_socket(&self.recv_slots);
+            }
+            // A short batch drained the socket; level-triggered epoll says if more came.
+            if count < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Reads batches from a ready relay socket (at most [`READS_PER_WAKE`]) and relays
+    /// each datagram to its client.
+    pub(super) fn serve_relay(&mut self, id: AllocationId, family: Family) {
+        for _ in 0..READS_PER_WAKE {
+            // Room for a whole batch, in the slots and in the outbox, so that nothing
+            // flushes while this batch's packets sit in their slots half-queued.
+            if self.next_slot + relay_socket::BATCH > RELAY_SLOTS || self.outbox.room() < relay_socket::BATCH {
+                self.flush();
+            }
+            let Some(relay) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()) else {
+                return;
+            };
+            let base = self.next_slot * RELAY_SLOT;
+            let Some(area) = self.relay_buf.get_mut(base..base + relay_socket::BATCH * RELAY_SLOT) else {
+                return;
+            };
+            let mut received = [None; relay_socket::BATCH];
+            let count =
+                match relay_socket::recv_batch(relay.as_raw_fd(), area, RELAY_SLOT, PEER_HEADROOM, &mut received) {
+                    Ok(count) => count,
+                    // Nothing to read: the wake-up may be an EPOLLERR alone (a send
+                    // took the socket's pending error, the queue still holds it).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.serve_relay_errors(id, family);
+                        return;
+                    }
+                    Err(e) => {
+                        // An ICMP error about a datagram this socket sent (IP_RECVERR):
+                        // relayed to the client from the error queue; the allocation
+                        // lives on.
+                        debug!(error = %e, allocation = id.0, "receive error on relay socket");
+                        self.serve_relay_errors(id, family);
+                        continue;
+                    }
+                };
+            self.next_slot += count;
+            let now = Instant::now();
+            for (slot, entry) in received.iter().take(count).enumerate() {
+                let Some((len, peer)) = *entry else {
+                    continue;
+                };
+                let start = base + slot * RELAY_SLOT + PEER_HEADROOM;
+                let Some(out) =
+                    self.core.handle_peer_packet(now, id, PeerAddr::new(peer), &mut self.relay_buf, start..start + len)
+                else {
+                    continue;
+                };
+                self.send_to_client(out.to, Payload::Slot(out.range));
+            }
+            if count < relay_socket::BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Reads a relay socket's error queue (bounded per wake-up) and hands each ICMP
+    /// error to the core, which relays it to the client (RFC 8656 §11).
+    pub(super) fn serve_relay_errors(&mut self, id: AllocationId, family: Family) {
+        let Some(fd) = self.relays.get(&id).and_then(|r| r[family as usize].as_ref()).map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let now = Instant::now();
+        for _ in 0..relay_socket::ICMP_PER_WAKE {
+            match relay_socket::recv_icmp(fd) {
+                Ok(Some((peer, icmp))) => {
+                    debug!(allocation = id.0, %peer, kind = icmp.kind, code = icmp.code, "ICMP error from peer");
+                    self.core.handle_peer_icmp(now, id, PeerAddr::new(peer), icmp);
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.drain_outputs();
+    }
+
+    /// The relay socket of `id` for sending to `peer`.
+    pub(super) fn relay_socket(&self, id: AllocationId, peer: SocketAddr) -> Option<&UdpSocket> {
+        self.relays.get(&id)?[Family::of(peer.ip()) as usize].as_ref()
+    }
+
+    pub(super) fn open_relay(
+        &mut self,
+        id: AllocationId,
+        local: SocketAddr,
+        dont_fragment: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        let socket = match relay_socket::bind(local, dont_fragment) {
+            Ok(socket) => socket,
+            Err((kind, e)) => {
+                // Once per episode (e.g. out of file descriptors), not once per Allocate.
+                if kind != RelayBindError::AddrInUse && !RELAY_BIND_FAILING.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, %local, "cannot open relay socket; new allocations get 508 until this clears");
+                }
+                return Err(kind);
+            }
+        };
+        if RELAY_BIND_FAILING.load(Ordering::Relaxed) && RELAY_BIND_FAILING.swap(false, Ordering::Relaxed) {
+            info!("relay sockets can be opened again");
+        }
+        let socket: UdpSocket = socket.into();
+        let bound = socket.local_addr().map_err(|_| RelayBindError::Other)?;
+        let family = Family::of(bound.ip());
+        if let Err(e) = self.epoll.add(socket.as_raw_fd(), Token::Relay(id, family).encode()) {
+            warn!(error = %e, "cannot watch relay socket");
+            return Err(RelayBindError::Other);
+        }
+        self.relays.entry(id).or_default()[family as usize] = Some(socket);
+        Ok(bound)
+    }
+}
+
+/// STUN requests (not ChannelData, not Send indications): what the request time
+/// histogram measures.
+pub(super) fn is_control(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| *b < 0x40) && packet.get(..2) != Some(&TYPE_SEND_INDICATION.to_be_bytes()[..])
+}
