@@ -14,6 +14,7 @@
 //! if client.learn(&response) { /* a 401/438 brought a fresh nonce: request again */ }
 //! ```
 
+pub mod blocking;
 mod credentials;
 mod packet;
 mod request;
