@@ -7,8 +7,7 @@
 //! still answer a Binding and relay on an allocation made before the group started.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};

@@ -2,11 +2,8 @@
 //! JSON, filters), drop, revoke/unrevoke, reload, drain, where the token comes from,
 //! the exit codes, and shell completion.
 mod common;
-#[path = "admin/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::http;
+use common::turn_client;
 
 use common::*;
 use serde_json::Value;

@@ -11,8 +11,7 @@
 //! listener answering through its IPv4 socket.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};

@@ -7,8 +7,7 @@
 //! and prints "skipping" elsewhere. Network traffic stays on loopback, ports are
 //! ephemeral, every wait is bounded, and every process started is killed.
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use serde_json::Value;

@@ -6,8 +6,7 @@
 //! 10000`, about 1,000 held TCP connections made every UDP Allocate fail with 508.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};

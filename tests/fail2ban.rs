@@ -4,8 +4,7 @@
 //! call) is none, and a username built to look like a log line forges no match.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::process::Command;

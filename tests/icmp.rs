@@ -6,8 +6,7 @@
 //! (fragmentation needed, with that MTU), built from network namespaces.
 mod common;
 mod netns;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use netns::Netns;

@@ -3,8 +3,7 @@
 //! and systemd notifications (READY, STATUS/WATCHDOG, RELOADING, STOPPING).
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::net::SocketAddr;

@@ -15,8 +15,7 @@
 //! allows the "public" 100.y.0.0/16.
 mod common;
 mod netns;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use netns::browser::{self, Browser};

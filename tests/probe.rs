@@ -1,10 +1,8 @@
 //! `turnd probe URL` against the real turnd binary and against coturn's `turnserver`
 //! (Debian package `coturn`), on loopback with ephemeral ports.
-#[path = "netns/ca.rs"]
-mod ca;
+use common::ca;
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use ca::TestCa;
 use common::*;

@@ -8,8 +8,7 @@
 //! 127.0.0.66 and 198.51.100.66 are denied.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use socket2::{Domain, Socket, Type};

@@ -3,8 +3,7 @@
 //! limit, the amplification factor, and memory under an unauthenticated flood.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::net::{SocketAddr, UdpSocket};

@@ -6,8 +6,7 @@
 //! Loopback only: the many sources are addresses of 127.0.0.0/8, bound before connect.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use socket2::{Domain, Socket, Type};

@@ -3,8 +3,7 @@
 //! dual-stack allocations on ::1.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};

@@ -3,8 +3,7 @@
 //! DONT-FRAGMENT, and survival of a burst of malformed datagrams.
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::net::{SocketAddr, UdpSocket};

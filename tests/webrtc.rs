@@ -6,8 +6,7 @@
 //! Chromium gathers candidates only when it sees a non-loopback IPv4 interface, so the
 //! test runs turnd and the browser in a network namespace of its own with a veth pair
 //! (100.64+x.0.1 and .2, which exist only there), whatever the machine has.
-#[path = "netns/ca.rs"]
-mod ca;
+use common::ca;
 mod common;
 mod netns;
 
