@@ -106,6 +106,12 @@ impl Client {
     /// the first challenge a request goes out bare, and its 401 brings the nonce).
     pub fn request(&mut self, request: &Request) -> Result<Outgoing, ClientError> {
         let transaction_id = self.transaction_id();
+        self.request_with_id(request, transaction_id)
+    }
+
+    /// [`Client::request`] with a transaction id of the caller's (a load generator
+    /// that routes answers by what it put in the id).
+    pub fn request_with_id(&self, request: &Request, transaction_id: TransactionId) -> Result<Outgoing, ClientError> {
         let mut m = Message::new(MessageClass::Request, request.method, transaction_id);
         for a in &request.attributes {
             m.add_attribute(a.clone());
@@ -122,7 +128,7 @@ impl Client {
         }
         let protection = Protection {
             key: key.as_ref().map(|k| (&k[..], IntegritySet { sha1: true, sha256: false })),
-            fingerprint: true,
+            fingerprint: request.fingerprint,
         };
         let bytes =
             message::encode(m, protection).ok_or(ClientError::Encode("the codec rejected a request we built"))?;

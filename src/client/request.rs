@@ -28,17 +28,19 @@ pub struct Request {
     /// Whether the client adds credentials once it knows a nonce (Binding does not
     /// need them, every TURN request does).
     pub authenticate: bool,
+    /// Whether to end with FINGERPRINT (RFC 8489 §14.7: optional unless multiplexed).
+    pub fingerprint: bool,
 }
 
 impl Request {
     /// Any method with any attributes, authenticated once a nonce is known.
     pub fn new(method: Method, attributes: Vec<Attribute>) -> Request {
-        Request { method, attributes, authenticate: true }
+        Request { method, attributes, authenticate: true, fingerprint: true }
     }
 
     /// A Binding request (never authenticated).
     pub fn binding() -> Request {
-        Request { method: BINDING, attributes: Vec::new(), authenticate: false }
+        Request { method: BINDING, attributes: Vec::new(), authenticate: false, fingerprint: true }
     }
 
     /// Allocate a UDP relay.
@@ -80,6 +82,13 @@ impl Request {
     /// Adds an attribute.
     pub fn with(mut self, attribute: impl Into<Attribute>) -> Request {
         self.attributes.push(attribute.into());
+        self
+    }
+
+    /// Leaves FINGERPRINT out (what a load generator sends to keep the server's work
+    /// to what it measures).
+    pub fn without_fingerprint(mut self) -> Request {
+        self.fingerprint = false;
         self
     }
 
