@@ -8,14 +8,14 @@
 //! with its timing as it completes; the first failing step ends the run with an error
 //! that carries the STUN error code (if any) and what it usually means.
 //!
-//! It is a blocking client on std sockets (one server, one request at a time: there is
-//! nothing to multiplex) built on turnd's own codec. Nothing that comes from the network
-//! is unwrapped: every malformed answer is a [`ProbeError`].
+//! It is the library's TURN client ([`crate::client`]) on its blocking transport (one
+//! server, one request at a time: there is nothing to multiplex). Nothing that comes
+//! from the network is unwrapped: every malformed answer is a [`ProbeError`].
 //!
 //! The files, by concern: [`url`] parses the URL, [`options`] holds what a run is
 //! given, `steps` and `relay` do the talking (on [`crate::client`] and its blocking
 //! transport), `run` orders the steps, [`report`] prints them, [`error`] explains
-//! failures, `tls` configures certificate checking, and [`cli`] is the command line.
+//! failures, `tls` configures certificate checking, and [`cli`](mod@cli) is the command line.
 
 pub mod cli;
 pub mod error;
