@@ -2,6 +2,8 @@
 //!
 //! - [`stun`]: the wire format (codec, integrity, ChannelData).
 //! - [`turn`]: the sans-IO state machine: allocations, permissions, channels, auth.
+//! - [`client`]: a sans-IO TURN client (requests, challenges, ChannelData), used by
+//!   [`probe`], the integration tests and the load benchmark.
 //! - [`net`]: the tokio shell that owns sockets and timers and drives the core.
 //! - [`admin`]: the HTTP admin listener (metrics, health, live stats, dashboard).
 //! - [`metrics`]: every Prometheus metric, declared in one place.
@@ -10,6 +12,7 @@
 //!   everywhere else).
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod net;

@@ -7,10 +7,8 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "admin/http.rs"]
-mod http;
-#[path = "admin/turn_client.rs"]
-mod turn_client;
+use common::http;
+use common::turn_client;
 
 use common::*;
 use http::{
@@ -51,8 +49,8 @@ fn is(text: &str, series: &str, value: f64) -> bool {
 
 /// An allocation with a permission and a channel to `peer`, and `packets` echoed.
 fn relaying_client(turnd: &TurndProcess, peer: &UdpEchoPeer, packets: u8) -> TurnClient {
-    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    client.allocate();
+    let mut client = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
     client.permit(peer.addr());
     client.bind_channel(CHANNEL, peer.addr());
     for i in 0..packets {
@@ -71,7 +69,7 @@ fn metrics_move_with_a_live_allocation() {
     assert!(is(&idle, "turnd_allocations", 0.0), "{idle}");
 
     let mut client = relaying_client(&turnd, &peer, 10);
-    let mut intruder = TurnClient::new(turnd.udp_addr(), USER, "wrong password", REALM);
+    let mut intruder = TurnClient::on_loopback(turnd.udp_addr(), USER, "wrong password", REALM);
     let refused = intruder.request(stun_codec::rfc5766::methods::ALLOCATE, vec![]);
     assert_eq!(turn_client::error_code(&refused), Some(401));
 
@@ -179,8 +177,8 @@ fn websocket_streams_snapshots_and_allocation_events() {
     assert_eq!(subscribed["interval_ms"], 1000);
     assert_eq!(subscribed["topics"], json!(["stats", "allocations"]));
 
-    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    let relay = client.allocate();
+    let mut client = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    let relay = client.allocate_relay();
     let me = client.local_addr().to_string();
     let created = ws_wait(&mut ws, SHOW_WITHIN, |m| m["event"] == "allocation.created");
     assert_eq!(created["topic"], "allocations");
@@ -236,10 +234,10 @@ fn an_admin_action_drops_an_allocation_and_its_client_sees_it_go() {
     assert_eq!(client.refresh(600), Err(437));
 
     // Every allocation of a user at once.
-    let mut a = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    let mut b = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    a.allocate();
-    b.allocate();
+    let mut a = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    let mut b = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    a.allocate_relay();
+    b.allocate_relay();
     ws_send(&mut ws, json!({"op": "drop_user", "user": USER, "req": 7}));
     let dropped = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "dropped");
     assert_eq!(dropped["count"], 2);
@@ -358,10 +356,10 @@ fn a_slow_websocket_client_is_dropped_without_stalling_relaying() {
     // Media keeps flowing while allocations churn out events the slow client ignores.
     let peer = UdpEchoPeer::start();
     let media = relaying_client(&turnd, &peer, 1);
-    let mut churn = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
+    let mut churn = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
     let mut worst = Duration::ZERO;
     for i in 0..CHURN as u32 {
-        churn.allocate();
+        churn.allocate_relay();
         churn.refresh(0).expect("delete");
         if i % 4 == 0 {
             let sent = Instant::now();
@@ -616,8 +614,8 @@ fn health_and_readiness() {
         }
     };
     assert_eq!(ready(200), "ready\n");
-    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    client.allocate();
+    let mut client = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
     assert_eq!(ready(503), "not ready: no relay ports available\n");
     client.refresh(0).expect("delete");
     ready(200);
@@ -627,8 +625,8 @@ fn health_and_readiness() {
 #[test]
 fn the_admin_listener_can_be_turned_off() {
     let mut turnd = TurndProcess::start(&format!("{}\n[admin]\nenabled = false\n", config_with(&["udp"])), &[]);
-    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    client.allocate();
+    let mut client = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
     assert!(turnd.is_running());
     assert!(!turnd.logs().contains("listening on admin"), "{}", turnd.logs());
 }
@@ -677,7 +675,7 @@ fn the_dashboard_shows_the_live_allocation_count_in_headless_chromium() {
     served(3.0); // two clients plus the traffic generator
     page.expect(3);
     // Live: the page follows the server without a reload.
-    let mut intruder = TurnClient::new(turnd.udp_addr(), USER, "wrong password", REALM);
+    let mut intruder = TurnClient::on_loopback(turnd.udp_addr(), USER, "wrong password", REALM);
     intruder.request(stun_codec::rfc5766::methods::ALLOCATE, vec![]);
     clients.pop().expect("a client").refresh(0).expect("delete");
     served(2.0);
@@ -786,8 +784,8 @@ mod dashboard {
 
     impl Traffic {
         pub fn start(server: SocketAddr, peer: SocketAddr) -> Traffic {
-            let mut client = TurnClient::new(server, USER, PASSWORD, REALM);
-            client.allocate();
+            let mut client = TurnClient::on_loopback(server, USER, PASSWORD, REALM);
+            client.allocate_relay();
             client.permit(peer);
             client.bind_channel(CHANNEL, peer);
             let stop = Arc::new(AtomicBool::new(false));
@@ -824,14 +822,14 @@ fn a_revocation_ends_the_users_allocations_and_holds_across_a_reload_until_lifte
     let bearer = format!("Bearer {TOKEN}");
     let mut ws = ws_connect(turnd.admin_addr(), "/ws", &[("Authorization", &bearer)]).expect("open /ws");
     ws_next(&mut ws).expect("hello");
-    let mut client = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    client.allocate();
+    let mut client = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
 
     ws_send(&mut ws, json!({"op": "revoke", "user": USER, "req": 1}));
     let revoked = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "revoked");
     assert_eq!((revoked["req"].as_u64(), revoked["count"].as_u64()), (Some(1), Some(1)), "{revoked}");
     assert_eq!(client.refresh(600), Err(401), "the allocation is gone and the user refused");
-    let mut fresh = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
+    let mut fresh = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
     let answer = fresh.request(
         stun_codec::rfc5766::methods::ALLOCATE,
         vec![stun_codec::rfc5766::attributes::RequestedTransport::new(17).into()],
@@ -857,8 +855,8 @@ fn a_revocation_ends_the_users_allocations_and_holds_across_a_reload_until_lifte
     assert_eq!(list["revocations"], json!([{"user": USER, "lapses_at": null}]), "{list}");
     ws_send(&mut ws, json!({"op": "unrevoke", "user": USER, "req": 3}));
     assert_eq!(ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "unrevoked")["lifted"], true);
-    let mut again = TurnClient::new(turnd.udp_addr(), USER, PASSWORD, REALM);
-    again.allocate();
+    let mut again = TurnClient::on_loopback(turnd.udp_addr(), USER, PASSWORD, REALM);
+    again.allocate_relay();
 
     // Without the token: refused like any admin action.
     let mut plain = ws_connect(turnd.admin_addr(), "/ws", &[]).expect("open /ws");

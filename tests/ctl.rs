@@ -6,11 +6,8 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "admin/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::http;
+use common::turn_client;
 
 use common::*;
 use serde_json::Value;

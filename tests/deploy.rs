@@ -11,8 +11,7 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use serde_json::Value;

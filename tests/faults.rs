@@ -18,10 +18,8 @@
 
 mod common;
 #[allow(dead_code)]
-#[path = "admin/http.rs"]
-mod http;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::http;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};

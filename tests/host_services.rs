@@ -10,8 +10,7 @@
 
 mod common;
 mod netns;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::Read;

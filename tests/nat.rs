@@ -19,8 +19,7 @@
 
 mod common;
 mod netns;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use netns::browser::{self, Browser};

@@ -4,11 +4,9 @@
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "netns/ca.rs"]
-mod ca;
+use common::ca;
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use ca::TestCa;
 use common::*;

@@ -21,8 +21,7 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::io::{Read, Write};
@@ -33,9 +32,9 @@ use std::time::{Duration, Instant};
 use stun_codec::rfc5389::attributes::{ErrorCode, XorMappedAddress};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress};
-use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use stun_codec::{MessageClass, Method, TransactionId};
-use turn_client::Credentials;
+use turnd::client::{Client as TurnState, Request};
 use turnd::stun::attributes::{Attribute, ChannelNumber, Opaque};
 use turnd::stun::message::{self, Message, Protection};
 
@@ -78,7 +77,7 @@ enum StepError {
 struct Client {
     socket: UdpSocket,
     server: SocketAddr,
-    creds: Credentials,
+    creds: TurnState,
     buf: Vec<u8>,
 }
 
@@ -86,7 +85,7 @@ impl Client {
     fn new(local: &str, server: SocketAddr) -> std::io::Result<Client> {
         let socket = UdpSocket::bind(local)?;
         socket.set_read_timeout(Some(ROUND_TRIP))?;
-        Ok(Client { socket, server, creds: Credentials::new(USER, PASSWORD, REALM), buf: vec![0; 65536] })
+        Ok(Client { socket, server, creds: turn_client::client(USER, PASSWORD), buf: vec![0; 65536] })
     }
 
     /// The next datagram from the server.
@@ -101,19 +100,19 @@ impl Client {
 
     /// An authenticated request, retried once on 401/438 with the new nonce.
     fn request(&mut self, method: Method, attrs: Vec<Attribute>) -> Result<Message, StepError> {
+        let request = Request::new(method, attrs);
         for _ in 0..3 {
-            let bytes = self.creds.build(method, &attrs);
-            let tid = bytes[8..20].to_vec();
-            self.socket.send_to(&bytes, self.server).map_err(|e| StepError::Unexpected(e.to_string()))?;
+            let sent = self.creds.request(&request).map_err(|e| StepError::Unexpected(e.to_string()))?;
+            self.socket.send_to(&sent.bytes, self.server).map_err(|e| StepError::Unexpected(e.to_string()))?;
             let response = loop {
-                let got = self.recv()?;
+                let got = self.recv()?.to_vec();
                 // Skip stray relayed data and late answers to earlier requests.
-                if got.len() >= 20 && got[0] < 0x40 && got[8..20] == tid[..] {
-                    break message::decode(got).map_err(|e| StepError::Unexpected(e.to_string()))?.message;
+                if sent.is_answered_by(&got) {
+                    break self.creds.response(&sent, &got).map_err(|e| StepError::Unexpected(e.to_string()))?;
                 }
             };
-            if !self.creds.wants_retry(&response) {
-                return Ok(response);
+            if !self.creds.learn(&response) {
+                return Ok(response.message);
             }
         }
         Err(StepError::Unexpected(format!("{method:?}: no final answer after three attempts")))
@@ -131,20 +130,10 @@ impl Client {
     /// the echo peer's copy to come back.
     fn relay_round_trip(&mut self, channel: Option<u16>, peer: SocketAddr, payload: &[u8]) -> Result<(), StepError> {
         let bytes = match channel {
-            Some(channel) => {
-                let mut v = channel.to_be_bytes().to_vec();
-                v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-                v.extend_from_slice(payload);
-                v
-            }
-            None => {
-                let mut m = Message::new(MessageClass::Indication, SEND, self.creds.tid());
-                m.add_attribute(XorPeerAddress::new(peer));
-                m.add_attribute(Data::new(payload.to_vec()).map_err(|e| StepError::Unexpected(e.to_string()))?);
-                message::encode(m, Protection { key: None, fingerprint: false })
-                    .ok_or_else(|| StepError::Unexpected("encode".into()))?
-            }
-        };
+            Some(channel) => turnd::client::channel_data(channel, payload, false),
+            None => self.creds.send_indication(peer, payload),
+        }
+        .map_err(|e| StepError::Unexpected(e.to_string()))?;
         self.socket.send_to(&bytes, self.server).map_err(|e| StepError::Unexpected(e.to_string()))?;
         loop {
             let got = self.recv()?;
@@ -294,7 +283,7 @@ fn step(
             // and be answered as a retransmission (RFC 8656 §7.2). Start the ids at a
             // random point so a new client is not taken for an old one.
             for _ in 0..rand.below(1 << 10) {
-                client.creds.tid();
+                client.creds.transaction_id();
             }
             let response = client.expect_success(
                 ALLOCATE,

@@ -9,8 +9,7 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use socket2::{Domain, Socket, Type};

@@ -7,8 +7,8 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
+use turnd::client::Request;
 
 use common::*;
 use std::io::{Read, Write};
@@ -222,12 +222,13 @@ fn rfc6062_connects_in_progress_are_bounded_per_allocation() {
     tcp_allocate(&mut control, &mut client);
     // Authenticate a Credentials of our own, then send every Connect without waiting:
     // the answers to Connects in progress come only when they connect or time out.
-    let mut creds = turn_client::Credentials::new(USER, PASSWORD, REALM);
-    let probe = creds.build(method(CONNECT), &[XorPeerAddress::new(holes[0].2).into()]);
-    control.write_all(&probe).unwrap();
-    assert!(creds.wants_retry(&read_stun(&mut control)), "a 401 with a nonce");
+    let mut creds = turn_client::client(USER, PASSWORD);
+    let probe = creds.request(&Request::connect(holes[0].2)).unwrap();
+    control.write_all(&probe.bytes).unwrap();
+    let challenge = creds.response(&probe, &turn_client::read_stun_bytes(&mut control)).unwrap();
+    assert!(creds.learn(&challenge), "a 401 with a nonce");
     for (_, _, peer) in &holes {
-        control.write_all(&creds.build(method(CONNECT), &[XorPeerAddress::new(*peer).into()])).unwrap();
+        control.write_all(&creds.request(&Request::connect(*peer)).unwrap().bytes).unwrap();
     }
     control.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let refused = (0..4).map(|_| error_code(&read_stun(&mut control))).collect::<Vec<_>>();

@@ -6,8 +6,7 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::turn_client;
 
 use common::*;
 use std::net::{SocketAddr, UdpSocket};

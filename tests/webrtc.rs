@@ -10,8 +10,7 @@
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "netns/ca.rs"]
-mod ca;
+use common::ca;
 mod common;
 mod netns;
 

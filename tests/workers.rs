@@ -8,10 +8,8 @@
 
 mod common;
 #[allow(dead_code)]
-#[path = "admin/http.rs"]
-mod http;
-#[path = "common/turn_client.rs"]
-mod turn_client;
+use common::http;
+use common::turn_client;
 
 use common::*;
 use http::{metric, scrape, ws_connect, ws_next, ws_send, ws_wait};

@@ -7,12 +7,13 @@
 //!
 //! Run by the bench as `<bench> --forwarder PEER HEADER`; prints `listening on ADDR`.
 
-use crate::stun;
 use crate::udp::{self, RecvBatch, SendBatch};
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use turnd::client::{write_indication_header, INDICATION_HEADER_V4};
+use turnd::stun::raw::TYPE_DATA_INDICATION;
 
 /// Datagrams per recvmmsg/sendmmsg call.
 const BATCH: usize = 32;
@@ -41,7 +42,7 @@ pub fn main(peer: SocketAddrV4, header: usize) -> std::io::Result<()> {
 
     let mut relays: Vec<Relay> = Vec::new();
     let mut by_client: HashMap<SocketAddrV4, usize> = HashMap::new();
-    let mut inbox = RecvBatch::new(BATCH, stun::INDICATION_HEADER);
+    let mut inbox = RecvBatch::new(BATCH, INDICATION_HEADER_V4);
     let mut to_clients = SendBatch::new(BATCH);
     let peer_raw = udp::sockaddr(peer);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -87,14 +88,14 @@ pub fn main(peer: SocketAddrV4, header: usize) -> std::io::Result<()> {
                     let got = inbox.recv(relay.socket.as_raw_fd());
                     for j in 0..got {
                         let (slot, len, from) = inbox.slot_mut(j);
-                        let start = stun::INDICATION_HEADER - header;
+                        let start = INDICATION_HEADER_V4 - header;
                         if header == 4 {
                             slot[start..start + 2].copy_from_slice(&crate::sessions::CHANNEL.to_be_bytes());
                             slot[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
                         } else {
-                            stun::write_indication_header(slot, stun::DATA, &[7; 12], from, len);
+                            write_indication_header(slot, TYPE_DATA_INDICATION, &[7; 12], SocketAddr::V4(from), len);
                         }
-                        let framed = &slot[start..stun::INDICATION_HEADER + len];
+                        let framed = &slot[start..INDICATION_HEADER_V4 + len];
                         if to_clients.is_full() {
                             to_clients.flush(listener.as_raw_fd());
                         }

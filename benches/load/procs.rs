@@ -4,7 +4,7 @@
 //! Every child is started with PR_SET_PDEATHSIG so it dies with the bench, and is
 //! stopped on drop (SIGTERM, then SIGKILL after a grace period).
 
-use crate::stun::{self, Request};
+use crate::stun;
 use crate::udp;
 use std::io::{self, BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -204,7 +204,7 @@ fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, 
             return Err(io::Error::other(format!("{label} exited during startup: {status}")));
         }
         seq += 1;
-        let request = Request::new(stun::BINDING, stun::tid(u32::MAX, seq)).finish(None);
+        let request = crate::sessions::binding_request(stun::tid(u32::MAX, seq));
         let _ = client.send_to(&request, addr);
         udp::wait_readable(&[udp::fd(client)], 50);
         let n = batch.recv(udp::fd(client));

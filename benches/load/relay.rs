@@ -10,8 +10,11 @@
 use crate::control::{Clients, Meter, Window};
 use crate::stun;
 use crate::udp::{self, RecvBatch, SendBatch};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
+use turnd::client::{write_indication_header, DataIndication, Packet, INDICATION_HEADER_V4};
+use turnd::stun::channel_data::ChannelData;
+use turnd::stun::raw::TYPE_SEND_INDICATION;
 
 /// How the client frames data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +37,7 @@ impl Mode {
     pub fn header(self) -> usize {
         match self {
             Mode::Channel => 4,
-            Mode::Send => stun::INDICATION_HEADER,
+            Mode::Send => INDICATION_HEADER_V4,
         }
     }
 }
@@ -112,12 +115,12 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
             let header = spec.mode.header();
             match spec.mode {
                 Mode::Channel => {
-                    buf[0..2].copy_from_slice(&crate::sessions::CHANNEL.to_be_bytes());
-                    buf[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
+                    let header = (&mut buf[..4]).try_into().expect("room for a ChannelData header");
+                    ChannelData::write_header(crate::sessions::CHANNEL, payload as u16, header);
                 }
                 Mode::Send => {
                     let tid = stun::tid(i as u32, seq);
-                    stun::write_indication_header(buf, stun::SEND, &tid, peer_addr, payload);
+                    write_indication_header(buf, TYPE_SEND_INDICATION, &tid, SocketAddr::V4(peer_addr), payload);
                 }
             }
             buf[header..header + 4].copy_from_slice(&(i as u32).to_be_bytes());
@@ -153,9 +156,10 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
             if from != server {
                 continue;
             }
-            let data = match bytes.first() {
-                Some(0x40..=0x7F) => bytes.get(4..),
-                _ => stun::data_indication_payload(bytes),
+            let data = match Packet::parse(bytes) {
+                Ok(Packet::ChannelData { data, .. }) => Some(data),
+                Ok(Packet::Stun(m)) => DataIndication::parse(m).ok().flatten().map(|d| d.data),
+                Err(_) => None,
             };
             let Some(stamp) = data.and_then(|d| d.get(..STAMP)) else { continue };
             let i = u32::from_be_bytes([stamp[0], stamp[1], stamp[2], stamp[3]]) as usize;

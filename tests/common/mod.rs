@@ -5,6 +5,12 @@
 //! loop bounded in time, every process started is killed when dropped.
 #![allow(dead_code)]
 
+// Helpers a test binary picks by path (`common::turn_client::TurnClient`); each
+// binary compiles them all, hence the crate-wide allow(dead_code) above.
+pub mod ca;
+pub mod http;
+pub mod turn_client;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read};
