@@ -432,59 +432,6 @@ pub struct Tally {
     pub last: Option<Option<u16>>,
 }
 
-/// The outputs' side of the scripted shell, checking each as it is carried out.
-struct Shell<'a> {
-    sent: Vec<(FiveTuple, Vec<u8>)>,
-    sockets: &'a mut BTreeMap<AllocationId, Vec<SocketAddr>>,
-    bind_failures: &'a mut Vec<RelayBindError>,
-    ledger: &'a mut Ledger,
-}
-
-impl Effects for Shell<'_> {
-    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
-        assert!(bytes.len() <= 1500, "a {}-byte response", bytes.len());
-        // Everything turnd sends decodes (RFC 3489 answers carry no cookie).
-        if bytes.get(4..8) == Some(&[0x21, 0x12, 0xA4, 0x42][..]) {
-            assert!(message::decode(&bytes).is_ok(), "turnd sent an undecodable message");
-        }
-        self.sent.push((to, bytes));
-    }
-
-    fn bind_relay(
-        &mut self,
-        allocation: AllocationId,
-        local: SocketAddr,
-        _: bool,
-        _: bool,
-    ) -> Result<SocketAddr, RelayBindError> {
-        assert!(PORTS.contains(&local.port()), "bind outside the relay range: {local}");
-        let taken = self.sockets.values().flatten().any(|s| s.port() == local.port());
-        assert!(!taken, "port {} handed out while a relay socket holds it", local.port());
-        if !self.bind_failures.is_empty() {
-            return Err(self.bind_failures.remove(0));
-        }
-        self.sockets.entry(allocation).or_default().push(local);
-        Ok(local)
-    }
-
-    fn close_relay(&mut self, allocation: AllocationId) {
-        self.sockets.remove(&allocation);
-    }
-
-    // The RFC 6062 TCP-relay outputs (connections to peers), which this UDP-only shell
-    // leaves unanswered, as a shell with no route would; and events.
-    fn connect_peer(&mut self, _: ConnectionId, _: AllocationId, _: SocketAddr, _: SocketAddr) {}
-    fn bind_data(&mut self, _: ConnectionId, _: FiveTuple) -> bool {
-        true
-    }
-    fn close_peer_connection(&mut self, _: ConnectionId, _: Option<FiveTuple>) {}
-    fn event(&mut self, _: Event) {}
-
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger)) {
-        f(self.ledger);
-    }
-}
-
 /// The scripted shell.
 pub struct Driver {
     /// The core under test.
@@ -505,6 +452,8 @@ pub struct Driver {
     bind_failures: Vec<RelayBindError>,
     /// Relay sockets the shell holds: bound address by allocation.
     sockets: BTreeMap<AllocationId, Vec<SocketAddr>>,
+    /// What the drain in progress transmitted.
+    sent: Vec<(FiveTuple, Vec<u8>)>,
     /// What happened.
     pub tally: Tally,
 }
@@ -527,6 +476,7 @@ impl Driver {
             next_tid: 0,
             bind_failures: Vec::new(),
             sockets: BTreeMap::new(),
+            sent: Vec::new(),
             tally: Tally::default(),
         }
     }
@@ -844,14 +794,8 @@ impl Driver {
 
     /// Carries out every output through the shell's own drain; returns the transmits.
     fn drain(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
-        let mut shell = Shell {
-            sent: Vec::new(),
-            sockets: &mut self.sockets,
-            bind_failures: &mut self.bind_failures,
-            ledger: &mut self.ledger,
-        };
-        carry_out(&mut self.server, self.now, &mut shell);
-        shell.sent
+        carry_out(self.now, self);
+        std::mem::take(&mut self.sent)
     }
 
     /// Everything that must hold between inputs.
@@ -972,4 +916,54 @@ pub fn run(seed: u64, ops: &[Op]) -> Tally {
     }
     driver.finish();
     driver.tally
+}
+
+/// The outputs' side of the scripted shell, checking each as it is carried out.
+impl Effects for Driver {
+    fn core(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
+        f(&mut self.server, &mut self.ledger);
+    }
+
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        assert!(bytes.len() <= 1500, "a {}-byte response", bytes.len());
+        // Everything turnd sends decodes (RFC 3489 answers carry no cookie).
+        if bytes.get(4..8) == Some(&[0x21, 0x12, 0xA4, 0x42][..]) {
+            assert!(message::decode(&bytes).is_ok(), "turnd sent an undecodable message");
+        }
+        self.sent.push((to, bytes));
+    }
+
+    fn bind_relay(
+        &mut self,
+        allocation: AllocationId,
+        local: SocketAddr,
+        _: bool,
+        _: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        assert!(PORTS.contains(&local.port()), "bind outside the relay range: {local}");
+        let taken = self.sockets.values().flatten().any(|s| s.port() == local.port());
+        assert!(!taken, "port {} handed out while a relay socket holds it", local.port());
+        if !self.bind_failures.is_empty() {
+            return Err(self.bind_failures.remove(0));
+        }
+        self.sockets.entry(allocation).or_default().push(local);
+        Ok(local)
+    }
+
+    fn close_relay(&mut self, allocation: AllocationId) {
+        self.sockets.remove(&allocation);
+    }
+
+    // The RFC 6062 TCP-relay outputs (connections to peers), which this UDP-only shell
+    // leaves unanswered, as a shell with no route would; and events.
+    fn connect_peer(&mut self, _: ConnectionId, _: AllocationId, _: SocketAddr, _: SocketAddr) {}
+    fn bind_data(&mut self, _: ConnectionId, _: FiveTuple) -> bool {
+        true
+    }
+    fn close_peer_connection(&mut self, _: ConnectionId, _: Option<FiveTuple>) {}
+    fn event(&mut self, _: Event) {}
 }

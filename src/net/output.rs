@@ -1,5 +1,6 @@
-//! Output dispatch: everything the core asks for after an input ([`Output`]) carried
-//! out, and the one way to send a client a message on any transport.
+//! Output dispatch: the event loop as the shell [`carry_out`] drains the core into
+//! (everything the core asks for after an input, carried out), and the one way to
+//! send a client a message on any transport.
 
 use super::event_loop::EventLoop;
 use super::log::log_event;
@@ -7,53 +8,16 @@ use super::outbox::Payload;
 use super::report;
 use super::stream::Outbound;
 use super::workers::lock;
-use crate::turn::{Event, Output};
-use crate::turn::{FiveTuple, Transport};
+use crate::turn::effects::{carry_out, Effects};
+use crate::turn::{AllocationId, ConnectionId, Event, FiveTuple, Ledger, RelayBindError, Server, Transport};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 impl EventLoop {
     /// Carries out every output the core has queued; called after each input.
     pub(super) fn drain_outputs(&mut self) {
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::Transmit { to, bytes } => self.send_to_client(to, Payload::Owned(bytes)),
-                Output::BindRelay { allocation, local, dont_fragment, tcp } => {
-                    let result = if tcp {
-                        self.open_tcp_relay(allocation, local)
-                    } else {
-                        self.open_relay(allocation, local, dont_fragment)
-                    };
-                    self.core.handle_relay_bound(Instant::now(), allocation, local, result, &mut lock(&self.ledger));
-                }
-                Output::CloseRelay { allocation } => {
-                    // Closing a socket takes it out of the epoll set (its descriptor is
-                    // never duplicated), so no EPOLL_CTL_DEL: one syscall less per allocation.
-                    drop(self.relays.remove(&allocation));
-                    self.close_tcp_relay(allocation);
-                }
-                Output::ConnectPeer { connection, local, peer, .. } => self.connect_peer(connection, local, peer),
-                Output::BindData { connection, data } => self.bind_data(connection, data),
-                Output::ClosePeerConnection { connection, data } => self.close_peer_connection(connection, data),
-                Output::Event(event) => {
-                    log_event(&event);
-                    // A TCP/TLS connection that holds an allocation is authenticated: out
-                    // of its source's unauthenticated count and timeout (before the
-                    // Allocate success, which follows this event, is written).
-                    if let Event::AllocationCreated { five_tuple, .. } = &event {
-                        if let Some(client) = self.streams.get(five_tuple) {
-                            client.authenticated();
-                        }
-                    }
-                    if let Event::AllocationEnded { duration, .. } = &event {
-                        let seconds = duration.as_secs_f64();
-                        self.snapshot.allocation_lifetime_seconds.observe(&report::LIFETIME_SECONDS_BOUNDS, seconds);
-                    }
-                    // No receiver is fine: nobody is watching.
-                    let _ = self.publisher.events.send(event);
-                }
-            }
-        }
+        carry_out(Instant::now(), self);
     }
 
     /// Sends a framed message to a client on any transport: over UDP through the
@@ -78,5 +42,71 @@ impl EventLoop {
             // the connection's write timeout cuts it if that goes on).
             let _ = client.send(Outbound::Bytes(bytes));
         }
+    }
+}
+
+/// What the event loop does with each output of its core (see [`carry_out`]).
+impl Effects for EventLoop {
+    fn core(&mut self) -> &mut Server {
+        &mut self.core
+    }
+
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
+        f(&mut self.core, &mut lock(&self.ledger));
+    }
+
+    fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
+        self.send_to_client(to, Payload::Owned(bytes));
+    }
+
+    fn bind_relay(
+        &mut self,
+        allocation: AllocationId,
+        local: SocketAddr,
+        dont_fragment: bool,
+        tcp: bool,
+    ) -> Result<SocketAddr, RelayBindError> {
+        if tcp {
+            self.open_tcp_relay(allocation, local)
+        } else {
+            self.open_relay(allocation, local, dont_fragment)
+        }
+    }
+
+    fn close_relay(&mut self, allocation: AllocationId) {
+        // Closing a socket takes it out of the epoll set (its descriptor is never
+        // duplicated), so no EPOLL_CTL_DEL: one syscall less per allocation.
+        drop(self.relays.remove(&allocation));
+        self.close_tcp_relay(allocation);
+    }
+
+    fn connect_peer(&mut self, connection: ConnectionId, _: AllocationId, local: SocketAddr, peer: SocketAddr) {
+        self.spawn_connect(connection, local, peer);
+    }
+
+    fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) -> bool {
+        self.splice(connection, data)
+    }
+
+    fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
+        self.close_peer_stream(connection, data);
+    }
+
+    fn event(&mut self, event: Event) {
+        log_event(&event);
+        // A TCP/TLS connection that holds an allocation is authenticated: out of its
+        // source's unauthenticated count and timeout (before the Allocate success,
+        // which follows this event, is written).
+        if let Event::AllocationCreated { five_tuple, .. } = &event {
+            if let Some(client) = self.streams.get(five_tuple) {
+                client.authenticated();
+            }
+        }
+        if let Event::AllocationEnded { duration, .. } = &event {
+            let seconds = duration.as_secs_f64();
+            self.snapshot.allocation_lifetime_seconds.observe(&report::LIFETIME_SECONDS_BOUNDS, seconds);
+        }
+        // No receiver is fine: nobody is watching.
+        let _ = self.publisher.events.send(event);
     }
 }

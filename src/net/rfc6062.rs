@@ -5,7 +5,6 @@
 use super::event_loop::EventLoop;
 use super::stream::{Outbound, StreamEvent};
 use super::tcp_relay;
-use super::workers::lock;
 use crate::turn::PeerAddr;
 use crate::turn::RelayBindError;
 use crate::turn::{AllocationId, ConnectionId, FiveTuple};
@@ -40,7 +39,7 @@ impl EventLoop {
 
     /// A Connect request: connects to `peer` from `local` in a task of its own, which
     /// reports back as [`StreamEvent::PeerConnected`].
-    pub(super) fn connect_peer(&mut self, connection: ConnectionId, local: SocketAddr, peer: SocketAddr) {
+    pub(super) fn spawn_connect(&mut self, connection: ConnectionId, local: SocketAddr, peer: SocketAddr) {
         let events = self.stream_events.clone();
         tokio::spawn(async move {
             let stream = tcp_relay::connect(local, peer).await;
@@ -57,7 +56,7 @@ impl EventLoop {
         self.drain_outputs();
     }
 
-    /// The outcome of a [`Self::connect_peer`].
+    /// The outcome of a [`Self::spawn_connect`].
     pub(super) fn peer_connected(&mut self, connection: ConnectionId, stream: io::Result<TcpStream>) {
         let connected = match stream {
             Ok(stream) => {
@@ -74,8 +73,8 @@ impl EventLoop {
     }
 
     /// A ConnectionBind succeeded: the peer connection is spliced onto the client's
-    /// data connection `data`, or the data connection is closed when either is gone.
-    pub(super) fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) {
+    /// data connection `data`; false when either is gone (the core then closes it).
+    pub(super) fn splice(&mut self, connection: ConnectionId, data: FiveTuple) -> bool {
         let spliced = match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
             // Queued behind the ConnectionBind success already sent to it; a
             // bound data connection counts as authenticated.
@@ -88,13 +87,11 @@ impl EventLoop {
             }
             _ => false,
         };
-        if !spliced {
-            self.core.close_five_tuple(data, Instant::now(), &mut lock(&self.ledger));
-        }
+        spliced
     }
 
     /// A peer connection ended, with its spliced data connection if it had one.
-    pub(super) fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
+    pub(super) fn close_peer_stream(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
         self.peer_streams.remove(&connection);
         if let Some(data) = data {
             // Dropping its queue ends the splice and closes both sides.

@@ -1,8 +1,8 @@
-//! The one place the core's outputs are turned into actions: [`carry_out`] drains a
-//! [`Server`] into an [`Effects`], feeding back what the core asked to be told (a
-//! relay socket bound, a data connection that could not be spliced). The shell's
-//! workers, the scenario tests and the fuzz driver all drain through it, so none of
-//! them can forget an output or its answer.
+//! The one place the core's outputs are turned into actions: [`carry_out`] drains the
+//! [`Server`] of an [`Effects`] (a shell) into it, feeding back what the core asked to
+//! be told (a relay socket bound, a data connection that could not be spliced). The
+//! shell's event loop, the scenario tests and the fuzz driver all drain through it, so
+//! none of them can forget an output or its answer.
 
 use super::ledger::Ledger;
 use super::output::{Event, Output, RelayBindError};
@@ -11,8 +11,13 @@ use super::{AllocationId, ConnectionId, FiveTuple};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// What a shell does with each kind of output.
+/// A shell: it owns a core and does what each kind of output asks.
 pub trait Effects {
+    /// The core it drives.
+    fn core(&mut self) -> &mut Server;
+    /// Runs `f` on the core with the workers' shared ledger (the shell locks it for
+    /// the call).
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger));
     /// Sends `bytes` to the client on `to`.
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
     /// Opens a relay socket (UDP, or with `tcp` an RFC 6062 listener) on `local`.
@@ -35,18 +40,18 @@ pub trait Effects {
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>);
     /// Logs or publishes an event.
     fn event(&mut self, event: Event);
-    /// Runs `f` on the workers' shared ledger (the shell locks it for the call).
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger));
 }
 
-/// Drains every output of `core` into `effects`, until the core has nothing left.
-pub fn carry_out(core: &mut Server, now: Instant, effects: &mut impl Effects) {
-    while let Some(output) = core.poll_output() {
+/// Carries out every output of the shell's core, until the core has nothing left;
+/// `now` is when the answers it feeds back happened.
+pub fn carry_out(now: Instant, effects: &mut impl Effects) {
+    while let Some(output) = effects.core().poll_output() {
         match output {
             Output::Transmit { to, bytes } => effects.transmit(to, bytes),
             Output::BindRelay { allocation, local, dont_fragment, tcp } => {
                 let result = effects.bind_relay(allocation, local, dont_fragment, tcp);
-                effects.with_ledger(&mut |shared| core.handle_relay_bound(now, allocation, local, result, shared));
+                effects
+                    .with_ledger(&mut |core, shared| core.handle_relay_bound(now, allocation, local, result, shared));
             }
             Output::CloseRelay { allocation } => effects.close_relay(allocation),
             Output::ConnectPeer { connection, allocation, local, peer } => {
@@ -54,7 +59,7 @@ pub fn carry_out(core: &mut Server, now: Instant, effects: &mut impl Effects) {
             }
             Output::BindData { connection, data } => {
                 if !effects.bind_data(connection, data) {
-                    effects.with_ledger(&mut |shared| core.close_five_tuple(data, now, shared));
+                    effects.with_ledger(&mut |core, shared| core.close_five_tuple(data, now, shared));
                 }
             }
             Output::ClosePeerConnection { connection, data } => effects.close_peer_connection(connection, data),

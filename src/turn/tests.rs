@@ -47,31 +47,23 @@ struct Harness {
     closed: Vec<AllocationId>,
     events: Vec<Event>,
     tcp_outputs: Vec<Output>,
+    /// What the last drain transmitted.
+    sent: Vec<Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
 
-/// What the harness's drain records.
-struct HarnessEffects {
-    ledger: Shared,
-    bind_failures: Vec<RelayBindError>,
-    opened: Vec<(AllocationId, SocketAddr)>,
-    closed: Vec<AllocationId>,
-    events: Vec<Event>,
-    tcp_outputs: Vec<Output>,
-}
-
 /// The scripted shell: relay sockets bind unless a failure is queued; RFC 6062
 /// outputs are kept for the tests that script those sockets.
-struct Scripted {
-    harness_client: FiveTuple,
-    sent: Vec<Vec<u8>>,
-    h: HarnessEffects,
-}
-
-impl Effects for Scripted {
+impl Effects for Harness {
+    fn core(&mut self) -> &mut Server {
+        &mut self.server
+    }
+    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
+        f(&mut self.server, &mut self.ledger.lock().unwrap());
+    }
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
-        assert_eq!(to, self.harness_client, "responses go back on the request's 5-tuple");
+        assert_eq!(to, self.client, "responses go back on the request's 5-tuple");
         self.sent.push(bytes);
     }
     fn bind_relay(
@@ -81,15 +73,15 @@ impl Effects for Scripted {
         _: bool,
         _: bool,
     ) -> Result<SocketAddr, RelayBindError> {
-        if self.h.bind_failures.is_empty() {
-            self.h.opened.push((allocation, local));
+        if self.bind_failures.is_empty() {
+            self.opened.push((allocation, local));
             Ok(local)
         } else {
-            Err(self.h.bind_failures.remove(0))
+            Err(self.bind_failures.remove(0))
         }
     }
     fn close_relay(&mut self, allocation: AllocationId) {
-        self.h.closed.push(allocation);
+        self.closed.push(allocation);
     }
     fn connect_peer(
         &mut self,
@@ -98,20 +90,17 @@ impl Effects for Scripted {
         local: SocketAddr,
         peer: SocketAddr,
     ) {
-        self.h.tcp_outputs.push(Output::ConnectPeer { connection, allocation, local, peer });
+        self.tcp_outputs.push(Output::ConnectPeer { connection, allocation, local, peer });
     }
     fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) -> bool {
-        self.h.tcp_outputs.push(Output::BindData { connection, data });
+        self.tcp_outputs.push(Output::BindData { connection, data });
         true
     }
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
-        self.h.tcp_outputs.push(Output::ClosePeerConnection { connection, data });
+        self.tcp_outputs.push(Output::ClosePeerConnection { connection, data });
     }
     fn event(&mut self, event: Event) {
-        self.h.events.push(event);
-    }
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Ledger)) {
-        f(&mut self.h.ledger.lock().unwrap());
+        self.events.push(event);
     }
 }
 
@@ -163,6 +152,7 @@ impl Harness {
             closed: Vec::new(),
             events: Vec::new(),
             tcp_outputs: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -182,26 +172,8 @@ impl Harness {
     /// Carries out outputs like the shell would (through the same drain); returns the
     /// transmitted messages.
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        let mut effects = Scripted {
-            harness_client: self.client,
-            sent: Vec::new(),
-            h: HarnessEffects {
-                ledger: self.ledger.clone(),
-                bind_failures: std::mem::take(&mut self.bind_failures),
-                opened: Vec::new(),
-                closed: Vec::new(),
-                events: Vec::new(),
-                tcp_outputs: Vec::new(),
-            },
-        };
-        carry_out(&mut self.server, self.now, &mut effects);
-        let Scripted { sent, h, .. } = effects;
-        self.bind_failures = h.bind_failures;
-        self.opened.extend(h.opened);
-        self.closed.extend(h.closed);
-        self.events.extend(h.events);
-        self.tcp_outputs.extend(h.tcp_outputs);
-        sent
+        carry_out(self.now, self);
+        std::mem::take(&mut self.sent)
     }
 
     /// A client packet through both entry points, as the shell passes it: the relayed
