@@ -242,64 +242,8 @@ impl Default for Auth {
     }
 }
 
-/// `[limits]`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct Limits {
-    /// Allocations on this server in all.
-    pub total_allocations: usize,
-    /// Allocations per username.
-    pub allocations_per_user: usize,
-    /// Allocations per client IP.
-    pub allocations_per_ip: usize,
-    /// Permissions per allocation.
-    pub permissions_per_allocation: usize,
-    /// Channels per allocation.
-    pub channels_per_allocation: usize,
-    /// Requests answered with 401 per source IP per second; the rest get no answer.
-    pub unauthenticated_per_second: u32,
-    /// Burst allowance for unauthenticated-per-second.
-    pub unauthenticated_burst: u32,
-    /// Relayed bytes per second per allocation (both directions); 0 is no cap.
-    pub bandwidth_per_allocation: u64,
-    /// Relayed bytes per second per user over all its allocations; 0 is no cap.
-    pub bandwidth_per_user: u64,
-    /// EVEN-PORT reservations held at once (each also counts as an allocation of its
-    /// user and source until redeemed or expired); 0 refuses them.
-    pub total_reservations: usize,
-    /// Leading bits of an IPv4 client address that name its source for every
-    /// per-source limit (allocations-per-ip, the 401 limiter, TCP and admin caps).
-    pub ipv4_prefix: u8,
-    /// The same for IPv6 (64: one subnet, usually one host, counts once).
-    pub ipv6_prefix: u8,
-}
-
-impl Limits {
-    /// How client addresses are grouped into sources.
-    pub fn sources(&self) -> SourcePrefix {
-        SourcePrefix { v4: self.ipv4_prefix, v6: self.ipv6_prefix }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        let q = Quotas::default();
-        Limits {
-            total_allocations: q.total_allocations,
-            allocations_per_user: q.allocations_per_user,
-            allocations_per_ip: q.allocations_per_ip,
-            permissions_per_allocation: q.permissions_per_allocation,
-            channels_per_allocation: q.channels_per_allocation,
-            unauthenticated_per_second: q.unauthenticated_per_second,
-            unauthenticated_burst: q.unauthenticated_burst,
-            bandwidth_per_allocation: q.bytes_per_second_per_allocation,
-            bandwidth_per_user: q.bytes_per_second_per_user,
-            total_reservations: q.total_reservations,
-            ipv4_prefix: q.source_prefix.v4,
-            ipv6_prefix: q.source_prefix.v6,
-        }
-    }
-}
+/// `[limits]`: the core's quotas, read as they are (see [`Quotas`]).
+pub type Limits = Quotas;
 
 /// `[nat-discovery]`: RFC 5780 NAT behaviour discovery on Binding (as coturn's
 /// `--rfc5780`); see `turn::nat_discovery`. Off unless `alternate-address` is set.
@@ -717,19 +661,7 @@ impl Config {
             denied_clients: self.clients.denied.clone(),
             end_at_credential_expiry: self.auth.end_allocations_at_expiry,
             nat_discovery: self.nat_discovery_addresses().ok().flatten(),
-            quotas: Quotas {
-                total_allocations: self.limits.total_allocations,
-                allocations_per_user: self.limits.allocations_per_user,
-                allocations_per_ip: self.limits.allocations_per_ip,
-                permissions_per_allocation: self.limits.permissions_per_allocation,
-                channels_per_allocation: self.limits.channels_per_allocation,
-                unauthenticated_per_second: self.limits.unauthenticated_per_second,
-                unauthenticated_burst: self.limits.unauthenticated_burst,
-                bytes_per_second_per_allocation: self.limits.bandwidth_per_allocation,
-                bytes_per_second_per_user: self.limits.bandwidth_per_user,
-                total_reservations: self.limits.total_reservations,
-                source_prefix: self.limits.sources(),
-            },
+            quotas: self.limits,
         }
     }
 }

@@ -29,38 +29,51 @@ pub struct RelayAddresses {
     pub host_v6: Option<Ipv6Addr>,
 }
 
-/// Limits on what clients may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits on what clients may hold: the `[limits]` table of the configuration file,
+/// read straight into this type (one name per limit, from the file to the core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Quotas {
     /// Allocations on this server in all (508 past it).
     pub total_allocations: usize,
     /// Allocations per username (486 past it).
     pub allocations_per_user: usize,
-    /// Allocations per client IP address (486 past it).
+    /// Allocations per client source (see `ipv4_prefix`; 486 past it).
     pub allocations_per_ip: usize,
     /// Permissions per allocation (486 past it).
     pub permissions_per_allocation: usize,
     /// Channels per allocation (486 past it).
     pub channels_per_allocation: usize,
-    /// Unauthenticated requests answered with 401, per source IP per second; more are
+    /// Unauthenticated requests answered with 401, per source per second; more are
     /// dropped unanswered so turnd cannot be used as a reflector.
     pub unauthenticated_per_second: u32,
     /// Burst allowance for the above.
     pub unauthenticated_burst: u32,
     /// Relayed payload bytes per second per allocation, both directions; 0: no cap.
-    pub bytes_per_second_per_allocation: u64,
+    pub bandwidth_per_allocation: u64,
     /// Relayed payload bytes per second per user over all its allocations; 0: no cap.
-    pub bytes_per_second_per_user: u64,
-    /// RESERVATION-TOKENs held at once over the server (508 past it). Each also counts
-    /// as an allocation of its user and source until it is redeemed or expires.
+    pub bandwidth_per_user: u64,
+    /// RESERVATION-TOKENs (EVEN-PORT reservations) held at once over the server (508
+    /// past it; 0 refuses them). Each also counts as an allocation of its user and
+    /// source until it is redeemed or expires.
     pub total_reservations: usize,
-    /// How client addresses are grouped into sources for `allocations_per_ip` and the
-    /// 401 limiter (IPv6 by /64 by default).
-    pub source_prefix: SourcePrefix,
+    /// Leading bits of an IPv4 client address that name its source for every
+    /// per-source limit (allocations-per-ip, the 401 limiter, TCP and admin caps).
+    pub ipv4_prefix: u8,
+    /// The same for IPv6 (64: one subnet, usually one host, counts once).
+    pub ipv6_prefix: u8,
+}
+
+impl Quotas {
+    /// How client addresses are grouped into sources.
+    pub fn sources(&self) -> SourcePrefix {
+        SourcePrefix { v4: self.ipv4_prefix, v6: self.ipv6_prefix }
+    }
 }
 
 impl Default for Quotas {
     fn default() -> Self {
+        let sources = SourcePrefix::default();
         Quotas {
             total_allocations: 10_000,
             allocations_per_user: 100,
@@ -69,10 +82,11 @@ impl Default for Quotas {
             channels_per_allocation: 64,
             unauthenticated_per_second: 20,
             unauthenticated_burst: 40,
-            bytes_per_second_per_allocation: 0,
-            bytes_per_second_per_user: 0,
+            bandwidth_per_allocation: 0,
+            bandwidth_per_user: 0,
             total_reservations: 1000,
-            source_prefix: SourcePrefix::default(),
+            ipv4_prefix: sources.v4,
+            ipv6_prefix: sources.v6,
         }
     }
 }

@@ -101,7 +101,7 @@ impl Ledger {
             per_user: HashMap::new(),
             per_ip: HashMap::new(),
             allocations: 0,
-            source_prefix: config.quotas.source_prefix,
+            source_prefix: config.quotas.sources(),
             unauthenticated: limiter(limits),
             unauthenticated_limits: limits,
             nonce_epoch: None,
@@ -119,8 +119,8 @@ impl Ledger {
             self.unauthenticated = limiter(limits);
             self.unauthenticated_limits = limits;
         }
-        if config.quotas.source_prefix != self.source_prefix && self.allocations == 0 {
-            self.source_prefix = config.quotas.source_prefix;
+        if config.quotas.sources() != self.source_prefix && self.allocations == 0 {
+            self.source_prefix = config.quotas.sources();
             self.unauthenticated = limiter(limits);
         }
         if config.port_range != self.port_range && self.ports.in_use() == 0 {

@@ -105,16 +105,16 @@ fn within_bandwidth(
     now: Instant,
 ) -> bool {
     let bytes = len as f64;
-    if quotas.bytes_per_second_per_allocation > 0 {
+    if quotas.bandwidth_per_allocation > 0 {
         // A burst of one second's worth.
-        let rate = quotas.bytes_per_second_per_allocation as f64;
+        let rate = quotas.bandwidth_per_allocation as f64;
         let bucket = allocation.bandwidth.get_or_insert_with(|| Bucket::full(rate, now));
         if !bucket.take(bytes, rate, rate, now) {
             return false;
         }
     }
-    if quotas.bytes_per_second_per_user > 0 {
-        let rate = quotas.bytes_per_second_per_user as f64;
+    if quotas.bandwidth_per_user > 0 {
+        let rate = quotas.bandwidth_per_user as f64;
         let bucket = match users.get_mut(&*allocation.username) {
             Some(bucket) => bucket,
             None => users.entry(allocation.username.clone()).or_insert_with(|| Bucket::full(rate, now)),

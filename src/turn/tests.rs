@@ -838,7 +838,7 @@ fn draining_turns_new_allocations_away_and_keeps_old_ones() {
 #[test]
 fn bandwidth_cap_per_allocation_drops_over_the_rate() {
     let mut c = config();
-    c.quotas.bytes_per_second_per_allocation = 1000;
+    c.quotas.bandwidth_per_allocation = 1000;
     let mut h = Harness::with_config(c);
     h.allocate();
     h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
