@@ -164,7 +164,7 @@ impl Admission {
 
 /// One connection's place in the ordinary pool, counted in the connections gauge and
 /// against its source. A WebSocket upgrade takes it from the HTTP connection (see
-/// [`super::server::ConnectionSlot`]), so a long-lived WebSocket keeps counting.
+/// [`ConnectionSlot`]), so a long-lived WebSocket keeps counting.
 #[derive(Debug)]
 pub(crate) struct Slot {
     admission: Arc<Admission>,
@@ -183,6 +183,24 @@ impl Drop for Slot {
         }
         drop(inner);
         self.admission.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The slot of the connection a request came on, as a request extension: the HTTP
+/// server puts it there and the WebSocket upgrade takes it. (Here rather than in the
+/// server so that `ws` and `server` do not import each other.)
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSlot(Arc<Mutex<Option<Slot>>>);
+
+impl ConnectionSlot {
+    /// The extension for a connection holding `slot`.
+    pub(crate) fn new(slot: Slot) -> Self {
+        ConnectionSlot(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// Takes the slot (for a WebSocket session that outlives the HTTP connection).
+    pub(crate) fn take(&self) -> Option<Slot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

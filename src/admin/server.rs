@@ -9,14 +9,14 @@
 //! [`RESERVE_HEAD_TIMEOUT`] (2 s) for their one request and [`RESERVE_LIFETIME`] (5 s)
 //! in all.
 
-use super::admission::{Admission, Admitted, Reservation, Slot, RESERVE_HEAD_TIMEOUT, RESERVE_LIFETIME};
+use super::admission::{Admission, Admitted, ConnectionSlot, Reservation, RESERVE_HEAD_TIMEOUT, RESERVE_LIFETIME};
 use super::{routes, State};
 use axum::Extension;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -37,17 +37,6 @@ const MAX_LINGERING: usize = 32;
 /// autotuning grows it to megabytes: a client that stopped reading would then be
 /// noticed (by a blocked send) only after megabytes of events.
 const SEND_BUFFER: usize = 64 * 1024;
-
-/// The slot of the connection a request came on, as a request extension.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionSlot(Arc<Mutex<Option<Slot>>>);
-
-impl ConnectionSlot {
-    /// Takes the slot (for a WebSocket session that outlives the HTTP connection).
-    pub(crate) fn take(&self) -> Option<Slot> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
 
 /// Serves `listener` until `stop` fires.
 pub(crate) async fn serve(
@@ -77,7 +66,7 @@ pub(crate) async fn serve(
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
         match admission.admit(peer.ip()) {
             Admitted::Ordinary(slot) => {
-                let slot = ConnectionSlot(Arc::new(Mutex::new(Some(slot))));
+                let slot = ConnectionSlot::new(slot);
                 // Per-connection extension: cheap, since the router's routes are shared.
                 let service = TowerToHyperService::new(router.clone().layer(Extension(slot.clone())));
                 tokio::spawn(async move {

@@ -22,12 +22,11 @@
 //! - **Size**: one message or frame is at most [`MAX_MESSAGE_BYTES`] (4 KiB).
 
 use super::access::{same_origin, Resource};
-use super::admission::Slot;
+use super::admission::{ConnectionSlot, Slot};
 use super::protocol::{
     ClientMessage, ErrorCode, Limits, Revocation, ServerMessage, Topic, DEFAULT_PAGE, MAX_INTERVAL_MS,
     MAX_MESSAGE_BYTES, MAX_PAGE, MIN_INTERVAL_MS, VERSION,
 };
-use super::server::ConnectionSlot;
 use super::State;
 use crate::net::Control;
 use crate::turn::AllocationId;
