@@ -74,6 +74,12 @@ impl Effects for EventLoop {
     }
 
     fn close_relay(&mut self, allocation: AllocationId) {
+        // Datagrams of this batch wait in `to_peers` by descriptor number: send them
+        // before the socket closes, or a relay socket opened later in the batch could
+        // reuse the number and send them from another allocation's address.
+        if self.relays.contains_key(&allocation) && !self.to_peers.is_empty() {
+            self.to_peers.flush_by_socket(&self.recv_slots);
+        }
         // Closing a socket takes it out of the epoll set (its descriptor is never
         // duplicated), so no EPOLL_CTL_DEL: one syscall less per allocation.
         drop(self.relays.remove(&allocation));
