@@ -10,6 +10,7 @@ pub mod effects;
 pub mod host;
 pub mod ledger;
 pub mod nat_discovery;
+pub mod nonce;
 pub(crate) mod outbox;
 pub mod output;
 pub mod policy;
