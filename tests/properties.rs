@@ -26,7 +26,7 @@ use stun_codec::rfc5766::attributes::{
 };
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily};
 use stun_codec::{AttributeType, MessageClass, TransactionId};
-use turnd::net::framing::Framer;
+use turnd::stun::framing::Framer;
 use turnd::stun::attributes::{Attribute, ChannelNumber, Opaque};
 use turnd::stun::channel_data::{ChannelData, CHANNEL_RANGE};
 use turnd::stun::message::{self, IntegritySet, Message, Protection};

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
-use turnd::net::framing::frame_len;
+use turnd::stun::framing::frame_len;
 use turnd::stun::channel_data::{ChannelData, CHANNEL_RANGE, HEADER_LEN};
 use turnd_fuzz::server_driver::{Driver, FamilyRequest, Op, Request};
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use turnd::net::framing::{frame_len, Framer};
+use turnd::stun::framing::{frame_len, Framer};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&seed, stream)) = data.split_first() else { return };

@@ -4,7 +4,7 @@
 //! I/O and reads the clock.
 
 use super::{Client, ClientError, Outgoing, Packet, Request, Response, AUTH_ATTEMPTS};
-use crate::net::framing::Framer;
+use crate::stun::framing::Framer;
 use crate::stun::raw::{Header, TYPE_DATA_INDICATION};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};

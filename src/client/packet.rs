@@ -3,7 +3,7 @@
 //! allocation per packet), and the demultiplexing of what the server sends.
 //!
 //! Over TCP and TLS, cut the byte stream into frames with
-//! [`crate::net::framing::Framer`] first; every frame (or datagram) then goes through
+//! [`crate::stun::framing::Framer`] first; every frame (or datagram) then goes through
 //! [`Packet::parse`].
 
 use super::ClientError;
@@ -149,7 +149,7 @@ impl<'a> DataIndication<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::framing::Framer;
+    use crate::stun::framing::Framer;
 
     fn frames(framer: &mut Framer, bytes: &[u8]) -> Vec<Vec<u8>> {
         framer.spare()[..bytes.len()].copy_from_slice(bytes);

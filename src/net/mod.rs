@@ -12,7 +12,6 @@
 mod admission;
 mod control;
 mod event_loop;
-pub mod framing;
 mod listeners;
 mod log;
 mod outbox;

@@ -29,7 +29,7 @@ use super::admission::{
     REFUSED_MAX_CONNECTIONS, REFUSED_PROXY_HEADER, REFUSED_UNTRUSTED_PROXY,
 };
 pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters, StreamLimits};
-use super::framing::Framer;
+use crate::stun::framing::Framer;
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent};

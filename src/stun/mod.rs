@@ -4,6 +4,7 @@ pub mod attributes;
 pub mod binding;
 pub mod channel_data;
 pub mod errors;
+pub mod framing;
 pub mod integrity;
 pub mod message;
 pub mod raw;
