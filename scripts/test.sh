@@ -91,6 +91,7 @@ main() {
     step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
     step "cargo test" cargo test --all-targets --no-fail-fast
     step "cargo test --doc" cargo test --doc --quiet
+    step "cargo doc (no broken links)" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
     # A bounded libFuzzer run of every fuzz target (fuzz/) when rustup has a nightly
     # toolchain (scripts/fuzz.sh skips otherwise): about 5 min of build on 2 cores, then
     # FUZZ_SECONDS (20) per target; FUZZ_SECONDS=0 leaves it out. See docs/robustness.md.

@@ -13,12 +13,12 @@
 //! - **Connections**: `admin.max-connections` (16) in all, `admin.max-connections-per-source`
 //!   (8) from one source (an address masked to the `[limits]` prefix), and beyond those a
 //!   small reserve that answers only `/healthz`, `/readyz` and `/metrics` and that
-//!   half-sent requests cannot hold ([`admission`]).
+//!   half-sent requests cannot hold (`admission`).
 //! - **Time**: 10 s for each request head on an ordinary connection, 2 s (and 5 s in
-//!   all) on a reserve one ([`server`]); a WebSocket that has sent no request for 30 s
-//!   and has not subscribed to anything is closed ([`ws`]).
+//!   all) on a reserve one (`server`); a WebSocket that has sent no request for 30 s
+//!   and has not subscribed to anything is closed (`ws`).
 //! - **Frames**: 20 WebSocket frames a second of any kind (text, binary, ping, pong)
-//!   before the client is dropped ([`ws`]).
+//!   before the client is dropped (`ws`).
 
 mod access;
 mod admission;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// dispatches to [`cli`]).
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
-    /// The server: stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], turns:HOST[:PORT].
+    /// The server: `stun:HOST[:PORT]`, `turn:HOST[:PORT][?transport=udp|tcp]`, `turns:HOST[:PORT]`.
     pub url: String,
     /// Username (with --password), or the user id in a REST username (with --secret).
     #[arg(long)]

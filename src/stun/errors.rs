@@ -1,6 +1,6 @@
 //! STUN and TURN error responses as named values: every code turnd answers with, its
 //! reason phrase on the wire, and the RFC section that defines it. Handlers return
-//! these through [`crate::turn::answer::Reject`], never a bare number.
+//! these through the core's `Reject`, never a bare number.
 
 /// An ERROR-CODE (RFC 8489 §14.8): the code and the reason phrase turnd sends with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,7 @@ use std::time::Instant;
 /// Source IPs tracked by the unauthenticated-rate limiter at most.
 pub const RATE_LIMITED_SOURCES: usize = 65_536;
 
-/// Why [`Ledger::admit`] turned an Allocate away.
+/// Why the ledger turned an Allocate away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The total-allocation quota is reached: 508 Insufficient Capacity.
@@ -90,7 +90,7 @@ impl std::fmt::Debug for Ledger {
 
 impl Ledger {
     /// An empty ledger with the port range and 401 limits of `config` (the quotas
-    /// come with each [`Ledger::admit`]). The shell shares one among its workers.
+    /// come with each admission). The shell shares one among its workers.
     pub fn new(config: &CoreConfig) -> Self {
         let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
         Ledger {

@@ -17,7 +17,7 @@ pub enum Output {
         bytes: Vec<u8>,
     },
     /// Open a UDP relay socket bound to `local` (or, with `tcp`, a TCP listener for
-    /// peer connections: RFC 6062), then call [`Server::handle_relay_bound`] with the
+    /// peer connections: RFC 6062), then call [`super::Server::handle_relay_bound`] with the
     /// outcome. A dual-stack allocation asks for two, one per family.
     BindRelay {
         /// The allocation the socket belongs to.
@@ -30,7 +30,7 @@ pub enum Output {
         tcp: bool,
     },
     /// RFC 6062: open a TCP connection from `local` (the relay address) to `peer`, then
-    /// call [`Server::handle_peer_connected`].
+    /// call [`super::Server::handle_peer_connected`].
     ConnectPeer {
         /// The connection's id.
         connection: ConnectionId,

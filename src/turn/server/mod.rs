@@ -235,7 +235,7 @@ impl Server {
     }
 
     /// An ICMP error that came back for a datagram the allocation's relay socket sent
-    /// to `peer` (RFC 8656 §11); see [`AllocationTable::relay_icmp`]. Returns whether
+    /// to `peer` (RFC 8656 §11); see `AllocationTable::relay_icmp`. Returns whether
     /// the client is told.
     pub fn handle_peer_icmp(
         &mut self,
