@@ -204,7 +204,7 @@ fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, 
             return Err(io::Error::other(format!("{label} exited during startup: {status}")));
         }
         seq += 1;
-        let request = crate::sessions::binding_request(stun::tid(u32::MAX, seq));
+        let request = stun::binding_request(stun::tid(u32::MAX, seq));
         let _ = client.send_to(&request, addr);
         udp::wait_readable(&[udp::fd(client)], 50);
         let n = batch.recv(udp::fd(client));

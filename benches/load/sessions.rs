@@ -140,20 +140,11 @@ pub fn allocate(
     (all, totals)
 }
 
-/// A bare Binding request (no FINGERPRINT, as the generator always sent it).
-pub fn binding_request(tid: [u8; 12]) -> Vec<u8> {
-    let client = Client::new(Credentials::None, tid);
-    match client.request_with_id(&Request::binding().without_fingerprint(), TransactionId::new(tid)) {
-        Ok(sent) => sent.bytes,
-        Err(e) => panic!("a Binding request does not encode: {e}"),
-    }
-}
-
 /// Binding requests from `sessions` client addresses, one outstanding each, until the
 /// meter's window closes.
 pub fn binding(clients: &Clients<'_>, server: SocketAddrV4, sessions: usize, meter: &mut Meter, until: Instant) {
     drive(clients, server, sessions, sessions, until, Some(meter), |_, answer, tid, _| {
-        let request = binding_request(tid);
+        let request = stun::binding_request(tid);
         match answer {
             Some(a) if a.is_success() => Next::SendCompleted(request),
             _ => Next::Send(request),

@@ -4,6 +4,8 @@
 //! generator more than the servers it measures).
 
 use std::net::SocketAddr;
+use stun_codec::TransactionId;
+use turnd::client::{Client, Credentials, Request};
 use turnd::stun::raw::{self, Attributes, Header, MAGIC_COOKIE};
 
 pub const ATTR_ERROR_CODE: u16 = 0x0009;
@@ -16,6 +18,15 @@ pub const CLASS_SUCCESS: u8 = 2;
 
 /// Marks the generator's transaction ids, so strays are ignored.
 const TID_MARK: [u8; 4] = *b"tbnc";
+
+/// A bare Binding request (no FINGERPRINT, as the generator always sent it).
+pub fn binding_request(tid: [u8; 12]) -> Vec<u8> {
+    let client = Client::new(Credentials::None, tid);
+    match client.request_with_id(&Request::binding().without_fingerprint(), TransactionId::new(tid)) {
+        Ok(sent) => sent.bytes,
+        Err(e) => panic!("a Binding request does not encode: {e}"),
+    }
+}
 
 /// A transaction id carrying the session index and its request number.
 pub fn tid(session: u32, seq: u32) -> [u8; 12] {

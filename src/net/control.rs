@@ -2,8 +2,8 @@
 //! [`super::PUBLISH_EVERY`]: what the admin listener, `turnd ctl` and the metrics see.
 
 use super::event_loop::{unix_now, EventLoop};
+use super::ledger::lock;
 use super::report::{self, Control};
-use super::workers::lock;
 use crate::sys::interfaces;
 use crate::turn::AllocationId;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

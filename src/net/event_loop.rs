@@ -7,12 +7,12 @@
 //! files: [`super::udp`], [`super::stream_events`], [`super::control`],
 //! [`super::rfc6062`] and [`super::output`].
 
+use super::ledger::{lock, SharedLedger};
 use super::listeners::UdpListeners;
 use super::outbox::{self, Outbox};
 use super::report::{Control, Publisher, Snapshot};
 use super::stream::{self, StreamEvent};
 use super::token::Token;
-use super::workers::{lock, SharedLedger};
 use crate::sys::epoll::Epoll;
 use crate::sys::interfaces;
 use crate::turn::relay::ToPeer;

@@ -12,6 +12,7 @@
 mod admission;
 mod control;
 mod event_loop;
+mod ledger;
 mod listeners;
 mod log;
 mod outbox;

@@ -3,11 +3,11 @@
 //! send a client a message on any transport.
 
 use super::event_loop::EventLoop;
+use super::ledger::lock;
 use super::log::log_event;
 use super::outbox::Payload;
 use super::report;
 use super::stream::Outbound;
-use super::workers::lock;
 use crate::turn::effects::{carry_out, Effects};
 use crate::turn::{AllocationId, ConnectionId, Event, FiveTuple, Ledger, RelayBindError, Server, Transport};
 use std::net::SocketAddr;

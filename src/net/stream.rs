@@ -29,10 +29,10 @@ use super::admission::{
     REFUSED_MAX_CONNECTIONS, REFUSED_PROXY_HEADER, REFUSED_UNTRUSTED_PROXY,
 };
 pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters, StreamLimits};
-use crate::stun::framing::Framer;
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent};
+use crate::stun::framing::Framer;
 use crate::turn::{FiveTuple, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 
 use super::event_loop::through_core;
 use super::event_loop::{unix_now, EventLoop};
+use super::ledger::lock;
 use super::report;
 use super::stream::StreamEvent;
 use super::udp::is_control;
-use super::workers::lock;
 use std::time::Instant;
 use tracing::debug;
 

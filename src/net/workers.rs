@@ -14,13 +14,14 @@
 //! worker is.
 
 use super::event_loop::{EventLoop, PUBLISH_EVERY};
+use super::ledger::SharedLedger;
 use super::report::{AllocationInfo, Control, Publisher, Snapshot};
 use super::stream::StreamEvent;
 use crate::turn::ledger::Ledger;
 use crate::turn::{AllocationId, CoreConfig, Server, SystemRng};
 use std::io;
 use std::net::UdpSocket;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
@@ -286,17 +287,6 @@ fn notify_systemd(snapshot: &Snapshot, relayed: u64, wedged: Option<usize>) {
         }
     };
     let _ = result;
-}
-
-/// The ledger as the workers share it: the shell owns it, and locks it for each core
-/// entry point that takes it (control-plane paths only).
-pub type SharedLedger = Arc<Mutex<Ledger>>;
-
-/// Locks the ledger. A worker that panicked while holding the lock leaves at worst a
-/// count off by one allocation (no ledger method panics half-way); refusing service on
-/// every other worker because of it would be worse, so poisoning is ignored.
-pub fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
