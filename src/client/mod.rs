@@ -14,6 +14,8 @@
 //! if client.learn(&response) { /* a 401/438 brought a fresh nonce: request again */ }
 //! ```
 
+// The one part of the client with sockets and a clock: a transport on top of it.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod blocking;
 mod credentials;
 mod packet;
