@@ -71,7 +71,11 @@ fn config() -> CoreConfig {
 /// the same server address.
 fn client(i: u32) -> FiveTuple {
     let ip = std::net::Ipv4Addr::from(0x0A00_0000 + i); // 10.0.0.0 and up
-    FiveTuple { transport: Transport::Udp, client: SocketAddr::new(ip.into(), 40000), server: addr("192.0.2.1:3478") }
+    FiveTuple {
+        transport: Transport::Udp,
+        client: SocketAddr::new(ip.into(), 40000).into(),
+        server: addr("192.0.2.1:3478"),
+    }
 }
 
 fn tid(n: u64) -> TransactionId {

@@ -168,7 +168,9 @@ fn websocket_streams_snapshots_and_allocation_events() {
     assert!(first["unix_ms"].as_u64().is_some_and(|t| t > 0), "a stats message before the loop reported: {first}");
     let second = ws_wait(&mut ws, SHOW_WITHIN, |m| m["type"] == "stats" && m["unix_ms"] != first["unix_ms"]);
     let gap = second["unix_ms"].as_u64().unwrap_or(0).saturating_sub(first["unix_ms"].as_u64().unwrap_or(0));
-    assert!((500..=3000).contains(&gap), "snapshots {gap} ms apart");
+    // About a second apart; never two in one interval, and a loaded machine (this
+    // binary's other tests start servers and a browser meanwhile) may stretch it.
+    assert!((500..=10_000).contains(&gap), "snapshots {gap} ms apart");
 
     // Intervals are clamped to what the loop can give.
     ws_send(&mut ws, json!({"op": "subscribe", "topics": ["allocations"], "interval_ms": 10, "req": 1}));

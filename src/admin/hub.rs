@@ -137,8 +137,12 @@ impl Hub {
     fn on_event(&mut self, event: Event) {
         let (topic, body) = match event {
             Event::AllocationCreated { id, five_tuple, username, relay, lifetime } => {
-                let known =
-                    Known { user: username, client: five_tuple.client, relay, transport: five_tuple.transport.label() };
+                let known = Known {
+                    user: username,
+                    client: five_tuple.client.get(),
+                    relay,
+                    transport: five_tuple.transport.label(),
+                };
                 self.known.insert(id.0, known);
                 let allocation = self.describe(id.0);
                 (Topic::Allocations, EventBody::AllocationCreated { allocation, lifetime_secs: lifetime.as_secs() })
@@ -153,7 +157,7 @@ impl Hub {
                 let allocation = AllocationRef {
                     id: id.0,
                     user: Some(username),
-                    client: Some(five_tuple.client),
+                    client: Some(five_tuple.client.get()),
                     relay,
                     transport: Some(five_tuple.transport.label()),
                 };
@@ -384,7 +388,7 @@ mod tests {
         let mut rx = feeds.events.subscribe();
         let five_tuple = FiveTuple {
             transport: Transport::Udp,
-            client: "192.0.2.1:5000".parse().unwrap(),
+            client: "192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap().into(),
             server: "192.0.2.2:3478".parse().unwrap(),
         };
         let relay: SocketAddr = "192.0.2.2:50000".parse().unwrap();

@@ -339,7 +339,7 @@ mod tests {
     fn a_proxied_five_tuple_is_claimed_once_until_its_connection_ends() {
         let five_tuple = FiveTuple {
             transport: Transport::Tcp,
-            client: "198.51.100.77:4000".parse().unwrap(),
+            client: "198.51.100.77:4000".parse::<std::net::SocketAddr>().unwrap().into(),
             server: "192.0.2.1:3478".parse().unwrap(),
         };
         let first = ProxiedClaim::claim(five_tuple).expect("the first claim");

@@ -96,7 +96,7 @@ fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Inst
     report::AllocationInfo {
         id: id.0,
         user: a.username.to_string(),
-        client: a.five_tuple.client,
+        client: a.five_tuple.client.get(),
         transport: a.five_tuple.transport.label(),
         relay: a.relay_addrs().next().map_or(a.five_tuple.server, |r| r.advertised),
         age_secs: now.saturating_duration_since(a.created).as_secs(),

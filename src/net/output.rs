@@ -32,7 +32,7 @@ impl EventLoop {
             if self.outbox.is_full() {
                 self.flush();
             }
-            self.outbox.push(socket, to.client, from, payload);
+            self.outbox.push(socket, to.client.get(), from, payload);
         } else if let Some(client) = self.streams.get(&to) {
             let bytes = match payload {
                 Payload::Owned(bytes) => bytes,

@@ -66,7 +66,7 @@ mod tests {
     fn five_tuple(port: u16) -> FiveTuple {
         FiveTuple {
             transport: Transport::Tcp,
-            client: ([192, 0, 2, 1], port).into(),
+            client: std::net::SocketAddr::from(([192, 0, 2, 1], port)).into(),
             server: ([192, 0, 2, 9], 3478).into(),
         }
     }

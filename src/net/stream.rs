@@ -33,7 +33,7 @@ use super::proxy::{self, Header};
 use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent};
 use crate::stun::framing::Framer;
-use crate::turn::{FiveTuple, Transport};
+use crate::turn::{ClientAddr, FiveTuple, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +112,7 @@ pub async fn accept_loop(
         // lets a client that never reads park megabytes there before a write blocks.
         // In-flight data is not limited, only what waits behind a closed window.
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOT_SENT_LIMIT);
-        let five_tuple = FiveTuple { transport, client: peer, server };
+        let five_tuple = FiveTuple { transport, client: ClientAddr::new(peer), server };
         let router = router.clone();
         let tls = tls.clone();
         match source {
@@ -162,7 +162,7 @@ async fn proxied(
     match header {
         Header::Proxied { source, destination } => {
             debug!(%proxy, client = %source, %destination, "PROXY protocol header");
-            five_tuple.client = source;
+            five_tuple.client = ClientAddr::new(source);
         }
         Header::Local => debug!(%proxy, "PROXY protocol LOCAL header: the proxy's own connection"),
     }
@@ -177,7 +177,7 @@ async fn proxied(
         debug!(%client, %proxy, "connection refused: PROXY protocol header names a client already connected");
         return;
     };
-    let Some(source) = admit(&slots, client, &limits) else {
+    let Some(source) = admit(&slots, client.get(), &limits) else {
         return;
     };
     serve(stream, tls, Accepted { five_tuple, at, source }, limits, router).await;
@@ -425,7 +425,7 @@ mod tests {
             let slots = Arc::new(Semaphore::new(1));
             let source = SourceSlot::admit(&slots, [127, 0, 0, 1].into(), &StreamLimits::default()).unwrap();
             let address = stream.local_addr().unwrap();
-            let five_tuple = FiveTuple { transport: Transport::Tcp, client: address, server: address };
+            let five_tuple = FiveTuple { transport: Transport::Tcp, client: address.into(), server: address };
             let accepted = Accepted { five_tuple, at: Instant::now(), source };
             let task = serve(stream, None, accepted, StreamLimits::default(), router.clone());
             assert!(std::mem::size_of_val(&task) < 4096, "{} bytes", std::mem::size_of_val(&task));

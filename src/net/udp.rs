@@ -15,7 +15,7 @@ use crate::turn::allocation::Family;
 use crate::turn::relay::PEER_HEADROOM;
 use crate::turn::PeerAddr;
 use crate::turn::RelayBindError;
-use crate::turn::{AllocationId, FiveTuple, Transport};
+use crate::turn::{AllocationId, ClientAddr, FiveTuple, Transport};
 use quinn_udp::RecvMeta;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -57,7 +57,7 @@ impl EventLoop {
             let local = listener.local;
             for (slot, meta) in meta.iter().take(count).enumerate() {
                 let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
-                let from = FiveTuple { transport: Transport::Udp, client: meta.addr, server };
+                let from = FiveTuple { transport: Transport::Udp, client: ClientAddr::new(meta.addr), server };
                 // A zero source port cannot be answered and is a classic spoofing tell.
                 if meta.addr.port() == 0 {
                     continue;

@@ -5,8 +5,8 @@ use super::auth::Credentials;
 use super::nat_discovery::NatDiscovery;
 use super::policy::PeerPolicy;
 use super::source::SourcePrefix;
-use super::FiveTuple;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use super::{ClientAddr, FiveTuple};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -140,7 +140,7 @@ impl Default for CoreConfig {
 
 impl CoreConfig {
     /// Whether `client` is in `denied_clients`.
-    pub(crate) fn is_denied_client(&self, client: SocketAddr) -> bool {
+    pub(crate) fn is_denied_client(&self, client: ClientAddr) -> bool {
         let ip = super::policy::canonical(client.ip());
         self.denied_clients.iter().any(|net| net.contains(&ip))
     }

@@ -51,7 +51,7 @@ pub struct FiveTuple {
     /// The transport protocol.
     pub transport: Transport,
     /// The client's transport address as the server sees it.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The server's local address the client's packets arrive on.
     pub server: SocketAddr,
 }
@@ -69,6 +69,57 @@ pub struct AllocationId(pub u64);
 pub fn worker_of(id: AllocationId, workers: u32) -> u32 {
     // The remainder is below `workers`, so it fits in a u32.
     u32::try_from(id.0 % u64::from(workers.max(1))).unwrap_or(0)
+}
+
+/// A client's transport address as the server sees it (RFC 8656 §2), in the one form
+/// the core compares and counts: an IPv4-mapped IPv6 address (what a dual-stack socket
+/// or a PROXY header may give) is the IPv4 address it is, so one client cannot count
+/// as two sources, or slip past `denied_clients`, by its address's spelling. Built only
+/// through [`ClientAddr::new`] (or `From<SocketAddr>`, which is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(SocketAddr);
+
+impl ClientAddr {
+    /// The client at `addr`, normalised.
+    pub fn new(addr: SocketAddr) -> Self {
+        ClientAddr(policy::unmapped(addr))
+    }
+
+    /// The address.
+    pub fn get(self) -> SocketAddr {
+        self.0
+    }
+
+    /// Its IP address.
+    pub fn ip(self) -> std::net::IpAddr {
+        self.0.ip()
+    }
+
+    /// Its port.
+    pub fn port(self) -> u16 {
+        self.0.port()
+    }
+}
+
+impl From<SocketAddr> for ClientAddr {
+    fn from(addr: SocketAddr) -> Self {
+        ClientAddr::new(addr)
+    }
+}
+
+impl std::str::FromStr for ClientAddr {
+    type Err = std::net::AddrParseError;
+
+    /// A socket address, normalised as [`ClientAddr::new`] does.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<SocketAddr>().map(ClientAddr::new)
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A peer's transport address (RFC 8656 §2), in the one form the core compares: an

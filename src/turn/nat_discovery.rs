@@ -59,7 +59,7 @@
 //! - PADDING is at most [`PADDING_LEN`] bytes (RFC 5780 §7.6: the size of an MTU).
 
 use super::outbox::Outbox;
-use super::{FiveTuple, Transport};
+use super::{ClientAddr, FiveTuple, Transport};
 use crate::stun::attributes::{Attribute, ChangeRequest, Padding, ResponsePort};
 use crate::stun::errors::{self, ErrorKind};
 use crate::stun::message::{self, Message, Protection};
@@ -164,7 +164,7 @@ impl NatDiscovery {
             response.add_attribute(OtherAddress::new(self.address(!ip, !port)));
             // Never another IP than the request's source: not a reflector.
             let client = SocketAddr::new(from.client.ip(), response_port.unwrap_or(from.client.port()));
-            FiveTuple { transport: from.transport, client, server: origin }
+            FiveTuple { transport: from.transport, client: ClientAddr::new(client), server: origin }
         } else if change.0 || change.1 || response_port.is_some() {
             // A stream cannot be answered from another address nor to another port.
             return Err(errors::BAD_REQUEST);
@@ -234,7 +234,7 @@ mod tests {
     }
 
     fn udp(server: &str) -> FiveTuple {
-        FiveTuple { transport: Transport::Udp, client: addr(CLIENT), server: addr(server) }
+        FiveTuple { transport: Transport::Udp, client: addr(CLIENT).into(), server: addr(server) }
     }
 
     fn binding(attributes: Vec<Attribute>, fingerprint: bool) -> Vec<u8> {
@@ -298,7 +298,7 @@ mod tests {
             let request = binding(vec![ChangeRequest::with_flags(ip, port).into()], true);
             let (to, _, answer) = one(&mut s, udp(PRIMARY), &request);
             assert_eq!(to.server, addr(expected), "change ip {ip} port {port}");
-            assert_eq!(to.client, addr(CLIENT), "a changed answer goes to the request's source");
+            assert_eq!(to.client.get(), addr(CLIENT), "a changed answer goes to the request's source");
             assert_eq!(answer.get_attribute::<ResponseOrigin>().unwrap().address(), addr(expected));
             assert_eq!(answer.get_attribute::<OtherAddress>().unwrap().address(), addr(ALTERNATE));
         }
@@ -315,7 +315,7 @@ mod tests {
         let request =
             binding(vec![ResponsePort::with_port(5555).into(), ChangeRequest::with_flags(true, false).into()], true);
         let (to, _, answer) = one(&mut s, udp(PRIMARY), &request);
-        assert_eq!(to.client, addr("198.51.100.7:5555"));
+        assert_eq!(to.client.get(), addr("198.51.100.7:5555"));
         assert_eq!(to.server, addr("192.0.2.3:3478"));
         assert_eq!(answer.get_attribute::<XorMappedAddress>().unwrap().address(), addr(CLIENT));
         // Port 0, or a value of the wrong size: 400.

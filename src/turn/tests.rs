@@ -140,7 +140,7 @@ impl Harness {
             now,
             client: FiveTuple {
                 transport: Transport::Udp,
-                client: addr("198.51.100.1:40000"),
+                client: addr("198.51.100.1:40000").into(),
                 server: addr("10.0.0.1:3478"),
             },
             nonce: None,
@@ -275,7 +275,7 @@ fn two_workers(config: CoreConfig) -> (Harness, Harness) {
     };
     let a = Harness::with_server(worker(0, 0), ledger.clone(), now);
     let mut b = Harness::with_server(worker(1, 128), ledger.clone(), now);
-    b.client.client = addr("198.51.100.1:41000");
+    b.client.client = addr("198.51.100.1:41000").into();
     (a, b)
 }
 
@@ -316,7 +316,7 @@ fn rfc8489_binding_returns_the_reflexive_address() {
     let responses = h.send_raw(&bytes);
     let response = message::decode(&responses[0]).unwrap().message;
     assert_eq!(response.class(), MessageClass::SuccessResponse);
-    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client);
+    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client.get());
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn a_401_that_would_pass_3x_leaves_out_password_algorithms_and_a_smaller_request
     // A bare 20-byte Allocate cannot be challenged within 60 bytes: dropped, counted.
     let m = Message::new(MessageClass::Request, ALLOCATE, TransactionId::new([2; 12]));
     let bare = message::encode(m, Protection { key: None, fingerprint: false }).unwrap();
-    h.client.client = addr("198.51.100.2:40000");
+    h.client.client = addr("198.51.100.2:40000").into();
     assert!(h.send_raw(&bare).is_empty());
     assert_eq!(h.server.stats().dropped(DropReason::Amplification), 1);
     // Over TCP the source is verified: the whole 401, PASSWORD-ALGORITHMS included.
@@ -372,7 +372,7 @@ fn a_401_that_would_pass_3x_leaves_out_password_algorithms_and_a_smaller_request
 fn binding_answers_over_udp_stay_within_3x() {
     let mut h = Harness::new();
     for client in ["198.51.100.1:40000", "[2001:db8::1]:40000"] {
-        h.client.client = addr(client);
+        h.client.client = addr(client).into();
         // The fast path (no attribute) and the general one (an unknown optional attribute).
         let plain = Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, h.tid());
         let plain = message::encode(plain, Protection { key: None, fingerprint: false }).unwrap();
@@ -408,7 +408,7 @@ fn allocate_succeeds_with_protected_response_and_relay_address() {
     assert_eq!(relay.ip(), h.client.server.ip(), "the relay binds the address the request came to");
     assert!((50000..=50009).contains(&relay.port()));
     assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(600));
-    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client);
+    assert_eq!(response.get_attribute::<XorMappedAddress>().unwrap().address(), h.client.client.get());
 }
 
 #[test]
@@ -481,7 +481,7 @@ fn port_exhaustion_gives_508() {
     c.port_range = 50000..=50000;
     let mut h = Harness::with_config(c);
     assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
-    h.client.client = addr("198.51.100.1:40001");
+    h.client.client = addr("198.51.100.1:40001").into();
     assert_eq!(error_code(&h.allocate()), Some(508));
 }
 
@@ -500,7 +500,7 @@ fn rfc8656_5_tuple_mismatch_gives_437() {
     // A second Allocate (new transaction) on the same 5-tuple.
     assert_eq!(error_code(&h.allocate()), Some(437));
     // A Refresh from another 5-tuple that has no allocation.
-    h.client.client = addr("198.51.100.1:40002");
+    h.client.client = addr("198.51.100.1:40002").into();
     assert_eq!(error_code(&h.request(REFRESH, vec![])), Some(437));
 }
 
@@ -536,11 +536,11 @@ fn even_port_with_reservation_then_token_gets_the_next_port() {
     let relay = response.get_attribute::<XorRelayAddress>().unwrap().address();
     assert_eq!(relay.port() % 2, 0);
     let token = response.get_attribute::<ReservationToken>().unwrap().token();
-    h.client.client = addr("198.51.100.1:40003");
+    h.client.client = addr("198.51.100.1:40003").into();
     let second = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), ReservationToken::new(token).into()]);
     assert_eq!(second.get_attribute::<XorRelayAddress>().unwrap().address().port(), relay.port() + 1);
     // Reservations expire after 30 s and a used token is gone.
-    h.client.client = addr("198.51.100.1:40004");
+    h.client.client = addr("198.51.100.1:40004").into();
     let third = h.request(ALLOCATE, vec![RequestedTransport::new(17).into(), ReservationToken::new(token).into()]);
     assert_eq!(error_code(&third), Some(508));
 }
@@ -657,7 +657,7 @@ fn quotas_per_user_and_permissions_give_486() {
     assert_eq!(response.class(), MessageClass::SuccessResponse);
     let response = h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr("192.0.2.9:1")).into()]);
     assert_eq!(error_code(&response), Some(486));
-    h.client.client = addr("198.51.100.1:40009");
+    h.client.client = addr("198.51.100.1:40009").into();
     assert_eq!(error_code(&h.allocate()), Some(486));
 }
 
@@ -825,7 +825,7 @@ fn draining_turns_new_allocations_away_and_keeps_old_ones() {
     h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
     assert!(h.client_packet(&channel_data(0x4001, b"x")).is_some());
     // A new one is redirected, with integrity.
-    h.client.client = addr("198.51.100.1:40100");
+    h.client.client = addr("198.51.100.1:40100").into();
     let response = h.allocate();
     assert_eq!(error_code(&response), Some(300));
     let alternate = response.get_attribute::<stun_codec::rfc5389::attributes::AlternateServer>().unwrap();
@@ -861,9 +861,9 @@ fn unauthenticated_answers_are_rate_limited_per_source_ip() {
     assert_eq!(answered, 5);
     assert_eq!(h.server.stats().auth_failures[crate::turn::stats::AuthFailure::RateLimited as usize], 15);
     // Another source is not affected; the first recovers with time.
-    h.client.client = addr("198.51.100.2:40000");
+    h.client.client = addr("198.51.100.2:40000").into();
     assert_eq!(h.send_raw(&bytes).len(), 1);
-    h.client.client = addr("198.51.100.1:40000");
+    h.client.client = addr("198.51.100.1:40000").into();
     h.now += Duration::from_secs(1);
     assert_eq!(h.send_raw(&bytes).len(), 1);
 }
@@ -901,7 +901,7 @@ fn rfc6062_connect_bind_and_expiry_on_virtual_time() {
     assert_eq!(id, connection.0.to_be_bytes());
     // ConnectionBind on a new connection (the data connection).
     let control = h.client;
-    h.client.client = addr("198.51.100.1:40200");
+    h.client.client = addr("198.51.100.1:40200").into();
     h.nonce = None;
     let bind = h.request(connection_bind_method(), vec![crate::stun::attributes::Opaque::<0x002A>(id.clone()).into()]);
     assert_eq!(bind.class(), MessageClass::SuccessResponse);
@@ -932,7 +932,7 @@ fn rfc6062_unbound_connections_close_after_30s_and_failures_get_447() {
     h.server.handle_peer_connected(h.now, connection, false);
     assert_eq!(error_code(&message::decode(&h.drain()[0]).unwrap().message), Some(447));
     // UDP-only attributes with TCP: 400.
-    h.client.client = addr("198.51.100.1:40300");
+    h.client.client = addr("198.51.100.1:40300").into();
     let response = h.request(ALLOCATE, vec![RequestedTransport::new(6).into(), EvenPort::new(false).into()]);
     assert_eq!(error_code(&response), Some(400));
 }
@@ -941,7 +941,7 @@ fn rfc6062_unbound_connections_close_after_30s_and_failures_get_447() {
 fn churn_does_not_grow_the_expiry_heap() {
     let mut h = Harness::new();
     for i in 0..3000u16 {
-        h.client.client = SocketAddr::new(addr("198.51.100.1:1").ip(), 10_000 + i);
+        h.client.client = SocketAddr::new(addr("198.51.100.1:1").ip(), 10_000 + i).into();
         assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
         h.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
     }
@@ -967,12 +967,12 @@ fn allocation_quotas_count_the_allocations_of_every_worker() {
     c.quotas.allocations_per_user = 1;
     c.quotas.total_allocations = 2;
     let (mut a, mut b) = two_workers(c);
-    b.client.client = addr("198.51.100.2:41000");
+    b.client.client = addr("198.51.100.2:41000").into();
     assert_eq!(a.allocate().class(), MessageClass::SuccessResponse);
     assert_eq!(error_code(&b.allocate()), Some(486), "alice is at her quota on worker 0");
     (b.user, b.password) = ("bob", "hunter2");
     assert_eq!(b.allocate().class(), MessageClass::SuccessResponse);
-    b.client.client = addr("198.51.100.3:41000");
+    b.client.client = addr("198.51.100.3:41000").into();
     assert_eq!(error_code(&b.allocate()), Some(508), "two allocations in all, one on each worker");
     // Deleting on worker 0 frees alice's quota and the total for worker 1.
     a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
@@ -993,7 +993,7 @@ fn rfc8656_7_2_reservation_token_from_one_worker_is_redeemed_on_another() {
     assert_eq!(b.port_usage().0, 2, "port usage is global");
 
     // A token nobody redeems: the timer of the worker that minted it frees the port.
-    a.client.client = addr("198.51.100.1:40001");
+    a.client.client = addr("198.51.100.1:40001").into();
     let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
     assert_eq!(a.port_usage().0, 4);
     assert_eq!(a.server.poll_timeout(), Some(a.now + RESERVATION_LIFETIME));
@@ -1002,16 +1002,16 @@ fn rfc8656_7_2_reservation_token_from_one_worker_is_redeemed_on_another() {
     assert_eq!(b.port_usage().0, 4);
     a.advance(RESERVATION_LIFETIME);
     assert_eq!(b.port_usage().0, 3);
-    b.client.client = addr("198.51.100.1:41001");
+    b.client.client = addr("198.51.100.1:41001").into();
     assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
 
     // A token past its expiry before any timer ran is refused too, and its port is
     // freed by the refusal itself.
-    a.client.client = addr("198.51.100.1:40002");
+    a.client.client = addr("198.51.100.1:40002").into();
     let token = a.request(ALLOCATE, reserve()).get_attribute::<ReservationToken>().unwrap().token();
     assert_eq!(b.port_usage().0, 5);
     b.now += RESERVATION_LIFETIME;
-    b.client.client = addr("198.51.100.1:41002");
+    b.client.client = addr("198.51.100.1:41002").into();
     assert_eq!(error_code(&b.request(ALLOCATE, redeem(token))), Some(508));
     assert_eq!(b.port_usage().0, 4);
     a.advance(RESERVATION_LIFETIME);
@@ -1024,7 +1024,7 @@ fn allocation_ids_of_two_workers_never_collide_and_name_their_worker() {
     let mut ids = Vec::new();
     for i in 0..3 {
         for (worker, h) in [(0, &mut a), (1, &mut b)] {
-            h.client.client = SocketAddr::new(h.client.client.ip(), 42_000 + 10 * worker + i);
+            h.client.client = SocketAddr::new(h.client.client.ip(), 42_000 + 10 * worker + i).into();
             assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
             assert_eq!(worker_of(h.allocation_id(), 2), u32::from(worker));
             ids.push(h.allocation_id().0);
@@ -1049,7 +1049,7 @@ fn unauthenticated_answers_are_rate_limited_per_source_ip_over_every_worker() {
     let answered = answered + (0..5).map(|_| b.send_raw(&bytes).len()).sum::<usize>();
     assert_eq!(answered, 5);
     assert_eq!(b.server.stats().auth_failures[AuthFailure::RateLimited as usize], 3);
-    b.client.client = addr("198.51.100.2:41000");
+    b.client.client = addr("198.51.100.2:41000").into();
     assert_eq!(b.send_raw(&bytes).len(), 1, "another host has its own budget");
 }
 
@@ -1061,7 +1061,7 @@ fn no_two_workers_hand_out_the_same_relay_port() {
     let mut ports = Vec::new();
     for i in 0..3 {
         for (worker, h) in [(0, &mut a), (1, &mut b)] {
-            h.client.client = SocketAddr::new(h.client.client.ip(), 43_000 + 10 * worker + i);
+            h.client.client = SocketAddr::new(h.client.client.ip(), 43_000 + 10 * worker + i).into();
             let response = h.allocate();
             match response.get_attribute::<XorRelayAddress>() {
                 Some(relay) => ports.push(relay.address().port()),
@@ -1107,7 +1107,7 @@ fn a_reload_applied_by_every_worker_takes_effect_once() {
     // Once the old range is unused, a reload (on any worker) switches it.
     a.request(REFRESH, vec![Lifetime::new(Duration::ZERO).unwrap().into()]);
     b.reconfigure(c.clone());
-    b.client.client = addr("198.51.100.2:41000");
+    b.client.client = addr("198.51.100.2:41000").into();
     let relay = b.allocate().get_attribute::<XorRelayAddress>().unwrap().address();
     assert!((50100..=50109).contains(&relay.port()), "{relay}");
 }
@@ -1163,20 +1163,20 @@ fn rfc8656_7_2_an_ipv4_relay_asked_over_ipv6_binds_the_hosts_ipv4_address() {
     let mut h = Harness::with_config(c);
     h.client = FiveTuple {
         transport: Transport::Udp,
-        client: addr("[2001:db8::7]:40000"),
+        client: addr("[2001:db8::7]:40000").into(),
         server: addr("[2001:db8::1]:3478"),
     };
     assert_eq!(error_code(&h.allocate()), None);
     assert_eq!(h.relay_addr().ip(), "10.0.0.1".parse::<std::net::IpAddr>().unwrap());
     // To ::1, the IPv4 loopback; with no IPv4 address known, 440.
     let mut h = Harness::new();
-    h.client = FiveTuple { transport: Transport::Udp, client: addr("[::1]:40000"), server: addr("[::1]:3478") };
+    h.client = FiveTuple { transport: Transport::Udp, client: addr("[::1]:40000").into(), server: addr("[::1]:3478") };
     assert_eq!(error_code(&h.allocate()), None);
     assert_eq!(h.relay_addr().ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     let mut h = Harness::new();
     h.client = FiveTuple {
         transport: Transport::Udp,
-        client: addr("[2001:db8::7]:40000"),
+        client: addr("[2001:db8::7]:40000").into(),
         server: addr("[2001:db8::1]:3478"),
     };
     assert_eq!(error_code(&h.allocate()), Some(440));
@@ -1192,7 +1192,7 @@ fn even_port_reservations_count_against_the_users_quota_so_a_loop_cannot_hoard_p
     let even_r = || vec![RequestedTransport::new(17).into(), EvenPort::new(true).into()];
     let mut granted = 0;
     for i in 0..5u16 {
-        h.client.client = addr(&format!("198.51.100.1:{}", 41000 + i));
+        h.client.client = addr(&format!("198.51.100.1:{}", 41000 + i)).into();
         let response = h.request(ALLOCATE, even_r());
         match error_code(&response) {
             None => {
@@ -1207,7 +1207,7 @@ fn even_port_reservations_count_against_the_users_quota_so_a_loop_cannot_hoard_p
     assert_eq!(in_use, 1, "only the one reserved port stays held");
     // Once it expires, the user may allocate again.
     h.advance(RESERVATION_LIFETIME);
-    h.client.client = addr("198.51.100.1:42000");
+    h.client.client = addr("198.51.100.1:42000").into();
     assert_eq!(error_code(&h.request(ALLOCATE, even_r())), None);
 }
 
@@ -1248,7 +1248,7 @@ fn denied_clients_are_dropped_before_parsing_and_a_reload_that_denies_one_closes
     h.allocate();
     let id = h.allocation_id();
     // From a denied address: nothing is answered, even a Binding, and it is counted.
-    h.client.client = addr("203.0.113.9:5000");
+    h.client.client = addr("203.0.113.9:5000").into();
     let binding = message::encode(
         Message::new(MessageClass::Request, stun_codec::rfc5389::methods::BINDING, TransactionId::new([3; 12])),
         Protection { key: None, fingerprint: false },
@@ -1273,7 +1273,7 @@ fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lift
     h.drain();
     assert!(h.server.allocations().all(|(other, _)| other != id));
     h.reconfigure(config());
-    h.client.client = addr("198.51.100.1:40100");
+    h.client.client = addr("198.51.100.1:40100").into();
     assert_eq!(error_code(&h.allocate()), Some(401), "revoked, even after a reload");
     assert!(h.server.stats().auth_failures[AuthFailure::Revoked as usize] >= 1);
     h.user = "bob";
@@ -1282,7 +1282,7 @@ fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lift
     assert!(h.server.lift_revocation("alice"));
     h.user = "alice";
     h.password = "secret";
-    h.client.client = addr("198.51.100.1:40101");
+    h.client.client = addr("198.51.100.1:40101").into();
     assert_eq!(error_code(&h.allocate()), None, "lifted");
 }
 
@@ -1302,7 +1302,7 @@ fn with_end_at_credential_expiry_a_rest_allocation_ends_when_its_credential_does
     assert!(h.server.allocations().all(|(other, _)| other != id), "it outlived its credential");
     // Static users are not capped.
     (h.user, h.password) = ("alice", "secret");
-    h.client.client = addr("198.51.100.1:40500");
+    h.client.client = addr("198.51.100.1:40500").into();
     let response = h.allocate();
     assert_eq!(response.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::from_secs(600));
 }
@@ -1412,4 +1412,15 @@ fn rfc8656_11_icmp_relaying_is_rate_limited_per_allocation() {
     assert_eq!(relayed, ICMP_PER_SECOND as usize);
     // Ordinary peer data is not held back by it.
     assert!(h.peer_packet(PEER, b"data").is_some());
+}
+
+#[test]
+fn client_and_peer_addresses_are_normalised_when_built() {
+    let mapped: SocketAddr = "[::ffff:192.0.2.7]:5000".parse().unwrap();
+    assert_eq!(crate::turn::ClientAddr::new(mapped).get(), addr("192.0.2.7:5000"));
+    assert_eq!(PeerAddr::new(mapped).get(), addr("192.0.2.7:5000"));
+    let parsed: crate::turn::ClientAddr = "[::ffff:192.0.2.7]:5000".parse().unwrap();
+    assert_eq!(parsed, addr("192.0.2.7:5000").into(), "one client, one spelling");
+    let v6: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
+    assert_eq!(crate::turn::ClientAddr::new(v6).get(), v6, "a real IPv6 address stays");
 }

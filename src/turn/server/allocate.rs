@@ -372,7 +372,7 @@ impl Server {
         if let Some(token) = reservation {
             response.add_attribute(ReservationToken::new(token));
         }
-        response.add_attribute(XorMappedAddress::new(allocation.five_tuple.client));
+        response.add_attribute(XorMappedAddress::new(allocation.five_tuple.client.get()));
         Some(response)
     }
 }

@@ -41,7 +41,7 @@ impl Server {
         if let Ok(realm) = Realm::new(credentials.realm().to_owned()) {
             reject.attributes.push(realm.into());
         }
-        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client, features)) {
+        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client.get(), features)) {
             reject.attributes.push(nonce.into());
         }
         if offer_algorithms {
@@ -52,7 +52,7 @@ impl Server {
 
     fn auth_failed(&mut self, now: Instant, from: FiveTuple, reason: AuthFailure) -> Reject {
         self.out.stats.auth_failures[reason as usize] += 1;
-        self.out.push(Output::Event(Event::AuthFailed { client: from.client, reason }));
+        self.out.push(Output::Event(Event::AuthFailed { client: from.client.get(), reason }));
         let kind = if reason == AuthFailure::StaleNonce { errors::STALE_NONCE } else { errors::UNAUTHENTICATED };
         self.challenge(kind, now, from)
     }
@@ -116,7 +116,7 @@ impl Server {
         let Some(key) = keys.into_iter().find(|k| integrity.verify(k.as_bytes(), packet)) else {
             return Err(self.auth_failed(now, from, AuthFailure::BadIntegrity));
         };
-        if self.nonces.check(nonce.value(), now, from.client) == NonceStatus::Stale {
+        if self.nonces.check(nonce.value(), now, from.client.get()) == NonceStatus::Stale {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
         Ok(Auth {

@@ -34,7 +34,7 @@ impl Server {
             }
             PacketKind::Stun => return self.receive_stun(from, packet),
             PacketKind::ClassicStun => {
-                match message::classic_binding_response(packet, from.client) {
+                match message::classic_binding_response(packet, from.client.get()) {
                     Some(bytes) if self.out.budget.is_some_and(|b| bytes.len() > b) => {
                         self.drop_packet(DropReason::Amplification)
                     }
@@ -65,7 +65,8 @@ impl Server {
         let software = self.config.software.as_deref().filter(|s| s.chars().count() < 128);
         // RFC 5780 answers carry more than the fast path writes.
         let fast = from.transport != Transport::Udp || self.config.nat_discovery_for(from).is_none();
-        let answer = fast.then(|| binding::plain_binding_response(packet, from.client, software, self.out.budget));
+        let answer =
+            fast.then(|| binding::plain_binding_response(packet, from.client.get(), software, self.out.budget));
         match answer.flatten() {
             Some(bytes) => {
                 self.out.stats.answer(BINDING, None);
@@ -164,7 +165,7 @@ impl Server {
     /// an RFC 5780 address it follows that RFC's rules.
     fn binding(&mut self, from: FiveTuple, request: &Message, shared: &mut Ledger) {
         let mut response = success(request);
-        response.add_attribute(XorMappedAddress::new(from.client));
+        response.add_attribute(XorMappedAddress::new(from.client.get()));
         match self.config.nat_discovery_for(from) {
             Some(discovery) => {
                 if let Err(kind) =
