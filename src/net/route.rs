@@ -4,15 +4,11 @@
 //! goes by a hash of the client's address, which spreads connections over workers.
 
 use super::stream_channel::StreamEvent;
-use crate::stun::raw::{Attributes, Header, ATTR_CONNECTION_ID, MAGIC_COOKIE};
-use crate::turn::tcp_relay::{connection_bind_method, worker_of_connection};
-use crate::turn::{ConnectionId, FiveTuple};
+use crate::turn::tcp_relay::{connection_bind_target, worker_of_connection};
+use crate::turn::FiveTuple;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// A STUN request's message type is its method with both class bits clear.
-const CLASS_BITS: u16 = 0x0110;
 
 /// The workers' stream channels.
 #[derive(Debug, Clone)]
@@ -42,24 +38,12 @@ impl StreamRouter {
     }
 }
 
-/// The CONNECTION-ID of a ConnectionBind request, if `message` is one.
-fn connection_bind_target(message: &[u8]) -> Option<ConnectionId> {
-    let header = Header::parse(message)?;
-    let method = connection_bind_method().as_u16();
-    if header.cookie != MAGIC_COOKIE || header.message_type & CLASS_BITS != 0 || header.method() != method {
-        return None;
-    }
-    Attributes::new(message).map_while(Result::ok).find(|a| a.kind == ATTR_CONNECTION_ID).and_then(|a| {
-        let value: [u8; 4] = a.value.try_into().ok()?;
-        Some(ConnectionId(u32::from_be_bytes(value)))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stun::attributes::Opaque;
     use crate::stun::message::{self, Message, Protection};
+    use crate::turn::tcp_relay::connection_bind_method;
     use crate::turn::Transport;
     use stun_codec::{MessageClass, TransactionId};
 

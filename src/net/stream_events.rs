@@ -7,7 +7,7 @@ use super::event_loop::{unix_now, EventLoop};
 use super::ledger::lock;
 use super::report;
 use super::stream::StreamEvent;
-use super::udp::is_control;
+use crate::stun::raw::is_control;
 use std::time::Instant;
 use tracing::debug;
 

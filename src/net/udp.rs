@@ -10,7 +10,7 @@ use super::outbox::Payload;
 use super::relay_socket;
 use super::report;
 use super::token::Token;
-use crate::stun::raw::TYPE_SEND_INDICATION;
+use crate::stun::raw::is_control;
 use crate::turn::allocation::Family;
 use crate::turn::relay::PEER_HEADROOM;
 use crate::turn::PeerAddr;
@@ -210,10 +210,4 @@ impl EventLoop {
         self.relays.entry(id).or_default()[family as usize] = Some(socket);
         Ok(bound)
     }
-}
-
-/// STUN requests (not ChannelData, not Send indications): what the request time
-/// histogram measures.
-pub(super) fn is_control(packet: &[u8]) -> bool {
-    packet.first().is_some_and(|b| *b < 0x40) && packet.get(..2) != Some(&TYPE_SEND_INDICATION.to_be_bytes()[..])
 }

@@ -229,6 +229,13 @@ pub fn is_send_indication(packet: &[u8]) -> bool {
     packet.get(..2) == Some(&TYPE_SEND_INDICATION.to_be_bytes()[..])
 }
 
+/// Whether a packet is a STUN message other than a Send indication (not ChannelData,
+/// not relayed data): what the shell's request-time histogram measures, by the first
+/// bytes alone.
+pub fn is_control(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| *b < 0x40) && !is_send_indication(packet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

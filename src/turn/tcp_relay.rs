@@ -6,6 +6,7 @@ use super::answer::Auth;
 use super::output::Output;
 use super::{AllocationId, ConnectionId, FiveTuple, PeerAddr, Rng};
 use crate::stun::attributes::ConnectionId as ConnectionIdAttr;
+use crate::stun::raw::{Attributes, Header, ATTR_CONNECTION_ID, MAGIC_COOKIE};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use stun_codec::{Method, TransactionId};
@@ -26,6 +27,24 @@ pub fn connection_bind_method() -> Method {
 /// RFC 6062 §4.5: ConnectionAttempt.
 pub fn connection_attempt_method() -> Method {
     Method::from(0x0C_u8)
+}
+
+/// A STUN request's message type is its method with both class bits clear.
+const CLASS_BITS: u16 = 0x0110;
+
+/// The CONNECTION-ID of a ConnectionBind request, if `message` is one: read in place,
+/// so the shell can route a new connection's first message to the worker that holds
+/// the peer connection before any core sees it.
+pub fn connection_bind_target(message: &[u8]) -> Option<ConnectionId> {
+    let header = Header::parse(message)?;
+    let method = connection_bind_method().as_u16();
+    if header.cookie != MAGIC_COOKIE || header.message_type & CLASS_BITS != 0 || header.method() != method {
+        return None;
+    }
+    Attributes::new(message).map_while(Result::ok).find(|a| a.kind == ATTR_CONNECTION_ID).and_then(|a| {
+        let value: [u8; 4] = a.value.try_into().ok()?;
+        Some(ConnectionId(u32::from_be_bytes(value)))
+    })
 }
 
 /// RFC 6062 §5.3: a peer connection not bound within 30 seconds is closed.
