@@ -26,9 +26,9 @@ use stun_codec::rfc5766::attributes::{
 };
 use stun_codec::rfc8656::attributes::{AdditionalAddressFamily, AddressFamily, RequestedAddressFamily};
 use stun_codec::{AttributeType, MessageClass, TransactionId};
-use turnd::stun::framing::Framer;
 use turnd::stun::attributes::{Attribute, ChannelNumber, Opaque};
 use turnd::stun::channel_data::{ChannelData, CHANNEL_RANGE};
+use turnd::stun::framing::Framer;
 use turnd::stun::message::{self, IntegritySet, Message, Protection};
 use turnd::stun::raw;
 use turnd::turn::policy::{canonical, Denied, PeerPolicy};
