@@ -120,7 +120,7 @@ fn channel_number(n: u16) -> Attribute {
 /// A core with allocations made through real requests, as the shell would drive it.
 struct Core {
     server: Server,
-    ledger: Ledger,
+    ledger: std::cell::RefCell<Ledger>,
     now: Instant,
     ids: Vec<AllocationId>,
 }
@@ -128,8 +128,8 @@ struct Core {
 impl Core {
     fn new() -> Self {
         let now = Instant::now();
-        let mut ledger = Ledger::new(&config());
-        let server = Server::new(config(), Box::new(Counting(7)), now, &mut ledger);
+        let ledger = std::cell::RefCell::new(Ledger::new(&config()));
+        let server = Server::new(config(), Box::new(Counting(7)), now, &ledger);
         // Nonces are bound to the client address: `nonce_for` fetches one per client.
         Core { server, ledger, now, ids: Vec::new() }
     }
@@ -142,7 +142,7 @@ impl Core {
                 Output::Transmit { bytes, .. } => sent.push(bytes),
                 Output::BindRelay { allocation, local, .. } => {
                     self.ids.push(allocation);
-                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &mut self.ledger);
+                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &self.ledger);
                 }
                 _ => {}
             }
@@ -162,7 +162,7 @@ impl Core {
             Received::Relay(out) => Some(out),
             Received::Handled => None,
             Received::Request => {
-                self.server.handle_request(self.now, 1_800_000_000, from, bytes, &mut self.ledger);
+                self.server.handle_request(self.now, 1_800_000_000, from, bytes, &self.ledger);
                 None
             }
         }

@@ -443,7 +443,7 @@ proptest! {
         }
         d.apply(&Op::Advance { millis: 1 });
         prop_assert_eq!(d.server.allocation_count(), 0, "outlived its lifetime");
-        prop_assert_eq!(d.ledger.port_usage().0, 0);
+        prop_assert_eq!(d.ledger.borrow().port_usage().0, 0);
     }
 
     /// TURN REST credentials follow the wall clock (accepted while their expiry is
@@ -507,7 +507,7 @@ proptest! {
                 *n += 1;
             }
         }
-        prop_assert!(d.ledger.port_usage().0 <= PORTS.len());
+        prop_assert!(d.ledger.borrow().port_usage().0 <= PORTS.len());
         d.finish();
     }
 }

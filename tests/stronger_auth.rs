@@ -181,7 +181,7 @@ impl Rng for CountingRng {
 /// The core on virtual time, with one client 5-tuple; relay sockets always bind.
 struct Core {
     server: Server,
-    ledger: Ledger,
+    ledger: std::cell::RefCell<Ledger>,
     now: Instant,
     from: FiveTuple,
     events: Vec<Event>,
@@ -191,9 +191,9 @@ impl Core {
     fn new(credentials: Credentials) -> Core {
         let config = CoreConfig { credentials, port_range: 50000..=50009, ..CoreConfig::default() };
         let now = Instant::now();
-        let mut ledger = Ledger::new(&config);
+        let ledger = std::cell::RefCell::new(Ledger::new(&config));
         Core {
-            server: Server::new(config, Box::new(CountingRng(0)), now, &mut ledger),
+            server: Server::new(config, Box::new(CountingRng(0)), now, &ledger),
             ledger,
             now,
             from: FiveTuple {
@@ -215,13 +215,13 @@ impl Core {
     /// Feeds one request and returns the one response it gets.
     fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
         assert_eq!(self.server.handle_client_packet(self.now, self.from, bytes), Received::Request);
-        self.server.handle_request(self.now, UNIX_NOW, self.from, bytes, &mut self.ledger);
+        self.server.handle_request(self.now, UNIX_NOW, self.from, bytes, &self.ledger);
         let mut sent = Vec::new();
         while let Some(output) = self.server.poll_output() {
             match output {
                 Output::Transmit { bytes, .. } => sent.push(bytes),
                 Output::BindRelay { allocation, local, .. } => {
-                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &mut self.ledger)
+                    self.server.handle_relay_bound(self.now, allocation, local, Ok(local), &self.ledger)
                 }
                 Output::Event(e) => self.events.push(e),
                 _ => {}
@@ -467,7 +467,7 @@ fn rfc8489_9_2_4_stale_nonce_438_renews_the_cookie_and_algorithms() {
     core.request(&mut client, ALLOCATE, &[RequestedTransport::new(17).into()]);
     let first = client.nonce.clone();
     core.now += Duration::from_secs(601);
-    core.server.handle_timeout(core.now, &mut core.ledger);
+    core.server.handle_timeout(core.now, &core.ledger);
     let stale = message::decode(&core.exchange(&client.build(REFRESH, &[]))).unwrap();
     assert_eq!(error_code(&stale.message), Some(438));
     assert!(stale.message.get_attribute::<Nonce>().unwrap().value().starts_with("obMatJos2AAAD"));

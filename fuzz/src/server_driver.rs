@@ -24,6 +24,7 @@
 // The property tests use only part of it.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -436,8 +437,8 @@ pub struct Tally {
 pub struct Driver {
     /// The core under test.
     pub server: Server,
-    /// Its ledger (one worker: no one to share it with).
-    pub ledger: Ledger,
+    /// Its ledger (one worker: no one to share it with, so no lock).
+    pub ledger: RefCell<Ledger>,
     /// Virtual monotonic time.
     pub now: Instant,
     /// The start of virtual time.
@@ -462,9 +463,9 @@ impl Driver {
     /// A fresh server whose randomness comes from `seed`.
     pub fn new(seed: u64) -> Driver {
         let start = Instant::now();
-        let mut ledger = Ledger::new(&config());
+        let ledger = RefCell::new(Ledger::new(&config()));
         Driver {
-            server: Server::new(config(), Box::new(SeededRng(seed)), start, &mut ledger),
+            server: Server::new(config(), Box::new(SeededRng(seed)), start, &ledger),
             ledger,
             now: start,
             start,
@@ -591,7 +592,7 @@ impl Driver {
             Op::Close { client } => {
                 let (_, from) = self.client(*client);
                 if from.transport != Transport::Udp {
-                    self.server.close_five_tuple(from, self.now, &mut self.ledger);
+                    self.server.close_five_tuple(from, self.now, &self.ledger);
                     self.drain();
                 }
             }
@@ -609,14 +610,14 @@ impl Driver {
             if at > self.now {
                 break;
             }
-            self.server.handle_timeout(self.now, &mut self.ledger);
+            self.server.handle_timeout(self.now, &self.ledger);
             self.drain();
             // A due timer must make progress, or the shell would spin.
             if self.server.poll_timeout() == Some(at) {
                 panic!("handle_timeout({:?}) left the same deadline due", self.now - self.start);
             }
         }
-        self.server.handle_timeout(self.now, &mut self.ledger);
+        self.server.handle_timeout(self.now, &self.ledger);
         self.drain();
     }
 
@@ -626,7 +627,7 @@ impl Driver {
         self.timers();
         self.check_invariants();
         assert_eq!(self.server.allocation_count(), 0, "allocations outlived the longest lifetime");
-        let (in_use, available) = self.ledger.port_usage();
+        let (in_use, available) = self.ledger.borrow().port_usage();
         assert_eq!(in_use, 0, "relay ports not returned to the pool");
         assert_eq!(available, PORTS.len());
         assert!(self.sockets.is_empty(), "relay sockets left open: {:?}", self.sockets);
@@ -786,7 +787,7 @@ impl Driver {
             Received::Relay(out) => Some(out),
             Received::Handled => None,
             Received::Request => {
-                self.server.handle_request(self.now, self.unix_now, from, bytes, &mut self.ledger);
+                self.server.handle_request(self.now, self.unix_now, from, bytes, &self.ledger);
                 None
             }
         }
@@ -804,7 +805,7 @@ impl Driver {
         let server = &self.server;
         let count = server.allocation_count();
         assert!(count <= q.total_allocations, "{count} allocations over the total quota");
-        let (in_use, available) = self.ledger.port_usage();
+        let (in_use, available) = self.ledger.borrow().port_usage();
         assert_eq!(in_use + available, PORTS.len(), "port usage does not add up");
         let mut ports = Vec::new();
         let mut per_user: HashMap<&str, usize> = HashMap::new();
@@ -920,12 +921,10 @@ pub fn run(seed: u64, ops: &[Op]) -> Tally {
 
 /// The outputs' side of the scripted shell, checking each as it is carried out.
 impl Effects for Driver {
-    fn core(&mut self) -> &mut Server {
-        &mut self.server
-    }
+    type Ledger = RefCell<Ledger>;
 
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
-        f(&mut self.server, &mut self.ledger);
+    fn parts(&mut self) -> (&mut Server, &RefCell<Ledger>) {
+        (&mut self.server, &self.ledger)
     }
 
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {

@@ -20,7 +20,7 @@ impl EventLoop {
         match message {
             Control::Reconfigure(mut config) => {
                 config.policy.deny_own_sockets(self.listeners.own_addresses());
-                self.core.reconfigure(*config, &mut lock(&self.ledger));
+                self.core.reconfigure(*config, &*self.ledger);
                 self.host_addresses = interfaces::host_addresses();
                 self.core.set_host_addresses(&self.host_addresses);
                 info!("configuration reloaded");
@@ -33,14 +33,13 @@ impl EventLoop {
                 let _ = reply.send((page, total));
             }
             Control::DropAllocation { id, reply } => {
-                let _ = reply.send(self.core.close_allocation(id, now, &mut lock(&self.ledger)));
+                let _ = reply.send(self.core.close_allocation(id, now, &*self.ledger));
             }
             Control::DropUser { user, reply } => {
-                let _ = reply.send(self.core.close_user(&user, now, &mut lock(&self.ledger)));
+                let _ = reply.send(self.core.close_user(&user, now, &*self.ledger));
             }
             Control::Revoke { user, reply } => {
-                let ended =
-                    self.core.revoke(&user, now, unix_now(), &mut lock(&self.ledger)).map_err(|e| e.to_string());
+                let ended = self.core.revoke(&user, now, unix_now(), &*self.ledger).map_err(|e| e.to_string());
                 if ended.is_ok() {
                     info!(user = %user, "revoked");
                 }

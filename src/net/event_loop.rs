@@ -7,7 +7,7 @@
 //! files: [`super::udp`], [`super::stream_events`], [`super::control`],
 //! [`super::rfc6062`] and [`super::output`].
 
-use super::ledger::{lock, SharedLedger};
+use super::ledger::SharedLedger;
 use super::listeners::UdpListeners;
 use super::outbox::{self, Outbox};
 use super::report::{Control, Publisher, Snapshot};
@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
 use std::pin::pin;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -87,7 +88,7 @@ impl EventLoop {
         publisher: Publisher,
         stream_events: mpsc::Sender<StreamEvent>,
         ledger: SharedLedger,
-        make_core: impl FnOnce(CoreConfig, &mut Ledger) -> Server,
+        make_core: impl FnOnce(CoreConfig, &Mutex<Ledger>) -> Server,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
         let (bound, keys) = UdpListeners::new(listeners)?;
@@ -103,7 +104,7 @@ impl EventLoop {
         }
         Ok(EventLoop {
             core: {
-                let mut core = make_core(config, &mut lock(&ledger));
+                let mut core = make_core(config, &ledger);
                 core.set_host_addresses(&host_addresses);
                 core
             },
@@ -172,7 +173,7 @@ impl EventLoop {
             }
             let now = Instant::now();
             if self.core.poll_timeout().is_some_and(|at| at <= now) {
-                self.core.handle_timeout(now, &mut lock(&self.ledger));
+                self.core.handle_timeout(now, &*self.ledger);
             }
             self.drain_outputs();
             self.flush();
@@ -221,7 +222,7 @@ pub(super) fn through_core(
         Received::Relay(out) => Some(out),
         Received::Handled => None,
         Received::Request => {
-            core.handle_request(now, unix_now, from, packet, &mut lock(ledger));
+            core.handle_request(now, unix_now, from, packet, &**ledger);
             None
         }
     }

@@ -3,7 +3,6 @@
 //! send a client a message on any transport.
 
 use super::event_loop::EventLoop;
-use super::ledger::lock;
 use super::log::log_event;
 use super::outbox::Payload;
 use super::report;
@@ -12,6 +11,7 @@ use crate::turn::effects::{carry_out, Effects};
 use crate::turn::{AllocationId, ConnectionId, Event, FiveTuple, Ledger, RelayBindError, Server, Transport};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use std::time::Instant;
 
 impl EventLoop {
@@ -47,12 +47,10 @@ impl EventLoop {
 
 /// What the event loop does with each output of its core (see [`carry_out`]).
 impl Effects for EventLoop {
-    fn core(&mut self) -> &mut Server {
-        &mut self.core
-    }
+    type Ledger = Mutex<Ledger>;
 
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
-        f(&mut self.core, &mut lock(&self.ledger));
+    fn parts(&mut self) -> (&mut Server, &Mutex<Ledger>) {
+        (&mut self.core, &self.ledger)
     }
 
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {

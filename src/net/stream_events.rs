@@ -4,7 +4,6 @@
 
 use super::event_loop::through_core;
 use super::event_loop::{unix_now, EventLoop};
-use super::ledger::lock;
 use super::report;
 use super::stream::StreamEvent;
 use crate::stun::raw::is_control;
@@ -39,7 +38,7 @@ impl EventLoop {
             }
             StreamEvent::Closed { five_tuple } => {
                 self.streams.remove(&five_tuple);
-                self.core.close_five_tuple(five_tuple, now, &mut lock(&self.ledger));
+                self.core.close_five_tuple(five_tuple, now, &*self.ledger);
                 self.drain_outputs();
             }
             StreamEvent::PeerIncoming { allocation, stream, peer } => self.peer_incoming(allocation, stream, peer),

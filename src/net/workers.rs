@@ -67,7 +67,7 @@ impl Workers {
             let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
             snapshots.push(own.snapshots.subscribe());
             let ledger = ledger.clone();
-            let make_core = move |config: CoreConfig, shared: &mut Ledger| {
+            let make_core = move |config: CoreConfig, shared: &Mutex<Ledger>| {
                 let rng = Box::new(SystemRng::default());
                 Server::new_worker(config, rng, Instant::now(), shared, secret, index as u32, count as u32)
             };

@@ -4,7 +4,7 @@
 //! shell's event loop, the scenario tests and the fuzz driver all drain through it, so
 //! none of them can forget an output or its answer.
 
-use super::ledger::Ledger;
+use super::ledger::Shared;
 use super::output::{Event, Output, RelayBindError};
 use super::server::Server;
 use super::{AllocationId, ConnectionId, FiveTuple};
@@ -13,11 +13,10 @@ use std::time::Instant;
 
 /// A shell: it owns a core and does what each kind of output asks.
 pub trait Effects {
-    /// The core it drives.
-    fn core(&mut self) -> &mut Server;
-    /// Runs `f` on the core with the workers' shared ledger (the shell locks it for
-    /// the call).
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger));
+    /// How this shell shares the ledger among its workers.
+    type Ledger: Shared;
+    /// The core it drives and the ledger it shares.
+    fn parts(&mut self) -> (&mut Server, &Self::Ledger);
     /// Sends `bytes` to the client on `to`.
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
     /// Opens a relay socket (UDP, or with `tcp` an RFC 6062 listener) on `local`.
@@ -45,13 +44,13 @@ pub trait Effects {
 /// Carries out every output of the shell's core, until the core has nothing left;
 /// `now` is when the answers it feeds back happened.
 pub fn carry_out(now: Instant, effects: &mut impl Effects) {
-    while let Some(output) = effects.core().poll_output() {
+    while let Some(output) = effects.parts().0.poll_output() {
         match output {
             Output::Transmit { to, bytes } => effects.transmit(to, bytes),
             Output::BindRelay { allocation, local, dont_fragment, tcp } => {
                 let result = effects.bind_relay(allocation, local, dont_fragment, tcp);
-                effects
-                    .with_ledger(&mut |core, shared| core.handle_relay_bound(now, allocation, local, result, shared));
+                let (core, shared) = effects.parts();
+                core.handle_relay_bound(now, allocation, local, result, shared);
             }
             Output::CloseRelay { allocation } => effects.close_relay(allocation),
             Output::ConnectPeer { connection, allocation, local, peer } => {
@@ -59,7 +58,8 @@ pub fn carry_out(now: Instant, effects: &mut impl Effects) {
             }
             Output::BindData { connection, data } => {
                 if !effects.bind_data(connection, data) {
-                    effects.with_ledger(&mut |core, shared| core.close_five_tuple(data, now, shared));
+                    let (core, shared) = effects.parts();
+                    core.close_five_tuple(data, now, shared);
                 }
             }
             Output::ClosePeerConnection { connection, data } => effects.close_peer_connection(connection, data),

@@ -3,7 +3,7 @@
 //!
 //! Each worker thread owns its own `Server` (allocations, relay sockets, the hot path)
 //! without locks; only these figures are shared (the shell keeps them behind one mutex
-//! and passes `&mut Ledger` to the entry points that need it), because splitting
+//! and the core reaches them through [`Shared`]), because splitting
 //! them per worker would break them: two workers would hand out the same relay port, a
 //! token minted on one worker could not be redeemed on another (a client's second
 //! socket hashes elsewhere), a user would get the quota once per worker, and a source
@@ -27,6 +27,23 @@ use std::time::Instant;
 
 /// Source IPs tracked by the unauthenticated-rate limiter at most.
 pub const RATE_LIMITED_SOURCES: usize = 65_536;
+
+/// How the core reaches the ledger every worker shares. The shell implements it (over
+/// its mutex, `net/ledger.rs`); the core calls [`Shared::with`] around each group of
+/// ledger operations that must happen together, and holds nothing between calls, so
+/// a lock is held for exactly that span and never while a request is decoded,
+/// authenticated or answered.
+pub trait Shared {
+    /// Runs `f` on the ledger.
+    fn with<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> R;
+}
+
+/// One thread's ledger (a single worker, the fuzz driver, benchmarks): no lock.
+impl Shared for std::cell::RefCell<Ledger> {
+    fn with<R>(&self, f: impl FnOnce(&mut Ledger) -> R) -> R {
+        f(&mut self.borrow_mut())
+    }
+}
 
 /// Why the ledger turned an Allocate away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -225,8 +225,8 @@ mod tests {
 
     fn server(on: bool) -> Server {
         let config = CoreConfig { nat_discovery: on.then_some(discovery()), ..CoreConfig::default() };
-        let mut ledger = Ledger::new(&config);
-        Server::new(config, Box::new(CountingRng::default()), Instant::now(), &mut ledger)
+        let ledger = std::cell::RefCell::new(Ledger::new(&config));
+        Server::new(config, Box::new(CountingRng::default()), Instant::now(), &ledger)
     }
 
     fn padding(len: usize) -> Padding {
@@ -250,7 +250,7 @@ mod tests {
         let now = Instant::now();
         if server.handle_client_packet(now, from, packet) == Received::Request {
             // Binding takes nothing from the ledger: a fresh one serves.
-            server.handle_request(now, 0, from, packet, &mut Ledger::new(&CoreConfig::default()));
+            server.handle_request(now, 0, from, packet, &std::cell::RefCell::new(Ledger::new(&CoreConfig::default())));
         }
         let mut out = Vec::new();
         while let Some(output) = server.poll_output() {

@@ -8,7 +8,7 @@ use crate::stun::errors;
 use crate::stun::message::Message;
 use crate::turn::allocation::{Allocation, Family, RelayAddr};
 use crate::turn::answer::{Auth, Reject};
-use crate::turn::ledger::{Ledger, Refusal};
+use crate::turn::ledger::{Refusal, Shared};
 use crate::turn::output::{Event, Output, RelayBindError};
 use crate::turn::policy::canonical;
 use crate::turn::request::{self, PortRequest, RelayKind};
@@ -77,7 +77,7 @@ impl Server {
         from: FiveTuple,
         message: &Message,
         auth: Auth,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) -> Result<(), Reject> {
         if let Some(id) = self.table.id_on(&from) {
             let retransmission = self.table.get(id).is_some_and(|a| a.transaction_id == message.transaction_id());
@@ -102,53 +102,60 @@ impl Server {
             .ok_or_else(|| Reject::new(errors::ADDRESS_FAMILY_NOT_SUPPORTED).with_auth(&auth))?;
         let reserve_next = request.port.reserves_next();
         let additional_ip = request.additional_v6.then(|| self.relay_bind_ip(from, Family::V6));
-        // The Allocate is counted from here on (pending ones too), under the one lock
-        // the shell holds for this call, so no other worker can admit past a quota.
-        // A reservation (EVEN-PORT with R) counts as one more allocation until it is
-        // redeemed, which trades its count for the redeeming Allocate's.
-        let refused = |refusal| {
+        // The Allocate is counted from here on (pending ones too), in one ledger
+        // operation, so no other worker can admit past a quota. A reservation
+        // (EVEN-PORT with R) counts as one more allocation until it is redeemed, which
+        // trades its count for the redeeming Allocate's.
+        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &self.config.quotas);
+        let rng = self.rng.as_mut();
+        let taken = shared.with(|ledger| {
+            let port = match request.port {
+                PortRequest::Reserved(token) => ledger.redeem(token, user, ip, quotas, now)?,
+                _ => {
+                    ledger.admit(user, ip, quotas)?;
+                    if reserve_next {
+                        if let Err(refusal) = ledger.admit_reservation(user, ip, quotas) {
+                            ledger.forget_allocation(user, ip);
+                            return Err(refusal);
+                        }
+                    }
+                    let port = ledger.take_port(rng, request.port.even(), reserve_next, now);
+                    if port.is_none() {
+                        ledger.forget_allocation(user, ip);
+                        if reserve_next {
+                            ledger.forget_allocation(user, ip);
+                        }
+                    }
+                    port
+                }
+            };
+            // The additional family's port: taken only once the primary one is.
+            let additional = match (port, additional_ip) {
+                (Some(_), Some(Some(ip))) => Some(ledger.take_port(rng, false, false, now).map(|port| (ip, port))),
+                _ => None,
+            };
+            Ok((port, additional))
+        });
+        let (port, additional) = taken.map_err(|refusal| {
             match refusal {
                 Refusal::Capacity => Reject::new(errors::INSUFFICIENT_CAPACITY),
                 Refusal::Quota => Reject::new(errors::ALLOCATION_QUOTA_REACHED),
             }
             .with_auth(&auth)
-        };
-        let (user, ip, quotas) = (&auth.username, from.client.ip(), &self.config.quotas);
-        let port = match request.port {
-            PortRequest::Reserved(token) => shared.redeem(token, user, ip, quotas, now).map_err(refused)?,
-            _ => {
-                shared.admit(user, ip, quotas).map_err(refused)?;
-                if reserve_next {
-                    if let Err(refusal) = shared.admit_reservation(user, ip, quotas) {
-                        shared.forget_allocation(user, ip);
-                        return Err(refused(refusal));
-                    }
-                }
-                let port = shared.take_port(self.rng.as_mut(), request.port.even(), reserve_next, now);
-                if port.is_none() {
-                    shared.forget_allocation(user, ip);
-                    if reserve_next {
-                        shared.forget_allocation(user, ip);
-                    }
-                }
-                port
-            }
-        };
+        })?;
         let Some(port) = port else {
             return Err(Reject::new(errors::INSUFFICIENT_CAPACITY).with_auth(&auth));
         };
         let family = request.family;
         let mut relays = vec![PendingRelay { family, bind_ip, port, attempts: 1, outcome: None }];
         let mut refused_additional = None;
-        match additional_ip {
-            None => {}
-            Some(None) => refused_additional = Some(errors::ADDRESS_FAMILY_NOT_SUPPORTED.code),
-            Some(Some(ip)) => match shared.take_port(self.rng.as_mut(), false, false, now) {
-                Some(port) => {
-                    relays.push(PendingRelay { family: Family::V6, bind_ip: ip, port, attempts: 1, outcome: None })
-                }
-                None => refused_additional = Some(errors::INSUFFICIENT_CAPACITY.code),
-            },
+        match (additional_ip, additional) {
+            (None, _) => {}
+            (Some(None), _) => refused_additional = Some(errors::ADDRESS_FAMILY_NOT_SUPPORTED.code),
+            (Some(Some(_)), Some(Some((ip, port)))) => {
+                relays.push(PendingRelay { family: Family::V6, bind_ip: ip, port, attempts: 1, outcome: None })
+            }
+            (Some(Some(_)), _) => refused_additional = Some(errors::INSUFFICIENT_CAPACITY.code),
         }
         let id = self.table.next_id();
         for relay in &relays {
@@ -202,7 +209,7 @@ impl Server {
         id: AllocationId,
         local: SocketAddr,
         result: Result<SocketAddr, RelayBindError>,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) {
         let Some(pending) = self.pending.get_mut(&id) else {
             return;
@@ -215,17 +222,20 @@ impl Server {
             Ok(bound) => relay.outcome = Some(Ok(bound)),
             Err(error) => {
                 let reserve_next = pending.port.reserves_next();
-                shared.release_port(relay.port);
-                if reserve_next {
-                    shared.release_port(relay.port.saturating_add(1));
-                }
                 let from_reservation = matches!(pending.port, PortRequest::Reserved(_));
                 let retry = error == RelayBindError::AddrInUse && !from_reservation && relay.attempts < BIND_ATTEMPTS;
-                let next = if retry {
-                    shared.take_port(self.rng.as_mut(), pending.port.even(), reserve_next, now)
-                } else {
-                    None
-                };
+                let (failed, even, rng) = (relay.port, pending.port.even(), self.rng.as_mut());
+                let next = shared.with(|ledger| {
+                    ledger.release_port(failed);
+                    if reserve_next {
+                        ledger.release_port(failed.saturating_add(1));
+                    }
+                    if retry {
+                        ledger.take_port(rng, even, reserve_next, now)
+                    } else {
+                        None
+                    }
+                });
                 match next {
                     Some(port) => {
                         relay.port = port;
@@ -246,7 +256,7 @@ impl Server {
     }
 
     /// Creates the allocation once every relay socket is bound (or failed).
-    fn finish_allocate(&mut self, now: Instant, id: AllocationId, pending: PendingAllocate, shared: &mut Ledger) {
+    fn finish_allocate(&mut self, now: Instant, id: AllocationId, pending: PendingAllocate, shared: &impl Shared) {
         let mut relays = [None, None];
         let mut address_errors = Vec::new();
         let (user, client_ip) = (pending.auth.username.as_str(), pending.five_tuple.client.ip());
@@ -264,15 +274,17 @@ impl Server {
                 _ => {
                     // The requested family failed: the whole Allocate fails and stops
                     // counting against the quotas.
-                    shared.forget_allocation(user, client_ip);
-                    if pending.port.reserves_next() {
-                        shared.forget_allocation(user, client_ip);
-                    }
-                    for relay in &pending.relays {
-                        if let Some(Ok(bound)) = relay.outcome {
-                            shared.release_port(bound.port());
+                    shared.with(|ledger| {
+                        ledger.forget_allocation(user, client_ip);
+                        if pending.port.reserves_next() {
+                            ledger.forget_allocation(user, client_ip);
                         }
-                    }
+                        for relay in &pending.relays {
+                            if let Some(Ok(bound)) = relay.outcome {
+                                ledger.release_port(bound.port());
+                            }
+                        }
+                    });
                     self.out.push(Output::CloseRelay { allocation: id });
                     let reject = Reject::new(errors::INSUFFICIENT_CAPACITY).with_auth(&pending.auth);
                     self.reject_authenticated(pending.five_tuple, ALLOCATE, pending.transaction_id, reject);
@@ -332,24 +344,27 @@ impl Server {
         now: Instant,
         user: &str,
         ip: IpAddr,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) -> Option<u64> {
         let expires = now + RESERVATION_LIFETIME;
-        // Tokens are random u64s: a collision needs the rng to repeat, so a few draws
-        // are plenty.
-        for _ in 0..4 {
-            let token = self.rng.next_u64();
-            if shared.reserve(token, port, expires, user, ip) {
-                self.reservation_expiries.push(Reverse((expires, token)));
-                if self.reservation_expiries.len() > 2 * shared.reservation_count() + 1024 {
-                    self.reservation_expiries.retain(|Reverse((_, token))| shared.holds_reservation(*token));
+        let (rng, expiries) = (self.rng.as_mut(), &mut self.reservation_expiries);
+        shared.with(|ledger| {
+            // Tokens are random u64s: a collision needs the rng to repeat, so a few
+            // draws are plenty.
+            for _ in 0..4 {
+                let token = rng.next_u64();
+                if ledger.reserve(token, port, expires, user, ip) {
+                    expiries.push(Reverse((expires, token)));
+                    if expiries.len() > 2 * ledger.reservation_count() + 1024 {
+                        expiries.retain(|Reverse((_, token))| ledger.holds_reservation(*token));
+                    }
+                    return Some(token);
                 }
-                return Some(token);
             }
-        }
-        shared.release_port(port);
-        shared.forget_allocation(user, ip);
-        None
+            ledger.release_port(port);
+            ledger.forget_allocation(user, ip);
+            None
+        })
     }
 
     fn allocate_success(

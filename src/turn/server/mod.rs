@@ -9,7 +9,7 @@
 //!    [`Server::handle_peer_packet`] are the relay hot path: they return what to send
 //!    at once, as a range of the receive buffer. A client packet the hot path does
 //!    not take comes back as [`Received::Request`]: call [`Server::handle_request`]
-//!    with the workers' shared [`Ledger`].
+//!    with the workers' shared ledger.
 //! 2. Drain [`Server::poll_output`] until it returns `None` (or hand the core to
 //!    [`super::effects::carry_out`], which does that): transmit, bind or close relay
 //!    sockets, report what became of each (`handle_relay_bound`, `handle_peer_*`).
@@ -18,9 +18,11 @@
 //!
 //! The core never reads a clock, owns no socket and holds no lock. What every worker
 //! must count together (relay ports, quotas, reservations, the 401 limiter) is a
-//! [`Ledger`] the shell owns and shares; the entry points that need it take it as
-//! `&mut Ledger`, so the shell sees where it is needed and locks it for exactly that
-//! call. None of the hot-path entry points takes it.
+//! [`super::Ledger`] the shell owns and shares; the entry points that may need it take
+//! it as `&impl Shared`, through which the core runs each group of ledger operations
+//! that must happen together, so the shell's lock is held for that span only (never
+//! while a request is decoded, authenticated or answered). None of the hot-path entry
+//! points takes it.
 //!
 //! Request handling lives in the child modules (`requests`, `authenticate`,
 //! `allocate`, `permissions`, `connections`); this file is the interface.
@@ -34,7 +36,7 @@ mod requests;
 use super::allocation::Allocation;
 use super::auth::NonceCodec;
 use super::config::CoreConfig;
-use super::ledger::Ledger;
+use super::ledger::Shared;
 use super::outbox::Outbox;
 use super::output::{EndReason, Event, Output, RelayBindError};
 use super::relay::{IcmpError, ToClient, ToPeer};
@@ -115,7 +117,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// A single-worker server with `config` and its own `shared` ledger, drawing
     /// randomness (the nonce secret included) from `rng`; `now` is the nonce epoch.
-    pub fn new(config: CoreConfig, mut rng: Box<dyn Rng + Send>, now: Instant, shared: &mut Ledger) -> Self {
+    pub fn new(config: CoreConfig, mut rng: Box<dyn Rng + Send>, now: Instant, shared: &impl Shared) -> Self {
         let mut secret = [0u8; 32];
         rng.fill(&mut secret);
         Server::new_worker(config, rng, now, shared, secret, 0, 1)
@@ -131,16 +133,18 @@ impl Server {
         config: CoreConfig,
         mut rng: Box<dyn Rng + Send>,
         now: Instant,
-        shared: &mut Ledger,
+        shared: &impl Shared,
         nonce_secret: [u8; 32],
         worker: u32,
         workers: u32,
     ) -> Self {
         let workers = workers.max(1);
         let mut config = config;
-        shared.reconfigure(&config);
-        config.policy.watch_relay_ports(shared.live_ports());
-        let epoch = shared.nonce_epoch(now);
+        let (live_ports, epoch) = shared.with(|ledger| {
+            ledger.reconfigure(&config);
+            (ledger.live_ports(), ledger.nonce_epoch(now))
+        });
+        config.policy.watch_relay_ports(live_ports);
         let out = Outbox::new(rng.next_u32(), rng.next_u64());
         Server {
             nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
@@ -160,15 +164,18 @@ impl Server {
     /// Replaces users, secrets, quotas, policy and lifetimes (a config reload).
     /// Permissions and channels to peers the new policy refuses are revoked, and
     /// allocations of newly denied clients end. The shared limits change as
-    /// [`Ledger::reconfigure`] says: every worker applies the same reload.
-    pub fn reconfigure(&mut self, config: CoreConfig, shared: &mut Ledger) {
+    /// [`super::Ledger::reconfigure`] says: every worker applies the same reload.
+    pub fn reconfigure(&mut self, config: CoreConfig, shared: &impl Shared) {
         let mut config = config;
         let policy = &config.policy;
         for allocation in self.table.iter_mut() {
             allocation.revoke(|peer| !policy.keeps_permission(peer.ip()));
         }
-        shared.reconfigure(&config);
-        config.policy.watch_relay_ports(shared.live_ports());
+        let live_ports = shared.with(|ledger| {
+            ledger.reconfigure(&config);
+            ledger.live_ports()
+        });
+        config.policy.watch_relay_ports(live_ports);
         let newly_denied = !config.denied_clients.is_empty() && config.denied_clients != self.config.denied_clients;
         self.nonces.set_lifetime(config.nonce_lifetime);
         self.config = config;
@@ -214,7 +221,14 @@ impl Server {
 
     /// A STUN request [`Server::handle_client_packet`] returned as
     /// [`Received::Request`]; `unix_now` is the wall clock for REST credentials.
-    pub fn handle_request(&mut self, now: Instant, unix_now: u64, from: FiveTuple, packet: &[u8], shared: &mut Ledger) {
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: FiveTuple,
+        packet: &[u8],
+        shared: &impl Shared,
+    ) {
         self.last_now = now;
         self.handle_stun(now, unix_now, from, packet, shared);
     }
@@ -255,7 +269,7 @@ impl Server {
         id: AllocationId,
         local: SocketAddr,
         result: Result<SocketAddr, RelayBindError>,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) {
         self.relay_bound(now, id, local, result, shared);
     }
@@ -280,7 +294,7 @@ impl Server {
 
     /// Expires allocations, reservations and unbound peer connections whose time has
     /// come.
-    pub fn handle_timeout(&mut self, now: Instant, shared: &mut Ledger) {
+    pub fn handle_timeout(&mut self, now: Instant, shared: &impl Shared) {
         self.last_now = now;
         while let Some(due) = self.table.pop_due(now) {
             if let Ok(id) = due {
@@ -291,13 +305,18 @@ impl Server {
         for id in self.connections.expired(now) {
             self.close_connection(id);
         }
-        while let Some(Reverse((at, token))) = self.reservation_expiries.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.reservation_expiries.pop();
-            // A token already redeemed (on any worker) is no longer held: nothing to do.
-            shared.expire_reservation(token, now);
+        if self.reservation_expiries.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let expiries = &mut self.reservation_expiries;
+            shared.with(|ledger| {
+                while let Some(Reverse((at, token))) = expiries.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    expiries.pop();
+                    // A token already redeemed (on any worker) is no longer held.
+                    ledger.expire_reservation(token, now);
+                }
+            });
         }
     }
 
@@ -316,13 +335,13 @@ impl Server {
     }
 
     /// Closes an allocation from outside the protocol (an operator dropped it).
-    pub fn close_allocation(&mut self, id: AllocationId, now: Instant, shared: &mut Ledger) -> bool {
+    pub fn close_allocation(&mut self, id: AllocationId, now: Instant, shared: &impl Shared) -> bool {
         self.remove_allocation(id, now, EndReason::Closed, shared)
     }
 
     /// Closes whatever a client 5-tuple held: its allocation, and the peer connection
     /// of an RFC 6062 data connection (a TCP connection that closed).
-    pub fn close_five_tuple(&mut self, five_tuple: FiveTuple, now: Instant, shared: &mut Ledger) {
+    pub fn close_five_tuple(&mut self, five_tuple: FiveTuple, now: Instant, shared: &impl Shared) {
         if let Some(id) = self.table.id_on(&five_tuple) {
             self.remove_allocation(id, now, EndReason::Closed, shared);
         }
@@ -332,7 +351,7 @@ impl Server {
     }
 
     /// Closes every allocation of `username`; returns how many.
-    pub fn close_user(&mut self, username: &str, now: Instant, shared: &mut Ledger) -> usize {
+    pub fn close_user(&mut self, username: &str, now: Instant, shared: &impl Shared) -> usize {
         let ids = self.table.ids_where(|a| &*a.username == username);
         ids.into_iter().filter(|id| self.remove_allocation(*id, now, EndReason::Closed, shared)).count()
     }
@@ -345,7 +364,7 @@ impl Server {
         name: &str,
         now: Instant,
         unix_now: u64,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) -> Result<usize, RevokeError> {
         self.revocations.revoke(name, unix_now)?;
         let ids = self.table.ids_where(|a| self.revocations.refuses(&a.username, unix_now));
@@ -395,14 +414,16 @@ impl Server {
 
     /// Ends an allocation: the ledger uncounts it and frees its ports, its peer
     /// connections close, and the shell is told to close its relay sockets.
-    fn remove_allocation(&mut self, id: AllocationId, now: Instant, reason: EndReason, shared: &mut Ledger) -> bool {
+    fn remove_allocation(&mut self, id: AllocationId, now: Instant, reason: EndReason, shared: &impl Shared) -> bool {
         let Some(allocation) = self.table.remove(id) else {
             return false;
         };
-        shared.forget_allocation(&allocation.username, allocation.five_tuple.client.ip());
-        for relay in allocation.relay_addrs() {
-            shared.release_port(relay.bound.port());
-        }
+        shared.with(|ledger| {
+            ledger.forget_allocation(&allocation.username, allocation.five_tuple.client.ip());
+            for relay in allocation.relay_addrs() {
+                ledger.release_port(relay.bound.port());
+            }
+        });
         for connection in self.connections.of_allocation(id) {
             self.close_connection(connection);
         }

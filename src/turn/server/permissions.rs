@@ -8,7 +8,7 @@ use crate::stun::errors;
 use crate::stun::message::Message;
 use crate::turn::allocation::BindError;
 use crate::turn::answer::{Auth, Reject};
-use crate::turn::ledger::Ledger;
+use crate::turn::ledger::Shared;
 use crate::turn::output::{EndReason, Event, Output};
 use crate::turn::request::{self, ChannelBind};
 use crate::turn::stats::DropReason;
@@ -57,7 +57,7 @@ impl Server {
         from: FiveTuple,
         message: &Message,
         auth: &Auth,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) -> Result<Message, Reject> {
         let id = self.own_allocation(from, auth)?;
         let lifetime = self.granted_lifetime(request::lifetime(message), auth);

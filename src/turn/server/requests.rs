@@ -8,7 +8,7 @@ use crate::stun::errors;
 use crate::stun::message::{self, DecodeError, Message};
 use crate::stun::raw::{self, PacketKind};
 use crate::turn::answer::{Auth, Reject};
-use crate::turn::ledger::Ledger;
+use crate::turn::ledger::Shared;
 use crate::turn::stats::{AuthFailure, DropReason};
 use crate::turn::{FiveTuple, Transport};
 use std::time::Instant;
@@ -83,7 +83,7 @@ impl Server {
         unix_now: u64,
         from: FiveTuple,
         packet: &[u8],
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) {
         self.out.budget = (from.transport == Transport::Udp).then(|| packet.len() * AMPLIFICATION_LIMIT);
         let decoded = match message::decode(packet) {
@@ -137,7 +137,7 @@ impl Server {
         from: FiveTuple,
         decoded: &message::Decoded,
         packet: &[u8],
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) -> Result<Option<(Message, Auth)>, Reject> {
         use crate::turn::tcp_relay::{connect_method, connection_bind_method};
         let request = &decoded.message;
@@ -163,7 +163,7 @@ impl Server {
 
     /// RFC 8489 §6.3.1: a Binding success carries the client's reflexive address; on
     /// an RFC 5780 address it follows that RFC's rules.
-    fn binding(&mut self, from: FiveTuple, request: &Message, shared: &mut Ledger) {
+    fn binding(&mut self, from: FiveTuple, request: &Message, shared: &impl Shared) {
         let mut response = success(request);
         response.add_attribute(XorMappedAddress::new(from.client.get()));
         match self.config.nat_discovery_for(from) {
@@ -192,11 +192,11 @@ impl Server {
         method: Method,
         transaction_id: TransactionId,
         reject: Reject,
-        shared: &mut Ledger,
+        shared: &impl Shared,
     ) {
         if reject.auth.is_none()
             && reject.kind.code == errors::UNAUTHENTICATED.code
-            && !shared.allow_unauthenticated(to.client.ip(), self.last_now)
+            && !shared.with(|ledger| ledger.allow_unauthenticated(to.client.ip(), self.last_now))
         {
             self.out.stats.auth_failures[AuthFailure::RateLimited as usize] += 1;
             return;

@@ -63,11 +63,9 @@ type Shared = Arc<Mutex<Ledger>>;
 /// The scripted shell: relay sockets bind unless a failure is queued; RFC 6062
 /// outputs are kept for the tests that script those sockets.
 impl Effects for Harness {
-    fn core(&mut self) -> &mut Server {
-        &mut self.server
-    }
-    fn with_ledger(&mut self, f: &mut dyn FnMut(&mut Server, &mut Ledger)) {
-        f(&mut self.server, &mut self.ledger.lock().unwrap());
+    type Ledger = Mutex<Ledger>;
+    fn parts(&mut self) -> (&mut Server, &Mutex<Ledger>) {
+        (&mut self.server, &self.ledger)
     }
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
         assert_eq!(to, self.client, "responses go back on the request's 5-tuple");
@@ -136,7 +134,7 @@ impl Harness {
     fn with_config(config: CoreConfig) -> Self {
         let now = Instant::now();
         let ledger = Arc::new(Mutex::new(Ledger::new(&config)));
-        let server = Server::new(config, Box::new(CountingRng::default()), now, &mut ledger.lock().unwrap());
+        let server = Server::new(config, Box::new(CountingRng::default()), now, &*ledger);
         Self::with_server(server, ledger, now)
     }
 
@@ -165,7 +163,7 @@ impl Harness {
 
     fn advance(&mut self, by: Duration) {
         self.now += by;
-        self.server.handle_timeout(self.now, &mut self.ledger.lock().unwrap());
+        self.server.handle_timeout(self.now, &*self.ledger);
         self.drain();
     }
 
@@ -190,7 +188,7 @@ impl Harness {
             Received::Relay(out) => Some(out),
             Received::Handled => None,
             Received::Request => {
-                self.server.handle_request(self.now, UNIX_NOW, self.client, bytes, &mut self.ledger.lock().unwrap());
+                self.server.handle_request(self.now, UNIX_NOW, self.client, bytes, &*self.ledger);
                 None
             }
         }
@@ -202,7 +200,7 @@ impl Harness {
     }
 
     fn reconfigure(&mut self, config: CoreConfig) {
-        self.server.reconfigure(config, &mut self.ledger.lock().unwrap());
+        self.server.reconfigure(config, &*self.ledger);
     }
 
     fn send_raw(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -278,7 +276,7 @@ fn two_workers(config: CoreConfig) -> (Harness, Harness) {
     let now = Instant::now();
     let worker = |index: u32, seed: u8| {
         let rng = Box::new(CountingRng(seed));
-        Server::new_worker(config.clone(), rng, now, &mut ledger.lock().unwrap(), [7; 32], index, 2)
+        Server::new_worker(config.clone(), rng, now, &*ledger, [7; 32], index, 2)
     };
     let a = Harness::with_server(worker(0, 0), ledger.clone(), now);
     let mut b = Harness::with_server(worker(1, 128), ledger.clone(), now);

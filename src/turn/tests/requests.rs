@@ -217,7 +217,7 @@ fn a_revoked_user_loses_its_allocations_and_is_refused_across_reloads_until_lift
     let mut h = Harness::new();
     h.allocate();
     let id = h.allocation_id();
-    assert_eq!(h.server.revoke("alice", h.now, UNIX_NOW, &mut h.ledger.lock().unwrap()), Ok(1));
+    assert_eq!(h.server.revoke("alice", h.now, UNIX_NOW, &*h.ledger), Ok(1));
     h.drain();
     assert!(h.server.allocations().all(|(other, _)| other != id));
     h.reconfigure(config());
