@@ -16,11 +16,16 @@
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
+// The tests' CA helper (openssl): the TLS cells' server certificate.
+#[path = "../../tests/common/ca.rs"]
+mod ca;
 mod control;
 mod forwarder;
 mod procs;
 mod relay;
 mod sessions;
+mod stream_cells;
+mod streams;
 mod stun;
 mod udp;
 
@@ -33,6 +38,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use streams::Transport;
 
 const HELP: &str = "\
 turnd load benchmark: cargo bench --bench load -- [OPTIONS]
@@ -45,7 +51,11 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
                         reported (default 3, quick 1)
   --allocations LIST    relay cells, e.g. 10,200,1000 (default; quick: 10,200)
   --payloads LIST       payload bytes (default 100,1000; quick: 100)
-  --modes LIST          channel,send (default both)
+  --modes LIST          channel,send (default both; UDP cells only)
+  --transports LIST     udp,tcp,tls: client transports of the relay cells (default all three;
+                        quick: udp). TCP and TLS cells relay ChannelData over one connection
+                        per allocation to the UDP echo peer, through turnd (also with one worker
+                        per core) and coturn
   --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`)
   --only LIST           relay,binding,churn,memory,scale (default all); scale runs 1,000
                         channel allocations through turnd with 1 worker and with one per
@@ -86,6 +96,7 @@ struct Options {
     allocations: Vec<usize>,
     payloads: Vec<usize>,
     modes: Vec<Mode>,
+    transports: Vec<Transport>,
     servers: Vec<String>,
     only: Vec<String>,
     memory_allocations: usize,
@@ -114,6 +125,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000] },
         payloads: if quick { vec![100] } else { vec![100, 1000] },
         modes: vec![Mode::Channel, Mode::Send],
+        transports: if quick { vec![Transport::Udp] } else { vec![Transport::Udp, Transport::Tcp, Transport::Tls] },
         servers: vec!["turnd".into(), "coturn".into(), "forwarder".into()],
         only: vec!["relay".into(), "binding".into(), "churn".into(), "memory".into(), "scale".into()],
         memory_allocations: if quick { 2000 } else { 10_000 },
@@ -148,6 +160,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                         other => Err(format!("unknown mode {other:?}")),
                     })
                     .collect::<Result<_, _>>()?
+            }
+            "--transports" => {
+                o.transports =
+                    list::<String>(&value()?)?.iter().map(|t| Transport::parse(t)).collect::<Result<_, _>>()?
             }
             "--servers" => o.servers = list(&value()?)?,
             "--only" => o.only = list(&value()?)?,
@@ -220,6 +236,8 @@ struct Bench {
     memory: Vec<(String, u64, u64, usize)>,
     /// Client addresses the churn workload cycles through (one 5-tuple per pair).
     churn_pool: Vec<Ipv4Addr>,
+    /// The TLS cells' CA and server certificate, made when first needed.
+    ca: Option<ca::TestCa>,
 }
 
 impl Bench {
@@ -240,6 +258,7 @@ impl Bench {
             // (32768-60999 by default), so other programs' sockets rarely collide.
             turnd_ports: (12000, 23999),
             coturn_ports: (24000, 35999),
+            tls: None,
             verbose: o.verbose,
         };
         let client = udp::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
@@ -259,6 +278,7 @@ impl Bench {
             memory: Vec::new(),
             // Past the relay and memory sources, so a churned 5-tuple is never one of theirs.
             churn_pool: (0..200_000).map(|i| control::source(100_000 + i)).collect(),
+            ca: None,
         })
     }
 
@@ -309,7 +329,11 @@ impl Bench {
         let started = Instant::now();
         self.header();
         if self.wants("relay") {
-            self.relay_matrix()?;
+            if self.o.transports.contains(&Transport::Udp) {
+                self.relay_matrix()?;
+            }
+            let streams: Vec<Transport> = self.o.transports.iter().copied().filter(|&t| t != Transport::Udp).collect();
+            self.stream_matrix(&streams)?;
         }
         if self.wants("binding") {
             self.binding_runs()?;

@@ -81,9 +81,9 @@ struct Slot {
 }
 
 /// A packet unanswered this long is lost; its slot is refilled.
-const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Payload bytes the generator reads back: allocation index, sequence, send time.
-const STAMP: usize = 16;
+pub const STAMP: usize = 16;
 
 /// Runs the closed loop through `server` (process `pid`) to the echo `peer`.
 pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u32, spec: &Spec) -> Outcome {
@@ -214,7 +214,7 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
     Outcome { window: meter.window(), p50_us: percentile(&lat, 0.50), p99_us: percentile(&lat, 0.99), sent, lost }
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+pub fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
