@@ -937,6 +937,27 @@ fn smoke() {
         assert!(outcome.window.units > 0, "{} relayed nothing in {} mode", server.label, mode.label());
         println!("smoke: {} {} mode: {} round trips", server.label, mode.label(), outcome.window.units);
     }
+    // One TCP and one TLS cell, briefly: the stream generator and the servers' listeners.
+    let (ca, cert, key) = bench.tls_files();
+    let config = streams::tls_config(&ca).expect("TLS client configuration");
+    let setup = Setup { tls: Some((cert, key)), ..bench.setup.clone() };
+    let server = bench.start_in(&setup, &turnd, 0).expect("turnd starts with TCP and TLS");
+    let (tcp, tls) = server.streams.expect("stream listeners");
+    for (transport, addr, config) in [(Transport::Tcp, tcp, None), (Transport::Tls, tls, Some(&config))] {
+        let mut conns = streams::connect(addr, 4, config, peer).expect("stream allocations");
+        let spec = Spec {
+            mode: Mode::Channel,
+            allocations: 4,
+            payload: 100,
+            window: 2,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(300),
+        };
+        let outcome = streams::run(&mut conns, &bench.peer, server.pid, &spec).expect("stream relay");
+        assert!(outcome.window.units > 0, "turnd relayed nothing over {}", transport.label());
+        println!("smoke: turnd channel over {}: {} round trips", transport.label(), outcome.window.units);
+    }
+    drop(server);
     let server = bench.start(&turnd, 0).expect("turnd starts");
     let mut meter = Meter::new(server.pid, Duration::ZERO, Duration::from_millis(200));
     let until = Instant::now() + Duration::from_millis(250);
