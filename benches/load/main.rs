@@ -49,7 +49,10 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
   --window N            packets in flight per allocation (default 2)
   --repeat N            windows per server in each relay cell and in scale, median
                         reported (default 3, quick 1)
-  --allocations LIST    relay cells, e.g. 10,200,1000 (default; quick: 10,200)
+  --allocations LIST    UDP relay cells (default 10,200,1000,10000; quick: 10,200); past 2,000
+                        packets in flight, packets rotate over the allocations (docs/bench.md)
+  --stream-allocations LIST  TCP/TLS relay cells, one connection each (default 10,200,1000;
+                        quick: 10,200)
   --payloads LIST       payload bytes (default 100,1000; quick: 100)
   --modes LIST          channel,send (default both; UDP cells only)
   --transports LIST     udp,tcp,tls: client transports of the relay cells (default all three;
@@ -94,6 +97,7 @@ struct Options {
     window: usize,
     repeat: usize,
     allocations: Vec<usize>,
+    stream_allocations: Vec<usize>,
     payloads: Vec<usize>,
     modes: Vec<Mode>,
     transports: Vec<Transport>,
@@ -122,7 +126,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         warmup: Duration::from_millis(300),
         window: 2,
         repeat: if quick { 1 } else { 3 },
-        allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000] },
+        allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000, 10_000] },
+        stream_allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000] },
         payloads: if quick { vec![100] } else { vec![100, 1000] },
         modes: vec![Mode::Channel, Mode::Send],
         transports: if quick { vec![Transport::Udp] } else { vec![Transport::Udp, Transport::Tcp, Transport::Tls] },
@@ -150,6 +155,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--repeat" => o.repeat = value()?.parse().map_err(|_| "bad --repeat")?,
             "--window" => o.window = value()?.parse().map_err(|_| "bad --window")?,
             "--allocations" => o.allocations = list(&value()?)?,
+            "--stream-allocations" => o.stream_allocations = list(&value()?)?,
             "--payloads" => o.payloads = list(&value()?)?,
             "--modes" => {
                 o.modes = list::<String>(&value()?)?
@@ -408,6 +414,14 @@ impl Bench {
              (two relayed datagrams); median of {} windows per server, servers interleaved",
             self.o.window, self.o.repeat
         );
+        if self.o.allocations.iter().any(|&n| n * self.o.window > relay::MAX_IN_FLIGHT) {
+            println!(
+                "note: cells with more than {} packets' worth of slots keep {} in flight, rotating round robin over \
+                 the allocations (the socket buffers would overflow otherwise)",
+                relay::MAX_IN_FLIGHT,
+                relay::MAX_IN_FLIGHT
+            );
+        }
         println!(
             "{:<8}{:>7}{:>8}  {:<12}{:>9}{:>9}{:>9}{:>8}{:>7}{:>11}{:>13}{:>6}",
             "mode",
@@ -503,6 +517,17 @@ impl Bench {
         allocations: usize,
         peer: SocketAddrV4,
     ) -> std::io::Result<procs::Server> {
+        if let Kind::Turnd { workers } = kind {
+            let budget = procs::turnd_allocation_budget(*workers);
+            if allocations as u64 > budget {
+                return Err(std::io::Error::other(format!(
+                    "turnd's descriptor budget allows {budget} allocations under the open-file hard limit (it keeps \
+                     half for streams and two relay sockets per allocation): raise `ulimit -Hn` to at least {} \
+                     (needs CAP_SYS_RESOURCE)",
+                    allocations * 4 + 160
+                )));
+            }
+        }
         let server = self.start_in(setup, kind, mode.header())?;
         if *kind == Kind::Forwarder {
             relay::prime_forwarder(&self.clients(), server.addr, allocations, mode, &self.peer);

@@ -371,3 +371,20 @@ pub fn threads(pid: u32) -> Option<u64> {
 pub fn find_coturn() -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("turnserver")).find(|p| p.is_file())
 }
+
+/// Allocations turnd can hold under this process's open-file hard limit, which it
+/// raises its soft limit to and splits (src/descriptors.rs): a reserve of 128 plus 16 per
+/// worker, half of the rest for client streams, two relay sockets per allocation.
+pub fn turnd_allocation_budget(workers: usize) -> u64 {
+    let workers = if workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { workers };
+    // SAFETY: getrlimit with a valid rlimit struct.
+    let hard = unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return u64::MAX;
+        }
+        lim.rlim_max
+    };
+    let available = hard.saturating_sub(128 + 16 * workers as u64);
+    (available - available / 2) / 2
+}

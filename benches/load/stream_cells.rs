@@ -71,7 +71,7 @@ impl Bench {
         );
         let peer = udp::local_v4(&self.peer)?;
         for &transport in transports {
-            for &allocations in &self.o.allocations.clone() {
+            for &allocations in &self.o.stream_allocations.clone() {
                 let mut servers = Vec::new();
                 for (label, kind, ports) in self.stream_plan() {
                     let setup = Setup {
