@@ -489,7 +489,7 @@ impl Bench {
                         );
                         self.emit_for(
                             server,
-                            json!({"kind": "relay", "server": server.label, "mode": mode.label(),
+                            json!({"kind": "relay", "transport": "udp", "server": server.label, "mode": mode.label(),
                             "allocations": allocations, "payload": payload, "window": self.o.window,
                             "repeats": self.o.repeat, "seconds": w.seconds, "round_trips": w.units,
                             "round_trips_per_s": w.per_second(), "p50_us": outcome.p50_us, "p99_us": outcome.p99_us,
