@@ -1,4 +1,4 @@
-//! turnd's load benchmark: the relay data plane, Binding, Allocate + Refresh(0) churn
+//! turnd's load benchmark: the relay data plane (clients over UDP, TCP and TLS), Binding, Allocate + Refresh(0) churn
 //! and memory per idle allocation, against turnd, coturn and a raw forwarder (the
 //! kernel's floor), in one run, and how turnd and coturn scale over the cores. See
 //! docs/bench.md.
@@ -8,7 +8,7 @@
 //! section runs one channel workload through turnd with one worker and with one per
 //! core, and through coturn single-threaded and with its default thread count.
 //!
-//! `cargo bench --bench load` runs it in full (about six minutes), `-- --quick` in about
+//! `cargo bench --bench load` runs it in full (about twelve minutes), `-- --quick` in about
 //! one; `-- --help` lists the options. Under `cargo test` it runs a smoke check of its
 //! own machinery against turnd (no timings are judged). It prints a table, one JSON line
 //! per measurement and a last JSON line with the targets of issue 8.
@@ -16,11 +16,17 @@
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
+// The tests' CA helper (openssl): the TLS cells' server certificate.
+#[path = "../../tests/common/ca.rs"]
+mod ca;
 mod control;
 mod forwarder;
 mod procs;
 mod relay;
 mod sessions;
+mod smoke;
+mod stream_cells;
+mod streams;
 mod stun;
 mod udp;
 
@@ -33,6 +39,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use streams::Transport;
 
 const HELP: &str = "\
 turnd load benchmark: cargo bench --bench load -- [OPTIONS]
@@ -43,9 +50,16 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
   --window N            packets in flight per allocation (default 2)
   --repeat N            windows per server in each relay cell and in scale, median
                         reported (default 3, quick 1)
-  --allocations LIST    relay cells, e.g. 10,200,1000 (default; quick: 10,200)
+  --allocations LIST    UDP relay cells (default 10,200,1000,10000; quick: 10,200); past 2,000
+                        packets in flight, packets rotate over the allocations (docs/bench.md)
+  --stream-allocations LIST  TCP/TLS relay cells, one connection each (default 10,200,1000;
+                        quick: 10,200)
   --payloads LIST       payload bytes (default 100,1000; quick: 100)
-  --modes LIST          channel,send (default both)
+  --modes LIST          channel,send (default both; UDP cells only)
+  --transports LIST     udp,tcp,tls: client transports of the relay cells (default all three;
+                        quick: udp). TCP and TLS cells relay ChannelData over one connection
+                        per allocation to the UDP echo peer, through turnd (also with one worker
+                        per core) and coturn
   --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`)
   --only LIST           relay,binding,churn,memory,scale (default all); scale runs 1,000
                         channel allocations through turnd with 1 worker and with one per
@@ -84,8 +98,10 @@ struct Options {
     window: usize,
     repeat: usize,
     allocations: Vec<usize>,
+    stream_allocations: Vec<usize>,
     payloads: Vec<usize>,
     modes: Vec<Mode>,
+    transports: Vec<Transport>,
     servers: Vec<String>,
     only: Vec<String>,
     memory_allocations: usize,
@@ -111,9 +127,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
         warmup: Duration::from_millis(300),
         window: 2,
         repeat: if quick { 1 } else { 3 },
-        allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000] },
+        allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000, 10_000] },
+        stream_allocations: if quick { vec![10, 200] } else { vec![10, 200, 1000] },
         payloads: if quick { vec![100] } else { vec![100, 1000] },
         modes: vec![Mode::Channel, Mode::Send],
+        transports: if quick { vec![Transport::Udp] } else { vec![Transport::Udp, Transport::Tcp, Transport::Tls] },
         servers: vec!["turnd".into(), "coturn".into(), "forwarder".into()],
         only: vec!["relay".into(), "binding".into(), "churn".into(), "memory".into(), "scale".into()],
         memory_allocations: if quick { 2000 } else { 10_000 },
@@ -138,6 +156,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--repeat" => o.repeat = value()?.parse().map_err(|_| "bad --repeat")?,
             "--window" => o.window = value()?.parse().map_err(|_| "bad --window")?,
             "--allocations" => o.allocations = list(&value()?)?,
+            "--stream-allocations" => o.stream_allocations = list(&value()?)?,
             "--payloads" => o.payloads = list(&value()?)?,
             "--modes" => {
                 o.modes = list::<String>(&value()?)?
@@ -148,6 +167,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                         other => Err(format!("unknown mode {other:?}")),
                     })
                     .collect::<Result<_, _>>()?
+            }
+            "--transports" => {
+                o.transports =
+                    list::<String>(&value()?)?.iter().map(|t| Transport::parse(t)).collect::<Result<_, _>>()?
             }
             "--servers" => o.servers = list(&value()?)?,
             "--only" => o.only = list(&value()?)?,
@@ -186,7 +209,7 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test` (which builds benches with
     // --all-targets) passes nothing: then check the machinery, briefly, and stop.
     if !args.iter().any(|a| a == "--bench") {
-        smoke();
+        smoke::smoke();
         return;
     }
     let options = match parse(&args) {
@@ -220,6 +243,8 @@ struct Bench {
     memory: Vec<(String, u64, u64, usize)>,
     /// Client addresses the churn workload cycles through (one 5-tuple per pair).
     churn_pool: Vec<Ipv4Addr>,
+    /// The TLS cells' CA and server certificate, made when first needed.
+    ca: Option<ca::TestCa>,
 }
 
 impl Bench {
@@ -240,6 +265,7 @@ impl Bench {
             // (32768-60999 by default), so other programs' sockets rarely collide.
             turnd_ports: (12000, 23999),
             coturn_ports: (24000, 35999),
+            tls: None,
             verbose: o.verbose,
         };
         let client = udp::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
@@ -259,6 +285,7 @@ impl Bench {
             memory: Vec::new(),
             // Past the relay and memory sources, so a churned 5-tuple is never one of theirs.
             churn_pool: (0..200_000).map(|i| control::source(100_000 + i)).collect(),
+            ca: None,
         })
     }
 
@@ -309,7 +336,11 @@ impl Bench {
         let started = Instant::now();
         self.header();
         if self.wants("relay") {
-            self.relay_matrix()?;
+            if self.o.transports.contains(&Transport::Udp) {
+                self.relay_matrix()?;
+            }
+            let streams: Vec<Transport> = self.o.transports.iter().copied().filter(|&t| t != Transport::Udp).collect();
+            self.stream_matrix(&streams)?;
         }
         if self.wants("binding") {
             self.binding_runs()?;
@@ -384,6 +415,14 @@ impl Bench {
              (two relayed datagrams); median of {} windows per server, servers interleaved",
             self.o.window, self.o.repeat
         );
+        if self.o.allocations.iter().any(|&n| n * self.o.window > relay::MAX_IN_FLIGHT) {
+            println!(
+                "note: cells with more than {} packets' worth of slots keep {} in flight, rotating round robin over \
+                 the allocations (the socket buffers would overflow otherwise)",
+                relay::MAX_IN_FLIGHT,
+                relay::MAX_IN_FLIGHT
+            );
+        }
         println!(
             "{:<8}{:>7}{:>8}  {:<12}{:>9}{:>9}{:>9}{:>8}{:>7}{:>11}{:>13}{:>6}",
             "mode",
@@ -451,7 +490,7 @@ impl Bench {
                         );
                         self.emit_for(
                             server,
-                            json!({"kind": "relay", "server": server.label, "mode": mode.label(),
+                            json!({"kind": "relay", "transport": "udp", "server": server.label, "mode": mode.label(),
                             "allocations": allocations, "payload": payload, "window": self.o.window,
                             "repeats": self.o.repeat, "seconds": w.seconds, "round_trips": w.units,
                             "round_trips_per_s": w.per_second(), "p50_us": outcome.p50_us, "p99_us": outcome.p99_us,
@@ -479,6 +518,17 @@ impl Bench {
         allocations: usize,
         peer: SocketAddrV4,
     ) -> std::io::Result<procs::Server> {
+        if let Kind::Turnd { workers } = kind {
+            let budget = procs::turnd_allocation_budget(*workers);
+            if allocations as u64 > budget {
+                return Err(std::io::Error::other(format!(
+                    "turnd's descriptor budget allows {budget} allocations under the open-file hard limit (it keeps \
+                     half for streams and two relay sockets per allocation): raise `ulimit -Hn` to at least {} \
+                     (needs CAP_SYS_RESOURCE)",
+                    allocations * 4 + 160
+                )));
+            }
+        }
         let server = self.start_in(setup, kind, mode.header())?;
         if *kind == Kind::Forwarder {
             relay::prime_forwarder(&self.clients(), server.addr, allocations, mode, &self.peer);
@@ -866,59 +916,4 @@ fn target(name: &str, ratio: f64, met: bool) -> Value {
 /// A ratio worth printing that is no target of its own.
 fn info(name: &str, ratio: f64) {
     println!("  {:<70} {:>7.2}", name, ratio);
-}
-
-/// Under `cargo test`: a few round trips through turnd and the forwarder, to keep the
-/// bench's machinery working. Timings are printed, never judged.
-fn smoke() {
-    let options = parse(&[
-        "--bench".into(),
-        "--quick".into(),
-        "--duration".into(),
-        "0.3".into(),
-        "--warmup".into(),
-        "0.1".into(),
-    ])
-    .expect("smoke options");
-    let mut bench = Bench::new(options).expect("bench setup");
-    let peer = udp::local_v4(&bench.peer).expect("peer");
-    // One worker, as the main comparison runs it; then two in channel mode, as the scale
-    // section runs it: 16 allocations all hash to one worker once in 2^15 runs.
-    let turnd = Kind::Turnd { workers: 1 };
-    let allocations = 16;
-    let cells = [
-        (Mode::Channel, turnd.clone()),
-        (Mode::Channel, Kind::Forwarder),
-        (Mode::Send, turnd.clone()),
-        (Mode::Send, Kind::Forwarder),
-        (Mode::Channel, Kind::Turnd { workers: 2 }),
-    ];
-    for (mode, kind) in cells {
-        let server = bench.start(&kind, mode.header()).expect("server starts");
-        if kind != Kind::Forwarder {
-            let prepare = if mode == Mode::Channel { Prepare::Channel } else { Prepare::Permission };
-            let (convs, _) =
-                sessions::allocate(&bench.clients(), server.addr, allocations, prepare, peer, Duration::from_secs(10));
-            assert!(convs.iter().all(|c| c.relay.is_some() && c.error.is_none()), "allocations on {}", server.label);
-        }
-        let spec = Spec {
-            mode,
-            allocations,
-            payload: 100,
-            window: 2,
-            warmup: Duration::from_millis(100),
-            duration: Duration::from_millis(300),
-        };
-        let outcome = relay::run(&bench.clients(), &bench.peer, server.addr, server.pid, &spec);
-        assert!(outcome.window.units > 0, "{} relayed nothing in {} mode", server.label, mode.label());
-        println!("smoke: {} {} mode: {} round trips", server.label, mode.label(), outcome.window.units);
-    }
-    let server = bench.start(&turnd, 0).expect("turnd starts");
-    let mut meter = Meter::new(server.pid, Duration::ZERO, Duration::from_millis(200));
-    let until = Instant::now() + Duration::from_millis(250);
-    let churn = sessions::churn(&bench.clients(), server.addr, 4, &bench.churn_pool, &mut meter, until);
-    assert!(meter.count > 0 && churn.errors == 0, "Allocate + Refresh(0) pairs on turnd");
-    println!("smoke: turnd churn: {} pairs", meter.count);
-    let _ = std::fs::remove_dir_all(&bench.setup.dir);
-    bench.json.clear();
 }

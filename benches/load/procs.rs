@@ -59,6 +59,9 @@ pub struct Setup {
     /// Relay port ranges of turnd and coturn.
     pub turnd_ports: (u16, u16),
     pub coturn_ports: (u16, u16),
+    /// The server certificate and key (PEM) when the servers also listen on TCP (the
+    /// UDP port's number) and TLS (the next free port); None: UDP only.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub verbose: bool,
 }
 
@@ -71,6 +74,8 @@ pub struct Server {
     pub label: String,
     /// turnd's configured `workers` (None for the other servers).
     pub workers: Option<usize>,
+    /// The TCP and TLS listeners, when `Setup::tls` asked for them.
+    pub streams: Option<(SocketAddrV4, SocketAddrV4)>,
 }
 
 impl Drop for Server {
@@ -107,9 +112,34 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> io::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A UDP port on 127.0.0.1 that was free a moment ago (for TCP too when `tcp`).
+fn free_port(tcp: bool) -> io::Result<u16> {
+    for _ in 0..100 {
+        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !tcp || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no port free for both UDP and TCP"))
+}
+
+/// The UDP (and TCP) port and, with `Setup::tls`, the TLS port.
+fn ports(setup: &Setup) -> io::Result<(u16, u16)> {
+    let port = free_port(setup.tls.is_some())?;
+    let tls = if setup.tls.is_some() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    } else {
+        0
+    };
+    Ok((port, tls))
+}
+
+fn stream_addrs(setup: &Setup, port: u16, tls: u16) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    setup
+        .tls
+        .as_ref()
+        .map(|_| (SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), SocketAddrV4::new(Ipv4Addr::LOCALHOST, tls)))
 }
 
 /// Starts `kind`. `peer` and `header` only matter for the forwarder.
@@ -122,12 +152,12 @@ pub fn start(setup: &Setup, kind: &Kind, client: &UdpSocket, peer: SocketAddrV4,
 }
 
 fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<Server> {
-    let port = free_port()?;
+    let (port, tls_port) = ports(setup)?;
     let (min, max) = setup.turnd_ports;
     // Limits raised for the 10,000-allocation memory run and the worker count written
     // out (turnd's default is one per core); everything else is turnd's default
     // (including info-level logging, as coturn logs at its default too).
-    let config = format!(
+    let mut config = format!(
         "realm = \"r\"\ndrain-time = \"0s\"\nworkers = {workers}\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
          [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
@@ -135,6 +165,15 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<
          [limits]\ntotal-allocations = 50000\nallocations-per-user = 50000\nallocations-per-ip = 50000\n\
          [admin]\nenabled = false\n"
     );
+    if let Some((cert, key)) = &setup.tls {
+        config.push_str(&format!(
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+             [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{tls_port}\"\n\
+             [tls]\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ));
+    }
     // Files named after the port: the scale section runs two turnd at once.
     let path = setup.dir.join(format!("turnd-{port}.toml"));
     std::fs::write(&path, config)?;
@@ -153,6 +192,7 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<
     let label = Kind::Turnd { workers }.label();
     let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)?;
     server.workers = Some(workers);
+    server.streams = stream_addrs(setup, port, tls_port);
     if !setup.turnd_prefix.is_empty() {
         server.grace = PROFILED_STOP_GRACE;
     }
@@ -163,7 +203,7 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     let Some(bin) = &setup.coturn else {
         return Err(io::Error::new(io::ErrorKind::NotFound, "turnserver (Debian package coturn) is not installed"));
     };
-    let port = free_port()?;
+    let (port, tls_port) = ports(setup)?;
     let (min, max) = setup.coturn_ports;
     let dir = &setup.dir;
     let mut command = Command::new(bin);
@@ -177,8 +217,18 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
         "--max-port",
         &max.to_string(),
     ]);
-    // Same surface as the turnd config: UDP only, no TLS/DTLS, no TCP listeners.
-    command.args(["--no-tls", "--no-dtls", "--no-tcp", "--no-tcp-relay"]);
+    // Same surface as the turnd config: UDP only, or with the stream cells TCP on the
+    // same port and TLS on another; never DTLS or RFC 6062 TCP relays.
+    command.args(["--no-dtls", "--no-tcp-relay"]);
+    match &setup.tls {
+        None => {
+            command.args(["--no-tls", "--no-tcp"]);
+        }
+        Some((cert, key)) => {
+            command.arg("--tls-listening-port").arg(tls_port.to_string());
+            command.arg("--cert").arg(cert).arg("--pkey").arg(key);
+        }
+    }
     if let Some(threads) = threads {
         command.args(["--relay-threads", &threads.to_string()]);
     }
@@ -190,7 +240,9 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     die_with_parent(&mut command);
     let child = command.spawn()?;
     let label = Kind::Coturn { threads }.label();
-    ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)
+    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)?;
+    server.streams = stream_addrs(setup, port, tls_port);
+    Ok(server)
 }
 
 /// Waits until the server answers a Binding request.
@@ -214,7 +266,15 @@ fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, 
                 if verbose {
                     eprintln!("  {label} (pid {pid}) ready on {addr}");
                 }
-                return Ok(Server { child, grace: STOP_GRACE, pid, addr, label: label.to_owned(), workers: None });
+                return Ok(Server {
+                    child,
+                    grace: STOP_GRACE,
+                    pid,
+                    addr,
+                    label: label.to_owned(),
+                    workers: None,
+                    streams: None,
+                });
             }
         }
     }
@@ -235,7 +295,9 @@ fn start_forwarder(peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
     match addr {
-        Some(addr) => Ok(Server { child, grace: STOP_GRACE, pid, addr, label: "forwarder".into(), workers: None }),
+        Some(addr) => {
+            Ok(Server { child, grace: STOP_GRACE, pid, addr, label: "forwarder".into(), workers: None, streams: None })
+        }
         None => {
             stop(&mut child, STOP_GRACE);
             Err(io::Error::other(format!("forwarder did not start: {line:?}")))
@@ -308,4 +370,21 @@ pub fn threads(pid: u32) -> Option<u64> {
 /// `turnserver` on PATH, if coturn is installed.
 pub fn find_coturn() -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("turnserver")).find(|p| p.is_file())
+}
+
+/// Allocations turnd can hold under this process's open-file hard limit, which it
+/// raises its soft limit to and splits (src/descriptors.rs): a reserve of 128 plus 16 per
+/// worker, half of the rest for client streams, two relay sockets per allocation.
+pub fn turnd_allocation_budget(workers: usize) -> u64 {
+    let workers = if workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { workers };
+    // SAFETY: getrlimit with a valid rlimit struct.
+    let hard = unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return u64::MAX;
+        }
+        lim.rlim_max
+    };
+    let available = hard.saturating_sub(128 + 16 * workers as u64);
+    (available - available / 2) / 2
 }

@@ -72,7 +72,7 @@ impl Outcome {
 
 /// A packet in flight.
 #[derive(Debug, Clone, Copy, Default)]
-struct Slot {
+pub struct Slot {
     seq: u32,
     sent_ns: u64,
     live: bool,
@@ -81,9 +81,33 @@ struct Slot {
 }
 
 /// A packet unanswered this long is lost; its slot is refilled.
-const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
+pub const LOSS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Packets in flight in one cell at most: the 1,000-allocation cells' 2,000 at the
+/// usual window of 2. Past it (10,000 allocations) the socket buffers (4 MiB at most
+/// here, net.core.rmem_max) overflow and loss measures the buffers, not the server;
+/// so packets rotate over the allocations instead, round robin, each answer sending
+/// the next allocation's packet: every allocation is still used, fewer at a time.
+pub const MAX_IN_FLIGHT: usize = 2000;
+
+/// Where the next packet goes after slot `k` of allocation `i` was answered or timed
+/// out: the same slot, or with more slots than [`MAX_IN_FLIGHT`] a free slot of the
+/// next allocation round robin.
+pub fn next_slot(i: usize, k: usize, cursor: &mut usize, slots: &[Slot], window: usize) -> (usize, usize) {
+    let allocations = slots.len() / window.max(1);
+    if slots.len() <= MAX_IN_FLIGHT || allocations == 0 {
+        return (i, k);
+    }
+    loop {
+        let j = *cursor % allocations;
+        *cursor = cursor.wrapping_add(1);
+        if let Some(free) = slots[j * window..(j + 1) * window].iter().position(|s| !s.live) {
+            return (j, free);
+        }
+    }
+}
+
 /// Payload bytes the generator reads back: allocation index, sequence, send time.
-const STAMP: usize = 16;
+pub const STAMP: usize = 16;
 
 /// Runs the closed loop through `server` (process `pid`) to the echo `peer`.
 pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u32, spec: &Spec) -> Outcome {
@@ -102,6 +126,7 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
     let mut echo = RecvBatch::new(64, 0);
     let (mut sent, mut lost) = (0u64, 0u64);
     let mut last_scan = Instant::now();
+    let mut cursor = 0usize;
 
     // Sends a fresh packet for allocation `i` in slot `k`.
     let mut send = |i: usize, k: usize, now_ns: u64, counted: bool, out: &mut SendBatch, slots: &mut [Slot]| {
@@ -131,10 +156,9 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
     };
 
     let start_ns = nanos(Instant::now());
-    for i in 0..spec.allocations {
-        for k in 0..window {
-            send(i, k, start_ns, false, &mut out, &mut slots);
-        }
+    for idx in 0..slots.len().min(MAX_IN_FLIGHT) {
+        let (i, k) = next_slot(idx / window, idx % window, &mut cursor, &slots, window);
+        send(i, k, start_ns, false, &mut out, &mut slots);
     }
     out.flush(client_fd);
     let drain_until = epoch + spec.warmup + spec.duration + LOSS_TIMEOUT + Duration::from_millis(100);
@@ -170,6 +194,7 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
             row[k].live = false;
             meter.complete(Duration::from_nanos(now_ns.saturating_sub(slot.sent_ns)));
             if sending {
+                let (i, k) = next_slot(i, k, &mut cursor, &slots, window);
                 send(i, k, now_ns, counting, &mut out, &mut slots);
                 sent += u64::from(counting);
             }
@@ -192,7 +217,8 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
                 slots[idx].live = false;
                 lost += u64::from(slot.counted);
                 if sending {
-                    send(idx / window, idx % window, now_ns, counting, &mut out, &mut slots);
+                    let (i, k) = next_slot(idx / window, idx % window, &mut cursor, &slots, window);
+                    send(i, k, now_ns, counting, &mut out, &mut slots);
                     sent += u64::from(counting);
                 }
             }
@@ -214,7 +240,7 @@ pub fn run(clients: &Clients<'_>, peer: &UdpSocket, server: SocketAddrV4, pid: u
     Outcome { window: meter.window(), p50_us: percentile(&lat, 0.50), p99_us: percentile(&lat, 0.99), sent, lost }
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+pub fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
