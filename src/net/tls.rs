@@ -6,7 +6,7 @@
 //! that offers no ALPN is served as before (browsers' `turns:` offer none); one that
 //! offers only other protocols gets a `no_application_protocol` alert, as RFC 7301 §3.2
 //! asks, rather than a TURN server pretending to speak HTTP. On a listener with a
-//! passthrough backend such clients never reach rustls: the passthrough module hands
+//! passthrough backend such clients never reach rustls: [`super::passthrough`] hands
 //! them to the backend first.
 
 use arc_swap::ArcSwap;
@@ -156,7 +156,7 @@ impl ResolvesServerCert for ReloadableCert {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustls_pki_types::ServerName;
 
