@@ -100,26 +100,40 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, HelloError> {
             return Err(HelloError::Malformed("record length"));
         }
         let Some(fragment) = bytes.get(at + 5..at + 5 + length) else {
+            // The handshake header may already be in: a message that is no ClientHello
+            // or cannot fit is refused now, not after the client has sent 16 KB.
+            let head: Vec<u8> =
+                message.iter().chain(bytes.get(at + 5..).unwrap_or_default()).take(4).copied().collect();
+            message_size(&head)?;
             return more(bytes);
         };
         message.extend_from_slice(fragment);
         at += 5 + length;
-        if let Some(&kind) = message.first() {
-            if kind != CLIENT_HELLO {
-                return Err(HelloError::NotClientHello);
-            }
-        }
-        let Some(size) = message.get(1..4) else {
+        let Some(size) = message_size(&message)? else {
             continue;
         };
-        let size = usize::from(size[0]) << 16 | usize::from(size[1]) << 8 | usize::from(size[2]);
-        if size + 4 + 5 > MAX_HELLO_BYTES {
-            return Err(HelloError::TooLong);
-        }
         if let Some(body) = message.get(4..4 + size) {
             return client_hello(body).map(Parsed::Hello);
         }
     }
+}
+
+/// The size of the handshake message starting `message`, once its 4-byte header is
+/// there: it must be a ClientHello that fits the bound.
+fn message_size(message: &[u8]) -> Result<Option<usize>, HelloError> {
+    if let Some(&kind) = message.first() {
+        if kind != CLIENT_HELLO {
+            return Err(HelloError::NotClientHello);
+        }
+    }
+    let Some(size) = message.get(1..4) else {
+        return Ok(None);
+    };
+    let size = usize::from(size[0]) << 16 | usize::from(size[1]) << 8 | usize::from(size[2]);
+    if size + 4 + 5 > MAX_HELLO_BYTES {
+        return Err(HelloError::TooLong);
+    }
+    Ok(Some(size))
 }
 
 /// `NeedMore`, unless the bound is reached.
@@ -335,6 +349,8 @@ mod tests {
         assert_eq!(parse(&[22, 3, 1, 0, 1, 2]), Err(HelloError::NotClientHello));
         // A handshake message longer than the bound is refused without waiting for it.
         assert_eq!(parse(&[22, 3, 1, 0, 4, 1, 0, 0x40, 0]), Err(HelloError::TooLong));
+        assert_eq!(parse(&[22, 3, 1, 0x40, 0, 1, 0, 0xff, 0xff]), Err(HelloError::TooLong), "record not whole");
+        assert_eq!(parse(&[22, 3, 1, 0x40, 0, 2]), Err(HelloError::NotClientHello), "record not whole");
         // Records that never complete a message stop at the bound.
         let mut endless = Vec::new();
         while endless.len() < MAX_HELLO_BYTES {
