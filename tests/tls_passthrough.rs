@@ -11,17 +11,23 @@
 //!   allocate and relay on the same port;
 //! - garbage, oversized and slow ClientHellos are refused in bounded time, an
 //!   unreachable backend is counted, and passed-through connections count against the
-//!   per-source cap.
+//!   per-source cap;
+//! - headless Chromium's `turns:` relays a data channel through the same shared port
+//!   (in a network namespace, as tests/webrtc.rs runs it), while curl gets the backend.
 // A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
 // (the common helpers send signals).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod netns;
 
 use common::ca::TestCa;
 use common::http::{connect_from, metric, scrape};
 use common::turn_client::{self, StreamClient, TlsStream};
 use common::*;
+use netns::browser::{self, Browser};
+use netns::Netns;
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -395,4 +401,96 @@ fn passed_through_connections_count_against_the_per_source_cap() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(counter(&turnd, "turnd_tls_passthrough_total"), 4.0, "refused connections are not passed through");
+}
+
+#[test]
+fn chromium_turns_relays_through_a_port_shared_with_https() {
+    if let Err(why) = netns::available() {
+        if !need(false, &format!("network namespaces ({why})")) {
+            return;
+        }
+    }
+    if let Some(what) = browser::missing() {
+        if !need(false, &what) {
+            return;
+        }
+    }
+    if !need_tool("certutil", "libnss3-tools") || !need_tool("openssl", "openssl") || !need_tool("curl", "curl") {
+        return;
+    }
+    // Chromium gathers candidates only with a non-loopback interface: turnd, the
+    // backend, curl and the browser all run in a namespace with a veth pair.
+    let ns = Netns::new("pass");
+    let octet = 64 + netns::subnet_tag();
+    let server_ip = format!("100.{octet}.0.1");
+    netns::veth_pair_inside(&ns, &format!("{server_ip}/24"), &format!("100.{octet}.0.2/24"));
+    let backend = ns.enter(HttpsBackend::start);
+    let pki = TestCa::new(&[&server_ip, "turn.test"]);
+    let (min, max) = relay_port_range();
+    let config = pki.add_to(&format!(
+        "realm = \"{REALM}\"\n[[listen]]\ntransport = \"tls\"\naddress = \"{server_ip}:0\"\npassthrough-to = \"{}\"\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"100.{octet}.0.0/24\"]\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+        backend.addr
+    ));
+    let turnd = ns.enter(|| TurndProcess::start(&config, &[]));
+    let port = turnd.addr("tls").port();
+
+    // HTTPS through the port Chromium will use for turns:.
+    let resolve = format!("{WEB_NAME}:{port}:{server_ip}");
+    let url = format!("https://{WEB_NAME}:{port}/index.html");
+    let out = ns.enter(|| {
+        run_with_timeout(
+            Command::new("curl").args(["-sS", "--cacert"]).arg(&backend.ca.ca).args(["--resolve", &resolve, &url]),
+            Duration::from_secs(30),
+        )
+    });
+    assert!(out.success() && out.stdout == PAGE, "curl in the namespace:\n{out}");
+
+    let home = TempDir::new("turnd-chromium-home");
+    browser::home_trusting(home.path(), &pki.ca);
+    // turn.test resolves to turnd inside the browser, so its turns: names a server.
+    let rules = format!("--host-resolver-rules=MAP turn.test {server_ip}");
+    let mut browser = ns.enter(|| Browser::launch(ns.name(), home.path(), &[&rules]));
+    for host in [server_ip.as_str(), "turn.test"] {
+        let turns = format!("turns:{host}:{port}?transport=tcp");
+        let ice = json!([{ "urls": [turns], "username": USER, "credential": PASSWORD }]);
+        let r = browser.call("loopback", json!({ "iceServers": ice, "messages": 5 }));
+        check_chromium_run(&turns, &r, &server_ip, &turnd);
+    }
+    // What Chromium's ClientHellos carried, as turnd logged them: to the IP address no
+    // SNI, to turn.test that name (a TURN name: the certificate's), and never ALPN.
+    let logs = turnd.logs();
+    let seen: Vec<&str> = logs.lines().filter(|l| l.contains("ClientHello is TURN's")).collect();
+    for line in &seen {
+        println!("turnd: ClientHello{}", line.split("ClientHello").nth(1).unwrap_or(line));
+    }
+    assert!(seen.iter().any(|l| l.contains("sni=None alpn=None")), "{logs}");
+    assert!(seen.iter().any(|l| l.contains("sni=Some(\"turn.test\") alpn=None")), "{logs}");
+    // Only curl's connection went to the backend.
+    assert_eq!(logs.matches("passing the connection through").count(), 1, "{logs}");
+    drop(browser);
+}
+
+/// Checks a Chromium loopback run through turnd: 5 messages each way over a relay/relay
+/// pair reached over TLS.
+fn check_chromium_run(turns: &str, r: &serde_json::Value, server_ip: &str, turnd: &TurndProcess) {
+    assert_eq!(r["ok"], true, "{turns}: {r:#}\n---- turnd ----\n{}", turnd.logs());
+    let want = |label: &str| (0..5).map(|i| json!(format!("{label} {i}"))).collect::<Vec<_>>();
+    assert_eq!(r["atA"].as_array(), Some(&want("b->a")), "{r:#}");
+    assert_eq!(r["atB"].as_array(), Some(&want("a->b")), "{r:#}");
+    for side in ["pairA", "pairB"] {
+        for end in ["local", "remote"] {
+            assert_eq!(r[side][end]["type"], "relay", "{r:#}");
+            assert_eq!(r[side][end]["address"], server_ip, "{r:#}");
+        }
+        assert_eq!(r[side]["local"]["relayProtocol"], "tls", "{r:#}");
+    }
+    println!(
+        "Chromium {turns} on the shared port: connected, 5 messages each way, pair {}:{} <-> {}:{} (relay/relay, tls)",
+        r["pairA"]["local"]["address"],
+        r["pairA"]["local"]["port"],
+        r["pairA"]["remote"]["address"],
+        r["pairA"]["remote"]["port"]
+    );
 }

@@ -248,6 +248,9 @@ async fn serve(
                         pass_through(stream, &bytes, &hello, passthrough, accepted, &limits).await;
                         return;
                     }
+                    // Says what a TURN client's ClientHello carried: how an operator
+                    // (and the tests) see which clients send SNI or ALPN.
+                    debug!(%client, sni = ?hello.server_name, alpn = ?alpn_labels(&hello), "ClientHello is TURN's");
                     // TURN: rustls reads the ClientHello again from these bytes.
                     early = bytes;
                 }
@@ -278,8 +281,7 @@ async fn pass_through(
     // while it lives; it stays counted among the source's connections.
     accepted.source.authenticate();
     PASSED_THROUGH.fetch_add(1, Ordering::Relaxed);
-    let alpn: Vec<String> =
-        hello.alpn.iter().flatten().map(|id| String::from_utf8_lossy(id).escape_debug().to_string()).collect();
+    let alpn = alpn_labels(hello);
     debug!(%client, sni = ?hello.server_name, ?alpn, backend = %passthrough.backend, "passing the connection through");
     let connect_by = Instant::now() + limits.first_message_timeout;
     match passthrough::splice(stream, early, passthrough.backend, connect_by, limits).await {
@@ -290,6 +292,13 @@ async fn pass_through(
         SpliceEnd::Ended(reason) => debug!(%client, reason, "passthrough connection closed"),
     }
     drop(accepted);
+}
+
+/// The ALPN ids a ClientHello offered, printable (they are the client's bytes: control
+/// characters escaped; `None` when it sent no ALPN extension).
+fn alpn_labels(hello: &Hello) -> Option<Vec<String>> {
+    let ids = hello.alpn.as_ref()?;
+    Some(ids.iter().map(|id| String::from_utf8_lossy(id).escape_debug().to_string()).collect())
 }
 
 /// How a client connection's framed phase ended.
