@@ -24,8 +24,10 @@ use super::tls::{ReloadableCert, ALPN_PROTOCOLS};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -212,8 +214,10 @@ pub async fn splice(
 }
 
 /// Copies both ways between `a` (the client) and `b` (the backend) with one fixed
-/// buffer each way. A side that closes its sending half has that passed on
-/// (half-close), and the other way keeps going.
+/// buffer each way. The two directions run concurrently, so a side that writes before
+/// it reads can never stall the other (a single loop that blocks in one write would).
+/// A side that closes its sending half has that passed on (half-close), and the other
+/// way keeps going.
 async fn pump<A, B>(a: &mut A, b: &mut B, limits: &StreamLimits) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -221,40 +225,58 @@ where
 {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    let mut up = vec![0u8; SPLICE_BUFFER];
-    let mut down = vec![0u8; SPLICE_BUFFER];
-    let (mut a_open, mut b_open) = (true, true);
-    let mut last = Instant::now();
-    while a_open || b_open {
-        tokio::select! {
-            read = a_read.read(&mut up), if a_open => match read {
-                Ok(0) => {
-                    a_open = false;
-                    let _ = tokio::time::timeout(limits.write_timeout, b_write.shutdown()).await;
-                }
-                Ok(n) => match tokio::time::timeout(limits.write_timeout, b_write.write_all(&up[..n])).await {
-                    Ok(Ok(())) => last = Instant::now(),
-                    Ok(Err(_)) => return "backend write error",
-                    Err(_) => return "backend write timeout",
-                },
-                Err(_) => return "client read error",
-            },
-            read = b_read.read(&mut down), if b_open => match read {
-                Ok(0) => {
-                    b_open = false;
-                    let _ = tokio::time::timeout(limits.write_timeout, a_write.shutdown()).await;
-                }
-                Ok(n) => match tokio::time::timeout(limits.write_timeout, a_write.write_all(&down[..n])).await {
-                    Ok(Ok(())) => last = Instant::now(),
-                    Ok(Err(_)) => return "client write error",
-                    Err(_) => return "client write timeout",
-                },
-                Err(_) => return "backend read error",
-            },
-            () = tokio::time::sleep_until(last + limits.idle_timeout) => return "idle timeout",
+    let start = Instant::now();
+    // When a byte last moved either way, in milliseconds after `start`.
+    let last = AtomicU64::new(0);
+    let up = one_way(&mut a_read, &mut b_write, &last, start, limits, ("client read error", "backend write error"));
+    let down = one_way(&mut b_read, &mut a_write, &last, start, limits, ("backend read error", "client write error"));
+    let idle = async {
+        loop {
+            let moved = start + Duration::from_millis(last.load(Ordering::Relaxed));
+            if Instant::now() >= moved + limits.idle_timeout {
+                return "idle timeout";
+            }
+            tokio::time::sleep_until(moved + limits.idle_timeout).await;
         }
+    };
+    tokio::select! {
+        both = async { tokio::try_join!(up, down) } => match both {
+            Ok(_) => "passthrough ended",
+            Err(reason) => reason,
+        },
+        reason = idle => reason,
     }
-    "passthrough ended"
+}
+
+/// One direction of [`pump`]: reads into its own buffer and writes all of it on, each
+/// write bounded by `write_timeout`; at the reader's end, shuts the writer down.
+async fn one_way<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    last: &AtomicU64,
+    start: Instant,
+    limits: &StreamLimits,
+    (read_error, write_error): (&'static str, &'static str),
+) -> Result<(), &'static str>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; SPLICE_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|_| read_error)?;
+        if n == 0 {
+            let _ = tokio::time::timeout(limits.write_timeout, writer.shutdown()).await;
+            return Ok(());
+        }
+        match tokio::time::timeout(limits.write_timeout, writer.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(write_error),
+            Err(_) => return Err("write timeout"),
+        }
+        let moved = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last.fetch_max(moved, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +332,51 @@ mod tests {
             }
             assert_eq!(all, b"hello world");
             assert!(rewound.early.is_empty() && rewound.early.capacity() == 0);
+        });
+    }
+
+    #[test]
+    fn the_pump_moves_both_ways_at_once_passes_half_closes_on_and_ends_when_idle() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let limits = StreamLimits { idle_timeout: Duration::from_millis(300), ..StreamLimits::default() };
+            // The backend writes 1 MB before it reads a byte (a blocking server); the
+            // client writes and reads at once (a browser), all through 4 KB pipes. A
+            // pump that blocked in its write to the backend would stop reading the
+            // backend's answer, and neither would ever finish.
+            let (client, mut client_side) = tokio::io::duplex(4096);
+            let (mut backend, mut backend_side) = tokio::io::duplex(4096);
+            let pumping = tokio::spawn(async move { pump(&mut client_side, &mut backend_side, &limits).await });
+            let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+            let sent = payload.clone();
+            let at_client = tokio::spawn(async move {
+                let (mut reader, mut writer) = tokio::io::split(client);
+                let mut got = Vec::new();
+                let write = async {
+                    writer.write_all(&sent).await.unwrap();
+                    writer.shutdown().await.unwrap();
+                };
+                let (_, read) = tokio::join!(write, reader.read_to_end(&mut got));
+                read.unwrap();
+                got
+            });
+            let sent = payload.clone();
+            let at_backend = tokio::spawn(async move {
+                backend.write_all(&sent).await.unwrap();
+                backend.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                backend.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            assert!(at_client.await.unwrap() == payload, "client: lost or reordered bytes");
+            assert!(at_backend.await.unwrap() == payload, "backend: lost or reordered bytes");
+            assert_eq!(pumping.await.unwrap(), "passthrough ended");
+            // Nothing moving: ended after the idle timeout.
+            let (_client, mut client_side) = tokio::io::duplex(64);
+            let (_backend, mut backend_side) = tokio::io::duplex(64);
+            let began = Instant::now();
+            assert_eq!(pump(&mut client_side, &mut backend_side, &limits).await, "idle timeout");
+            assert!(began.elapsed() >= Duration::from_millis(300));
         });
     }
 
