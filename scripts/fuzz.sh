@@ -2,7 +2,7 @@
 # Fuzzes turnd with libFuzzer (the crate in fuzz/, see docs/robustness.md): every
 # target, or the ones named, for SECONDS each, one after the other.
 #
-#   scripts/fuzz.sh SECONDS [TARGET...]     # targets: stun_decode channel_data framer server proxy_header
+#   scripts/fuzz.sh SECONDS [TARGET...]     # targets: stun_decode channel_data framer server proxy_header client_hello
 #
 # Needs the nightly toolchain; without it the script says so and exits 0. It builds
 # with the flags cargo-fuzz 0.13 uses (SanitizerCoverage, `--cfg fuzzing`), so no
@@ -24,7 +24,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
 fi
 shift
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(stun_decode channel_data framer server proxy_header)
+[ ${#targets[@]} -eq 0 ] && targets=(stun_decode channel_data framer server proxy_header client_hello)
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     echo "==> fuzz: no nightly toolchain (rustup toolchain install nightly); skipped"

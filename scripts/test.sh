@@ -40,6 +40,8 @@ install_deps() {
     command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
     # tests/proxy_protocol.rs: a real HAProxy in front of turnd (send-proxy, TLS passthrough).
     [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    # tests/tls_passthrough.rs: curl fetches a page through a passthrough TLS listener.
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

@@ -78,6 +78,12 @@ pub const DEFINITIONS: &[Definition] = &[
         &["reason"],
         "TCP and TLS connections refused at accept or cut, by reason (see [tcp] and [clients]).",
     ),
+    def(
+        "turnd_tls_passthrough_total",
+        COUNTER,
+        &[],
+        "Connections a passthrough-to TLS listener handed, still encrypted, to its backend (not TURN).",
+    ),
     def("turnd_allocations_created_total", COUNTER, &[], "Allocations created."),
     def("turnd_allocations_expired_total", COUNTER, &[], "Allocations that expired without a refresh."),
     def(
@@ -237,11 +243,14 @@ impl Collector for Collect {
                 ("denied_client", c.refused_denied),
                 ("untrusted_proxy", c.refused_untrusted_proxy),
                 ("proxy_header", c.refused_proxy_header),
+                ("client_hello", c.refused_client_hello),
+                ("passthrough_backend", c.refused_passthrough_backend),
             ]
             .iter()
             .map(|(reason, n)| counter(&[("reason", reason)], *n))
             .collect(),
         );
+        push(vec![counter(&[], c.passed_through)]);
         push(vec![counter(&[], stats.allocations_created)]);
         push(vec![counter(&[], stats.allocations_expired)]);
         push(by_direction_and_transport(&stats.relayed_packets));

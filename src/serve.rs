@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 use turnd::config::{Config, ListenTransport, LogFormat, User};
+use turnd::net::passthrough::{Passthrough, TurnNames};
 use turnd::net::route::StreamRouter;
 use turnd::net::tls::ReloadableCert;
 use turnd::net::{self, stream, Control, Publisher, Workers};
@@ -370,18 +371,29 @@ fn bind_listeners(
                 Err(e) => return Err(e).with_context(context),
             };
             let local = listener.local_addr()?;
-            let acceptor = match (cert, listen.transport) {
-                (Some(cert), ListenTransport::Tls) => {
-                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().context("TLS setup")?)))
-                }
+            let tls = match (cert, listen.transport) {
+                (Some(cert), ListenTransport::Tls) => Some(stream::TlsListener {
+                    acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config().context("TLS setup")?)),
+                    passthrough: listen.passthrough_to.map(|backend| {
+                        let names = listen.normalized_turn_names();
+                        let names = if names.is_empty() {
+                            TurnNames::Certificate(cert.clone())
+                        } else {
+                            TurnNames::Listed(names)
+                        };
+                        Arc::new(Passthrough { backend, names })
+                    }),
+                }),
                 _ => None,
             };
             let limits = config.tcp.limits(config.limits.sources());
             let proxy = listen.proxy_protocol;
-            tokio::spawn(stream::accept_loop(listener, acceptor, limits, slots.clone(), router.clone(), proxy));
+            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
             local
         };
-        if listen.proxy_protocol {
+        if let Some(backend) = listen.passthrough_to {
+            info!("listening on {label} {local} (connections that are not TURN pass through to {backend})");
+        } else if listen.proxy_protocol {
             info!("listening on {label} {local} (PROXY protocol, from trusted proxies only)");
         } else {
             info!("listening on {label} {local}");

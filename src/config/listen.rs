@@ -32,6 +32,66 @@ pub struct Listen {
     /// naming the real client, sent by a proxy in `clients.trusted-proxies`.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// TLS only: one port for TURN and HTTPS. Connections whose ClientHello is not TURN
+    /// (an ALPN other than `stun.turn`/`stun.nat-discovery`, or no ALPN and a server
+    /// name that is not TURN's) are spliced, still encrypted, to this address.
+    #[serde(default)]
+    pub passthrough_to: Option<SocketAddr>,
+    /// With `passthrough-to`: the server names (SNI) that are TURN's when a client
+    /// offers no ALPN; empty means the names the `[tls]` certificate is valid for.
+    #[serde(default)]
+    pub turn_names: Vec<String>,
+}
+
+/// The most `turn-names` one listener takes.
+pub const MAX_TURN_NAMES: usize = 64;
+
+impl Listen {
+    /// A listener on `address` with no options.
+    pub fn new(transport: ListenTransport, address: SocketAddr) -> Listen {
+        Listen { transport, address, proxy_protocol: false, passthrough_to: None, turn_names: Vec::new() }
+    }
+
+    /// `turn-names` as the ClientHello's server name is compared with them: lower
+    /// case, without a trailing dot.
+    pub fn normalized_turn_names(&self) -> Vec<String> {
+        self.turn_names.iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect()
+    }
+
+    /// The checks of `passthrough-to` and `turn-names` (the key at fault, and why).
+    pub fn validate_passthrough(&self) -> Result<(), (&'static str, String)> {
+        let Some(backend) = self.passthrough_to else {
+            if !self.turn_names.is_empty() {
+                return Err(("turn-names", "only with passthrough-to".into()));
+            }
+            return Ok(());
+        };
+        if self.transport != ListenTransport::Tls {
+            return Err(("passthrough-to", "only tls listeners pass connections through".into()));
+        }
+        if self.proxy_protocol {
+            return Err((
+                "passthrough-to",
+                "not with proxy-protocol (the backend would not learn the client's address)".into(),
+            ));
+        }
+        if backend.port() == 0 || backend.ip().is_unspecified() {
+            return Err(("passthrough-to", format!("{backend}: needs a specific address and port")));
+        }
+        let same_port = backend.port() == self.address.port();
+        if same_port && (self.address.ip().is_unspecified() || self.address.ip() == backend.ip()) {
+            return Err(("passthrough-to", format!("{backend} is this listener itself")));
+        }
+        if self.turn_names.len() > MAX_TURN_NAMES {
+            return Err(("turn-names", format!("at most {MAX_TURN_NAMES} names")));
+        }
+        for name in self.normalized_turn_names() {
+            if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.parse::<std::net::IpAddr>().is_ok() {
+                return Err(("turn-names", format!("{name:?} is not a DNS name")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[clients]`: who may talk to turnd, and through which proxies.
@@ -112,4 +172,49 @@ pub struct Tls {
     pub certificate: Option<PathBuf>,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub private_key: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+
+    const TLS: &str = "[tls]\ncertificate = \"c.pem\"\nprivate-key = \"k.pem\"\n";
+
+    fn listener(lines: &str) -> String {
+        format!("[[listen]]\ntransport = \"tls\"\naddress = \"0.0.0.0:443\"\n{lines}\n{TLS}")
+    }
+
+    #[test]
+    fn passthrough_takes_a_backend_and_turn_names() {
+        let config = parse(&listener(
+            "passthrough-to = \"127.0.0.1:8443\"\nturn-names = [\"Turn.Example.com.\", \"turn2.example.com\"]",
+        ))
+        .unwrap();
+        let listen = &config.listen[0];
+        assert_eq!(listen.passthrough_to, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(listen.normalized_turn_names(), ["turn.example.com", "turn2.example.com"]);
+        assert_eq!(parse(&listener("")).unwrap().listen[0].passthrough_to, None, "off by default");
+    }
+
+    #[test]
+    fn passthrough_mistakes_name_the_key_and_its_line() {
+        for (lines, key, why) in [
+            ("passthrough-to = \"0.0.0.0:8443\"", "passthrough-to", "specific address"),
+            ("passthrough-to = \"127.0.0.1:0\"", "passthrough-to", "specific address"),
+            ("passthrough-to = \"127.0.0.1:443\"", "passthrough-to", "this listener itself"),
+            ("passthrough-to = \"127.0.0.1:8443\"\nproxy-protocol = true", "passthrough-to", "proxy-protocol"),
+            ("turn-names = [\"turn.example.com\"]", "turn-names", "only with passthrough-to"),
+            ("passthrough-to = \"127.0.0.1:8443\"\nturn-names = [\"not a name\"]", "turn-names", "not a DNS name"),
+            ("passthrough-to = \"127.0.0.1:8443\"\nturn-names = [\"192.0.2.1\"]", "turn-names", "not a DNS name"),
+        ] {
+            let text = format!("[clients]\ntrusted-proxies = [\"10.0.0.1/32\"]\n{}", listener(lines));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains(why), "{lines}: {err}");
+        }
+        let text = "[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:443\"\npassthrough-to = \"127.0.0.1:8443\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("only tls listeners"), "{err}");
+        let err = parse(&listener("passthrough = \"127.0.0.1:8443\"")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `passthrough`"), "{err}");
+    }
 }

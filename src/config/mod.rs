@@ -122,8 +122,8 @@ impl Default for Config {
                 .into_iter()
                 .flat_map(|transport| {
                     [
-                        Listen { transport, address: SocketAddr::from(([0, 0, 0, 0], 3478)), proxy_protocol: false },
-                        Listen { transport, address: SocketAddr::from(([0u16; 8], 3478)), proxy_protocol: false },
+                        Listen::new(transport, SocketAddr::from(([0, 0, 0, 0], 3478))),
+                        Listen::new(transport, SocketAddr::from(([0u16; 8], 3478))),
                     ]
                 })
                 .collect(),

@@ -23,6 +23,9 @@ impl Config {
         if self.listen.iter().any(|l| l.proxy_protocol) && self.clients.trusted_proxies.is_empty() {
             return Err(("proxy-protocol", "needs [clients] trusted-proxies: the proxies allowed to send it".into()));
         }
+        for listen in &self.listen {
+            listen.validate_passthrough()?;
+        }
         let has_tls = self.listen.iter().any(|l| l.transport == ListenTransport::Tls);
         if has_tls && (self.tls.certificate.is_none() || self.tls.private_key.is_none()) {
             return Err(("transport", "a \"tls\" listener needs [tls] certificate and private-key".into()));

@@ -25,6 +25,10 @@ pub(super) static CUT_WRITE_TIMEOUT: AtomicU64 = AtomicU64::new(0);
 pub(super) static REFUSED_DENIED: AtomicU64 = AtomicU64::new(0);
 pub(super) static REFUSED_UNTRUSTED_PROXY: AtomicU64 = AtomicU64::new(0);
 pub(super) static REFUSED_PROXY_HEADER: AtomicU64 = AtomicU64::new(0);
+pub(super) static REFUSED_CLIENT_HELLO: AtomicU64 = AtomicU64::new(0);
+pub(super) static REFUSED_PASSTHROUGH_BACKEND: AtomicU64 = AtomicU64::new(0);
+/// Connections a passthrough listener handed to its backend.
+pub(super) static PASSED_THROUGH: AtomicU64 = AtomicU64::new(0);
 
 /// What the stream limits did, since the process started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +52,14 @@ pub struct StreamCounters {
     /// Closed: no PROXY protocol header, or a malformed, truncated, too long or
     /// unsupported one, or none within `first_message_timeout`.
     pub refused_proxy_header: u64,
+    /// Closed on a `passthrough-to` listener: no well-formed ClientHello within
+    /// `first_message_timeout` (garbage, not TLS, too long, too slow).
+    pub refused_client_hello: u64,
+    /// Closed on a `passthrough-to` listener: not TURN, and the backend could not be
+    /// reached.
+    pub refused_passthrough_backend: u64,
+    /// Connections a `passthrough-to` listener handed to its backend.
+    pub passed_through: u64,
 }
 
 /// The limits' counters (for metrics).
@@ -61,6 +73,9 @@ pub fn counters() -> StreamCounters {
         refused_denied: REFUSED_DENIED.load(Ordering::Relaxed),
         refused_untrusted_proxy: REFUSED_UNTRUSTED_PROXY.load(Ordering::Relaxed),
         refused_proxy_header: REFUSED_PROXY_HEADER.load(Ordering::Relaxed),
+        refused_client_hello: REFUSED_CLIENT_HELLO.load(Ordering::Relaxed),
+        refused_passthrough_backend: REFUSED_PASSTHROUGH_BACKEND.load(Ordering::Relaxed),
+        passed_through: PASSED_THROUGH.load(Ordering::Relaxed),
     }
 }
 

@@ -10,6 +10,7 @@
 //! for) and `log` (the log lines of core events). `token` is the epoll token format.
 
 mod admission;
+pub mod client_hello;
 mod control;
 mod event_loop;
 mod ledger;
@@ -17,6 +18,7 @@ mod listeners;
 mod log;
 mod outbox;
 mod output;
+pub mod passthrough;
 pub mod proxy;
 pub mod relay_socket;
 pub mod report;

@@ -23,12 +23,21 @@
 //! `first_message_timeout`, and the client it names is the connection's client from
 //! then on (its 5-tuple, so the core, quotas and logs see it): the deny list and the
 //! per-source caps apply to it, not to the proxy.
+//!
+//! On a `tls` listener with `passthrough-to`, the ClientHello is read first
+//! ([`super::passthrough`]): a TURN one is replayed to rustls, any other connection is
+//! spliced, still encrypted, to the backend. Such a connection was admitted like any
+//! other; once handed over it no longer counts as unauthenticated, but stays one of its
+//! source's connections (`max_connections_per_source`, `max_connections`).
 
 use super::admission::{
-    admit, ProxiedClaim, SourceSlot, CLIENT_FILTER, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT, REFUSED_DENIED,
-    REFUSED_MAX_CONNECTIONS, REFUSED_PROXY_HEADER, REFUSED_UNTRUSTED_PROXY,
+    admit, ProxiedClaim, SourceSlot, CLIENT_FILTER, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT, PASSED_THROUGH,
+    REFUSED_CLIENT_HELLO, REFUSED_DENIED, REFUSED_MAX_CONNECTIONS, REFUSED_PASSTHROUGH_BACKEND, REFUSED_PROXY_HEADER,
+    REFUSED_UNTRUSTED_PROXY,
 };
 pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters, StreamLimits};
+use super::client_hello::Hello;
+use super::passthrough::{self, Passthrough, Rewind, Route, SpliceEnd};
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent};
@@ -52,12 +61,22 @@ const NOT_SENT_LIMIT: u32 = 128 * 1024;
 /// Queued messages are written together, up to about this many bytes per write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// What a `tls` listener serves with: its acceptor, and where connections that are not
+/// TURN go when it shares its port (`passthrough-to`).
+#[derive(Clone)]
+pub struct TlsListener {
+    /// Terminates `turns:` connections.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The HTTPS backend for other connections, if any.
+    pub passthrough: Option<Arc<Passthrough>>,
+}
+
 /// Accepts connections on `listener` until the event channel closes. With
 /// `proxy_protocol`, each connection must come from a trusted proxy and start with a
 /// PROXY protocol header naming the client (see the module's documentation).
 pub async fn accept_loop(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<TlsListener>,
     limits: StreamLimits,
     slots: Arc<Semaphore>,
     router: StreamRouter,
@@ -137,7 +156,7 @@ pub async fn accept_loop(
 /// the client it names (or the proxy itself, for a v2 LOCAL header) as any other.
 async fn proxied(
     mut stream: TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<TlsListener>,
     mut five_tuple: FiveTuple,
     at: Instant,
     slots: Arc<Semaphore>,
@@ -195,7 +214,7 @@ struct Accepted {
 
 async fn serve(
     stream: TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<TlsListener>,
     accepted: Accepted,
     limits: StreamLimits,
     router: StreamRouter,
@@ -206,9 +225,36 @@ async fn serve(
         None => connection(stream, accepted, limits, router).await,
         // Boxed: a TLS session is kilobytes, which every plain TCP connection's task
         // would otherwise reserve too.
-        Some(acceptor) => {
+        Some(tls) => {
             Box::pin(async move {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                let mut stream = stream;
+                let mut early = Vec::new();
+                if let Some(passthrough) = &tls.passthrough {
+                    let read = tokio::time::timeout_at(deadline, passthrough::read_client_hello(&mut stream)).await;
+                    let (bytes, hello) = match read {
+                        Ok(Ok(read)) => read,
+                        Ok(Err(e)) => {
+                            REFUSED_CLIENT_HELLO.fetch_add(1, Ordering::Relaxed);
+                            debug!(%client, error = %e, "connection closed: no ClientHello to route");
+                            return;
+                        }
+                        Err(_) => {
+                            REFUSED_CLIENT_HELLO.fetch_add(1, Ordering::Relaxed);
+                            debug!(%client, "connection closed: no whole ClientHello within first-message-timeout");
+                            return;
+                        }
+                    };
+                    if passthrough.route(&hello) == Route::Backend {
+                        pass_through(stream, &bytes, &hello, passthrough, accepted, &limits).await;
+                        return;
+                    }
+                    // Says what a TURN client's ClientHello carried: how an operator
+                    // (and the tests) see which clients send SNI or ALPN.
+                    debug!(%client, sni = ?hello.server_name, alpn = ?alpn_labels(&hello), "ClientHello is TURN's");
+                    // TURN: rustls reads the ClientHello again from these bytes.
+                    early = bytes;
+                }
+                match tokio::time::timeout_at(deadline, tls.acceptor.accept(Rewind::new(early, stream))).await {
                     Ok(Ok(stream)) => connection(stream, accepted, limits, router).await,
                     Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%client, "TLS handshake timed out"),
@@ -217,6 +263,42 @@ async fn serve(
             .await
         }
     }
+}
+
+/// Hands a connection whose ClientHello is not TURN to the backend, `early` (the bytes
+/// read, the ClientHello) first, and relays it until it ends.
+async fn pass_through(
+    stream: TcpStream,
+    early: &[u8],
+    hello: &Hello,
+    passthrough: &Passthrough,
+    accepted: Accepted,
+    limits: &StreamLimits,
+) {
+    let client = accepted.five_tuple.client;
+    // An HTTPS connection never authenticates to turnd: it must not hold one of the
+    // source's few unauthenticated places (nor be cut by unauthenticated-timeout)
+    // while it lives; it stays counted among the source's connections.
+    accepted.source.authenticate();
+    PASSED_THROUGH.fetch_add(1, Ordering::Relaxed);
+    let alpn = alpn_labels(hello);
+    debug!(%client, sni = ?hello.server_name, ?alpn, backend = %passthrough.backend, "passing the connection through");
+    let connect_by = Instant::now() + limits.first_message_timeout;
+    match passthrough::splice(stream, early, passthrough.backend, connect_by, limits).await {
+        SpliceEnd::BackendUnreachable => {
+            REFUSED_PASSTHROUGH_BACKEND.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, backend = %passthrough.backend, "passthrough backend unreachable: connection closed");
+        }
+        SpliceEnd::Ended(reason) => debug!(%client, reason, "passthrough connection closed"),
+    }
+    drop(accepted);
+}
+
+/// The ALPN ids a ClientHello offered, printable (they are the client's bytes: control
+/// characters escaped; `None` when it sent no ALPN extension).
+fn alpn_labels(hello: &Hello) -> Option<Vec<String>> {
+    let ids = hello.alpn.as_ref()?;
+    Some(ids.iter().map(|id| String::from_utf8_lossy(id).escape_debug().to_string()).collect())
 }
 
 /// How a client connection's framed phase ended.

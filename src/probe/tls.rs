@@ -48,7 +48,7 @@ fn tls_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, ProbeEr
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProbeError::Tls(e.to_string()))?;
-    let config = if options.danger_accept_invalid_certs {
+    let mut config = if options.danger_accept_invalid_certs {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
@@ -62,6 +62,9 @@ fn tls_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, ProbeEr
         };
         builder.with_root_certificates(load_roots(&path)?).with_no_client_auth()
     };
+    // RFC 7443: says "TURN" to a server that routes by ALPN (a turnd listener sharing
+    // 443 with HTTPS, `passthrough-to`); servers without ALPN support ignore it.
+    config.alpn_protocols = vec![b"stun.turn".to_vec()];
     Ok(Arc::new(config))
 }
 

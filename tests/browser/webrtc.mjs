@@ -9,7 +9,7 @@
 //
 // The page is served by this process on 127.0.0.1 (an ephemeral port). A hard timer ends
 // the process if the test that drives it disappears. Extra Chromium flags come from
-// TURND_CHROMIUM_ARGS (space-separated); HOME decides which NSS database it trusts.
+// TURND_CHROMIUM_ARGS (one per line, so an argument may hold spaces: --host-resolver-rules); HOME decides which NSS database it trusts.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import http from "node:http";
@@ -37,7 +37,7 @@ await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const url = `http://127.0.0.1:${server.address().port}/webrtc.html`;
 
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "turnd-webrtc-"));
-const extra = (process.env.TURND_CHROMIUM_ARGS || "").split(" ").filter(Boolean);
+const extra = (process.env.TURND_CHROMIUM_ARGS || "").split("\n").filter(Boolean);
 let context;
 
 async function main() {

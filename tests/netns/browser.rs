@@ -57,7 +57,8 @@ impl Browser {
             .arg(browser_dir().join("webrtc.mjs"))
             .current_dir(browser_dir())
             .env("HOME", home)
-            .env("TURND_CHROMIUM_ARGS", chromium_args.join(" "))
+            // One per line: an argument may hold spaces (`--host-resolver-rules=MAP a b`).
+            .env("TURND_CHROMIUM_ARGS", chromium_args.join("\n"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
