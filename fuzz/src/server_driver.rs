@@ -837,8 +837,8 @@ impl Driver {
                 }
             }
             for p in &self.peers {
-                if let Some(n) = a.channel_for(unmapped(*p), self.now) {
-                    assert_eq!(a.channel_peer(n, self.now).map(|(peer, _)| peer), Some(unmapped(*p)));
+                if let Some(n) = a.channel_for(PeerAddr::new(*p), self.now) {
+                    assert_eq!(a.channel_peer(n, self.now).map(|(peer, _)| peer.get()), Some(unmapped(*p)));
                 }
             }
         }

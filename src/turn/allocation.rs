@@ -3,7 +3,7 @@
 //! a linear scan of a few entries beats hashing on the relay path.
 
 use super::auth::Key;
-use super::FiveTuple;
+use super::{FiveTuple, PeerAddr};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use stun_codec::TransactionId;
@@ -20,11 +20,12 @@ struct Permission {
     expires: Instant,
 }
 
-/// A channel binding: a channel number bound to a peer transport address.
+/// A channel binding: a channel number bound to a peer transport address (kept
+/// normalised, so the relay path compares and returns it as it is).
 #[derive(Debug, Clone, Copy)]
 struct Channel {
     number: u16,
-    peer: SocketAddr,
+    peer: PeerAddr,
     expires: Instant,
     /// The peer is an address of this host: each packet checks that its port still
     /// holds a relay (see [`crate::turn::policy::PeerPolicy::check`]).
@@ -189,12 +190,12 @@ impl Allocation {
 
     /// The peer bound to channel `number`, if the binding is in force, and whether it
     /// is an address of this host.
-    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<(SocketAddr, bool)> {
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<(PeerAddr, bool)> {
         self.channels.iter().find(|c| c.number == number && c.expires > now).map(|c| (c.peer, c.to_host))
     }
 
     /// The channel bound to `peer`, if any binding is in force.
-    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub fn channel_for(&self, peer: PeerAddr, now: Instant) -> Option<u16> {
         self.channels.iter().find(|c| c.peer == peer && c.expires > now).map(|c| c.number)
     }
 
@@ -202,7 +203,7 @@ impl Allocation {
     pub fn bind_channel(
         &mut self,
         number: u16,
-        peer: SocketAddr,
+        peer: PeerAddr,
         to_host: bool,
         now: Instant,
         max: usize,
@@ -242,7 +243,7 @@ impl Allocation {
     /// Rechecks every channel's peer after the host's addresses changed: `verdict`
     /// says `None` to drop it, or whether its peer is now an address of the host.
     pub fn recheck_channels(&mut self, verdict: impl Fn(SocketAddr) -> Option<bool>) {
-        self.channels.retain_mut(|c| match verdict(c.peer) {
+        self.channels.retain_mut(|c| match verdict(c.peer.get()) {
             Some(to_host) => {
                 c.to_host = to_host;
                 true
@@ -256,7 +257,7 @@ impl Allocation {
     pub fn revoke(&mut self, denied: impl Fn(SocketAddr) -> bool) -> usize {
         let before = self.permissions.len() + self.channels.len();
         self.permissions.retain(|p| !denied(SocketAddr::new(p.ip, 0)));
-        self.channels.retain(|c| !denied(c.peer));
+        self.channels.retain(|c| !denied(c.peer.get()));
         before - self.permissions.len() - self.channels.len()
     }
 }

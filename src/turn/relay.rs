@@ -152,7 +152,7 @@ impl AllocationTable {
             return None;
         };
         // A channel to another allocation's relay: that relay may have ended since.
-        if to_host && config.policy.check(peer).is_err() {
+        if to_host && config.policy.check(peer.get()).is_err() {
             stats.drop(DropReason::Policy);
             return None;
         }
@@ -164,8 +164,7 @@ impl AllocationTable {
         allocation.traffic.to_peer_bytes += frame.len as u64;
         stats.relay(Direction::ClientToPeer, from.transport, frame.len);
         let start = channel_data::HEADER_LEN;
-        // Channel peers were normalised when bound.
-        Some(ToPeer { allocation: allocation_id, peer: PeerAddr::new(peer), payload: start..start + frame.len })
+        Some(ToPeer { allocation: allocation_id, peer, payload: start..start + frame.len })
     }
 
     /// A Send indication from a client (RFC 8656 §11.1), read in place: the DATA to
@@ -254,7 +253,7 @@ impl AllocationTable {
             return None;
         }
         let stream = entry.five_tuple.transport != Transport::Udp;
-        let range = match entry.channel_for(peer.get(), now) {
+        let range = match entry.channel_for(peer, now) {
             Some(channel) => {
                 let start = payload.start.checked_sub(channel_data::HEADER_LEN)?;
                 let header: &mut [u8; 4] = buf.get_mut(start..payload.start)?.try_into().ok()?;

@@ -150,7 +150,7 @@ impl Server {
         if !allocation.has_room_for_permissions(&[peer.ip()], now, quotas.permissions_per_allocation) {
             return Err(Reject::new(errors::PERMISSION_QUOTA_REACHED).with_auth(auth));
         }
-        match allocation.bind_channel(number, peer.get(), to_host, now, quotas.channels_per_allocation) {
+        match allocation.bind_channel(number, peer, to_host, now, quotas.channels_per_allocation) {
             Ok(()) => {}
             Err(BindError::Conflict) => return Err(bad()),
             Err(BindError::Quota) => return Err(Reject::new(errors::CHANNEL_QUOTA_REACHED).with_auth(auth)),
