@@ -795,7 +795,7 @@ impl Driver {
 
     /// Carries out every output through the shell's own drain; returns the transmits.
     fn drain(&mut self) -> Vec<(FiveTuple, Vec<u8>)> {
-        carry_out(self.now, self);
+        carry_out(self);
         std::mem::take(&mut self.sent)
     }
 
@@ -925,6 +925,10 @@ impl Effects for Driver {
 
     fn parts(&mut self) -> (&mut Server, &RefCell<Ledger>) {
         (&mut self.server, &self.ledger)
+    }
+
+    fn now(&self) -> Instant {
+        self.now
     }
 
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {

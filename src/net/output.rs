@@ -17,7 +17,7 @@ use std::time::Instant;
 impl EventLoop {
     /// Carries out every output the core has queued; called after each input.
     pub(super) fn drain_outputs(&mut self) {
-        carry_out(Instant::now(), self);
+        carry_out(self);
     }
 
     /// Sends a framed message to a client on any transport: over UDP through the
@@ -51,6 +51,10 @@ impl Effects for EventLoop {
 
     fn parts(&mut self) -> (&mut Server, &Mutex<Ledger>) {
         (&mut self.core, &self.ledger)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
     }
 
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {

@@ -17,6 +17,10 @@ pub trait Effects {
     type Ledger: Shared;
     /// The core it drives and the ledger it shares.
     fn parts(&mut self) -> (&mut Server, &Self::Ledger);
+    /// The time of an answer fed back to the core (a relay socket bound). Asked only
+    /// when there is one, so draining an empty queue, the relay path's case, reads no
+    /// clock.
+    fn now(&self) -> Instant;
     /// Sends `bytes` to the client on `to`.
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>);
     /// Opens a relay socket (UDP, or with `tcp` an RFC 6062 listener) on `local`.
@@ -41,14 +45,14 @@ pub trait Effects {
     fn event(&mut self, event: Event);
 }
 
-/// Carries out every output of the shell's core, until the core has nothing left;
-/// `now` is when the answers it feeds back happened.
-pub fn carry_out(now: Instant, effects: &mut impl Effects) {
+/// Carries out every output of the shell's core, until the core has nothing left.
+pub fn carry_out(effects: &mut impl Effects) {
     while let Some(output) = effects.parts().0.poll_output() {
         match output {
             Output::Transmit { to, bytes } => effects.transmit(to, bytes),
             Output::BindRelay { allocation, local, dont_fragment, tcp } => {
                 let result = effects.bind_relay(allocation, local, dont_fragment, tcp);
+                let now = effects.now();
                 let (core, shared) = effects.parts();
                 core.handle_relay_bound(now, allocation, local, result, shared);
             }
@@ -58,6 +62,7 @@ pub fn carry_out(now: Instant, effects: &mut impl Effects) {
             }
             Output::BindData { connection, data } => {
                 if !effects.bind_data(connection, data) {
+                    let now = effects.now();
                     let (core, shared) = effects.parts();
                     core.close_five_tuple(data, now, shared);
                 }

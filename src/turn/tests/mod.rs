@@ -67,6 +67,9 @@ impl Effects for Harness {
     fn parts(&mut self) -> (&mut Server, &Mutex<Ledger>) {
         (&mut self.server, &self.ledger)
     }
+    fn now(&self) -> Instant {
+        self.now
+    }
     fn transmit(&mut self, to: FiveTuple, bytes: Vec<u8>) {
         assert_eq!(to, self.client, "responses go back on the request's 5-tuple");
         self.sent.push(bytes);
@@ -177,7 +180,7 @@ impl Harness {
     /// Carries out outputs like the shell would (through the same drain); returns the
     /// transmitted messages.
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        carry_out(self.now, self);
+        carry_out(self);
         std::mem::take(&mut self.sent)
     }
 
