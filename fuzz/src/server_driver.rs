@@ -969,4 +969,7 @@ impl Effects for Driver {
     }
     fn close_peer_connection(&mut self, _: ConnectionId, _: Option<FiveTuple>) {}
     fn event(&mut self, _: Event) {}
+    fn fetch_allocation(&mut self, _: turnd::turn::output::Fetch) -> bool {
+        false
+    }
 }

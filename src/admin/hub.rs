@@ -187,6 +187,13 @@ impl Hub {
                 }
                 (Topic::Auth, EventBody::AuthFailed { client, reason: reason.label() })
             }
+            Event::AllocationMoved { id, to, .. } => {
+                // RFC 8016: the refresh event that follows shows the new client.
+                if let Some(known) = self.known.get_mut(&id.0) {
+                    known.client = to.client.get();
+                }
+                return;
+            }
             Event::PeerDenied { id, peer } => {
                 if !self.within_budget(1) {
                     return;

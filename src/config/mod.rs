@@ -233,6 +233,7 @@ impl Config {
             credentials,
             nonce_lifetime: self.auth.nonce_lifetime,
             max_lifetime: self.relay.max_lifetime,
+            mobility: self.relay.mobility,
             port_range: self.relay.port_min..=self.relay.port_max,
             relay: RelayAddresses {
                 bind_v4: self.relay.bind_ipv4,

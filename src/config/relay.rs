@@ -31,6 +31,9 @@ pub struct Relay {
     /// Whether peers may be any port of the host's own addresses, not only the relay
     /// ports of its other allocations: for tests and single-host labs only.
     pub allow_host_peers: bool,
+    /// RFC 8016 mobility: a UDP client that asks gets a MOBILITY-TICKET and keeps its
+    /// allocation when its address changes; off, asking is answered 405.
+    pub mobility: bool,
 }
 
 impl Default for Relay {
@@ -46,6 +49,7 @@ impl Default for Relay {
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             allow_host_peers: false,
+            mobility: true,
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct EventLoop {
     pub(super) host_addresses: Vec<std::net::IpAddr>,
     /// Snapshots published so far.
     pub(super) publishes: u32,
+    /// RFC 8016: the channels to the other workers, for moves (none: a lone loop).
+    pub(super) handovers: Option<super::handover::Handovers>,
 }
 
 impl EventLoop {
@@ -127,7 +129,14 @@ impl EventLoop {
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
+            handovers: None,
         })
+    }
+
+    /// Joins the loop to its sibling workers for RFC 8016 moves.
+    pub fn with_handovers(mut self, handovers: super::handover::Handovers) -> Self {
+        self.handovers = Some(handovers);
+        self
     }
 
     /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic.
@@ -137,6 +146,7 @@ impl EventLoop {
         mut streams: mpsc::Receiver<StreamEvent>,
     ) -> io::Result<()> {
         let watch = self.epoll.watch()?;
+        let mut handover_inbox = self.handovers.as_mut().and_then(|h| h.inbox.take());
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -165,6 +175,12 @@ impl EventLoop {
                         }
                     }
                 }
+                Some(message) = async {
+                    match handover_inbox.as_mut() {
+                        Some(inbox) => inbox.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.handover(message),
                 _ = publish.tick() => self.publish(),
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),

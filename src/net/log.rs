@@ -64,6 +64,10 @@ pub(super) fn log_event(event: &Event) {
             duration = duration.as_secs(), "allocation ended"
         ),
         Event::AuthFailed { client, reason } => log_auth_failure(*client, *reason),
+        Event::AllocationMoved { id, from, to, from_worker } => info!(
+            allocation = id.0, from = %from.client, to = %to.client, from_worker = ?from_worker,
+            "allocation moved (RFC 8016)"
+        ),
         Event::PeerDenied { id, peer } => warn!(allocation = id.0, peer = %peer, "peer refused by policy"),
     }
 }

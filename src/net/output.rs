@@ -100,6 +100,10 @@ impl Effects for EventLoop {
         self.close_peer_stream(connection, data);
     }
 
+    fn fetch_allocation(&mut self, fetch: crate::turn::output::Fetch) -> bool {
+        self.ask_for(fetch)
+    }
+
     fn event(&mut self, event: Event) {
         log_event(&event);
         // A TCP/TLS connection that holds an allocation is authenticated: out of its

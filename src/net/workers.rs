@@ -62,6 +62,7 @@ impl Workers {
         let mut controls = Vec::with_capacity(count);
         let mut snapshots = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
+        let mut handovers = super::handover::Handovers::for_workers(count).into_iter();
         for (index, (sockets, (stream_tx, stream_rx))) in listeners.into_iter().zip(streams).enumerate() {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
@@ -71,7 +72,10 @@ impl Workers {
                 let rng = Box::new(SystemRng::default());
                 Server::new_worker(config, rng, Instant::now(), shared, secret, index as u32, count as u32)
             };
-            let event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, ledger, make_core)?;
+            let mut event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, ledger, make_core)?;
+            if let Some(handovers) = handovers.next() {
+                event_loop = event_loop.with_handovers(handovers);
+            }
             // Built here, not in the thread, so every descriptor the process keeps
             // exists once start-up is logged (the soak test counts them).
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -157,15 +161,19 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                 let _ = reply.send((all.into_iter().skip(offset).take(limit).collect(), total));
             }
             Control::DropAllocation { id, reply } => {
+                // The worker that numbered it first; an allocation that moved (RFC 8016)
+                // lives on another, so the rest are asked when that one has none.
                 let owner = owner_of(id, workers.len());
-                let dropped = match workers.get(owner) {
-                    Some(worker) => {
-                        let (tx, rx) = oneshot::channel();
-                        worker.send(Control::DropAllocation { id, reply: tx }).await.is_ok()
-                            && rx.await.unwrap_or(false)
+                let order = workers.iter().skip(owner).chain(workers.iter().take(owner));
+                let mut dropped = false;
+                for worker in order {
+                    let (tx, rx) = oneshot::channel();
+                    dropped = worker.send(Control::DropAllocation { id, reply: tx }).await.is_ok()
+                        && rx.await.unwrap_or(false);
+                    if dropped {
+                        break;
                     }
-                    None => false,
-                };
+                }
                 let _ = reply.send(dropped);
             }
             Control::DropUser { user, reply } => {

@@ -269,6 +269,10 @@ impl ResponsePort {
 /// RFC 5780 §7.6 PADDING: its value does not matter, only its length.
 pub type Padding = Opaque<0x0026>;
 
+/// RFC 8016 §3.4 MOBILITY-TICKET: empty in an Allocate that asks for mobility, the
+/// server's opaque ticket in its answers and in a Refresh from a new 5-tuple.
+pub type MobilityTicket = Opaque<0x8030>;
+
 stun_codec::define_attribute_enums!(
     Attribute,
     AttributeDecoder,
@@ -308,6 +312,7 @@ stun_codec::define_attribute_enums!(
         IceControlling,
         ChangeRequest,
         ResponsePort,
+        MobilityTicket,
         Padding,
         ResponseOrigin,
         OtherAddress

@@ -17,6 +17,9 @@ const fn kind(code: u16, reason: &'static str) -> ErrorKind {
 
 /// RFC 8489 §14.8: 300, the client should use the ALTERNATE-SERVER.
 pub const TRY_ALTERNATE: ErrorKind = kind(300, "Try Alternate");
+/// RFC 8016 §3.4: 405, the server does not allow mobility (turnd's `[relay] mobility`
+/// is off).
+pub const MOBILITY_FORBIDDEN: ErrorKind = kind(405, "Mobility Forbidden");
 /// RFC 8489 §14.8: 400, the request was malformed.
 pub const BAD_REQUEST: ErrorKind = kind(400, "Bad Request");
 /// RFC 8489 §14.8: 401, the credentials are missing or wrong. Sent without a reason

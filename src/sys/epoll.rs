@@ -37,6 +37,17 @@ impl Epoll {
         Ok(())
     }
 
+    /// Stops watching `fd`: a relay socket handed over to another worker's set.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: EPOLL_CTL_DEL reads no event (a null pointer is allowed since Linux
+        // 2.6.9); a descriptor that is not in the set fails with ENOENT, nothing more.
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// A handle for tokio to watch the set with: readable while any watched socket is
     /// ready. It holds a duplicate of the epoll descriptor (the same epoll instance),
     /// so it stays valid however long it lives.

@@ -83,6 +83,55 @@ pub enum BindError {
     Quota,
 }
 
+/// One channel binding of an [`AllocationState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelState {
+    /// The channel number.
+    pub number: u16,
+    /// The peer it is bound to.
+    pub peer: SocketAddr,
+    /// How long the binding has left.
+    pub remaining: Duration,
+    /// Whether the peer is an address of this host.
+    pub to_host: bool,
+}
+
+/// An allocation as plain data, detached from any worker: what one worker hands
+/// another when a client moves (RFC 8016), free of sockets, handles and instants (times
+/// are durations from the export) so that it could as well cross to another process.
+/// The relay ports stay counted in the ledger while it travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationState {
+    /// Its id (kept: ids are unique over the process's workers).
+    pub id: super::AllocationId,
+    /// The client 5-tuple it was on.
+    pub five_tuple: FiveTuple,
+    /// The user that created it.
+    pub username: Box<str>,
+    /// The key later requests are checked with.
+    pub key: Key,
+    /// The relayed addresses by family.
+    pub relays: [Option<RelayAddr>; 2],
+    /// How long ago it was created.
+    pub age: Duration,
+    /// How long it has left unless refreshed.
+    pub remaining: Duration,
+    /// The Allocate transaction that created it.
+    pub transaction_id: TransactionId,
+    /// Traffic so far.
+    pub traffic: Traffic,
+    /// An RFC 6062 TCP relay.
+    pub tcp: bool,
+    /// Mobility granted.
+    pub mobile: bool,
+    /// Moves so far.
+    pub moves: u16,
+    /// Permissions in force: the peer IP and the time left.
+    pub permissions: Vec<(IpAddr, Duration)>,
+    /// Channel bindings in force.
+    pub channels: Vec<ChannelState>,
+}
+
 /// An allocation on the server.
 #[derive(Debug)]
 pub struct Allocation {
@@ -111,6 +160,12 @@ pub struct Allocation {
     pub bandwidth: Option<super::rate::Bucket>,
     /// Rate limit on relayed ICMP errors (RFC 8656 §11), made on the first one.
     pub icmp: Option<super::rate::Bucket>,
+    /// RFC 8016: the client asked for mobility and was granted it; its answers carry
+    /// a MOBILITY-TICKET.
+    pub mobile: bool,
+    /// How many times it moved to a new 5-tuple. A ticket names the count it was
+    /// issued at, so one from before a move cannot move the allocation again.
+    pub moves: u16,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
 }
@@ -140,8 +195,79 @@ impl Allocation {
             tcp: false,
             bandwidth: None,
             icmp: None,
+            mobile: false,
+            moves: 0,
             permissions: Vec::new(),
             channels: Vec::new(),
+        }
+    }
+
+    /// Its state at `now`, for another worker (or, later, another process) to take it
+    /// over with [`Allocation::import`]. Times become durations from `now`.
+    pub fn export(&self, id: super::AllocationId, now: Instant) -> AllocationState {
+        AllocationState {
+            id,
+            five_tuple: self.five_tuple,
+            username: self.username.clone(),
+            key: self.key,
+            relays: self.relays,
+            age: now.saturating_duration_since(self.created),
+            remaining: self.remaining(now),
+            transaction_id: self.transaction_id,
+            traffic: self.traffic,
+            tcp: self.tcp,
+            mobile: self.mobile,
+            moves: self.moves,
+            permissions: self
+                .permissions
+                .iter()
+                .filter(|p| p.expires > now)
+                .map(|p| (p.ip, p.expires.saturating_duration_since(now)))
+                .collect(),
+            channels: self
+                .channels
+                .iter()
+                .filter(|c| c.expires > now)
+                .map(|c| ChannelState {
+                    number: c.number,
+                    peer: c.peer.get(),
+                    remaining: c.expires.saturating_duration_since(now),
+                    to_host: c.to_host,
+                })
+                .collect(),
+        }
+    }
+
+    /// The allocation `state` describes, taken over at `now`. Bandwidth buckets start
+    /// full, as after a restart of the cap.
+    pub fn import(state: AllocationState, now: Instant) -> Self {
+        let created = now.checked_sub(state.age).unwrap_or(now);
+        Allocation {
+            five_tuple: state.five_tuple,
+            username: state.username,
+            key: state.key,
+            relays: state.relays,
+            created,
+            expires: now + state.remaining,
+            transaction_id: state.transaction_id,
+            traffic: state.traffic,
+            denial_logged: false,
+            tcp: state.tcp,
+            bandwidth: None,
+            icmp: None,
+            mobile: state.mobile,
+            moves: state.moves,
+            permissions: state.permissions.iter().map(|&(ip, left)| Permission { ip, expires: now + left }).collect(),
+            channels: state
+                .channels
+                .iter()
+                .map(|c| Channel {
+                    number: c.number,
+                    peer: PeerAddr::new(c.peer),
+                    expires: now + c.remaining,
+                    to_host: c.to_host,
+                })
+                .collect(),
         }
     }
 

@@ -22,7 +22,7 @@ pub(crate) struct Auth {
 
 /// An error answer to a request: handlers return it and `?` turns a failed check
 /// into the error response.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Reject {
     /// The code and reason phrase.
     pub kind: ErrorKind,

@@ -118,6 +118,9 @@ pub struct CoreConfig {
     pub end_at_credential_expiry: bool,
     /// RFC 5780 NAT behaviour discovery on Binding (see `nat_discovery`); `None`: off.
     pub nat_discovery: Option<NatDiscovery>,
+    /// RFC 8016 mobility: UDP clients that ask get a MOBILITY-TICKET and may move
+    /// their allocation to a new 5-tuple; off, asking gets 405.
+    pub mobility: bool,
 }
 
 impl Default for CoreConfig {
@@ -134,6 +137,7 @@ impl Default for CoreConfig {
             denied_clients: Vec::new(),
             end_at_credential_expiry: false,
             nat_discovery: None,
+            mobility: true,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! none of them can forget an output or its answer.
 
 use super::ledger::Shared;
-use super::output::{Event, Output, RelayBindError};
+use super::output::{Event, Fetch, Output, RelayBindError};
 use super::server::Server;
 use super::{AllocationId, ConnectionId, FiveTuple};
 use std::net::SocketAddr;
@@ -43,6 +43,10 @@ pub trait Effects {
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>);
     /// Logs or publishes an event.
     fn event(&mut self, event: Event);
+    /// RFC 8016: asks the worker that owns an allocation to hand it over; its answer
+    /// goes to [`Server::handle_handover`] later. False when it cannot be asked (a
+    /// single-worker shell, say): the core is then told at once that nothing came.
+    fn fetch_allocation(&mut self, fetch: Fetch) -> bool;
 }
 
 /// Carries out every output of the shell's core, until the core has nothing left.
@@ -69,6 +73,14 @@ pub fn carry_out(effects: &mut impl Effects) {
             }
             Output::ClosePeerConnection { connection, data } => effects.close_peer_connection(connection, data),
             Output::Event(event) => effects.event(event),
+            Output::FetchAllocation(fetch) => {
+                let (id, owner) = (fetch.id, fetch.owner);
+                if !effects.fetch_allocation(fetch) {
+                    let now = effects.now();
+                    let (core, shared) = effects.parts();
+                    core.handle_handover(now, id, None, owner, shared);
+                }
+            }
         }
     }
 }

@@ -221,6 +221,17 @@ impl Ledger {
         decrement(&mut self.per_ip, &source);
     }
 
+    /// An allocation moved from source `from` to `to` (RFC 8016): the per-source
+    /// count follows it. The move is not refused for the new source's quota: the
+    /// allocation exists already, and refusing would strand its client.
+    pub(crate) fn move_source(&mut self, from: IpAddr, to: IpAddr) {
+        let (from, to) = (self.source_prefix.key(from), self.source_prefix.key(to));
+        if from != to {
+            decrement(&mut self.per_ip, &from);
+            *self.per_ip.entry(to).or_default() += 1;
+        }
+    }
+
     /// Takes a random free relay port (see [`PortPool::take_random`]).
     pub(crate) fn take_port(
         &mut self,

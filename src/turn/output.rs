@@ -61,8 +61,26 @@ pub enum Output {
         /// The allocation.
         allocation: AllocationId,
     },
+    /// RFC 8016: fetch an allocation another worker owns for a client that moved
+    /// here, then call [`super::Server::handle_handover`] with what came back.
+    FetchAllocation(Fetch),
     /// Something worth logging or streaming to operators.
     Event(Event),
+}
+
+/// What [`Output::FetchAllocation`] asks of the owning worker: give up allocation `id`
+/// if a ticket issued after `moves` moves, presented by `username`, may move it
+/// (see [`super::Server::export_allocation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// The worker that owns it.
+    pub owner: u32,
+    /// The allocation.
+    pub id: AllocationId,
+    /// The moves the ticket was issued after.
+    pub moves: u16,
+    /// The user the Refresh authenticated as.
+    pub username: Box<str>,
 }
 
 /// Why an allocation ended.
@@ -123,6 +141,17 @@ pub enum Event {
         client: SocketAddr,
         /// Which check failed.
         reason: AuthFailure,
+    },
+    /// RFC 8016: an allocation moved to a new client 5-tuple.
+    AllocationMoved {
+        /// Its id.
+        id: AllocationId,
+        /// The 5-tuple it left.
+        from: FiveTuple,
+        /// The 5-tuple it is on now.
+        to: FiveTuple,
+        /// The worker it came from, when it crossed workers.
+        from_worker: Option<u32>,
     },
     /// A peer was refused by the peer policy (logged once per allocation).
     PeerDenied {

@@ -59,7 +59,8 @@ impl RequestMethod {
 }
 
 /// Error codes counted one by one; anything else counts as "other".
-pub const ERROR_CODES: [u16; 16] = [300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508];
+pub const ERROR_CODES: [u16; 17] =
+    [300, 400, 401, 403, 405, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508];
 
 /// Why authentication failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,46 @@ impl DropReason {
     }
 }
 
+/// What became of a Refresh that presented a MOBILITY-TICKET from a new 5-tuple
+/// (RFC 8016).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveResult {
+    /// The allocation moved to the new 5-tuple on the worker that owned it.
+    Moved,
+    /// The allocation moved, and from another worker to the one the new 5-tuple
+    /// reaches.
+    MovedAcrossWorkers,
+    /// The ticket did not open: forged, altered, or another user's.
+    InvalidTicket,
+    /// The ticket opened but names no allocation it may move: expired, used before a
+    /// later move, or the allocation is gone.
+    StaleTicket,
+    /// Mobility is off (405).
+    Forbidden,
+}
+
+impl MoveResult {
+    /// Every result, in index order.
+    pub const ALL: [MoveResult; 5] = [
+        MoveResult::Moved,
+        MoveResult::MovedAcrossWorkers,
+        MoveResult::InvalidTicket,
+        MoveResult::StaleTicket,
+        MoveResult::Forbidden,
+    ];
+
+    /// A metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            MoveResult::Moved => "moved",
+            MoveResult::MovedAcrossWorkers => "moved_across_workers",
+            MoveResult::InvalidTicket => "invalid_ticket",
+            MoveResult::StaleTicket => "stale_ticket",
+            MoveResult::Forbidden => "forbidden",
+        }
+    }
+}
+
 /// Relay direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -213,6 +254,8 @@ pub struct Stats {
     pub allocations_expired: u64,
     /// ICMP errors from peers relayed to clients as Data indications (RFC 8656 §11).
     pub icmp_relayed: u64,
+    /// RFC 8016 moves by [`MoveResult`] index.
+    pub mobility_moves: [u64; MoveResult::ALL.len()],
 }
 
 impl Stats {
@@ -272,5 +315,11 @@ impl Stats {
         self.allocations_created += other.allocations_created;
         self.allocations_expired += other.allocations_expired;
         self.icmp_relayed += other.icmp_relayed;
+        add(&mut self.mobility_moves, &other.mobility_moves);
+    }
+
+    /// Counts the outcome of a Refresh with a MOBILITY-TICKET from a new 5-tuple.
+    pub fn mobility(&mut self, result: MoveResult) {
+        self.mobility_moves[result as usize] += 1;
     }
 }

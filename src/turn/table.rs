@@ -114,6 +114,16 @@ impl AllocationTable {
         self.by_id.insert(id, allocation);
     }
 
+    /// Moves an allocation to a new client 5-tuple (RFC 8016); returns the one it
+    /// left. Permissions, channels and timers stay as they are.
+    pub fn move_to(&mut self, id: AllocationId, to: FiveTuple) -> Option<FiveTuple> {
+        let allocation = self.by_id.get_mut(&id)?;
+        let from = std::mem::replace(&mut allocation.five_tuple, to);
+        self.by_five_tuple.remove(&from);
+        self.by_five_tuple.insert(to, id);
+        Some(from)
+    }
+
     /// Takes an allocation out; its user's bandwidth bucket goes with its last one.
     pub fn remove(&mut self, id: AllocationId) -> Option<Allocation> {
         let allocation = self.by_id.remove(&id)?;

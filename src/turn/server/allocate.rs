@@ -38,6 +38,8 @@ pub(super) struct PendingAllocate {
     relays: Vec<PendingRelay>,
     /// An additional family refused before binding (440 or 508).
     refused_additional: Option<u16>,
+    /// RFC 8016 mobility asked for and granted.
+    mobile: bool,
 }
 
 /// One relay socket of a pending Allocate.
@@ -97,6 +99,7 @@ impl Server {
         }
         let request =
             request::Allocate::decode(message, from.transport).map_err(|kind| Reject::new(kind).with_auth(&auth))?;
+        let mobile = self.mobility_requested(from, message).map_err(|kind| Reject::new(kind).with_auth(&auth))?;
         let bind_ip = self
             .relay_bind_ip(from, request.family)
             .ok_or_else(|| Reject::new(errors::ADDRESS_FAMILY_NOT_SUPPORTED).with_auth(&auth))?;
@@ -171,6 +174,7 @@ impl Server {
             port: request.port,
             relays,
             refused_additional,
+            mobile,
         };
         self.pending.insert(id, pending);
         Ok(())
@@ -309,6 +313,7 @@ impl Server {
             pending.transaction_id,
         );
         allocation.tcp = pending.kind == RelayKind::Tcp;
+        allocation.mobile = pending.mobile;
         let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         // The ledger counted it at admission.
         self.table.insert(id, allocation);
@@ -388,6 +393,9 @@ impl Server {
             response.add_attribute(ReservationToken::new(token));
         }
         response.add_attribute(XorMappedAddress::new(allocation.five_tuple.client.get()));
+        if let Some(ticket) = self.ticket_for(id, allocation) {
+            response.add_attribute(ticket);
+        }
         Some(response)
     }
 }

@@ -30,6 +30,7 @@
 mod allocate;
 mod authenticate;
 mod connections;
+mod mobility;
 mod permissions;
 mod requests;
 
@@ -106,6 +107,11 @@ pub struct Server {
     admission: Admission,
     /// The `now` of the input being handled, for code deep in a request's handling.
     last_now: Instant,
+    /// Seals and opens RFC 8016 MOBILITY-TICKETs (the same keys on every worker).
+    tickets: super::mobility::TicketCodec,
+    /// Refreshes waiting for an allocation another worker is handing over, by its id
+    /// (at most [`mobility::MOVES_IN_FLIGHT`]).
+    moving: HashMap<AllocationId, mobility::PendingMove>,
 }
 
 impl std::fmt::Debug for Server {
@@ -148,6 +154,8 @@ impl Server {
         let out = Outbox::new(rng.next_u32(), rng.next_u64());
         Server {
             nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
+            tickets: super::mobility::TicketCodec::new(&nonce_secret, epoch),
+            moving: HashMap::new(),
             revocations: Revocations::default(),
             table: AllocationTable::new(worker % workers, workers),
             pending: HashMap::new(),

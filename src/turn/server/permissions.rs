@@ -50,7 +50,11 @@ impl Server {
         }
     }
 
-    /// RFC 8656 §8 (LIFETIME 0 deletes the allocation at once).
+    /// RFC 8656 §8 (LIFETIME 0 deletes the allocation at once). With a
+    /// MOBILITY-TICKET from a 5-tuple that has no allocation, an RFC 8016 move
+    /// (`Ok(None)`: answered once the allocation arrives from another worker); on the
+    /// allocation's own 5-tuple the ticket changes nothing, and a mobile allocation's
+    /// answer carries a fresh one.
     pub(super) fn refresh(
         &mut self,
         now: Instant,
@@ -58,7 +62,16 @@ impl Server {
         message: &Message,
         auth: &Auth,
         shared: &impl Shared,
-    ) -> Result<Message, Reject> {
+    ) -> Result<Option<Message>, Reject> {
+        if let Some(ticket) = message.get_attribute::<crate::stun::attributes::MobilityTicket>() {
+            if !self.config.mobility {
+                self.out.stats.mobility(crate::turn::stats::MoveResult::Forbidden);
+                return Err(Reject::new(errors::MOBILITY_FORBIDDEN).with_auth(auth));
+            }
+            if self.table.id_on(&from).is_none() {
+                return self.refresh_from_new_five_tuple(now, from, message, auth, ticket.value(), shared);
+            }
+        }
         let id = self.own_allocation(from, auth)?;
         let lifetime = self.granted_lifetime(request::lifetime(message), auth);
         let mut response = success(message);
@@ -72,7 +85,10 @@ impl Server {
             self.out.push(Output::Event(Event::AllocationRefreshed { id, lifetime }));
         }
         response.add_attribute(Lifetime::from_u32(lifetime.as_secs() as u32));
-        Ok(response)
+        if let Some(ticket) = self.table.get(id).and_then(|a| self.ticket_for(id, a)) {
+            response.add_attribute(ticket);
+        }
+        Ok(Some(response))
     }
 
     /// Checks a peer against the relay's family and the peer policy (403 and one log

@@ -155,7 +155,7 @@ impl Server {
             ALLOCATE => self.allocate(now, from, request, auth, shared).map(|()| None),
             m if m == connect => self.connect(from, request, auth).map(|()| None),
             m if m == connection_bind => self.connection_bind(now, from, request, auth).map(|()| None),
-            REFRESH => self.refresh(now, from, request, &auth, shared).map(|m| Some((m, auth))),
+            REFRESH => self.refresh(now, from, request, &auth, shared).map(|m| m.map(|m| (m, auth))),
             CREATE_PERMISSION => self.create_permission(now, from, request, &auth).map(|m| Some((m, auth))),
             _ => self.channel_bind(now, from, request, &auth).map(|m| Some((m, auth))),
         }

@@ -3,6 +3,7 @@
 //! tests are grouped by what they cover in the files beside it.
 
 mod allocate;
+mod mobility;
 mod relay;
 mod requests;
 mod rfc6062;
@@ -56,6 +57,8 @@ struct Harness {
     tcp_outputs: Vec<Output>,
     /// What the last drain transmitted.
     sent: Vec<Vec<u8>>,
+    /// RFC 8016 fetches the core asked for, for the test to carry to the other worker.
+    fetches: Vec<crate::turn::output::Fetch>,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
@@ -110,6 +113,10 @@ impl Effects for Harness {
     fn event(&mut self, event: Event) {
         self.events.push(event);
     }
+    fn fetch_allocation(&mut self, fetch: crate::turn::output::Fetch) -> bool {
+        self.fetches.push(fetch);
+        true
+    }
 }
 
 fn peer_addr(s: &str) -> PeerAddr {
@@ -161,6 +168,7 @@ impl Harness {
             events: Vec::new(),
             tcp_outputs: Vec::new(),
             sent: Vec::new(),
+            fetches: Vec::new(),
         }
     }
 
