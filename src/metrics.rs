@@ -12,7 +12,7 @@
 mod process;
 
 use crate::net::report::{Histogram, Snapshot, LIFETIME_SECONDS_BOUNDS, REQUEST_SECONDS_BOUNDS};
-use crate::turn::stats::{AuthFailure, Direction, DropReason, RequestMethod, ERROR_CODES};
+use crate::turn::stats::{AuthFailure, Direction, DropReason, MoveResult, RequestMethod, ERROR_CODES};
 use crate::turn::Transport;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -109,6 +109,12 @@ pub const DEFINITIONS: &[Definition] = &[
         COUNTER,
         &[],
         "ICMP errors from peers relayed to clients as Data indications (RFC 8656 section 11).",
+    ),
+    def(
+        "turnd_mobility_moves_total",
+        COUNTER,
+        &["result"],
+        "Refreshes with a MOBILITY-TICKET from a new client address (RFC 8016), by result.",
     ),
     def("turnd_relay_ports_in_use", GAUGE, &[], "Relay ports held by allocations."),
     def("turnd_relay_ports_available", GAUGE, &[], "Relay ports still free in the configured range."),
@@ -257,6 +263,12 @@ impl Collector for Collect {
         push(by_direction_and_transport(&stats.relayed_bytes));
         push(DropReason::ALL.iter().map(|r| counter(&[("reason", r.label())], stats.dropped(*r))).collect());
         push(vec![counter(&[], stats.icmp_relayed)]);
+        push(
+            MoveResult::ALL
+                .iter()
+                .map(|r| counter(&[("result", r.label())], stats.mobility_moves[*r as usize]))
+                .collect(),
+        );
         push(vec![gauge(&[], s.ports_in_use as f64)]);
         push(vec![gauge(&[], s.ports_available as f64)]);
         push(vec![gauge(&[], if s.draining { 1.0 } else { 0.0 })]);

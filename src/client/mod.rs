@@ -65,13 +65,15 @@ pub struct Client {
     key: Option<[u8; 16]>,
     tid_seed: [u8; 12],
     transactions: u64,
+    /// The last RFC 8016 MOBILITY-TICKET the server gave (see [`Client::learn`]).
+    ticket: Option<Vec<u8>>,
 }
 
 impl Client {
     /// A client with `credentials`; `tid_seed` makes its transaction ids (random in
     /// a real client, so that an off-path attacker cannot guess them; fixed in tests).
     pub fn new(credentials: Credentials, tid_seed: [u8; 12]) -> Client {
-        Client { credentials, challenge: None, key: None, tid_seed, transactions: 0 }
+        Client { credentials, challenge: None, key: None, tid_seed, transactions: 0, ticket: None }
     }
 
     /// The credentials.
@@ -155,11 +157,23 @@ impl Client {
         Ok(response)
     }
 
+    /// The last MOBILITY-TICKET learned: present it with [`Request::refresh_mobile`]
+    /// from a new address to keep the allocation (RFC 8016).
+    pub fn mobility_ticket(&self) -> Option<&[u8]> {
+        self.ticket.as_deref()
+    }
+
     /// Learns from a 401 or 438 that carries a nonce other than the one the client
     /// used (RFC 8489 §9.2.5); returns whether the request should be sent again. It
     /// never says so without credentials, nor twice for the same nonce, so a caller
-    /// that loops on it stops.
+    /// that loops on it stops. A success that carries a MOBILITY-TICKET replaces the
+    /// one kept (RFC 8016 §3.2: each answer brings the ticket for the next move).
     pub fn learn(&mut self, response: &Response) -> bool {
+        if response.is_success() {
+            if let Some(ticket) = response.mobility_ticket() {
+                self.ticket = Some(ticket.to_vec());
+            }
+        }
         if !matches!(response.error_code(), Some(401 | 438)) {
             return false;
         }

@@ -53,6 +53,18 @@ impl Request {
         Request::new(ALLOCATE, vec![RequestedTransport::new(protocol).into()])
     }
 
+    /// Allocate a UDP relay with RFC 8016 mobility: the empty MOBILITY-TICKET asks the
+    /// server for a ticket (see [`super::Client::mobility_ticket`]).
+    pub fn allocate_mobile() -> Request {
+        Request::allocate().with(crate::stun::attributes::MobilityTicket::from_bytes(Vec::new()))
+    }
+
+    /// RFC 8016: a Refresh that presents `ticket`, from a new 5-tuple to move the
+    /// allocation there (or from its own, where it just refreshes).
+    pub fn refresh_mobile(lifetime: u32, ticket: &[u8]) -> Request {
+        Request::refresh(lifetime).with(crate::stun::attributes::MobilityTicket::from_bytes(ticket.to_vec()))
+    }
+
     /// Refresh the allocation for `lifetime` seconds (0 deletes it).
     pub fn refresh(lifetime: u32) -> Request {
         Request::new(REFRESH, vec![Lifetime::from_u32(lifetime).into()])

@@ -98,6 +98,11 @@ impl Response {
         Some(u32::from_be_bytes(bytes))
     }
 
+    /// RFC 8016 MOBILITY-TICKET of an Allocate or Refresh success.
+    pub fn mobility_ticket(&self) -> Option<&[u8]> {
+        self.message.get_attribute::<crate::stun::attributes::MobilityTicket>().map(|t| t.value())
+    }
+
     /// The success response, or its error.
     pub fn into_result(self) -> Result<Response, StunError> {
         match self.error() {

@@ -39,8 +39,8 @@ pub enum Handover {
     Moved {
         /// The allocation asked for.
         id: AllocationId,
-        /// Its state.
-        state: Option<AllocationState>,
+        /// Its state (boxed: it is large, the ask is small).
+        state: Option<Box<AllocationState>>,
         /// Its relay sockets (by [`Family`]).
         sockets: [Option<UdpSocket>; 2],
         /// The worker it comes from.
@@ -106,7 +106,7 @@ impl EventLoop {
     fn give_up(&mut self, fetch: Fetch, reply_to: u32) {
         let asked = Instant::now();
         let id = fetch.id;
-        let state = self.core.export_allocation(asked, id, fetch.moves, &fetch.username);
+        let state = self.core.export_allocation(asked, id, fetch.moves, &fetch.username).map(Box::new);
         let mut sockets = [None, None];
         if state.is_some() {
             // Datagrams of this batch wait in `to_peers` by descriptor: send them while
@@ -135,7 +135,7 @@ impl EventLoop {
     fn take_over(
         &mut self,
         id: AllocationId,
-        state: Option<AllocationState>,
+        state: Option<Box<AllocationState>>,
         sockets: [Option<UdpSocket>; 2],
         from_worker: u32,
         asked: Instant,
@@ -152,7 +152,7 @@ impl EventLoop {
             self.relays.insert(id, sockets);
         }
         let now = Instant::now();
-        self.core.handle_handover(now, id, state, from_worker, &*self.ledger);
+        self.core.handle_handover(now, id, state.map(|s| *s), from_worker, &*self.ledger);
         if moved {
             let micros = now.saturating_duration_since(asked).as_micros() as u64;
             debug!(allocation = id.0, from_worker, handover_us = micros, "allocation handed over");

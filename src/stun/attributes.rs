@@ -273,6 +273,13 @@ pub type Padding = Opaque<0x0026>;
 /// server's opaque ticket in its answers and in a Refresh from a new 5-tuple.
 pub type MobilityTicket = Opaque<0x8030>;
 
+impl MobilityTicket {
+    /// A MOBILITY-TICKET holding `ticket` (empty: asking for one).
+    pub fn from_bytes(ticket: Vec<u8>) -> Self {
+        Opaque(ticket)
+    }
+}
+
 stun_codec::define_attribute_enums!(
     Attribute,
     AttributeDecoder,
