@@ -256,3 +256,72 @@ fn the_readmes_local_relay_command_relays_to_a_loopback_echo_server() {
     let (_, _, payload) = client.recv_data().expect("echoed through the relay");
     assert_eq!(payload, b"echo me");
 }
+
+/// RFC 8016 mobility is on in the embedded default: a UDP client that asked for a
+/// ticket moves to new sockets (with the default worker count, until a move crossed
+/// workers) and keeps relaying to a second allocation of the server both ways.
+#[test]
+fn the_embedded_default_lets_a_udp_client_move_with_its_mobility_ticket() {
+    use std::net::UdpSocket;
+    use std::time::Instant;
+    use turnd::client::blocking::{Connection, Link, Received};
+    use turnd::client::{channel_data, Client, Credentials, DataIndication, Request};
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let (turnd, port, password) = start_default(None);
+    let server = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+    let connect = || Connection::new(Link::Udp(UdpSocket::bind("127.0.0.1:0").unwrap()), server);
+    let client = |seed: u8| Client::new(Credentials::long_term(ONE_TIME_USER, &password), [seed; 12]);
+
+    let (mut mover, mut peer) = (client(1), client(2));
+    let (mut conn, mut peer_conn) = (connect(), connect());
+    let allocated = conn.request(&mut mover, &Request::allocate_mobile(), TIMEOUT).unwrap().into_result().unwrap();
+    let mover_relay = allocated.relayed().unwrap();
+    assert!(mover.mobility_ticket().is_some(), "the default grants mobility");
+    let peer_relay =
+        peer_conn.request(&mut peer, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap().relayed().unwrap();
+    let permitted = peer_conn.request(&mut peer, &Request::create_permission(mover_relay), TIMEOUT).unwrap();
+    assert!(permitted.is_success());
+    assert!(conn.request(&mut mover, &Request::channel_bind(0x4000, peer_relay), TIMEOUT).unwrap().is_success());
+
+    let mut crossed = 0.0;
+    for n in 1..=16 {
+        let ticket = mover.mobility_ticket().unwrap().to_vec();
+        conn = connect();
+        let answer = conn.request(&mut mover, &Request::refresh_mobile(600, &ticket), TIMEOUT).unwrap();
+        assert!(answer.is_success(), "move {n}: {:?}", answer.error());
+        // Mover to peer: ChannelData in, a Data indication out of the mover's relay.
+        let payload = format!("move {n}");
+        conn.send(&channel_data(0x4000, payload.as_bytes(), true).unwrap()).unwrap();
+        match peer_conn.recv_data(Instant::now() + TIMEOUT).unwrap() {
+            Received::Stun(bytes) => {
+                let data = DataIndication::parse(&bytes).unwrap().unwrap();
+                assert_eq!((data.peer, data.data), (mover_relay, payload.as_bytes()));
+            }
+            other => panic!("move {n}: {other:?}"),
+        }
+        // Peer to mover: back on the channel, to the new socket.
+        let indication = peer.send_indication(mover_relay, b"back").unwrap();
+        peer_conn.send(&indication).unwrap();
+        match conn.recv_data(Instant::now() + TIMEOUT).unwrap() {
+            Received::ChannelData { channel, data } => assert_eq!((channel, &data[..]), (0x4000, &b"back"[..])),
+            other => panic!("move {n}: {other:?}"),
+        }
+        let text = common::http::scrape(turnd.admin_addr());
+        crossed =
+            common::http::metric(&text, "turnd_mobility_moves_total{result=\"moved_across_workers\"}").unwrap_or(0.0);
+        if n >= 8 && crossed > 0.0 {
+            break;
+        }
+    }
+    // The workers' counters are merged once a second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while crossed == 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let text = common::http::scrape(turnd.admin_addr());
+        crossed =
+            common::http::metric(&text, "turnd_mobility_moves_total{result=\"moved_across_workers\"}").unwrap_or(0.0);
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(crossed > 0.0, "no move crossed workers");
+    }
+}

@@ -29,8 +29,12 @@ fn config(mobility: Option<bool>) -> String {
     if let Some(on) = mobility {
         config = config.replace("[relay]\n", &format!("[relay]\nmobility = {on}\n"));
     }
-    config + "\n[[auth.user]]\nname = \"bob\"\npassword = \"hunter2\"\n"
+    config
+        + "\n[[auth.user]]\nname = \"bob\"\npassword = \"hunter2\"\n"
+        + &format!("\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
 }
+
+const TOKEN: &str = "mobility-test-token-0123";
 
 fn connect(turnd: &TurndProcess) -> Connection {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -123,6 +127,20 @@ fn rfc8016_a_client_moves_to_new_sockets_and_keeps_relaying_through_the_same_rel
     let refreshed = conn.request(&mut alice, &Request::refresh(600), TIMEOUT).unwrap();
     assert!(refreshed.is_success());
     assert_eq!(relay, allocated.relayed().unwrap());
+
+    // The admin plane finds it wherever it moved to: listed with its new client, and
+    // dropped by id (its id names the worker that made it, not the one holding it).
+    let bearer = format!("Bearer {TOKEN}");
+    let mut ws = http::ws_connect(turnd.admin_addr(), "/ws", &[("Authorization", &bearer)]).expect("open /ws");
+    http::ws_next(&mut ws).expect("hello");
+    http::ws_send(&mut ws, serde_json::json!({"op": "list_allocations", "offset": 0, "limit": 10, "req": 1}));
+    let list = http::ws_wait(&mut ws, TIMEOUT, |m| m["type"] == "allocations");
+    let listed = &list["allocations"][0];
+    assert_eq!(listed["client"], conn.local_addr().unwrap().to_string(), "{list}");
+    http::ws_send(&mut ws, serde_json::json!({"op": "drop_allocation", "id": listed["id"], "req": 2}));
+    let dropped = http::ws_wait(&mut ws, TIMEOUT, |m| m["type"] == "dropped");
+    assert_eq!(dropped["count"], 1, "{dropped}");
+    assert!(echo(&mut conn, b"after the drop").is_err(), "relayed for a dropped allocation");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::protocol::{AllocationRef, Ended, EventBody, EventMessage, PerDirectio
 use crate::metrics::AdminCounters;
 use crate::net::report::AllocationInfo;
 use crate::net::{Control, Snapshot};
-use crate::turn::stats::{AuthFailure, Direction, DropReason, RequestMethod};
+use crate::turn::stats::{AuthFailure, Direction, DropReason, MoveResult, RequestMethod};
 use crate::turn::EndReason;
 use crate::turn::Event;
 use axum::extract::ws::Utf8Bytes;
@@ -303,6 +303,8 @@ struct Totals {
     relayed_packets: PerDirection,
     auth_failures: BTreeMap<&'static str, u64>,
     dropped: BTreeMap<&'static str, u64>,
+    /// RFC 8016 moves by result (see `turnd_mobility_moves_total`).
+    mobility_moves: BTreeMap<&'static str, u64>,
 }
 
 /// Per-second rates over the last snapshot interval.
@@ -329,6 +331,7 @@ fn totals(s: &Snapshot) -> Totals {
         relayed_packets: PerDirection { client_to_peer: up_packets, peer_to_client: down_packets },
         auth_failures: AuthFailure::ALL.iter().map(|r| (r.label(), st.auth_failures[*r as usize])).collect(),
         dropped: DropReason::ALL.iter().map(|r| (r.label(), st.dropped(*r))).collect(),
+        mobility_moves: MoveResult::ALL.iter().map(|r| (r.label(), st.mobility_moves[*r as usize])).collect(),
     }
 }
 
@@ -414,6 +417,14 @@ mod tests {
         assert_eq!(refreshed["relay"], "192.0.2.2:50000");
         assert_eq!(refreshed["transport"], "udp");
         assert_eq!(refreshed["lifetime_secs"], 600);
+
+        // RFC 8016: after a move, the allocation's events name its new client.
+        let to = FiveTuple { client: "198.51.100.9:6000".parse::<SocketAddr>().unwrap().into(), ..five_tuple };
+        event_tx.send(Event::AllocationMoved { id, from: five_tuple, to, from_worker: Some(1) }).unwrap();
+        event_tx.send(Event::AllocationRefreshed { id, lifetime }).unwrap();
+        let moved: serde_json::Value = serde_json::from_str(&rx.recv().await.unwrap().json).unwrap();
+        assert_eq!(moved["event"], "allocation.refreshed");
+        assert_eq!(moved["client"], "198.51.100.9:6000");
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

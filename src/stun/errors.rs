@@ -17,9 +17,6 @@ const fn kind(code: u16, reason: &'static str) -> ErrorKind {
 
 /// RFC 8489 §14.8: 300, the client should use the ALTERNATE-SERVER.
 pub const TRY_ALTERNATE: ErrorKind = kind(300, "Try Alternate");
-/// RFC 8016 §3.4: 405, the server does not allow mobility (turnd's `[relay] mobility`
-/// is off).
-pub const MOBILITY_FORBIDDEN: ErrorKind = kind(405, "Mobility Forbidden");
 /// RFC 8489 §14.8: 400, the request was malformed.
 pub const BAD_REQUEST: ErrorKind = kind(400, "Bad Request");
 /// RFC 8489 §14.8: 401, the credentials are missing or wrong. Sent without a reason
@@ -27,6 +24,9 @@ pub const BAD_REQUEST: ErrorKind = kind(400, "Bad Request");
 pub const UNAUTHENTICATED: ErrorKind = kind(401, "Unauthenticated");
 /// RFC 8656 §19: 403, the peer policy refuses the peer.
 pub const FORBIDDEN: ErrorKind = kind(403, "Forbidden");
+/// RFC 8016 §3.4: 405, the server does not allow mobility (turnd's `[relay] mobility`
+/// is off).
+pub const MOBILITY_FORBIDDEN: ErrorKind = kind(405, "Mobility Forbidden");
 /// RFC 8489 §14.8: 420, a comprehension-required attribute is not understood.
 pub const UNKNOWN_ATTRIBUTE: ErrorKind = kind(420, "Unknown Attribute");
 /// RFC 8656 §19: 437, no allocation on this 5-tuple (or one already there).
