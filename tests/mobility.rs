@@ -120,6 +120,10 @@ fn rfc8016_a_client_moves_to_new_sockets_and_keeps_relaying_through_the_same_rel
     assert_eq!(allocations, 1.0, "still the one allocation");
     let (local, across) = (moves(&turnd, "moved"), moves(&turnd, "moved_across_workers"));
     eprintln!("{made} moves: {local} on the owning worker, {across} across workers");
+    let logs = turnd.logs();
+    let handovers: Vec<&str> =
+        logs.lines().filter_map(|l| l.split("handover_us=").nth(1)?.split_whitespace().next()).collect();
+    eprintln!("hand-over times (µs, owner's export to receiver's import): {}", handovers.join(" "));
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         assert!(across > 0.0, "no move crossed workers in {made}");
     }
