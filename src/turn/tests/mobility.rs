@@ -195,3 +195,38 @@ fn rfc8016_the_owner_refuses_another_user_and_a_ticket_from_before_a_move() {
     assert!(a.server.export_allocation(a.now, id, 1, "alice").is_none());
     assert_eq!(a.server.allocation_count(), 1);
 }
+
+#[test]
+fn rfc8016_a_ticket_over_tcp_moves_nothing_and_lifetime_0_deletes_after_the_move() {
+    let mut h = Harness::new();
+    let ticket = mobile_allocation(&mut h);
+    let udp = h.client;
+    h.client = FiveTuple { transport: Transport::Tcp, client: addr("198.51.100.1:40300").into(), ..udp };
+    assert_eq!(error_code(&h.request(REFRESH, refresh_with(&ticket))), Some(437), "mobility is for UDP");
+    assert_eq!(h.server.allocation(h.allocation_id()).unwrap().five_tuple, udp);
+
+    h.client = udp;
+    new_address(&mut h, 40400);
+    let delete = vec![Lifetime::new(Duration::ZERO).unwrap().into(), Opaque::<0x8030>(ticket).into()];
+    let answer = h.request(REFRESH, delete);
+    assert_eq!(answer.class(), MessageClass::SuccessResponse);
+    assert_eq!(answer.get_attribute::<Lifetime>().unwrap().lifetime(), Duration::ZERO);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.port_usage().0, 0, "its port went back to the pool");
+}
+
+#[test]
+fn rfc8016_the_per_source_quota_follows_the_client_to_its_new_address() {
+    let mut c = config();
+    c.quotas.allocations_per_ip = 1;
+    let mut h = Harness::with_config(c);
+    let ticket = mobile_allocation(&mut h);
+    let home = h.client;
+    h.client.client = addr("203.0.113.7:40000").into();
+    assert_eq!(h.request(REFRESH, refresh_with(&ticket)).class(), MessageClass::SuccessResponse);
+    let moved = h.client;
+    h.client = FiveTuple { client: addr("203.0.113.7:40001").into(), ..moved };
+    assert_eq!(error_code(&h.allocate()), Some(486), "the new address holds the allocation now");
+    h.client = FiveTuple { client: addr("198.51.100.1:40001").into(), ..home };
+    assert_eq!(h.allocate().class(), MessageClass::SuccessResponse, "the old one no longer does");
+}
