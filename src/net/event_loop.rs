@@ -17,6 +17,7 @@ use crate::sys::epoll::Epoll;
 use crate::sys::interfaces;
 use crate::turn::relay::ToPeer;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
+use crate::turn::lookup::LookupResult;
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Ledger, Received, Server};
 use std::collections::HashMap;
 use std::io;
@@ -77,6 +78,9 @@ pub struct EventLoop {
     pub(super) host_addresses: Vec<std::net::IpAddr>,
     /// Snapshots published so far.
     pub(super) publishes: u32,
+    /// This worker's index and the lookup service's request queue (the
+    /// authentication webhook); `None` in a loop started without one.
+    pub(super) lookups: Option<(usize, mpsc::Sender<super::webhook::LookupRequest>)>,
 }
 
 impl EventLoop {
@@ -127,15 +131,26 @@ impl EventLoop {
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
+            lookups: None,
         })
     }
 
-    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic.
+    /// Connects the loop to the process's lookup service as worker `worker`; the
+    /// service's answers come in through [`EventLoop::run`].
+    pub fn with_lookups(mut self, worker: usize, requests: mpsc::Sender<super::webhook::LookupRequest>) -> Self {
+        self.lookups = Some((worker, requests));
+        self
+    }
+
+    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic and
+    /// `lookups` the lookup service's answers.
     pub async fn run(
         mut self,
         mut control: mpsc::Receiver<Control>,
         mut streams: mpsc::Receiver<StreamEvent>,
+        lookups: Option<mpsc::Receiver<LookupResult>>,
     ) -> io::Result<()> {
+        let mut lookups = lookups;
         let watch = self.epoll.watch()?;
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -164,6 +179,16 @@ impl EventLoop {
                             Err(_) => break,
                         }
                     }
+                }
+                Some(result) = async {
+                    match lookups.as_mut() {
+                        Some(results) => results.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Answers are rare next to packets: one per wake-up keeps the
+                    // request they release within the usual per-input drain.
+                    self.core.handle_lookup(Instant::now(), result, &*self.ledger);
                 }
                 _ = publish.tick() => self.publish(),
                 message = control.recv() => match message {

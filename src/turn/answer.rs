@@ -18,6 +18,10 @@ pub(crate) struct Auth {
     /// For a TURN REST credential, the seconds it stays valid from this request
     /// (u32 keeps `Reject`, which carries an `Auth`, small).
     pub valid_for: Option<u32>,
+    /// For a user the authentication webhook found, the allocations they may hold (in
+    /// place of `[limits] allocations-per-user`), if its answer set one (non-zero, so
+    /// the option costs no space: `Reject` carries an `Auth`).
+    pub max_allocations: Option<std::num::NonZeroU32>,
 }
 
 /// An error answer to a request: handlers return it and `?` turns a failed check

@@ -2,6 +2,7 @@
 //! the limits a client is held to. `crate::config` builds it from the TOML file.
 
 use super::auth::Credentials;
+use super::lookup::LookupSettings;
 use super::nat_discovery::NatDiscovery;
 use super::policy::PeerPolicy;
 use super::source::SourcePrefix;
@@ -118,6 +119,9 @@ pub struct CoreConfig {
     pub end_at_credential_expiry: bool,
     /// RFC 5780 NAT behaviour discovery on Binding (see `nat_discovery`); `None`: off.
     pub nat_discovery: Option<NatDiscovery>,
+    /// Users no local source knows are looked up (the authentication webhook) with
+    /// these bounds; `None`: no webhook, such users get 401 at once.
+    pub lookup: Option<LookupSettings>,
 }
 
 impl Default for CoreConfig {
@@ -134,6 +138,7 @@ impl Default for CoreConfig {
             denied_clients: Vec::new(),
             end_at_credential_expiry: false,
             nat_discovery: None,
+            lookup: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod effects;
 pub mod host;
 pub mod ledger;
+pub mod lookup;
 pub mod nat_discovery;
 pub mod nonce;
 pub(crate) mod outbox;

@@ -106,7 +106,11 @@ impl Server {
         // operation, so no other worker can admit past a quota. A reservation
         // (EVEN-PORT with R) counts as one more allocation until it is redeemed, which
         // trades its count for the redeeming Allocate's.
-        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &self.config.quotas);
+        let mut quotas = self.config.quotas;
+        if let Some(max) = auth.max_allocations {
+            quotas.allocations_per_user = max.get() as usize;
+        }
+        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &quotas);
         let rng = self.rng.as_mut();
         let taken = shared.with(|ledger| {
             let port = match request.port {

@@ -3,6 +3,7 @@
 //! tests are grouped by what they cover in the files beside it.
 
 mod allocate;
+mod lookup;
 mod relay;
 mod requests;
 mod rfc6062;
@@ -56,6 +57,8 @@ struct Harness {
     tcp_outputs: Vec<Output>,
     /// What the last drain transmitted.
     sent: Vec<Vec<u8>>,
+    /// Lookups the core asked for: (realm, username).
+    lookups: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
@@ -106,6 +109,9 @@ impl Effects for Harness {
     }
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
         self.tcp_outputs.push(Output::ClosePeerConnection { connection, data });
+    }
+    fn lookup_user(&mut self, realm: String, username: String) {
+        self.lookups.push((realm, username));
     }
     fn event(&mut self, event: Event) {
         self.events.push(event);
@@ -161,6 +167,7 @@ impl Harness {
             events: Vec::new(),
             tcp_outputs: Vec::new(),
             sent: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
