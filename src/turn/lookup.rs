@@ -213,7 +213,8 @@ impl Lookups {
     /// retransmission of a request already parked is not parked twice.
     pub(crate) fn park(&mut self, key: UserKey, mut request: Parked, now: Instant) -> Result<bool, ParkError> {
         let waiting = self.parked.get(&key);
-        if waiting.is_some_and(|w| w.iter().any(|p| p.from == request.from && p.transaction_id == request.transaction_id))
+        if waiting
+            .is_some_and(|w| w.iter().any(|p| p.from == request.from && p.transaction_id == request.transaction_id))
         {
             return Ok(false);
         }
