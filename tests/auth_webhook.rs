@@ -436,3 +436,55 @@ fn the_allocation_limit_in_the_answer_is_enforced() {
     assert_eq!(second.allocate(Vec::new()).unwrap_err(), 486, "max-allocations = 1 from the answer");
     assert_eq!(endpoint.asked("limited-hana"), 1);
 }
+
+/// The config file the harness wrote (the `-c` argument of the child).
+fn config_path(turnd: &TurndProcess) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", turnd.pid())).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let i = args.iter().position(|a| a == "-c").unwrap();
+    args[i + 1].clone().into()
+}
+
+/// Rewrites turnd's config, sends SIGHUP and waits for the `nth` log line with `needle`.
+fn reload(turnd: &TurndProcess, config: &str, needle: &str, nth: usize) {
+    std::fs::write(config_path(turnd), config).unwrap();
+    let ok = Command::new("kill").arg("-HUP").arg(turnd.pid().to_string()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill -HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while turnd.logs().matches(needle).count() < nth {
+        assert!(Instant::now() < deadline, "no {needle:?} in the logs:\n{}", turnd.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reload_applies_new_webhook_settings_flushes_the_caches_and_can_turn_it_off() {
+    let (first, second) = (Endpoint::plain(Duration::ZERO), Endpoint::plain(Duration::ZERO));
+    let (turnd, dir) = turnd(&first, 2, "negative-ttl = \"1h\"");
+    let token = dir.path().join("token");
+    // The running config but its webhook table: the same listeners, ports and admin.
+    let running = turnd.config().to_owned();
+    let (base, rest) = running.split_once("\n[auth.webhook]").unwrap();
+    let admin = &rest[rest.find("\n[admin]").unwrap()..];
+    assert_eq!(allocate(&turnd, "unknown-ivan"), Err(401));
+    assert_eq!(allocate(&turnd, "unknown-ivan"), Err(401));
+    assert_eq!(first.asked("unknown-ivan"), 1);
+
+    // Another endpoint: the next lookup goes there, the cached "not found" is gone.
+    let moved = second.configure(base, &token, "negative-ttl = \"1h\"");
+    reload(&turnd, &format!("{moved}{admin}"), "configuration reloaded users=", 1);
+    assert_eq!(allocate(&turnd, "unknown-ivan"), Err(401));
+    assert_eq!((first.asked("unknown-ivan"), second.asked("unknown-ivan")), (1, 1));
+    assert!(allocate(&turnd, "good-judy").is_ok());
+
+    // A token file that cannot be read rejects the reload; the webhook keeps working.
+    let broken = second.configure(base, &dir.path().join("missing-token"), "");
+    reload(&turnd, &format!("{broken}{admin}"), "reload rejected", 1);
+    assert!(allocate(&turnd, "good-karl").is_ok());
+
+    // Without the table, unknown users get 401 at once and nobody is asked.
+    reload(&turnd, &format!("{base}{admin}"), "configuration reloaded users=", 2);
+    assert_eq!(allocate(&turnd, "good-judy"), Err(401));
+    assert_eq!(second.asked("good-judy"), 1);
+    assert!(allocate_static(&turnd).is_ok());
+}
