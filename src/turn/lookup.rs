@@ -158,7 +158,8 @@ pub(crate) enum ParkError {
 pub(crate) struct Lookups {
     settings: LookupSettings,
     cache: HashMap<UserKey, Cached>,
-    parked: HashMap<UserKey, Vec<Parked>>,
+    /// Parked requests by user, with when their lookup was asked for.
+    parked: HashMap<UserKey, (Instant, Vec<Parked>)>,
     /// Requests in `parked`, over all users.
     parked_count: usize,
     /// The earliest deadline in `parked`, kept so `poll_timeout` does not scan.
@@ -208,25 +209,29 @@ impl Lookups {
         self.cache.insert(key, Cached { record, expires: now + ttl });
     }
 
-    /// Parks `request` for `key`. Returns whether a lookup must be asked for (the
-    /// first request for this user); later ones wait on the same lookup. A
+    /// Parks `request` for `key`. Returns whether a lookup must be asked for: the
+    /// first request for this user, or one that comes when the lookup in flight was
+    /// asked `wait` ago or more (its answer was lost: the shell answers within its
+    /// timeout, which is less); other requests wait on the same lookup. A
     /// retransmission of a request already parked is not parked twice.
     pub(crate) fn park(&mut self, key: UserKey, mut request: Parked, now: Instant) -> Result<bool, ParkError> {
-        let waiting = self.parked.get(&key);
-        if waiting
-            .is_some_and(|w| w.iter().any(|p| p.from == request.from && p.transaction_id == request.transaction_id))
-        {
+        let same = |p: &Parked| p.from == request.from && p.transaction_id == request.transaction_id;
+        if self.parked.get(&key).is_some_and(|(_, waiting)| waiting.iter().any(same)) {
             return Ok(false);
         }
         if self.parked_count >= self.settings.max_parked {
             return Err(ParkError::Full);
         }
         request.deadline = now + self.settings.wait;
-        let first = waiting.is_none();
         self.earliest = Some(self.earliest.map_or(request.deadline, |e| e.min(request.deadline)));
-        self.parked.entry(key).or_default().push(request);
+        let (asked, waiting) = self.parked.entry(key).or_insert_with(|| (now, Vec::new()));
+        let ask = waiting.is_empty() || now >= *asked + self.settings.wait;
+        if ask {
+            *asked = now;
+        }
+        waiting.push(request);
         self.parked_count += 1;
-        Ok(first)
+        Ok(ask)
     }
 
     /// Takes the answer for `key`: caches it and returns the requests that waited
@@ -237,7 +242,7 @@ impl Lookups {
             LookupOutcome::NotFound { ttl } => self.remember(key.clone(), None, ttl, now),
             LookupOutcome::Failed => {}
         }
-        let parked = self.parked.remove(&key).unwrap_or_default();
+        let parked = self.parked.remove(&key).map(|(_, parked)| parked).unwrap_or_default();
         self.parked_count -= parked.len();
         self.recompute_earliest();
         parked
@@ -249,7 +254,7 @@ impl Lookups {
             return Vec::new();
         }
         let mut due = Vec::new();
-        self.parked.retain(|_, waiting| {
+        self.parked.retain(|_, (_, waiting)| {
             let (late, keep): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|p| p.deadline <= now);
             due.extend(late);
             *waiting = keep;
@@ -261,7 +266,7 @@ impl Lookups {
     }
 
     fn recompute_earliest(&mut self) {
-        self.earliest = self.parked.values().flatten().map(|p| p.deadline).min();
+        self.earliest = self.parked.values().flat_map(|(_, parked)| parked).map(|p| p.deadline).min();
     }
 
     /// When the next parked request times out.
@@ -334,7 +339,11 @@ mod tests {
         assert!(l.expired(now + Duration::from_millis(1999)).is_empty());
         assert_eq!(l.expired(now + Duration::from_secs(2)).len(), 1);
         assert_eq!(l.next_deadline(), Some(now + Duration::from_secs(3)));
-        assert_eq!(l.answer(key.clone(), LookupOutcome::Failed, now).len(), 1);
+        // The lookup was asked 2 s ago and never answered (lost): a new request asks again.
+        assert_eq!(l.park(key.clone(), request(3, 3), now + Duration::from_secs(2)), Ok(true));
+        assert_eq!(l.park(key.clone(), request(4, 4), now + Duration::from_secs(3)), Ok(false));
+        assert_eq!(l.expired(now + Duration::from_secs(3)).len(), 1);
+        assert_eq!(l.answer(key.clone(), LookupOutcome::Failed, now).len(), 2);
         assert_eq!(l.cached(&key, now), Known::Unknown);
         assert_eq!(l.next_deadline(), None);
     }
