@@ -64,7 +64,7 @@ impl Default for Webhook {
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 
 impl Webhook {
-    /// The endpoint as a URI (checked by [`Webhook::validate`]).
+    /// The endpoint as a URI (checked when the config is validated).
     pub fn uri(&self) -> Result<hyper::Uri, String> {
         let uri: hyper::Uri = self.url.parse().map_err(|e| format!("not a URL: {e}"))?;
         let Some(authority) = uri.authority() else {

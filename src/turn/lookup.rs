@@ -1,6 +1,6 @@
 //! Users no local source knows, looked up by the shell (the authentication webhook):
 //! what a lookup answers ([`LookupResult`]), the worker's cache of answers and its
-//! table of requests parked while a lookup is in flight ([`Lookups`]).
+//! table of requests parked while a lookup is in flight (`Lookups`).
 //!
 //! The core cannot do HTTP. When a request names a user that is neither a static user
 //! nor a TURN REST username and a webhook is configured, the core parks the request

@@ -7,7 +7,7 @@
 //!
 //! Nothing here can hold a worker: the workers only `try_send` to the service and
 //! poll its answers in their loop; a slow, failing or hostile endpoint costs at most
-//! `timeout` per lookup, `concurrency` connections, [`http::MAX_ANSWER`] bytes per
+//! `timeout` per lookup, `concurrency` connections, 64 KiB (`http::MAX_ANSWER`) per
 //! answer, and a bounded cache and in-flight table.
 
 mod answer;
