@@ -109,6 +109,9 @@ pub struct Allocation {
     pub tcp: bool,
     /// Bandwidth bucket, when a per-allocation cap is configured.
     pub bandwidth: Option<super::rate::Bucket>,
+    /// The user's bandwidth cap (bytes per second) when the authentication webhook set
+    /// one for them, in place of `[limits] bandwidth-per-user`.
+    pub user_bandwidth: Option<u32>,
     /// Rate limit on relayed ICMP errors (RFC 8656 §11), made on the first one.
     pub icmp: Option<super::rate::Bucket>,
     permissions: Vec<Permission>,
@@ -139,6 +142,7 @@ impl Allocation {
             denial_logged: false,
             tcp: false,
             bandwidth: None,
+            user_bandwidth: None,
             icmp: None,
             permissions: Vec::new(),
             channels: Vec::new(),

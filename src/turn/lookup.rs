@@ -40,6 +40,9 @@ impl Default for LookupSettings {
 pub struct UserLimits {
     /// Allocations the user may hold at once (replaces `allocations-per-user`).
     pub max_allocations: Option<u32>,
+    /// Relayed bytes per second over the user's allocations (replaces
+    /// `bandwidth-per-user`).
+    pub bandwidth: Option<u32>,
 }
 
 /// A user as the lookup found them: their keys (never the password) and limits.

@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const MAX_PASSWORD: usize = 256;
 /// The most allocations an answer may grant one user.
 pub const MAX_ALLOCATIONS: u32 = 100_000;
+/// The smallest bandwidth cap an answer may set, bytes per second (below it not even
+/// the control traffic of a call gets through: a backend bug, not a policy).
+pub const MIN_BANDWIDTH: u32 = 1000;
 
 /// The JSON body of a 200 answer.
 #[derive(Deserialize)]
@@ -35,6 +38,7 @@ struct Body {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Limits {
     max_allocations: Option<u32>,
+    bandwidth: Option<u32>,
 }
 
 /// Why an answer was refused.
@@ -55,6 +59,9 @@ pub enum InvalidAnswer {
     /// A limit out of range.
     #[error("limits.max-allocations must be 1 to {MAX_ALLOCATIONS}")]
     Limit,
+    /// A bandwidth cap out of range.
+    #[error("limits.bandwidth must be {MIN_BANDWIDTH} to 4294967295 bytes per second")]
+    Bandwidth,
 }
 
 /// A validated answer: the user's record and how long it may be cached (the answer's
@@ -82,12 +89,15 @@ pub fn parse(
             sha256.map(|hex| hex_key::<32>(&hex).ok_or(InvalidAnswer::Key("key-sha256", 64))).transpose()?,
         ),
     };
-    let max_allocations = body.limits.and_then(|l| l.max_allocations);
+    let (max_allocations, bandwidth) = body.limits.map_or((None, None), |l| (l.max_allocations, l.bandwidth));
     if max_allocations.is_some_and(|n| n == 0 || n > MAX_ALLOCATIONS) {
         return Err(InvalidAnswer::Limit);
     }
+    if bandwidth.is_some_and(|b| b < MIN_BANDWIDTH) {
+        return Err(InvalidAnswer::Bandwidth);
+    }
     let ttl = body.ttl.map_or(max_ttl, |s| Duration::from_secs(s).min(max_ttl));
-    Ok((UserRecord { md5, sha256, limits: UserLimits { max_allocations } }, ttl))
+    Ok((UserRecord { md5, sha256, limits: UserLimits { max_allocations, bandwidth } }, ttl))
 }
 
 /// `N` bytes from exactly `2 * N` hex digits.
@@ -115,10 +125,12 @@ mod tests {
         assert_eq!(record.sha256.unwrap().as_bytes(), &long_term_key_sha256("alice", "example.org", "pw"));
         assert_eq!(ttl, MAX);
         let key = hex(&long_term_key_md5("alice", "example.org", "pw"));
-        let body = format!(r#"{{"key-md5": "{key}", "ttl": 5, "limits": {{"max-allocations": 2}}}}"#);
+        let body =
+            format!(r#"{{"key-md5": "{key}", "ttl": 5, "limits": {{"max-allocations": 2, "bandwidth": 125000}}}}"#);
         let (record, ttl) = parse(body.as_bytes(), "example.org", "alice", MAX).unwrap();
         assert_eq!(record.md5.unwrap().as_bytes(), &long_term_key_md5("alice", "example.org", "pw"));
-        assert_eq!((record.sha256, ttl, record.limits.max_allocations), (None, Duration::from_secs(5), Some(2)));
+        assert_eq!((record.sha256, ttl), (None, Duration::from_secs(5)));
+        assert_eq!(record.limits, UserLimits { max_allocations: Some(2), bandwidth: Some(125_000) });
         let (_, ttl) = parse(br#"{"password": "pw", "ttl": 99999}"#, "r", "u", MAX).unwrap();
         assert_eq!(ttl, MAX, "capped at cache-ttl");
     }
@@ -135,6 +147,9 @@ mod tests {
             (br#"{"key-md5": "0123"}"#, Some(InvalidAnswer::Key("key-md5", 32))),
             (br#"{"key-sha256": "zz"}"#, Some(InvalidAnswer::Key("key-sha256", 64))),
             (br#"{"password": "pw", "limits": {"max-allocations": 0}}"#, Some(InvalidAnswer::Limit)),
+            (br#"{"password": "pw", "limits": {"bandwidth": 10}}"#, Some(InvalidAnswer::Bandwidth)),
+            (br#"{"password": "pw", "limits": {"bandwidth": 5000000000}}"#, None),
+            (br#"{"password": "pw", "limits": {"sessions": 1}}"#, None),
             (br#"{"password": "pw", "ttl": -1}"#, None),
         ] {
             let err = parse(body, "r", "u", MAX).unwrap_err();

@@ -313,6 +313,7 @@ impl Server {
             pending.transaction_id,
         );
         allocation.tcp = pending.kind == RelayKind::Tcp;
+        allocation.user_bandwidth = pending.auth.bandwidth.map(std::num::NonZeroU32::get);
         let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         // The ledger counted it at admission.
         self.table.insert(id, allocation);

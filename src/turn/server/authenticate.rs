@@ -139,8 +139,10 @@ impl Server {
                 .is_none()
                 .then(|| credentials.valid_for(&name, unix_now))
                 .flatten()
-                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1))
+                .and_then(std::num::NonZeroU32::new),
             max_allocations: limits.and_then(|l| l.max_allocations).and_then(std::num::NonZeroU32::new),
+            bandwidth: limits.and_then(|l| l.bandwidth).and_then(std::num::NonZeroU32::new),
             username: name,
             key,
             integrity: IntegritySet {

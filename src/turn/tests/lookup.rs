@@ -192,7 +192,7 @@ fn the_limits_of_the_answer_replace_the_configured_ones() {
     let bytes = allocate_bytes(&mut h);
     h.send_raw(&bytes);
     let limited = LookupOutcome::Found {
-        record: record("pw", UserLimits { max_allocations: Some(1) }),
+        record: record("pw", UserLimits { max_allocations: Some(1), ..UserLimits::default() }),
         ttl: Duration::from_secs(60),
     };
     assert_eq!(error_code(&answer(&mut h, "carol", limited)[0]), None);
@@ -202,6 +202,25 @@ fn the_limits_of_the_answer_replace_the_configured_ones() {
     fetch_nonce(&mut h);
     assert_eq!(error_code(&h.allocate()), Some(486));
     assert_eq!(h.lookups.len(), 1, "from the cache");
+}
+
+#[test]
+fn the_bandwidth_of_the_answer_replaces_the_configured_per_user_cap() {
+    let mut h = carol(4);
+    let bytes = allocate_bytes(&mut h);
+    h.send_raw(&bytes);
+    let capped = LookupOutcome::Found {
+        record: record("pw", UserLimits { bandwidth: Some(1000), ..UserLimits::default() }),
+        ttl: Duration::from_secs(60),
+    };
+    assert_eq!(error_code(&answer(&mut h, "carol", capped)[0]), None);
+    h.request(CHANNEL_BIND, vec![channel(0x4001), XorPeerAddress::new(addr(PEER)).into()]);
+    // No bandwidth-per-user is configured; the answer's 1000 bytes/s (burst of one
+    // second) lets two 400-byte packets through.
+    let packet = channel_data(0x4001, &[0; 400]);
+    let passed = (0..5).filter(|_| h.client_packet(&packet).is_some()).count();
+    assert_eq!(passed, 2);
+    assert_eq!(h.server.stats().dropped(DropReason::RateCap), 3);
 }
 
 #[test]
