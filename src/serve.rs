@@ -196,7 +196,8 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         overrides.users.push(user);
     }
     // The workers have threads of their own; this runtime runs the TCP/TLS connection
-    // tasks (framing and TLS), the accept loops, signals and the admin fan-out. With
+    // tasks (framing and TLS), the accept loops, signals, the admin fan-out and the
+    // authentication webhook's lookups. With
     // several workers it gets as many threads, so that TLS is not held to one core.
     let threads = config.worker_count();
     let runtime = if threads > 1 {
@@ -443,9 +444,6 @@ async fn watch_certificate(cert: Arc<ReloadableCert>) {
     }
 }
 
-/// SIGHUP: rereads the config file and applies what can change live (users, secrets,
-/// quotas, peer policy, lifetimes, log level, the certificate). Returns the new config,
-/// or `None` when it was rejected and the running one stays in force.
 /// The webhook's settings from `[auth.webhook]` (token and CA bundle read now).
 fn webhook_settings(config: &Config) -> Result<Option<net::webhook::Settings>> {
     config
@@ -456,6 +454,10 @@ fn webhook_settings(config: &Config) -> Result<Option<net::webhook::Settings>> {
         .transpose()
 }
 
+/// SIGHUP: rereads the config file and applies what can change live (users, secrets,
+/// quotas, peer policy, lifetimes, log level, the certificate, the authentication
+/// webhook). Returns the new config, or `None` when it was rejected and the running one
+/// stays in force.
 async fn reload(
     path: Option<&PathBuf>,
     current: &Config,
