@@ -11,6 +11,7 @@
 //! for at most `wait`) and cached answers.
 
 use super::auth::Key;
+use super::ttl_cache::TtlCache;
 use super::FiveTuple;
 use crate::stun::attributes::Algorithm;
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ pub struct LookupSettings {
     /// How long a request stays parked before it is answered 500 (a little more than
     /// the shell's HTTP timeout, so the shell's own answer normally comes first).
     pub wait: Duration,
-    /// Answers cached on this worker; past it the one closest to expiry goes.
+    /// Answers cached on this worker; past it the oldest goes.
     pub cache_size: usize,
 }
 
@@ -129,15 +130,6 @@ pub(crate) struct Parked {
     pub deadline: Instant,
 }
 
-/// A cached answer.
-#[derive(Debug, Clone, Copy)]
-struct Cached {
-    /// `None`: the user does not exist.
-    record: Option<UserRecord>,
-    /// Valid up to and including this instant.
-    expires: Instant,
-}
-
 /// What [`Lookups::cached`] knows about a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Known {
@@ -157,10 +149,11 @@ pub(crate) enum ParkError {
 }
 
 /// One worker's cache of lookup answers and its parked requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Lookups {
     settings: LookupSettings,
-    cache: HashMap<UserKey, Cached>,
+    /// Answers: a record, or `None` for "no such user".
+    cache: TtlCache<UserKey, Option<UserRecord>>,
     /// Parked requests by user, with when their lookup was asked for.
     parked: HashMap<UserKey, (Instant, Vec<Parked>)>,
     /// Requests in `parked`, over all users.
@@ -172,44 +165,30 @@ pub(crate) struct Lookups {
 impl Lookups {
     /// Empty, with `settings`.
     pub(crate) fn new(settings: LookupSettings) -> Self {
-        Lookups { settings, ..Default::default() }
+        Lookups {
+            settings,
+            cache: TtlCache::new(settings.cache_size),
+            parked: HashMap::new(),
+            parked_count: 0,
+            earliest: None,
+        }
     }
 
     /// New settings (a reload): the cache is flushed, so a user changed or removed at
     /// the backend is asked again; parked requests keep their deadlines.
     pub(crate) fn reconfigure(&mut self, settings: LookupSettings) {
         self.settings = settings;
+        self.cache.set_capacity(settings.cache_size);
         self.cache.clear();
     }
 
     /// The cached answer for `key` at `now`; an expired entry is removed.
     pub(crate) fn cached(&mut self, key: &UserKey, now: Instant) -> Known {
-        match self.cache.get(key) {
-            Some(entry) if entry.expires >= now => entry.record.map_or(Known::NotFound, Known::Found),
-            Some(_) => {
-                self.cache.remove(key);
-                Known::Unknown
-            }
+        match self.cache.get(key, now) {
+            Some((Some(record), _)) => Known::Found(record),
+            Some((None, _)) => Known::NotFound,
             None => Known::Unknown,
         }
-    }
-
-    /// Caches an answer. When the cache is full, expired entries go first, then the
-    /// one closest to expiry (a scan: this runs once per lookup, not per request).
-    fn remember(&mut self, key: UserKey, record: Option<UserRecord>, ttl: Duration, now: Instant) {
-        if self.settings.cache_size == 0 {
-            return;
-        }
-        if self.cache.len() >= self.settings.cache_size && !self.cache.contains_key(&key) {
-            self.cache.retain(|_, entry| entry.expires >= now);
-            if self.cache.len() >= self.settings.cache_size {
-                let oldest = self.cache.iter().min_by_key(|(_, entry)| entry.expires).map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    self.cache.remove(&oldest);
-                }
-            }
-        }
-        self.cache.insert(key, Cached { record, expires: now + ttl });
     }
 
     /// Parks `request` for `key`. Returns whether a lookup must be asked for: the
@@ -241,8 +220,8 @@ impl Lookups {
     /// for it.
     pub(crate) fn answer(&mut self, key: UserKey, outcome: LookupOutcome, now: Instant) -> Vec<Parked> {
         match outcome {
-            LookupOutcome::Found { record, ttl } => self.remember(key.clone(), Some(record), ttl, now),
-            LookupOutcome::NotFound { ttl } => self.remember(key.clone(), None, ttl, now),
+            LookupOutcome::Found { record, ttl } => self.cache.insert(key.clone(), Some(record), ttl, now),
+            LookupOutcome::NotFound { ttl } => self.cache.insert(key.clone(), None, ttl, now),
             LookupOutcome::Failed => {}
         }
         let parked = self.parked.remove(&key).map(|(_, parked)| parked).unwrap_or_default();
@@ -352,16 +331,16 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded_and_drops_the_closest_to_expiry() {
+    fn the_cache_is_bounded_and_drops_the_oldest() {
         let now = Instant::now();
         let mut l = Lookups::new(LookupSettings { cache_size: 2, ..LookupSettings::default() });
         let s = Duration::from_secs;
         l.answer(UserKey::new("r", "a"), LookupOutcome::NotFound { ttl: s(10) }, now);
-        l.answer(UserKey::new("r", "b"), LookupOutcome::NotFound { ttl: s(5) }, now);
+        l.answer(UserKey::new("r", "b"), LookupOutcome::NotFound { ttl: s(10) }, now);
         l.answer(UserKey::new("r", "c"), LookupOutcome::Found { record: record(), ttl: s(60) }, now);
         assert_eq!(l.cached_count(), 2);
-        assert_eq!(l.cached(&UserKey::new("r", "b"), now), Known::Unknown);
-        assert_eq!(l.cached(&UserKey::new("r", "a"), now), Known::NotFound);
+        assert_eq!(l.cached(&UserKey::new("r", "a"), now), Known::Unknown);
+        assert_eq!(l.cached(&UserKey::new("r", "b"), now), Known::NotFound);
         assert_eq!(l.cached(&UserKey::new("other", "a"), now), Known::Unknown, "keyed by realm too");
         l.reconfigure(LookupSettings::default());
         assert_eq!(l.cached_count(), 0, "a reload flushes the cache");

@@ -25,6 +25,7 @@ pub mod source;
 pub mod stats;
 pub mod table;
 pub mod tcp_relay;
+pub mod ttl_cache;
 
 pub use config::{CoreConfig, Quotas, RelayAddresses};
 pub use ledger::Ledger;

@@ -17,6 +17,7 @@ pub use answer::{parse as parse_answer, InvalidAnswer};
 
 use crate::config::{Webhook, SYSTEM_CA_FILE};
 use crate::turn::lookup::{LookupOutcome, LookupResult, UserKey, UserRecord};
+use crate::turn::ttl_cache::TtlCache;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
@@ -268,19 +269,15 @@ fn observe(elapsed: Duration) {
     COUNTERS.latency_sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
 }
 
-/// A cached answer of the service.
-#[derive(Debug, Clone, Copy)]
-struct Cached {
-    /// `None`: not found; `Some(None)`: failed (kept [`ERROR_TTL`]).
-    found: Option<Option<UserRecord>>,
-    expires: Instant,
-}
+/// What the service caches for a user: found (`Some(Some(record))`), not found
+/// (`None`), or failed (`Some(None)`, kept [`ERROR_TTL`]).
+type Found = Option<Option<UserRecord>>;
 
 /// The service's state, owned by its one task.
 struct State {
     settings: Option<Settings>,
     semaphore: Arc<Semaphore>,
-    cache: HashMap<UserKey, Cached>,
+    cache: TtlCache<UserKey, Found>,
     /// Lookups in flight: the workers waiting for each (at most one entry per worker).
     in_flight: HashMap<UserKey, (String, String, Vec<usize>)>,
     answer_to: Vec<mpsc::Sender<LookupResult>>,
@@ -294,13 +291,13 @@ async fn run(
     let initial = settings.borrow_and_update().clone();
     let mut state = State {
         semaphore: Arc::new(Semaphore::new(initial.as_ref().map_or(1, |s| s.concurrency))),
+        cache: TtlCache::new(initial.as_ref().map_or(0, |s| s.cache_size)),
         settings: initial,
-        cache: HashMap::new(),
         in_flight: HashMap::new(),
         answer_to,
     };
     // Finished lookups come back here; bounded by the in-flight table's own bound.
-    let (done_tx, mut done) = mpsc::unbounded_channel::<(UserKey, Option<Option<UserRecord>>, Duration)>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(UserKey, Found, Duration)>();
     loop {
         tokio::select! {
             request = requests.recv() => match request {
@@ -314,34 +311,26 @@ async fn run(
                 }
                 let next = settings.borrow_and_update().clone();
                 state.semaphore = Arc::new(Semaphore::new(next.as_ref().map_or(1, |s| s.concurrency)));
-                state.settings = next;
+                state.cache.set_capacity(next.as_ref().map_or(0, |s| s.cache_size));
                 state.cache.clear();
+                state.settings = next;
             }
         }
     }
 }
 
 impl State {
-    fn request(
-        &mut self,
-        request: LookupRequest,
-        done: &mpsc::UnboundedSender<(UserKey, Option<Option<UserRecord>>, Duration)>,
-    ) {
+    fn request(&mut self, request: LookupRequest, done: &mpsc::UnboundedSender<(UserKey, Found, Duration)>) {
         let key = UserKey::new(&request.realm, &request.username);
-        let now = Instant::now();
         let Some(settings) = self.settings.clone() else {
             // The webhook was turned off by a reload while the core still asked.
             self.answer(request.worker, request.realm, request.username, LookupOutcome::Failed);
             return;
         };
-        if let Some(cached) = self.cache.get(&key).copied() {
-            if cached.expires > now {
-                COUNTERS.cache_hits.fetch_add(1, Ordering::Relaxed);
-                let outcome = outcome(cached.found, cached.expires - now);
-                self.answer(request.worker, request.realm, request.username, outcome);
-                return;
-            }
-            self.cache.remove(&key);
+        if let Some((found, left)) = self.cache.get(&key, std::time::Instant::now()) {
+            COUNTERS.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.answer(request.worker, request.realm, request.username, outcome(found, left));
+            return;
         }
         if let Some((_, _, waiting)) = self.in_flight.get_mut(&key) {
             if !waiting.contains(&request.worker) {
@@ -363,23 +352,12 @@ impl State {
     }
 
     /// A lookup finished: cache it and answer every worker that waited.
-    fn finished(&mut self, key: UserKey, found: Option<Option<UserRecord>>, ttl: Duration) {
+    fn finished(&mut self, key: UserKey, found: Found, ttl: Duration) {
         let Some((realm, username, waiting)) = self.in_flight.remove(&key) else {
             return;
         };
-        let cache_size = self.settings.as_ref().map_or(0, |s| s.cache_size);
-        if !ttl.is_zero() && cache_size > 0 {
-            let now = Instant::now();
-            if self.cache.len() >= cache_size {
-                self.cache.retain(|_, c| c.expires > now);
-            }
-            if self.cache.len() >= cache_size {
-                let oldest = self.cache.iter().min_by_key(|(_, c)| c.expires).map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    self.cache.remove(&oldest);
-                }
-            }
-            self.cache.insert(key, Cached { found, expires: now + ttl });
+        if !ttl.is_zero() {
+            self.cache.insert(key, found, ttl, std::time::Instant::now());
         }
         let outcome = outcome(found, ttl);
         for worker in waiting {
@@ -400,7 +378,7 @@ impl State {
 
 /// The core's view of a cached answer with `ttl` left. A remembered failure is a
 /// failure: the core keeps nothing of it.
-fn outcome(found: Option<Option<UserRecord>>, ttl: Duration) -> LookupOutcome {
+fn outcome(found: Found, ttl: Duration) -> LookupOutcome {
     match found {
         Some(Some(record)) => LookupOutcome::Found { record, ttl },
         None => LookupOutcome::NotFound { ttl },
@@ -410,12 +388,7 @@ fn outcome(found: Option<Option<UserRecord>>, ttl: Duration) -> LookupOutcome {
 
 /// One lookup, within `timeout` from now (waiting for a slot included): what it found
 /// (`Some(None)`: failed) and how long that may be cached.
-async fn lookup(
-    settings: &Settings,
-    semaphore: &Semaphore,
-    realm: &str,
-    username: &str,
-) -> (Option<Option<UserRecord>>, Duration) {
+async fn lookup(settings: &Settings, semaphore: &Semaphore, realm: &str, username: &str) -> (Found, Duration) {
     let deadline = Instant::now() + settings.timeout;
     let failed = (Some(None), ERROR_TTL);
     let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, semaphore.acquire()).await else {
