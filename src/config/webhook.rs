@@ -122,8 +122,10 @@ impl Webhook {
         if !(1..=1_000_000).contains(&self.cache_size) {
             return Err(("auth.webhook.cache-size", "must be 1 to 1000000".into()));
         }
-        if !(1..=100_000).contains(&self.max_parked) {
-            return Err(("auth.webhook.max-parked", "must be 1 to 100000".into()));
+        // Each parked request holds a copy of up to 4 KiB, and an answer rescans the
+        // parked table for the next deadline: 10,000 keeps both small.
+        if !(1..=10_000).contains(&self.max_parked) {
+            return Err(("auth.webhook.max-parked", "must be 1 to 10000".into()));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.is_file() {
