@@ -286,6 +286,10 @@ fn a_user_the_https_endpoint_knows_allocates_and_relays_with_the_projects_client
     assert_eq!(client.recv_channel(Duration::from_secs(3)).as_deref(), Some(&b"through the webhook"[..]));
     assert_eq!(endpoint.asked("good-carol"), 1, "one lookup; the Refresh/ChannelBind hit the cache");
     assert_eq!(lookups(&turnd, "found"), 1.0);
+    let text = scrape(turnd.admin_addr());
+    let took = metric(&text, "turnd_webhook_lookup_duration_seconds_sum").unwrap();
+    assert_eq!(metric(&text, "turnd_webhook_lookup_duration_seconds_count"), Some(1.0));
+    eprintln!("one https lookup on loopback (connection and TLS handshake included): {:.1} ms", took * 1e3);
     // A wrong password for a found user: 401, from the cache.
     let mut wrong = TurnClient::on_loopback(turnd.udp_addr(), "good-carol", "not-it", REALM);
     assert_eq!(wrong.allocate(Vec::new()).unwrap_err(), 401);
