@@ -12,7 +12,7 @@
 mod common;
 
 use common::http::{metric, scrape};
-use common::turn_client::TurnClient;
+use common::turn_client::{StreamClient, TurnClient};
 use common::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -249,9 +249,14 @@ fn send_huge(stream: &mut impl Write, len: usize, fully_sent: &AtomicUsize) {
 /// A turnd with one UDP listener, the static user alice, `workers` workers and the
 /// webhook at `endpoint` with `extra` settings.
 fn turnd(endpoint: &Endpoint, workers: usize, extra: &str) -> (TurndProcess, TempDir) {
+    turnd_on(&["udp"], endpoint, workers, extra)
+}
+
+/// [`turnd`] with listeners of `transports`.
+fn turnd_on(transports: &[&str], endpoint: &Endpoint, workers: usize, extra: &str) -> (TurndProcess, TempDir) {
     let dir = TempDir::new("turnd-webhook");
     let token = dir.write("token", &format!("{TOKEN}\n"));
-    let base = config_with(&["udp"]).replacen("\n\n", &format!("\nworkers = {workers}\n\n"), 1);
+    let base = config_with(transports).replacen("\n\n", &format!("\nworkers = {workers}\n\n"), 1);
     let config = endpoint.configure(&base, &token, extra);
     (TurndProcess::start(&config, &[]), dir)
 }
@@ -453,6 +458,20 @@ fn allocate_all(server: SocketAddr, users: Vec<String>) -> Vec<Result<(), u16>> 
         })
         .collect();
     clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn a_webhook_user_allocates_over_tcp_and_the_parked_answer_comes_back_on_the_connection() {
+    let endpoint = Endpoint::plain(Duration::from_millis(200));
+    let (turnd, _dir) = turnd_on(&["udp", "tcp"], &endpoint, 1, "");
+    let mut stream = std::net::TcpStream::connect(turnd.tcp_addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // "slow-" users take 200 ms: the Allocate waits parked, the connection stays open.
+    let mut client = StreamClient::new("slow-tcp", WEB_PASSWORD, REALM);
+    assert!(client.allocate(&mut stream).is_ok());
+    let peer = UdpEchoPeer::start();
+    assert_eq!(client.channel_bind(&mut stream, 0x4002, peer.addr()), None, "from the cache");
+    assert_eq!(endpoint.asked("slow-tcp"), 1);
 }
 
 #[test]
