@@ -125,6 +125,19 @@ pub const DEFINITIONS: &[Definition] = &[
     def("turnd_admin_connections_refused_total", COUNTER, &[], "Admin connections refused at the connection cap."),
     def("turnd_admin_unauthorized_total", COUNTER, &[], "Admin requests refused for a missing or wrong token."),
     def("turnd_admin_slow_clients_dropped_total", COUNTER, &[], "WebSocket clients dropped for not keeping up."),
+    def(
+        "turnd_webhook_lookups_total",
+        COUNTER,
+        &["result"],
+        "Authentication webhook lookups, by result (found, not_found, error, timeout, invalid, overloaded).",
+    ),
+    def("turnd_webhook_cache_hits_total", COUNTER, &[], "Lookups answered from the webhook service's cache."),
+    def(
+        "turnd_webhook_lookup_duration_seconds",
+        HISTOGRAM,
+        &[],
+        "Time the authentication webhook took to answer (or to fail).",
+    ),
     def("process_cpu_seconds_total", COUNTER, &[], "User and system CPU time spent, seconds."),
     def("process_resident_memory_bytes", GAUGE, &[], "Resident memory size, bytes."),
     def("process_virtual_memory_bytes", GAUGE, &[], "Virtual memory size, bytes."),
@@ -279,6 +292,16 @@ impl Collector for Collect {
         push(vec![counter(&[], admin.refused.load(Ordering::Relaxed))]);
         push(vec![counter(&[], admin.unauthorized.load(Ordering::Relaxed))]);
         push(vec![counter(&[], admin.slow_clients_dropped.load(Ordering::Relaxed))]);
+        // Process-wide counters of the webhook's lookup service.
+        let w = crate::net::webhook::counters();
+        push(
+            crate::net::webhook::LookupKind::ALL
+                .iter()
+                .map(|k| counter(&[("result", k.label())], w.lookups[*k as usize]))
+                .collect(),
+        );
+        push(vec![counter(&[], w.cache_hits)]);
+        push(vec![histogram(&w.latency, &crate::net::webhook::LATENCY_BOUNDS)]);
         // Off Linux (or with /proc hidden) the process families stay empty and the
         // registry leaves them out.
         let p = process::read();

@@ -196,7 +196,8 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         overrides.users.push(user);
     }
     // The workers have threads of their own; this runtime runs the TCP/TLS connection
-    // tasks (framing and TLS), the accept loops, signals and the admin fan-out. With
+    // tasks (framing and TLS), the accept loops, signals, the admin fan-out and the
+    // authentication webhook's lookups. With
     // several workers it gets as many threads, so that TLS is not held to one core.
     let threads = config.worker_count();
     let runtime = if threads > 1 {
@@ -242,8 +243,10 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     let udp_sockets = bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), router)?;
     let publisher = Publisher::new(1024);
     let (control, control_rx) = mpsc::channel(8);
-    let mut workers =
-        Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams).context("starting the workers")?;
+    let webhook = webhook_settings(&config)?;
+    let (lookup_service, lookups) = net::webhook::start(webhook, worker_count.max(1));
+    let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups)
+        .context("starting the workers")?;
     info!(workers = worker_count, "serving");
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
     let _admin = if config.admin.enabled {
@@ -295,7 +298,7 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
             }
             _ = signals.hup.recv() => {
                 let _ = sd_notify::notify(&[NotifyState::Reloading]);
-                if let Some(next) = reload(path.as_ref(), &current, &overrides, cert.as_deref(), &set_log_level, &control).await {
+                if let Some(next) = reload(path.as_ref(), &current, &overrides, cert.as_deref(), &set_log_level, &control, &lookup_service).await {
                     current = next;
                 }
                 let _ = sd_notify::notify(&[NotifyState::Ready]);
@@ -441,9 +444,20 @@ async fn watch_certificate(cert: Arc<ReloadableCert>) {
     }
 }
 
+/// The webhook's settings from `[auth.webhook]` (token and CA bundle read now).
+fn webhook_settings(config: &Config) -> Result<Option<net::webhook::Settings>> {
+    config
+        .auth
+        .webhook
+        .as_ref()
+        .map(|w| net::webhook::Settings::from_config(w).context("setting up the authentication webhook"))
+        .transpose()
+}
+
 /// SIGHUP: rereads the config file and applies what can change live (users, secrets,
-/// quotas, peer policy, lifetimes, log level, the certificate). Returns the new config,
-/// or `None` when it was rejected and the running one stays in force.
+/// quotas, peer policy, lifetimes, log level, the certificate, the authentication
+/// webhook). Returns the new config, or `None` when it was rejected and the running one
+/// stays in force.
 async fn reload(
     path: Option<&PathBuf>,
     current: &Config,
@@ -451,6 +465,7 @@ async fn reload(
     cert: Option<&ReloadableCert>,
     set_log_level: &SetLogLevel,
     control: &mpsc::Sender<Control>,
+    lookup_service: &net::webhook::Service,
 ) -> Option<Config> {
     if let Some(cert) = cert {
         match cert.reload() {
@@ -498,6 +513,14 @@ async fn reload(
             "relay port range changed: it takes effect now if no relay port is in use, else at the next reload when none is"
         );
     }
+    // The webhook's token and CA bundle are read again; a failure rejects the reload.
+    let webhook = match webhook_settings(&next) {
+        Ok(webhook) => webhook,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "reload rejected; the running configuration stays in force");
+            return None;
+        }
+    };
     // The discovery addresses are sockets: the running ones stay.
     next.nat_discovery = current.nat_discovery.clone();
     let mut core = next.core();
@@ -513,6 +536,7 @@ async fn reload(
     if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }
+    lookup_service.reconfigure(webhook);
     info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");
     Some(next)
 }

@@ -968,6 +968,8 @@ impl Effects for Driver {
         true
     }
     fn close_peer_connection(&mut self, _: ConnectionId, _: Option<FiveTuple>) {}
+    // No webhook is configured here, so the core never asks.
+    fn lookup_user(&mut self, _: String, _: String) {}
     fn event(&mut self, _: Event) {}
     fn fetch_allocation(&mut self, _: turnd::turn::output::Fetch) -> bool {
         false

@@ -1,4 +1,5 @@
-//! `[auth]`: static users (`[[auth.user]]`), TURN REST secrets and nonce lifetime.
+//! `[auth]`: static users (`[[auth.user]]`), TURN REST secrets, nonce lifetime and the
+//! authentication webhook (`[auth.webhook]`, in `webhook.rs`).
 
 use serde::Deserialize;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct Auth {
     /// Whether an allocation made with a REST credential ends when the credential
     /// expires, not only at its next refresh (which the expired credential fails).
     pub end_allocations_at_expiry: bool,
+    /// The authentication webhook, asked for users no static user or secret covers.
+    pub webhook: Option<super::webhook::Webhook>,
 }
 
 impl Default for Auth {
@@ -41,6 +44,7 @@ impl Default for Auth {
             user: Vec::new(),
             secrets: Vec::new(),
             end_allocations_at_expiry: false,
+            webhook: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod logging;
 mod nat_discovery;
 mod relay;
 mod validate;
+mod webhook;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
@@ -19,6 +20,7 @@ pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
 pub use relay::Relay;
+pub use webhook::{Webhook, SYSTEM_CA_FILE};
 
 use crate::turn::auth::Credentials;
 use crate::turn::policy::PeerPolicy;
@@ -212,7 +214,7 @@ impl Config {
 
     /// Whether anyone can authenticate.
     pub fn has_credentials(&self) -> bool {
-        !self.auth.user.is_empty() || !self.auth.secrets.is_empty()
+        !self.auth.user.is_empty() || !self.auth.secrets.is_empty() || self.auth.webhook.is_some()
     }
 
     /// The core's view of this config.
@@ -251,6 +253,13 @@ impl Config {
             end_at_credential_expiry: self.auth.end_allocations_at_expiry,
             nat_discovery: self.nat_discovery_addresses().ok().flatten(),
             quotas: self.limits,
+            lookup: self.auth.webhook.as_ref().map(|w| crate::turn::lookup::LookupSettings {
+                max_parked: w.max_parked,
+                // The shell answers every lookup within `timeout` (as failed, if need
+                // be); the extra second only catches an answer that got lost.
+                wait: w.timeout + Duration::from_secs(1),
+                cache_size: w.cache_size,
+            }),
         }
     }
 }

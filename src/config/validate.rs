@@ -104,6 +104,9 @@ impl Config {
         if l.unauthenticated_per_second == 0 || l.unauthenticated_burst == 0 {
             return Err(("limits.unauthenticated-per-second", "must be at least 1 (and its burst too)".into()));
         }
+        if let Some(webhook) = &self.auth.webhook {
+            webhook.validate()?;
+        }
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
         Ok(())

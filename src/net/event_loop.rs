@@ -15,6 +15,7 @@ use super::stream::{self, StreamEvent};
 use super::token::Token;
 use crate::sys::epoll::Epoll;
 use crate::sys::interfaces;
+use crate::turn::lookup::LookupResult;
 use crate::turn::relay::ToPeer;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::{AllocationId, CoreConfig, FiveTuple, Ledger, Received, Server};
@@ -79,6 +80,9 @@ pub struct EventLoop {
     pub(super) publishes: u32,
     /// RFC 8016: the channels to the other workers, for moves (none: a lone loop).
     pub(super) handovers: Option<super::handover::Handovers>,
+    /// This worker's index and the lookup service's request queue (the
+    /// authentication webhook); `None` in a loop started without one.
+    pub(super) lookups: Option<(usize, mpsc::Sender<super::webhook::LookupRequest>)>,
 }
 
 impl EventLoop {
@@ -130,6 +134,7 @@ impl EventLoop {
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
             handovers: None,
+            lookups: None,
         })
     }
 
@@ -139,12 +144,22 @@ impl EventLoop {
         self
     }
 
-    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic.
+    /// Connects the loop to the process's lookup service as worker `worker`; the
+    /// service's answers come in through [`EventLoop::run`].
+    pub fn with_lookups(mut self, worker: usize, requests: mpsc::Sender<super::webhook::LookupRequest>) -> Self {
+        self.lookups = Some((worker, requests));
+        self
+    }
+
+    /// Runs until `control` says stop or closes; `streams` brings TCP/TLS traffic and
+    /// `lookups` the lookup service's answers.
     pub async fn run(
         mut self,
         mut control: mpsc::Receiver<Control>,
         mut streams: mpsc::Receiver<StreamEvent>,
+        lookups: Option<mpsc::Receiver<LookupResult>>,
     ) -> io::Result<()> {
+        let mut lookups = lookups;
         let watch = self.epoll.watch()?;
         let mut handover_inbox = self.handovers.as_mut().and_then(|h| h.inbox.take());
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
@@ -181,6 +196,16 @@ impl EventLoop {
                         None => std::future::pending().await,
                     }
                 } => self.handover(message),
+                Some(result) = async {
+                    match lookups.as_mut() {
+                        Some(results) => results.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Answers are rare next to packets: one per wake-up keeps the
+                    // request they release within the usual per-input drain.
+                    self.core.handle_lookup(Instant::now(), result, &*self.ledger);
+                }
                 _ = publish.tick() => self.publish(),
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),

@@ -32,6 +32,7 @@ mod tcp_relay;
 pub mod tls;
 mod token;
 mod udp;
+pub mod webhook;
 pub mod workers;
 
 /// The host's own addresses (moved to [`crate::sys`]; the path stays for callers).

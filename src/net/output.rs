@@ -8,6 +8,7 @@ use super::outbox::Payload;
 use super::report;
 use super::stream::Outbound;
 use crate::turn::effects::{carry_out, Effects};
+use crate::turn::lookup::{LookupOutcome, LookupResult};
 use crate::turn::{AllocationId, ConnectionId, Event, FiveTuple, Ledger, RelayBindError, Server, Transport};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -102,6 +103,26 @@ impl Effects for EventLoop {
 
     fn fetch_allocation(&mut self, fetch: crate::turn::output::Fetch) -> bool {
         self.ask_for(fetch)
+    }
+
+    fn lookup_user(&mut self, realm: String, username: String) {
+        let sent = match &self.lookups {
+            Some((worker, requests)) => {
+                let request = super::webhook::LookupRequest { worker: *worker, realm, username };
+                requests.try_send(request).map_err(|e| {
+                    let request = e.into_inner();
+                    (request.realm, request.username)
+                })
+            }
+            None => Err((realm, username)),
+        };
+        // No service, or its queue is full: the lookup fails at once (500) rather than
+        // leave the requests parked until their wait runs out.
+        if let Err((realm, username)) = sent {
+            super::webhook::count_overloaded();
+            let result = LookupResult { realm, username, outcome: LookupOutcome::Failed };
+            self.core.handle_lookup(Instant::now(), result, &*self.ledger);
+        }
     }
 
     fn event(&mut self, event: Event) {

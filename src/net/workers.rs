@@ -46,7 +46,8 @@ impl Workers {
     /// stream channel: TCP/TLS traffic from the accept loops' router, and events of
     /// its own RFC 6062 tasks). `control` is the
     /// process's single control channel; the workers' snapshots are merged into
-    /// `publisher` and its events are theirs. Call from within a tokio runtime: the
+    /// `publisher` and its events are theirs. `lookups` are the workers' ends of the
+    /// lookup service (one each, in order). Call from within a tokio runtime: the
     /// fan-out and the merge run there.
     pub fn start(
         config: CoreConfig,
@@ -54,7 +55,9 @@ impl Workers {
         publisher: &Publisher,
         control: mpsc::Receiver<Control>,
         streams: Vec<(mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>)>,
+        lookups: Vec<super::webhook::WorkerLookups>,
     ) -> io::Result<Workers> {
+        let mut lookups = lookups.into_iter();
         let count = listeners.len().max(1);
         let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
         let secret = nonce_secret();
@@ -76,13 +79,18 @@ impl Workers {
             if let Some(handovers) = handovers.next() {
                 event_loop = event_loop.with_handovers(handovers);
             }
+            let mut lookup_results = None;
+            if let Some(end) = lookups.next() {
+                event_loop = event_loop.with_lookups(end.worker, end.requests);
+                lookup_results = Some(end.results);
+            }
             // Built here, not in the thread, so every descriptor the process keeps
             // exists once start-up is logged (the soak test counts them).
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let exited_tx = exited_tx.clone();
             let thread = std::thread::Builder::new().name(format!("turnd-worker-{index}")).spawn(move || {
                 let mut exit = ExitReport { index, to: exited_tx, result: None };
-                exit.result = Some(runtime.block_on(event_loop.run(control_rx, stream_rx)));
+                exit.result = Some(runtime.block_on(event_loop.run(control_rx, stream_rx, lookup_results)));
             })?;
             controls.push(control_tx);
             threads.push(thread);

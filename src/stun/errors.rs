@@ -53,6 +53,10 @@ pub const PERMISSION_QUOTA_REACHED: ErrorKind = kind(486, "Permission Quota Reac
 pub const CHANNEL_QUOTA_REACHED: ErrorKind = kind(486, "Channel Quota Reached");
 /// 486 for RFC 6062 connections of one allocation.
 pub const CONNECTION_QUOTA_REACHED: ErrorKind = kind(486, "Connection Quota Reached");
+/// RFC 8489 §14.8: 500, a temporary error: the client should try again. Sent when the
+/// authentication webhook could not say whether a user exists (it failed, timed out,
+/// or too many lookups wait): a 401 would tell the client its credentials are wrong.
+pub const SERVER_ERROR: ErrorKind = kind(500, "Server Error");
 /// RFC 8656 §19: 508, the server is out of ports or allocations.
 pub const INSUFFICIENT_CAPACITY: ErrorKind = kind(508, "Insufficient Capacity");
 
@@ -81,6 +85,7 @@ mod tests {
             UNAUTHENTICATED,
             FORBIDDEN,
             UNKNOWN_ATTRIBUTE,
+            SERVER_ERROR,
             ALLOCATION_MISMATCH,
             STALE_NONCE,
             ADDRESS_FAMILY_NOT_SUPPORTED,

@@ -123,6 +123,8 @@ pub struct AllocationState {
     /// An RFC 6062 TCP relay.
     pub tcp: bool,
     /// Mobility granted.
+    /// The user's bandwidth cap from the authentication webhook, if any.
+    pub user_bandwidth: Option<u32>,
     pub mobile: bool,
     /// Moves so far.
     pub moves: u16,
@@ -158,6 +160,9 @@ pub struct Allocation {
     pub tcp: bool,
     /// Bandwidth bucket, when a per-allocation cap is configured.
     pub bandwidth: Option<super::rate::Bucket>,
+    /// The user's bandwidth cap (bytes per second) when the authentication webhook set
+    /// one for them, in place of `[limits] bandwidth-per-user`.
+    pub user_bandwidth: Option<u32>,
     /// Rate limit on relayed ICMP errors (RFC 8656 §11), made on the first one.
     pub icmp: Option<super::rate::Bucket>,
     /// RFC 8016: the client asked for mobility and was granted it; its answers carry
@@ -194,6 +199,7 @@ impl Allocation {
             denial_logged: false,
             tcp: false,
             bandwidth: None,
+            user_bandwidth: None,
             icmp: None,
             mobile: false,
             moves: 0,
@@ -216,6 +222,7 @@ impl Allocation {
             transaction_id: self.transaction_id,
             traffic: self.traffic,
             tcp: self.tcp,
+            user_bandwidth: self.user_bandwidth,
             mobile: self.mobile,
             moves: self.moves,
             permissions: self
@@ -254,6 +261,7 @@ impl Allocation {
             denial_logged: false,
             tcp: state.tcp,
             bandwidth: None,
+            user_bandwidth: state.user_bandwidth,
             icmp: None,
             mobile: state.mobile,
             moves: state.moves,

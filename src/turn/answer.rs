@@ -15,9 +15,17 @@ pub(crate) struct Auth {
     pub key: Key,
     /// Which integrity attributes the answer carries.
     pub integrity: IntegritySet,
-    /// For a TURN REST credential, the seconds it stays valid from this request
-    /// (u32 keeps `Reject`, which carries an `Auth`, small).
-    pub valid_for: Option<u32>,
+    /// For a TURN REST credential, the seconds it stays valid from this request, at
+    /// least 1 (a credential that expired is refused before; `NonZeroU32` keeps
+    /// `Reject`, which carries an `Auth`, small: its `None` costs no space).
+    pub valid_for: Option<std::num::NonZeroU32>,
+    /// For a user the authentication webhook found, the allocations they may hold (in
+    /// place of `[limits] allocations-per-user`), if its answer set one (non-zero, so
+    /// the option costs no space: `Reject` carries an `Auth`).
+    pub max_allocations: Option<std::num::NonZeroU32>,
+    /// Likewise the user's bandwidth cap in bytes per second (in place of `[limits]
+    /// bandwidth-per-user`).
+    pub bandwidth: Option<std::num::NonZeroU32>,
 }
 
 /// An error answer to a request: handlers return it and `?` turns a failed check

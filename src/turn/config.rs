@@ -2,6 +2,7 @@
 //! the limits a client is held to. `crate::config` builds it from the TOML file.
 
 use super::auth::Credentials;
+use super::lookup::LookupSettings;
 use super::nat_discovery::NatDiscovery;
 use super::policy::PeerPolicy;
 use super::source::SourcePrefix;
@@ -121,6 +122,9 @@ pub struct CoreConfig {
     /// RFC 8016 mobility: UDP clients that ask get a MOBILITY-TICKET and may move
     /// their allocation to a new 5-tuple; off, asking gets 405.
     pub mobility: bool,
+    /// Users no local source knows are looked up (the authentication webhook) with
+    /// these bounds; `None`: no webhook, such users get 401 at once.
+    pub lookup: Option<LookupSettings>,
 }
 
 impl Default for CoreConfig {
@@ -138,6 +142,7 @@ impl Default for CoreConfig {
             end_at_credential_expiry: false,
             nat_discovery: None,
             mobility: true,
+            lookup: None,
         }
     }
 }

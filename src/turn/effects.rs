@@ -41,6 +41,9 @@ pub trait Effects {
     fn bind_data(&mut self, connection: ConnectionId, data: FiveTuple) -> bool;
     /// Closes a peer connection and the data connection spliced to it.
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>);
+    /// Starts a lookup of a user no local source knows (the authentication webhook);
+    /// its answer goes to [`Server::handle_lookup`] later.
+    fn lookup_user(&mut self, realm: String, username: String);
     /// Logs or publishes an event.
     fn event(&mut self, event: Event);
     /// RFC 8016: asks the worker that owns an allocation to hand it over; its answer
@@ -72,6 +75,7 @@ pub fn carry_out(effects: &mut impl Effects) {
                 }
             }
             Output::ClosePeerConnection { connection, data } => effects.close_peer_connection(connection, data),
+            Output::LookupUser { realm, username } => effects.lookup_user(realm, username),
             Output::Event(event) => effects.event(event),
             Output::FetchAllocation(fetch) => {
                 let (id, owner) = (fetch.id, fetch.owner);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod effects;
 pub mod host;
 pub mod ledger;
+pub mod lookup;
 pub mod mobility;
 pub mod nat_discovery;
 pub mod nonce;
@@ -25,6 +26,7 @@ pub mod source;
 pub mod stats;
 pub mod table;
 pub mod tcp_relay;
+pub mod ttl_cache;
 
 pub use config::{CoreConfig, Quotas, RelayAddresses};
 pub use ledger::Ledger;

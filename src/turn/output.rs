@@ -64,6 +64,15 @@ pub enum Output {
     /// RFC 8016: fetch an allocation another worker owns for a client that moved
     /// here, then call [`super::Server::handle_handover`] with what came back.
     FetchAllocation(Fetch),
+    /// Look up `username` in `realm` (the authentication webhook), then call
+    /// [`super::Server::handle_lookup`] with the answer. Asked once per user while a
+    /// lookup is in flight; requests that need it wait in the core meanwhile.
+    LookupUser {
+        /// The realm the user authenticates in.
+        realm: String,
+        /// The username no local source knows.
+        username: String,
+    },
     /// Something worth logging or streaming to operators.
     Event(Event),
 }

@@ -96,7 +96,9 @@ pub struct ToClient {
 }
 
 /// Charges `len` relayed bytes to the allocation's and its user's bandwidth caps;
-/// false when either is exhausted. With no caps configured this is two comparisons.
+/// false when either is exhausted. With no caps configured this is three comparisons.
+/// A user the authentication webhook gave a cap of their own is held to it instead of
+/// `bandwidth-per-user`.
 fn within_bandwidth(
     quotas: &Quotas,
     allocation: &mut Allocation,
@@ -113,8 +115,9 @@ fn within_bandwidth(
             return false;
         }
     }
-    if quotas.bandwidth_per_user > 0 {
-        let rate = quotas.bandwidth_per_user as f64;
+    let per_user = allocation.user_bandwidth.map_or(quotas.bandwidth_per_user, u64::from);
+    if per_user > 0 {
+        let rate = per_user as f64;
         let bucket = match users.get_mut(&*allocation.username) {
             Some(bucket) => bucket,
             None => users.entry(allocation.username.clone()).or_insert_with(|| Bucket::full(rate, now)),

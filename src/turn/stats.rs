@@ -77,17 +77,21 @@ pub enum AuthFailure {
     RateLimited,
     /// The user or credential is revoked.
     Revoked,
+    /// The authentication webhook could not tell (it failed or timed out, or too many
+    /// lookups were waiting): answered 500, not 401.
+    LookupUnavailable,
 }
 
 impl AuthFailure {
     /// Every reason, in index order.
-    pub const ALL: [AuthFailure; 6] = [
+    pub const ALL: [AuthFailure; 7] = [
         AuthFailure::UnknownUser,
         AuthFailure::BadIntegrity,
         AuthFailure::StaleNonce,
         AuthFailure::Expired,
         AuthFailure::RateLimited,
         AuthFailure::Revoked,
+        AuthFailure::LookupUnavailable,
     ];
 
     /// A metric label value.
@@ -99,6 +103,7 @@ impl AuthFailure {
             AuthFailure::Expired => "expired_credential",
             AuthFailure::RateLimited => "rate_limited",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::LookupUnavailable => "lookup_unavailable",
         }
     }
 }

@@ -109,7 +109,11 @@ impl Server {
         // operation, so no other worker can admit past a quota. A reservation
         // (EVEN-PORT with R) counts as one more allocation until it is redeemed, which
         // trades its count for the redeeming Allocate's.
-        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &self.config.quotas);
+        let mut quotas = self.config.quotas;
+        if let Some(max) = auth.max_allocations {
+            quotas.allocations_per_user = max.get() as usize;
+        }
+        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &quotas);
         let rng = self.rng.as_mut();
         let taken = shared.with(|ledger| {
             let port = match request.port {
@@ -314,6 +318,7 @@ impl Server {
         );
         allocation.tcp = pending.kind == RelayKind::Tcp;
         allocation.mobile = pending.mobile;
+        allocation.user_bandwidth = pending.auth.bandwidth.map(std::num::NonZeroU32::get);
         let advertised = allocation.relay_addrs().next().map(|r| r.advertised);
         // The ledger counted it at admission.
         self.table.insert(id, allocation);

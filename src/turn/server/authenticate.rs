@@ -2,6 +2,7 @@
 //! challenge (401/438 with REALM, NONCE and PASSWORD-ALGORITHMS) and the checks of a
 //! request that answers one.
 
+use super::lookup::Looked;
 use super::Server;
 use crate::stun::errors::{self, ErrorKind};
 use crate::stun::message::{self, IntegritySet};
@@ -50,7 +51,7 @@ impl Server {
         reject
     }
 
-    fn auth_failed(&mut self, now: Instant, from: FiveTuple, reason: AuthFailure) -> Reject {
+    pub(super) fn auth_failed(&mut self, now: Instant, from: FiveTuple, reason: AuthFailure) -> Reject {
         self.out.stats.auth_failures[reason as usize] += 1;
         self.out.push(Output::Event(Event::AuthFailed { client: from.client.get(), reason }));
         let kind = if reason == AuthFailure::StaleNonce { errors::STALE_NONCE } else { errors::UNAUTHENTICATED };
@@ -61,7 +62,9 @@ impl Server {
     /// with neither PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM (an RFC 5389 client) is
     /// checked with the MD5 key, as before RFC 8489; one that negotiated uses the key of
     /// the algorithm it chose. MESSAGE-INTEGRITY-SHA256 is checked in preference to
-    /// MESSAGE-INTEGRITY when both are present.
+    /// MESSAGE-INTEGRITY when both are present. A user no local source knows is asked
+    /// of the authentication webhook when one is configured: `Ok(None)` then means the
+    /// request is parked until the answer comes (see `lookup.rs`).
     pub(super) fn authenticate(
         &mut self,
         now: Instant,
@@ -69,7 +72,7 @@ impl Server {
         from: FiveTuple,
         decoded: &message::Decoded,
         packet: &[u8],
-    ) -> Result<Auth, Reject> {
+    ) -> Result<Option<Auth>, Reject> {
         use crate::stun::attributes::{PasswordAlgorithm, PasswordAlgorithms, Userhash};
         use crate::turn::auth::{negotiate, KeyChoice};
 
@@ -105,8 +108,18 @@ impl Server {
         if self.revocations.refuses(&name, unix_now) {
             return Err(self.auth_failed(now, from, AuthFailure::Revoked));
         }
+        let mut limits = None;
         let keys = match credentials.keys_for(&name, choice.algorithm(), unix_now) {
             Ok(keys) => keys,
+            Err(CredentialError::UnknownUser) if self.config.lookup.is_some() => {
+                match self.looked_up(now, unix_now, from, (decoded, packet), (&name, choice.algorithm()))? {
+                    Looked::Key(key, user_limits) => {
+                        limits = Some(user_limits);
+                        vec![key]
+                    }
+                    Looked::Parked => return Ok(None),
+                }
+            }
             // A user with only an MD5 key has no credential for SHA-256: as unknown.
             Err(CredentialError::UnknownUser | CredentialError::NoKeyForAlgorithm) => {
                 return Err(self.auth_failed(now, from, AuthFailure::UnknownUser))
@@ -119,8 +132,17 @@ impl Server {
         if self.nonces.check(nonce.value(), now, from.client.get()) == NonceStatus::Stale {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
-        Ok(Auth {
-            valid_for: credentials.valid_for(&name, unix_now).map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+        let credentials = &self.config.credentials;
+        Ok(Some(Auth {
+            // A looked-up user has no REST expiry, whatever their name looks like.
+            valid_for: limits
+                .is_none()
+                .then(|| credentials.valid_for(&name, unix_now))
+                .flatten()
+                .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1))
+                .and_then(std::num::NonZeroU32::new),
+            max_allocations: limits.and_then(|l| l.max_allocations).and_then(std::num::NonZeroU32::new),
+            bandwidth: limits.and_then(|l| l.bandwidth).and_then(std::num::NonZeroU32::new),
             username: name,
             key,
             integrity: IntegritySet {
@@ -129,6 +151,6 @@ impl Server {
                 // (RFC 8489 §9.2.4, last paragraph); otherwise mirror the request.
                 sha256: decoded.integrity_sha256.is_some() || matches!(choice, KeyChoice::Negotiated(_)),
             },
-        })
+        }))
     }
 }

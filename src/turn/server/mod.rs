@@ -30,6 +30,7 @@
 mod allocate;
 mod authenticate;
 mod connections;
+mod lookup;
 mod mobility;
 mod permissions;
 mod requests;
@@ -38,6 +39,7 @@ use super::allocation::Allocation;
 use super::auth::NonceCodec;
 use super::config::CoreConfig;
 use super::ledger::Shared;
+use super::lookup::{LookupResult, Lookups};
 use super::outbox::Outbox;
 use super::output::{EndReason, Event, Output, RelayBindError};
 use super::relay::{IcmpError, ToClient, ToPeer};
@@ -94,6 +96,8 @@ pub struct Server {
     nonces: NonceCodec,
     /// Revoked users and credentials; kept across reloads.
     revocations: Revocations,
+    /// The authentication webhook's answers and the requests waiting for them.
+    lookups: Lookups,
     rng: Box<dyn Rng + Send>,
     table: AllocationTable,
     /// Allocates waiting for the shell to bind their relay sockets.
@@ -157,6 +161,7 @@ impl Server {
             tickets: super::mobility::TicketCodec::new(&nonce_secret, epoch),
             moving: HashMap::new(),
             revocations: Revocations::default(),
+            lookups: Lookups::new(config.lookup.unwrap_or_default()),
             table: AllocationTable::new(worker % workers, workers),
             pending: HashMap::new(),
             reservation_expiries: BinaryHeap::new(),
@@ -169,7 +174,8 @@ impl Server {
         }
     }
 
-    /// Replaces users, secrets, quotas, policy and lifetimes (a config reload).
+    /// Replaces users, secrets, quotas, policy and lifetimes (a config reload). The
+    /// webhook's cached answers are flushed.
     /// Permissions and channels to peers the new policy refuses are revoked, and
     /// allocations of newly denied clients end. The shared limits change as
     /// [`super::Ledger::reconfigure`] says: every worker applies the same reload.
@@ -186,6 +192,7 @@ impl Server {
         config.policy.watch_relay_ports(live_ports);
         let newly_denied = !config.denied_clients.is_empty() && config.denied_clients != self.config.denied_clients;
         self.nonces.set_lifetime(config.nonce_lifetime);
+        self.lookups.reconfigure(config.lookup.unwrap_or_default());
         self.config = config;
         if newly_denied {
             let denied = self.table.ids_where(|a| self.config.is_denied_client(a.five_tuple.client));
@@ -282,6 +289,14 @@ impl Server {
         self.relay_bound(now, id, local, result, shared);
     }
 
+    /// The shell's answer to [`Output::LookupUser`]: the user's keys and limits, that
+    /// they do not exist, or that the lookup failed. The requests parked for that
+    /// (realm, user) run again against the answer (or get 500 when it failed).
+    pub fn handle_lookup(&mut self, now: Instant, result: LookupResult, shared: &impl Shared) {
+        self.last_now = now;
+        self.lookup_answered(now, result, shared);
+    }
+
     /// The shell's answer to [`Output::ConnectPeer`]: whether the TCP connection to the
     /// peer was established (RFC 6062 §5.2: 447 when not).
     pub fn handle_peer_connected(&mut self, now: Instant, connection: ConnectionId, connected: bool) {
@@ -300,8 +315,8 @@ impl Server {
         self.peer_incoming(now, allocation, peer)
     }
 
-    /// Expires allocations, reservations and unbound peer connections whose time has
-    /// come.
+    /// Expires allocations, reservations, unbound peer connections and requests
+    /// parked for a lookup (answered 500) whose time has come.
     pub fn handle_timeout(&mut self, now: Instant, shared: &impl Shared) {
         self.last_now = now;
         while let Some(due) = self.table.pop_due(now) {
@@ -313,6 +328,7 @@ impl Server {
         for id in self.connections.expired(now) {
             self.close_connection(id);
         }
+        self.expire_parked(now, shared);
         if self.reservation_expiries.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let expiries = &mut self.reservation_expiries;
             shared.with(|ledger| {
@@ -339,7 +355,10 @@ impl Server {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let reservation = self.reservation_expiries.peek().map(|Reverse((at, _))| *at);
-        [self.table.next_expiry(), reservation, self.connections.next_deadline()].into_iter().flatten().min()
+        [self.table.next_expiry(), reservation, self.connections.next_deadline(), self.lookups.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Closes an allocation from outside the protocol (an operator dropped it).
@@ -387,6 +406,11 @@ impl Server {
     /// The revocations in force: each name with the Unix time it lapses at, if any.
     pub fn revocations(&self, unix_now: u64) -> Vec<(String, Option<u64>)> {
         self.revocations.list(unix_now)
+    }
+
+    /// Requests parked for a lookup, and lookup answers cached, on this worker.
+    pub fn lookup_counts(&self) -> (usize, usize) {
+        (self.lookups.parked(), self.lookups.cached_count())
     }
 
     /// The counters so far.

@@ -34,7 +34,7 @@ impl Server {
     pub(super) fn granted_lifetime(&self, requested: Option<Duration>, auth: &Auth) -> Duration {
         let granted = requested.unwrap_or(DEFAULT_LIFETIME).min(self.config.max_lifetime);
         match auth.valid_for {
-            Some(left) if self.config.end_at_credential_expiry => granted.min(Duration::from_secs(left.into())),
+            Some(left) if self.config.end_at_credential_expiry => granted.min(Duration::from_secs(left.get().into())),
             _ => granted,
         }
     }

@@ -150,7 +150,9 @@ impl Server {
         if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND, connect, connection_bind].contains(&method) {
             return Err(Reject::new(errors::BAD_REQUEST));
         }
-        let auth = self.authenticate(now, unix_now, from, decoded, packet)?;
+        let Some(auth) = self.authenticate(now, unix_now, from, decoded, packet)? else {
+            return Ok(None); // parked until the webhook answers
+        };
         match method {
             ALLOCATE => self.allocate(now, from, request, auth, shared).map(|()| None),
             m if m == connect => self.connect(from, request, auth).map(|()| None),

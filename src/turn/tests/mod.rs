@@ -3,6 +3,7 @@
 //! tests are grouped by what they cover in the files beside it.
 
 mod allocate;
+mod lookup;
 mod mobility;
 mod relay;
 mod requests;
@@ -59,6 +60,8 @@ struct Harness {
     sent: Vec<Vec<u8>>,
     /// RFC 8016 fetches the core asked for, for the test to carry to the other worker.
     fetches: Vec<crate::turn::output::Fetch>,
+    /// Lookups the core asked for: (realm, username).
+    lookups: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
@@ -109,6 +112,9 @@ impl Effects for Harness {
     }
     fn close_peer_connection(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
         self.tcp_outputs.push(Output::ClosePeerConnection { connection, data });
+    }
+    fn lookup_user(&mut self, realm: String, username: String) {
+        self.lookups.push((realm, username));
     }
     fn event(&mut self, event: Event) {
         self.events.push(event);
@@ -169,6 +175,7 @@ impl Harness {
             tcp_outputs: Vec::new(),
             sent: Vec::new(),
             fetches: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
