@@ -150,8 +150,15 @@ const SECRET_KEYS: [&str; 4] = ["secrets", "password", "key", "token"];
 /// (found on the error's line or the nearest line above that assigns a key, for a
 /// multi-line array), a message that names the key and the expected type only.
 fn without_secrets(source: &str, line: usize, message: &str) -> String {
+    // These name a key, never a value: nothing to hide, and the key above may be in
+    // another table (an unknown `[peers]` right after a user's `password`).
+    if ["unknown field", "missing field", "duplicate key"].iter().any(|p| message.starts_with(p)) {
+        return message.to_owned();
+    }
     let lines: Vec<&str> = source.lines().take(line).collect();
-    let key = lines.iter().rev().find_map(|l| {
+    // The assignment the error line belongs to: the nearest one above, but not past a
+    // table header (a `[table]` line), which starts another table's keys.
+    let key = lines.iter().rev().take_while(|l| !is_table_header(l)).find_map(|l| {
         let (key, _) = l.split_once('=')?;
         let key = key.trim();
         (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).then_some(key)
@@ -163,6 +170,16 @@ fn without_secrets(source: &str, line: usize, message: &str) -> String {
         }
         _ => message.to_owned(),
     }
+}
+
+/// `[name]` or `[[name]]` on a line of its own (a comment may follow), as opposed to a
+/// line of a multi-line array.
+fn is_table_header(line: &str) -> bool {
+    let t = line.trim();
+    let Some(inner) = t.strip_prefix('[') else { return false };
+    let name = inner.trim_start_matches('[');
+    let name = name.split(']').next().unwrap_or("");
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_. \"'".contains(&b))
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
@@ -285,6 +302,10 @@ mod tests {
         let err = parse("realm = \"x\"\n\n[relay]\nport-minn = 3\n").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:4:"), "{err}");
         assert!(err.contains("port-minn"), "{err}");
+        // An unknown table right after a secret key names that table, not the secret.
+        let text = "realm = \"x\"\n[[auth.user]]\nname = \"u\"\npassword = \"p\"\n[peers]\nallow-loopback = true\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:5:") && err.contains("unknown field `peers`"), "{err}");
     }
 
     #[test]
