@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 pub mod epoll;
+pub mod fdpass;
 pub mod interfaces;
 pub mod mmsg;
 pub mod process;
