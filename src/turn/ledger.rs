@@ -316,6 +316,61 @@ impl Ledger {
         self.reservations.len()
     }
 
+    /// The nonce epoch if one is set (a live upgrade hands it over).
+    pub fn nonce_epoch_if_set(&self) -> Option<Instant> {
+        self.nonce_epoch
+    }
+
+    /// Sets the nonce epoch to the predecessor's (a live upgrade), before any worker
+    /// asks for it: nonces and mobility tickets it minted keep their expiries.
+    pub fn set_nonce_epoch(&mut self, at: Instant) {
+        self.nonce_epoch = Some(at);
+    }
+
+    /// The reservations held, with the time each has left at `now`, for a live
+    /// upgrade: (token, port, time left, user, source).
+    pub fn export_reservations(&self, now: Instant) -> Vec<(u64, u16, std::time::Duration, Box<str>, IpAddr)> {
+        let mut all: Vec<_> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.expires > now)
+            .map(|(token, r)| (*token, r.port, r.expires.saturating_duration_since(now), r.user.clone(), r.source))
+            .collect();
+        all.sort_by_key(|r| r.0);
+        all
+    }
+
+    /// Takes over a predecessor's reservation (a live upgrade): its port is taken and
+    /// it counts against its user and source, as where it was made. False when the
+    /// port is outside the range or already taken (the reservation is then dropped).
+    pub fn adopt_reservation(&mut self, token: u64, port: u16, expires: Instant, user: &str, source: IpAddr) -> bool {
+        if self.reservations.contains_key(&token) || !self.ports.take(port) {
+            return false;
+        }
+        self.count(user, source);
+        self.reservations.insert(token, Reservation { port, expires, user: user.into(), source });
+        self.next_reservation_expiry = Some(self.next_reservation_expiry.map_or(expires, |t| t.min(expires)));
+        true
+    }
+
+    /// Takes over a predecessor's allocation of `user` from `ip` holding relay `ports`
+    /// (a live upgrade): counted as if admitted here, without the quota check (it
+    /// exists already; refusing would strand its client). False when a port was
+    /// outside the range or already taken (the successor's config check refuses a
+    /// range that no longer holds the moved ports, so this is a bug if it happens).
+    pub fn adopt_allocation(&mut self, user: &str, ip: IpAddr, ports: &[u16]) -> bool {
+        let mut all = true;
+        for (i, &port) in ports.iter().enumerate() {
+            // A dual-stack allocation may hold one port number for both families.
+            if !ports[..i].contains(&port) {
+                all &= self.ports.take(port);
+            }
+        }
+        let source = self.source_prefix.key(ip);
+        self.count(user, source);
+        all
+    }
+
     /// Whether one more unauthenticated answer (a 401) may go to `ip`'s source.
     pub(crate) fn allow_unauthenticated(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.unauthenticated.allow(self.source_prefix.key(ip), now)

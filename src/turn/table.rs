@@ -54,6 +54,13 @@ impl AllocationTable {
         AllocationId(self.numbered * u64::from(self.workers) + u64::from(self.worker))
     }
 
+    /// Takes over an allocation numbered elsewhere (a live upgrade): ids this table
+    /// numbers later stay above it, so they never collide with it.
+    pub fn adopt(&mut self, id: AllocationId, allocation: Allocation) {
+        self.numbered = self.numbered.max(id.0 / u64::from(self.workers));
+        self.insert(id, allocation);
+    }
+
     /// This worker's index and the number of workers.
     pub fn worker(&self) -> (u32, u32) {
         (self.worker, self.workers)

@@ -34,6 +34,7 @@ mod lookup;
 mod mobility;
 mod permissions;
 mod requests;
+mod upgrade;
 
 use super::allocation::Allocation;
 use super::auth::NonceCodec;

@@ -8,6 +8,7 @@ mod mobility;
 mod relay;
 mod requests;
 mod rfc6062;
+mod upgrade;
 mod workers;
 
 use super::effects::{carry_out, Effects};
