@@ -3,6 +3,7 @@
 
 mod ctl;
 mod descriptors;
+mod live_upgrade;
 mod log_escape;
 mod serve;
 
@@ -80,6 +81,15 @@ enum Command {
     /// revoke, reload, drain. Exit codes: 0 done, 1 the action failed, 2 usage,
     /// 3 turnd not reachable, 4 missing or wrong admin token.
     Ctl(ctl::CtlArgs),
+    /// Live upgrade: tell the running turnd (by pid) to start the binary it was started
+    /// from (the new one after a package upgrade) and hand it its UDP allocations,
+    /// listeners and secrets without dropping a call (the same as `kill -USR2 PID`).
+    /// The outcome is logged by both processes and counted in `turnd_handovers_total`.
+    Upgrade {
+        /// The running turnd's process id.
+        #[arg(long)]
+        pid: i32,
+    },
     /// Print a shell completion script, e.g. `turnd completions bash > /etc/bash_completion.d/turnd`.
     Completions {
         /// The shell.
@@ -89,6 +99,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    live_upgrade::remember_how_started();
     // Errors are for operators: one line naming the file, key or address, no backtrace.
     let command = match Cli::parse().command {
         // ctl has exit codes of its own (see `ctl`).
@@ -145,6 +156,12 @@ fn dispatch(command: Command) -> Result<()> {
                 code if code == std::process::ExitCode::SUCCESS => Ok(()),
                 _ => bail!("turnd ctl failed"),
             }
+        }
+        Command::Upgrade { pid } => {
+            turnd::sys::process::signal_process(pid, libc::SIGUSR2)
+                .with_context(|| format!("sending SIGUSR2 to turnd (pid {pid})"))?;
+            println!("asked turnd (pid {pid}) to hand over to a new process; see its log for the outcome");
+            Ok(())
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "turnd", &mut std::io::stdout());

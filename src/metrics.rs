@@ -116,6 +116,19 @@ pub const DEFINITIONS: &[Definition] = &[
         &["result"],
         "Refreshes with a MOBILITY-TICKET from a new client address (RFC 8016), by result.",
     ),
+    def(
+        "turnd_handovers_total",
+        COUNTER,
+        &["result"],
+        "Live upgrades (turnd upgrade, SIGUSR2) by result: success (counted by the successor), refused or failed (counted by the process that stays).",
+    ),
+    def("turnd_handover_allocations_moved_total", COUNTER, &[], "UDP allocations this process took over in live upgrades."),
+    def(
+        "turnd_handover_gap_seconds",
+        GAUGE,
+        &[],
+        "The last live upgrade's gap: from the predecessor freezing its UDP reads to this process serving.",
+    ),
     def("turnd_relay_ports_in_use", GAUGE, &[], "Relay ports held by allocations."),
     def("turnd_relay_ports_available", GAUGE, &[], "Relay ports still free in the configured range."),
     def("turnd_draining", GAUGE, &[], "1 while new allocations are refused before exit."),
@@ -282,6 +295,15 @@ impl Collector for Collect {
                 .map(|r| counter(&[("result", r.label())], stats.mobility_moves[*r as usize]))
                 .collect(),
         );
+        let h = crate::upgrade::counters::counters();
+        push(
+            crate::upgrade::counters::HandoverResult::ALL
+                .iter()
+                .map(|r| counter(&[("result", r.label())], h.results[*r as usize]))
+                .collect(),
+        );
+        push(vec![counter(&[], h.allocations_moved)]);
+        push(vec![gauge(&[], h.last_gap_micros as f64 / 1e6)]);
         push(vec![gauge(&[], s.ports_in_use as f64)]);
         push(vec![gauge(&[], s.ports_available as f64)]);
         push(vec![gauge(&[], if s.draining { 1.0 } else { 0.0 })]);

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use sd_notify::NotifyState;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,21 +170,54 @@ fn init_logging(level: &str, format: LogFormat) -> SetLogLevel {
 
 /// Loads the config (or the embedded default), sets up logging, and runs.
 pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
-    let mut config = match &path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    // Started by a running turnd for a live upgrade: its offer comes first, and every
+    // refusal below goes back to it (it keeps serving) as well as to our exit status.
+    let handover = crate::live_upgrade::inherited()?;
+    let refuse = |key: &str, e: &anyhow::Error| {
+        if let Some((socket, _)) = &handover {
+            crate::live_upgrade::refuse(socket, key, &format!("{e:#}"));
+        }
     };
+    let loaded = match &path {
+        Some(path) => Config::load(path).map_err(anyhow::Error::from),
+        None => Ok(Config::default()),
+    };
+    let mut config = loaded.inspect_err(|e| refuse("config", e))?;
     let set_log_level = init_logging(&config.log.level, overrides.log_format.unwrap_or(config.log.format));
     let mut overrides = overrides;
+    let inherited_port = handover.as_ref().and_then(|(_, offer)| offer.port_override);
     if overrides.port == Some(0) {
-        // Resolved once, so that a reload applying the overrides sees the same port.
-        overrides.port = Some(shared_free_port(&config)?);
+        // Resolved once, so that a reload applying the overrides sees the same port
+        // (and a successor, the one its predecessor resolved).
+        overrides.port = match inherited_port {
+            Some(port) => Some(port),
+            None => Some(shared_free_port(&config)?),
+        };
     }
     overrides.apply(&mut config);
     let budget = crate::descriptors::raise_and_budget(config.worker_count());
     budget.apply(&mut config);
     overrides.descriptors = Some(budget);
-    config.validate().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    config.validate().map_err(|(key, message)| {
+        let e = anyhow::anyhow!("`{key}`: {message}");
+        refuse(key, &e);
+        e
+    })?;
+    let takeover = match handover {
+        None => None,
+        Some((socket, offer)) => {
+            let planned = turnd::upgrade::compat::Planned {
+                workers: config.worker_count().max(1),
+                listeners: planned_listeners(&config)?,
+                relay_ports: (config.relay.port_min, config.relay.port_max),
+            };
+            if let Err(refusal) = turnd::upgrade::compat::check(&planned, &offer) {
+                crate::live_upgrade::refuse(&socket, refusal.key, &refusal.message);
+                bail!("live upgrade refused: `{}`: {}", refusal.key, refusal.message);
+            }
+            Some(crate::live_upgrade::receive(socket, offer).context("live upgrade")?)
+        }
+    };
     if !config.has_credentials() {
         let password = random_password()?;
         warn!(
@@ -205,7 +239,30 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     } else {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     };
-    runtime.block_on(run(config, path, overrides, set_log_level))
+    runtime.block_on(run(config, path, overrides, set_log_level, takeover))
+}
+
+/// Every UDP, TCP and TLS listener the config asks for, in the order
+/// [`bind_listeners`] binds them: the configured ones, then RFC 5780's extra UDP ones.
+fn planned_listeners(config: &Config) -> Result<Vec<(&'static str, SocketAddr)>> {
+    let mut all: Vec<(&'static str, SocketAddr)> =
+        config.listen.iter().map(|l| (transport_label(l.transport), l.address)).collect();
+    let discovery = config.nat_discovery_addresses().map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    for address in discovery.iter().flat_map(|d| d.addresses()) {
+        let configured = config.listen.iter().any(|l| l.transport == ListenTransport::Udp && l.address == address);
+        if !configured {
+            all.push(("udp", address));
+        }
+    }
+    Ok(all)
+}
+
+fn transport_label(transport: ListenTransport) -> &'static str {
+    match transport {
+        ListenTransport::Udp => "udp",
+        ListenTransport::Tcp => "tcp",
+        ListenTransport::Tls => "tls",
+    }
 }
 
 fn random_password() -> Result<String> {
@@ -222,6 +279,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -230,40 +288,77 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("registering SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("registering SIGINT")?,
             hup: signal(SignalKind::hangup()).context("registering SIGHUP")?,
+            usr2: signal(SignalKind::user_defined2()).context("registering SIGUSR2")?,
         })
     }
 }
 
-async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
+async fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    set_log_level: SetLogLevel,
+    takeover: Option<crate::live_upgrade::Takeover>,
+) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
     let worker_count = config.worker_count();
     let streams: Vec<_> = (0..worker_count.max(1)).map(|_| mpsc::channel(net::workers::STREAM_QUEUE)).collect();
     let router = StreamRouter::new(streams.iter().map(|(tx, _)| tx.clone()).collect());
-    let udp_sockets = bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), router)?;
+    let mut takeover = takeover;
+    let (udp_sockets, mut inventory) =
+        bind_listeners(&config, worker_count, path.is_none(), cert.as_ref(), router, takeover.as_mut())?;
+    inventory.port_override = overrides.port;
     let publisher = Publisher::new(1024);
     let (control, control_rx) = mpsc::channel(8);
     let webhook = webhook_settings(&config)?;
     let (lookup_service, lookups) = net::webhook::start(webhook, worker_count.max(1));
-    let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups)
+    let adopted = takeover.as_mut().and_then(|t| t.adopted.take());
+    let moved = adopted.as_ref().map_or(0, |a| a.workers.iter().map(Vec::len).sum::<usize>());
+    let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups, adopted)
         .context("starting the workers")?;
     info!(workers = worker_count, "serving");
     // The admin plane runs on a thread of its own; dropping the handle on return stops it.
-    let _admin = if config.admin.enabled {
+    let mut admin = if config.admin.enabled {
+        let inherited = takeover.as_mut().and_then(|t| t.admin.take()).filter(|l| {
+            // The predecessor's admin listener, if this config still asks for it.
+            let wanted = config.admin.address;
+            l.local_addr().is_ok_and(|a| a == wanted || (wanted.port() == 0 && a.ip() == wanted.ip()))
+        });
+        let listener = match inherited {
+            Some(listener) => listener,
+            None => turnd::admin::bind(&config.admin)
+                .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?,
+        };
+        inventory.admin = Some((listener.local_addr()?, listener.as_fd().try_clone_to_owned()?));
         let admin =
-            turnd::admin::spawn_with_sources(&config.admin, config.limits.sources(), &publisher, control.clone())
+            turnd::admin::spawn_on(listener, &config.admin, config.limits.sources(), &publisher, control.clone())
                 .context("starting the admin listener (see admin.address; admin.enabled = false turns it off)")?;
         info!("listening on admin {}", admin.local_addr());
         Some(admin)
     } else {
         None
     };
+    if let Some(takeover) = takeover {
+        let from = takeover.offer.udp_listeners.len();
+        let gap = takeover.serving(moved);
+        info!(
+            allocations = moved,
+            gap_ms = format!("{:.1}", gap.as_secs_f64() * 1e3),
+            udp_listeners = from,
+            pid = std::process::id(),
+            "live upgrade: took over from the previous turnd, serving"
+        );
+    }
     let watcher = cert.clone().map(|cert| tokio::spawn(watch_certificate(cert)));
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut current = config;
     let mut snapshots = publisher.snapshots.subscribe();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Live upgrade done: a successor serves UDP and takes new connections; this
+    // process serves its TCP and TLS connections until they close or drain-time ends.
+    let mut handed_over = false;
     let outcome = loop {
         let deadline = drain_deadline;
         tokio::select! {
@@ -290,10 +385,39 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                 if deadline.is_some() => break Ok(()),
             Ok(()) = snapshots.changed(), if drain_deadline.is_some() => {
-                let empty = { let s = snapshots.borrow(); s.draining && s.allocations == 0 };
+                let empty = {
+                    let s = snapshots.borrow();
+                    if handed_over { s.allocations == 0 && s.tcp_connections == 0 } else { s.draining && s.allocations == 0 }
+                };
                 if empty {
-                    info!("drained: no allocations left");
+                    info!(handed_over, "drained: no allocations left");
                     break Ok(());
+                }
+            }
+            _ = signals.usr2.recv(), if !handed_over && drain_deadline.is_none() => {
+                info!(pid = std::process::id(), "SIGUSR2: live upgrade, starting the new turnd");
+                match crate::live_upgrade::hand_over(&inventory, &control, &workers).await {
+                    Ok(serving) => {
+                        // New connections are the successor's: stop accepting here.
+                        for listener in inventory.streams.drain(..) {
+                            listener.task.abort();
+                        }
+                        inventory.admin = None;
+                        // Dropping the handle stops the admin listener.
+                        drop(admin.take());
+                        handed_over = true;
+                        info!(
+                            new_pid = serving.pid, allocations = serving.allocations,
+                            gap_ms = format!("{:.1}", serving.gap.as_secs_f64() * 1e3),
+                            took_ms = serving.took.as_millis() as u64, drain_time = ?current.drain_time,
+                            "live upgrade done: the new turnd serves UDP and new connections; TCP and TLS connections stay here until they close"
+                        );
+                        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+                        drain_deadline = Some(tokio::time::Instant::now() + current.drain_time);
+                    }
+                    Err(failure) => {
+                        error!(error = %failure, "live upgrade failed: this turnd serves on");
+                    }
                 }
             }
             _ = signals.hup.recv() => {
@@ -323,15 +447,37 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     }
 }
 
-/// Binds every configured listener; TCP/TLS listeners get their accept loops here.
-/// Returns each worker's UDP sockets: one of every configured UDP listener.
+/// Binds every configured listener, or takes it from the predecessor in a live
+/// upgrade; TCP/TLS listeners get their accept loops here. Returns each worker's UDP
+/// sockets (one of every configured UDP listener) and what a live upgrade of this
+/// process would hand over.
 fn bind_listeners(
     config: &Config,
     workers: usize,
     embedded_default: bool,
     cert: Option<&Arc<ReloadableCert>>,
     router: StreamRouter,
-) -> Result<Vec<Vec<std::net::UdpSocket>>> {
+    mut takeover: Option<&mut crate::live_upgrade::Takeover>,
+) -> Result<(Vec<Vec<std::net::UdpSocket>>, crate::live_upgrade::Inventory)> {
+    let mut inventory = crate::live_upgrade::Inventory { workers: workers.max(1), ..Default::default() };
+    // Which handed-over listener each planned one takes (checked before the handover).
+    let planned = planned_listeners(config)?;
+    let matched = match takeover.as_deref() {
+        Some(t) => {
+            let offered: Vec<(String, SocketAddr)> = t
+                .udp
+                .first()
+                .into_iter()
+                .flatten()
+                .map(|(a, _)| ("udp".to_owned(), *a))
+                .chain(t.streams.iter().map(|(transport, a, _)| (transport.clone(), *a)))
+                .collect();
+            turnd::upgrade::compat::match_listeners(&planned, &offered)
+                .map_err(|r| anyhow::anyhow!("`{}`: {}", r.key, r.message))?
+        }
+        None => vec![None; planned.len()],
+    };
+    let mut matched = matched.into_iter();
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
     // Denied clients and trusted proxies, for every TCP/TLS accept loop.
     stream::set_client_filter(stream::ClientFilter::new(
@@ -340,11 +486,8 @@ fn bind_listeners(
     ));
     let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
     for listen in &config.listen {
-        let label = match listen.transport {
-            ListenTransport::Udp => "udp",
-            ListenTransport::Tcp => "tcp",
-            ListenTransport::Tls => "tls",
-        };
+        let label = transport_label(listen.transport);
+        let inherited = matched.next().flatten();
         let context = || format!("binding {label} {}", listen.address);
         // The embedded default and the packaged config include [::]: a host without
         // IPv6 skips that wildcard listener instead of refusing to start.
@@ -358,17 +501,26 @@ fn bind_listeners(
             skip
         };
         let local = if listen.transport == ListenTransport::Udp {
-            let (sockets, local) = match net::bind_udp_listener(listen.address, udp_sockets.len()) {
+            let bound = match (inherited, takeover.as_deref_mut()) {
+                (Some(address), Some(t)) => take_udp(t, address, udp_sockets.len()),
+                _ => net::bind_udp_listener(listen.address, udp_sockets.len()),
+            };
+            let (sockets, local) = match bound {
                 Ok(bound) => bound,
                 Err(e) if skip_v6(&e) => continue,
                 Err(e) => return Err(e).with_context(context),
             };
+            inventory.udp_listeners.push(local);
             for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
                 share.push(socket);
             }
             local
         } else {
-            let listener = match net::bind_tcp_listener(listen.address) {
+            let bound = match (inherited, takeover.as_deref_mut()) {
+                (Some(address), Some(t)) => take_stream(t, label, address),
+                _ => net::bind_tcp_listener(listen.address),
+            };
+            let listener = match bound {
                 Ok(listener) => listener,
                 Err(e) if skip_v6(&e) => continue,
                 Err(e) => return Err(e).with_context(context),
@@ -391,7 +543,9 @@ fn bind_listeners(
             };
             let limits = config.tcp.limits(config.limits.sources());
             let proxy = listen.proxy_protocol;
-            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
+            let fd = listener.as_fd().try_clone_to_owned()?;
+            let task = tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
+            inventory.streams.push(crate::live_upgrade::StreamListener { transport: label, address: local, fd, task });
             local
         };
         if let Some(backend) = listen.passthrough_to {
@@ -410,14 +564,57 @@ fn bind_listeners(
         if configured {
             continue;
         }
-        let (sockets, local) = net::bind_udp_listener(address, udp_sockets.len())
+        let inherited = matched.next().flatten();
+        let bound = match (inherited, takeover.as_deref_mut()) {
+            (Some(address), Some(t)) => take_udp(t, address, udp_sockets.len()),
+            _ => net::bind_udp_listener(address, udp_sockets.len()),
+        };
+        let (sockets, local) = bound
             .with_context(|| format!("binding udp {address} for [nat-discovery] (is the address on this host?)"))?;
+        inventory.udp_listeners.push(local);
         for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
             share.push(socket);
         }
         info!("listening on udp {local} (RFC 5780 NAT behaviour discovery)");
     }
-    Ok(udp_sockets)
+    Ok((udp_sockets, inventory))
+}
+
+/// The predecessor's UDP listener sockets on `address`, one per worker, in worker order.
+fn take_udp(
+    takeover: &mut crate::live_upgrade::Takeover,
+    address: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, SocketAddr)> {
+    let mut sockets = Vec::with_capacity(workers);
+    for share in &mut takeover.udp {
+        if let Some(i) = share.iter().position(|(a, _)| *a == address) {
+            sockets.push(share.remove(i).1);
+        }
+    }
+    if sockets.len() != workers {
+        return Err(std::io::Error::other(format!(
+            "handed {} sockets of udp {address} for {workers} workers",
+            sockets.len()
+        )));
+    }
+    Ok((sockets, address))
+}
+
+/// The predecessor's TCP or TLS listener on `address`.
+fn take_stream(
+    takeover: &mut crate::live_upgrade::Takeover,
+    transport: &str,
+    address: SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let i = takeover
+        .streams
+        .iter()
+        .position(|(t, a, _)| t == transport && *a == address)
+        .ok_or_else(|| std::io::Error::other(format!("no {transport} {address} was handed over")))?;
+    let (_, _, listener) = takeover.streams.remove(i);
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Loads the TLS certificate when a `tls` listener needs one; the error names the file.

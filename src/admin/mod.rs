@@ -122,9 +122,26 @@ pub fn spawn_with_sources(
     publisher: &Publisher,
     control: mpsc::Sender<Control>,
 ) -> Result<AdminHandle, AdminError> {
+    spawn_on(bind(settings)?, settings, sources, publisher, control)
+}
+
+/// Binds the admin listener at `admin.address`.
+pub fn bind(settings: &config::Admin) -> Result<std::net::TcpListener, AdminError> {
+    let address = settings.address;
+    std::net::TcpListener::bind(address).map_err(|source| AdminError::Bind { address, source })
+}
+
+/// [`spawn_with_sources`] on a listener already bound (by [`bind`], or handed over by
+/// the turnd this one replaces in a live upgrade).
+pub fn spawn_on(
+    listener: std::net::TcpListener,
+    settings: &config::Admin,
+    sources: SourcePrefix,
+    publisher: &Publisher,
+    control: mpsc::Sender<Control>,
+) -> Result<AdminHandle, AdminError> {
     let address = settings.address;
     let bind_error = |source| AdminError::Bind { address, source };
-    let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     let counters = Arc::new(AdminCounters::default());

@@ -55,6 +55,17 @@ impl EventLoop {
                 self.core.drain(alternate);
                 let _ = reply.send(());
             }
+            Control::Freeze { reply } => {
+                let _ = reply.send(self.freeze().map(|share| vec![share]).map_err(|e| e.to_string()));
+            }
+            Control::Thaw { reply } => {
+                self.thaw();
+                let _ = reply.send(());
+            }
+            Control::Release { reply } => {
+                self.release();
+                let _ = reply.send(());
+            }
             Control::Shutdown => {}
         }
         self.drain_outputs();

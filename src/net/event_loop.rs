@@ -80,6 +80,10 @@ pub struct EventLoop {
     pub(super) publishes: u32,
     /// RFC 8016: the channels to the other workers, for moves (none: a lone loop).
     pub(super) handovers: Option<super::handover::Handovers>,
+    /// Live upgrade: the allocations exported by a freeze, until thawed or released.
+    pub(super) frozen: Option<Vec<AllocationId>>,
+    /// Live upgrade done: the successor serves UDP, this loop only TCP and TLS.
+    pub(super) released: bool,
     /// This worker's index and the lookup service's request queue (the
     /// authentication webhook); `None` in a loop started without one.
     pub(super) lookups: Option<(usize, mpsc::Sender<super::webhook::LookupRequest>)>,
@@ -134,6 +138,8 @@ impl EventLoop {
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
             handovers: None,
+            frozen: None,
+            released: false,
             lookups: None,
         })
     }

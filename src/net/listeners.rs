@@ -74,6 +74,22 @@ impl UdpListeners {
         Ok((listeners, keys))
     }
 
+    /// Every listener's key and descriptor, for (re)adding them to an epoll set.
+    pub(super) fn keys(&self) -> Vec<(ListenerKey, i32)> {
+        let mut keys = Vec::new();
+        for (family, list) in [Family::V4, Family::V6].into_iter().zip(&self.by_family) {
+            for (index, listener) in list.iter().enumerate() {
+                keys.push((ListenerKey { family, index }, listener.socket.as_raw_fd()));
+            }
+        }
+        keys
+    }
+
+    /// A duplicate of every listener socket (for a live upgrade).
+    pub(super) fn duplicates(&self) -> io::Result<Vec<UdpSocket>> {
+        self.by_family.iter().flatten().map(|l| l.socket.try_clone()).collect()
+    }
+
     /// The listener a key names.
     pub(super) fn get(&self, key: ListenerKey) -> Option<&Listener> {
         self.by_family[key.family as usize].get(key.index)

@@ -32,6 +32,7 @@ mod tcp_relay;
 pub mod tls;
 mod token;
 mod udp;
+pub mod upgrade;
 pub mod webhook;
 pub mod workers;
 

@@ -181,6 +181,24 @@ pub enum Control {
         /// Answered once new Allocates are turned away.
         reply: oneshot::Sender<()>,
     },
+    /// Live upgrade: stop reading UDP listeners and the UDP clients' relay sockets,
+    /// and export those allocations with duplicates of the sockets (nothing is
+    /// removed: [`Control::Thaw`] undoes it, [`Control::Release`] completes it).
+    Freeze {
+        /// Every worker's share, in worker order, or why one could not freeze.
+        reply: oneshot::Sender<Result<Vec<super::upgrade::WorkerHandover>, String>>,
+    },
+    /// Live upgrade failed: read again what [`Control::Freeze`] stopped reading.
+    Thaw {
+        /// Answered once every worker reads again.
+        reply: oneshot::Sender<()>,
+    },
+    /// Live upgrade done: forget what [`Control::Freeze`] exported (the successor
+    /// serves it); TCP and TLS clients' allocations stay here until they end.
+    Release {
+        /// Answered once every worker let go.
+        reply: oneshot::Sender<()>,
+    },
     /// Stop.
     Shutdown,
 }

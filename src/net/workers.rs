@@ -38,6 +38,9 @@ const STALE_MERGES: u32 = 3;
 pub struct Workers {
     exited: mpsc::UnboundedReceiver<(usize, io::Result<()>)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The shared ledger and the nonce secret, for a live upgrade's state.
+    ledger: SharedLedger,
+    secret: [u8; 32],
 }
 
 impl Workers {
@@ -56,11 +59,21 @@ impl Workers {
         control: mpsc::Receiver<Control>,
         streams: Vec<(mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>)>,
         lookups: Vec<super::webhook::WorkerLookups>,
+        adopted: Option<super::upgrade::Adopted>,
     ) -> io::Result<Workers> {
         let mut lookups = lookups.into_iter();
         let count = listeners.len().max(1);
-        let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::new(&config)));
-        let secret = nonce_secret();
+        let mut ledger = Ledger::new(&config);
+        // A live upgrade: the predecessor's secret, counts and allocations.
+        let (secret, mut adopted_allocations) = match adopted {
+            Some(mut adopted) => {
+                super::upgrade::adopt_into_ledger(&mut ledger, &adopted);
+                let allocations = std::mem::take(&mut adopted.workers).into_iter();
+                (adopted.nonce_secret, Some(allocations))
+            }
+            None => (nonce_secret(), None),
+        };
+        let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
         let (exited_tx, exited) = mpsc::unbounded_channel();
         let mut controls = Vec::with_capacity(count);
         let mut snapshots = Vec::with_capacity(count);
@@ -70,14 +83,17 @@ impl Workers {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
             snapshots.push(own.snapshots.subscribe());
-            let ledger = ledger.clone();
+            let ledger_for_loop = ledger.clone();
             let make_core = move |config: CoreConfig, shared: &Mutex<Ledger>| {
                 let rng = Box::new(SystemRng::default());
                 Server::new_worker(config, rng, Instant::now(), shared, secret, index as u32, count as u32)
             };
-            let mut event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, ledger, make_core)?;
+            let mut event_loop = EventLoop::new(config.clone(), sockets, own, stream_tx, ledger_for_loop, make_core)?;
             if let Some(handovers) = handovers.next() {
                 event_loop = event_loop.with_handovers(handovers);
+            }
+            if let Some(allocations) = adopted_allocations.as_mut().and_then(Iterator::next) {
+                event_loop.adopt(allocations);
             }
             let mut lookup_results = None;
             if let Some(end) = lookups.next() {
@@ -97,7 +113,19 @@ impl Workers {
         }
         tokio::spawn(fan_out(control, controls));
         tokio::spawn(merge(snapshots, publisher.clone(), std::env::var_os("NOTIFY_SOCKET").is_some()));
-        Ok(Workers { exited, threads })
+        Ok(Workers { exited, threads, ledger, secret })
+    }
+
+    /// What a live upgrade hands over of the process as a whole, at `now`.
+    pub fn export_process(&self, now: Instant) -> super::upgrade::ProcessExport {
+        let ledger = super::ledger::lock(&self.ledger);
+        super::upgrade::ProcessExport {
+            nonce_secret: self.secret,
+            nonce_epoch_age: ledger
+                .nonce_epoch_if_set()
+                .map_or(Default::default(), |e| now.saturating_duration_since(e)),
+            reservations: ledger.export_reservations(now),
+        }
     }
 
     /// Waits for the first worker to stop and returns how it ended.
@@ -238,12 +266,58 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                 }
                 let _ = reply.send(());
             }
+            Control::Freeze { reply } => {
+                let mut all = Vec::with_capacity(workers.len());
+                let mut failed = None;
+                for (index, worker) in workers.iter().enumerate() {
+                    let (tx, rx) = oneshot::channel();
+                    let answer = match worker.send(Control::Freeze { reply: tx }).await {
+                        Ok(()) => rx.await.unwrap_or_else(|_| Err("the worker is gone".into())),
+                        Err(_) => Err("the worker is gone".into()),
+                    };
+                    match answer {
+                        Ok(share) => all.extend(share),
+                        Err(e) => {
+                            failed = Some(format!("worker {index}: {e}"));
+                            break;
+                        }
+                    }
+                }
+                // One worker failing thaws those already frozen: all or nothing.
+                if failed.is_some() {
+                    thaw_all(&workers).await;
+                }
+                let _ = reply.send(failed.map_or(Ok(all), Err));
+            }
+            Control::Thaw { reply } => {
+                thaw_all(&workers).await;
+                let _ = reply.send(());
+            }
+            Control::Release { reply } => {
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    if worker.send(Control::Release { reply: tx }).await.is_ok() {
+                        let _ = rx.await;
+                    }
+                }
+                let _ = reply.send(());
+            }
             Control::Shutdown => break,
         }
     }
     // Asked to stop, or the process dropped its end: either way the workers stop.
     for worker in &workers {
         let _ = worker.send(Control::Shutdown).await;
+    }
+}
+
+/// Live upgrade failed: every worker reads its UDP sockets again.
+async fn thaw_all(workers: &[mpsc::Sender<Control>]) {
+    for worker in workers {
+        let (tx, rx) = oneshot::channel();
+        if worker.send(Control::Thaw { reply: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 

@@ -55,6 +55,19 @@ pub fn raise_signal(signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to process `pid` (`turnd upgrade`); refuses pids that would mean a
+/// process group or every process.
+pub fn signal_process(pid: i32, signal: libc::c_int) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a process id"));
+    }
+    // SAFETY: kill takes no pointers; a positive pid names exactly one process.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

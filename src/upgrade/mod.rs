@@ -4,5 +4,7 @@
 //! [`protocol`] the conversation on the inherited socket; the process side is in the
 //! binary (`src/upgrade.rs`), the workers' side in [`crate::net::upgrade`].
 
+pub mod compat;
+pub mod counters;
 pub mod protocol;
 pub mod state;
