@@ -1,0 +1,381 @@
+//! Live upgrade (`turnd upgrade`, SIGUSR2) against the real binary: a running turnd
+//! starts a new one of the same binary and hands it its UDP allocations, listeners
+//! and secrets. The project's client relays a paced ChannelData stream through an echo
+//! peer across two upgrades in a row: nothing is lost, the relay address stays, the
+//! gap is measured and printed, a Refresh (with the nonce from before) and a new
+//! ChannelBind succeed afterwards, the old processes exit and the newest serves new
+//! allocations. A successor that refuses its config, or fails after receiving the
+//! sockets, leaves the old one serving, and the failure is counted.
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[allow(dead_code)]
+use common::http;
+
+use common::*;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use turnd::client::blocking::{Connection, Link};
+use turnd::client::{channel_data, Client, Credentials, Request};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const CHANNEL: u16 = 0x4000;
+/// The paced stream: one datagram every `PACE`, `PACKETS` in all (about 4 s).
+const PACE: Duration = Duration::from_millis(2);
+const PACKETS: u32 = 2000;
+
+fn client() -> Client {
+    let seed = random_u64().to_be_bytes();
+    let mut tid = [0u8; 12];
+    tid[..8].copy_from_slice(&seed);
+    Client::new(Credentials::long_term(USER, PASSWORD), tid)
+}
+
+/// Successors are children of the turnd they replaced, not of the test: stopped here
+/// (declared after the `TurndProcess`, so dropped first: its log readers end only
+/// once every process writing to the pipe is gone).
+#[derive(Default)]
+struct Successors(Mutex<Vec<i32>>);
+
+impl Successors {
+    fn add(&self, pid: i32) {
+        self.0.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in self.0.lock().unwrap().iter() {
+            // SAFETY-free: kill(2) through libc on a pid this test learnt from the log.
+            unsafe_kill(pid, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for &pid in self.0.lock().unwrap().iter() {
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                unsafe_kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, signal: i32) {
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Whether `pid` runs (a zombie, reaped by nobody yet, counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// `turnd upgrade --pid PID`.
+fn upgrade(pid: u32) {
+    let out = std::process::Command::new(turnd_binary()).args(["upgrade", "--pid", &pid.to_string()]).output().unwrap();
+    assert!(out.status.success(), "turnd upgrade: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits for the `nth` (from 1) log line containing `what`; returns it.
+fn wait_for_line(turnd: &TurndProcess, what: &str, nth: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(line) = turnd.logs().lines().filter(|l| l.contains(what)).nth(nth - 1) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no {nth}. log line with {what:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let value = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+    value.split_whitespace().next().unwrap().trim_matches('"')
+}
+
+/// An echo peer that remembers where datagrams came from (the relay address).
+struct Peer {
+    socket: UdpSocket,
+    sources: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Peer {
+    fn start() -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let (sources, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (s, sources2, stop2) = (socket.try_clone().unwrap(), sources.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(&buf[..n], from);
+                    let mut seen = sources2.lock().unwrap();
+                    if !seen.contains(&from) {
+                        seen.push(from);
+                    }
+                }
+            }
+        });
+        Peer { socket, sources, stop, thread: Some(thread) }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the paced stream saw: each sequence number's arrival, the largest gap
+/// between two arrivals.
+struct Stream {
+    received: Vec<Option<Instant>>,
+}
+
+impl Stream {
+    fn lost(&self) -> Vec<u32> {
+        self.received.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i as u32).collect()
+    }
+
+    fn largest_gap(&self) -> Duration {
+        let mut times: Vec<Instant> = self.received.iter().flatten().copied().collect();
+        times.sort();
+        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+}
+
+/// Sends `PACKETS` ChannelData datagrams, one every `PACE`, from `socket` to `server`,
+/// and reads their echoes on the same socket; `during(i)` runs on the main thread
+/// once `i` datagrams are sent, between sends (it must return quickly).
+fn paced_stream(socket: &UdpSocket, server: SocketAddr, mut during: impl FnMut(u32)) -> Stream {
+    let reader = socket.try_clone().unwrap();
+    reader.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut received = vec![None; PACKETS as usize];
+        let mut buf = [0u8; 2048];
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match reader.recv(&mut buf) {
+                Ok(n) if n >= 8 && u16::from_be_bytes([buf[0], buf[1]]) == CHANNEL => {
+                    let seq = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                    if let Some(slot) = received.get_mut(seq) {
+                        slot.get_or_insert(Instant::now());
+                    }
+                    quiet_since = None;
+                }
+                _ => {
+                    // Stop once sending is over and nothing came for 1 s.
+                    if done2.load(Ordering::Relaxed) {
+                        let since = *quiet_since.get_or_insert(Instant::now());
+                        if since.elapsed() > Duration::from_secs(1) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        received
+    });
+    let start = Instant::now();
+    for i in 0..PACKETS {
+        let at = start + PACE * i;
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        socket.send_to(&channel_data(CHANNEL, &i.to_be_bytes(), true).unwrap(), server).unwrap();
+        during(i + 1);
+    }
+    done.store(true, Ordering::Relaxed);
+    Stream { received: receiver.join().unwrap() }
+}
+
+fn metric(turnd: &TurndProcess, series: &str) -> f64 {
+    http::metric(&http::scrape(turnd.admin_addr()), series).unwrap_or(0.0)
+}
+
+#[test]
+fn a_udp_allocation_keeps_relaying_across_two_upgrades_in_a_row_without_loss() {
+    let mut turnd = TurndProcess::start(&config_with(&["udp", "tcp"]), &["--workers", "2"]);
+    let successors = Successors::default();
+    let peer = Peer::start();
+    let server = turnd.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let raw = socket.try_clone().unwrap();
+    let mut conn = Connection::new(Link::Udp(socket), server);
+    let mut alice = client();
+    let allocated = conn.request(&mut alice, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap();
+    let relay = allocated.relayed().expect("a relayed address");
+    let bound = conn.request(&mut alice, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap();
+    assert!(bound.is_success(), "{:?}", bound.error());
+
+    // Two upgrades during the stream: at 1/4 and at 5/8 of it.
+    let first_pid = turnd.pid();
+    let mut second_pid = None;
+    let stream = paced_stream(&raw, server, |sent| {
+        if sent == PACKETS / 4 {
+            upgrade(first_pid);
+        }
+        if sent == PACKETS * 5 / 8 {
+            let line = wait_for_line(&turnd, "live upgrade done", 1);
+            let pid: u32 = field(&line, "new_pid").parse().unwrap();
+            successors.add(pid as i32);
+            upgrade(pid);
+            second_pid = Some(pid);
+        }
+    });
+    let done = wait_for_line(&turnd, "live upgrade done", 2);
+    let newest: u32 = field(&done, "new_pid").parse().unwrap();
+    successors.add(newest as i32);
+    let first = wait_for_line(&turnd, "live upgrade done", 1);
+    eprintln!(
+        "largest gap between two echoes: {:?} (pace {PACE:?}); gap freeze to serving: {} ms then {} ms; allocations moved: {} then {}",
+        stream.largest_gap(),
+        field(&first, "gap_ms"),
+        field(&done, "gap_ms"),
+        field(&first, "allocations"),
+        field(&done, "allocations"),
+    );
+    assert_eq!(stream.lost(), Vec::<u32>::new(), "datagrams lost across the upgrades");
+    assert_eq!(field(&first, "allocations"), "1");
+    assert_eq!(field(&done, "allocations"), "1");
+    assert_eq!(*peer.sources.lock().unwrap(), vec![relay], "every datagram reached the peer from the same relay");
+    assert!(stream.largest_gap() < Duration::from_secs(1), "a gap of {:?}", stream.largest_gap());
+
+    // The old processes are gone (nothing kept them: no TCP connection).
+    assert!(turnd.stop_with(0, Duration::from_secs(5)).is_some(), "the first turnd exited");
+    let second = second_pid.unwrap() as i32;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(second) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(second), "the second turnd exited");
+    assert!(alive(newest as i32));
+
+    // A Refresh (the nonce from before the upgrades still valid) and a new ChannelBind
+    // succeed on the newest, and the channel still relays.
+    let refreshed = conn.request(&mut alice, &Request::refresh(600), TIMEOUT).unwrap();
+    assert!(refreshed.is_success(), "{:?}", refreshed.error());
+    let other_peer = Peer::start();
+    let rebound = conn.request(&mut alice, &Request::channel_bind(CHANNEL + 1, other_peer.addr()), TIMEOUT).unwrap();
+    assert!(rebound.is_success(), "{:?}", rebound.error());
+    conn.send(&channel_data(CHANNEL + 1, b"to the other peer", true).unwrap()).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while other_peer.sources.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*other_peer.sources.lock().unwrap(), vec![relay]);
+
+    // The newest serves new allocations, on the same listener and admin address.
+    let mut bob = client();
+    let mut fresh = Connection::new(Link::Udp(UdpSocket::bind("127.0.0.1:0").unwrap()), server);
+    let answer = fresh.request(&mut bob, &Request::allocate(), TIMEOUT).unwrap();
+    assert!(answer.is_success(), "{:?}", answer.error());
+    assert_ne!(answer.relayed(), Some(relay));
+    assert_eq!(metric(&turnd, "turnd_handovers_total{result=\"success\"}"), 1.0, "counted by the successor");
+    assert_eq!(metric(&turnd, "turnd_handover_allocations_moved_total"), 1.0);
+    assert!(metric(&turnd, "turnd_handover_gap_seconds") > 0.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&turnd, "turnd_allocations") != 2.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&turnd, "turnd_allocations"), 2.0, "the moved allocation and the new one");
+}
+
+/// The config file `turnd` was started with (`-c FILE` on its command line).
+fn config_path(turnd: &TurndProcess) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", turnd.pid())).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let i = args.iter().position(|a| *a == b"-c").expect("-c FILE");
+    std::path::PathBuf::from(String::from_utf8(args[i + 1].to_vec()).unwrap())
+}
+
+#[test]
+fn a_successor_that_refuses_or_fails_at_start_leaves_the_old_one_serving() {
+    let config = config_with(&["udp"]);
+    let turnd = TurndProcess::start(&config, &[]);
+    let successors = Successors::default();
+    let peer = Peer::start();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut conn = Connection::new(Link::Udp(socket), turnd.udp_addr());
+    let mut alice = client();
+    let allocated = conn.request(&mut alice, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap();
+    let relay = allocated.relayed().unwrap();
+    assert!(conn.request(&mut alice, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
+    let echo = |conn: &mut Connection, what: &[u8]| {
+        conn.send(&channel_data(CHANNEL, what, true).unwrap()).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match conn.recv_data(deadline) {
+                Ok(turnd::client::blocking::Received::ChannelData { data, .. }) if data == what => return,
+                Ok(_) => continue,
+                Err(e) => panic!("no echo of {:?}: {e}", String::from_utf8_lossy(what)),
+            }
+        }
+    };
+    echo(&mut conn, b"before");
+    let path = config_path(&turnd);
+    let (min, max) = relay_range_of(&config).unwrap();
+
+    // 1. A config that does not parse: the successor exits at once.
+    std::fs::write(&path, "this is not toml =").unwrap();
+    upgrade(turnd.pid());
+    let failed = wait_for_line(&turnd, "live upgrade failed", 1);
+    assert!(failed.contains("`config`"), "{failed}");
+    echo(&mut conn, b"after a successor with a broken config");
+
+    // 2. A relay range without the moved allocation's port: refused, naming the key.
+    let narrowed = if relay.port() > min { (min, relay.port() - 1) } else { (relay.port() + 1, max) };
+    let key = if relay.port() > min { "relay.port-max" } else { "relay.port-min" };
+    let changed = with_ephemeral_admin(&config)
+        .replace(&format!("port-min = {min}"), &format!("port-min = {}", narrowed.0))
+        .replace(&format!("port-max = {max}"), &format!("port-max = {}", narrowed.1));
+    std::fs::write(&path, &changed).unwrap();
+    upgrade(turnd.pid());
+    let failed = wait_for_line(&turnd, "live upgrade failed", 2);
+    assert!(failed.contains(&format!("`{key}`")), "{failed}");
+    echo(&mut conn, b"after a successor with another relay range");
+
+    // 3. A successor that fails after it received the sockets (a new listener whose
+    //    address is taken): the old one thaws and serves on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "{}\n[[listen]]\ntransport = \"tcp\"\naddress = \"{}\"\n",
+        with_ephemeral_admin(&config),
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(&path, extra).unwrap();
+    upgrade(turnd.pid());
+    let failed = wait_for_line(&turnd, "live upgrade failed", 3);
+    assert!(failed.contains("did not take over"), "{failed}");
+    echo(&mut conn, b"after a successor that failed at start");
+    assert!(conn.request(&mut alice, &Request::refresh(600), TIMEOUT).unwrap().is_success());
+    assert_eq!(metric(&turnd, "turnd_handovers_total{result=\"refused\"}"), 2.0);
+    assert_eq!(metric(&turnd, "turnd_handovers_total{result=\"failed\"}"), 1.0);
+    assert!(!turnd.logs().contains("live upgrade done"));
+
+    // 4. And with the config back as it was, the upgrade goes through.
+    std::fs::write(&path, with_ephemeral_admin(&config)).unwrap();
+    upgrade(turnd.pid());
+    let done = wait_for_line(&turnd, "live upgrade done", 1);
+    successors.add(field(&done, "new_pid").parse().unwrap());
+    echo(&mut conn, b"after the upgrade");
+}
