@@ -359,6 +359,10 @@ async fn run(
     // Live upgrade done: a successor serves UDP and takes new connections; this
     // process serves its TCP and TLS connections until they close or drain-time ends.
     let mut handed_over = false;
+    // Snapshots are merged once a second from the workers' own: one published before
+    // the handover's release still counts what moved, so they are trusted only after
+    // two more periods.
+    let mut settled_after = tokio::time::Instant::now();
     let outcome = loop {
         let deadline = drain_deadline;
         tokio::select! {
@@ -387,7 +391,11 @@ async fn run(
             Ok(()) = snapshots.changed(), if drain_deadline.is_some() => {
                 let empty = {
                     let s = snapshots.borrow();
-                    if handed_over { s.allocations == 0 && s.tcp_connections == 0 } else { s.draining && s.allocations == 0 }
+                    if handed_over {
+                        tokio::time::Instant::now() >= settled_after && s.allocations == 0 && s.tcp_connections == 0
+                    } else {
+                        s.draining && s.allocations == 0
+                    }
                 };
                 if empty {
                     info!(handed_over, "drained: no allocations left");
@@ -406,6 +414,7 @@ async fn run(
                         // Dropping the handle stops the admin listener.
                         drop(admin.take());
                         handed_over = true;
+                        settled_after = tokio::time::Instant::now() + 2 * net::PUBLISH_EVERY + Duration::from_millis(500);
                         info!(
                             new_pid = serving.pid, allocations = serving.allocations,
                             gap_ms = format!("{:.1}", serving.gap.as_secs_f64() * 1e3),

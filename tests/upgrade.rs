@@ -208,6 +208,19 @@ fn paced_stream(socket: &UdpSocket, server: SocketAddr, mut during: impl FnMut(u
     Stream { received: receiver.join().unwrap() }
 }
 
+/// Sends `what` on the channel and waits for the peer's echo on it.
+fn echo(conn: &mut Connection, what: &[u8]) {
+    conn.send(&channel_data(CHANNEL, what, !conn.is_datagram()).unwrap()).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match conn.recv_data(deadline) {
+            Ok(turnd::client::blocking::Received::ChannelData { data, .. }) if data == what => return,
+            Ok(_) => continue,
+            Err(e) => panic!("no echo of {:?}: {e}", String::from_utf8_lossy(what)),
+        }
+    }
+}
+
 fn metric(turnd: &TurndProcess, series: &str) -> f64 {
     http::metric(&http::scrape(turnd.admin_addr()), series).unwrap_or(0.0)
 }
@@ -320,17 +333,6 @@ fn a_successor_that_refuses_or_fails_at_start_leaves_the_old_one_serving() {
     let allocated = conn.request(&mut alice, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap();
     let relay = allocated.relayed().unwrap();
     assert!(conn.request(&mut alice, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
-    let echo = |conn: &mut Connection, what: &[u8]| {
-        conn.send(&channel_data(CHANNEL, what, true).unwrap()).unwrap();
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            match conn.recv_data(deadline) {
-                Ok(turnd::client::blocking::Received::ChannelData { data, .. }) if data == what => return,
-                Ok(_) => continue,
-                Err(e) => panic!("no echo of {:?}: {e}", String::from_utf8_lossy(what)),
-            }
-        }
-    };
     echo(&mut conn, b"before");
     let path = config_path(&turnd);
     let (min, max) = relay_range_of(&config).unwrap();
@@ -378,4 +380,49 @@ fn a_successor_that_refuses_or_fails_at_start_leaves_the_old_one_serving() {
     let done = wait_for_line(&turnd, "live upgrade done", 1);
     successors.add(field(&done, "new_pid").parse().unwrap());
     echo(&mut conn, b"after the upgrade");
+}
+
+/// TCP and TLS connections are not moved: the old process serves them until they
+/// close (or its drain time ends), while the successor accepts every new one.
+#[test]
+fn tcp_clients_stay_with_the_old_process_until_they_close_and_new_ones_go_to_the_new() {
+    let mut turnd = TurndProcess::start(&config_with(&["udp", "tcp"]), &[]);
+    let successors = Successors::default();
+    let peer = Peer::start();
+    let address = turnd.tcp_addr();
+    let connect = || Connection::new(Link::Tcp(std::net::TcpStream::connect(address).unwrap()), address);
+    let mut tcp = connect();
+    let mut alice = client();
+    let allocated = tcp.request(&mut alice, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap();
+    let relay = allocated.relayed().unwrap();
+    assert!(tcp.request(&mut alice, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
+    echo(&mut tcp, b"before");
+
+    upgrade(turnd.pid());
+    let done = wait_for_line(&turnd, "live upgrade done", 1);
+    successors.add(field(&done, "new_pid").parse().unwrap());
+    assert_eq!(field(&done, "allocations"), "0", "a TCP client's allocation does not move");
+
+    // The old process goes on serving the open connection and its allocation.
+    echo(&mut tcp, b"after the upgrade, still on the old process");
+    assert!(tcp.request(&mut alice, &Request::refresh(600), TIMEOUT).unwrap().is_success());
+    assert!(turnd.is_running(), "the old process waits for its TCP connection");
+    // A new connection is the new process's: its allocation shows in the new metrics.
+    let mut fresh = connect();
+    let mut bob = client();
+    let answer = fresh.request(&mut bob, &Request::allocate(), TIMEOUT).unwrap();
+    assert!(answer.is_success(), "{:?}", answer.error());
+    assert_ne!(answer.relayed(), Some(relay));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&turnd, "turnd_allocations") != 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&turnd, "turnd_allocations"), 1.0, "the new process has bob's allocation only");
+
+    // Once its last connection closes, the old process exits.
+    drop(tcp);
+    assert!(turnd.stop_with(0, Duration::from_secs(5)).is_some(), "the old turnd exited after its last connection");
+    // And the new connection relays through the new process.
+    assert!(fresh.request(&mut bob, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
+    echo(&mut fresh, b"through the new process");
 }
