@@ -328,14 +328,16 @@ fn bind_listeners(
     embedded_default: bool,
     cert: Option<&Arc<ReloadableCert>>,
     router: StreamRouter,
-) -> Result<Vec<Vec<std::net::UdpSocket>>> {
+) -> Result<Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>>> {
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
     // Denied clients and trusted proxies, for every TCP/TLS accept loop.
     stream::set_client_filter(stream::ClientFilter::new(
         config.clients.denied.clone(),
         config.clients.trusted_proxies.clone(),
     ));
-    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
+    let mut udp_sockets: Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>> =
+        (0..workers.max(1)).map(|_| Vec::new()).collect();
+    stream::set_tenant_server_names(config.tenant_server_names());
     for listen in &config.listen {
         let label = match listen.transport {
             ListenTransport::Udp => "udp",
@@ -343,6 +345,8 @@ fn bind_listeners(
             ListenTransport::Tls => "tls",
         };
         let context = || format!("binding {label} {}", listen.address);
+        // Validation made sure the realm is configured.
+        let tenant = listen.realm.as_deref().and_then(|realm| config.tenant_id(realm)).unwrap_or_default();
         // The embedded default and the packaged config include [::]: a host without
         // IPv6 skips that wildcard listener instead of refusing to start.
         let skip_v6 = |e: &std::io::Error| {
@@ -361,7 +365,7 @@ fn bind_listeners(
                 Err(e) => return Err(e).with_context(context),
             };
             for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-                share.push(socket);
+                share.push((socket, tenant));
             }
             local
         } else {
@@ -388,7 +392,7 @@ fn bind_listeners(
             };
             let limits = config.tcp.limits(config.limits.sources());
             let proxy = listen.proxy_protocol;
-            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
+            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy, tenant));
             local
         };
         if let Some(backend) = listen.passthrough_to {
@@ -410,7 +414,7 @@ fn bind_listeners(
         let (sockets, local) = net::bind_udp_listener(address, udp_sockets.len())
             .with_context(|| format!("binding udp {address} for [nat-discovery] (is the address on this host?)"))?;
         for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-            share.push(socket);
+            share.push((socket, turnd::turn::TenantId::DEFAULT));
         }
         info!("listening on udp {local} (RFC 5780 NAT behaviour discovery)");
     }
@@ -474,6 +478,10 @@ async fn reload(
         error!(key, message, "reload rejected; the running configuration stays in force");
         return None;
     }
+    if let Err((table, index, key, message)) = next.validate_tenants() {
+        error!(table, index, key, message, "reload rejected; the running configuration stays in force");
+        return None;
+    }
     let needs_restart: Vec<&str> = [
         ("listen", next.listen != current.listen),
         (
@@ -510,6 +518,8 @@ async fn reload(
         next.clients.denied.clone(),
         next.clients.trusted_proxies.clone(),
     ));
+    // New TLS handshakes see the new tenants' server names.
+    stream::set_tenant_server_names(next.tenant_server_names());
     if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }

@@ -181,7 +181,7 @@ impl Hub {
                 };
                 (Topic::Allocations, body)
             }
-            Event::AuthFailed { client, reason } => {
+            Event::AuthFailed { client, reason, .. } => {
                 if !self.within_budget(0) {
                     return;
                 }
@@ -390,6 +390,7 @@ mod tests {
             transport: Transport::Udp,
             client: "192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap().into(),
             server: "192.0.2.2:3478".parse().unwrap(),
+            tenant: crate::turn::TenantId::DEFAULT,
         };
         let relay: SocketAddr = "192.0.2.2:50000".parse().unwrap();
         let id = AllocationId(9);
@@ -419,7 +420,9 @@ mod tests {
         tokio::task::yield_now().await;
         let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         for _ in 0..EVENTS_PER_SECOND + 30 {
-            event_tx.send(Event::AuthFailed { client, reason: AuthFailure::BadIntegrity }).unwrap();
+            event_tx
+                .send(Event::AuthFailed { client, tenant: Default::default(), reason: AuthFailure::BadIntegrity })
+                .unwrap();
         }
         for _ in 0..EVENTS_PER_SECOND {
             let e: serde_json::Value = serde_json::from_str(&rx.recv().await.unwrap().json).unwrap();

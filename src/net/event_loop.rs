@@ -84,7 +84,7 @@ impl EventLoop {
     /// (once the listeners' own addresses are in its peer policy).
     pub fn new(
         config: CoreConfig,
-        listeners: Vec<UdpSocket>,
+        listeners: Vec<(UdpSocket, crate::turn::TenantId)>,
         publisher: Publisher,
         stream_events: mpsc::Sender<StreamEvent>,
         ledger: SharedLedger,

@@ -63,7 +63,7 @@ pub(super) fn log_event(event: &Event) {
             to_peer_bytes = traffic.to_peer_bytes, to_client_bytes = traffic.to_client_bytes,
             duration = duration.as_secs(), "allocation ended"
         ),
-        Event::AuthFailed { client, reason } => log_auth_failure(*client, *reason),
+        Event::AuthFailed { client, reason, .. } => log_auth_failure(*client, *reason),
         Event::PeerDenied { id, peer } => warn!(allocation = id.0, peer = %peer, "peer refused by policy"),
     }
 }

@@ -50,7 +50,7 @@ impl Workers {
     /// fan-out and the merge run there.
     pub fn start(
         config: CoreConfig,
-        listeners: Vec<Vec<UdpSocket>>,
+        listeners: Vec<Vec<(UdpSocket, crate::turn::TenantId)>>,
         publisher: &Publisher,
         control: mpsc::Receiver<Control>,
         streams: Vec<(mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>)>,

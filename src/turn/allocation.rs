@@ -90,6 +90,8 @@ pub struct Allocation {
     pub five_tuple: FiveTuple,
     /// The user that created it; later requests must use the same one (RFC 8656 §5).
     pub username: Box<str>,
+    /// The user as quotas and bandwidth caps count it: the username in its tenant.
+    pub user: super::tenant::UserKey,
     /// The key later requests are checked with.
     pub key: Key,
     /// The relayed addresses by [`Family`]: one, or two for a dual-stack allocation
@@ -130,6 +132,7 @@ impl Allocation {
         Allocation {
             five_tuple,
             username: username.into(),
+            user: super::tenant::UserKey::new(five_tuple.tenant, username),
             key,
             relays,
             created: now,

@@ -118,6 +118,9 @@ pub struct CoreConfig {
     pub end_at_credential_expiry: bool,
     /// RFC 5780 NAT behaviour discovery on Binding (see `nat_discovery`); `None`: off.
     pub nat_discovery: Option<NatDiscovery>,
+    /// The `[[tenant]]` realms besides the default one (`credentials`, `quotas` and
+    /// `policy` above); see [`super::tenant`].
+    pub tenants: Vec<super::tenant::Tenant>,
 }
 
 impl Default for CoreConfig {
@@ -134,6 +137,7 @@ impl Default for CoreConfig {
             denied_clients: Vec::new(),
             end_at_credential_expiry: false,
             nat_discovery: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -163,6 +167,8 @@ impl CoreConfig {
             .chain([relay.bind_v6.map(IpAddr::V6), relay.external_v6.map(IpAddr::V6)])
             .flatten();
         let all: Vec<IpAddr> = interfaces.iter().copied().chain(configured).collect();
-        self.policy.set_host_addresses(all);
+        for policy in self.policies_mut() {
+            policy.set_host_addresses(all.iter().copied());
+        }
     }
 }

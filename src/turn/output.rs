@@ -121,6 +121,8 @@ pub enum Event {
     AuthFailed {
         /// The client.
         client: SocketAddr,
+        /// The tenant it tried to authenticate in.
+        tenant: super::TenantId,
         /// Which check failed.
         reason: AuthFailure,
     },

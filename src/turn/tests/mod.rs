@@ -150,6 +150,7 @@ impl Harness {
                 transport: Transport::Udp,
                 client: addr("198.51.100.1:40000").into(),
                 server: addr("10.0.0.1:3478"),
+                tenant: crate::turn::TenantId::DEFAULT,
             },
             nonce: None,
             next_tid: 0,
