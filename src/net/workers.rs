@@ -141,11 +141,12 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                     let _ = worker.send(Control::Reconfigure(config.clone())).await;
                 }
             }
-            Control::ListAllocations { offset, limit, reply } => {
+            Control::ListAllocations { realm, offset, limit, reply } => {
                 let mut all: Vec<AllocationInfo> = Vec::new();
                 for worker in &workers {
                     let (tx, rx) = oneshot::channel();
-                    let ask = Control::ListAllocations { offset: 0, limit: usize::MAX, reply: tx };
+                    let ask =
+                        Control::ListAllocations { realm: realm.clone(), offset: 0, limit: usize::MAX, reply: tx };
                     if worker.send(ask).await.is_ok() {
                         if let Ok((page, _)) = rx.await {
                             all.extend(page);

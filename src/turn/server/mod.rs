@@ -388,6 +388,11 @@ impl Server {
         self.revocations.list(unix_now)
     }
 
+    /// The configuration in force (the realms of its tenants, for reports).
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.out.stats
