@@ -47,7 +47,7 @@ use turnd::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use turnd::turn::server::RESERVATION_LIFETIME;
 use turnd::turn::{
     AllocationId, ConnectionId, CoreConfig, Event, FiveTuple, Ledger, PeerAddr, Quotas, Received, RelayAddresses,
-    RelayBindError, Rng, Server, Transport,
+    RelayBindError, Rng, Server, TenantId, Transport,
 };
 
 /// The realm of every user.
@@ -85,8 +85,18 @@ fn users() -> [(String, String); 3] {
 
 /// The clients: 5-tuples over both families and transports, some sharing an IP.
 pub fn clients() -> Vec<FiveTuple> {
-    let v4 = |c: &str| FiveTuple { transport: Transport::Udp, client: c.parse().unwrap(), server: server_v4() };
-    let v6 = |c: &str| FiveTuple { transport: Transport::Udp, client: c.parse().unwrap(), server: server_v6() };
+    let v4 = |c: &str| FiveTuple {
+        transport: Transport::Udp,
+        client: c.parse().unwrap(),
+        server: server_v4(),
+        tenant: TenantId::DEFAULT,
+    };
+    let v6 = |c: &str| FiveTuple {
+        transport: Transport::Udp,
+        client: c.parse().unwrap(),
+        server: server_v6(),
+        tenant: TenantId::DEFAULT,
+    };
     let mut tcp = v4("198.51.100.9:40000");
     tcp.transport = Transport::Tcp;
     let mut tls = v6("[2001:db8:9::9]:40000");

@@ -383,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"op":"list_allocations"}"#).unwrap(),
-            ClientMessage::ListAllocations { offset: 0, limit: None, req: None }
+            ClientMessage::ListAllocations { realm: None, offset: 0, limit: None, req: None }
         );
         assert_eq!(
             parse(r#"{"op":"drop_user","user":"alice"}"#).unwrap(),
