@@ -324,3 +324,25 @@ allocations-per-user = 2
         assert!(err.contains("surname"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use crate::config::tests::parse;
+
+    /// The README's "Tenants" example is a whole config: it must parse and mean what the
+    /// text around it says.
+    #[test]
+    fn the_readme_tenants_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Tenants").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = parse(example).unwrap();
+        let b = config.tenant_id("turn.b.example").unwrap();
+        assert_eq!(config.tenant_server_names(), vec![("turn.b.example".to_owned(), b)]);
+        let core = config.core();
+        let tenant = core.tenant(b).unwrap();
+        assert_eq!((tenant.quotas.total_allocations, tenant.quotas.allocations_per_user), (500, 10));
+        assert_eq!(tenant.quotas.allocations_per_ip, core.quotas.allocations_per_ip);
+    }
+}
