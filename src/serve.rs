@@ -236,6 +236,7 @@ impl Signals {
 async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
+    warn_uncovered_names(&config, cert.as_deref());
     let worker_count = config.worker_count();
     let streams: Vec<_> = (0..worker_count.max(1)).map(|_| mpsc::channel(net::workers::STREAM_QUEUE)).collect();
     let router = StreamRouter::new(streams.iter().map(|(tx, _)| tx.clone()).collect());
@@ -421,6 +422,19 @@ fn bind_listeners(
     Ok(udp_sockets)
 }
 
+/// Warns about each tenant server name the TLS certificate is not valid for: clients
+/// that check the certificate (browsers do) would fail the handshake for that tenant.
+fn warn_uncovered_names(config: &Config, cert: Option<&ReloadableCert>) {
+    let Some(cert) = cert else {
+        return;
+    };
+    for (name, _) in config.tenant_server_names() {
+        if !cert.is_valid_for(&name) {
+            warn!(server_name = %name, "the TLS certificate is not valid for this tenant server name");
+        }
+    }
+}
+
 /// Loads the TLS certificate when a `tls` listener needs one; the error names the file.
 fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>> {
     if !config.listen.iter().any(|l| l.transport == ListenTransport::Tls) {
@@ -519,10 +533,16 @@ async fn reload(
         next.clients.trusted_proxies.clone(),
     ));
     // New TLS handshakes see the new tenants' server names.
+    warn_uncovered_names(&next, cert);
     stream::set_tenant_server_names(next.tenant_server_names());
     if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }
-    info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");
+    info!(
+        users = next.auth.user.len(),
+        secrets = next.auth.secrets.len(),
+        tenants = next.tenant.len(),
+        "configuration reloaded"
+    );
     Some(next)
 }
