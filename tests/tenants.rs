@@ -198,6 +198,7 @@ fn two_tenants_authenticate_count_report_and_filter_apart() {
     assert!(table.ends_with("3 of 6 allocations match\n"), "{table}");
     eprintln!("turnd ctl sessions:\n{}", ctl(admin, &["sessions"]).stdout);
     let status = ctl(admin, &["status"]).stdout;
+    eprintln!("turnd ctl status:\n{status}");
     assert!(status.contains("tenants:") && status.contains("  a.test:") && status.contains("  b.test:"), "{status}");
 
     // /metrics: a realm label per configured realm, no other.
@@ -235,7 +236,9 @@ fn two_tenants_authenticate_count_report_and_filter_apart() {
         let out = uclient(udp_a, "alice", A_PASS, peer.addr());
         let received = uclient_received(&out.all()).unwrap_or(0);
         assert!(received >= 9, "uclient in a.test relayed {received} of 10:\n{out}");
+        eprintln!("uclient in a.test: {received} of 10 echoed");
         let out = uclient(udp_b, "carol", A_PASS, peer.addr());
+        assert!(out.all().contains("Cannot complete Allocation"), "uclient, a.test password in b.test:\n{out}");
         assert_eq!(uclient_received(&out.all()).unwrap_or(0), 0, "a wrong realm password relays nothing:\n{out}");
     }
     if need(python_module_available("aioice"), "Python module `aioice` (pip install aioice)") {
