@@ -300,6 +300,66 @@ fn reload_adds_and_removes_tenants_while_another_keeps_relaying() {
     assert!(turnd.is_running());
 }
 
+#[test]
+fn the_dashboard_lists_one_realm_at_a_time_in_headless_chromium() {
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !need_tool("openssl", "openssl")
+        || !need_tool("node", "nodejs")
+        || !need(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium (package chromium)")
+        || !need(browser.join("node_modules/playwright-core").exists(), "playwright-core (npm ci in tests/browser)")
+    {
+        return;
+    }
+    let cert = TestCert::new();
+    let turnd = TurndProcess::start(&config(&cert, true, ""), &[]);
+    let (udp_a, udp_b, admin) = (listener(&turnd, "udp", 0), listener(&turnd, "udp", 1), turnd.admin_addr());
+    let mut held = vec![TurnClient::on_loopback(udp_a, "alice", A_PASS, A)];
+    held.extend((0..2).map(|_| TurnClient::on_loopback(udp_b, "carol", "c-pass", B)));
+    for client in &mut held {
+        client.allocate(vec![]).expect("an allocation");
+    }
+    let mut node = Command::new("node")
+        .arg(browser.join("dashboard.mjs"))
+        .arg(format!("http://{admin}/#token={TOKEN}"))
+        .current_dir(&browser)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let mut stdin = node.stdin.take().unwrap();
+    let stdout = node.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut answer = |command: &str, reply: &str| -> String {
+        use std::io::Write;
+        writeln!(stdin, "{command}").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(reply) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        let _ = node.kill();
+        panic!("the page did not answer {command:?} with {reply:?}: {seen:?}");
+    };
+    answer(&format!("realm {B} 2"), &format!("listed {B} 2"));
+    answer(&format!("realm {A} 1"), &format!("listed {A} 1"));
+    let report = answer("quit", "report ");
+    // End of input lets the script exit.
+    drop(stdin);
+    let report: Value = serde_json::from_str(report.trim_start_matches("report ")).unwrap();
+    assert_eq!(report["problems"], json!([]), "the page logged errors: {report}");
+    let _ = node.wait();
+}
+
 /// The `[relay]` section of a test config (its random port range), to keep it across a
 /// reload.
 fn relay_section(config: &str) -> String {
