@@ -1,8 +1,9 @@
-//! Tenants end to end: the real binary with two realms, one per UDP listener and a
-//! third chosen by TLS server name, driven by turnd's own client, coturn's
-//! `turnutils_uclient` and Python's aioice; `/metrics`, `/ws?realm=` and
-//! `turnd ctl sessions --realm`; and a reload that adds and removes a tenant while
-//! another tenant's allocation keeps relaying.
+//! Tenants end to end: the real binary with two realms, one per UDP listener (the
+//! second also chosen by TLS server name), driven by turnd's own client, coturn's
+//! `turnutils_uclient` and Python's aioice; `/metrics`, `/ws?realm=`,
+//! `turnd ctl sessions --realm` and the dashboard's realm selector; and a reload that
+//! removes that tenant and adds a third (chosen by TLS server name) while the default
+//! tenant's allocation keeps relaying.
 // A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
