@@ -78,7 +78,6 @@ pub struct TlsListener {
 /// `proxy_protocol`, each connection must come from a trusted proxy and start with a
 /// PROXY protocol header naming the client (see the module's documentation). Its
 /// clients belong to `tenant`, unless a TLS server name chooses another.
-#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsListener>,
