@@ -237,6 +237,7 @@ impl Signals {
 async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_log_level: SetLogLevel) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
+    warn_uncovered_names(&config, cert.as_deref());
     let worker_count = config.worker_count();
     let streams: Vec<_> = (0..worker_count.max(1)).map(|_| mpsc::channel(net::workers::STREAM_QUEUE)).collect();
     let router = StreamRouter::new(streams.iter().map(|(tx, _)| tx.clone()).collect());
@@ -331,14 +332,16 @@ fn bind_listeners(
     embedded_default: bool,
     cert: Option<&Arc<ReloadableCert>>,
     router: StreamRouter,
-) -> Result<Vec<Vec<std::net::UdpSocket>>> {
+) -> Result<Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>>> {
     let slots = Arc::new(Semaphore::new(config.tcp.max_connections));
     // Denied clients and trusted proxies, for every TCP/TLS accept loop.
     stream::set_client_filter(stream::ClientFilter::new(
         config.clients.denied.clone(),
         config.clients.trusted_proxies.clone(),
     ));
-    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
+    let mut udp_sockets: Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>> =
+        (0..workers.max(1)).map(|_| Vec::new()).collect();
+    stream::set_tenant_server_names(config.tenant_server_names());
     for listen in &config.listen {
         let label = match listen.transport {
             ListenTransport::Udp => "udp",
@@ -346,6 +349,8 @@ fn bind_listeners(
             ListenTransport::Tls => "tls",
         };
         let context = || format!("binding {label} {}", listen.address);
+        // Validation made sure the realm is configured.
+        let tenant = listen.realm.as_deref().and_then(|realm| config.tenant_id(realm)).unwrap_or_default();
         // The embedded default and the packaged config include [::]: a host without
         // IPv6 skips that wildcard listener instead of refusing to start.
         let skip_v6 = |e: &std::io::Error| {
@@ -364,7 +369,7 @@ fn bind_listeners(
                 Err(e) => return Err(e).with_context(context),
             };
             for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-                share.push(socket);
+                share.push((socket, tenant));
             }
             local
         } else {
@@ -391,7 +396,7 @@ fn bind_listeners(
             };
             let limits = config.tcp.limits(config.limits.sources());
             let proxy = listen.proxy_protocol;
-            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
+            tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy, tenant));
             local
         };
         if let Some(backend) = listen.passthrough_to {
@@ -413,11 +418,24 @@ fn bind_listeners(
         let (sockets, local) = net::bind_udp_listener(address, udp_sockets.len())
             .with_context(|| format!("binding udp {address} for [nat-discovery] (is the address on this host?)"))?;
         for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-            share.push(socket);
+            share.push((socket, turnd::turn::TenantId::DEFAULT));
         }
         info!("listening on udp {local} (RFC 5780 NAT behaviour discovery)");
     }
     Ok(udp_sockets)
+}
+
+/// Warns about each tenant server name the TLS certificate is not valid for: clients
+/// that check the certificate (browsers do) would fail the handshake for that tenant.
+fn warn_uncovered_names(config: &Config, cert: Option<&ReloadableCert>) {
+    let Some(cert) = cert else {
+        return;
+    };
+    for (name, _) in config.tenant_server_names() {
+        if !cert.is_valid_for(&name) {
+            warn!(server_name = %name, "the TLS certificate is not valid for this tenant server name");
+        }
+    }
 }
 
 /// Loads the TLS certificate when a `tls` listener needs one; the error names the file.
@@ -489,6 +507,10 @@ async fn reload(
         error!(key, message, "reload rejected; the running configuration stays in force");
         return None;
     }
+    if let Err((table, index, key, message)) = next.validate_tenants() {
+        error!(table, index, key, message, "reload rejected; the running configuration stays in force");
+        return None;
+    }
     let needs_restart: Vec<&str> = [
         ("listen", next.listen != current.listen),
         (
@@ -533,10 +555,18 @@ async fn reload(
         next.clients.denied.clone(),
         next.clients.trusted_proxies.clone(),
     ));
+    // New TLS handshakes see the new tenants' server names.
+    warn_uncovered_names(&next, cert);
+    stream::set_tenant_server_names(next.tenant_server_names());
     if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }
     lookup_service.reconfigure(webhook);
-    info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");
+    info!(
+        users = next.auth.user.len(),
+        secrets = next.auth.secrets.len(),
+        tenants = next.tenant.len(),
+        "configuration reloaded"
+    );
     Some(next)
 }
