@@ -170,3 +170,36 @@ fn a_tenants_peer_policy_applies_to_its_allocations() {
     assert_eq!(error_code(&h.allocate()), None);
     assert_eq!(error_code(&h.request(CREATE_PERMISSION, vec![XorPeerAddress::new(addr(PEER)).into()])), Some(403));
 }
+
+#[test]
+fn a_webhook_lookup_asks_in_the_realm_of_the_tenant_the_client_came_to() {
+    use crate::turn::lookup::LookupSettings;
+    let mut config = two_tenants();
+    config.lookup = Some(LookupSettings { max_parked: 4, wait: Duration::from_secs(3), cache_size: 8 });
+    let mut h = Harness::with_config(config);
+    in_b(&mut h);
+    h.user = "carol";
+    let challenge = message::decode(&h.send_raw(&unauthenticated_allocate())[0]).unwrap().message;
+    h.nonce = Some(challenge.get_attribute::<Nonce>().unwrap().value().to_owned());
+    let bytes = h.authenticated(ALLOCATE, vec![RequestedTransport::new(17).into()]);
+    assert!(h.send_raw(&bytes).is_empty(), "parked until the lookup answers");
+    assert_eq!(h.lookups, vec![("b.example".to_owned(), "carol".to_owned())]);
+}
+
+#[test]
+fn a_mobility_ticket_moves_an_allocation_only_within_its_tenant() {
+    use crate::stun::attributes::{MobilityTicket, Opaque};
+    let mut h = Harness::with_config(two_tenants());
+    let asked = vec![RequestedTransport::new(17).into(), Opaque::<0x8030>(Vec::new()).into()];
+    let allocated = h.request(ALLOCATE, asked);
+    let ticket = allocated.get_attribute::<MobilityTicket>().expect("a ticket").value().to_vec();
+    // alice of b.example, from a new address on b's listener, with the default
+    // tenant's alice's ticket: her own credentials pass, the ticket does not.
+    in_b(&mut h);
+    h.client.client = addr("192.0.2.1:40999").into();
+    let refresh =
+        vec![Lifetime::new(Duration::from_secs(600)).unwrap().into(), Opaque::<0x8030>(ticket.clone()).into()];
+    let response = h.request(REFRESH, refresh);
+    assert_eq!(error_code(&response), Some(400), "a ticket is bound to its tenant");
+    assert_eq!(h.server.stats().mobility_moves.iter().sum::<u64>() as usize, 1, "counted as invalid, not moved");
+}
