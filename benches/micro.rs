@@ -75,6 +75,7 @@ fn client(i: u32) -> FiveTuple {
         transport: Transport::Udp,
         client: SocketAddr::new(ip.into(), 40000).into(),
         server: addr("192.0.2.1:3478"),
+        tenant: turnd::turn::TenantId::DEFAULT,
     }
 }
 

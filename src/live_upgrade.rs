@@ -23,6 +23,8 @@ use tracing::warn;
 use turnd::net::upgrade::{Adopted, WorkerHandover};
 use turnd::net::{Control, Workers};
 use turnd::sys::fdpass;
+use turnd::turn::tenant::UserKey;
+use turnd::turn::TenantId;
 use turnd::upgrade::counters::{self, HandoverResult};
 use turnd::upgrade::protocol::{self, Message, Offer, HANDOVER_FD_ENV};
 use turnd::upgrade::state::{self, AllocationV1, HandoverState, Hex, ListenerState, ProcessState};
@@ -68,6 +70,31 @@ pub struct Inventory {
     pub admin: Option<(SocketAddr, OwnedFd)>,
     /// What `--port 0` resolved to.
     pub port_override: Option<u16>,
+}
+
+/// The `[[tenant]]` realms by the ids this process gave them (the default tenant is
+/// not among them): allocations cross with their realm, and the successor numbers
+/// its tenants itself.
+#[derive(Debug, Clone, Default)]
+pub struct Realms(pub Vec<(TenantId, String)>);
+
+impl Realms {
+    /// The realms of `config`'s tenants.
+    pub fn of(config: &turnd::turn::CoreConfig) -> Realms {
+        Realms(config.realms().filter(|(id, _)| *id != TenantId::DEFAULT).map(|(id, r)| (id, r.to_owned())).collect())
+    }
+
+    fn realm_of(&self, id: TenantId) -> Option<String> {
+        self.0.iter().find(|(t, _)| *t == id).map(|(_, r)| r.clone())
+    }
+
+    /// The id of `realm` (`None`: the default tenant), if it is configured.
+    pub fn tenant_of(&self, realm: Option<&str>) -> Option<TenantId> {
+        match realm {
+            None => Some(TenantId::DEFAULT),
+            Some(realm) => self.0.iter().find(|(_, r)| r == realm).map(|(id, _)| *id),
+        }
+    }
 }
 
 /// A handover that worked.
@@ -119,9 +146,10 @@ pub async fn hand_over(
     inventory: &Inventory,
     control: &mpsc::Sender<Control>,
     workers: &Workers,
+    realms: &Realms,
 ) -> Result<Serving, Failure> {
     let started = Instant::now();
-    let result = start_and_converse(inventory, control, workers, started).await;
+    let result = start_and_converse(inventory, control, workers, realms, started).await;
     if let Err(failure) = &result {
         counters::count(failure.result());
     }
@@ -132,6 +160,7 @@ async fn start_and_converse(
     inventory: &Inventory,
     control: &mpsc::Sender<Control>,
     workers: &Workers,
+    realms: &Realms,
     started: Instant,
 ) -> Result<Serving, Failure> {
     let (exe, args) = STARTED_AS.get().cloned().ok_or_else(|| Failure::Failed("start-up not recorded".into()))?;
@@ -146,7 +175,7 @@ async fn start_and_converse(
     // Only the child holds its end now: when it exits, our reads see the end.
     drop(theirs);
     let ours = Arc::new(ours);
-    let result = converse(&ours, inventory, control, workers, started).await;
+    let result = converse(&ours, inventory, control, workers, realms, started).await;
     if result.is_err() {
         // A successor that refused exits by itself; one that hangs is stopped.
         let reaped = tokio::task::spawn_blocking(move || {
@@ -182,14 +211,17 @@ async fn converse(
     inventory: &Inventory,
     control: &mpsc::Sender<Control>,
     workers: &Workers,
+    realms: &Realms,
     started: Instant,
 ) -> Result<Serving, Failure> {
+    let (relay_ports, tenant_realms) = in_use(control, realms).await;
     let offer = Offer {
         version: state::VERSION,
         workers: inventory.workers,
         udp_listeners: inventory.udp_listeners.clone(),
         stream_listeners: inventory.streams.iter().map(|s| (s.transport.to_owned(), s.address)).collect(),
-        relay_ports: udp_relay_ports(control).await,
+        relay_ports,
+        realms: tenant_realms,
         port_override: inventory.port_override,
         admin: inventory.admin.as_ref().map(|(address, _)| *address),
     };
@@ -213,7 +245,7 @@ async fn converse(
         Ok(Err(e)) => return Err(Failure::Failed(format!("cannot freeze: {e}"))),
         Err(_) => return Err(Failure::Failed("the workers are gone".into())),
     };
-    let sent = send_state(socket, inventory, shares, frozen_at, workers).await;
+    let sent = send_state(socket, inventory, shares, frozen_at, workers, realms).await;
     let answer = match sent {
         Ok(()) => blocking(socket, protocol::recv).await,
         Err(e) => Err(e),
@@ -237,18 +269,24 @@ async fn converse(
     Err(result)
 }
 
-/// The relay ports of UDP allocations (the successor checks its relay range).
-async fn udp_relay_ports(control: &mpsc::Sender<Control>) -> Vec<u16> {
+/// The relay ports and the `[[tenant]]` realms of UDP allocations (the successor
+/// checks its relay range and its tenants).
+async fn in_use(control: &mpsc::Sender<Control>, realms: &Realms) -> (Vec<u16>, Vec<String>) {
     let (tx, rx) = oneshot::channel();
-    let ask = Control::ListAllocations { offset: 0, limit: usize::MAX, reply: tx };
+    let ask = Control::ListAllocations { realm: None, offset: 0, limit: usize::MAX, reply: tx };
     if control.send(ask).await.is_err() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let (all, _) = rx.await.unwrap_or_default();
-    let mut ports: Vec<u16> = all.iter().filter(|a| a.transport == "udp").map(|a| a.relay.port()).collect();
+    let udp = || all.iter().filter(|a| a.transport == "udp");
+    let mut ports: Vec<u16> = udp().map(|a| a.relay.port()).collect();
     ports.sort_unstable();
     ports.dedup();
-    ports
+    let mut tenants: Vec<String> =
+        udp().filter(|a| realms.0.iter().any(|(_, r)| *r == a.realm)).map(|a| a.realm.clone()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    (ports, tenants)
 }
 
 /// Writes the state into a memfd and sends it, then every socket.
@@ -258,6 +296,7 @@ async fn send_state(
     shares: Vec<WorkerHandover>,
     frozen_at: SystemTime,
     workers: &Workers,
+    realms: &Realms,
 ) -> std::io::Result<()> {
     let mut fds: Vec<RawFd> = Vec::new();
     let mut index_of = |fd: RawFd| {
@@ -285,12 +324,12 @@ async fn send_state(
             .iter()
             .map(|(state, sockets)| {
                 let relay_fds = sockets.each_ref().map(|s| s.as_ref().map(|s| index_of(s.as_raw_fd())));
-                AllocationV1::from_state(state, relay_fds)
+                AllocationV1::from_state(state, relay_fds, realms.realm_of(state.five_tuple.tenant))
             })
             .collect();
         worker_states.push(WorkerState { listeners, allocations });
     }
-    let (secret, epoch_age, reservations) = process_secrets(workers);
+    let (secret, epoch_age, reservations) = process_secrets(workers, realms);
     let state = HandoverState {
         version: state::VERSION,
         process: ProcessState {
@@ -318,7 +357,7 @@ async fn send_state(
 
 /// The nonce secret, the nonce epoch's age and the reservations, from the shared
 /// ledger (through the workers' shell).
-fn process_secrets(workers: &Workers) -> ([u8; 32], Duration, Vec<ReservationState>) {
+fn process_secrets(workers: &Workers, realms: &Realms) -> ([u8; 32], Duration, Vec<ReservationState>) {
     let process = workers.export_process(Instant::now());
     let reservations = process
         .reservations
@@ -327,7 +366,8 @@ fn process_secrets(workers: &Workers) -> ([u8; 32], Duration, Vec<ReservationSta
             token,
             port,
             remaining_ms: state::millis(left),
-            user: user.into(),
+            realm: realms.realm_of(user.tenant),
+            user: user.name.into(),
             source,
         })
         .collect();
@@ -376,7 +416,7 @@ pub fn refuse(socket: &UnixDatagram, key: &str, message: &str) {
 }
 
 /// The successor's second step: asks for the state and receives it with every socket.
-pub fn receive(socket: UnixDatagram, offer: Offer) -> Result<Takeover> {
+pub fn receive(socket: UnixDatagram, offer: Offer, realms: &Realms) -> Result<Takeover> {
     protocol::send(&socket, &Message::Ready, &[]).context("answering the offer")?;
     let (message, mut fds) = protocol::recv(&socket).context("reading the state")?;
     let Message::State { descriptors } = message else {
@@ -394,7 +434,7 @@ pub fn receive(socket: UnixDatagram, offer: Offer) -> Result<Takeover> {
         }
     };
     let fds = protocol::recv_descriptors(&socket, descriptors).context("receiving the sockets")?;
-    match take(&state, fds) {
+    match take(&state, fds, realms) {
         Ok((udp, streams, admin, adopted)) => Ok(Takeover {
             socket,
             offer,
@@ -419,7 +459,9 @@ type Taken = (
 );
 
 /// Gives each descriptor of the state its type.
-fn take(state: &HandoverState, fds: Vec<OwnedFd>) -> Result<Taken> {
+fn take(state: &HandoverState, fds: Vec<OwnedFd>, realms: &Realms) -> Result<Taken> {
+    let tenant_of =
+        |realm: Option<&str>| realms.tenant_of(realm).ok_or_else(|| anyhow!("no [[tenant]] with realm {realm:?} here"));
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut take = |index: usize| {
         fds.get_mut(index).and_then(Option::take).ok_or_else(|| anyhow!("descriptor {index} missing or named twice"))
@@ -446,7 +488,7 @@ fn take(state: &HandoverState, fds: Vec<OwnedFd>) -> Result<Taken> {
         udp.push(listeners);
         let mut mine = Vec::new();
         for allocation in &worker.allocations {
-            let (core_state, relay_fds) = allocation.to_state()?;
+            let (core_state, relay_fds) = allocation.to_state(tenant_of(allocation.realm.as_deref())?)?;
             let mut sockets = [None, None];
             for (socket, fd) in sockets.iter_mut().zip(relay_fds) {
                 if let Some(fd) = fd {
@@ -463,8 +505,11 @@ fn take(state: &HandoverState, fds: Vec<OwnedFd>) -> Result<Taken> {
         reservations: process
             .reservations
             .iter()
-            .map(|r| (r.token, r.port, now + Duration::from_millis(r.remaining_ms), r.user.as_str().into(), r.source))
-            .collect(),
+            .map(|r| {
+                let user = UserKey::new(tenant_of(r.realm.as_deref())?, &r.user);
+                Ok((r.token, r.port, now + Duration::from_millis(r.remaining_ms), user, r.source))
+            })
+            .collect::<Result<_>>()?,
         workers: allocations,
     };
     Ok((udp, streams, admin, adopted))

@@ -132,6 +132,19 @@ pub const DEFINITIONS: &[Definition] = &[
     def("turnd_relay_ports_in_use", GAUGE, &[], "Relay ports held by allocations."),
     def("turnd_relay_ports_available", GAUGE, &[], "Relay ports still free in the configured range."),
     def("turnd_draining", GAUGE, &[], "1 while new allocations are refused before exit."),
+    def("turnd_realm_allocations", GAUGE, &["realm"], "Allocations in force, by configured realm (tenant)."),
+    def(
+        "turnd_realm_auth_failures_total",
+        COUNTER,
+        &["realm"],
+        "Requests that failed authentication, by configured realm (tenant).",
+    ),
+    def(
+        "turnd_realm_relayed_bytes_total",
+        COUNTER,
+        &["realm"],
+        "Payload bytes relayed (both directions), by configured realm (tenant).",
+    ),
     def("turnd_allocation_lifetime_seconds", HISTOGRAM, &[], "How long ended allocations lived."),
     def("turnd_request_duration_seconds", HISTOGRAM, &[], "Time to handle one STUN request."),
     def("turnd_admin_connections", GAUGE, &[], "Open admin HTTP and WebSocket connections."),
@@ -307,6 +320,11 @@ impl Collector for Collect {
         push(vec![gauge(&[], s.ports_in_use as f64)]);
         push(vec![gauge(&[], s.ports_available as f64)]);
         push(vec![gauge(&[], if s.draining { 1.0 } else { 0.0 })]);
+        // The realm label's values are the configured realms only (the snapshot lists
+        // no other), never what a client sent.
+        push(s.realms.iter().map(|r| gauge(&[("realm", &r.realm)], r.allocations as f64)).collect());
+        push(s.realms.iter().map(|r| counter(&[("realm", &r.realm)], r.auth_failures)).collect());
+        push(s.realms.iter().map(|r| counter(&[("realm", &r.realm)], r.relayed_bytes)).collect());
         push(vec![histogram(&s.allocation_lifetime_seconds, &LIFETIME_SECONDS_BOUNDS)]);
         push(vec![histogram(&s.request_seconds, &REQUEST_SECONDS_BOUNDS)]);
         let admin = &self.admin;
@@ -428,7 +446,18 @@ mod tests {
 
     #[test]
     fn every_definition_is_exported_with_help_and_type() {
-        let text = render(Snapshot::default());
+        // Realm families have a series per configured realm, and there is always one.
+        let realm = crate::net::report::RealmFigures {
+            realm: "b.example".into(),
+            allocations: 2,
+            auth_failures: 3,
+            relayed_bytes: 4,
+            ..Default::default()
+        };
+        let text = render(Snapshot { realms: vec![realm], ..Snapshot::default() });
+        assert_eq!(sample(&text, "turnd_realm_allocations{realm=\"b.example\"}"), Some("2"));
+        assert_eq!(sample(&text, "turnd_realm_auth_failures_total{realm=\"b.example\"}"), Some("3"));
+        assert_eq!(sample(&text, "turnd_realm_relayed_bytes_total{realm=\"b.example\"}"), Some("4"));
         for d in DEFINITIONS.iter().filter(|d| !d.name.starts_with("process_")) {
             assert!(text.contains(&format!("# HELP {} ", d.name)), "{} missing:\n{text}", d.name);
             assert!(text.contains(&format!("# TYPE {} ", d.name)), "{} missing:\n{text}", d.name);

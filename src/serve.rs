@@ -206,16 +206,18 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     let takeover = match handover {
         None => None,
         Some((socket, offer)) => {
+            let realms = crate::live_upgrade::Realms::of(&config.core());
             let planned = turnd::upgrade::compat::Planned {
                 workers: config.worker_count().max(1),
                 listeners: planned_listeners(&config)?,
                 relay_ports: (config.relay.port_min, config.relay.port_max),
+                realms: realms.0.iter().map(|(_, r)| r.clone()).collect(),
             };
             if let Err(refusal) = turnd::upgrade::compat::check(&planned, &offer) {
                 crate::live_upgrade::refuse(&socket, refusal.key, &refusal.message);
                 bail!("live upgrade refused: `{}`: {}", refusal.key, refusal.message);
             }
-            Some(crate::live_upgrade::receive(socket, offer).context("live upgrade")?)
+            Some(crate::live_upgrade::receive(socket, offer, &realms).context("live upgrade")?)
         }
     };
     if !config.has_credentials() {
@@ -302,6 +304,7 @@ async fn run(
 ) -> Result<()> {
     let mut signals = Signals::register()?;
     let cert = load_certificate(&config)?;
+    warn_uncovered_names(&config, cert.as_deref());
     let worker_count = config.worker_count();
     let streams: Vec<_> = (0..worker_count.max(1)).map(|_| mpsc::channel(net::workers::STREAM_QUEUE)).collect();
     let router = StreamRouter::new(streams.iter().map(|(tx, _)| tx.clone()).collect());
@@ -404,7 +407,8 @@ async fn run(
             }
             _ = signals.usr2.recv(), if !handed_over && drain_deadline.is_none() => {
                 info!(pid = std::process::id(), "SIGUSR2: live upgrade, starting the new turnd");
-                match crate::live_upgrade::hand_over(&inventory, &control, &workers).await {
+                let realms = crate::live_upgrade::Realms::of(&current.core());
+                match crate::live_upgrade::hand_over(&inventory, &control, &workers, &realms).await {
                     Ok(serving) => {
                         // New connections are the successor's: stop accepting here.
                         for listener in inventory.streams.drain(..) {
@@ -467,7 +471,7 @@ fn bind_listeners(
     cert: Option<&Arc<ReloadableCert>>,
     router: StreamRouter,
     mut takeover: Option<&mut crate::live_upgrade::Takeover>,
-) -> Result<(Vec<Vec<std::net::UdpSocket>>, crate::live_upgrade::Inventory)> {
+) -> Result<(Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>>, crate::live_upgrade::Inventory)> {
     let mut inventory = crate::live_upgrade::Inventory { workers: workers.max(1), ..Default::default() };
     // Which handed-over listener each planned one takes (checked before the handover).
     let planned = planned_listeners(config)?;
@@ -493,11 +497,15 @@ fn bind_listeners(
         config.clients.denied.clone(),
         config.clients.trusted_proxies.clone(),
     ));
-    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
+    let mut udp_sockets: Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>> =
+        (0..workers.max(1)).map(|_| Vec::new()).collect();
+    stream::set_tenant_server_names(config.tenant_server_names());
     for listen in &config.listen {
         let label = transport_label(listen.transport);
         let inherited = matched.next().flatten();
         let context = || format!("binding {label} {}", listen.address);
+        // Validation made sure the realm is configured.
+        let tenant = listen.realm.as_deref().and_then(|realm| config.tenant_id(realm)).unwrap_or_default();
         // The embedded default and the packaged config include [::]: a host without
         // IPv6 skips that wildcard listener instead of refusing to start.
         let skip_v6 = |e: &std::io::Error| {
@@ -521,7 +529,7 @@ fn bind_listeners(
             };
             inventory.udp_listeners.push(local);
             for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-                share.push(socket);
+                share.push((socket, tenant));
             }
             local
         } else {
@@ -553,7 +561,8 @@ fn bind_listeners(
             let limits = config.tcp.limits(config.limits.sources());
             let proxy = listen.proxy_protocol;
             let fd = listener.as_fd().try_clone_to_owned()?;
-            let task = tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy));
+            let task =
+                tokio::spawn(stream::accept_loop(listener, tls, limits, slots.clone(), router.clone(), proxy, tenant));
             inventory.streams.push(crate::live_upgrade::StreamListener { transport: label, address: local, fd, task });
             local
         };
@@ -582,7 +591,7 @@ fn bind_listeners(
             .with_context(|| format!("binding udp {address} for [nat-discovery] (is the address on this host?)"))?;
         inventory.udp_listeners.push(local);
         for (share, socket) in udp_sockets.iter_mut().zip(sockets) {
-            share.push(socket);
+            share.push((socket, turnd::turn::TenantId::DEFAULT));
         }
         info!("listening on udp {local} (RFC 5780 NAT behaviour discovery)");
     }
@@ -624,6 +633,19 @@ fn take_stream(
     let (_, _, listener) = takeover.streams.remove(i);
     listener.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(listener)
+}
+
+/// Warns about each tenant server name the TLS certificate is not valid for: clients
+/// that check the certificate (browsers do) would fail the handshake for that tenant.
+fn warn_uncovered_names(config: &Config, cert: Option<&ReloadableCert>) {
+    let Some(cert) = cert else {
+        return;
+    };
+    for (name, _) in config.tenant_server_names() {
+        if !cert.is_valid_for(&name) {
+            warn!(server_name = %name, "the TLS certificate is not valid for this tenant server name");
+        }
+    }
 }
 
 /// Loads the TLS certificate when a `tls` listener needs one; the error names the file.
@@ -695,6 +717,10 @@ async fn reload(
         error!(key, message, "reload rejected; the running configuration stays in force");
         return None;
     }
+    if let Err((table, index, key, message)) = next.validate_tenants() {
+        error!(table, index, key, message, "reload rejected; the running configuration stays in force");
+        return None;
+    }
     let needs_restart: Vec<&str> = [
         ("listen", next.listen != current.listen),
         (
@@ -739,10 +765,18 @@ async fn reload(
         next.clients.denied.clone(),
         next.clients.trusted_proxies.clone(),
     ));
+    // New TLS handshakes see the new tenants' server names.
+    warn_uncovered_names(&next, cert);
+    stream::set_tenant_server_names(next.tenant_server_names());
     if control.send(Control::Reconfigure(Box::new(core))).await.is_err() {
         return None;
     }
     lookup_service.reconfigure(webhook);
-    info!(users = next.auth.user.len(), secrets = next.auth.secrets.len(), "configuration reloaded");
+    info!(
+        users = next.auth.user.len(),
+        secrets = next.auth.secrets.len(),
+        tenants = next.tenant.len(),
+        "configuration reloaded"
+    );
     Some(next)
 }

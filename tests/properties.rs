@@ -512,6 +512,27 @@ proptest! {
     }
 }
 
+/// The second tenant's clients (8 to 10) authenticate in its realm with its passwords
+/// and are held to its quotas (one allocation per user, two in all), apart from the
+/// default tenant's; every invariant, per-tenant counts included, is checked throughout.
+#[test]
+fn a_second_tenant_is_held_to_its_own_quotas() {
+    let mut d = Driver::new(5);
+    d.apply(&signed(8, 0, allocate(None)));
+    assert_eq!(d.tally.last, Some(None), "alice of b.fuzz.example, with her password there");
+    d.apply(&signed(9, 0, allocate(None)));
+    assert_eq!(d.tally.last, Some(Some(486)), "one allocation per user in b");
+    d.apply(&signed(9, 1, allocate(None)));
+    assert_eq!(d.tally.last, Some(Some(401)), "bob is not a user of b");
+    d.apply(&signed(9, 2, allocate(None)));
+    assert_eq!(d.tally.last, Some(None), "the REST user, with the shared secret");
+    d.apply(&signed(10, 2, allocate(None)));
+    assert_eq!(d.tally.last, Some(Some(508)), "b's total");
+    d.apply(&signed(0, 0, allocate(None)));
+    assert_eq!(d.tally.last, Some(None), "the default tenant's alice is another user");
+    d.finish();
+}
+
 /// The driver itself reaches deep states (so the random runs above can too): allocate,
 /// bind, relay both ways, refresh, and expire, with every invariant checked.
 #[test]

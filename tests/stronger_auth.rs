@@ -200,6 +200,7 @@ impl Core {
                 transport: Transport::Udp,
                 client: "198.51.100.1:40000".parse().unwrap(),
                 server: "10.0.0.1:3478".parse().unwrap(),
+                tenant: turnd::turn::TenantId::DEFAULT,
             },
             events: Vec::new(),
         }

@@ -5,7 +5,9 @@
 //!
 //! - no panic, whatever the input;
 //! - `allocation_count()` within the total quota, per-user and per-IP counts within
-//!   theirs, live permissions and channels within theirs;
+//!   theirs (a user is a name in a tenant: three clients belong to a second tenant,
+//!   held to its own per-user and total quotas), live permissions and channels within
+//!   theirs;
 //! - `port_usage()` adds up to the range, every relay port is in the range, held by one
 //!   allocation only, and counted as in use;
 //! - no allocation outlives its lifetime (after `handle_timeout(now)`, every allocation
@@ -45,13 +47,20 @@ use turnd::turn::effects::{carry_out, Effects};
 use turnd::turn::policy::PeerPolicy;
 use turnd::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
 use turnd::turn::server::RESERVATION_LIFETIME;
+use turnd::turn::tenant::Tenant;
 use turnd::turn::{
     AllocationId, ConnectionId, CoreConfig, Event, FiveTuple, Ledger, PeerAddr, Quotas, Received, RelayAddresses,
-    RelayBindError, Rng, Server, Transport,
+    RelayBindError, Rng, Server, TenantId, Transport,
 };
 
-/// The realm of every user.
+/// The realm of the default tenant's users.
 pub const REALM: &str = "fuzz.example";
+/// A second tenant: its realm, id and alice's password there (bob is not one of its
+/// users; the REST secret is shared).
+pub const B_REALM: &str = "b.fuzz.example";
+/// The second tenant's id.
+pub const B: TenantId = TenantId(1);
+const B_ALICE_PASSWORD: &str = "b-secret";
 /// The wall clock at the start (seconds since the epoch).
 pub const UNIX_START: u64 = 1_800_000_000;
 /// The REST user's credential expires this long after the start (wall clock).
@@ -76,6 +85,11 @@ pub fn quotas() -> Quotas {
     }
 }
 
+/// The second tenant's quotas: tighter still, so its own totals are reached.
+pub fn b_quotas() -> Quotas {
+    Quotas { total_allocations: 2, allocations_per_user: 1, ..quotas() }
+}
+
 /// Users: (name, password); the last is a TURN REST API user.
 fn users() -> [(String, String); 3] {
     let rest = format!("{}:carol", UNIX_START + REST_VALIDITY);
@@ -85,8 +99,18 @@ fn users() -> [(String, String); 3] {
 
 /// The clients: 5-tuples over both families and transports, some sharing an IP.
 pub fn clients() -> Vec<FiveTuple> {
-    let v4 = |c: &str| FiveTuple { transport: Transport::Udp, client: c.parse().unwrap(), server: server_v4() };
-    let v6 = |c: &str| FiveTuple { transport: Transport::Udp, client: c.parse().unwrap(), server: server_v6() };
+    let v4 = |c: &str| FiveTuple {
+        transport: Transport::Udp,
+        client: c.parse().unwrap(),
+        server: server_v4(),
+        tenant: TenantId::DEFAULT,
+    };
+    let v6 = |c: &str| FiveTuple {
+        transport: Transport::Udp,
+        client: c.parse().unwrap(),
+        server: server_v6(),
+        tenant: TenantId::DEFAULT,
+    };
     let mut tcp = v4("198.51.100.9:40000");
     tcp.transport = Transport::Tcp;
     let mut tls = v6("[2001:db8:9::9]:40000");
@@ -100,6 +124,10 @@ pub fn clients() -> Vec<FiveTuple> {
         v6("[2001:db8:9::1]:40000"),
         tcp,
         tls,
+        // The second tenant's clients (8, 9, 10), from an IP of their own.
+        FiveTuple { tenant: B, ..v4("198.51.100.3:40000") },
+        FiveTuple { tenant: B, ..v4("198.51.100.3:40001") },
+        FiveTuple { tenant: B, ..v4("198.51.100.3:40002") },
     ]
 }
 
@@ -143,6 +171,10 @@ pub fn config() -> CoreConfig {
         vec!["192.0.2.99/32".parse().unwrap()],
     );
     policy.deny_own_sockets([server_v4(), server_v6()]);
+    let mut b = Credentials::new(B_REALM);
+    b.add_user(&alice.0, B_ALICE_PASSWORD);
+    b.add_secret(SHARED_SECRET);
+    let tenants = vec![Tenant { id: B, credentials: b, quotas: b_quotas(), policy: policy.clone() }];
     CoreConfig {
         software: Some("turnd-fuzz".into()),
         credentials,
@@ -152,6 +184,7 @@ pub fn config() -> CoreConfig {
         relay: RelayAddresses { bind_v6: Some("2001:db8::1".parse().unwrap()), ..RelayAddresses::default() },
         policy,
         quotas: quotas(),
+        tenants,
         ..CoreConfig::default()
     }
 }
@@ -655,11 +688,17 @@ impl Driver {
         let users = users();
         let (name, password) = &users[usize::from(user) % users.len()];
         m.add_attribute(Username::new(name.clone()).expect("username"));
-        m.add_attribute(Realm::new(REALM.into()).expect("realm"));
+        let in_b = self.clients.get(client).is_some_and(|c| c.tenant == B);
+        let realm = if in_b { B_REALM } else { REALM };
+        m.add_attribute(Realm::new(realm.into()).expect("realm"));
         let nonce = self.nonces.get(&client).cloned().unwrap_or_else(|| "not-a-nonce".into());
         m.add_attribute(Nonce::new(nonce).expect("nonce"));
-        let password = if wrong_key { "wrong" } else { password.as_str() };
-        let key = long_term_key_md5(name, REALM, password);
+        let password = match (wrong_key, in_b && name == "alice") {
+            (true, _) => "wrong",
+            (false, true) => B_ALICE_PASSWORD,
+            (false, false) => password.as_str(),
+        };
+        let key = long_term_key_md5(name, realm, password);
         let set = IntegritySet { sha1: sha1 || !sha256, sha256 };
         let bytes = message::encode(m, Protection { key: Some((&key, set)), fingerprint: true }).expect("encode");
         (tid, bytes)
@@ -808,14 +847,16 @@ impl Driver {
         let (in_use, available) = self.ledger.borrow().port_usage();
         assert_eq!(in_use + available, PORTS.len(), "port usage does not add up");
         let mut ports = Vec::new();
-        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        let mut per_user: HashMap<(TenantId, &str), usize> = HashMap::new();
+        let mut per_tenant: HashMap<TenantId, usize> = HashMap::new();
         let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
         let mut listed = 0;
         for (id, a) in server.allocations() {
             listed += 1;
             assert!(a.expires > self.now, "allocation {id:?} outlived its lifetime");
             assert!(a.expires <= self.now + MAX_LIFETIME, "allocation {id:?} lives past max-lifetime");
-            *per_user.entry(&a.username).or_default() += 1;
+            *per_user.entry((a.five_tuple.tenant, &a.username)).or_default() += 1;
+            *per_tenant.entry(a.five_tuple.tenant).or_default() += 1;
             *per_ip.entry(a.five_tuple.client.ip()).or_default() += 1;
             let relays: Vec<_> = a.relay_addrs().collect();
             assert!(!relays.is_empty(), "allocation {id:?} without a relay");
@@ -848,8 +889,13 @@ impl Driver {
         ports.dedup();
         assert_eq!(ports.len(), relays, "a relay port is held by two allocations");
         assert!(relays <= in_use, "{relays} relay ports held but {in_use} counted in use");
-        for (user, n) in per_user {
-            assert!(n <= q.allocations_per_user, "{n} allocations for {user}");
+        // A user is a name in a tenant, held to that tenant's quota.
+        let quota_of = |tenant: TenantId| if tenant == B { b_quotas() } else { q };
+        for ((tenant, user), n) in per_user {
+            assert!(n <= quota_of(tenant).allocations_per_user, "{n} allocations for {user} of {tenant:?}");
+        }
+        for (tenant, n) in per_tenant {
+            assert!(n <= quota_of(tenant).total_allocations, "{n} allocations in {tenant:?}");
         }
         for (ip, n) in per_ip {
             assert!(n <= q.allocations_per_ip, "{n} allocations from {ip}");

@@ -124,6 +124,13 @@ fn bearer(header: &[u8]) -> Option<Vec<u8>> {
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii().to_vec())
 }
 
+/// The percent-decoded `realm` parameter of a query string (`/ws?realm=...`), if it
+/// is valid UTF-8 of at most 127 characters (RFC 8489 §14.9: no realm is longer).
+pub(crate) fn query_realm(query: &str) -> Option<String> {
+    let bytes = query.split('&').find_map(|pair| percent_decode(pair.strip_prefix("realm=")?))?;
+    String::from_utf8(bytes).ok().filter(|r| !r.is_empty() && r.chars().count() <= 127)
+}
+
 /// The percent-decoded `access_token` parameter of a query string.
 fn query_token(query: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| percent_decode(pair.strip_prefix("access_token=")?))
@@ -265,5 +272,7 @@ mod tests {
         assert_eq!(query_token("access_token=a%26b+c"), Some(b"a&b c".to_vec()));
         assert_eq!(query_token("access_token=%zz"), None);
         assert_eq!(query_token("other=1"), None);
+        assert_eq!(query_realm("access_token=x&realm=b.example%2Ftest"), Some("b.example/test".into()));
+        assert_eq!(query_realm("realm="), None);
     }
 }

@@ -12,8 +12,8 @@ use crate::metrics::AdminCounters;
 use crate::net::report::AllocationInfo;
 use crate::net::{Control, Snapshot};
 use crate::turn::stats::{AuthFailure, Direction, DropReason, MoveResult, RequestMethod};
-use crate::turn::EndReason;
 use crate::turn::Event;
+use crate::turn::{EndReason, TenantId};
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +40,9 @@ pub(crate) struct Outgoing {
     pub topic: Topic,
     /// The JSON text (cheap to clone: reference-counted bytes).
     pub json: Utf8Bytes,
+    /// The realm the event is about, for sessions that filter by realm; `None` for
+    /// events about no one realm (or one the hub could not name).
+    pub realm: Option<Arc<str>>,
 }
 
 /// What the hub feeds the clients.
@@ -56,6 +59,7 @@ pub(crate) struct Feeds {
 #[derive(Debug, Clone)]
 struct Known {
     user: String,
+    realm: Option<Arc<str>>,
     client: SocketAddr,
     relay: SocketAddr,
     transport: &'static str,
@@ -72,6 +76,8 @@ struct Hub {
     previous: Option<Snapshot>,
     /// Events sent and left out this second, for the `auth` and `policy` topics.
     budget: [(u64, u64); 2],
+    /// The configured realms by tenant id, from the latest snapshot.
+    realms: HashMap<TenantId, Arc<str>>,
 }
 
 /// Starts the hub on the current runtime.
@@ -95,6 +101,7 @@ pub(crate) fn start(
         known: HashMap::new(),
         previous: None,
         budget: [(0, 0); 2],
+        realms: HashMap::new(),
     };
     tokio::spawn(hub.run());
     feeds
@@ -130,33 +137,44 @@ impl Hub {
         if snapshot.unix_ms == 0 {
             return; // the loop's initial, never-published value
         }
+        if snapshot.realms.len() != self.realms.len()
+            || snapshot.realms.iter().any(|r| self.realms.get(&r.tenant).map(|k| &**k) != Some(r.realm.as_str()))
+        {
+            self.realms = snapshot.realms.iter().map(|r| (r.tenant, Arc::from(r.realm.as_str()))).collect();
+        }
         self.stats_tx.send_replace(Some(stats_json(&snapshot, self.previous.as_ref(), admin)));
         self.previous = Some(snapshot);
     }
 
     fn on_event(&mut self, event: Event) {
+        let realm;
         let (topic, body) = match event {
             Event::AllocationCreated { id, five_tuple, username, relay, lifetime } => {
                 let known = Known {
                     user: username,
+                    realm: self.realm_of(five_tuple.tenant),
                     client: five_tuple.client.get(),
                     relay,
                     transport: five_tuple.transport.label(),
                 };
+                realm = known.realm.clone();
                 self.known.insert(id.0, known);
                 let allocation = self.describe(id.0);
                 (Topic::Allocations, EventBody::AllocationCreated { allocation, lifetime_secs: lifetime.as_secs() })
             }
             Event::AllocationRefreshed { id, lifetime } => {
+                realm = self.known.get(&id.0).and_then(|k| k.realm.clone());
                 let allocation = self.describe(id.0);
                 (Topic::Allocations, EventBody::AllocationRefreshed { allocation, lifetime_secs: lifetime.as_secs() })
             }
             Event::AllocationEnded { id, five_tuple, relay, username, reason, traffic, duration } => {
-                self.known.remove(&id.0);
+                let known = self.known.remove(&id.0);
+                realm = known.and_then(|k| k.realm).or_else(|| self.realm_of(five_tuple.tenant));
                 let relay = Some(relay);
                 let allocation = AllocationRef {
                     id: id.0,
                     user: Some(username),
+                    realm: realm.as_deref().map(str::to_owned),
                     client: Some(five_tuple.client.get()),
                     relay,
                     transport: Some(five_tuple.transport.label()),
@@ -181,11 +199,13 @@ impl Hub {
                 };
                 (Topic::Allocations, body)
             }
-            Event::AuthFailed { client, reason } => {
+            Event::AuthFailed { client, tenant, reason } => {
                 if !self.within_budget(0) {
                     return;
                 }
-                (Topic::Auth, EventBody::AuthFailed { client, reason: reason.label() })
+                realm = self.realm_of(tenant);
+                let named = realm.as_deref().map(str::to_owned);
+                (Topic::Auth, EventBody::AuthFailed { client, realm: named, reason: reason.label() })
             }
             Event::AllocationMoved { id, to, .. } => {
                 // RFC 8016: the refresh event that follows shows the new client.
@@ -198,10 +218,15 @@ impl Hub {
                 if !self.within_budget(1) {
                     return;
                 }
+                realm = self.known.get(&id.0).and_then(|k| k.realm.clone());
                 (Topic::Policy, EventBody::PeerDenied { allocation: self.describe(id.0), peer })
             }
         };
-        self.send(topic, body);
+        self.send_about(topic, body, realm);
+    }
+
+    fn realm_of(&self, tenant: TenantId) -> Option<Arc<str>> {
+        self.realms.get(&tenant).cloned()
     }
 
     fn describe(&self, id: u64) -> AllocationRef {
@@ -209,6 +234,7 @@ impl Hub {
         AllocationRef {
             id,
             user: known.map(|k| k.user.clone()),
+            realm: known.and_then(|k| k.realm.as_deref().map(str::to_owned)),
             client: known.map(|k| k.client),
             relay: known.map(|k| k.relay),
             transport: known.map(|k| k.transport),
@@ -236,10 +262,14 @@ impl Hub {
     }
 
     fn send(&self, topic: Topic, body: EventBody) {
+        self.send_about(topic, body, None);
+    }
+
+    fn send_about(&self, topic: Topic, body: EventBody, realm: Option<Arc<str>>) {
         let message = EventMessage { kind: "event", topic, unix_ms: unix_ms(), body };
         if let Ok(json) = serde_json::to_string(&message) {
             // No subscriber is fine: nobody is watching.
-            let _ = self.out.send(Outgoing { topic, json: json.into() });
+            let _ = self.out.send(Outgoing { topic, json: json.into(), realm });
         }
     }
 
@@ -251,7 +281,7 @@ impl Hub {
         // Bounded: the loop caps allocations; 1000 pages of 1000 is far past any cap.
         for _ in 0..1000 {
             let (reply, answer) = oneshot::channel();
-            let asked = Control::ListAllocations { offset, limit: 1000, reply };
+            let asked = Control::ListAllocations { realm: None, offset, limit: 1000, reply };
             if self.control.try_send(asked).is_err() {
                 return;
             }
@@ -260,7 +290,8 @@ impl Hub {
             };
             offset += page.len();
             fresh.extend(page.into_iter().map(|a: AllocationInfo| {
-                (a.id, Known { user: a.user, client: a.client, relay: a.relay, transport: a.transport })
+                let realm = Some(Arc::from(a.realm.as_str()));
+                (a.id, Known { user: a.user, realm, client: a.client, relay: a.relay, transport: a.transport })
             }));
             if offset >= total || offset == 0 {
                 break;
@@ -290,6 +321,8 @@ struct StatsMessage {
     admin_connections: u64,
     totals: Totals,
     rates: Rates,
+    /// Per configured realm: allocations, auth failures and relayed bytes.
+    realms: Vec<crate::net::report::RealmFigures>,
 }
 
 /// Counters since start.
@@ -366,6 +399,7 @@ fn stats_json(s: &Snapshot, previous: Option<&Snapshot>, admin_connections: u64)
         admin_connections,
         totals,
         rates,
+        realms: s.realms.clone(),
     };
     // Plain structs of numbers and strings: serialising cannot fail.
     serde_json::to_string(&message).unwrap_or_default().into()
@@ -400,6 +434,7 @@ mod tests {
             transport: Transport::Udp,
             client: "192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap().into(),
             server: "192.0.2.2:3478".parse().unwrap(),
+            tenant: crate::turn::TenantId::DEFAULT,
         };
         let relay: SocketAddr = "192.0.2.2:50000".parse().unwrap();
         let id = AllocationId(9);
@@ -437,7 +472,9 @@ mod tests {
         tokio::task::yield_now().await;
         let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         for _ in 0..EVENTS_PER_SECOND + 30 {
-            event_tx.send(Event::AuthFailed { client, reason: AuthFailure::BadIntegrity }).unwrap();
+            event_tx
+                .send(Event::AuthFailed { client, tenant: Default::default(), reason: AuthFailure::BadIntegrity })
+                .unwrap();
         }
         for _ in 0..EVENTS_PER_SECOND {
             let e: serde_json::Value = serde_json::from_str(&rx.recv().await.unwrap().json).unwrap();

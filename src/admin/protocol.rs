@@ -56,6 +56,9 @@ pub enum ClientMessage {
     },
     /// A page of allocations ordered by id (admin).
     ListAllocations {
+        /// Only allocations of this realm (a session opened with `?realm=` lists only
+        /// its realm's, whatever this says).
+        realm: Option<String>,
         /// Allocations to skip.
         #[serde(default)]
         offset: usize,
@@ -252,6 +255,8 @@ pub struct AllocationRef {
     pub id: u64,
     /// The user that created it.
     pub user: Option<String>,
+    /// Its realm (tenant).
+    pub realm: Option<String>,
     /// The client's transport address.
     pub client: Option<SocketAddr>,
     /// The relayed transport address.
@@ -303,6 +308,9 @@ pub enum EventBody {
     AuthFailed {
         /// The client's transport address.
         client: SocketAddr,
+        /// The realm the client tried (left out if the admin plane cannot name it yet).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        realm: Option<String>,
         /// `no_user`, `bad_integrity`, `stale_nonce`, `expired_credential` or `rate_limited`.
         reason: &'static str,
     },
@@ -375,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"op":"list_allocations"}"#).unwrap(),
-            ClientMessage::ListAllocations { offset: 0, limit: None, req: None }
+            ClientMessage::ListAllocations { realm: None, offset: 0, limit: None, req: None }
         );
         assert_eq!(
             parse(r#"{"op":"drop_user","user":"alice"}"#).unwrap(),
@@ -401,7 +409,11 @@ mod tests {
             kind: "event",
             topic: Topic::Auth,
             unix_ms: 5,
-            body: EventBody::AuthFailed { client: "192.0.2.1:5".parse().unwrap(), reason: "bad_integrity" },
+            body: EventBody::AuthFailed {
+                client: "192.0.2.1:5".parse().unwrap(),
+                realm: None,
+                reason: "bad_integrity",
+            },
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),

@@ -99,6 +99,7 @@ pub(crate) async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "connection slot already taken\n").into_response();
     };
     let session = Session {
+        realm: uri.query().and_then(super::access::query_realm),
         admin: grant == super::access::Grant::Admin,
         topics: vec![Topic::Stats],
         subscribed: false,
@@ -132,6 +133,8 @@ enum Step {
 
 struct Session {
     state: Arc<State>,
+    /// `/ws?realm=`: only this realm's events and allocations.
+    realm: Option<String>,
     admin: bool,
     topics: Vec<Topic>,
     /// Whether the client has subscribed itself (the default `stats` feed does not
@@ -143,6 +146,15 @@ struct Session {
 }
 
 impl Session {
+    /// Whether an event about `realm` goes to this session: all do without a realm
+    /// filter; with one, events of that realm and those about no realm (`suppressed`).
+    fn wants_realm(&self, realm: Option<&str>) -> bool {
+        match (&self.realm, realm) {
+            (Some(wanted), Some(realm)) => wanted == realm,
+            _ => true,
+        }
+    }
+
     async fn run(mut self, mut socket: WebSocket, _slot: Slot) {
         let mut events = self.state.hub.events.subscribe();
         let mut ticker = ticker(self.interval);
@@ -184,7 +196,9 @@ impl Session {
                     }
                 }
                 event = events.recv() => match event {
-                    Ok(out) if self.topics.contains(&out.topic) => Step::Send(Message::Text(out.json)),
+                    Ok(out) if self.topics.contains(&out.topic) && self.wants_realm(out.realm.as_deref()) => {
+                        Step::Send(Message::Text(out.json))
+                    }
                     Ok(_) => Step::Nothing,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.state.counters.slow_clients_dropped.fetch_add(1, Ordering::Relaxed);
@@ -283,9 +297,10 @@ impl Session {
                 self.topics.retain(|t| !topics.contains(t));
                 self.subscribed(req)
             }
-            ClientMessage::ListAllocations { offset, limit, req } => {
+            ClientMessage::ListAllocations { realm, offset, limit, req } => {
                 let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-                let answer = self.ask(|reply| Control::ListAllocations { offset, limit, reply }).await;
+                let realm = self.realm.clone().or(realm);
+                let answer = self.ask(|reply| Control::ListAllocations { realm, offset, limit, reply }).await;
                 answer.map_or_else(
                     |(code, message)| error(req, code, message),
                     |(allocations, total)| ServerMessage::Allocations { req, offset, total, allocations },

@@ -41,6 +41,11 @@ pub struct Listen {
     /// offers no ALPN; empty means the names the `[tls]` certificate is valid for.
     #[serde(default)]
     pub turn_names: Vec<String>,
+    /// The realm (tenant) of the clients this listener takes: the top-level `realm`
+    /// when unset, or a `[[tenant]]`'s. On a tls listener a tenant's `server-names`
+    /// take precedence.
+    #[serde(default)]
+    pub realm: Option<String>,
 }
 
 /// The most `turn-names` one listener takes.
@@ -49,7 +54,7 @@ pub const MAX_TURN_NAMES: usize = 64;
 impl Listen {
     /// A listener on `address` with no options.
     pub fn new(transport: ListenTransport, address: SocketAddr) -> Listen {
-        Listen { transport, address, proxy_protocol: false, passthrough_to: None, turn_names: Vec::new() }
+        Listen { transport, address, proxy_protocol: false, passthrough_to: None, turn_names: Vec::new(), realm: None }
     }
 
     /// `turn-names` as the ClientHello's server name is compared with them: lower

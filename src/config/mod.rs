@@ -11,6 +11,7 @@ mod listen;
 mod logging;
 mod nat_discovery;
 mod relay;
+mod tenant;
 mod validate;
 mod webhook;
 
@@ -20,12 +21,11 @@ pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
 pub use relay::Relay;
+pub use tenant::{normalize_name, TenantConfig, TenantLimits, MAX_TENANTS};
 pub use webhook::{Webhook, SYSTEM_CA_FILE};
 
-use crate::turn::auth::Credentials;
 use crate::turn::policy::PeerPolicy;
 use crate::turn::{CoreConfig, Quotas, RelayAddresses};
-use auth::parse_hex_key;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,6 +109,8 @@ pub struct Config {
     pub admin: Admin,
     /// RFC 5780 NAT behaviour discovery.
     pub nat_discovery: NatDiscoveryConfig,
+    /// Realms besides `realm`, each with its own credentials, limits and peer policy.
+    pub tenant: Vec<TenantConfig>,
 }
 
 impl Default for Config {
@@ -138,6 +140,7 @@ impl Default for Config {
             log: Log::default(),
             admin: Admin::default(),
             nat_discovery: NatDiscoveryConfig::default(),
+            tenant: Vec::new(),
         }
     }
 }
@@ -198,6 +201,26 @@ fn line_of_key(source: &str, key: &str) -> usize {
         .map_or(0, |i| i + 1)
 }
 
+/// The line of `leaf` in the `index`th (from 0) `header` table (`[[tenant]]`): its
+/// `leaf = ` line or `[table.leaf]` header, else the table's own header line, else 0.
+fn line_in_table(source: &str, header: &str, index: usize, leaf: &str) -> usize {
+    let lines: Vec<&str> = source.lines().collect();
+    let is_header = |l: &&str| l.trim() == header;
+    let Some(start) = lines.iter().enumerate().filter(|(_, l)| is_header(l)).nth(index).map(|(i, _)| i) else {
+        return 0;
+    };
+    let end = lines.iter().skip(start + 1).position(is_header).map_or(lines.len(), |n| start + 1 + n);
+    let table = header.trim_matches(['[', ']']);
+    let sub_table = format!("[{table}.{leaf}]");
+    lines[start..end]
+        .iter()
+        .position(|l| {
+            let t = l.trim_start();
+            t.trim_end() == sub_table || (t.starts_with(leaf) && t[leaf.len()..].trim_start().starts_with('='))
+        })
+        .map_or(start + 1, |i| start + i + 1)
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -218,6 +241,12 @@ impl Config {
             key: key.to_owned(),
             message,
         })?;
+        config.validate_tenants().map_err(|(header, index, leaf, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_in_table(source, header, index, leaf),
+            key: format!("{}.{leaf}", header.trim_matches(['[', ']'])),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -231,22 +260,15 @@ impl Config {
 
     /// Whether anyone can authenticate.
     pub fn has_credentials(&self) -> bool {
-        !self.auth.user.is_empty() || !self.auth.secrets.is_empty() || self.auth.webhook.is_some()
+        !self.auth.user.is_empty()
+            || !self.auth.secrets.is_empty()
+            || self.auth.webhook.is_some()
+            || self.tenant.iter().any(|t| !t.user.is_empty() || !t.secrets.is_empty())
     }
 
     /// The core's view of this config.
     pub fn core(&self) -> CoreConfig {
-        let mut credentials = Credentials::new(self.realm.clone());
-        for user in &self.auth.user {
-            match (&user.password, user.key.as_deref().and_then(parse_hex_key)) {
-                (Some(password), _) => credentials.add_user(&user.name, password),
-                (None, Some(key)) => credentials.add_user_key(&user.name, key),
-                (None, None) => {}
-            }
-        }
-        for secret in &self.auth.secrets {
-            credentials.add_secret(secret.as_bytes());
-        }
+        let credentials = tenant::credentials(&self.realm, &self.auth.user, &self.auth.secrets);
         CoreConfig {
             software: (!self.software.is_empty()).then(|| self.software.clone()),
             credentials,
@@ -277,6 +299,7 @@ impl Config {
                 wait: w.timeout + Duration::from_secs(1),
                 cache_size: w.cache_size,
             }),
+            tenants: self.core_tenants(),
         }
     }
 }

@@ -72,6 +72,9 @@ enum CtlCommand {
         /// Only allocations of this client: an IP address, or IP:PORT for one transport address.
         #[arg(long, value_name = "IP[:PORT]", value_parser = parse_client)]
         client: Option<ClientFilter>,
+        /// Only allocations of this realm (tenant).
+        #[arg(long)]
+        realm: Option<String>,
         /// A JSON array of allocations (as `list_allocations` gives them) instead of a table.
         #[arg(long)]
         json: bool,
@@ -237,7 +240,9 @@ fn execute(args: &CtlArgs) -> Outcome {
     let target = Target { name, token, timeout: args.timeout };
     match &args.command {
         CtlCommand::Status { json } => status(&target, *json),
-        CtlCommand::Sessions { user, client, json } => sessions(&target, user.as_deref(), *client, *json),
+        CtlCommand::Sessions { user, client, realm, json } => {
+            sessions(&target, SessionFilter { user: user.as_deref(), client: *client, realm: realm.as_deref() }, *json)
+        }
         CtlCommand::Drop { id: Some(id), .. } => {
             let reply = Session::admin(&target)?.call(json!({"op": "drop_allocation", "id": id}))?;
             match reply["count"].as_u64() {
@@ -439,7 +444,7 @@ impl Target {
 mod report;
 mod session;
 
-use report::{drain, printable, revocations, sessions, status};
+use report::{drain, printable, revocations, sessions, status, SessionFilter};
 use session::Session;
 
 #[cfg(test)]

@@ -53,6 +53,22 @@ pub(super) fn render_status(target: &Target, hello: &Value, stats: &Value, ready
     );
     line("auth failures", nonzero(&t["auth_failures"]));
     line("dropped packets", nonzero(&t["dropped"]));
+    // One line per tenant once there is more than the default one.
+    let realms = stats["realms"].as_array().cloned().unwrap_or_default();
+    if realms.len() > 1 {
+        line("tenants", realms.len().to_string());
+        for r in &realms {
+            line(
+                &format!("  {}", printable(r["realm"].as_str().unwrap_or("?"))),
+                format!(
+                    "{} allocations, {} auth failures, {} relayed",
+                    n(&r["allocations"]),
+                    n(&r["auth_failures"]),
+                    bytes(n(&r["relayed_bytes"]))
+                ),
+            );
+        }
+    }
     out
 }
 
@@ -92,20 +108,33 @@ pub(super) fn all_allocations(session: &mut Session) -> Outcome<(Vec<Value>, u64
     }
 }
 
-pub(super) fn sessions(target: &Target, user: Option<&str>, client: Option<ClientFilter>, as_json: bool) -> Outcome {
+/// What `turnd ctl sessions` keeps.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionFilter<'a> {
+    /// `--user`.
+    pub(super) user: Option<&'a str>,
+    /// `--client`.
+    pub(super) client: Option<ClientFilter>,
+    /// `--realm`.
+    pub(super) realm: Option<&'a str>,
+}
+
+pub(super) fn sessions(target: &Target, filter: SessionFilter, as_json: bool) -> Outcome {
+    let SessionFilter { user, client, realm } = filter;
     let mut session = Session::admin(target)?;
     let (all, _) = all_allocations(&mut session)?;
     let listed = all.len();
     let chosen: Vec<Value> = all
         .into_iter()
         .filter(|a| user.map_or(true, |u| a["user"] == u))
+        .filter(|a| realm.map_or(true, |r| a["realm"] == r))
         .filter(|a| client.map_or(true, |c| c.matches(a["client"].as_str().unwrap_or(""))))
         .collect();
     if as_json {
         println!("{}", serde_json::to_string_pretty(&chosen).unwrap_or_default());
         return Ok(());
     }
-    let header = ["ID", "USER", "CLIENT", "TRANSPORT", "RELAY", "AGE", "EXPIRES IN", "TO PEER", "TO CLIENT"];
+    let header = ["ID", "USER", "REALM", "CLIENT", "TRANSPORT", "RELAY", "AGE", "EXPIRES IN", "TO PEER", "TO CLIENT"];
     let rows: Vec<Vec<String>> = chosen
         .iter()
         .map(|a| {
@@ -114,6 +143,7 @@ pub(super) fn sessions(target: &Target, user: Option<&str>, client: Option<Clien
             vec![
                 n("id").to_string(),
                 s("user"),
+                s("realm"),
                 s("client"),
                 s("transport"),
                 s("relay"),
@@ -124,8 +154,8 @@ pub(super) fn sessions(target: &Target, user: Option<&str>, client: Option<Clien
             ]
         })
         .collect();
-    print!("{}", table(&header, &rows, &[0, 5, 6, 7, 8]));
-    let filtered = user.is_some() || client.is_some();
+    print!("{}", table(&header, &rows, &[0, 6, 7, 8, 9]));
+    let filtered = user.is_some() || client.is_some() || realm.is_some();
     match (filtered, rows.len()) {
         (false, n) => println!("{n} allocation{}", plural(n as u64)),
         (true, n) => println!("{n} of {listed} allocation{} match", plural(listed as u64)),

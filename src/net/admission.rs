@@ -4,7 +4,7 @@
 //! proxied connections from naming one client, and the counters `/metrics` reads.
 //! The connection tasks themselves are in [`super::stream`].
 
-use crate::turn::FiveTuple;
+use crate::turn::{FiveTuple, TenantId};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
@@ -115,6 +115,20 @@ pub(super) static CLIENT_FILTER: LazyLock<ArcSwap<ClientFilter>> = LazyLock::new
 /// became denied sends on them.
 pub fn set_client_filter(filter: ClientFilter) {
     CLIENT_FILTER.store(Arc::new(filter));
+}
+
+/// Tenants by TLS server name (`[[tenant]] server-names`, normalised): replaced at
+/// start and on a reload, read once per TLS handshake.
+static SERVER_NAMES: LazyLock<ArcSwap<HashMap<String, TenantId>>> = LazyLock::new(ArcSwap::default);
+
+/// Puts the tenants' server names in force for TLS handshakes from now on.
+pub fn set_tenant_server_names(names: Vec<(String, TenantId)>) {
+    SERVER_NAMES.store(Arc::new(names.into_iter().collect()));
+}
+
+/// The tenant a TLS client's server name (SNI) chooses, if any.
+pub(super) fn tenant_by_server_name(name: &str) -> Option<TenantId> {
+    SERVER_NAMES.load().get(&crate::config::normalize_name(name)).copied()
 }
 
 /// The 5-tuples of open proxied connections. A proxy names the client, so two
@@ -356,6 +370,7 @@ mod tests {
             transport: Transport::Tcp,
             client: "198.51.100.77:4000".parse::<std::net::SocketAddr>().unwrap().into(),
             server: "192.0.2.1:3478".parse().unwrap(),
+            tenant: crate::turn::TenantId::DEFAULT,
         };
         let first = ProxiedClaim::claim(five_tuple).expect("the first claim");
         // A refused claim must not give the first one's 5-tuple back.

@@ -25,8 +25,14 @@ impl EventLoop {
                 self.core.set_host_addresses(&self.host_addresses);
                 info!("configuration reloaded");
             }
-            Control::ListAllocations { offset, limit, reply } => {
-                let mut all: Vec<_> = self.core.allocations().map(|(id, a)| describe(id, a, now)).collect();
+            Control::ListAllocations { realm, offset, limit, reply } => {
+                let config = self.core.config();
+                let mut all: Vec<_> = self
+                    .core
+                    .allocations()
+                    .map(|(id, a)| describe(id, a, config.realm_of(a.five_tuple.tenant).unwrap_or(""), now))
+                    .filter(|a| realm.as_ref().map_or(true, |r| &a.realm == r))
+                    .collect();
                 all.sort_by_key(|a| a.id);
                 let total = all.len();
                 let page = all.into_iter().skip(offset).take(limit).collect();
@@ -71,6 +77,33 @@ impl EventLoop {
         self.drain_outputs();
     }
 
+    /// This loop's figures per configured realm: allocations and their live bytes
+    /// counted now (one pass over the allocations, once a second), plus what ended
+    /// allocations and auth failures left in `realm_counters`.
+    fn realm_figures(&self) -> Vec<report::RealmFigures> {
+        let config = self.core.config();
+        let mut figures: Vec<report::RealmFigures> = config
+            .realms()
+            .map(|(tenant, realm)| {
+                let counted = self.realm_counters.get(&tenant).copied().unwrap_or_default();
+                report::RealmFigures {
+                    tenant,
+                    realm: realm.to_owned(),
+                    allocations: 0,
+                    auth_failures: counted.auth_failures,
+                    relayed_bytes: counted.ended_bytes,
+                }
+            })
+            .collect();
+        for (_, a) in self.core.allocations() {
+            if let Some(f) = figures.iter_mut().find(|f| f.tenant == a.five_tuple.tenant) {
+                f.allocations += 1;
+                f.relayed_bytes += a.traffic.to_peer_bytes + a.traffic.to_client_bytes;
+            }
+        }
+        figures
+    }
+
     /// Copies the loop's state into the published snapshot.
     pub(super) fn publish(&mut self) {
         self.publishes = self.publishes.wrapping_add(1);
@@ -85,6 +118,7 @@ impl EventLoop {
         let now = Instant::now();
         let (permissions, channels) = self.core.binding_counts(now);
         let (ports_in_use, ports_available) = lock(&self.ledger).port_usage();
+        let realms = self.realm_figures();
         let snapshot = &mut self.snapshot;
         snapshot.unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         snapshot.allocations = self.core.allocation_count();
@@ -95,17 +129,24 @@ impl EventLoop {
         snapshot.tcp_connections = self.streams.len();
         snapshot.draining = self.core.is_draining();
         snapshot.stats = self.core.stats();
+        snapshot.realms = realms;
         // Publishing is also this loop's heartbeat: the merge in [`workers`] feeds
         // systemd's watchdog only while every loop's snapshot keeps moving.
         self.publisher.snapshots.send_replace(snapshot.clone());
     }
 }
 
-fn describe(id: AllocationId, a: &crate::turn::allocation::Allocation, now: Instant) -> report::AllocationInfo {
+fn describe(
+    id: AllocationId,
+    a: &crate::turn::allocation::Allocation,
+    realm: &str,
+    now: Instant,
+) -> report::AllocationInfo {
     let (permissions, channels) = a.counts(now);
     report::AllocationInfo {
         id: id.0,
         user: a.username.to_string(),
+        realm: realm.to_owned(),
         client: a.five_tuple.client.get(),
         transport: a.five_tuple.transport.label(),
         relay: a.relay_addrs().next().map_or(a.five_tuple.server, |r| r.advertised),

@@ -66,6 +66,9 @@ pub struct EventLoop {
     pub(super) ready: Vec<u64>,
     pub(super) publisher: Publisher,
     pub(super) snapshot: Snapshot,
+    /// Per-tenant counters the snapshot's realm figures start from; one entry per
+    /// tenant id the config ever had (operator-configured, so bounded).
+    pub(super) realm_counters: HashMap<crate::turn::TenantId, RealmCounters>,
     /// TCP/TLS connections (their outbound queues), by their 5-tuple.
     pub(super) streams: HashMap<FiveTuple, stream::Client>,
     /// Where spawned connection tasks report (RFC 6062 peer connections).
@@ -94,7 +97,7 @@ impl EventLoop {
     /// (once the listeners' own addresses are in its peer policy).
     pub fn new(
         config: CoreConfig,
-        listeners: Vec<UdpSocket>,
+        listeners: Vec<(UdpSocket, crate::turn::TenantId)>,
         publisher: Publisher,
         stream_events: mpsc::Sender<StreamEvent>,
         ledger: SharedLedger,
@@ -133,6 +136,7 @@ impl EventLoop {
             ready: Vec::with_capacity(256),
             publisher,
             snapshot: Snapshot::default(),
+            realm_counters: HashMap::new(),
             streams: HashMap::new(),
             stream_events,
             tcp_relays: HashMap::new(),
@@ -247,6 +251,15 @@ impl EventLoop {
         }
         self.next_slot = 0;
     }
+}
+
+/// What a loop counts per tenant between snapshots (see `control::realm_figures`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RealmCounters {
+    /// Auth failures.
+    pub(super) auth_failures: u64,
+    /// Payload bytes of allocations that ended.
+    pub(super) ended_bytes: u64,
 }
 
 /// Seconds since the Unix epoch, for the core's credential checks and the snapshot.

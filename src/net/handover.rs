@@ -106,7 +106,7 @@ impl EventLoop {
     fn give_up(&mut self, fetch: Fetch, reply_to: u32) {
         let asked = Instant::now();
         let id = fetch.id;
-        let state = self.core.export_allocation(asked, id, fetch.moves, &fetch.username).map(Box::new);
+        let state = self.core.export_allocation(asked, id, fetch.moves, &fetch.user).map(Box::new);
         let mut sockets = [None, None];
         if state.is_some() {
             // Datagrams of this batch wait in `to_peers` by descriptor: send them while

@@ -10,6 +10,7 @@
 
 use crate::sys::sockopt;
 use crate::turn::allocation::Family;
+use crate::turn::TenantId;
 use quinn_udp::UdpSocketState;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
@@ -24,6 +25,8 @@ pub(super) struct Listener {
     pub(super) socket: UdpSocket,
     pub(super) state: UdpSocketState,
     pub(super) local: SocketAddr,
+    /// The tenant of the clients it takes (`[[listen]] realm`).
+    pub(super) tenant: TenantId,
 }
 
 /// Where a listener sits among an event loop's listeners: its family and its index
@@ -59,17 +62,17 @@ pub(super) struct UdpListeners {
 
 impl UdpListeners {
     /// Takes ownership of bound sockets; returns them with the key of each (for epoll).
-    pub(super) fn new(sockets: Vec<UdpSocket>) -> io::Result<(UdpListeners, Vec<(ListenerKey, i32)>)> {
+    pub(super) fn new(sockets: Vec<(UdpSocket, TenantId)>) -> io::Result<(UdpListeners, Vec<(ListenerKey, i32)>)> {
         let mut listeners = UdpListeners::default();
         let mut keys = Vec::new();
-        for socket in sockets {
+        for (socket, tenant) in sockets {
             let state = UdpSocketState::new((&socket).into())?;
             disable_gro_and_pmtud(&socket);
             let local = socket.local_addr()?;
             let family = Family::of(local.ip());
             let list = &mut listeners.by_family[family as usize];
             keys.push((ListenerKey { family, index: list.len() }, socket.as_raw_fd()));
-            list.push(Listener { socket, state, local });
+            list.push(Listener { socket, state, local, tenant });
         }
         Ok((listeners, keys))
     }
@@ -188,7 +191,10 @@ mod tests {
     use super::*;
 
     fn listeners(addresses: &[&str]) -> UdpListeners {
-        let sockets = addresses.iter().map(|a| bind_udp_listener(a.parse().unwrap(), 1).unwrap().0.remove(0)).collect();
+        let sockets = addresses
+            .iter()
+            .map(|a| (bind_udp_listener(a.parse().unwrap(), 1).unwrap().0.remove(0), TenantId::DEFAULT))
+            .collect();
         UdpListeners::new(sockets).unwrap().0
     }
 
@@ -208,8 +214,11 @@ mod tests {
             return; // the port is taken for IPv6 by someone else; nothing to learn
         };
         let port = v4.1.port();
-        let (set, keys) =
-            UdpListeners::new(vec![v4.0.into_iter().next().unwrap(), v6.0.into_iter().next().unwrap()]).unwrap();
+        let (set, keys) = UdpListeners::new(vec![
+            (v4.0.into_iter().next().unwrap(), TenantId::DEFAULT),
+            (v6.0.into_iter().next().unwrap(), TenantId::DEFAULT),
+        ])
+        .unwrap();
         for server in [format!("[::1]:{port}"), format!("[fd00::2]:{port}")] {
             let via = set.reply_via(server.parse().unwrap()).unwrap();
             assert!(via.local.is_ipv6(), "{server} answered through {}", via.local);

@@ -63,7 +63,7 @@ pub(super) fn log_event(event: &Event) {
             to_peer_bytes = traffic.to_peer_bytes, to_client_bytes = traffic.to_client_bytes,
             duration = duration.as_secs(), "allocation ended"
         ),
-        Event::AuthFailed { client, reason } => log_auth_failure(*client, *reason),
+        Event::AuthFailed { client, reason, .. } => log_auth_failure(*client, *reason),
         Event::AllocationMoved { id, from, to, from_worker } => info!(
             allocation = id.0, from = %from.client, to = %to.client, from_worker = ?from_worker,
             "allocation moved (RFC 8016)"

@@ -135,9 +135,14 @@ impl Effects for EventLoop {
                 client.authenticated();
             }
         }
-        if let Event::AllocationEnded { duration, .. } = &event {
+        if let Event::AllocationEnded { duration, five_tuple, traffic, .. } = &event {
             let seconds = duration.as_secs_f64();
             self.snapshot.allocation_lifetime_seconds.observe(&report::LIFETIME_SECONDS_BOUNDS, seconds);
+            let counted = self.realm_counters.entry(five_tuple.tenant).or_default();
+            counted.ended_bytes += traffic.to_peer_bytes + traffic.to_client_bytes;
+        }
+        if let Event::AuthFailed { tenant, .. } = &event {
+            self.realm_counters.entry(*tenant).or_default().auth_failures += 1;
         }
         // No receiver is fine: nobody is watching.
         let _ = self.publisher.events.send(event);

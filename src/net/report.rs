@@ -3,7 +3,7 @@
 //! requests. Publishing is off the relay path: the loop copies its counters once a
 //! second rather than sharing them.
 
-use crate::turn::{AllocationId, CoreConfig, Event, Stats};
+use crate::turn::{AllocationId, CoreConfig, Event, Stats, TenantId};
 use serde::Serialize;
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
@@ -78,6 +78,26 @@ pub struct Snapshot {
     /// Lifetimes of ended allocations, seconds.
     #[serde(skip)]
     pub allocation_lifetime_seconds: Histogram<11>,
+    /// Figures per configured tenant (realm), the default one first.
+    pub realms: Vec<RealmFigures>,
+}
+
+/// One tenant's figures: what the `realm`-labelled metrics and the `stats` message
+/// show. Only configured realms appear, so the label set is the configured one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RealmFigures {
+    /// The tenant's id, for the admin plane to name events' realms.
+    #[serde(skip)]
+    pub tenant: TenantId,
+    /// The realm.
+    pub realm: String,
+    /// Allocations in force.
+    pub allocations: usize,
+    /// Requests that failed authentication, since start.
+    pub auth_failures: u64,
+    /// Payload bytes relayed, both directions, since start (ended allocations and
+    /// live ones).
+    pub relayed_bytes: u64,
 }
 
 impl Snapshot {
@@ -95,6 +115,16 @@ impl Snapshot {
         self.stats.add(&other.stats);
         self.request_seconds.add(&other.request_seconds);
         self.allocation_lifetime_seconds.add(&other.allocation_lifetime_seconds);
+        for theirs in &other.realms {
+            match self.realms.iter_mut().find(|r| r.tenant == theirs.tenant) {
+                Some(mine) => {
+                    mine.allocations += theirs.allocations;
+                    mine.auth_failures += theirs.auth_failures;
+                    mine.relayed_bytes += theirs.relayed_bytes;
+                }
+                None => self.realms.push(theirs.clone()),
+            }
+        }
     }
 }
 
@@ -105,6 +135,8 @@ pub struct AllocationInfo {
     pub id: u64,
     /// The user that created it.
     pub user: String,
+    /// The realm (tenant) it belongs to.
+    pub realm: String,
     /// The client's transport address.
     pub client: SocketAddr,
     /// udp, tcp or tls.
@@ -132,6 +164,8 @@ pub enum Control {
     Reconfigure(Box<CoreConfig>),
     /// A page of allocations, ordered by id, and the total.
     ListAllocations {
+        /// Only allocations of this realm.
+        realm: Option<String>,
         /// Allocations to skip.
         offset: usize,
         /// Page size.

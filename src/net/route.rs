@@ -52,6 +52,7 @@ mod tests {
             transport: Transport::Tcp,
             client: std::net::SocketAddr::from(([192, 0, 2, 1], port)).into(),
             server: ([192, 0, 2, 9], 3478).into(),
+            tenant: crate::turn::TenantId::DEFAULT,
         }
     }
 

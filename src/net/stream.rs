@@ -30,19 +30,22 @@
 //! other; once handed over it no longer counts as unauthenticated, but stays one of its
 //! source's connections (`max_connections_per_source`, `max_connections`).
 
+use super::admission::tenant_by_server_name;
 use super::admission::{
     admit, ProxiedClaim, SourceSlot, CLIENT_FILTER, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT, PASSED_THROUGH,
     REFUSED_CLIENT_HELLO, REFUSED_DENIED, REFUSED_MAX_CONNECTIONS, REFUSED_PASSTHROUGH_BACKEND, REFUSED_PROXY_HEADER,
     REFUSED_UNTRUSTED_PROXY,
 };
-pub use super::admission::{counters, set_client_filter, ClientFilter, StreamCounters, StreamLimits};
+pub use super::admission::{
+    counters, set_client_filter, set_tenant_server_names, ClientFilter, StreamCounters, StreamLimits,
+};
 use super::client_hello::Hello;
 use super::passthrough::{self, Passthrough, Rewind, Route, SpliceEnd};
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent};
 use crate::stun::framing::Framer;
-use crate::turn::{ClientAddr, FiveTuple, Transport};
+use crate::turn::{ClientAddr, FiveTuple, TenantId, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +76,8 @@ pub struct TlsListener {
 
 /// Accepts connections on `listener` until the event channel closes. With
 /// `proxy_protocol`, each connection must come from a trusted proxy and start with a
-/// PROXY protocol header naming the client (see the module's documentation).
+/// PROXY protocol header naming the client (see the module's documentation). Its
+/// clients belong to `tenant`, unless a TLS server name chooses another.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsListener>,
@@ -81,6 +85,7 @@ pub async fn accept_loop(
     slots: Arc<Semaphore>,
     router: StreamRouter,
     proxy_protocol: bool,
+    tenant: TenantId,
 ) {
     let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
     loop {
@@ -131,7 +136,7 @@ pub async fn accept_loop(
         // lets a client that never reads park megabytes there before a write blocks.
         // In-flight data is not limited, only what waits behind a closed window.
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOT_SENT_LIMIT);
-        let five_tuple = FiveTuple { transport, client: ClientAddr::new(peer), server };
+        let five_tuple = FiveTuple { transport, client: ClientAddr::new(peer), server, tenant };
         let router = router.clone();
         let tls = tls.clone();
         match source {
@@ -255,7 +260,14 @@ async fn serve(
                     early = bytes;
                 }
                 match tokio::time::timeout_at(deadline, tls.acceptor.accept(Rewind::new(early, stream))).await {
-                    Ok(Ok(stream)) => connection(stream, accepted, limits, router).await,
+                    Ok(Ok(stream)) => {
+                        let mut accepted = accepted;
+                        // A tenant's server name chooses it over the listener's realm.
+                        if let Some(tenant) = stream.get_ref().1.server_name().and_then(tenant_by_server_name) {
+                            accepted.five_tuple.tenant = tenant;
+                        }
+                        connection(stream, accepted, limits, router).await
+                    }
                     Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%client, "TLS handshake timed out"),
                 }
@@ -507,7 +519,12 @@ mod tests {
             let slots = Arc::new(Semaphore::new(1));
             let source = SourceSlot::admit(&slots, [127, 0, 0, 1].into(), &StreamLimits::default()).unwrap();
             let address = stream.local_addr().unwrap();
-            let five_tuple = FiveTuple { transport: Transport::Tcp, client: address.into(), server: address };
+            let five_tuple = FiveTuple {
+                transport: Transport::Tcp,
+                client: address.into(),
+                server: address,
+                tenant: crate::turn::TenantId::DEFAULT,
+            };
             let accepted = Accepted { five_tuple, at: Instant::now(), source };
             let task = serve(stream, None, accepted, StreamLimits::default(), router.clone());
             assert!(std::mem::size_of_val(&task) < 4096, "{} bytes", std::mem::size_of_val(&task));

@@ -54,10 +54,10 @@ impl EventLoop {
             // One clock read per batch, not per datagram.
             let now = Instant::now();
             let unix = unix_now();
-            let local = listener.local;
+            let (local, tenant) = (listener.local, listener.tenant);
             for (slot, meta) in meta.iter().take(count).enumerate() {
                 let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
-                let from = FiveTuple { transport: Transport::Udp, client: ClientAddr::new(meta.addr), server };
+                let from = FiveTuple { transport: Transport::Udp, client: ClientAddr::new(meta.addr), server, tenant };
                 // A zero source port cannot be answered and is a classic spoofing tell.
                 if meta.addr.port() == 0 {
                     continue;

@@ -13,6 +13,7 @@
 use super::event_loop::EventLoop;
 use super::token::Token;
 use crate::turn::allocation::{AllocationState, Family};
+use crate::turn::tenant::UserKey;
 use crate::turn::AllocationId;
 use std::io;
 use std::net::UdpSocket;
@@ -134,7 +135,7 @@ pub struct ProcessExport {
     /// How long ago the nonce epoch was.
     pub nonce_epoch_age: std::time::Duration,
     /// RESERVATION-TOKENs: (token, port, time left, user, source).
-    pub reservations: Vec<(u64, u16, std::time::Duration, Box<str>, std::net::IpAddr)>,
+    pub reservations: Vec<(u64, u16, std::time::Duration, UserKey, std::net::IpAddr)>,
 }
 
 /// What a successor takes over, for [`super::Workers::start`].
@@ -145,7 +146,7 @@ pub struct Adopted {
     /// The predecessor's nonce epoch.
     pub nonce_epoch: Option<Instant>,
     /// RESERVATION-TOKENs: (token, port, expiry, user, source).
-    pub reservations: Vec<(u64, u16, Instant, Box<str>, std::net::IpAddr)>,
+    pub reservations: Vec<(u64, u16, Instant, UserKey, std::net::IpAddr)>,
     /// Each worker's allocations, in worker order.
     pub workers: Vec<Vec<(AllocationState, [Option<UdpSocket>; 2])>>,
 }
@@ -164,7 +165,8 @@ pub fn adopt_into_ledger(ledger: &mut crate::turn::Ledger, adopted: &Adopted) ->
     }
     for (state, _) in adopted.workers.iter().flatten() {
         let ports: Vec<u16> = state.relays.iter().flatten().map(|r| r.bound.port()).collect();
-        if !ledger.adopt_allocation(&state.username, state.five_tuple.client.ip(), &ports) {
+        let user = UserKey::new(state.five_tuple.tenant, &state.username);
+        if !ledger.adopt_allocation(&user, state.five_tuple.client.ip(), &ports) {
             warn!(allocation = state.id.0, ?ports, "a moved allocation's relay port is outside the relay range");
             misfits += 1;
         }

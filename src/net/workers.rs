@@ -54,7 +54,7 @@ impl Workers {
     /// fan-out and the merge run there.
     pub fn start(
         config: CoreConfig,
-        listeners: Vec<Vec<UdpSocket>>,
+        listeners: Vec<Vec<(UdpSocket, crate::turn::TenantId)>>,
         publisher: &Publisher,
         control: mpsc::Receiver<Control>,
         streams: Vec<(mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>)>,
@@ -181,11 +181,12 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                     let _ = worker.send(Control::Reconfigure(config.clone())).await;
                 }
             }
-            Control::ListAllocations { offset, limit, reply } => {
+            Control::ListAllocations { realm, offset, limit, reply } => {
                 let mut all: Vec<AllocationInfo> = Vec::new();
                 for worker in &workers {
                     let (tx, rx) = oneshot::channel();
-                    let ask = Control::ListAllocations { offset: 0, limit: usize::MAX, reply: tx };
+                    let ask =
+                        Control::ListAllocations { realm: realm.clone(), offset: 0, limit: usize::MAX, reply: tx };
                     if worker.send(ask).await.is_ok() {
                         if let Ok((page, _)) = rx.await {
                             all.extend(page);

@@ -141,6 +141,8 @@ pub struct Allocation {
     pub five_tuple: FiveTuple,
     /// The user that created it; later requests must use the same one (RFC 8656 §5).
     pub username: Box<str>,
+    /// The user as quotas and bandwidth caps count it: the username in its tenant.
+    pub user: super::tenant::UserKey,
     /// The key later requests are checked with.
     pub key: Key,
     /// The relayed addresses by [`Family`]: one, or two for a dual-stack allocation
@@ -190,6 +192,7 @@ impl Allocation {
         Allocation {
             five_tuple,
             username: username.into(),
+            user: super::tenant::UserKey::new(five_tuple.tenant, username),
             key,
             relays,
             created: now,
@@ -251,6 +254,7 @@ impl Allocation {
         let created = now.checked_sub(state.age).unwrap_or(now);
         Allocation {
             five_tuple: state.five_tuple,
+            user: super::tenant::UserKey::new(state.five_tuple.tenant, &state.username),
             username: state.username,
             key: state.key,
             relays: state.relays,

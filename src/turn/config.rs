@@ -125,6 +125,9 @@ pub struct CoreConfig {
     /// Users no local source knows are looked up (the authentication webhook) with
     /// these bounds; `None`: no webhook, such users get 401 at once.
     pub lookup: Option<LookupSettings>,
+    /// The `[[tenant]]` realms besides the default one (`credentials`, `quotas` and
+    /// `policy` above); see [`super::tenant`].
+    pub tenants: Vec<super::tenant::Tenant>,
 }
 
 impl Default for CoreConfig {
@@ -143,6 +146,7 @@ impl Default for CoreConfig {
             nat_discovery: None,
             mobility: true,
             lookup: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -172,6 +176,8 @@ impl CoreConfig {
             .chain([relay.bind_v6.map(IpAddr::V6), relay.external_v6.map(IpAddr::V6)])
             .flatten();
         let all: Vec<IpAddr> = interfaces.iter().copied().chain(configured).collect();
-        self.policy.set_host_addresses(all);
+        for policy in self.policies_mut() {
+            policy.set_host_addresses(all.iter().copied());
+        }
     }
 }

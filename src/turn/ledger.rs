@@ -18,6 +18,7 @@ use super::config::{CoreConfig, Quotas};
 use super::ports::{LivePorts, PortPool};
 use super::rate::KeyedLimiter;
 use super::source::SourcePrefix;
+use super::tenant::{TenantId, UserKey};
 use super::Rng;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -61,7 +62,7 @@ pub enum Refusal {
 struct Reservation {
     port: u16,
     expires: Instant,
-    user: Box<str>,
+    user: UserKey,
     source: IpAddr,
 }
 
@@ -75,8 +76,13 @@ pub struct Ledger {
     /// No reservation expires before this; `None` when there is none. It may lag
     /// behind (a redeemed token leaves it early), which costs one needless sweep.
     next_reservation_expiry: Option<Instant>,
-    /// Allocations (pending or live) per username, over all workers.
-    per_user: HashMap<Box<str>, usize>,
+    /// Allocations (pending or live) per user of a tenant, over all workers.
+    per_user: HashMap<UserKey, usize>,
+    /// Allocations (pending or live) and reservations per tenant, over all workers:
+    /// one entry per configured tenant at most (removed when it reaches zero).
+    per_tenant: HashMap<TenantId, usize>,
+    /// The server-wide `total-allocations` (a tenant's own cap comes with its quotas).
+    server_total: usize,
     /// Allocations (pending or live) and reservations per client source (an address
     /// masked by `source_prefix`), over all workers.
     per_ip: HashMap<IpAddr, usize>,
@@ -116,6 +122,8 @@ impl Ledger {
             reservations: HashMap::new(),
             next_reservation_expiry: None,
             per_user: HashMap::new(),
+            per_tenant: HashMap::new(),
+            server_total: config.quotas.total_allocations,
             per_ip: HashMap::new(),
             allocations: 0,
             source_prefix: config.quotas.sources(),
@@ -132,6 +140,7 @@ impl Ledger {
     /// retries the switch).
     pub fn reconfigure(&mut self, config: &CoreConfig) {
         let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
+        self.server_total = config.quotas.total_allocations;
         if limits != self.unauthenticated_limits {
             self.unauthenticated = limiter(limits);
             self.unauthenticated_limits = limits;
@@ -171,10 +180,13 @@ impl Ledger {
 
     /// Checks the quotas for one more allocation of `user` from `ip` and, if they
     /// allow it, counts it at once: checking and counting under one lock is what keeps
-    /// two workers from both admitting the last allocation. The total is checked
-    /// first (508), then the user and the IP (486), in the order turnd always used.
-    pub(crate) fn admit(&mut self, user: &str, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
-        if self.allocations >= quotas.total_allocations {
+    /// two workers from both admitting the last allocation. `quotas` are the user's
+    /// tenant's. The totals are checked first (508: the server's, then the tenant's),
+    /// then the user and the IP (486), in the order turnd always used.
+    pub(crate) fn admit(&mut self, user: &UserKey, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
+        if self.allocations >= self.server_total
+            || self.per_tenant.get(&user.tenant).copied().unwrap_or(0) >= quotas.total_allocations
+        {
             return Err(Refusal::Capacity);
         }
         let source = self.source_prefix.key(ip);
@@ -190,19 +202,20 @@ impl Ledger {
     /// [`Ledger::admit`] for a reservation the Allocate being admitted will make
     /// (EVEN-PORT with the R bit): it counts like one more allocation of the user and
     /// source, within the reservation bound too.
-    pub(crate) fn admit_reservation(&mut self, user: &str, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
+    pub(crate) fn admit_reservation(&mut self, user: &UserKey, ip: IpAddr, quotas: &Quotas) -> Result<(), Refusal> {
         if self.reservations.len() >= quotas.total_reservations {
             return Err(Refusal::Capacity);
         }
         self.admit(user, ip, quotas)
     }
 
-    fn count(&mut self, user: &str, source: IpAddr) {
+    fn count(&mut self, user: &UserKey, source: IpAddr) {
         self.allocations += 1;
+        *self.per_tenant.entry(user.tenant).or_default() += 1;
         match self.per_user.get_mut(user) {
             Some(n) => *n += 1,
             None => {
-                self.per_user.insert(user.into(), 1);
+                self.per_user.insert(user.clone(), 1);
             }
         }
         *self.per_ip.entry(source).or_default() += 1;
@@ -210,13 +223,14 @@ impl Ledger {
 
     /// Uncounts an allocation [`Ledger::admit`] counted (or a reservation
     /// [`Ledger::admit_reservation`] did): it ended, or never came to be.
-    pub(crate) fn forget_allocation(&mut self, user: &str, ip: IpAddr) {
+    pub(crate) fn forget_allocation(&mut self, user: &UserKey, ip: IpAddr) {
         let source = self.source_prefix.key(ip);
         self.uncount(user, source);
     }
 
-    fn uncount(&mut self, user: &str, source: IpAddr) {
+    fn uncount(&mut self, user: &UserKey, source: IpAddr) {
         self.allocations = self.allocations.saturating_sub(1);
+        decrement(&mut self.per_tenant, &user.tenant);
         decrement(&mut self.per_user, user);
         decrement(&mut self.per_ip, &source);
     }
@@ -252,12 +266,12 @@ impl Ledger {
     /// Records that `port`, already taken, is held for `token` until `expires`, on the
     /// count [`Ledger::admit_reservation`] made for `user` from `ip`; false if `token`
     /// is already in use (the caller draws another).
-    pub(crate) fn reserve(&mut self, token: u64, port: u16, expires: Instant, user: &str, ip: IpAddr) -> bool {
+    pub(crate) fn reserve(&mut self, token: u64, port: u16, expires: Instant, user: &UserKey, ip: IpAddr) -> bool {
         if self.reservations.contains_key(&token) {
             return false;
         }
         let source = self.source_prefix.key(ip);
-        self.reservations.insert(token, Reservation { port, expires, user: user.into(), source });
+        self.reservations.insert(token, Reservation { port, expires, user: user.clone(), source });
         self.next_reservation_expiry = Some(self.next_reservation_expiry.map_or(expires, |t| t.min(expires)));
         true
     }
@@ -270,7 +284,7 @@ impl Ledger {
     pub(crate) fn redeem(
         &mut self,
         token: u64,
-        user: &str,
+        user: &UserKey,
         ip: IpAddr,
         quotas: &Quotas,
         now: Instant,
@@ -329,7 +343,7 @@ impl Ledger {
 
     /// The reservations held, with the time each has left at `now`, for a live
     /// upgrade: (token, port, time left, user, source).
-    pub fn export_reservations(&self, now: Instant) -> Vec<(u64, u16, std::time::Duration, Box<str>, IpAddr)> {
+    pub fn export_reservations(&self, now: Instant) -> Vec<(u64, u16, std::time::Duration, UserKey, IpAddr)> {
         let mut all: Vec<_> = self
             .reservations
             .iter()
@@ -343,12 +357,19 @@ impl Ledger {
     /// Takes over a predecessor's reservation (a live upgrade): its port is taken and
     /// it counts against its user and source, as where it was made. False when the
     /// port is outside the range or already taken (the reservation is then dropped).
-    pub fn adopt_reservation(&mut self, token: u64, port: u16, expires: Instant, user: &str, source: IpAddr) -> bool {
+    pub fn adopt_reservation(
+        &mut self,
+        token: u64,
+        port: u16,
+        expires: Instant,
+        user: &UserKey,
+        source: IpAddr,
+    ) -> bool {
         if self.reservations.contains_key(&token) || !self.ports.take(port) {
             return false;
         }
         self.count(user, source);
-        self.reservations.insert(token, Reservation { port, expires, user: user.into(), source });
+        self.reservations.insert(token, Reservation { port, expires, user: user.clone(), source });
         self.next_reservation_expiry = Some(self.next_reservation_expiry.map_or(expires, |t| t.min(expires)));
         true
     }
@@ -358,7 +379,7 @@ impl Ledger {
     /// exists already; refusing would strand its client). False when a port was
     /// outside the range or already taken (the successor's config check refuses a
     /// range that no longer holds the moved ports, so this is a bug if it happens).
-    pub fn adopt_allocation(&mut self, user: &str, ip: IpAddr, ports: &[u16]) -> bool {
+    pub fn adopt_allocation(&mut self, user: &UserKey, ip: IpAddr, ports: &[u16]) -> bool {
         let mut all = true;
         for (i, &port) in ports.iter().enumerate() {
             // A dual-stack allocation may hold one port number for both families.
@@ -426,14 +447,14 @@ mod tests {
         let mut l = ledger(50000..=50009);
         let quotas = Quotas { total_allocations: 3, allocations_per_user: 2, ..Quotas::default() };
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
-        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
-        assert_eq!(l.admit("alice", ip, &quotas), Err(Refusal::Quota));
-        assert_eq!(l.admit("bob", ip, &quotas), Ok(()));
-        assert_eq!(l.admit("carol", ip, &quotas), Err(Refusal::Capacity));
-        l.forget_allocation("alice", ip);
-        l.forget_allocation("alice", ip);
-        l.forget_allocation("bob", ip);
+        assert_eq!(l.admit(&"alice".into(), ip, &quotas), Ok(()));
+        assert_eq!(l.admit(&"alice".into(), ip, &quotas), Ok(()));
+        assert_eq!(l.admit(&"alice".into(), ip, &quotas), Err(Refusal::Quota));
+        assert_eq!(l.admit(&"bob".into(), ip, &quotas), Ok(()));
+        assert_eq!(l.admit(&"carol".into(), ip, &quotas), Err(Refusal::Capacity));
+        l.forget_allocation(&"alice".into(), ip);
+        l.forget_allocation(&"alice".into(), ip);
+        l.forget_allocation(&"bob".into(), ip);
         assert_eq!(l.allocation_count(), 0);
         assert!(l.per_user.is_empty() && l.per_ip.is_empty(), "emptied entries are removed");
     }
@@ -446,15 +467,18 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let quotas = Quotas::default();
         assert_eq!(l.take_port(&mut rng, true, true, t0), Some(50000));
-        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
-        assert!(l.reserve(7, 50001, t0 + Duration::from_secs(30), "alice", ip));
-        assert!(!l.reserve(7, 50001, t0 + Duration::from_secs(30), "alice", ip), "a token names one reservation");
+        assert_eq!(l.admit_reservation(&"alice".into(), ip, &quotas), Ok(()));
+        assert!(l.reserve(7, 50001, t0 + Duration::from_secs(30), &"alice".into(), ip));
+        assert!(
+            !l.reserve(7, 50001, t0 + Duration::from_secs(30), &"alice".into(), ip),
+            "a token names one reservation"
+        );
         assert_eq!(l.allocation_count(), 1, "the reservation counts");
         assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(29)), None);
         assert_eq!(l.take_port(&mut rng, false, false, t0 + Duration::from_secs(30)), Some(50001));
         assert_eq!(l.reservation_count(), 0);
         assert_eq!(l.allocation_count(), 0, "and stops counting when it expires");
-        assert_eq!(l.redeem(7, "alice", ip, &quotas, t0 + Duration::from_secs(30)), Ok(None));
+        assert_eq!(l.redeem(7, &"alice".into(), ip, &quotas, t0 + Duration::from_secs(30)), Ok(None));
     }
 
     #[test]
@@ -464,13 +488,13 @@ mod tests {
         let quotas = Quotas { allocations_per_user: 2, total_reservations: 1, ..Quotas::default() };
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
-        assert_eq!(l.admit("alice", ip, &quotas), Ok(()));
-        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
-        assert!(l.reserve(9, 50005, t0 + Duration::from_secs(30), "alice", ip));
-        assert_eq!(l.admit("alice", ip, &quotas), Err(Refusal::Quota), "allocation + reservation = 2");
-        assert_eq!(l.admit_reservation("bob", ip, &quotas), Err(Refusal::Capacity), "one reservation at most");
+        assert_eq!(l.admit(&"alice".into(), ip, &quotas), Ok(()));
+        assert_eq!(l.admit_reservation(&"alice".into(), ip, &quotas), Ok(()));
+        assert!(l.reserve(9, 50005, t0 + Duration::from_secs(30), &"alice".into(), ip));
+        assert_eq!(l.admit(&"alice".into(), ip, &quotas), Err(Refusal::Quota), "allocation + reservation = 2");
+        assert_eq!(l.admit_reservation(&"bob".into(), ip, &quotas), Err(Refusal::Capacity), "one reservation at most");
         // The redeeming Allocate takes the reservation's place, from another address of the /64 too.
-        assert_eq!(l.redeem(9, "alice", same_64, &quotas, t0), Ok(Some(50005)));
+        assert_eq!(l.redeem(9, &"alice".into(), same_64, &quotas, t0), Ok(Some(50005)));
         assert_eq!(l.allocation_count(), 2);
         assert_eq!(l.per_ip.len(), 1, "one /64, one source");
     }
@@ -481,14 +505,14 @@ mod tests {
         let t0 = Instant::now();
         let quotas = Quotas { allocations_per_user: 1, ..Quotas::default() };
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.admit_reservation("alice", ip, &quotas), Ok(()));
-        assert!(l.reserve(3, 50002, t0 + Duration::from_secs(30), "alice", ip));
-        assert_eq!(l.admit("bob", ip, &Quotas { allocations_per_ip: 1, ..quotas }), Err(Refusal::Quota));
-        assert_eq!(l.redeem(3, "bob", ip, &Quotas { allocations_per_ip: 1, ..quotas }, t0), Ok(Some(50002)));
-        assert_eq!(l.admit_reservation("carol", ip, &quotas), Ok(()));
-        assert!(l.reserve(4, 50004, t0 + Duration::from_secs(30), "carol", ip));
-        assert_eq!(l.admit("carol", "192.0.2.9".parse().unwrap(), &quotas), Err(Refusal::Quota));
-        assert_eq!(l.redeem(4, "bob", ip, &quotas, t0), Err(Refusal::Quota), "bob is at his quota");
+        assert_eq!(l.admit_reservation(&"alice".into(), ip, &quotas), Ok(()));
+        assert!(l.reserve(3, 50002, t0 + Duration::from_secs(30), &"alice".into(), ip));
+        assert_eq!(l.admit(&"bob".into(), ip, &Quotas { allocations_per_ip: 1, ..quotas }), Err(Refusal::Quota));
+        assert_eq!(l.redeem(3, &"bob".into(), ip, &Quotas { allocations_per_ip: 1, ..quotas }, t0), Ok(Some(50002)));
+        assert_eq!(l.admit_reservation(&"carol".into(), ip, &quotas), Ok(()));
+        assert!(l.reserve(4, 50004, t0 + Duration::from_secs(30), &"carol".into(), ip));
+        assert_eq!(l.admit(&"carol".into(), "192.0.2.9".parse().unwrap(), &quotas), Err(Refusal::Quota));
+        assert_eq!(l.redeem(4, &"bob".into(), ip, &quotas, t0), Err(Refusal::Quota), "bob is at his quota");
         assert!(l.holds_reservation(4), "still carol's");
     }
 

@@ -278,6 +278,7 @@ mod tests {
                 transport: Transport::Udp,
                 client: format!("192.0.2.1:{port}").parse::<std::net::SocketAddr>().unwrap().into(),
                 server: "10.0.0.1:3478".parse().unwrap(),
+                tenant: crate::turn::TenantId::DEFAULT,
             },
             packet: vec![0; 20],
             method: stun_codec::rfc5766::methods::ALLOCATE,

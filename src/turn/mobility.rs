@@ -1,7 +1,7 @@
 //! RFC 8016 MOBILITY-TICKETs: what a ticket names and how it is sealed.
 //!
 //! A ticket names the allocation (its id), the worker that owns it now, how many times
-//! it has moved and when the ticket expires, and is bound to the allocation's user.
+//! it has moved and when the ticket expires, and is bound to the allocation's user (name and tenant).
 //! Nobody but this process can read or make one: it is authenticated encryption under
 //! keys derived from the workers' shared secret, so any worker opens a ticket another
 //! sealed.
@@ -15,6 +15,7 @@
 //! XORed with `HMAC(k_enc, tag)`. Deterministic, nonce-free, and a forgery needs an
 //! 88-bit guess per authenticated Refresh. 11 + 13 bytes make 32 base64url characters.
 
+use super::tenant::UserKey;
 use super::AllocationId;
 use base64::Engine;
 use ring::hmac;
@@ -88,7 +89,7 @@ impl TicketCodec {
 
     /// The ticket as MOBILITY-TICKET's value, bound to `user`; `None` when an id or
     /// worker index is past what the ticket holds.
-    pub fn seal(&self, ticket: &Ticket, user: &str) -> Option<Vec<u8>> {
+    pub fn seal(&self, ticket: &Ticket, user: &UserKey) -> Option<Vec<u8>> {
         if ticket.id.0 > MAX_ID {
             return None;
         }
@@ -107,7 +108,7 @@ impl TicketCodec {
     }
 
     /// Opens a ticket `user` presented at `now`.
-    pub fn open(&self, value: &[u8], user: &str, now: Instant) -> Result<Ticket, TicketError> {
+    pub fn open(&self, value: &[u8], user: &UserKey, now: Instant) -> Result<Ticket, TicketError> {
         if value.len() != TICKET_LEN {
             return Err(TicketError::Invalid);
         }
@@ -140,10 +141,12 @@ impl TicketCodec {
         Ok(ticket)
     }
 
-    fn tag(&self, plain: &[u8; PLAIN_LEN], user: &str) -> [u8; TAG_LEN] {
+    fn tag(&self, plain: &[u8; PLAIN_LEN], user: &UserKey) -> [u8; TAG_LEN] {
         let mut context = hmac::Context::with_key(&self.mac);
         context.update(plain);
-        context.update(user.as_bytes());
+        // The tenant too: the same name in another realm is another user.
+        context.update(&user.tenant.0.to_be_bytes());
+        context.update(user.name.as_bytes());
         let full = context.sign();
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
@@ -169,35 +172,35 @@ mod tests {
     #[test]
     fn a_ticket_opens_for_its_user_on_any_codec_with_the_same_secret() {
         let t0 = Instant::now();
-        let sealed = TicketCodec::new(&[7; 32], t0).seal(&ticket(), "alice").unwrap();
+        let sealed = TicketCodec::new(&[7; 32], t0).seal(&ticket(), &"alice".into()).unwrap();
         assert_eq!(sealed.len(), TICKET_LEN);
         assert!(!sealed.contains(&0), "coturn's client presents it with strlen");
         let other_worker = TicketCodec::new(&[7; 32], t0);
-        assert_eq!(other_worker.open(&sealed, "alice", t0 + Duration::from_secs(599)), Ok(ticket()));
+        assert_eq!(other_worker.open(&sealed, &"alice".into(), t0 + Duration::from_secs(599)), Ok(ticket()));
     }
 
     #[test]
     fn another_user_a_forgery_another_secret_and_expiry_are_refused() {
         let t0 = Instant::now();
         let codec = TicketCodec::new(&[7; 32], t0);
-        let sealed = codec.seal(&ticket(), "alice").unwrap();
-        assert_eq!(codec.open(&sealed, "bob", t0), Err(TicketError::Invalid));
+        let sealed = codec.seal(&ticket(), &"alice".into()).unwrap();
+        assert_eq!(codec.open(&sealed, &"bob".into(), t0), Err(TicketError::Invalid));
         for i in 0..sealed.len() {
             let mut flipped = sealed.clone();
             flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
-            assert_eq!(codec.open(&flipped, "alice", t0), Err(TicketError::Invalid), "byte {i}");
+            assert_eq!(codec.open(&flipped, &"alice".into(), t0), Err(TicketError::Invalid), "byte {i}");
         }
-        assert_eq!(codec.open(&sealed[..31], "alice", t0), Err(TicketError::Invalid));
-        assert_eq!(codec.open(b"", "alice", t0), Err(TicketError::Invalid));
-        assert_eq!(TicketCodec::new(&[8; 32], t0).open(&sealed, "alice", t0), Err(TicketError::Invalid));
-        assert_eq!(codec.open(&sealed, "alice", t0 + Duration::from_secs(600)), Err(TicketError::Expired));
+        assert_eq!(codec.open(&sealed[..31], &"alice".into(), t0), Err(TicketError::Invalid));
+        assert_eq!(codec.open(b"", &"alice".into(), t0), Err(TicketError::Invalid));
+        assert_eq!(TicketCodec::new(&[8; 32], t0).open(&sealed, &"alice".into(), t0), Err(TicketError::Invalid));
+        assert_eq!(codec.open(&sealed, &"alice".into(), t0 + Duration::from_secs(600)), Err(TicketError::Expired));
     }
 
     #[test]
     fn ids_past_48_bits_get_no_ticket_and_expiry_rounds_up() {
         let t0 = Instant::now();
         let codec = TicketCodec::new(&[7; 32], t0);
-        assert!(codec.seal(&Ticket { id: AllocationId(1 << 48), ..ticket() }, "a").is_none());
+        assert!(codec.seal(&Ticket { id: AllocationId(1 << 48), ..ticket() }, &"a".into()).is_none());
         assert_eq!(codec.expiry(t0 + Duration::from_millis(1500)), 2);
         assert_eq!(codec.expiry(t0), 0);
     }

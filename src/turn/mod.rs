@@ -26,6 +26,7 @@ pub mod source;
 pub mod stats;
 pub mod table;
 pub mod tcp_relay;
+pub mod tenant;
 pub mod ttl_cache;
 
 pub use config::{CoreConfig, Quotas, RelayAddresses};
@@ -35,6 +36,7 @@ pub use output::{EndReason, Event, Output, RelayBindError};
 pub use server::{Received, Server};
 pub use stats::Stats;
 use std::net::SocketAddr;
+pub use tenant::TenantId;
 
 /// How a client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +59,11 @@ pub struct FiveTuple {
     pub client: ClientAddr,
     /// The server's local address the client's packets arrive on.
     pub server: SocketAddr,
+    /// The tenant the shell assigned (by listener or TLS server name). Not part of
+    /// RFC 8656's 5-tuple, but a function of it (one listener, one connection), so
+    /// carrying it here never splits one client's allocation in two; it is how the
+    /// realm reaches the core with every packet for the cost of two bytes.
+    pub tenant: tenant::TenantId,
 }
 
 /// Identifies an allocation and its relay socket between the core and the shell.

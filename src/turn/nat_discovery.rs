@@ -164,7 +164,12 @@ impl NatDiscovery {
             response.add_attribute(OtherAddress::new(self.address(!ip, !port)));
             // Never another IP than the request's source: not a reflector.
             let client = SocketAddr::new(from.client.ip(), response_port.unwrap_or(from.client.port()));
-            FiveTuple { transport: from.transport, client: ClientAddr::new(client), server: origin }
+            FiveTuple {
+                transport: from.transport,
+                client: ClientAddr::new(client),
+                server: origin,
+                tenant: from.tenant,
+            }
         } else if change.0 || change.1 || response_port.is_some() {
             // A stream cannot be answered from another address nor to another port.
             return Err(errors::BAD_REQUEST);
@@ -234,7 +239,12 @@ mod tests {
     }
 
     fn udp(server: &str) -> FiveTuple {
-        FiveTuple { transport: Transport::Udp, client: addr(CLIENT).into(), server: addr(server) }
+        FiveTuple {
+            transport: Transport::Udp,
+            client: addr(CLIENT).into(),
+            server: addr(server),
+            tenant: Default::default(),
+        }
     }
 
     fn binding(attributes: Vec<Attribute>, fingerprint: bool) -> Vec<u8> {

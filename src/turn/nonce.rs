@@ -1,6 +1,7 @@
 //! Stateless nonces (RFC 8489 §9.2): the nonce cookie announcing the STUN Security
 //! Features, and the MAC that binds a nonce's features and expiry to one client.
 
+use super::tenant::TenantId;
 use base64::Engine;
 use ring::hmac;
 use std::net::SocketAddr;
@@ -129,9 +130,11 @@ impl NonceCodec {
         self.lifetime = lifetime;
     }
 
-    fn mac(&self, features: SecurityFeatures, expiry: u32, client: SocketAddr) -> [u8; MAC_BYTES] {
+    fn mac(&self, features: SecurityFeatures, expiry: u32, client: SocketAddr, tenant: TenantId) -> [u8; MAC_BYTES] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(&features.bytes());
+        // The tenant too: a nonce one realm issued is stale in another.
+        ctx.update(&tenant.0.to_be_bytes());
         ctx.update(&expiry.to_be_bytes());
         match client.ip() {
             std::net::IpAddr::V4(ip) => ctx.update(&ip.octets()),
@@ -148,19 +151,19 @@ impl NonceCodec {
         u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
-    /// A fresh nonce for `client`, announcing `features`.
-    pub fn issue(&self, now: Instant, client: SocketAddr, features: SecurityFeatures) -> String {
+    /// A fresh nonce for `client` of `tenant`, announcing `features`.
+    pub fn issue(&self, now: Instant, client: SocketAddr, features: SecurityFeatures, tenant: TenantId) -> String {
         let expiry = self.seconds(now).saturating_add(u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX));
         let mut body = [0u8; BODY_BYTES];
         body[..4].copy_from_slice(&expiry.to_be_bytes());
-        body[4..].copy_from_slice(&self.mac(features, expiry, client));
+        body[4..].copy_from_slice(&self.mac(features, expiry, client, tenant));
         let mut nonce = features.cookie();
         base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(body, &mut nonce);
         nonce
     }
 
-    /// Checks a nonce received from `client`.
-    pub fn check(&self, nonce: &str, now: Instant, client: SocketAddr) -> NonceStatus {
+    /// Checks a nonce received from `client` of `tenant`.
+    pub fn check(&self, nonce: &str, now: Instant, client: SocketAddr, tenant: TenantId) -> NonceStatus {
         let parsed = (|| {
             if nonce.len() != NONCE_LEN {
                 return None;
@@ -176,7 +179,7 @@ impl NonceCodec {
             return NonceStatus::Stale;
         };
         let expiry = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        let expected = self.mac(features, expiry, client);
+        let expected = self.mac(features, expiry, client, tenant);
         let authentic = bool::from(subtle::ConstantTimeEq::ct_eq(&body[4..BODY_BYTES], &expected[..]));
         if authentic && self.seconds(now) < expiry {
             NonceStatus::Valid
@@ -190,6 +193,8 @@ impl NonceCodec {
 mod tests {
     use super::*;
 
+    const D: TenantId = TenantId::DEFAULT;
+
     const FEATURES: SecurityFeatures = SecurityFeatures(0b11);
 
     fn client(s: &str) -> SocketAddr {
@@ -200,23 +205,28 @@ mod tests {
     fn nonce_is_valid_until_its_lifetime_then_stale() {
         let t0 = Instant::now();
         let codec = NonceCodec::new(&[1; 32], Duration::from_secs(600), t0);
-        let nonce = codec.issue(t0, client("192.0.2.1:5000"), FEATURES);
-        assert_eq!(codec.check(&nonce, t0 + Duration::from_secs(599), client("192.0.2.1:5000")), NonceStatus::Valid);
-        assert_eq!(codec.check(&nonce, t0 + Duration::from_secs(600), client("192.0.2.1:5000")), NonceStatus::Stale);
+        let nonce = codec.issue(t0, client("192.0.2.1:5000"), FEATURES, D);
+        assert_eq!(codec.check(&nonce, t0 + Duration::from_secs(599), client("192.0.2.1:5000"), D), NonceStatus::Valid);
+        assert_eq!(codec.check(&nonce, t0 + Duration::from_secs(600), client("192.0.2.1:5000"), D), NonceStatus::Stale);
     }
 
     #[test]
     fn nonce_is_bound_to_the_client_address_and_the_secret() {
         let t0 = Instant::now();
         let codec = NonceCodec::new(&[1; 32], Duration::from_secs(600), t0);
-        let nonce = codec.issue(t0, client("192.0.2.1:5000"), FEATURES);
-        assert_eq!(codec.check(&nonce, t0, client("192.0.2.1:5001")), NonceStatus::Stale);
-        assert_eq!(codec.check(&nonce, t0, client("[2001:db8::1]:5000")), NonceStatus::Stale);
+        let nonce = codec.issue(t0, client("192.0.2.1:5000"), FEATURES, D);
+        assert_eq!(codec.check(&nonce, t0, client("192.0.2.1:5001"), D), NonceStatus::Stale);
+        assert_eq!(codec.check(&nonce, t0, client("[2001:db8::1]:5000"), D), NonceStatus::Stale);
         let other = NonceCodec::new(&[2; 32], Duration::from_secs(600), t0);
-        assert_eq!(other.check(&nonce, t0, client("192.0.2.1:5000")), NonceStatus::Stale);
+        assert_eq!(other.check(&nonce, t0, client("192.0.2.1:5000"), D), NonceStatus::Stale);
+        assert_eq!(
+            codec.check(&nonce, t0, client("192.0.2.1:5000"), TenantId(1)),
+            NonceStatus::Stale,
+            "another tenant"
+        );
         let garbage = ["", "zz", "obMatJos2AAAD", "obMatJos2AAAD!!!!!!!!!!!!!!!!!!!", "ffffffff", &nonce[1..]];
         for garbage in garbage {
-            assert_eq!(codec.check(garbage, t0, client("192.0.2.1:5000")), NonceStatus::Stale, "{garbage}");
+            assert_eq!(codec.check(garbage, t0, client("192.0.2.1:5000"), D), NonceStatus::Stale, "{garbage}");
         }
     }
 
@@ -224,7 +234,7 @@ mod tests {
     fn rfc8489_9_2_nonce_starts_with_the_cookie_and_stays_short() {
         let t0 = Instant::now();
         let codec = NonceCodec::new(&[1; 32], Duration::from_secs(600), t0);
-        let nonce = codec.issue(t0, client("[2001:db8::1]:65535"), FEATURES);
+        let nonce = codec.issue(t0, client("[2001:db8::1]:65535"), FEATURES, D);
         assert_eq!(nonce.len(), NONCE_LEN);
         assert!(nonce.starts_with("obMatJos2AAAD"), "{nonce}");
         // RFC 3261 qdtext: no quote, no backslash, no whitespace.
@@ -237,14 +247,14 @@ mod tests {
         let t0 = Instant::now();
         let codec = NonceCodec::new(&[1; 32], Duration::from_secs(600), t0);
         let from = client("192.0.2.1:5000");
-        let nonce = codec.issue(t0, from, FEATURES);
+        let nonce = codec.issue(t0, from, FEATURES, D);
         for bits in ["AAAA", "AAAB", "AAAC"] {
             let tampered = format!("{NONCE_COOKIE}{bits}{}", &nonce[COOKIE_LEN..]);
-            assert_eq!(codec.check(&tampered, t0, from), NonceStatus::Stale, "{tampered}");
+            assert_eq!(codec.check(&tampered, t0, from, D), NonceStatus::Stale, "{tampered}");
         }
-        let plain = codec.issue(t0, from, SecurityFeatures::PASSWORD_ALGORITHMS);
+        let plain = codec.issue(t0, from, SecurityFeatures::PASSWORD_ALGORITHMS, D);
         assert!(plain.starts_with("obMatJos2AAAB"));
-        assert_eq!(codec.check(&plain, t0, from), NonceStatus::Valid);
+        assert_eq!(codec.check(&plain, t0, from, D), NonceStatus::Valid);
     }
 
     #[test]

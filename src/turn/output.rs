@@ -88,8 +88,8 @@ pub struct Fetch {
     pub id: AllocationId,
     /// The moves the ticket was issued after.
     pub moves: u16,
-    /// The user the Refresh authenticated as.
-    pub username: Box<str>,
+    /// The user the Refresh authenticated as, in the tenant it came to.
+    pub user: super::tenant::UserKey,
 }
 
 /// Why an allocation ended.
@@ -148,6 +148,8 @@ pub enum Event {
     AuthFailed {
         /// The client.
         client: SocketAddr,
+        /// The tenant it tried to authenticate in.
+        tenant: super::TenantId,
         /// Which check failed.
         reason: AuthFailure,
     },

@@ -102,7 +102,7 @@ pub struct ToClient {
 fn within_bandwidth(
     quotas: &Quotas,
     allocation: &mut Allocation,
-    users: &mut HashMap<Box<str>, Bucket>,
+    users: &mut HashMap<super::tenant::UserKey, Bucket>,
     len: usize,
     now: Instant,
 ) -> bool {
@@ -118,9 +118,9 @@ fn within_bandwidth(
     let per_user = allocation.user_bandwidth.map_or(quotas.bandwidth_per_user, u64::from);
     if per_user > 0 {
         let rate = per_user as f64;
-        let bucket = match users.get_mut(&*allocation.username) {
+        let bucket = match users.get_mut(&allocation.user) {
             Some(bucket) => bucket,
-            None => users.entry(allocation.username.clone()).or_insert_with(|| Bucket::full(rate, now)),
+            None => users.entry(allocation.user.clone()).or_insert_with(|| Bucket::full(rate, now)),
         };
         if !bucket.take(bytes, rate, rate, now) {
             return false;
@@ -155,11 +155,11 @@ impl AllocationTable {
             return None;
         };
         // A channel to another allocation's relay: that relay may have ended since.
-        if to_host && config.policy.check(peer.get()).is_err() {
+        if to_host && config.policy_of(from.tenant).check(peer.get()).is_err() {
             stats.drop(DropReason::Policy);
             return None;
         }
-        if !within_bandwidth(&config.quotas, allocation, users, frame.len, now) {
+        if !within_bandwidth(config.quotas_of(from.tenant), allocation, users, frame.len, now) {
             stats.drop(DropReason::RateCap);
             return None;
         }
@@ -214,11 +214,11 @@ impl AllocationTable {
         }
         // The permission proves the IP passed the policy; the port may still be one of
         // our own listeners.
-        if config.policy.check(peer.get()).is_err() {
+        if config.policy_of(from.tenant).check(peer.get()).is_err() {
             stats.drop(DropReason::Policy);
             return None;
         }
-        if !within_bandwidth(&config.quotas, allocation, &mut self.user_bandwidth, data.len(), now) {
+        if !within_bandwidth(config.quotas_of(from.tenant), allocation, &mut self.user_bandwidth, data.len(), now) {
             stats.drop(DropReason::RateCap);
             return None;
         }
@@ -238,7 +238,7 @@ impl AllocationTable {
         peer: PeerAddr,
         buf: &mut [u8],
         payload: Range<usize>,
-        quotas: &Quotas,
+        config: &CoreConfig,
         out: &mut Outbox,
     ) -> Option<ToClient> {
         let stats = &mut out.stats;
@@ -251,6 +251,7 @@ impl AllocationTable {
             return None;
         }
         let len = payload.len();
+        let quotas = config.quotas_of(entry.five_tuple.tenant);
         if !within_bandwidth(quotas, entry, &mut self.user_bandwidth, len, now) {
             stats.drop(DropReason::RateCap);
             return None;

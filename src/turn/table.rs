@@ -21,11 +21,11 @@ pub struct AllocationTable {
     expiries: BinaryHeap<Reverse<(Instant, AllocationId)>>,
     /// Allocations per user on this worker, to know when a user's bandwidth bucket can
     /// be forgotten (the ledger's count is over all workers).
-    users: HashMap<Box<str>, usize>,
+    users: HashMap<super::tenant::UserKey, usize>,
     /// Bandwidth buckets per user with allocations on this worker. Kept per worker so
     /// the relay path takes no lock: the per-user cap is enforced per worker, so a
     /// user whose clients land on several workers may relay up to that many times it.
-    pub(super) user_bandwidth: HashMap<Box<str>, Bucket>,
+    pub(super) user_bandwidth: HashMap<super::tenant::UserKey, Bucket>,
     /// This worker's index and the worker count, and how many ids it has numbered:
     /// see [`AllocationId`].
     worker: u32,
@@ -116,7 +116,7 @@ impl AllocationTable {
     /// Adds a new allocation and schedules its expiry.
     pub fn insert(&mut self, id: AllocationId, allocation: Allocation) {
         self.by_five_tuple.insert(allocation.five_tuple, id);
-        *self.users.entry(allocation.username.clone()).or_default() += 1;
+        *self.users.entry(allocation.user.clone()).or_default() += 1;
         self.schedule_expiry(id, allocation.expires);
         self.by_id.insert(id, allocation);
     }
@@ -136,9 +136,9 @@ impl AllocationTable {
         let allocation = self.by_id.remove(&id)?;
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.compact_expiries();
-        super::ledger::decrement(&mut self.users, &*allocation.username);
-        if !self.users.contains_key(&*allocation.username) {
-            self.user_bandwidth.remove(&*allocation.username);
+        super::ledger::decrement(&mut self.users, &allocation.user);
+        if !self.users.contains_key(&allocation.user) {
+            self.user_bandwidth.remove(&allocation.user);
         }
         Some(allocation)
     }

@@ -1,7 +1,8 @@
 //! Whether a successor's configuration can carry what its predecessor hands over,
 //! checked before anything is frozen: the same worker count (each worker's listener
 //! sockets and allocations go to the same index), every listener handed over still
-//! configured, every relay port of a moved allocation inside the relay range. A
+//! configured, every relay port of a moved allocation inside the relay range, every
+//! tenant with moved allocations still configured. A
 //! refusal names the config key, and the predecessor keeps serving.
 
 use super::protocol::Offer;
@@ -25,6 +26,8 @@ pub struct Planned {
     pub listeners: Vec<(&'static str, SocketAddr)>,
     /// Its relay port range.
     pub relay_ports: (u16, u16),
+    /// Its `[[tenant]]` realms.
+    pub realms: Vec<String>,
 }
 
 /// For each planned listener, the handed-over listener it takes (`None`: bind a new
@@ -71,6 +74,12 @@ pub fn check(planned: &Planned, offer: &Offer) -> Result<Vec<Option<SocketAddr>>
             ),
         });
     }
+    if let Some(realm) = offer.realms.iter().find(|r| !planned.realms.contains(r)) {
+        return Err(Refusal {
+            key: "tenant",
+            message: format!("no [[tenant]] with realm {realm:?} any more: its allocations cannot move"),
+        });
+    }
     let (min, max) = planned.relay_ports;
     if let Some(port) = offer.relay_ports.iter().find(|p| !(min..=max).contains(*p)) {
         let key = if *port < min { "relay.port-min" } else { "relay.port-max" };
@@ -105,6 +114,7 @@ mod tests {
             relay_ports: vec![50010, 50020],
             port_override: None,
             admin: None,
+            realms: vec!["b.example".into()],
         }
     }
 
@@ -113,6 +123,7 @@ mod tests {
             workers: 2,
             listeners: vec![("udp", addr("127.0.0.1:0")), ("tcp", addr("127.0.0.1:40001"))],
             relay_ports: (50000, 50100),
+            realms: vec!["b.example".into()],
         }
     }
 
@@ -135,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn another_worker_count_or_a_range_without_the_moved_ports_is_refused_naming_the_key() {
+    fn another_worker_count_a_range_without_the_moved_ports_or_a_tenant_gone_is_refused_naming_the_key() {
         let mut workers = planned();
         workers.workers = 4;
         assert_eq!(check(&workers, &offer()).unwrap_err().key, "workers");
@@ -144,5 +155,10 @@ mod tests {
         assert_eq!(check(&range, &offer()).unwrap_err().key, "relay.port-min");
         range.relay_ports = (50000, 50015);
         assert_eq!(check(&range, &offer()).unwrap_err().key, "relay.port-max");
+        let mut tenants = planned();
+        tenants.realms.clear();
+        let refusal = check(&tenants, &offer()).unwrap_err();
+        assert_eq!(refusal.key, "tenant");
+        assert!(refusal.message.contains("b.example"), "{}", refusal.message);
     }
 }

@@ -75,6 +75,10 @@ pub struct Offer {
     pub port_override: Option<u16>,
     /// The admin listener's address, when there is one.
     pub admin: Option<SocketAddr>,
+    /// The realms of `[[tenant]]`s (not the default one) whose allocations move: the
+    /// successor must have each.
+    #[serde(default)]
+    pub realms: Vec<String>,
 }
 
 /// Sends a message with `fds` attached.

@@ -13,7 +13,7 @@
 
 use crate::turn::allocation::{AllocationState, ChannelState, RelayAddr, Traffic};
 use crate::turn::auth::Key;
-use crate::turn::{AllocationId, ClientAddr, FiveTuple, Transport};
+use crate::turn::{AllocationId, ClientAddr, FiveTuple, TenantId, Transport};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -102,6 +102,10 @@ pub struct ReservationState {
     pub remaining_ms: u64,
     /// The user it counts against.
     pub user: String,
+    /// The user's tenant by realm (`None`: the default tenant). Realms, not the
+    /// process's tenant numbers, cross: the successor numbers its tenants itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
     /// The source (masked client address) it counts against.
     pub source: IpAddr,
 }
@@ -136,6 +140,10 @@ pub struct AllocationV1 {
     pub server: SocketAddr,
     /// The user.
     pub username: String,
+    /// The tenant by realm (`None`: the default tenant; absent in states written
+    /// before tenants, which all are the default tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
     /// The key (hex) later requests are checked with.
     pub key: Hex,
     /// Its relays, IPv4 first.
@@ -256,14 +264,16 @@ impl HandoverState {
 
 impl AllocationV1 {
     /// An exported allocation, its relay sockets at descriptor indices `fds` (by
-    /// family, as in [`AllocationState::relays`]).
-    pub fn from_state(state: &AllocationState, fds: [Option<usize>; 2]) -> AllocationV1 {
+    /// family, as in [`AllocationState::relays`]), its tenant's realm `realm` (`None`
+    /// for the default tenant).
+    pub fn from_state(state: &AllocationState, fds: [Option<usize>; 2], realm: Option<String>) -> AllocationV1 {
         let traffic = state.traffic;
         AllocationV1 {
             id: state.id.0,
             client: state.five_tuple.client.get(),
             server: state.five_tuple.server,
             username: state.username.to_string(),
+            realm,
             key: Hex::of(state.key.as_bytes()),
             relays: state
                 .relays
@@ -300,8 +310,9 @@ impl AllocationV1 {
         }
     }
 
-    /// The core's view of it, and the descriptor index of each relay by family.
-    pub fn to_state(&self) -> Result<(AllocationState, [Option<usize>; 2]), StateError> {
+    /// The core's view of it in tenant `tenant` (the successor's id for
+    /// [`AllocationV1::realm`]), and the descriptor index of each relay by family.
+    pub fn to_state(&self, tenant: TenantId) -> Result<(AllocationState, [Option<usize>; 2]), StateError> {
         use crate::turn::allocation::Family;
         let key = self.key.bytes("key")?;
         if key.is_empty() || key.len() > 32 {
@@ -329,6 +340,7 @@ impl AllocationV1 {
                 transport: Transport::Udp,
                 client: ClientAddr::new(self.client),
                 server: self.server,
+                tenant,
             },
             username: self.username.as_str().into(),
             key: Key::new(&key),
@@ -377,6 +389,7 @@ mod tests {
                 transport: Transport::Udp,
                 client: ClientAddr::new("192.0.2.10:50000".parse().unwrap()),
                 server: "198.51.100.1:3478".parse().unwrap(),
+                tenant: TenantId::DEFAULT,
             },
             username: "alice".into(),
             key: Key::new(&[0xab; 16]),
@@ -417,6 +430,7 @@ mod tests {
                     port: 49161,
                     remaining_ms: 29_000,
                     user: "alice".into(),
+                    realm: None,
                     source: "192.0.2.10".parse().unwrap(),
                 }],
                 port_override: None,
@@ -429,7 +443,7 @@ mod tests {
             },
             workers: vec![WorkerState {
                 listeners: vec![ListenerState { address: "198.51.100.1:3478".parse().unwrap(), fd: 2 }],
-                allocations: vec![AllocationV1::from_state(&sample_allocation(), [Some(3), None])],
+                allocations: vec![AllocationV1::from_state(&sample_allocation(), [Some(3), None], None)],
             }],
         }
     }
@@ -439,10 +453,23 @@ mod tests {
         let state = sample();
         let decoded = HandoverState::decode(&state.encode()).unwrap();
         assert_eq!(decoded, state);
-        let (allocation, fds) = decoded.workers[0].allocations[0].to_state().unwrap();
+        let (allocation, fds) = decoded.workers[0].allocations[0].to_state(TenantId::DEFAULT).unwrap();
         assert_eq!(allocation, sample_allocation());
         assert_eq!(fds, [Some(3), None]);
         assert_eq!(decoded.descriptor_count(), 4);
+    }
+
+    #[test]
+    fn a_tenants_allocation_crosses_by_realm_and_takes_the_successors_tenant_number() {
+        let mut state = sample_allocation();
+        state.five_tuple.tenant = TenantId(2);
+        let wire = AllocationV1::from_state(&state, [Some(0), None], Some("b.example".into()));
+        let decoded: AllocationV1 = serde_json::from_slice(&serde_json::to_vec(&wire).unwrap()).unwrap();
+        assert_eq!(decoded.realm.as_deref(), Some("b.example"));
+        // The successor numbered that realm 5.
+        let (moved, _) = decoded.to_state(TenantId(5)).unwrap();
+        assert_eq!(moved.five_tuple.tenant, TenantId(5));
+        assert_eq!(moved.username, state.username);
     }
 
     #[test]
@@ -470,12 +497,12 @@ mod tests {
     fn a_bad_key_or_transaction_id_is_invalid_not_a_panic() {
         let mut allocation = sample().workers[0].allocations[0].clone();
         allocation.key = Hex("zz".into());
-        assert!(matches!(allocation.to_state(), Err(StateError::Invalid(_))));
+        assert!(matches!(allocation.to_state(TenantId::DEFAULT), Err(StateError::Invalid(_))));
         allocation.key = Hex::of(&[1; 33]);
-        assert!(matches!(allocation.to_state(), Err(StateError::Invalid(_))));
+        assert!(matches!(allocation.to_state(TenantId::DEFAULT), Err(StateError::Invalid(_))));
         allocation.key = Hex::of(&[1; 16]);
         allocation.transaction_id = Hex::of(&[1; 11]);
-        assert!(matches!(allocation.to_state(), Err(StateError::Invalid(_))));
+        assert!(matches!(allocation.to_state(TenantId::DEFAULT), Err(StateError::Invalid(_))));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //   stdin  "expect N"        -> wait until the page shows N allocations (and N table
 //                               rows when it has the admin token), then print "shown N"
 //   stdin  "screenshot PATH" -> save a PNG of the page, then print "saved"
+//   stdin  "realm NAME N"    -> choose realm NAME in the realm selector, wait until the
+//                               table lists N allocations, all of NAME, then print
+//                               "listed NAME N"
 //   stdin  "quit" (or EOF)   -> print "report {json}" (page errors, requests that left
 //                               the page's origin) and exit
 //
@@ -59,6 +62,17 @@ async function main() {
         return shown === want && (!admin || (want === "0" ? table.hidden : rows === Number(want)));
       }, n, { timeout: WAIT_MS });
       console.log(`shown ${n}`);
+    } else if (command === "realm") {
+      const [, name, count] = line.trim().split(/\s+/);
+      await page.waitForFunction((want) =>
+        Array.from(document.getElementById("realm").options).some((o) => o.value === want), name,
+        { timeout: WAIT_MS });
+      await page.selectOption("#realm", name);
+      await page.waitForFunction(([want, n]) => {
+        const rows = Array.from(document.querySelectorAll("#alloc-rows tr"));
+        return rows.length === n && rows.every((r) => r.children[2].textContent === want);
+      }, [name, Number(count)], { timeout: WAIT_MS });
+      console.log(`listed ${name} ${count}`);
     } else if (command === "screenshot") {
       await page.screenshot({ path: arg, fullPage: true });
       console.log("saved");

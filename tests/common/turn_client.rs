@@ -245,6 +245,13 @@ impl StreamClient {
         })
     }
 
+    /// Sends an unauthenticated request over `stream` and reads the answer.
+    pub fn plain(&mut self, stream: &mut (impl Read + Write), method: Method) -> Message {
+        let sent = self.client.request(&Request::new(method, Vec::new()).anonymous()).expect("encode");
+        stream.write_all(&sent.bytes).expect("write request");
+        read_stun(stream)
+    }
+
     pub fn allocate(&mut self, stream: &mut (impl Read + Write)) -> Result<(SocketAddr, SocketAddr), u16> {
         let r = Request::allocate();
         allocation_result(&self.request(stream, r.method, r.attributes))
@@ -282,6 +289,26 @@ pub fn tls_over(tcp: TcpStream, ip: std::net::IpAddr) -> std::io::Result<TlsStre
         stream.conn.complete_io(&mut stream.sock)?;
     }
     Ok(stream)
+}
+
+/// Connects with TLS naming `name` in SNI (any certificate accepted).
+pub fn tls_connect_named(server: SocketAddr, name: &str) -> TlsStream {
+    let tcp = TcpStream::connect(server).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = ServerName::try_from(name.to_owned()).expect("a DNS name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).expect("TLS handshake");
+    }
+    stream
 }
 
 /// The presented leaf certificate as lossy text (enough to find its common name).

@@ -30,10 +30,16 @@ function takeToken() {
   return sessionStorage.getItem("turnd-token");
 }
 const token = takeToken();
+// The realm (tenant) shown: "" for all. Chosen in the header once the server has
+// several; the /ws session then carries ?realm= and sees that realm only.
+let realm = new URLSearchParams(location.search).get("realm") || "";
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = token ? "?access_token=" + encodeURIComponent(token) : "";
+  const params = new URLSearchParams();
+  if (token) params.set("access_token", token);
+  if (realm) params.set("realm", realm);
+  const query = params.toString() ? "?" + params.toString() : "";
   socket = new WebSocket(`${scheme}//${location.host}/ws${query}`);
   socket.onopen = () => { backoff = 1000; setStatus(true); };
   socket.onclose = () => {
@@ -83,6 +89,7 @@ function setStatus(up) {
 }
 
 function onStats(s) {
+  showRealms(s);
   $("allocations").textContent = s.allocations;
   $("allocations").dataset.value = s.allocations;
   $("permissions").textContent = s.permissions;
@@ -182,6 +189,30 @@ function niceMax(v) {
   return [1, 2, 5, 10].map((m) => m * p).find((c) => c >= v);
 }
 
+// The realm selector lists the configured realms from the stats message.
+function showRealms(s) {
+  const select = $("realm");
+  const names = (s.realms || []).map((r) => r.realm);
+  select.hidden = names.length < 2;
+  const have = Array.from(select.options).slice(1).map((o) => o.value);
+  if (have.join("\n") === names.join("\n")) return;
+  const options = names.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    return option;
+  });
+  select.replaceChildren(select.options[0], ...options);
+  select.value = realm;
+}
+
+function chooseRealm() {
+  realm = $("realm").value;
+  page = 0;
+  $("events").replaceChildren();
+  socket.close(); // reconnects with the new filter
+}
+
 function listAllocations() {
   send({ op: "list_allocations", offset: page * PAGE, limit: PAGE, req: nextReq++ });
 }
@@ -198,7 +229,7 @@ function onAllocations(m) {
   $("next").disabled = page + 1 >= pages;
   const rows = m.allocations.map((a) => {
     const tr = document.createElement("tr");
-    const cells = [a.id, a.user, a.client, a.relay, a.transport, duration(a.age_secs), duration(a.expires_in_secs),
+    const cells = [a.id, a.user, a.realm, a.client, a.relay, a.transport, duration(a.age_secs), duration(a.expires_in_secs),
       a.permissions, a.channels, bytes(a.bytes_to_peer), bytes(a.bytes_to_client)];
     for (const value of cells) {
       const td = document.createElement("td");
@@ -251,5 +282,6 @@ function addEvent(kind, text, cls) {
 
 $("prev").onclick = () => { page = Math.max(0, page - 1); listAllocations(); };
 $("next").onclick = () => { page++; listAllocations(); };
+$("realm").onchange = chooseRealm;
 window.addEventListener("resize", draw);
 connect();

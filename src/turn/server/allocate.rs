@@ -12,6 +12,7 @@ use crate::turn::ledger::{Refusal, Shared};
 use crate::turn::output::{Event, Output, RelayBindError};
 use crate::turn::policy::canonical;
 use crate::turn::request::{self, PortRequest, RelayKind};
+use crate::turn::tenant::UserKey;
 use crate::turn::{AllocationId, FiveTuple};
 use std::cmp::Reverse;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -109,11 +110,12 @@ impl Server {
         // operation, so no other worker can admit past a quota. A reservation
         // (EVEN-PORT with R) counts as one more allocation until it is redeemed, which
         // trades its count for the redeeming Allocate's.
-        let mut quotas = self.config.quotas;
+        let user = &UserKey::new(from.tenant, &auth.username);
+        let mut quotas = *self.config.quotas_of(from.tenant);
         if let Some(max) = auth.max_allocations {
             quotas.allocations_per_user = max.get() as usize;
         }
-        let (user, ip, quotas) = (auth.username.as_str(), from.client.ip(), &quotas);
+        let (ip, quotas) = (from.client.ip(), &quotas);
         let rng = self.rng.as_mut();
         let taken = shared.with(|ledger| {
             let port = match request.port {
@@ -267,7 +269,8 @@ impl Server {
     fn finish_allocate(&mut self, now: Instant, id: AllocationId, pending: PendingAllocate, shared: &impl Shared) {
         let mut relays = [None, None];
         let mut address_errors = Vec::new();
-        let (user, client_ip) = (pending.auth.username.as_str(), pending.five_tuple.client.ip());
+        let user = &UserKey::new(pending.five_tuple.tenant, &pending.auth.username);
+        let client_ip = pending.five_tuple.client.ip();
         for (i, relay) in pending.relays.iter().enumerate() {
             match relay.outcome {
                 Some(Ok(bound)) => {
@@ -309,7 +312,7 @@ impl Server {
         let reservation = reserved.and_then(|port| self.mint_reservation(port, now, user, client_ip, shared));
         let mut allocation = Allocation::new(
             pending.five_tuple,
-            user,
+            &pending.auth.username,
             pending.auth.key,
             relays,
             now,
@@ -352,7 +355,7 @@ impl Server {
         &mut self,
         port: u16,
         now: Instant,
-        user: &str,
+        user: &UserKey,
         ip: IpAddr,
         shared: &impl Shared,
     ) -> Option<u64> {

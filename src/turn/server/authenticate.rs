@@ -24,7 +24,12 @@ impl Server {
     /// then authenticates as an RFC 5389 one (MD5 key, SHA-1 integrity).
     fn challenge(&self, kind: ErrorKind, now: Instant, from: FiveTuple) -> Reject {
         use crate::turn::auth::{SecurityFeatures, NONCE_LEN, OFFERED_ALGORITHMS};
-        let credentials = &self.config.credentials;
+        // The realm the client arrived in (listener or TLS name); one a reload removed
+        // has no realm to offer, so the client gets a bare 401.
+        let Some(tenant) = self.config.tenant(from.tenant) else {
+            return Reject::new(kind);
+        };
+        let credentials = tenant.credentials;
         let attribute = |len: usize| 4 + len.div_ceil(4) * 4;
         // Header, ERROR-CODE with no reason phrase, REALM, NONCE, PASSWORD-ALGORITHMS.
         let full = 20
@@ -42,7 +47,7 @@ impl Server {
         if let Ok(realm) = Realm::new(credentials.realm().to_owned()) {
             reject.attributes.push(realm.into());
         }
-        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client.get(), features)) {
+        if let Ok(nonce) = Nonce::new(self.nonces.issue(now, from.client.get(), features, from.tenant)) {
             reject.attributes.push(nonce.into());
         }
         if offer_algorithms {
@@ -53,7 +58,7 @@ impl Server {
 
     pub(super) fn auth_failed(&mut self, now: Instant, from: FiveTuple, reason: AuthFailure) -> Reject {
         self.out.stats.auth_failures[reason as usize] += 1;
-        self.out.push(Output::Event(Event::AuthFailed { client: from.client.get(), reason }));
+        self.out.push(Output::Event(Event::AuthFailed { client: from.client.get(), tenant: from.tenant, reason }));
         let kind = if reason == AuthFailure::StaleNonce { errors::STALE_NONCE } else { errors::UNAUTHENTICATED };
         self.challenge(kind, now, from)
     }
@@ -95,7 +100,9 @@ impl Server {
             request.get_attribute::<PasswordAlgorithm>(),
         )
         .map_err(|_| Reject::new(errors::BAD_REQUEST))?;
-        let credentials = &self.config.credentials;
+        let Some(credentials) = self.config.tenant(from.tenant).map(|t| t.credentials) else {
+            return Err(self.auth_failed(now, from, AuthFailure::UnknownUser));
+        };
         let name = match (username, userhash) {
             (Some(username), _) => Some(username.name().to_owned()),
             // Only static users can be found by hash (see `Credentials::user_for_hash`).
@@ -129,10 +136,13 @@ impl Server {
         let Some(key) = keys.into_iter().find(|k| integrity.verify(k.as_bytes(), packet)) else {
             return Err(self.auth_failed(now, from, AuthFailure::BadIntegrity));
         };
-        if self.nonces.check(nonce.value(), now, from.client.get()) == NonceStatus::Stale {
+        if self.nonces.check(nonce.value(), now, from.client.get(), from.tenant) == NonceStatus::Stale {
             return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
         }
-        let credentials = &self.config.credentials;
+        // Again: the lookup above needed `self` whole.
+        let Some(credentials) = self.config.tenant(from.tenant).map(|t| t.credentials) else {
+            return Err(self.auth_failed(now, from, AuthFailure::UnknownUser));
+        };
         Ok(Some(Auth {
             // A looked-up user has no REST expiry, whatever their name looks like.
             valid_for: limits

@@ -35,7 +35,7 @@ impl Server {
         if self.connections.exists(id, peer) {
             return Err(Reject::new(errors::CONNECTION_ALREADY_EXISTS).with_auth(&auth));
         }
-        if self.connections.count_of(id) >= self.config.quotas.permissions_per_allocation
+        if self.connections.count_of(id) >= self.config.quotas_of(from.tenant).permissions_per_allocation
             || self.connections.connecting_of(id) >= MAX_CONNECTING_PER_ALLOCATION
         {
             return Err(Reject::new(errors::CONNECTION_QUOTA_REACHED).with_auth(&auth));
@@ -72,7 +72,7 @@ impl Server {
             return;
         }
         // A connection the client asked for admits the peer back in.
-        let max = self.config.quotas.permissions_per_allocation;
+        let max = self.config.quotas_of(five_tuple.tenant).permissions_per_allocation;
         if let Some(a) = self.table.get_mut(allocation) {
             a.permit(peer.ip(), now, max);
         }
@@ -90,11 +90,12 @@ impl Server {
     ) -> Option<ConnectionId> {
         let entry = self.table.get(allocation)?;
         let client = entry.five_tuple;
-        if !entry.tcp || !entry.is_permitted(peer.ip(), now) || self.config.policy.check_ip(peer.ip()).is_err() {
+        let policy = self.config.policy_of(client.tenant);
+        if !entry.tcp || !entry.is_permitted(peer.ip(), now) || policy.check_ip(peer.ip()).is_err() {
             self.drop_packet(DropReason::NoPermission);
             return None;
         }
-        if self.connections.count_of(allocation) >= self.config.quotas.permissions_per_allocation
+        if self.connections.count_of(allocation) >= self.config.quotas_of(client.tenant).permissions_per_allocation
             || self.connections.unbound() >= MAX_UNBOUND_PER_WORKER
         {
             self.drop_packet(DropReason::Quota);

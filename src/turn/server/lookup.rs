@@ -37,8 +37,11 @@ impl Server {
         (decoded, packet): (&message::Decoded, &[u8]),
         (name, algorithm): (&str, crate::stun::attributes::Algorithm),
     ) -> Result<Looked, Reject> {
-        let realm = self.config.credentials.realm();
-        let key = UserKey::new(realm, name);
+        // The realm of the tenant the client came to: answers are cached per realm.
+        let Some(realm) = self.config.tenant(from.tenant).map(|t| t.credentials.realm().to_owned()) else {
+            return Err(self.auth_failed(now, from, AuthFailure::UnknownUser));
+        };
+        let key = UserKey::new(&realm, name);
         match self.lookups.cached(&key, now) {
             Known::Found(record) => match record.key(algorithm) {
                 Some(k) => Ok(Looked::Key(k, record.limits)),
@@ -49,7 +52,7 @@ impl Server {
             Known::NotFound => Err(self.auth_failed(now, from, AuthFailure::UnknownUser)),
             Known::Unknown => {
                 let nonce = decoded.message.get_attribute::<Nonce>().map(|n| n.value().to_owned()).unwrap_or_default();
-                if self.nonces.check(&nonce, now, from.client.get()) == NonceStatus::Stale {
+                if self.nonces.check(&nonce, now, from.client.get(), from.tenant) == NonceStatus::Stale {
                     return Err(self.auth_failed(now, from, AuthFailure::StaleNonce));
                 }
                 let request = &decoded.message;
@@ -61,7 +64,6 @@ impl Server {
                     unix_now,
                     deadline: now,
                 };
-                let realm = realm.to_owned();
                 match self.lookups.park(key, parked, now) {
                     Ok(true) => {
                         self.out.push(Output::LookupUser { realm, username: name.to_owned() });

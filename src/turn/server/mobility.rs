@@ -20,6 +20,7 @@ use crate::turn::ledger::Shared;
 use crate::turn::mobility::{Ticket, TicketError};
 use crate::turn::output::{EndReason, Event, Fetch, Output};
 use crate::turn::stats::MoveResult;
+use crate::turn::tenant::UserKey;
 use crate::turn::{request, AllocationId, FiveTuple, Transport};
 use std::time::{Duration, Instant};
 use stun_codec::rfc5766::attributes::Lifetime;
@@ -63,7 +64,7 @@ impl Server {
         }
         let worker = u8::try_from(self.table.worker().0).ok()?;
         let ticket = Ticket { worker, moves: allocation.moves, id, expires: self.tickets.expiry(allocation.expires) };
-        self.tickets.seal(&ticket, &allocation.username).map(crate::stun::attributes::Opaque)
+        self.tickets.seal(&ticket, &allocation.user).map(crate::stun::attributes::Opaque)
     }
 
     /// RFC 8016 §3.2: a Refresh carrying a ticket from a 5-tuple with no allocation.
@@ -82,7 +83,10 @@ impl Server {
         if from.transport != Transport::Udp {
             return Err(mismatch());
         }
-        let ticket = match self.tickets.open(ticket, &auth.username, now) {
+        // The name in the tenant the client came to: a ticket moves an allocation only
+        // within its realm.
+        let user = UserKey::new(from.tenant, &auth.username);
+        let ticket = match self.tickets.open(ticket, &user, now) {
             Ok(ticket) => ticket,
             Err(TicketError::Invalid) => {
                 self.out.stats.mobility(MoveResult::InvalidTicket);
@@ -114,11 +118,11 @@ impl Server {
                 owner: ticket.worker.into(),
                 id: ticket.id,
                 moves: ticket.moves,
-                username: auth.username.as_str().into(),
+                user,
             }));
             return Ok(None);
         }
-        let movable = self.table.get(ticket.id).is_some_and(|a| can_move(a, &ticket, &auth.username));
+        let movable = self.table.get(ticket.id).is_some_and(|a| can_move(a, &ticket, &user));
         if !movable {
             self.out.stats.mobility(MoveResult::StaleTicket);
             return Err(mismatch());
@@ -131,7 +135,7 @@ impl Server {
     }
 
     /// Gives up allocation `id` to another worker, whose client presented a ticket
-    /// naming it after `moves` moves, authenticated as `username`: the allocation
+    /// naming it after `moves` moves, authenticated as `user`: the allocation
     /// leaves the table (its ports stay counted in the ledger, its relay sockets stay
     /// open for the shell to carry) and its state is returned. `None`, and nothing
     /// changes, when the ticket may not move it (gone, moved since, another user's).
@@ -140,12 +144,12 @@ impl Server {
         now: Instant,
         id: AllocationId,
         moves: u16,
-        username: &str,
+        user: &UserKey,
     ) -> Option<AllocationState> {
         self.last_now = now;
         let worker = u8::try_from(self.table.worker().0).ok()?;
         let ticket = Ticket { worker, moves, id, expires: 0 };
-        if !self.table.get(id).is_some_and(|a| can_move(a, &ticket, username)) {
+        if !self.table.get(id).is_some_and(|a| can_move(a, &ticket, user)) {
             return None;
         }
         let allocation = self.table.remove(id)?;
@@ -236,11 +240,11 @@ impl Server {
     }
 }
 
-/// Whether `ticket`, presented by `username`, may move `allocation`: it is a mobile
+/// Whether `ticket`, presented by `user`, may move `allocation`: it is a mobile
 /// UDP allocation of that user, and has not moved since the ticket was issued.
-fn can_move(allocation: &Allocation, ticket: &Ticket, username: &str) -> bool {
+fn can_move(allocation: &Allocation, ticket: &Ticket, user: &UserKey) -> bool {
     allocation.mobile
         && allocation.five_tuple.transport == Transport::Udp
-        && *allocation.username == *username
+        && allocation.user == *user
         && allocation.moves == ticket.moves
 }

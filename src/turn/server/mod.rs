@@ -155,7 +155,9 @@ impl Server {
             ledger.reconfigure(&config);
             (ledger.live_ports(), ledger.nonce_epoch(now))
         });
-        config.policy.watch_relay_ports(live_ports);
+        for policy in config.policies_mut() {
+            policy.watch_relay_ports(live_ports.clone());
+        }
         let out = Outbox::new(rng.next_u32(), rng.next_u64());
         Server {
             nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
@@ -175,31 +177,36 @@ impl Server {
         }
     }
 
-    /// Replaces users, secrets, quotas, policy and lifetimes (a config reload). The
-    /// webhook's cached answers are flushed.
-    /// Permissions and channels to peers the new policy refuses are revoked, and
-    /// allocations of newly denied clients end. The shared limits change as
-    /// [`super::Ledger::reconfigure`] says: every worker applies the same reload.
+    /// Replaces users, secrets, quotas, policy, tenants and lifetimes (a config
+    /// reload). Permissions and channels to peers the new policy (of the allocation's
+    /// tenant) refuses are revoked, and allocations of newly denied clients and of
+    /// removed tenants end; other tenants' allocations are left as they are. The
+    /// shared limits change as [`super::Ledger::reconfigure`] says: every worker
+    /// applies the same reload.
+    /// The webhook's cached answers are flushed.
     pub fn reconfigure(&mut self, config: CoreConfig, shared: &impl Shared) {
         let mut config = config;
-        let policy = &config.policy;
         for allocation in self.table.iter_mut() {
+            let policy = config.policy_of(allocation.five_tuple.tenant);
             allocation.revoke(|peer| !policy.keeps_permission(peer.ip()));
         }
         let live_ports = shared.with(|ledger| {
             ledger.reconfigure(&config);
             ledger.live_ports()
         });
-        config.policy.watch_relay_ports(live_ports);
+        for policy in config.policies_mut() {
+            policy.watch_relay_ports(live_ports.clone());
+        }
         let newly_denied = !config.denied_clients.is_empty() && config.denied_clients != self.config.denied_clients;
         self.nonces.set_lifetime(config.nonce_lifetime);
         self.lookups.reconfigure(config.lookup.unwrap_or_default());
         self.config = config;
-        if newly_denied {
-            let denied = self.table.ids_where(|a| self.config.is_denied_client(a.five_tuple.client));
-            for id in denied {
-                self.remove_allocation(id, self.last_now, EndReason::Closed, shared);
-            }
+        let gone = self.table.ids_where(|a| {
+            self.config.tenant(a.five_tuple.tenant).is_none()
+                || (newly_denied && self.config.is_denied_client(a.five_tuple.client))
+        });
+        for id in gone {
+            self.remove_allocation(id, self.last_now, EndReason::Closed, shared);
         }
     }
 
@@ -209,8 +216,8 @@ impl Server {
     /// request did not come over. Channels to what is now the host's are rechecked.
     pub fn set_host_addresses(&mut self, interfaces: &[IpAddr]) {
         self.config.set_host_addresses(interfaces);
-        let policy = &self.config.policy;
         for allocation in self.table.iter_mut() {
+            let policy = self.config.policy_of(allocation.five_tuple.tenant);
             allocation.recheck_channels(|peer| policy.check(peer).ok().map(|()| policy.is_host(peer.ip())));
         }
     }
@@ -261,7 +268,7 @@ impl Server {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> Option<ToClient> {
-        self.table.relay_from_peer(now, allocation, peer, buf, payload, &self.config.quotas, &mut self.out)
+        self.table.relay_from_peer(now, allocation, peer, buf, payload, &self.config, &mut self.out)
     }
 
     /// An ICMP error that came back for a datagram the allocation's relay socket sent
@@ -414,6 +421,11 @@ impl Server {
         (self.lookups.parked(), self.lookups.cached_count())
     }
 
+    /// The configuration in force (the realms of its tenants, for reports).
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.out.stats
@@ -452,7 +464,7 @@ impl Server {
             return false;
         };
         shared.with(|ledger| {
-            ledger.forget_allocation(&allocation.username, allocation.five_tuple.client.ip());
+            ledger.forget_allocation(&allocation.user, allocation.five_tuple.client.ip());
             for relay in allocation.relay_addrs() {
                 ledger.release_port(relay.bound.port());
             }

@@ -106,7 +106,7 @@ impl Server {
         if allocation.relay_for(peer.ip()).is_none() {
             return Err(Reject::new(errors::PEER_ADDRESS_FAMILY_MISMATCH).with_auth(auth));
         }
-        let policy = &self.config.policy;
+        let policy = self.config.policy_of(allocation.five_tuple.tenant);
         let verdict = match check {
             PeerCheck::WithPort => policy.check(peer.get()),
             PeerCheck::IpOnly => policy.check_permission(peer.get()),
@@ -136,7 +136,7 @@ impl Server {
         for &peer in &peers {
             self.admit_peer(id, peer, PeerCheck::IpOnly, auth)?;
         }
-        let max = self.config.quotas.permissions_per_allocation;
+        let max = self.config.quotas_of(from.tenant).permissions_per_allocation;
         let ips: Vec<IpAddr> = peers.iter().map(|p| p.ip()).collect();
         let allocation = self.table.get_mut(id).ok_or_else(|| Reject::new(errors::ALLOCATION_MISMATCH))?;
         if !allocation.has_room_for_permissions(&ips, now, max) {
@@ -160,8 +160,8 @@ impl Server {
         let bad = || Reject::new(errors::BAD_REQUEST).with_auth(auth);
         let ChannelBind { number, peer } = ChannelBind::decode(message).map_err(|_| bad())?;
         self.admit_peer(id, peer, PeerCheck::WithPort, auth)?;
-        let quotas = self.config.quotas;
-        let to_host = self.config.policy.is_host(peer.ip());
+        let quotas = *self.config.quotas_of(from.tenant);
+        let to_host = self.config.policy_of(from.tenant).is_host(peer.ip());
         let allocation = self.table.get_mut(id).ok_or_else(|| Reject::new(errors::ALLOCATION_MISMATCH))?;
         if !allocation.has_room_for_permissions(&[peer.ip()], now, quotas.permissions_per_allocation) {
             return Err(Reject::new(errors::PERMISSION_QUOTA_REACHED).with_auth(auth));

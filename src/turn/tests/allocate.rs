@@ -260,12 +260,18 @@ fn rfc8656_7_2_an_ipv4_relay_asked_over_ipv6_binds_the_hosts_ipv4_address() {
         transport: Transport::Udp,
         client: addr("[2001:db8::7]:40000").into(),
         server: addr("[2001:db8::1]:3478"),
+        tenant: crate::turn::TenantId::DEFAULT,
     };
     assert_eq!(error_code(&h.allocate()), None);
     assert_eq!(h.relay_addr().ip(), "10.0.0.1".parse::<std::net::IpAddr>().unwrap());
     // To ::1, the IPv4 loopback; with no IPv4 address known, 440.
     let mut h = Harness::new();
-    h.client = FiveTuple { transport: Transport::Udp, client: addr("[::1]:40000").into(), server: addr("[::1]:3478") };
+    h.client = FiveTuple {
+        transport: Transport::Udp,
+        client: addr("[::1]:40000").into(),
+        server: addr("[::1]:3478"),
+        tenant: crate::turn::TenantId::DEFAULT,
+    };
     assert_eq!(error_code(&h.allocate()), None);
     assert_eq!(h.relay_addr().ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     let mut h = Harness::new();
@@ -273,6 +279,7 @@ fn rfc8656_7_2_an_ipv4_relay_asked_over_ipv6_binds_the_hosts_ipv4_address() {
         transport: Transport::Udp,
         client: addr("[2001:db8::7]:40000").into(),
         server: addr("[2001:db8::1]:3478"),
+        tenant: crate::turn::TenantId::DEFAULT,
     };
     assert_eq!(error_code(&h.allocate()), Some(440));
 }

@@ -149,10 +149,10 @@ fn rfc8016_a_move_to_another_worker_carries_the_allocation_over() {
     assert!(b.send_raw(&bytes).is_empty(), "answered once the allocation arrives");
     assert!(b.send_raw(&bytes).is_empty(), "a retransmission waits with it");
     let fetch = b.fetches.pop().expect("a fetch");
-    assert_eq!((fetch.owner, fetch.id, &*fetch.username), (0, id, "alice"));
+    assert_eq!((fetch.owner, fetch.id, &*fetch.user.name), (0, id, "alice"));
 
     // Worker 0 gives it up: it is gone there, its ports still counted.
-    let state = a.server.export_allocation(a.now, fetch.id, fetch.moves, &fetch.username);
+    let state = a.server.export_allocation(a.now, fetch.id, fetch.moves, &fetch.user);
     let state = state.expect("worker 0 hands it over");
     assert_eq!(a.server.allocation_count(), 0);
     assert!(a.drain().is_empty() && a.closed.is_empty(), "no relay closed, nothing sent");
@@ -177,7 +177,7 @@ fn rfc8016_a_move_to_another_worker_carries_the_allocation_over() {
     assert_eq!(b.peer_packet(PEER, b"back").unwrap(), channel_data(0x4000, b"back"));
 
     // Asking worker 0 again (a replay of the old ticket elsewhere) finds nothing.
-    assert!(a.server.export_allocation(a.now, id, fetch.moves, "alice").is_none());
+    assert!(a.server.export_allocation(a.now, id, fetch.moves, &"alice".into()).is_none());
     // And a worker that will not give it up gets the Refresh a 437.
     let mut c = b.client;
     c.client = addr("198.51.100.9:50001").into();
@@ -191,8 +191,8 @@ fn rfc8016_the_owner_refuses_another_user_and_a_ticket_from_before_a_move() {
     let (mut a, _b) = two_workers(config());
     mobile_allocation(&mut a);
     let id = a.allocation_id();
-    assert!(a.server.export_allocation(a.now, id, 0, "bob").is_none());
-    assert!(a.server.export_allocation(a.now, id, 1, "alice").is_none());
+    assert!(a.server.export_allocation(a.now, id, 0, &"bob".into()).is_none());
+    assert!(a.server.export_allocation(a.now, id, 1, &"alice".into()).is_none());
     assert_eq!(a.server.allocation_count(), 1);
 }
 

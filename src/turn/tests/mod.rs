@@ -8,6 +8,7 @@ mod mobility;
 mod relay;
 mod requests;
 mod rfc6062;
+mod tenants;
 mod upgrade;
 mod workers;
 
@@ -52,6 +53,8 @@ struct Harness {
     next_tid: u32,
     user: &'static str,
     password: &'static str,
+    /// The realm requests name (and their key is made with).
+    realm: &'static str,
     bind_failures: Vec<RelayBindError>,
     opened: Vec<(AllocationId, SocketAddr)>,
     closed: Vec<AllocationId>,
@@ -164,11 +167,13 @@ impl Harness {
                 transport: Transport::Udp,
                 client: addr("198.51.100.1:40000").into(),
                 server: addr("10.0.0.1:3478"),
+                tenant: crate::turn::TenantId::DEFAULT,
             },
             nonce: None,
             next_tid: 0,
             user: "alice",
             password: "secret",
+            realm: "example.org",
             bind_failures: Vec::new(),
             opened: Vec::new(),
             closed: Vec::new(),
@@ -235,9 +240,9 @@ impl Harness {
             m.add_attribute(a);
         }
         m.add_attribute(Username::new(self.user.into()).unwrap());
-        m.add_attribute(Realm::new("example.org".into()).unwrap());
+        m.add_attribute(Realm::new(self.realm.into()).unwrap());
         m.add_attribute(Nonce::new(self.nonce.clone().unwrap_or_else(|| "none".into())).unwrap());
-        let key = long_term_key_md5(self.user, "example.org", self.password);
+        let key = long_term_key_md5(self.user, self.realm, self.password);
         let set = IntegritySet { sha1: true, sha256: false };
         message::encode(m, Protection { key: Some((&key, set)), fingerprint: true }).unwrap()
     }

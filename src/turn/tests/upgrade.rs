@@ -24,7 +24,11 @@ fn live_upgrade_a_udp_allocation_moves_with_its_channel_and_quota_and_refreshes_
     new.now = old.now + Duration::from_millis(20);
     for state in exported.clone() {
         let ports: Vec<u16> = state.relays.iter().flatten().map(|r| r.bound.port()).collect();
-        assert!(new.ledger.lock().unwrap().adopt_allocation(&state.username, state.five_tuple.client.ip(), &ports));
+        assert!(new.ledger.lock().unwrap().adopt_allocation(
+            &crate::turn::tenant::UserKey::new(state.five_tuple.tenant, &state.username),
+            state.five_tuple.client.ip(),
+            &ports
+        ));
         new.server.adopt_allocation(new.now, state);
     }
     new.opened.push((id, relay));
