@@ -460,6 +460,9 @@ async fn run(
     }
 }
 
+/// Each worker's UDP listener sockets with the tenant each serves.
+type WorkerUdpSockets = Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>>;
+
 /// Binds every configured listener, or takes it from the predecessor in a live
 /// upgrade; TCP/TLS listeners get their accept loops here. Returns each worker's UDP
 /// sockets (one of every configured UDP listener) and what a live upgrade of this
@@ -471,7 +474,7 @@ fn bind_listeners(
     cert: Option<&Arc<ReloadableCert>>,
     router: StreamRouter,
     mut takeover: Option<&mut crate::live_upgrade::Takeover>,
-) -> Result<(Vec<Vec<(std::net::UdpSocket, turnd::turn::TenantId)>>, crate::live_upgrade::Inventory)> {
+) -> Result<(WorkerUdpSockets, crate::live_upgrade::Inventory)> {
     let mut inventory = crate::live_upgrade::Inventory { workers: workers.max(1), ..Default::default() };
     // Which handed-over listener each planned one takes (checked before the handover).
     let planned = planned_listeners(config)?;
