@@ -426,3 +426,61 @@ fn tcp_clients_stay_with_the_old_process_until_they_close_and_new_ones_go_to_the
     assert!(fresh.request(&mut bob, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
     echo(&mut fresh, b"through the new process");
 }
+
+/// aioice (a client this project did not write) spans an upgrade: it relays over a
+/// channel before, sleeps while the test upgrades turnd, then refreshes (with the
+/// nonce from before: the secret moved, so no 438), relays again and deletes.
+#[test]
+fn aioice_relays_refreshes_and_deletes_across_an_upgrade() {
+    if !need(python_module_available("aioice"), "Python module `aioice` (pip install aioice)") {
+        return;
+    }
+    let turnd = TurndProcess::start(&config_with(&["udp"]), &[]);
+    let successors = Successors::default();
+    let peer = UdpEchoPeer::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/aioice_refresh.py");
+    let mut child = std::process::Command::new(python())
+        .arg(script)
+        .args(["--server", &turnd.udp_addr().to_string(), "--peer", &peer.addr().to_string()])
+        .args(["--user", USER, "--password", PASSWORD, "--transport", "udp"])
+        .args(["--count", "3", "--lifetime", "300", "--stale-after", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut upgraded = false;
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        out += &line;
+        out.push('\n');
+        if line.starts_with("ECHOED BEFORE") && !upgraded {
+            upgrade(turnd.pid());
+            let done = wait_for_line(&turnd, "live upgrade done", 1);
+            successors.add(field(&done, "new_pid").parse().unwrap());
+            assert_eq!(field(&done, "allocations"), "1");
+            upgraded = true;
+        }
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(upgraded, "aioice did not get to relay before the upgrade:\n{out}");
+    assert!(status.success(), "aioice script failed ({status}):\n{out}");
+    assert!(out.contains("ECHOED BEFORE 3/3"), "{out}");
+    assert!(out.contains("REFRESHED lifetime=300 errors=[] new_nonce=False"), "the nonce survived:\n{out}");
+    assert!(out.contains("ECHOED AFTER 3/3"), "{out}");
+    assert!(out.contains("DELETED"), "{out}");
+    assert_eq!(peer.count(), 6, "datagrams the echo peer received");
+    eprintln!("aioice across the upgrade:\n{out}");
+}
