@@ -484,3 +484,77 @@ fn aioice_relays_refreshes_and_deletes_across_an_upgrade() {
     assert_eq!(peer.count(), 6, "datagrams the echo peer received");
     eprintln!("aioice across the upgrade:\n{out}");
 }
+
+/// The number after `key` in `line` (e.g. `tot_send_msgs=` -> 10).
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// coturn's `turnutils_uclient` spans an upgrade: one session (`-c`: no RTCP pair) relays 300 messages on a
+/// channel through an echo peer, one every 20 ms, while turnd is upgraded under it.
+#[test]
+fn coturn_uclient_session_continues_across_an_upgrade() {
+    if !need_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let turnd = TurndProcess::start(&config_with(&["udp"]), &[]);
+    let successors = Successors::default();
+    let peer = UdpEchoPeer::start();
+    let server = turnd.udp_addr();
+    let mut child = std::process::Command::new("turnutils_uclient")
+        .args(["-p", &server.port().to_string(), "-u", USER, "-w", PASSWORD])
+        .args(["-c", "-n", "300", "-l", "100", "-z", "20"])
+        .args(["-e", &peer.addr().ip().to_string(), "-r", &peer.addr().port().to_string()])
+        .arg(server.ip().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readers: Vec<_> = [
+        child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = r.read_to_string(&mut text);
+            text
+        })
+    })
+    .collect();
+    // Upgrade once the session relays (the echo peer has heard from it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.count() < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(peer.count() >= 20, "uclient did not start relaying");
+    upgrade(turnd.pid());
+    let done = wait_for_line(&turnd, "live upgrade done", 1);
+    successors.add(field(&done, "new_pid").parse().unwrap());
+    let relayed_before = peer.count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let out: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let totals = out.lines().rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz=")).unwrap_or_default();
+    let lost = out.lines().rfind(|l| l.contains("Total lost packets ")).unwrap_or_default();
+    let (sent, received) = (number_after(totals, "tot_send_msgs="), number_after(totals, "tot_recv_msgs="));
+    eprintln!("uclient across the upgrade (moved at message {relayed_before}): {totals} / {lost}");
+    assert!(status.success(), "uclient failed:\n{out}");
+    // uclient makes two allocations in this mode (turnd's log shows both created);
+    // both move.
+    assert_eq!(field(&done, "allocations"), "2", "uclient's allocations moved");
+    assert_eq!(sent, Some(300), "{out}");
+    assert_eq!(received, Some(300), "every message came back across the upgrade:\n{out}");
+    assert_eq!(number_after(lost, "Total lost packets "), Some(0), "{out}");
+}
