@@ -425,7 +425,10 @@ async fn run(
                             took_ms = serving.took.as_millis() as u64, drain_time = ?current.drain_time,
                             "live upgrade done: the new turnd serves UDP and new connections; TCP and TLS connections stay here until they close"
                         );
-                        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+                        // Under systemd the unit follows the new process (this one is
+                        // the main pid, the only one NotifyAccess=main lets say so);
+                        // what this one says from now on is ignored.
+                        let _ = sd_notify::notify(&[NotifyState::MainPid(serving.pid)]);
                         drain_deadline = Some(tokio::time::Instant::now() + current.drain_time);
                     }
                     Err(failure) => {

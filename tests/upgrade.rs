@@ -47,8 +47,7 @@ impl Successors {
 
 impl Drop for Successors {
     fn drop(&mut self) {
-        for &pid in self.0.lock().unwrap().iter() {
-            // SAFETY-free: kill(2) through libc on a pid this test learnt from the log.
+        for &pid in self.0.lock().unwrap().iter().filter(|&&pid| alive(pid)) {
             unsafe_kill(pid, libc::SIGINT);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -557,4 +556,57 @@ fn coturn_uclient_session_continues_across_an_upgrade() {
     assert_eq!(sent, Some(300), "{out}");
     assert_eq!(received, Some(300), "every message came back across the upgrade:\n{out}");
     assert_eq!(number_after(lost, "Total lost packets "), Some(0), "{out}");
+}
+
+/// Under systemd (here a notify socket of the test's, as systemd's would be): the old
+/// process, systemd's main pid, names the new one with `MAINPID=` once it serves, and
+/// the new one reports READY and feeds the watchdog.
+#[test]
+fn the_old_process_hands_systemd_the_new_main_pid() {
+    let dir = TempDir::new("turnd-upgrade-notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let config_file = dir.write("turnd.toml", &with_ephemeral_admin(&config_with(&["udp"])));
+    let mut child = std::process::Command::new(turnd_binary())
+        .args(["serve", "-c"])
+        .arg(&config_file)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let successors = Successors::default();
+    let mut seen = String::new();
+    let read_until = |needle: &str, seen: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle} from turnd; got:\n{seen}");
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                seen.push('\n');
+            }
+        }
+    };
+    // Stopped with the successors should the test fail before it exits by itself.
+    successors.add(child.id() as i32);
+    read_until("READY=1", &mut seen);
+    seen.clear();
+    upgrade(child.id());
+    read_until("MAINPID=", &mut seen);
+    let new_pid: i32 = seen.split("MAINPID=").nth(1).unwrap().lines().next().unwrap().trim().parse().unwrap();
+    successors.add(new_pid);
+    assert_ne!(new_pid as u32, child.id());
+    // The old one exits (no connection keeps it); the new one goes on feeding the watchdog.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_some(), "the old turnd exited");
+    seen.clear();
+    read_until("WATCHDOG=1", &mut seen);
+    assert!(alive(new_pid));
 }
