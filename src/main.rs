@@ -158,6 +158,7 @@ fn dispatch(command: Command) -> Result<()> {
             }
         }
         Command::Upgrade { pid } => {
+            check_upgradable(pid)?;
             turnd::sys::process::signal_process(pid, libc::SIGUSR2)
                 .with_context(|| format!("sending SIGUSR2 to turnd (pid {pid})"))?;
             println!("asked turnd (pid {pid}) to hand over to a new process; see its log for the outcome");
@@ -168,6 +169,27 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses to signal a process that is not a turnd catching SIGUSR2: the default action
+/// of SIGUSR2 ends a process, so a turnd from before live upgrades (or one still
+/// starting) would exit and drop every call instead.
+fn check_upgradable(pid: i32) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid} (reading /proc/{pid}/status)"))?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let name = field("Name:").unwrap_or_default();
+    if name != "turnd" {
+        bail!("process {pid} is {name:?}, not turnd");
+    }
+    let caught = field("SigCgt:").and_then(|mask| u64::from_str_radix(mask, 16).ok()).unwrap_or(0);
+    if caught & (1 << (libc::SIGUSR2 - 1)) == 0 {
+        bail!(
+            "turnd (pid {pid}) does not handle SIGUSR2: it predates live upgrades or is still starting, and would exit; \
+             restart it instead (calls are dropped), or retry once it serves"
+        );
+    }
+    Ok(())
 }
 
 /// The longest TTL `credentials` mints: REST credentials are meant to be short-lived,

@@ -610,3 +610,23 @@ fn the_old_process_hands_systemd_the_new_main_pid() {
     read_until("WATCHDOG=1", &mut seen);
     assert!(alive(new_pid));
 }
+
+/// `turnd upgrade` signals only a turnd that catches SIGUSR2 (SIGUSR2's default action
+/// would end a turnd from before live upgrades, dropping every call).
+#[test]
+fn turnd_upgrade_refuses_a_process_that_would_die_of_it() {
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let out = std::process::Command::new(turnd_binary())
+        .args(["upgrade", "--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    let still_running = sleeper.try_wait().unwrap().is_none();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not turnd"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(still_running, "the process was signalled");
+    let out = std::process::Command::new(turnd_binary()).args(["upgrade", "--pid", "999999999"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process"), "{}", String::from_utf8_lossy(&out.stderr));
+}
