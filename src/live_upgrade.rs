@@ -236,14 +236,14 @@ async fn converse(
 
     // Freeze: from here on UDP datagrams wait in the kernel for whoever reads next.
     let frozen_at = SystemTime::now();
-    let (tx, rx) = oneshot::channel();
-    if control.send(Control::Freeze { reply: tx }).await.is_err() {
-        return Err(Failure::Failed("the workers are gone".into()));
-    }
-    let shares = match rx.await {
-        Ok(Ok(shares)) => shares,
-        Ok(Err(e)) => return Err(Failure::Failed(format!("cannot freeze: {e}"))),
-        Err(_) => return Err(Failure::Failed("the workers are gone".into())),
+    let shares = match ask(control, |reply| Control::Freeze { reply }).await {
+        Some(Ok(shares)) => shares,
+        Some(Err(e)) => return Err(Failure::Failed(format!("cannot freeze: {e}"))),
+        None => {
+            // A freeze that completes late is undone: the workers take requests in order.
+            let _ = ask(control, |reply| Control::Thaw { reply }).await;
+            return Err(Failure::Failed("the workers did not freeze in time".into()));
+        }
     };
     let sent = send_state(socket, inventory, shares, frozen_at, workers, realms).await;
     let answer = match sent {
@@ -252,9 +252,8 @@ async fn converse(
     };
     let result = match answer {
         Ok((Message::Serving { allocations, pid, gap_us }, _)) => {
-            let (tx, rx) = oneshot::channel();
-            if control.send(Control::Release { reply: tx }).await.is_ok() {
-                let _ = rx.await;
+            if ask(control, |reply| Control::Release { reply }).await.is_none() {
+                warn!("the workers did not let go of the moved allocations in time");
             }
             return Ok(Serving { pid, allocations, gap: Duration::from_micros(gap_us), took: started.elapsed() });
         }
@@ -262,22 +261,28 @@ async fn converse(
         Ok((other, _)) => Failure::Failed(format!("unexpected answer to the state: {other:?}")),
         Err(e) => Failure::Failed(format!("the new turnd did not take over: {e}")),
     };
-    let (tx, rx) = oneshot::channel();
-    if control.send(Control::Thaw { reply: tx }).await.is_ok() {
-        let _ = rx.await;
+    if ask(control, |reply| Control::Thaw { reply }).await.is_none() {
+        warn!("the workers did not confirm reading their UDP sockets again in time");
     }
     Err(result)
+}
+
+/// Asks the workers something through the control channel, within [`STEP_TIMEOUT`]
+/// (a wedged worker must not hang the process's signal loop).
+async fn ask<T>(control: &mpsc::Sender<Control>, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    let asked = async {
+        control.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    };
+    tokio::time::timeout(STEP_TIMEOUT, asked).await.ok().flatten()
 }
 
 /// The relay ports and the `[[tenant]]` realms of UDP allocations (the successor
 /// checks its relay range and its tenants).
 async fn in_use(control: &mpsc::Sender<Control>, realms: &Realms) -> (Vec<u16>, Vec<String>) {
-    let (tx, rx) = oneshot::channel();
-    let ask = Control::ListAllocations { realm: None, offset: 0, limit: usize::MAX, reply: tx };
-    if control.send(ask).await.is_err() {
-        return (Vec::new(), Vec::new());
-    }
-    let (all, _) = rx.await.unwrap_or_default();
+    let list = |reply| Control::ListAllocations { realm: None, offset: 0, limit: usize::MAX, reply };
+    let (all, _) = ask(control, list).await.unwrap_or_default();
     let udp = || all.iter().filter(|a| a.transport == "udp");
     let mut ports: Vec<u16> = udp().map(|a| a.relay.port()).collect();
     ports.sort_unstable();
