@@ -630,3 +630,58 @@ fn turnd_upgrade_refuses_a_process_that_would_die_of_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A thousand allocations move in one upgrade (the gap grows with what is exported and
+/// passed): every one is adopted, a sample still relays through its own relay address,
+/// and the gap is printed.
+#[test]
+fn a_thousand_allocations_move_in_one_upgrade() {
+    const ALLOCATIONS: usize = 1000;
+    let config = config_with(&["udp"]).replace(
+        "[relay]\nport-min",
+        "[limits]\nallocations-per-user = 2000\nallocations-per-ip = 2000\n\n[relay]\nport-min",
+    );
+    let (min, max) = relay_range_of(&config).unwrap();
+    let config =
+        config.replace(&format!("port-max = {max}"), &format!("port-max = {}", min + ALLOCATIONS as u16 + 100));
+    let turnd = TurndProcess::start(&config, &["--workers", "2"]);
+    let successors = Successors::default();
+    let peer = Peer::start();
+    let mut clients = Vec::with_capacity(ALLOCATIONS);
+    for _ in 0..ALLOCATIONS {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut conn = Connection::new(Link::Udp(socket), turnd.udp_addr());
+        let mut alice = client();
+        let relay = conn.request(&mut alice, &Request::allocate(), TIMEOUT).unwrap().into_result().unwrap().relayed();
+        clients.push((conn, alice, relay.unwrap()));
+    }
+    for (conn, alice, _) in clients.iter_mut().step_by(50) {
+        assert!(conn.request(alice, &Request::channel_bind(CHANNEL, peer.addr()), TIMEOUT).unwrap().is_success());
+        echo(conn, b"before");
+    }
+    upgrade(turnd.pid());
+    let done = wait_for_line(&turnd, "live upgrade done", 1);
+    successors.add(field(&done, "new_pid").parse().unwrap());
+    eprintln!(
+        "{ALLOCATIONS} allocations: gap {} ms, whole handover {} ms",
+        field(&done, "gap_ms"),
+        field(&done, "took_ms")
+    );
+    assert_eq!(field(&done, "allocations"), ALLOCATIONS.to_string());
+    peer.sources.lock().unwrap().clear();
+    for (conn, alice, _) in clients.iter_mut().step_by(50) {
+        echo(conn, b"after");
+        assert!(conn.request(alice, &Request::refresh(600), TIMEOUT).unwrap().is_success());
+    }
+    let relays: Vec<SocketAddr> = clients.iter().step_by(50).map(|(_, _, relay)| *relay).collect();
+    let mut seen = peer.sources.lock().unwrap().clone();
+    seen.sort();
+    let mut want = relays.clone();
+    want.sort();
+    assert_eq!(seen, want, "each through its own relay address, as before");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&turnd, "turnd_allocations") != ALLOCATIONS as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&turnd, "turnd_allocations"), ALLOCATIONS as f64);
+}
