@@ -236,15 +236,7 @@ async fn converse(
 
     // Freeze: from here on UDP datagrams wait in the kernel for whoever reads next.
     let frozen_at = SystemTime::now();
-    let shares = match ask(control, |reply| Control::Freeze { reply }).await {
-        Some(Ok(shares)) => shares,
-        Some(Err(e)) => return Err(Failure::Failed(format!("cannot freeze: {e}"))),
-        None => {
-            // A freeze that completes late is undone: the workers take requests in order.
-            let _ = ask(control, |reply| Control::Thaw { reply }).await;
-            return Err(Failure::Failed("the workers did not freeze in time".into()));
-        }
-    };
+    let shares = freeze(control).await?;
     let sent = send_state(socket, inventory, shares, frozen_at, workers, realms).await;
     let answer = match sent {
         Ok(()) => blocking(socket, protocol::recv).await,
@@ -261,10 +253,28 @@ async fn converse(
         Ok((other, _)) => Failure::Failed(format!("unexpected answer to the state: {other:?}")),
         Err(e) => Failure::Failed(format!("the new turnd did not take over: {e}")),
     };
+    thaw(control).await;
+    Err(result)
+}
+
+/// Stops the workers reading UDP and takes their shares (see [`Control::Freeze`]).
+pub async fn freeze(control: &mpsc::Sender<Control>) -> Result<Vec<WorkerHandover>, Failure> {
+    match ask(control, |reply| Control::Freeze { reply }).await {
+        Some(Ok(shares)) => Ok(shares),
+        Some(Err(e)) => Err(Failure::Failed(format!("cannot freeze: {e}"))),
+        None => {
+            // A freeze that completes late is undone: the workers take requests in order.
+            thaw(control).await;
+            Err(Failure::Failed("the workers did not freeze in time".into()))
+        }
+    }
+}
+
+/// The workers read their UDP sockets again (a handover failed).
+pub async fn thaw(control: &mpsc::Sender<Control>) {
     if ask(control, |reply| Control::Thaw { reply }).await.is_none() {
         warn!("the workers did not confirm reading their UDP sockets again in time");
     }
-    Err(result)
 }
 
 /// Asks the workers something through the control channel, within [`STEP_TIMEOUT`]
@@ -303,6 +313,28 @@ async fn send_state(
     workers: &Workers,
     realms: &Realms,
 ) -> std::io::Result<()> {
+    let (state, fds) = build_state(inventory, &shares, frozen_at, workers, realms)?;
+    let memfd = fdpass::sealed_memfd("turnd-handover-state", &state.encode())?;
+    let count = fds.len();
+    blocking(socket, move |s| {
+        protocol::send(s, &Message::State { descriptors: count }, &[memfd.as_raw_fd()])?;
+        protocol::send_descriptors(s, &fds)?;
+        // The duplicates this process held for the handover close with `shares`.
+        drop(shares);
+        Ok(())
+    })
+    .await
+}
+
+/// The state of this process with its workers' `shares`, and the descriptors it names
+/// (by index), which stay open as long as `inventory` and `shares` do.
+pub fn build_state(
+    inventory: &Inventory,
+    shares: &[WorkerHandover],
+    frozen_at: SystemTime,
+    workers: &Workers,
+    realms: &Realms,
+) -> std::io::Result<(HandoverState, Vec<RawFd>)> {
     let mut fds: Vec<RawFd> = Vec::new();
     let mut index_of = |fd: RawFd| {
         fds.push(fd);
@@ -319,7 +351,7 @@ async fn send_state(
         .collect();
     let admin_fd = inventory.admin.as_ref().map(|(_, fd)| index_of(fd.as_raw_fd()));
     let mut worker_states = Vec::with_capacity(shares.len());
-    for share in &shares {
+    for share in shares {
         let mut listeners = Vec::with_capacity(share.listeners.len());
         for listener in &share.listeners {
             listeners.push(ListenerState { address: listener.local_addr()?, fd: index_of(listener.as_raw_fd()) });
@@ -348,16 +380,7 @@ async fn send_state(
         },
         workers: worker_states,
     };
-    let memfd = fdpass::sealed_memfd("turnd-handover-state", &state.encode())?;
-    let count = fds.len();
-    blocking(socket, move |s| {
-        protocol::send(s, &Message::State { descriptors: count }, &[memfd.as_raw_fd()])?;
-        protocol::send_descriptors(s, &fds)?;
-        // The duplicates this process held for the handover close with `shares`.
-        drop(shares);
-        Ok(())
-    })
-    .await
+    Ok((state, fds))
 }
 
 /// The nonce secret, the nonce epoch's age and the reservations, from the shared
@@ -382,7 +405,10 @@ fn process_secrets(workers: &Workers, realms: &Realms) -> ([u8; 32], Duration, V
 /// What the successor received: its sockets and state, and the socket to answer on.
 #[derive(Debug)]
 pub struct Takeover {
-    socket: UnixDatagram,
+    /// The predecessor's socket (`turnd upgrade`), or none (systemd's store).
+    socket: Option<UnixDatagram>,
+    /// The names of what was taken from systemd's store, removed once serving.
+    store_names: Vec<String>,
     /// The predecessor's offer.
     pub offer: Offer,
     /// The freeze time (µs since the Unix epoch).
@@ -395,6 +421,32 @@ pub struct Takeover {
     pub admin: Option<std::net::TcpListener>,
     /// What the workers adopt.
     pub adopted: Option<Adopted>,
+}
+
+/// What a state offers, as the predecessor's offer would have (systemd's store has
+/// no conversation): checked against this process's config the same way.
+pub fn offer_of(state: &HandoverState) -> Offer {
+    let allocations = || state.workers.iter().flat_map(|w| &w.allocations);
+    let mut relay_ports: Vec<u16> = allocations().flat_map(|a| a.relays.iter().map(|r| r.bound.port())).collect();
+    relay_ports.sort_unstable();
+    relay_ports.dedup();
+    let mut realms: Vec<String> = allocations().filter_map(|a| a.realm.clone()).collect();
+    realms.sort_unstable();
+    realms.dedup();
+    Offer {
+        version: state.version,
+        workers: state.workers.len(),
+        udp_listeners: state
+            .workers
+            .first()
+            .map(|w| w.listeners.iter().map(|l| l.address).collect())
+            .unwrap_or_default(),
+        stream_listeners: state.process.stream_listeners.iter().map(|s| (s.transport.clone(), s.address)).collect(),
+        relay_ports,
+        port_override: state.process.port_override,
+        admin: None,
+        realms,
+    }
 }
 
 /// The successor's first step: the socket inherited from the predecessor, if this
@@ -441,7 +493,8 @@ pub fn receive(socket: UnixDatagram, offer: Offer, realms: &Realms) -> Result<Ta
     let fds = protocol::recv_descriptors(&socket, descriptors).context("receiving the sockets")?;
     match take(&state, fds, realms) {
         Ok((udp, streams, admin, adopted)) => Ok(Takeover {
-            socket,
+            socket: Some(socket),
+            store_names: Vec::new(),
             offer,
             frozen_at_unix_us: state.process.frozen_at_unix_us,
             udp,
@@ -521,15 +574,35 @@ fn take(state: &HandoverState, fds: Vec<OwnedFd>, realms: &Realms) -> Result<Tak
 }
 
 impl Takeover {
+    /// What a previous turnd left in systemd's store: its `state` and the sockets it
+    /// names, in order; `names` leave the store once this process serves.
+    pub fn from_store(state: HandoverState, fds: Vec<OwnedFd>, names: Vec<String>, realms: &Realms) -> Result<Self> {
+        let offer = offer_of(&state);
+        let (udp, streams, admin, adopted) = take(&state, fds, realms)?;
+        Ok(Takeover {
+            socket: None,
+            store_names: names,
+            offer,
+            frozen_at_unix_us: state.process.frozen_at_unix_us,
+            udp,
+            streams,
+            admin,
+            adopted: Some(adopted),
+        })
+    }
+
     /// The last step: this process serves; the predecessor lets go. Returns the gap.
     pub fn serving(self, allocations: usize) -> Duration {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let gap_us = now.saturating_sub(self.frozen_at_unix_us);
         let message = Message::Serving { allocations, pid: std::process::id(), gap_us };
-        if let Err(e) = protocol::send(&self.socket, &message, &[]) {
-            // It thaws and serves on too: both read the same sockets until it notices.
-            warn!(error = %e, "cannot tell the previous turnd that this one serves");
+        if let Some(socket) = &self.socket {
+            if let Err(e) = protocol::send(socket, &message, &[]) {
+                // It thaws and serves on too: both read the same sockets until it notices.
+                warn!(error = %e, "cannot tell the previous turnd that this one serves");
+            }
         }
+        crate::fd_store::forget(&self.store_names);
         counters::taken_over(allocations, gap_us);
         Duration::from_micros(gap_us)
     }

@@ -3,6 +3,7 @@
 
 mod ctl;
 mod descriptors;
+mod fd_store;
 mod live_upgrade;
 mod log_escape;
 mod serve;

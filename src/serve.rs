@@ -185,7 +185,21 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
     let mut config = loaded.inspect_err(|e| refuse("config", e))?;
     let set_log_level = init_logging(&config.log.level, overrides.log_format.unwrap_or(config.log.format));
     let mut overrides = overrides;
-    let inherited_port = handover.as_ref().and_then(|(_, offer)| offer.port_override);
+    // Restarted by systemd with what the previous turnd left in its store.
+    let stored = if handover.is_none() { crate::fd_store::stored() } else { None };
+    let stored = match stored {
+        Some(Ok(stored)) => Some(stored),
+        Some(Err(e)) => {
+            error!(error = %format!("{e:#}"), "systemd's file descriptor store holds an unusable handover: starting afresh");
+            None
+        }
+        None => None,
+    };
+    let inherited_port = match (&handover, &stored) {
+        (Some((_, offer)), _) => offer.port_override,
+        (None, Some((state, _, _))) => state.process.port_override,
+        _ => None,
+    };
     if overrides.port == Some(0) {
         // Resolved once, so that a reload applying the overrides sees the same port
         // (and a successor, the one its predecessor resolved).
@@ -203,22 +217,38 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         refuse(key, &e);
         e
     })?;
-    let takeover = match handover {
-        None => None,
-        Some((socket, offer)) => {
-            let realms = crate::live_upgrade::Realms::of(&config.core());
-            let planned = turnd::upgrade::compat::Planned {
-                workers: config.worker_count().max(1),
-                listeners: planned_listeners(&config)?,
-                relay_ports: (config.relay.port_min, config.relay.port_max),
-                realms: realms.0.iter().map(|(_, r)| r.clone()).collect(),
-            };
+    let realms = crate::live_upgrade::Realms::of(&config.core());
+    let planned = turnd::upgrade::compat::Planned {
+        workers: config.worker_count().max(1),
+        listeners: planned_listeners(&config)?,
+        relay_ports: (config.relay.port_min, config.relay.port_max),
+        realms: realms.0.iter().map(|(_, r)| r.clone()).collect(),
+    };
+    let takeover = match (handover, stored) {
+        (Some((socket, offer)), _) => {
             if let Err(refusal) = turnd::upgrade::compat::check(&planned, &offer) {
                 crate::live_upgrade::refuse(&socket, refusal.key, &refusal.message);
                 bail!("live upgrade refused: `{}`: {}", refusal.key, refusal.message);
             }
             Some(crate::live_upgrade::receive(socket, offer, &realms).context("live upgrade")?)
         }
+        (None, Some((state, fds, names))) => {
+            let offer = crate::live_upgrade::offer_of(&state);
+            let taken = turnd::upgrade::compat::check(&planned, &offer)
+                .map_err(|r| anyhow::anyhow!("`{}`: {}", r.key, r.message))
+                .and_then(|_| crate::live_upgrade::Takeover::from_store(state, fds, names.clone(), &realms));
+            match taken {
+                Ok(takeover) => Some(takeover),
+                Err(e) => {
+                    // The previous turnd is gone: start afresh (its sockets leave the
+                    // store first, so their addresses can be bound again).
+                    crate::fd_store::forget(&names);
+                    error!(error = %format!("{e:#}"), "cannot take over what systemd's store holds: starting afresh, the stored allocations are lost");
+                    None
+                }
+            }
+        }
+        (None, None) => None,
     };
     if !config.has_credentials() {
         let password = random_password()?;
@@ -374,7 +404,22 @@ async fn run(
             }
             _ = signals.int.recv() => break Ok(()),
             _ = signals.term.recv() => {
-                if drain_deadline.is_some() || current.drain_time.is_zero() {
+                if drain_deadline.is_some() {
+                    break Ok(());
+                }
+                if !handed_over && crate::fd_store::enabled() {
+                    // systemd keeps a file descriptor store for turnd: hand over through
+                    // it (a restart picks it up; a stop empties it).
+                    let realms = crate::live_upgrade::Realms::of(&current.core());
+                    match crate::fd_store::store(&inventory, &control, &workers, &realms).await {
+                        Ok(allocations) => {
+                            info!(allocations, "SIGTERM: state and sockets are in systemd's file descriptor store for the next turnd; exiting");
+                            break Ok(());
+                        }
+                        Err(e) => error!(error = %format!("{e:#}"), "cannot hand over through systemd's file descriptor store: draining instead"),
+                    }
+                }
+                if current.drain_time.is_zero() {
                     break Ok(());
                 }
                 let alternate = current.alternate_server;

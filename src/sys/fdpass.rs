@@ -196,6 +196,56 @@ pub fn read_sealed_memfd(fd: OwnedFd, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The descriptors systemd passed this process (`LISTEN_PID`, `LISTEN_FDS`,
+/// `LISTEN_FDNAMES`, from descriptor 3 on), each with its name, owned and
+/// close-on-exec; the variables are removed so that no child sees them. Empty when
+/// they are not for this process.
+pub fn listen_fds_with_names() -> Vec<(String, OwnedFd)> {
+    let for_us = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(variable);
+    }
+    if !for_us || !(1..=65_536).contains(&count) {
+        return Vec::new();
+    }
+    let mut names = names.split(':');
+    (0..count)
+        .filter_map(|i| {
+            let fd = 3 + i;
+            let name = names.next().unwrap_or("unknown").to_owned();
+            // SAFETY: fcntl takes plain integers; F_GETFD fails on a closed descriptor.
+            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            if !open {
+                return None;
+            }
+            // SAFETY: the descriptor is open, and LISTEN_PID says systemd passed it to
+            // this process alone, which takes it once, here.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: plain integers, as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            Some((name, owned))
+        })
+        .collect()
+}
+
+/// Sends one message to systemd's notify socket (`NOTIFY_SOCKET`: a path, or an
+/// abstract name starting with `@`) with `fds` attached (FDSTORE=1).
+pub fn notify_with_fds(message: &str, fds: &[RawFd]) -> io::Result<()> {
+    let path = std::env::var_os("NOTIFY_SOCKET").ok_or_else(|| io::Error::other("NOTIFY_SOCKET is not set"))?;
+    let socket = UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+        socket.connect_addr(&address)?;
+    } else {
+        socket.connect(&path)?;
+    }
+    send(&socket, message.as_bytes(), fds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
