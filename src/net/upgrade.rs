@@ -1,9 +1,9 @@
-//! A live upgrade from a worker's side. In the running process: [`EventLoop::freeze`]
+//! A live upgrade from a worker's side. In the running process: `EventLoop::freeze`
 //! stops reading the UDP listeners and the UDP clients' relay sockets and exports
 //! those allocations with duplicates of their sockets, so that datagrams arriving
 //! meanwhile wait in the kernel's buffers, which the successor reads from the same
-//! sockets; [`EventLoop::thaw`] undoes it when the successor fails, and
-//! [`EventLoop::release`] forgets what moved once it serves. In the successor:
+//! sockets; `EventLoop::thaw` undoes it when the successor fails, and
+//! `EventLoop::release` forgets what moved once it serves. In the successor:
 //! [`EventLoop::adopt`] puts the received relay sockets into the epoll set and the
 //! allocations into the core, before the loop runs.
 //!
