@@ -104,7 +104,7 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: 
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let problem = if snapshot.unix_ms == 0 {
         Some("the event loop has not started")
-    } else if now.saturating_sub(snapshot.unix_ms) > STALE_SNAPSHOT_MS {
+    } else if now.saturating_sub(snapshot.oldest_worker_ms) > STALE_SNAPSHOT_MS {
         Some("a worker's event loop has not reported for 5 s")
     } else if snapshot.draining {
         Some("draining")

@@ -53,8 +53,15 @@ impl<const N: usize> Histogram<N> {
 /// The loop's state, published once a second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
-    /// Wall-clock time of the snapshot, milliseconds since the Unix epoch.
+    /// Wall-clock time of the snapshot, milliseconds since the Unix epoch: a worker's
+    /// when it published, the merge's when it merged (so merged snapshots are a
+    /// merge interval apart, and rates over them are over that interval); 0 until
+    /// every worker has published.
     pub unix_ms: u64,
+    /// The oldest worker snapshot in a merged one (its `unix_ms`): a wedged worker
+    /// shows in /readyz as a stale one. A worker's own snapshot leaves it 0.
+    #[serde(skip)]
+    pub oldest_worker_ms: u64,
     /// Allocations in force.
     pub allocations: usize,
     /// Live permissions over all allocations.
@@ -103,9 +110,9 @@ pub struct RealmFigures {
 impl Snapshot {
     /// Folds another worker's snapshot into this one. Port figures come from the
     /// shared ledger, so every worker reports the same ones and they are not summed;
-    /// the process is draining once every worker is; the time is the oldest worker's.
+    /// the process is draining once every worker is; the time is the oldest worker's
+    /// (see [`Snapshot::oldest_worker_ms`]).
     pub fn add(&mut self, other: &Snapshot) {
-        // The oldest: a wedged worker then shows in /readyz as a stale snapshot.
         self.unix_ms = self.unix_ms.min(other.unix_ms);
         self.allocations += other.allocations;
         self.permissions += other.permissions;

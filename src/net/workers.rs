@@ -345,9 +345,10 @@ async fn merge(mut workers: Vec<watch::Receiver<Snapshot>>, publisher: Publisher
                 Some(merged) => merged.add(&snapshot),
             }
         }
-        let Some(merged) = merged else {
+        let Some(mut merged) = merged else {
             return;
         };
+        stamp_merged(&mut merged, unix_ms_now());
         let relayed = merged.stats.relayed_packets.iter().flatten().sum::<u64>();
         let wedged = unchanged.iter().position(|&quiet| quiet >= STALE_MERGES);
         if systemd {
@@ -356,6 +357,22 @@ async fn merge(mut workers: Vec<watch::Receiver<Snapshot>>, publisher: Publisher
         last_relayed = relayed;
         publisher.snapshots.send_replace(merged);
     }
+}
+
+/// Times a merged snapshot by the merge, not by its oldest worker: two workers a
+/// millisecond apart, one of which missed a tick under load, would otherwise give two
+/// merged snapshots a millisecond apart (and /ws rates over that millisecond). The
+/// oldest worker's time stays in `oldest_worker_ms` for /readyz.
+fn stamp_merged(merged: &mut Snapshot, now_ms: u64) {
+    merged.oldest_worker_ms = merged.unix_ms;
+    if merged.unix_ms != 0 {
+        merged.unix_ms = now_ms;
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// STATUS always; WATCHDOG only when no worker is wedged, so systemd restarts a
@@ -383,6 +400,22 @@ fn notify_systemd(snapshot: &Snapshot, relayed: u64, wedged: Option<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merged_snapshot_is_timed_by_the_merge_and_keeps_its_oldest_worker() {
+        let merge = |workers: [u64; 2], now: u64| {
+            let mut merged = Snapshot { unix_ms: workers[0], ..Snapshot::default() };
+            merged.add(&Snapshot { unix_ms: workers[1], ..Snapshot::default() });
+            stamp_merged(&mut merged, now);
+            (merged.unix_ms, merged.oldest_worker_ms)
+        };
+        // Worker 0 missed a tick: the oldest moves by a millisecond, the merge by its
+        // interval.
+        assert_eq!(merge([10_001, 10_000], 10_500), (10_500, 10_000));
+        assert_eq!(merge([10_001, 11_000], 11_500), (11_500, 10_001));
+        // A worker that has not published yet: not published.
+        assert_eq!(merge([0, 11_000], 11_500), (0, 0));
+    }
 
     #[test]
     fn a_worker_that_panics_is_reported_as_failed() {
