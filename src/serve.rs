@@ -491,6 +491,11 @@ async fn run(
         }
     };
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    // The duplicate of the admin listener kept for a handover goes before the admin
+    // plane, so the listener closes with it: `turnd ctl drain --wait` takes a refused
+    // connection after its session ends as "turnd has exited".
+    drop(inventory);
+    drop(admin);
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -217,13 +217,16 @@ pub(super) fn drain(target: &Target, wait: bool) -> Outcome {
             }
             Err(failure) => {
                 // The connection ends with the process; a refused reconnect confirms it.
-                return match target.connect() {
-                    Err(Failure::Unreachable(_)) => {
+                // A process on its way out may still accept for a moment: ask again,
+                // for at most two seconds.
+                for _ in 0..20 {
+                    if let Err(Failure::Unreachable(_)) = target.connect() {
                         println!("turnd has exited");
-                        Ok(())
+                        return Ok(());
                     }
-                    _ => Err(failure),
-                };
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                return Err(failure);
             }
         }
     }
