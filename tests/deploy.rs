@@ -469,7 +469,8 @@ fn child_of(parent: u32) -> Option<u32> {
 fn turnd_stays_within_the_units_system_call_filter() {
     // Under systemd a call outside SystemCallFilter= fails with EPERM, in production
     // only. Trace turnd through start, UDP/TCP/TLS allocations, relaying, a scrape, a
-    // reload and a drain, and check every call it made against the unit's filter.
+    // live upgrade (strace -f follows the successor: its execve, the memfd, SCM_RIGHTS),
+    // a reload and a drain, and check every call both processes made against the filter.
     if !need_tool("strace", "strace") || !need_tool("systemd-analyze", "systemd") || !need_tool("openssl", "openssl") {
         return;
     }
@@ -545,12 +546,38 @@ fn turnd_stays_within_the_units_system_call_filter() {
     turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tcp).expect("TCP allocation");
     let mut tls = turn_client::tls_connect(listeners["tls"]);
     turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tls).expect("TLS allocation");
-    // The admin plane, a reload, then SIGTERM twice: drain, then exit now.
     let (status, _) = http_get(listeners["admin"], "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
+
+    // A live upgrade: the UDP allocation moves to a new process; the old one exits once
+    // its TCP and TLS connections close.
+    // SAFETY: kill(2) on the pid strace started for us.
+    unsafe { libc::kill(turnd_pid as libc::pid_t, libc::SIGUSR2) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("live upgrade done") => break line,
+            Ok(line) => assert!(!line.contains("live upgrade failed"), "{line}"),
+            Err(_) => panic!("no live upgrade under strace within 20 s"),
+        }
+    };
+    let new_pid: libc::pid_t = done
+        .split("new_pid=")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no new_pid in {done}"));
+    drop(tcp);
+    drop(tls);
+    udp.send_indication(peer.addr(), b"after the upgrade");
+    assert!(udp.recv_data().is_some(), "no data back through the UDP relay after the upgrade");
+    let (status, _) = http_get(listeners["admin"], "/metrics").expect("GET /metrics from the new turnd");
+    assert_eq!(status, 200);
+
+    // A reload, then SIGTERM twice to the new turnd: drain, then exit now.
     let kill = |sig| {
-        // SAFETY: kill(2) on the pid strace started for us.
-        unsafe { libc::kill(turnd_pid as libc::pid_t, sig) };
+        // SAFETY: kill(2) on the successor turnd started under strace.
+        unsafe { libc::kill(new_pid, sig) };
     };
     kill(libc::SIGHUP);
     thread::sleep(Duration::from_millis(1500));
@@ -578,11 +605,13 @@ fn turnd_stays_within_the_units_system_call_filter() {
         .map(str::to_string)
         .collect();
     // sendmmsg: datagrams to clients and peers go out in batches (net/outbox.rs).
-    for expected in ["bind", "accept4", "sendmmsg", "recvmmsg", "epoll_wait", "clone3"] {
+    for expected in ["bind", "accept4", "sendmmsg", "recvmmsg", "epoll_wait", "clone3", "memfd_create", "sendmsg"] {
         assert!(used.contains(expected), "the trace missed {expected}: {used:?}\n{table}");
     }
-    // execve is strace starting turnd, before the filter would apply.
-    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) && *s != "execve").collect();
+    // The successor's execve is under the filter, so it must be allowed. (The first
+    // execve, strace starting turnd, would come before the filter applies.)
+    assert!(used.contains("execve") && allowed.contains("execve"), "{used:?}");
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(outside.is_empty(), "turnd used system calls {UNIT} forbids: {outside:?}\n{table}");
 }
 
