@@ -254,7 +254,10 @@ fn systemd_unit_keeps_the_service_contract() {
     let text = read(UNIT);
     let e = unit_entries(&text);
     assert_eq!(service_value(&e, "Type"), "notify", "turnd reports READY=1 itself");
+    // The old process of a live upgrade hands the unit to its successor with MAINPID=.
     assert_eq!(service_value(&e, "NotifyAccess"), "main");
+    // Opt-in only: with a store, `systemctl stop` ends allocations instead of draining.
+    assert!(service_values(&e, "FileDescriptorStoreMax").is_empty(), "the drain on stop needs no fd store");
     let watchdog = service_value(&e, "WatchdogSec");
     let watchdog = humantime::parse_duration(watchdog).unwrap_or_else(|e| panic!("WatchdogSec={watchdog}: {e}"));
     assert!((Duration::from_secs(2)..=Duration::from_secs(60)).contains(&watchdog), "WatchdogSec={watchdog:?}");
@@ -284,8 +287,8 @@ fn systemd_unit_keeps_the_service_contract() {
     assert!(service_values(&e, "SystemCallFilter").contains(&"@system-service"));
     let nofile: u64 = service_value(&e, "LimitNOFILE").parse().expect("LimitNOFILE= is a number");
     assert!(nofile >= 65536, "LimitNOFILE={nofile}: one descriptor per relay port and TCP client");
-    // Socket activation is not offered: turnd does not call sd_listen_fds.
-    assert!(!repo().join("deploy/systemd/turnd.socket").exists(), "turnd.socket needs sd_listen_fds support first");
+    // Socket activation is not offered: turnd takes only its own sockets back from the fd store.
+    assert!(!repo().join("deploy/systemd/turnd.socket").exists(), "turnd.socket needs socket activation support first");
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
