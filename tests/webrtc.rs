@@ -2,7 +2,8 @@
 //! `turn:` over UDP, `turn:?transport=tcp`, `turns:` (a CA the browser trusts through an
 //! NSS database) and REST credentials; a wrong password and an expired REST credential
 //! must give an `icecandidateerror` with 401 and no relay candidate; a paced stream on
-//! a data channel keeps flowing, in order and complete, across `turnd upgrade`.
+//! a data channel keeps flowing, in order and complete, across `turnd upgrade` and across
+//! a restart through a systemd-style file descriptor store (the test playing systemd).
 //!
 //! Chromium gathers candidates only when it sees a non-loopback IPv4 interface, so the
 //! test runs turnd and the browser in a network namespace of its own with a veth pair
