@@ -254,7 +254,10 @@ fn systemd_unit_keeps_the_service_contract() {
     let text = read(UNIT);
     let e = unit_entries(&text);
     assert_eq!(service_value(&e, "Type"), "notify", "turnd reports READY=1 itself");
+    // The old process of a live upgrade hands the unit to its successor with MAINPID=.
     assert_eq!(service_value(&e, "NotifyAccess"), "main");
+    // Opt-in only: with a store, `systemctl stop` ends allocations instead of draining.
+    assert!(service_values(&e, "FileDescriptorStoreMax").is_empty(), "the drain on stop needs no fd store");
     let watchdog = service_value(&e, "WatchdogSec");
     let watchdog = humantime::parse_duration(watchdog).unwrap_or_else(|e| panic!("WatchdogSec={watchdog}: {e}"));
     assert!((Duration::from_secs(2)..=Duration::from_secs(60)).contains(&watchdog), "WatchdogSec={watchdog:?}");
@@ -284,8 +287,8 @@ fn systemd_unit_keeps_the_service_contract() {
     assert!(service_values(&e, "SystemCallFilter").contains(&"@system-service"));
     let nofile: u64 = service_value(&e, "LimitNOFILE").parse().expect("LimitNOFILE= is a number");
     assert!(nofile >= 65536, "LimitNOFILE={nofile}: one descriptor per relay port and TCP client");
-    // Socket activation is not offered: turnd does not call sd_listen_fds.
-    assert!(!repo().join("deploy/systemd/turnd.socket").exists(), "turnd.socket needs sd_listen_fds support first");
+    // Socket activation is not offered: turnd takes only its own sockets back from the fd store.
+    assert!(!repo().join("deploy/systemd/turnd.socket").exists(), "turnd.socket needs socket activation support first");
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
@@ -469,7 +472,8 @@ fn child_of(parent: u32) -> Option<u32> {
 fn turnd_stays_within_the_units_system_call_filter() {
     // Under systemd a call outside SystemCallFilter= fails with EPERM, in production
     // only. Trace turnd through start, UDP/TCP/TLS allocations, relaying, a scrape, a
-    // reload and a drain, and check every call it made against the unit's filter.
+    // live upgrade (strace -f follows the successor: its execve, the memfd, SCM_RIGHTS),
+    // a reload and a drain, and check every call both processes made against the filter.
     if !need_tool("strace", "strace") || !need_tool("systemd-analyze", "systemd") || !need_tool("openssl", "openssl") {
         return;
     }
@@ -545,12 +549,38 @@ fn turnd_stays_within_the_units_system_call_filter() {
     turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tcp).expect("TCP allocation");
     let mut tls = turn_client::tls_connect(listeners["tls"]);
     turn_client::StreamClient::new(USER, PASSWORD, REALM).allocate(&mut tls).expect("TLS allocation");
-    // The admin plane, a reload, then SIGTERM twice: drain, then exit now.
     let (status, _) = http_get(listeners["admin"], "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
+
+    // A live upgrade: the UDP allocation moves to a new process; the old one exits once
+    // its TCP and TLS connections close.
+    // SAFETY: kill(2) on the pid strace started for us.
+    unsafe { libc::kill(turnd_pid as libc::pid_t, libc::SIGUSR2) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("live upgrade done") => break line,
+            Ok(line) => assert!(!line.contains("live upgrade failed"), "{line}"),
+            Err(_) => panic!("no live upgrade under strace within 20 s"),
+        }
+    };
+    let new_pid: libc::pid_t = done
+        .split("new_pid=")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no new_pid in {done}"));
+    drop(tcp);
+    drop(tls);
+    udp.send_indication(peer.addr(), b"after the upgrade");
+    assert!(udp.recv_data().is_some(), "no data back through the UDP relay after the upgrade");
+    let (status, _) = http_get(listeners["admin"], "/metrics").expect("GET /metrics from the new turnd");
+    assert_eq!(status, 200);
+
+    // A reload, then SIGTERM twice to the new turnd: drain, then exit now.
     let kill = |sig| {
-        // SAFETY: kill(2) on the pid strace started for us.
-        unsafe { libc::kill(turnd_pid as libc::pid_t, sig) };
+        // SAFETY: kill(2) on the successor turnd started under strace.
+        unsafe { libc::kill(new_pid, sig) };
     };
     kill(libc::SIGHUP);
     thread::sleep(Duration::from_millis(1500));
@@ -578,11 +608,13 @@ fn turnd_stays_within_the_units_system_call_filter() {
         .map(str::to_string)
         .collect();
     // sendmmsg: datagrams to clients and peers go out in batches (net/outbox.rs).
-    for expected in ["bind", "accept4", "sendmmsg", "recvmmsg", "epoll_wait", "clone3"] {
+    for expected in ["bind", "accept4", "sendmmsg", "recvmmsg", "epoll_wait", "clone3", "memfd_create", "sendmsg"] {
         assert!(used.contains(expected), "the trace missed {expected}: {used:?}\n{table}");
     }
-    // execve is strace starting turnd, before the filter would apply.
-    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s) && *s != "execve").collect();
+    // The successor's execve is under the filter, so it must be allowed. (The first
+    // execve, strace starting turnd, would come before the filter applies.)
+    assert!(used.contains("execve") && allowed.contains("execve"), "{used:?}");
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(outside.is_empty(), "turnd used system calls {UNIT} forbids: {outside:?}\n{table}");
 }
 
@@ -713,6 +745,16 @@ fn deb_package_installs_checks_its_config_and_purges_cleanly() {
         assert!(contents.stdout.contains(path), "{path} is not in the package:\n{contents}");
     }
 
+    // Upgrades hand over live (deploy/debian/postinst): cargo-deb's own snippets must
+    // neither stop turnd before an upgrade nor restart it after; they stop it on remove.
+    let control = dir.path().join("control");
+    let extract = run_with_timeout(cmd("dpkg-deb").arg("-e").arg(&deb).arg(&control), Duration::from_secs(60));
+    assert!(extract.success(), "{extract}");
+    let postinst = std::fs::read_to_string(control.join("postinst")).expect("the package's postinst");
+    assert!(postinst.contains("upgrade --pid") && !postinst.contains("deb-systemd-invoke"), "{postinst}");
+    let prerm = std::fs::read_to_string(control.join("prerm")).expect("the package's prerm");
+    assert!(prerm.contains(r#"[ "$1" = remove ]"#) && prerm.contains("deb-systemd-invoke stop"), "{prerm}");
+
     let _purge = PurgeOnDrop;
     let install = run_with_timeout(cmd("dpkg").arg("-i").arg(&deb), Duration::from_secs(120));
     assert!(install.success(), "dpkg -i failed:\n{install}");
@@ -773,6 +815,111 @@ fn deb_package_installs_checks_its_config_and_purges_cleanly() {
     let overrides = run_with_timeout(cmd("dpkg-statoverride").arg("--list"), Duration::from_secs(10));
     assert!(!overrides.stdout.contains("/etc/turnd"), "a statoverride is left:\n{overrides}");
     assert!(!package_installed());
+}
+
+/// What the package's postinst asked of `systemctl` and `turnd` in one scenario.
+struct PostinstRun {
+    calls: Vec<String>,
+    output: CmdOutput,
+}
+
+/// Runs `deploy/debian/postinst configure <from_version>` against fakes: `systemctl`
+/// and `/usr/bin/turnd` record their arguments, `systemctl is-active` answers from
+/// `active`, `systemctl show -p MainPID` from a pid file that the fake `turnd upgrade`
+/// changes as the old turnd's `MAINPID=` would when `upgrade` is "hands-over" (it
+/// exits 1 for "refused", as `turnd upgrade` does for a turnd without the feature, and
+/// 0 without a new pid for "stalls", a handover that fails after the signal).
+/// `getent` and `dpkg-statoverride` report the user and the override as present.
+fn run_postinst(from_version: &str, active: bool, upgrade: &str) -> PostinstRun {
+    let dir = TempDir::new("turnd-postinst");
+    let bin = dir.path().join("bin");
+    let run_systemd = dir.path().join("run-systemd-system");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&run_systemd).unwrap();
+    let log = dir.path().join("calls.log");
+    let pid_file = dir.path().join("mainpid");
+    std::fs::write(&pid_file, "4100\n").unwrap();
+    let script = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    let log_s = log.display();
+    let pid_s = pid_file.display();
+    script(
+        "systemctl",
+        &format!(
+            r#"echo "systemctl $*" >> {log_s}
+case "$*" in
+  *is-active*) [ "{active}" = true ] ;;
+  *"show -p MainPID --value"*) cat {pid_s} ;;
+  *) exit 0 ;;
+esac"#
+        ),
+    );
+    let upgrade_action = match upgrade {
+        "hands-over" => format!("echo 4242 > {pid_s}; exit 0"),
+        "refused" => "echo 'turnd (pid 4100) does not handle SIGUSR2' >&2; exit 1".to_string(),
+        "stalls" => "exit 0".to_string(),
+        other => panic!("unknown scenario {other}"),
+    };
+    script("turnd", &format!("echo \"turnd $*\" >> {log_s}\n{upgrade_action}"));
+    script("getent", "exit 0");
+    script("dpkg-statoverride", "exit 0");
+
+    // The script as shipped, but for the paths a test cannot own and a shorter wait.
+    let shipped = read("deploy/debian/postinst");
+    for needle in ["/run/systemd/system", "/usr/bin/turnd upgrade", "upgrade_wait=20"] {
+        assert!(shipped.contains(needle), "deploy/debian/postinst no longer has {needle:?}");
+    }
+    let text = shipped
+        .replace("/run/systemd/system", &run_systemd.display().to_string())
+        .replace("/usr/bin/turnd upgrade", &format!("{} upgrade", bin.join("turnd").display()))
+        .replace("upgrade_wait=20", "upgrade_wait=2");
+    let postinst = dir.write("postinst", &text);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut args = vec!["configure"];
+    if !from_version.is_empty() {
+        args.push(from_version);
+    }
+    let output = run_with_timeout(cmd("sh").arg(&postinst).args(&args).env("PATH", path), Duration::from_secs(30));
+    assert!(output.success(), "postinst failed:\n{output}");
+    let calls = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+    PostinstRun { calls, output }
+}
+
+impl PostinstRun {
+    fn asked(&self, call: &str) -> bool {
+        self.calls.iter().any(|c| c == call)
+    }
+}
+
+#[test]
+fn package_upgrade_hands_over_live_and_restarts_only_when_that_fails() {
+    // Upgrade, turnd running, the handover succeeds: no restart.
+    let run = run_postinst("0.1.0-1", true, "hands-over");
+    assert!(run.asked("turnd upgrade --pid 4100"), "{:?}\n{}", run.calls, run.output);
+    assert!(!run.calls.iter().any(|c| c.contains("restart")), "restarted after a handover: {:?}", run.calls);
+    assert!(run.output.stdout.contains("pid 4100 -> 4242"), "{}", run.output);
+
+    // A running turnd without live upgrades: `turnd upgrade` refuses to signal it; restart.
+    let run = run_postinst("0.1.0-1", true, "refused");
+    assert!(run.asked("turnd upgrade --pid 4100"), "{:?}", run.calls);
+    assert!(run.asked("systemctl try-restart turnd.service"), "{:?}\n{}", run.calls, run.output);
+
+    // Signalled, but no new main pid in time (the successor refused or failed): restart.
+    let run = run_postinst("0.1.0-1", true, "stalls");
+    assert!(run.asked("systemctl try-restart turnd.service"), "{:?}\n{}", run.calls, run.output);
+    assert!(run.output.stderr.contains("did not complete"), "{}", run.output);
+
+    // Unit not running: neither signal nor restart.
+    let run = run_postinst("0.1.0-1", false, "hands-over");
+    assert!(run.asked("systemctl is-active --quiet turnd.service"), "{:?}", run.calls);
+    assert!(!run.calls.iter().any(|c| c.starts_with("turnd") || c.contains("restart")), "{:?}", run.calls);
+
+    // A first install (no previous version): nothing is started or signalled.
+    let run = run_postinst("", true, "hands-over");
+    assert!(run.calls.is_empty(), "a first install touched the service: {:?}", run.calls);
 }
 
 // ---------------------------------------------------------------------------------------

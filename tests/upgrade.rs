@@ -10,6 +10,7 @@
 
 mod common;
 #[allow(dead_code)]
+use common::fd_store::{FakeSystemd, Started};
 use common::http;
 
 use common::*;
@@ -689,56 +690,6 @@ fn a_thousand_allocations_move_in_one_upgrade() {
     assert_eq!(metric(&turnd, "turnd_allocations"), ALLOCATIONS as f64);
 }
 
-/// A turnd started by the test with its stderr collected (the fd-store test plays
-/// systemd, so it starts the processes itself).
-struct Started {
-    child: std::process::Child,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Started {
-    fn spawn(mut command: std::process::Command) -> Started {
-        let mut child = command
-            .env("RUST_LOG", "debug")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (mut stderr, into) = (child.stderr.take().unwrap(), logs.clone());
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Started { child, logs }
-    }
-
-    fn wait_for(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(line) = self.logs.lock().unwrap().lines().find(|l| l.contains(what)) {
-                return line.to_string();
-            }
-            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", self.logs.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A restart through systemd's file descriptor store, with the test as systemd: it
 /// keeps what turnd pushes on SIGTERM (`FDSTORE=1`, `FDNAME=`), starts the next turnd
 /// with those descriptors from 3 on and `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`, as
@@ -746,19 +697,10 @@ impl Drop for Started {
 /// turnd empties the store (`FDSTOREREMOVE=1`) once it serves.
 #[test]
 fn a_restart_through_a_systemd_style_fd_store_keeps_the_allocation() {
-    use std::os::fd::{AsRawFd, OwnedFd};
+    let systemd = FakeSystemd::new();
     let dir = TempDir::new("turnd-fdstore");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let config_file = dir.write("turnd.toml", &with_ephemeral_admin(&config_with(&["udp", "tcp"])));
-    let systemd_env = |command: &mut std::process::Command| {
-        command.env("NOTIFY_SOCKET", &notify_path).env("FDSTORE", "4096");
-    };
-    let mut first = std::process::Command::new(turnd_binary());
-    first.args(["serve", "-c"]).arg(&config_file);
-    systemd_env(&mut first);
-    let mut first = Started::spawn(first);
+    let mut first = Started::spawn(systemd.first(&config_file));
     let listening = first.wait_for("listening on udp");
     let server: SocketAddr = listening.rsplit(' ').next().unwrap().parse().unwrap();
 
@@ -771,54 +713,17 @@ fn a_restart_through_a_systemd_style_fd_store_keeps_the_allocation() {
 
     // SIGTERM, as `systemctl restart` sends; keep what is pushed into the store.
     unsafe_kill(first.child.id() as i32, libc::SIGTERM);
-    let mut store: Vec<(String, OwnedFd)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match turnd::sys::fdpass::recv(&notify) {
-            Ok((payload, fds)) => {
-                let text = String::from_utf8_lossy(&payload).to_string();
-                if text.lines().any(|l| l == "FDSTORE=1") {
-                    let name = text.lines().find_map(|l| l.strip_prefix("FDNAME=")).unwrap_or("stored").to_owned();
-                    store.extend(fds.into_iter().map(|fd| (name.clone(), fd)));
-                }
-            }
-            Err(_) if first.child.try_wait().unwrap().is_some() => break,
-            Err(_) => assert!(Instant::now() < deadline, "turnd did not exit:\n{}", first.logs.lock().unwrap()),
-        }
-    }
-    assert!(first.logs.lock().unwrap().contains("systemd's file descriptor store"), "{}", first.logs.lock().unwrap());
+    let store = systemd
+        .collect_store(|| first.exited(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}:\n{}", first.logs()));
+    assert!(first.logs().contains("systemd's file descriptor store"), "{}", first.logs());
     assert!(store.iter().any(|(name, _)| name == "turnd-state"), "{store:?}");
     // State, admin, TCP and UDP listeners (one per worker) and the relay socket.
     assert!(store.len() >= 5, "{store:?}");
 
-    // The next turnd, with the store's descriptors from 3 on (LISTEN_PID is the pid the
-    // shell keeps when it execs turnd).
-    let names: Vec<String> = store.iter().map(|(name, _)| name.clone()).collect();
-    let raw: Vec<i32> = store.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    let mut second = std::process::Command::new("sh");
-    second
-        .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", &turnd_binary(), "serve", "-c"])
-        .arg(&config_file)
-        .env("LISTEN_FDS", raw.len().to_string())
-        .env("LISTEN_FDNAMES", names.join(":"));
-    systemd_env(&mut second);
-    // SAFETY: between fork and exec the child only duplicates and closes descriptors
-    // (async-signal-safe calls), moving the store's to 3, 4, ... as systemd does.
-    #[allow(unsafe_code)]
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        second.pre_exec(move || {
-            let high: Vec<i32> = raw.iter().map(|&fd| libc::fcntl(fd, libc::F_DUPFD, 1024)).collect();
-            for (i, &fd) in high.iter().enumerate() {
-                if fd < 0 || libc::dup2(fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-            }
-            Ok(())
-        });
-    }
-    let second = Started::spawn(second);
+    // The next turnd, with the store's descriptors.
+    let mut names: Vec<String> = store.iter().map(|(name, _)| name.clone()).collect();
+    let second = Started::spawn(systemd.next(&store, &config_file));
     drop(store);
     let took = second.wait_for("took over from the previous turnd");
     eprintln!("restart through the fd store: {took}");
@@ -827,19 +732,7 @@ fn a_restart_through_a_systemd_style_fd_store_keeps_the_allocation() {
     assert!(conn.request(&mut alice, &Request::refresh(600), TIMEOUT).unwrap().is_success(), "the nonce survived");
     assert_eq!(*peer.sources.lock().unwrap(), vec![relay.unwrap()], "the same relay address");
     // The store is emptied of what was taken over.
-    let mut removed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while removed.len() < names.len() && Instant::now() < deadline {
-        if let Ok((payload, _)) = turnd::sys::fdpass::recv(&notify) {
-            let text = String::from_utf8_lossy(&payload).to_string();
-            if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
-                removed.extend(text.lines().filter_map(|l| l.strip_prefix("FDNAME=")).map(str::to_owned));
-            }
-        }
-    }
-    let mut want = names.clone();
-    want.sort();
-    want.dedup();
-    removed.sort();
-    assert_eq!(removed, want, "FDSTOREREMOVE for every name");
+    names.sort();
+    names.dedup();
+    assert_eq!(systemd.removed(names.len(), Duration::from_secs(5)), names, "FDSTOREREMOVE for every name");
 }

@@ -2,7 +2,8 @@
 //! `turn:` over UDP, `turn:?transport=tcp`, `turns:` (a CA the browser trusts through an
 //! NSS database) and REST credentials; a wrong password and an expired REST credential
 //! must give an `icecandidateerror` with 401 and no relay candidate; a paced stream on
-//! a data channel keeps flowing, in order and complete, across `turnd upgrade`.
+//! a data channel keeps flowing, in order and complete, across `turnd upgrade` and across
+//! a restart through a systemd-style file descriptor store (the test playing systemd).
 //!
 //! Chromium gathers candidates only when it sees a non-loopback IPv4 interface, so the
 //! test runs turnd and the browser in a network namespace of its own with a veth pair
@@ -12,6 +13,7 @@
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
 use common::ca;
+use common::fd_store::{FakeSystemd, Started};
 mod common;
 mod netns;
 
@@ -21,7 +23,7 @@ use netns::browser::{self, Browser};
 use netns::Netns;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "browser-rest-secret";
 const MESSAGES: usize = 5;
@@ -50,6 +52,11 @@ struct Setup {
 
 impl Setup {
     fn new(role: &str) -> Setup {
+        Setup::with_env(role, &[])
+    }
+
+    /// turnd started with `env` added (e.g. what systemd sets for an fd store).
+    fn with_env(role: &str, env: &[(String, std::ffi::OsString)]) -> Setup {
         let ns = Netns::new(role);
         let octet = 64 + netns::subnet_tag();
         let server_ip = format!("100.{octet}.0.1");
@@ -65,7 +72,7 @@ impl Setup {
              [auth]\nsecrets = [\"{SECRET}\"]\n[[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
         );
         let config = pki.add_to(&config);
-        let turnd = ns.enter(|| TurndProcess::start(&config, &[]));
+        let turnd = ns.enter(|| TurndProcess::start_with_env(&config, &[], env));
         let home = TempDir::new("turnd-chromium-home");
         browser::home_trusting(home.path(), &pki.ca);
         Setup { turnd, pki, home, server_ip, ns }
@@ -257,6 +264,81 @@ fn chromium_data_channel_keeps_delivering_across_turnd_upgrade() {
         "ICE noticed the upgrade: {r:#}"
     );
     assert!(r["maxGapMs"].as_f64().unwrap() < 1000.0, "{r:#}");
+}
+
+/// The same paced stream across a restart through systemd's file descriptor store
+/// (`FileDescriptorStoreMax=` in the unit; the test plays systemd, as tests/upgrade.rs
+/// does): SIGTERM puts the state and the sockets into the store and turnd exits; the
+/// next turnd takes them over. Every message arrives, in order, over the same
+/// candidate pair; the gaps are printed.
+#[test]
+fn chromium_data_channel_keeps_delivering_across_an_fd_store_restart() {
+    if !ready() {
+        return;
+    }
+    let systemd = FakeSystemd::new();
+    let mut setup = Setup::with_env("fds", &systemd.vars());
+    let mut browser = setup.browser();
+    let ice_servers = json!([{ "urls": [setup.url("turn", "udp")], "username": USER, "credential": PASSWORD }]);
+    let count = 1500;
+    browser.start_call("stream", json!({ "iceServers": ice_servers, "paceMs": 10, "count": count }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.turnd.logs().matches("allocation created").count() < 2 || !browser.stderr().contains("streaming") {
+        assert!(Instant::now() < deadline, "the stream did not start:\n{}", browser.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    // SIGTERM, as `systemctl restart` sends; keep what goes into the store, then start
+    // the next turnd with it, in the namespace.
+    let config_file = setup.turnd.config_file();
+    let sigterm = Instant::now();
+    // SAFETY: kill takes no pointers; the pid is the turnd this test started.
+    unsafe { libc::kill(setup.turnd.pid() as i32, libc::SIGTERM) };
+    let store = systemd
+        .collect_store(|| !setup.turnd.is_running(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}:\n{}", setup.turnd.logs()));
+    let stored = sigterm.elapsed();
+    assert!(setup.turnd.logs().contains("systemd's file descriptor store"), "{}", setup.turnd.logs());
+    assert!(store.iter().any(|(name, _)| name == "turnd-state"), "{store:?}");
+    let mut names: Vec<String> = store.iter().map(|(name, _)| name.clone()).collect();
+    let second = setup.ns.enter(|| Started::spawn(systemd.next(&store, &config_file)));
+    drop(store);
+    let took = second.wait_for("took over from the previous turnd");
+    let serving = sigterm.elapsed();
+    let value =
+        |name: &str| took.split(&format!("{name}=")).nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("");
+    let r = browser.finish_call(Duration::from_secs(90));
+    eprintln!(
+        "Chromium across an fd-store restart: {}/{count} messages, in order: {}, largest gap {:.1} ms (pace 10 ms); \
+         turnd: gap {} ms, {} allocations moved, SIGTERM to old exited {:.1} ms, to new serving {:.1} ms (as logged, \
+         polled every 20 ms); ICE states {}",
+        r["received"],
+        r["inOrder"],
+        r["maxGapMs"].as_f64().unwrap_or(-1.0),
+        value("gap_ms").trim_matches('"'),
+        value("allocations"),
+        stored.as_secs_f64() * 1000.0,
+        serving.as_secs_f64() * 1000.0,
+        r["states"]
+    );
+    assert_eq!(r["ok"], true, "{r:#}\n---- new turnd ----\n{}", second.logs());
+    assert_eq!(r["received"], count, "{r:#}");
+    assert_eq!(r["inOrder"], true, "{r:#}");
+    assert_eq!(value("allocations"), "2", "both browsers' allocations moved: {took}");
+    for end in ["local", "remote"] {
+        assert_eq!(r["pairBefore"][end], r["pairAfter"][end], "the same candidate pair, no ICE restart: {r:#}");
+    }
+    assert_eq!(r["pairAfter"]["local"]["type"], "relay", "{r:#}");
+    let states = r["states"].as_array().unwrap();
+    assert!(
+        !states.iter().any(|s| s.as_str().is_some_and(|s| s.ends_with("disconnected") || s.ends_with("failed"))),
+        "ICE noticed the restart: {r:#}"
+    );
+    assert!(r["maxGapMs"].as_f64().unwrap() < 1000.0, "{r:#}");
+    names.sort();
+    names.dedup();
+    assert_eq!(systemd.removed(names.len(), Duration::from_secs(5)), names, "FDSTOREREMOVE for every name");
 }
 
 /// The new turnd a live upgrade started (a child of the old one, not of the test),

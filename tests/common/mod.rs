@@ -8,6 +8,7 @@
 // Helpers a test binary picks by path (`common::turn_client::TurnClient`); each
 // binary compiles them all, hence the crate-wide allow(dead_code) above.
 pub mod ca;
+pub mod fd_store;
 pub mod http;
 pub mod turn_client;
 
@@ -273,6 +274,26 @@ impl TurndProcess {
         let mut command = Command::new(turnd_binary());
         command.arg("serve").arg("-c").arg(&file).args(extra_args);
         TurndProcess::spawn(command, dir, config_toml, expected_listeners(config_toml))
+    }
+
+    /// [`TurndProcess::start`] with extra environment variables (e.g. what systemd
+    /// sets, from `fd_store::FakeSystemd::vars`).
+    pub fn start_with_env(
+        config_toml: &str,
+        extra_args: &[&str],
+        env: &[(String, std::ffi::OsString)],
+    ) -> TurndProcess {
+        let config_toml = &with_ephemeral_admin(config_toml);
+        let dir = TempDir::new("turnd-test");
+        let file = dir.write("turnd.toml", config_toml);
+        let mut command = Command::new(turnd_binary());
+        command.arg("serve").arg("-c").arg(&file).args(extra_args).envs(env.iter().map(|(k, v)| (k, v)));
+        TurndProcess::spawn(command, dir, config_toml, expected_listeners(config_toml))
+    }
+
+    /// The config file turnd runs with (written by `start`).
+    pub fn config_file(&self) -> PathBuf {
+        self._dir.path().join("turnd.toml")
     }
 
     /// [`TurndProcess::start`] under a wrapper command, e.g. `["prlimit", "--nofile=256:1024", "--"]`.
