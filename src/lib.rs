@@ -21,6 +21,7 @@ pub mod stun;
 pub mod turn;
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod net;

@@ -260,6 +260,20 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
         None
     };
     let watcher = cert.clone().map(|cert| tokio::spawn(watch_certificate(cert)));
+    // The fleet registry (`[cluster]`; restart to change): a task of its own, never on
+    // the request path.
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let settings = turnd::cluster::Settings::from_config(settings).context("[cluster]")?;
+            Some(turnd::cluster::spawn(
+                settings,
+                publisher.snapshots.subscribe(),
+                control.clone(),
+                publisher.cluster.clone(),
+            ))
+        }
+        None => None,
+    };
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut current = config;
@@ -309,6 +323,9 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    if let Some(cluster) = cluster {
+        cluster.abort();
     }
     let _ = control.try_send(Control::Shutdown);
     let _ = tokio::time::timeout(STOP_GRACE, workers.join()).await;

@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod cluster;
 mod listen;
 mod logging;
 mod nat_discovery;
@@ -17,6 +18,7 @@ mod webhook;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
+pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, PASSWORD_ENV};
 pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
@@ -111,6 +113,8 @@ pub struct Config {
     pub nat_discovery: NatDiscoveryConfig,
     /// Realms besides `realm`, each with its own credentials, limits and peer policy.
     pub tenant: Vec<TenantConfig>,
+    /// A fleet sharing a registry in Redis; absent: a single node (no Redis).
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for Config {
@@ -140,6 +144,7 @@ impl Default for Config {
             log: Log::default(),
             admin: Admin::default(),
             nat_discovery: NatDiscoveryConfig::default(),
+            cluster: None,
             tenant: Vec::new(),
         }
     }
@@ -300,6 +305,7 @@ impl Config {
                 cache_size: w.cache_size,
             }),
             tenants: self.core_tenants(),
+            redirect: self.cluster.as_ref().map(Cluster::redirect_policy).unwrap_or_default(),
         }
     }
 }

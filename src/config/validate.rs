@@ -109,6 +109,9 @@ impl Config {
         }
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 

@@ -57,6 +57,9 @@ impl EventLoop {
             Control::ListRevocations { reply } => {
                 let _ = reply.send(self.core.revocations(unix_now()));
             }
+            Control::SetAlternates { alternates, valid_for } => {
+                self.core.set_alternates(now, alternates, valid_for);
+            }
             Control::Drain { alternate, reply } => {
                 self.core.drain(alternate);
                 let _ = reply.send(());

@@ -162,6 +162,13 @@ pub struct AllocationInfo {
 pub enum Control {
     /// Replace the core's configuration (SIGHUP reload).
     Reconfigure(Box<CoreConfig>),
+    /// The fleet's best other nodes, from the cluster task (see `turn::fleet`).
+    SetAlternates {
+        /// Per family, the node new Allocates are sent to when this one turns them away.
+        alternates: crate::turn::fleet::Alternates,
+        /// How long they hold without a newer report.
+        valid_for: std::time::Duration,
+    },
     /// A page of allocations, ordered by id, and the total.
     ListAllocations {
         /// Only allocations of this realm.
@@ -226,6 +233,8 @@ pub struct Publisher {
     pub snapshots: tokio::sync::watch::Sender<Snapshot>,
     /// Events as they happen (lagging receivers lose the oldest).
     pub events: tokio::sync::broadcast::Sender<Event>,
+    /// The cluster task's state (unconfigured without `[cluster]`).
+    pub cluster: std::sync::Arc<crate::cluster::ClusterStatus>,
 }
 
 impl Publisher {
@@ -234,6 +243,7 @@ impl Publisher {
         Publisher {
             snapshots: tokio::sync::watch::channel(Snapshot::default()).0,
             events: tokio::sync::broadcast::channel(event_backlog.max(1)).0,
+            cluster: std::sync::Arc::default(),
         }
     }
 }

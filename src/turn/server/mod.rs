@@ -116,6 +116,8 @@ pub struct Server {
     /// Refreshes waiting for an allocation another worker is handing over, by its id
     /// (at most [`mobility::MOVES_IN_FLIGHT`]).
     moving: HashMap<AllocationId, mobility::PendingMove>,
+    /// The fleet's other nodes, as the cluster task last reported them.
+    fleet: super::fleet::FleetView,
 }
 
 impl std::fmt::Debug for Server {
@@ -162,6 +164,7 @@ impl Server {
             nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
             tickets: super::mobility::TicketCodec::new(&nonce_secret, epoch),
             moving: HashMap::new(),
+            fleet: super::fleet::FleetView::default(),
             revocations: Revocations::default(),
             lookups: Lookups::new(config.lookup.unwrap_or_default()),
             table: AllocationTable::new(worker % workers, workers),
@@ -225,6 +228,14 @@ impl Server {
     /// Allocates get 300 Try Alternate with `alternate`, or 508 without one.
     pub fn drain(&mut self, alternate: Option<SocketAddr>) {
         self.admission = alternate.map_or(Admission::Refuse, Admission::Redirect);
+    }
+
+    /// The fleet's best other nodes per family (from the cluster task's registry
+    /// read at `now`), trusted for `valid_for`: new Allocates this node should not
+    /// take (draining, front door, over `max-allocations`) are sent there with 300.
+    /// Without a fresh report the node serves them itself.
+    pub fn set_alternates(&mut self, now: Instant, alternates: super::fleet::Alternates, valid_for: Duration) {
+        self.fleet.set(now, alternates, valid_for);
     }
 
     /// Whether the server is draining.

@@ -1,0 +1,279 @@
+//! The cluster task: once per publish interval, publish this node's entry with a TTL,
+//! read every live entry, and send the workers the chosen alternates. Every exchange
+//! with Redis is bounded by one publish interval; a failed one drops the connection,
+//! marks Redis down and is retried at the next tick (so a node rejoins within one
+//! interval of Redis coming back).
+
+use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
+use super::status::ClusterStatus;
+use crate::config::{Cluster, PASSWORD_ENV};
+use crate::net::report::{Control, Snapshot};
+use crate::turn::stats::Direction;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// SCAN rounds per read: with COUNT 100, enough for [`MAX_NODES`] among other keys.
+const MAX_SCAN_ROUNDS: usize = 64;
+
+/// The cluster task's settings, from `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    client: redis::Client,
+    /// This node's id.
+    pub node_id: String,
+    prefix: String,
+    interval: Duration,
+    ttl: Duration,
+    capacity: Option<usize>,
+    front: bool,
+    ipv4: Option<SocketAddr>,
+    ipv6: Option<SocketAddr>,
+    domain: Option<String>,
+}
+
+/// Why `[cluster]` could not be turned into settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The URL did not parse.
+    #[error("cluster.redis: {0}")]
+    Url(redis::RedisError),
+    /// The password file could not be read.
+    #[error("cluster.password-file: {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No node id was given and the host name is not usable as one.
+    #[error("cluster.node-id: not set, and the host name {0:?} is not a usable node id")]
+    NodeId(String),
+}
+
+impl Settings {
+    /// Settings from a validated `[cluster]`; reads the password file (or
+    /// `TURND_REDIS_PASSWORD`) and the host name when needed.
+    pub fn from_config(cluster: &Cluster) -> Result<Settings, SettingsError> {
+        let info = cluster.redis.as_str().into_connection_info().map_err(SettingsError::Url)?;
+        let password = match &cluster.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::PasswordFile { path: path.clone(), source })?
+                    .trim_end()
+                    .to_owned(),
+            ),
+            None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        };
+        let info = match password {
+            Some(password) => {
+                let redis = info.redis_settings().clone().set_password(password);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        };
+        let client = redis::Client::open(info).map_err(SettingsError::Url)?;
+        let node_id = match &cluster.node_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let host = host.trim().to_owned();
+                if !crate::config::is_node_id(&host) {
+                    return Err(SettingsError::NodeId(host));
+                }
+                host
+            }
+        };
+        Ok(Settings {
+            client,
+            node_id,
+            prefix: cluster.key_prefix.clone(),
+            interval: cluster.publish_interval,
+            ttl: cluster.ttl,
+            capacity: cluster.max_allocations,
+            front: cluster.front,
+            ipv4: cluster.advertise_ipv4,
+            ipv6: cluster.advertise_ipv6,
+            domain: cluster.tls_domain.clone(),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+}
+
+/// Starts the cluster task on the current runtime. It runs until the runtime stops.
+pub fn spawn(
+    settings: Settings,
+    snapshots: watch::Receiver<Snapshot>,
+    control: mpsc::Sender<Control>,
+    status: Arc<ClusterStatus>,
+) -> tokio::task::JoinHandle<()> {
+    status.set_configured();
+    tokio::spawn(run(settings, snapshots, control, status))
+}
+
+async fn run(
+    settings: Settings,
+    snapshots: watch::Receiver<Snapshot>,
+    control: mpsc::Sender<Control>,
+    status: Arc<ClusterStatus>,
+) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut relayed = Relayed::default();
+    let mut was_up: Option<bool> = None;
+    info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
+    loop {
+        tick.tick().await;
+        let entry = own_entry(&settings, &snapshots, &mut relayed);
+        let exchanged = tokio::time::timeout(settings.interval, exchange(&settings, &mut connection, &entry)).await;
+        match exchanged {
+            Ok(Ok(raw)) => {
+                let (entries, bad) = parse_all(&settings, raw);
+                if bad > 0 {
+                    status.bad(bad);
+                }
+                status.up(entries.len());
+                if was_up != Some(true) {
+                    info!(nodes = entries.len(), "cluster: registry reachable");
+                }
+                was_up = Some(true);
+                let alternates = choose(&entries, &settings.node_id);
+                let _ = control.send(Control::SetAlternates { alternates, valid_for: settings.ttl }).await;
+            }
+            failed => {
+                connection = None;
+                status.down();
+                if was_up != Some(false) {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    warn!(error = %why, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
+                }
+                was_up = Some(false);
+            }
+        }
+    }
+}
+
+/// The relayed byte total at the last publish, for the bit rate.
+#[derive(Debug, Default)]
+struct Relayed {
+    bytes: u64,
+    at: Option<Instant>,
+}
+
+fn own_entry(settings: &Settings, snapshots: &watch::Receiver<Snapshot>, relayed: &mut Relayed) -> NodeEntry {
+    let (allocations, draining, bytes) = {
+        let s = snapshots.borrow();
+        let bytes = s.stats.relayed(Direction::ClientToPeer).1 + s.stats.relayed(Direction::PeerToClient).1;
+        (s.allocations, s.draining, bytes)
+    };
+    let now = Instant::now();
+    let relayed_bps = match relayed.at {
+        Some(at) if now > at => {
+            let seconds = now.duration_since(at).as_secs_f64();
+            (bytes.saturating_sub(relayed.bytes) as f64 * 8.0 / seconds) as u64
+        }
+        _ => 0,
+    };
+    *relayed = Relayed { bytes, at: Some(now) };
+    let state = if draining {
+        NodeState::Draining
+    } else if settings.front {
+        NodeState::Front
+    } else {
+        NodeState::Serving
+    };
+    NodeEntry {
+        id: settings.node_id.clone(),
+        state,
+        ipv4: settings.ipv4,
+        ipv6: settings.ipv6,
+        domain: settings.domain.clone(),
+        allocations: allocations as u64,
+        capacity: settings.capacity.map(|c| c as u64),
+        relayed_bps,
+        unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+/// Publishes `entry` and reads every entry: `(key, value)` pairs, values as stored.
+async fn exchange(
+    settings: &Settings,
+    connection: &mut Option<MultiplexedConnection>,
+    entry: &NodeEntry,
+) -> redis::RedisResult<Vec<(String, Option<Vec<u8>>)>> {
+    let conn = match connection {
+        Some(conn) => conn,
+        None => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.interval))
+                .set_response_timeout(Some(settings.interval));
+            connection.insert(settings.client.get_multiplexed_async_connection_with_config(&config).await?)
+        }
+    };
+    let json = serde_json::to_vec(entry).unwrap_or_default();
+    let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+    redis::cmd("SET")
+        .arg(settings.key(&settings.node_id))
+        .arg(json)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async::<()>(conn)
+        .await?;
+    let pattern = format!("{}:node:*", settings.prefix);
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    for _ in 0..MAX_SCAN_ROUNDS {
+        let (next, found): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(100).query_async(conn).await?;
+        keys.extend(found);
+        cursor = next;
+        if cursor == 0 || keys.len() >= MAX_NODES {
+            break;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys.truncate(MAX_NODES);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+    Ok(keys.into_iter().zip(values).collect())
+}
+
+/// The entries that parse, pass their checks and sit under their own id's key; and
+/// how many did not (logged at debug: a fleet with one bad writer would flood).
+fn parse_all(settings: &Settings, raw: Vec<(String, Option<Vec<u8>>)>) -> (Vec<NodeEntry>, usize) {
+    let mut bad = 0;
+    let entries = raw
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let value = value?; // expired between SCAN and MGET
+            match parse_entry(&value) {
+                Ok(entry) if key == settings.key(&entry.id) => Some(entry),
+                Ok(entry) => {
+                    tracing::debug!(key = %key, id = %entry.id, "cluster: entry under another node's key ignored");
+                    bad += 1;
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "cluster: bad registry entry ignored");
+                    bad += 1;
+                    None
+                }
+            }
+        })
+        .collect();
+    (entries, bad)
+}
