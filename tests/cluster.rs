@@ -1,0 +1,274 @@
+//! A fleet (`[cluster]`): three turnd nodes on distinct loopback addresses sharing a
+//! real Redis (`redis-server`, started here on an ephemeral port with no persistence,
+//! killed at the end). The front node sends every Allocate to the least-loaded serving
+//! node with 300 Try Alternate; clients follow it and relay through the node named; a
+//! killed node stops being named within the TTL; Redis killed mid-test stops nothing
+//! and the fleet rejoins when it comes back. Third-party clients (aioice, coturn's
+//! `turnutils_uclient`) are pointed at the front node to record what they do with a 300.
+
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::http::{get, metric, scrape};
+use common::turn_client::{error_code, TurnClient};
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stun_codec::rfc5389::attributes::AlternateServer;
+use turnd::client::Request;
+
+const INTERVAL_MS: u64 = 200;
+const TTL_MS: u64 = 1000;
+
+/// A `redis-server` child on `127.0.0.1:port`, no persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = Redis { child, port };
+        let up =
+            wait_for(Duration::from_secs(10), || (redis.command(&["PING"]).as_deref() == Some("+PONG")).then_some(()));
+        assert!(up.is_some(), "redis-server did not answer PING on port {port}");
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command in RESP; the first line of the answer.
+    fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        stream.write_all(out.as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).lines().next()?.to_owned())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 20 ms until it gives a value or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free UDP port on `ip` (bound, then let go; the node binds it right after).
+fn free_udp_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A node's config: one UDP listener on `ip`, registry in `redis`, `extra` in [cluster].
+fn node_config(ip: &str, port: u16, redis: &str, id: &str, extra: &str) -> String {
+    let (min, max) = relay_port_range();
+    format!(
+        "realm = \"{REALM}\"\n\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\npublish-interval = \"{INTERVAL_MS}ms\"\nttl = \"{TTL_MS}ms\"\n{extra}"
+    )
+}
+
+/// A serving node on `ip`, advertising its own listener.
+fn serving_node(ip: &str, redis: &Redis, id: &str) -> TurndProcess {
+    let port = free_udp_port(ip);
+    TurndProcess::start(&node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n")), &[])
+}
+
+fn front_node(redis: &Redis) -> TurndProcess {
+    let port = free_udp_port("127.0.0.2");
+    TurndProcess::start(&node_config("127.0.0.2", port, &redis.url(), "front", "front = true\n"), &[])
+}
+
+/// What the front node answers a fresh client's Allocate: `Ok(alternate)` for a 300,
+/// `Err(code or 0 for success)` otherwise (a success is released at once).
+fn allocate_at(server: SocketAddr) -> Result<SocketAddr, u16> {
+    let mut client = TurnClient::on_loopback(server, USER, PASSWORD, REALM);
+    let request = Request::allocate();
+    let response = client.request(request.method, request.attributes);
+    match error_code(&response) {
+        Some(300) => Ok(response.get_attribute::<AlternateServer>().expect("ALTERNATE-SERVER in a 300").address()),
+        Some(code) => Err(code),
+        None => {
+            let _ = client.refresh(0);
+            Err(0)
+        }
+    }
+}
+
+fn cluster_metric(node: &TurndProcess, name: &str) -> Option<f64> {
+    metric(&scrape(node.admin_addr()), name)
+}
+
+fn need_redis() -> bool {
+    need_tool("redis-server", "redis-server")
+}
+
+#[test]
+fn the_front_node_sends_clients_to_the_least_loaded_node_and_they_relay_there() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    let peer = UdpEchoPeer::start();
+    // Both serving nodes are empty: the tie goes to the lower id, "b".
+    let first = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok());
+    assert_eq!(first, Some(b.udp_addr()), "front named {first:?}\n{}", front.logs());
+    // The client follows the 300 and relays through the node named.
+    let mut client = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    let relayed = client.allocate_relay();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.3", "relayed from the node named");
+    client.permit(peer.addr());
+    client.send_indication(peer.addr(), b"through b");
+    let (_, from, data) = client.recv_data().expect("the echo through b");
+    assert_eq!((from, data.as_slice()), (Some(peer.addr()), &b"through b"[..]));
+    // "b" now holds an allocation: within a publish interval or two the front names "c".
+    let started = Instant::now();
+    let next = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    assert_eq!(next, Some(c.udp_addr()), "the less-loaded node is named next");
+    eprintln!("load change seen by the front after {:?}", started.elapsed());
+    // The front serves nothing itself, and says why it redirected.
+    let text = scrape(front.admin_addr());
+    assert!(metric(&text, "turnd_redirects_total{reason=\"front\"}").unwrap() >= 2.0, "{text}");
+    assert_eq!(metric(&text, "turnd_cluster_nodes"), Some(3.0), "{text}");
+    assert_eq!(metric(&text, "turnd_cluster_redis_up"), Some(1.0));
+    let ready = wait_for(Duration::from_secs(5), || {
+        let ready = get(front.admin_addr(), "/readyz", &[]);
+        (ready.status == 200).then_some(ready)
+    });
+    let body = ready.expect("the front is ready").body;
+    assert!(body.contains("cluster: redis up, 3 nodes"), "{body}");
+}
+
+#[test]
+fn a_killed_node_stops_being_named_within_the_ttl_and_bad_entries_are_ignored() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    // Entries that must never be trusted: not JSON, a wrong family, a key of another id.
+    redis.command(&["SET", "turnd:node:junk", "{not json"]).unwrap();
+    let spoof = r#"{"id":"a","state":"serving","ipv4":"[::1]:3478","ipv6":null,"domain":null,"allocations":0,"capacity":null,"relayed_bps":0,"unix_ms":1}"#;
+    redis.command(&["SET", "turnd:node:a", spoof]).unwrap();
+    let other = r#"{"id":"zz","state":"serving","ipv4":"127.0.0.9:3478","ipv6":null,"domain":null,"allocations":0,"capacity":null,"relayed_bps":0,"unix_ms":1}"#;
+    redis.command(&["SET", "turnd:node:aa", other]).unwrap();
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    assert!(cluster_metric(&front, "turnd_cluster_bad_entries_total").unwrap() >= 3.0);
+    let killed = Instant::now();
+    b.stop_with(libc::SIGKILL, Duration::from_secs(5));
+    let moved = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    let took = killed.elapsed();
+    assert_eq!(moved, Some(c.udp_addr()));
+    eprintln!(
+        "MEASURED: a killed node was last named {took:?} after SIGKILL (ttl {TTL_MS} ms, interval {INTERVAL_MS} ms)"
+    );
+    // The bound: the entry's TTL plus one read interval, plus the test's polling.
+    assert!(took <= Duration::from_millis(TTL_MS + 2 * INTERVAL_MS + 300), "took {took:?}");
+    // And it stays gone.
+    for _ in 0..5 {
+        assert_eq!(allocate_at(front.udp_addr()), Ok(c.udp_addr()));
+    }
+}
+
+#[test]
+fn redis_killed_mid_test_stops_no_relaying_and_the_fleet_rejoins_when_it_returns() {
+    if !need_redis() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let front = front_node(&redis);
+    let peer = UdpEchoPeer::start();
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    let mut client = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
+    client.permit(peer.addr());
+
+    redis.kill();
+    let killed = Instant::now();
+    // Relaying goes on throughout, and requests are answered.
+    let mut echoed = 0;
+    let down = wait_for(Duration::from_secs(5), || {
+        client.send_indication(peer.addr(), b"during the outage");
+        if client.recv_data().is_some_and(|(_, _, d)| d == b"during the outage") {
+            echoed += 1;
+        }
+        (cluster_metric(&front, "turnd_cluster_redis_up") == Some(0.0)).then(|| killed.elapsed())
+    });
+    let down = down.expect("the front reports Redis down");
+    eprintln!("MEASURED: redis_up went to 0 {down:?} after Redis was killed");
+    // A node without Redis is still ready (its first snapshot comes within a second).
+    let ready = wait_for(Duration::from_secs(5), || {
+        let ready = get(front.admin_addr(), "/readyz", &[]);
+        (ready.status == 200).then_some(ready)
+    });
+    let ready = ready.expect("the front is ready without Redis");
+    assert!(ready.body.contains("redis unreachable"), "{}", ready.body);
+    // Within the TTL the front stops naming nodes it cannot see and serves itself.
+    let served =
+        wait_for(Duration::from_secs(5), || (allocate_at(front.udp_addr()) == Err(0)).then(|| killed.elapsed()));
+    eprintln!("MEASURED: the front served Allocates itself {served:?} after Redis was killed");
+    assert!(served.expect("the front serves without Redis") <= Duration::from_millis(TTL_MS + 2 * INTERVAL_MS + 500));
+    assert_eq!(client.refresh(600), Ok(()), "the node named before keeps answering");
+    client.send_indication(peer.addr(), b"still relaying");
+    assert_eq!(client.recv_data().map(|(_, _, d)| d), Some(b"still relaying".to_vec()));
+    assert!(echoed > 0, "relayed during the outage");
+
+    let redis = Redis::start_on(port);
+    let restarted = Instant::now();
+    let back = wait_for(Duration::from_secs(10), || allocate_at(front.udp_addr()).ok());
+    assert_eq!(back, Some(b.udp_addr()), "the fleet rejoins");
+    eprintln!("MEASURED: redirects resumed {:?} after Redis restarted", restarted.elapsed());
+    assert_eq!(cluster_metric(&front, "turnd_cluster_redis_up"), Some(1.0));
+    assert!(cluster_metric(&front, "turnd_cluster_redis_failures_total").unwrap() >= 1.0);
+    drop(redis);
+}
