@@ -125,7 +125,11 @@ fn front_node(redis: &Redis) -> TurndProcess {
 /// What the front node answers a fresh client's Allocate: `Ok(alternate)` for a 300,
 /// `Err(code or 0 for success)` otherwise (a success is released at once).
 fn allocate_at(server: SocketAddr) -> Result<SocketAddr, u16> {
-    let mut client = TurnClient::on_loopback(server, USER, PASSWORD, REALM);
+    // A fresh loopback source each time: polling from one address would meet the
+    // per-source limit on unauthenticated requests (every first Allocate is one).
+    let r = random_u64();
+    let source = format!("127.1.{}.{}:0", (r >> 8) as u8, (r as u8).max(1));
+    let mut client = TurnClient::new(&source, server, USER, PASSWORD, REALM);
     let request = Request::allocate();
     let response = client.request(request.method, request.attributes);
     match error_code(&response) {
@@ -271,4 +275,69 @@ fn redis_killed_mid_test_stops_no_relaying_and_the_fleet_rejoins_when_it_returns
     assert_eq!(cluster_metric(&front, "turnd_cluster_redis_up"), Some(1.0));
     assert!(cluster_metric(&front, "turnd_cluster_redis_failures_total").unwrap() >= 1.0);
     drop(redis);
+}
+
+/// A front node and one serving node, for the third-party clients.
+fn small_fleet(redis: &Redis) -> (TurndProcess, TurndProcess) {
+    let b = serving_node("127.0.0.3", redis, "b");
+    let front = front_node(redis);
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    (front, b)
+}
+
+fn allocations_on(node: &TurndProcess) -> f64 {
+    metric(&scrape(node.admin_addr()), "turnd_allocations_created_total").unwrap_or(0.0)
+}
+
+#[test]
+fn aioice_pointed_at_the_front_node() {
+    if !need_redis() || !need(python_module_available("aioice"), "Python module `aioice` (pip install aioice)") {
+        return;
+    }
+    let redis = Redis::start();
+    let (front, b) = small_fleet(&redis);
+    let peer = UdpEchoPeer::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/aioice_turn.py");
+    let out = run_with_timeout(
+        Command::new(python())
+            .arg(script)
+            .args(["--server", &front.udp_addr().to_string(), "--peer", &peer.addr().to_string()])
+            .args(["--user", USER, "--password", PASSWORD, "--transport", "udp", "--count", "5"]),
+        Duration::from_secs(60),
+    );
+    // aioice (1.x) does not follow 300: its Allocate fails with the code, and no
+    // allocation is made anywhere.
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stdout.contains("ALLOCATE FAILED: TransactionFailed error_code=300"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200)); // one snapshot, so a stray allocation would show
+    assert_eq!(allocations_on(&b), 0.0);
+}
+
+#[test]
+fn uclient_pointed_at_the_front_node() {
+    if !need_redis() || !need_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let redis = Redis::start();
+    let (front, b) = small_fleet(&redis);
+    let peer = UdpEchoPeer::start();
+    let server = front.udp_addr();
+    // The front's own Allocates so far (served before it had seen the registry).
+    std::thread::sleep(Duration::from_millis(1200));
+    let front_before = allocations_on(&front);
+    let out = run_with_timeout(
+        Command::new("turnutils_uclient")
+            .args(["-c", "-p", &server.port().to_string(), "-u", USER, "-w", PASSWORD, "-n", "5", "-l", "100"])
+            .args(["-e", &peer.addr().ip().to_string(), "-r", &peer.addr().port().to_string()])
+            .arg(server.ip().to_string()),
+        Duration::from_secs(30),
+    );
+    // uclient follows the 300 (for its probe allocation and the real one) and relays
+    // through the node named.
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.matches("error 300 (Try Alternate)").count() >= 1, "{out}");
+    assert!(out.stdout.contains("tot_send_msgs=5, tot_recv_msgs=5"), "{out}");
+    assert!(out.stdout.contains("Total lost packets 0"), "{out}");
+    assert!(wait_for(Duration::from_secs(3), || (allocations_on(&b) >= 1.0).then_some(())).is_some());
+    assert_eq!(allocations_on(&front), front_before, "the front allocated nothing for uclient");
 }
