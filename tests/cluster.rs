@@ -22,6 +22,7 @@ use turnd::client::Request;
 
 const INTERVAL_MS: u64 = 200;
 const TTL_MS: u64 = 1000;
+const TOKEN: &str = "cluster-test-token-0123456789";
 
 /// A `redis-server` child on `127.0.0.1:port`, no persistence; killed on drop.
 struct Redis {
@@ -107,6 +108,7 @@ fn node_config(ip: &str, port: u16, redis: &str, id: &str, extra: &str) -> Strin
         "realm = \"{REALM}\"\n\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n\n\
          [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
          [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\npublish-interval = \"{INTERVAL_MS}ms\"\nttl = \"{TTL_MS}ms\"\n{extra}"
     )
 }
@@ -340,4 +342,57 @@ fn uclient_pointed_at_the_front_node() {
     assert!(out.stdout.contains("Total lost packets 0"), "{out}");
     assert!(wait_for(Duration::from_secs(3), || (allocations_on(&b) >= 1.0).then_some(())).is_some());
     assert_eq!(allocations_on(&front), front_before, "the front allocated nothing for uclient");
+}
+
+/// `turnd ctl --admin ADDR ARGS...` (the tests' admin listeners are on loopback).
+fn ctl(node: &TurndProcess, args: &[&str]) -> CmdOutput {
+    let mut command = Command::new(turnd_binary());
+    command.arg("ctl").arg("--admin").arg(node.admin_addr().to_string()).args(args);
+    for var in ["TURND_ADMIN_TOKEN", "TURND_ADMIN_TOKEN_FILE", "TURND_CONFIG", "TURND_ADMIN_ADDRESS"] {
+        command.env_remove(var);
+    }
+    run_with_timeout(command.env("TURND_ADMIN_TOKEN", TOKEN), Duration::from_secs(15))
+}
+
+#[test]
+fn a_revocation_on_one_node_cuts_the_users_allocations_on_every_node() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = serving_node("127.0.0.2", &redis, "a");
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let peer = UdpEchoPeer::start();
+    let mut on_b = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+    for client in [&mut on_b, &mut on_c] {
+        client.allocate_relay();
+        client.permit(peer.addr());
+    }
+    // Every node has synced at least once (an empty list) before the revoke.
+    assert!(wait_for(Duration::from_secs(5), || (cluster_metric(&c, "turnd_cluster_nodes") == Some(3.0))
+        .then_some(()))
+    .is_some());
+    let out = ctl(&a, &["revoke", USER]);
+    assert!(out.success(), "{out}");
+    let revoked = Instant::now();
+    let cut = wait_for(Duration::from_secs(3), || {
+        (on_b.refresh(600).is_err() && on_c.refresh(600).is_err()).then(|| revoked.elapsed())
+    });
+    let cut = cut.expect("alice's allocations on b and c end");
+    eprintln!("MEASURED: a revoke on node a ended the user's allocations on b and c {cut:?} later (interval {INTERVAL_MS} ms)");
+    assert!(cut < Duration::from_secs(1), "took {cut:?}");
+    on_b.send_indication(peer.addr(), b"after the revoke");
+    assert!(on_b.recv_data().is_none(), "relayed for a revoked user");
+    assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":1"));
+    // Lifted on c: alice may allocate on b again.
+    let out = ctl(&c, &["unrevoke", USER]);
+    assert!(out.success(), "{out}");
+    let lifted = wait_for(Duration::from_secs(3), || {
+        let mut again = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+        again.allocate(Vec::new()).is_ok().then_some(())
+    });
+    assert!(lifted.is_some(), "the lift on c reached b");
+    assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":0"));
 }

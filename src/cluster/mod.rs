@@ -5,9 +5,11 @@
 //! they lapse and the node serves every Allocate itself until Redis is back.
 
 mod registry;
+mod revocations;
 mod status;
 mod task;
 
 pub use registry::{choose, parse_entry, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
+pub use revocations::{valid_names, RevocationSync, SyncPlan};
 pub use status::ClusterStatus;
 pub use task::{spawn, Settings, SettingsError};

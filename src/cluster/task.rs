@@ -5,16 +5,18 @@
 //! interval of Redis coming back).
 
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
+use super::revocations::{valid_names, RevocationSync};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, PASSWORD_ENV};
 use crate::net::report::{Control, Snapshot};
 use crate::turn::stats::Direction;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 /// SCAN rounds per read: with COUNT 100, enough for [`MAX_NODES`] among other keys.
@@ -129,11 +131,19 @@ async fn run(
     let mut connection: Option<MultiplexedConnection> = None;
     let mut relayed = Relayed::default();
     let mut was_up: Option<bool> = None;
+    let mut revocations = RevocationSync::default();
     info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
     loop {
         tick.tick().await;
         let entry = own_entry(&settings, &snapshots, &mut relayed);
-        let exchanged = tokio::time::timeout(settings.interval, exchange(&settings, &mut connection, &entry)).await;
+        let exchanged = tokio::time::timeout(settings.interval, async {
+            let raw = exchange(&settings, &mut connection, &entry).await?;
+            if let Some(conn) = connection.as_mut() {
+                sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
+            }
+            Ok::<_, redis::RedisError>(raw)
+        })
+        .await;
         match exchanged {
             Ok(Ok(raw)) => {
                 let (entries, bad) = parse_all(&settings, raw);
@@ -250,6 +260,54 @@ async fn exchange(
     }
     let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
     Ok(keys.into_iter().zip(values).collect())
+}
+
+/// Merges this node's revocations with the fleet's set (see `super::revocations`):
+/// names new on either side go to the other, lifts too. Revokes received end the
+/// user's allocations here.
+async fn sync_revocations(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    sync: &mut RevocationSync,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let (reply, listed) = oneshot::channel();
+    if control.send(Control::ListRevocations { reply }).await.is_err() {
+        return Ok(()); // the workers are gone: shutting down
+    }
+    let local: BTreeSet<String> = listed.await.unwrap_or_default().into_iter().map(|(name, _)| name).collect();
+    let key = format!("{}:revoked", settings.prefix);
+    let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&key).query_async(conn).await?;
+    let (remote, bad) = valid_names(raw);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    let (plan, merged) = sync.plan(&local, &remote);
+    if !plan.add_remote.is_empty() {
+        redis::cmd("SADD").arg(&key).arg(&plan.add_remote).query_async::<()>(conn).await?;
+    }
+    if !plan.remove_remote.is_empty() {
+        redis::cmd("SREM").arg(&key).arg(&plan.remove_remote).query_async::<()>(conn).await?;
+    }
+    for user in plan.revoke_local {
+        let (reply, done) = oneshot::channel();
+        if control.send(Control::Revoke { user: user.clone(), reply }).await.is_ok() {
+            match done.await {
+                Ok(Ok(ended)) => info!(user = %user, ended, "cluster: revoked on another node; applied here"),
+                Ok(Err(e)) => warn!(user = %user, error = %e, "cluster: a fleet revocation could not be applied here"),
+                Err(_) => {}
+            }
+        }
+    }
+    for user in plan.lift_local {
+        let (reply, done) = oneshot::channel();
+        if control.send(Control::LiftRevocation { user: user.clone(), reply }).await.is_ok() && done.await.is_ok() {
+            info!(user = %user, "cluster: revocation lifted on another node; lifted here");
+        }
+    }
+    sync.commit(merged);
+    Ok(())
 }
 
 /// The entries that parse, pass their checks and sit under their own id's key; and
