@@ -27,3 +27,4 @@ pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod sys;
+pub mod usage;

@@ -178,6 +178,18 @@ pub const DEFINITIONS: &[Definition] = &[
         &[],
         "With [cluster]: exchanges with Redis that failed or timed out.",
     ),
+    def(
+        "turnd_usage_records_written_total",
+        COUNTER,
+        &["sink"],
+        "Usage records (one per ended allocation) written, by sink (redis, file).",
+    ),
+    def(
+        "turnd_usage_records_dropped_total",
+        COUNTER,
+        &[],
+        "Usage records lost: the queue for an unreachable Redis was full, the file was not writable, or events were missed.",
+    ),
     def("process_cpu_seconds_total", COUNTER, &[], "User and system CPU time spent, seconds."),
     def("process_resident_memory_bytes", GAUGE, &[], "Resident memory size, bytes."),
     def("process_virtual_memory_bytes", GAUGE, &[], "Virtual memory size, bytes."),
@@ -366,6 +378,12 @@ impl Collector for Collect {
         push(configured.then(|| gauge(&[], c.nodes() as f64)).into_iter().collect());
         push(configured.then(|| counter(&[], c.bad_entries())).into_iter().collect());
         push(configured.then(|| counter(&[], c.failures())).into_iter().collect());
+        let u = &c.usage;
+        push(vec![
+            counter(&[("sink", "redis")], u.written_redis.load(Ordering::Relaxed)),
+            counter(&[("sink", "file")], u.written_file.load(Ordering::Relaxed)),
+        ]);
+        push(vec![counter(&[], u.dropped.load(Ordering::Relaxed))]);
         // Off Linux (or with /proc hidden) the process families stay empty and the
         // registry leaves them out.
         let p = process::read();

@@ -263,17 +263,23 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     // The fleet registry (`[cluster]`; restart to change): a task of its own, never on
     // the request path.
     let cluster = match &config.cluster {
-        Some(settings) => {
-            let settings = turnd::cluster::Settings::from_config(settings).context("[cluster]")?;
-            Some(turnd::cluster::spawn(
-                settings,
-                publisher.snapshots.subscribe(),
-                control.clone(),
-                publisher.cluster.clone(),
-            ))
-        }
+        Some(settings) => Some(turnd::cluster::Settings::from_config(settings).context("[cluster]")?),
         None => None,
     };
+    // Usage records: to the Redis stream with [cluster], to [usage] file if set.
+    let usage = turnd::usage::spawn(
+        turnd::usage::UsageSinks {
+            node: cluster.as_ref().map_or_else(String::new, |c| c.node_id.clone()),
+            redis: cluster.as_ref().and_then(turnd::cluster::Settings::usage_stream),
+            file: config.usage.file.clone(),
+        },
+        publisher.events.subscribe(),
+        publisher.snapshots.subscribe(),
+        publisher.cluster.usage.clone(),
+    );
+    let cluster = cluster.map(|settings| {
+        turnd::cluster::spawn(settings, publisher.snapshots.subscribe(), control.clone(), publisher.cluster.clone())
+    });
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut current = config;
@@ -324,8 +330,8 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    if let Some(cluster) = cluster {
-        cluster.abort();
+    for task in [cluster, usage].into_iter().flatten() {
+        task.abort();
     }
     let _ = control.try_send(Control::Shutdown);
     let _ = tokio::time::timeout(STOP_GRACE, workers.join()).await;

@@ -70,6 +70,26 @@ impl Redis {
         Some(String::from_utf8_lossy(&buf[..n]).lines().next()?.to_owned())
     }
 
+    /// One command; the whole answer as text (read until the server goes quiet).
+    fn raw(&self, args: &[&str]) -> String {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        stream.write_all(out.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || answer.len() > 1 << 20 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -395,4 +415,69 @@ fn a_revocation_on_one_node_cuts_the_users_allocations_on_every_node() {
     });
     assert!(lifted.is_some(), "the lift on c reached b");
     assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":0"));
+}
+
+/// Allocates as alice on `node`, relays one datagram each way through the echo peer,
+/// then deletes the allocation: one usage record.
+fn one_session(node: SocketAddr, peer: &UdpEchoPeer) {
+    let mut client = TurnClient::on_loopback(node, USER, PASSWORD, REALM);
+    client.allocate_relay();
+    client.permit(peer.addr());
+    client.send_indication(peer.addr(), b"ninebytes");
+    assert_eq!(client.recv_data().map(|(_, _, d)| d), Some(b"ninebytes".to_vec()));
+    assert_eq!(client.refresh(0), Ok(()));
+}
+
+const RECORD_PARTS: [&str; 5] = [
+    r#""user":"alice""#,
+    r#""realm":"turnd.test""#,
+    r#""bytes_to_peer":9,"packets_to_peer":1,"bytes_to_client":9,"packets_to_client":1"#,
+    r#""reason":"deleted""#,
+    r#""transport":"udp""#,
+];
+
+#[test]
+fn each_ended_allocation_is_a_usage_record_in_the_redis_stream() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let peer = UdpEchoPeer::start();
+    one_session(b.udp_addr(), &peer);
+    let found = wait_for(Duration::from_secs(5), || {
+        let text = redis.raw(&["XRANGE", "turnd:usage", "-", "+"]);
+        text.contains(r#""user":"alice""#).then_some(text)
+    });
+    let text = found.expect("a usage record in turnd:usage");
+    for part in RECORD_PARTS.iter().chain(&[r#""node":"b""#, r#""relay":"127.0.0.3:"#]) {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    assert_eq!(redis.command(&["XLEN", "turnd:usage"]).as_deref(), Some(":1"));
+    assert_eq!(cluster_metric(&b, "turnd_usage_records_written_total{sink=\"redis\"}"), Some(1.0));
+}
+
+#[test]
+fn without_redis_usage_records_go_to_a_json_lines_file() {
+    let dir = TempDir::new("turnd-usage");
+    let path = dir.path().join("usage.jsonl");
+    let config = format!("{}\n[usage]\nfile = \"{}\"\n", config_with(&["udp"]), path.display());
+    let turnd = TurndProcess::start(&config, &[]);
+    let peer = UdpEchoPeer::start();
+    one_session(turnd.udp_addr(), &peer);
+    one_session(turnd.udp_addr(), &peer);
+    let lines = wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.lines().count() == 2).then_some(text)
+    });
+    let text = lines.expect("two records in the usage file");
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("one JSON object a line");
+        assert!(record["start_ms"].as_u64().unwrap() <= record["end_ms"].as_u64().unwrap());
+        for part in RECORD_PARTS {
+            assert!(line.contains(part), "{part} not in {line}");
+        }
+    }
+    assert_eq!(metric(&scrape(turnd.admin_addr()), "turnd_usage_records_written_total{sink=\"file\"}"), Some(2.0));
+    assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no [cluster], no Redis metrics");
 }

@@ -16,6 +16,9 @@ pub struct ClusterStatus {
     bad_entries: AtomicU64,
     /// Exchanges with Redis that failed or timed out.
     failures: AtomicU64,
+    /// What became of the usage records (kept here so one handle carries every
+    /// figure of the fleet's tasks to the metrics; written with or without Redis).
+    pub usage: std::sync::Arc<crate::usage::UsageCounters>,
 }
 
 impl ClusterStatus {

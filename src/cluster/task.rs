@@ -36,6 +36,7 @@ pub struct Settings {
     ipv4: Option<SocketAddr>,
     ipv6: Option<SocketAddr>,
     domain: Option<String>,
+    usage_max_len: u64,
 }
 
 /// Why `[cluster]` could not be turned into settings.
@@ -101,7 +102,14 @@ impl Settings {
             ipv4: cluster.advertise_ipv4,
             ipv6: cluster.advertise_ipv6,
             domain: cluster.tls_domain.clone(),
+            usage_max_len: cluster.usage_max_len,
         })
+    }
+
+    /// Where usage records go in Redis: client, stream key, approximate MAXLEN
+    /// (`None` when `usage-max-len` is 0).
+    pub fn usage_stream(&self) -> Option<(redis::Client, String, u64)> {
+        (self.usage_max_len > 0).then(|| (self.client.clone(), format!("{}:usage", self.prefix), self.usage_max_len))
     }
 
     fn key(&self, id: &str) -> String {

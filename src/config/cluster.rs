@@ -55,6 +55,24 @@ pub struct Cluster {
     /// This node's TLS name, sent as ALTERNATE-DOMAIN to TLS clients sent here.
     #[serde(default)]
     pub tls_domain: Option<String>,
+    /// Usage records go to the Redis stream `PREFIX:usage`, trimmed to about this many
+    /// entries; 0: no stream.
+    #[serde(default = "default_usage_max_len")]
+    pub usage_max_len: u64,
+}
+
+/// `[usage]`: where usage records (one per ended allocation) go besides Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Usage {
+    /// A JSON-lines file records are appended to (rotate it with copytruncate, or
+    /// move it: the file is reopened only after a write fails).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn default_usage_max_len() -> u64 {
+    100_000
 }
 
 fn default_prefix() -> String {
@@ -110,6 +128,9 @@ impl Cluster {
                     return Err((key, format!("{address}: needs a unicast address of its family and a port")));
                 }
             }
+        }
+        if self.usage_max_len > 100_000_000 {
+            return Err(("cluster.usage-max-len", "at most 100000000 (Redis keeps the stream in memory)".into()));
         }
         if let Some(domain) = &self.tls_domain {
             if !is_domain(domain) {

@@ -18,7 +18,7 @@ mod webhook;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
-pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, PASSWORD_ENV};
+pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, Usage, PASSWORD_ENV};
 pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
@@ -115,6 +115,8 @@ pub struct Config {
     pub tenant: Vec<TenantConfig>,
     /// A fleet sharing a registry in Redis; absent: a single node (no Redis).
     pub cluster: Option<Cluster>,
+    /// Where usage records go besides Redis.
+    pub usage: Usage,
 }
 
 impl Default for Config {
@@ -145,6 +147,7 @@ impl Default for Config {
             admin: Admin::default(),
             nat_discovery: NatDiscoveryConfig::default(),
             cluster: None,
+            usage: Usage::default(),
             tenant: Vec::new(),
         }
     }
