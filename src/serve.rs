@@ -272,6 +272,7 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
             node: cluster.as_ref().map_or_else(String::new, |c| c.node_id.clone()),
             redis: cluster.as_ref().and_then(turnd::cluster::Settings::usage_stream),
             file: config.usage.file.clone(),
+            realms: config.core().realms().map(|(tenant, realm)| (tenant, realm.to_owned())).collect(),
         },
         publisher.events.subscribe(),
         publisher.snapshots.subscribe(),

@@ -1,8 +1,8 @@
 //! The cluster task: once per publish interval, publish this node's entry with a TTL,
 //! read every live entry, and send the workers the chosen alternates. Every exchange
-//! with Redis is bounded by one publish interval; a failed one drops the connection,
+//! with Redis is bounded; a failed one drops the connection,
 //! marks Redis down and is retried at the next tick (so a node rejoins within one
-//! interval of Redis coming back).
+//! interval of Redis coming back). One exchange may take up to half the TTL.
 
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
 use super::revocations::{valid_names, RevocationSync};
@@ -144,7 +144,9 @@ async fn run(
     loop {
         tick.tick().await;
         let entry = own_entry(&settings, &snapshots, &mut relayed);
-        let exchanged = tokio::time::timeout(settings.interval, async {
+        // An exchange may take half the TTL: past that, the facts it would bring are
+        // too old to keep redirecting on anyway.
+        let exchanged = tokio::time::timeout(settings.ttl / 2, async {
             let raw = exchange(&settings, &mut connection, &entry).await?;
             if let Some(conn) = connection.as_mut() {
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
@@ -234,8 +236,8 @@ async fn exchange(
         Some(conn) => conn,
         None => {
             let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.interval))
-                .set_response_timeout(Some(settings.interval));
+                .set_connection_timeout(Some(settings.ttl / 2))
+                .set_response_timeout(Some(settings.ttl / 2));
             connection.insert(settings.client.get_multiplexed_async_connection_with_config(&config).await?)
         }
     };

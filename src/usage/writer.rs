@@ -31,6 +31,9 @@ pub struct UsageSinks {
     pub redis: Option<(redis::Client, String, u64)>,
     /// The JSON-lines file (appended to).
     pub file: Option<PathBuf>,
+    /// Each tenant's realm at start (the snapshots name tenants a reload adds, but
+    /// only from their first publish, a second after start).
+    pub realms: Vec<(crate::turn::TenantId, String)>,
 }
 
 /// What became of the records (exported as metrics).
@@ -71,7 +74,8 @@ async fn run(
                 Ok(event) => {
                     let end_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                     let realm_of = |tenant| {
-                        snapshots.borrow().realms.iter().find(|r| r.tenant == tenant).map(|r| r.realm.clone())
+                        let published = snapshots.borrow().realms.iter().find(|r| r.tenant == tenant).map(|r| r.realm.clone());
+                        published.or_else(|| sinks.realms.iter().find(|(t, _)| *t == tenant).map(|(_, r)| r.clone()))
                     };
                     let Some(record) = UsageRecord::of(&event, &sinks.node, end_ms, realm_of) else { continue };
                     let Ok(json) = serde_json::to_string(&record) else { continue };
