@@ -493,3 +493,70 @@ fn without_redis_usage_records_go_to_a_json_lines_file() {
     assert_eq!(metric(&scrape(turnd.admin_addr()), "turnd_usage_records_written_total{sink=\"file\"}"), Some(2.0));
     assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no [cluster], no Redis metrics");
 }
+
+/// A serving node whose users may hold `per_user` allocations (fleet-wide).
+fn node_with_quota(ip: &str, redis: &Redis, id: &str, per_user: usize) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let config = node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n"))
+        .replace("[cluster]", &format!("[limits]\nallocations-per-user = {per_user}\n\n[cluster]"))
+        .replace("[[auth.user]]", "[[auth.user]]\nname = \"bob\"\npassword = \"bobsecret\"\n\n[[auth.user]]");
+    TurndProcess::start(&config, &[])
+}
+
+#[test]
+fn a_users_allocation_quota_holds_across_nodes() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = node_with_quota("127.0.0.3", &redis, "b", 2);
+    let c = node_with_quota("127.0.0.4", &redis, "c", 2);
+    wait_nodes(&b, 2.0);
+    wait_nodes(&c, 2.0);
+    let mut on_b: Vec<TurnClient> =
+        (0..2).map(|_| TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM)).collect();
+    for client in &mut on_b {
+        client.allocate_relay();
+    }
+    let full = Instant::now();
+    // Within about one publish interval, c counts alice's two allocations on b.
+    let refused = wait_for(Duration::from_secs(3), || {
+        let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+        match on_c.allocate(Vec::new()) {
+            Err(486) => Some(full.elapsed()),
+            Ok(_) => {
+                let _ = on_c.refresh(0);
+                None
+            }
+            Err(code) => panic!("unexpected {code}"),
+        }
+    });
+    let refused = refused.expect("c refuses alice's third allocation with 486");
+    eprintln!(
+        "MEASURED: node c enforced alice's quota {refused:?} after her allocations on b (interval {INTERVAL_MS} ms)"
+    );
+    // Other users are not affected.
+    let mut bob = TurnClient::on_loopback(c.udp_addr(), "bob", "bobsecret", REALM);
+    assert!(bob.allocate(Vec::new()).is_ok());
+    // One of alice's allocations on b ends: c admits her again.
+    assert_eq!(on_b[0].refresh(0), Ok(()));
+    let admitted = wait_for(Duration::from_secs(3), || {
+        let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+        on_c.allocate(Vec::new()).is_ok().then_some(on_c)
+    });
+    let mut third = admitted.expect("c admits alice once she is under the quota");
+    // And now b, which holds one and sees c's one, refuses her.
+    let over = wait_for(Duration::from_secs(3), || {
+        let mut again = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+        match again.allocate(Vec::new()) {
+            Err(486) => Some(()),
+            Ok(_) => {
+                let _ = again.refresh(0);
+                None
+            }
+            Err(code) => panic!("unexpected {code}"),
+        }
+    });
+    assert!(over.is_some(), "b counts alice's allocation on c");
+    let _ = third.refresh(0);
+}

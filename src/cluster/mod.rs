@@ -4,6 +4,7 @@
 //! workers only ever see the last facts sent, which hold for one TTL; with Redis gone
 //! they lapse and the node serves every Allocate itself until Redis is back.
 
+mod quotas;
 mod registry;
 mod revocations;
 mod status;

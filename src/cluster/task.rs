@@ -4,15 +4,19 @@
 //! marks Redis down and is retried at the next tick (so a node rejoins within one
 //! interval of Redis coming back). One exchange may take up to half the TTL.
 
+use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
 use super::revocations::{valid_names, RevocationSync};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, PASSWORD_ENV};
 use crate::net::report::{Control, Snapshot};
+use crate::turn::ledger::MAX_REMOTE_USERS;
 use crate::turn::stats::Direction;
+use crate::turn::TenantId;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +41,9 @@ pub struct Settings {
     ipv6: Option<SocketAddr>,
     domain: Option<String>,
     usage_max_len: u64,
+    /// Each tenant's realm at start (the snapshots carry them from their first
+    /// publish, and after reloads).
+    realms: Vec<(TenantId, String)>,
 }
 
 /// Why `[cluster]` could not be turned into settings.
@@ -103,13 +110,24 @@ impl Settings {
             ipv6: cluster.advertise_ipv6,
             domain: cluster.tls_domain.clone(),
             usage_max_len: cluster.usage_max_len,
+            realms: Vec::new(),
         })
+    }
+
+    /// The tenants' realms at start: per-user counts are shared by realm name.
+    pub fn with_realms(mut self, realms: Vec<(TenantId, String)>) -> Self {
+        self.realms = realms;
+        self
     }
 
     /// Where usage records go in Redis: client, stream key, approximate MAXLEN
     /// (`None` when `usage-max-len` is 0).
     pub fn usage_stream(&self) -> Option<(redis::Client, String, u64)> {
         (self.usage_max_len > 0).then(|| (self.client.clone(), format!("{}:usage", self.prefix), self.usage_max_len))
+    }
+
+    fn users_key(&self, id: &str) -> String {
+        format!("{}:users:{id}", self.prefix)
     }
 
     fn key(&self, id: &str) -> String {
@@ -148,15 +166,16 @@ async fn run(
         // too old to keep redirecting on anyway.
         let exchanged = tokio::time::timeout(settings.ttl / 2, async {
             let raw = exchange(&settings, &mut connection, &entry).await?;
+            let (entries, bad) = parse_all(&settings, raw);
             if let Some(conn) = connection.as_mut() {
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
+                share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
             }
-            Ok::<_, redis::RedisError>(raw)
+            Ok::<_, redis::RedisError>((entries, bad))
         })
         .await;
         match exchanged {
-            Ok(Ok(raw)) => {
-                let (entries, bad) = parse_all(&settings, raw);
+            Ok(Ok((entries, bad))) => {
                 if bad > 0 {
                     status.bad(bad);
                 }
@@ -270,6 +289,58 @@ async fn exchange(
     }
     let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
     Ok(keys.into_iter().zip(values).collect())
+}
+
+/// Publishes this node's per-user allocation counts and folds the other live nodes'
+/// into the ledger (see `super::quotas`).
+async fn share_counts(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    snapshots: &watch::Receiver<Snapshot>,
+    entries: &[NodeEntry],
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let mut realms: Vec<(TenantId, String)> =
+        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
+    if realms.is_empty() {
+        realms = settings.realms.clone();
+    }
+    let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
+    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
+    let mut hashes: Vec<HashMap<Vec<u8>, Vec<u8>>> = Vec::new();
+    if !others.is_empty() {
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HGETALL").arg(settings.users_key(&node.id));
+        }
+        hashes = pipe.query_async(conn).await?;
+    }
+    let (remote, bad) = quotas::sum_remote(hashes, &by_realm, MAX_REMOTE_USERS);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    let (reply, counted) = oneshot::channel();
+    if control.send(Control::FleetCounts { remote: remote.into_iter().collect(), reply }).await.is_err() {
+        return Ok(());
+    }
+    let local = counted.await.unwrap_or_default();
+    let key = settings.users_key(&settings.node_id);
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
+    let fields: Vec<(String, usize)> = local
+        .iter()
+        .filter_map(|(user, n)| {
+            let realm = realms.iter().find(|(t, _)| *t == user.tenant).map(|(_, r)| r)?;
+            Some((quotas::field(realm, &user.name), *n))
+        })
+        .collect();
+    if !fields.is_empty() {
+        pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
+        let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+    }
+    pipe.query_async::<()>(conn).await
 }
 
 /// Merges this node's revocations with the fleet's set (see `super::revocations`):

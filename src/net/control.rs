@@ -57,6 +57,11 @@ impl EventLoop {
             Control::ListRevocations { reply } => {
                 let _ = reply.send(self.core.revocations(unix_now()));
             }
+            Control::FleetCounts { remote, reply } => {
+                let mut ledger = lock(&self.ledger);
+                ledger.set_remote_counts(remote);
+                let _ = reply.send(ledger.user_counts());
+            }
             Control::SetAlternates { alternates, valid_for } => {
                 self.core.set_alternates(now, alternates, valid_for);
             }

@@ -214,6 +214,14 @@ pub enum Control {
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<(String, Option<u64>)>>,
     },
+    /// The fleet's per-user counts from other nodes (see `Ledger::set_remote_counts`);
+    /// the reply: this node's own.
+    FleetCounts {
+        /// The other nodes' allocations per user.
+        remote: Vec<(crate::turn::tenant::UserKey, usize)>,
+        /// Where this node's counts go.
+        reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
+    },
     /// Stop taking new allocations (graceful stop): 300 with this alternate server,
     /// or 508 without one.
     Drain {

@@ -234,6 +234,12 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                 };
                 let _ = reply.send(list);
             }
+            Control::FleetCounts { remote, reply } => {
+                // The ledger is shared: one worker reaches it for all.
+                if let Some(worker) = workers.first() {
+                    let _ = worker.send(Control::FleetCounts { remote, reply }).await;
+                }
+            }
             Control::SetAlternates { alternates, valid_for } => {
                 for worker in &workers {
                     let _ = worker.send(Control::SetAlternates { alternates: alternates.clone(), valid_for }).await;

@@ -108,3 +108,17 @@ fn draining_prefers_the_fleets_node_to_the_static_alternate() {
     assert_eq!(alternate(&h.allocate()), Some(addr("192.0.2.99:3478")), "stale: the static alternate-server");
     assert_eq!(h.server.stats().redirects[RedirectReason::Draining as usize], 2);
 }
+
+#[test]
+fn the_fleets_counts_hold_a_users_quota_here() {
+    let quotas = crate::turn::Quotas { allocations_per_user: 2, ..CoreConfig::default().quotas };
+    let mut h = Harness::with_config(CoreConfig { quotas, ..config() });
+    let alice = crate::turn::tenant::UserKey::new(crate::turn::TenantId::default(), h.user);
+    h.ledger.lock().unwrap().set_remote_counts([(alice.clone(), 1)]);
+    assert_eq!(h.allocate().class(), MessageClass::SuccessResponse, "one here plus one elsewhere is the quota");
+    h.client.client = addr("198.51.100.1:40100").into();
+    assert_eq!(error_code(&h.allocate()), Some(486));
+    // The other node's allocation ended: the next read says so.
+    h.ledger.lock().unwrap().set_remote_counts([(alice, 0)]);
+    assert_eq!(h.allocate().class(), MessageClass::SuccessResponse);
+}
