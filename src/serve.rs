@@ -263,12 +263,12 @@ async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, set_lo
     // The fleet registry (`[cluster]`; restart to change): a task of its own, never on
     // the request path.
     let cluster = match &config.cluster {
-        Some(settings) => Some(
+        settings if settings.enabled() => Some(
             turnd::cluster::Settings::from_config(settings)
                 .context("[cluster]")?
                 .with_realms(config.core().realms().map(|(tenant, realm)| (tenant, realm.to_owned())).collect()),
         ),
-        None => None,
+        _ => None,
     };
     // Usage records: to the Redis stream with [cluster], to [usage] file if set.
     let usage = turnd::usage::spawn(

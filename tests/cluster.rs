@@ -491,7 +491,7 @@ fn without_redis_usage_records_go_to_a_json_lines_file() {
         }
     }
     assert_eq!(metric(&scrape(turnd.admin_addr()), "turnd_usage_records_written_total{sink=\"file\"}"), Some(2.0));
-    assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no [cluster], no Redis metrics");
+    assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no cluster.redis, no Redis metrics");
 }
 
 /// A serving node whose users may hold `per_user` allocations (fleet-wide).

@@ -49,6 +49,9 @@ pub struct Settings {
 /// Why `[cluster]` could not be turned into settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// `redis` is not set: no fleet.
+    #[error("cluster.redis: not set")]
+    NoRedis,
     /// The URL did not parse.
     #[error("cluster.redis: {0}")]
     Url(redis::RedisError),
@@ -69,7 +72,8 @@ impl Settings {
     /// Settings from a validated `[cluster]`; reads the password file (or
     /// `TURND_REDIS_PASSWORD`) and the host name when needed.
     pub fn from_config(cluster: &Cluster) -> Result<Settings, SettingsError> {
-        let info = cluster.redis.as_str().into_connection_info().map_err(SettingsError::Url)?;
+        let url = cluster.redis.as_deref().ok_or(SettingsError::NoRedis)?;
+        let info = url.into_connection_info().map_err(SettingsError::Url)?;
         let password = match &cluster.password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

@@ -13,14 +13,16 @@ pub const PASSWORD_ENV: &str = "TURND_REDIS_PASSWORD";
 /// The longest node id: it is part of a Redis key and of log lines.
 pub const MAX_NODE_ID: usize = 64;
 
-/// `[cluster]`.
+/// `[cluster]`. Without `redis` (the default) there is no fleet and the other keys
+/// have no effect.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cluster {
     /// The Redis server: `redis://host:port/db`, or `rediss://` for TLS (verified
     /// against the system's roots). A password in the URL works but is better kept in
     /// `password-file` or `TURND_REDIS_PASSWORD`.
-    pub redis: String,
+    #[serde(default)]
+    pub redis: Option<String>,
     /// A file holding the Redis password (one line; trailing whitespace dropped).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -71,6 +73,25 @@ pub struct Usage {
     pub file: Option<PathBuf>,
 }
 
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: None,
+            password_file: None,
+            node_id: None,
+            key_prefix: default_prefix(),
+            publish_interval: default_interval(),
+            ttl: default_ttl(),
+            max_allocations: None,
+            front: false,
+            advertise_ipv4: None,
+            advertise_ipv6: None,
+            tls_domain: None,
+            usage_max_len: default_usage_max_len(),
+        }
+    }
+}
+
 fn default_usage_max_len() -> u64 {
     100_000
 }
@@ -88,15 +109,23 @@ fn default_ttl() -> Duration {
 }
 
 impl Cluster {
-    /// The core's redirect policy.
+    /// Whether this node is part of a fleet (`redis` is set).
+    pub fn enabled(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The core's redirect policy (none without a fleet).
     pub fn redirect_policy(&self) -> RedirectPolicy {
-        RedirectPolicy { front: self.front, max_allocations: self.max_allocations }
+        match self.enabled() {
+            true => RedirectPolicy { front: self.front, max_allocations: self.max_allocations },
+            false => RedirectPolicy::default(),
+        }
     }
 
     /// The checks beyond the types: `(key, what is wrong)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let scheme = self.redis.split_once("://").map(|(s, _)| s);
-        if !matches!(scheme, Some("redis" | "rediss")) {
+        let scheme = self.redis.as_deref().map(|url| url.split_once("://").map(|(s, _)| s));
+        if !matches!(scheme, None | Some(Some("redis" | "rediss"))) {
             return Err(("cluster.redis", "must be a redis:// or rediss:// URL".into()));
         }
         if let Some(id) = &self.node_id {
@@ -170,6 +199,12 @@ mod tests {
     }
 
     #[test]
+    fn without_redis_there_is_no_fleet() {
+        let c = Cluster { front: true, max_allocations: Some(5), ..Cluster::default() };
+        assert_eq!((c.enabled(), c.redirect_policy(), c.validate()), (false, RedirectPolicy::default(), Ok(())));
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = cluster();
         assert_eq!(c.validate(), Ok(()));
@@ -182,7 +217,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let bad = [
-            (Cluster { redis: "http://x".into(), ..cluster() }, "cluster.redis"),
+            (Cluster { redis: Some("http://x".into()), ..cluster() }, "cluster.redis"),
             (Cluster { node_id: Some("a b".into()), ..cluster() }, "cluster.node-id"),
             (Cluster { ttl: Duration::from_secs(1), ..cluster() }, "cluster.ttl"),
             (Cluster { advertise_ipv4: Some("[::1]:3478".parse().unwrap()), ..cluster() }, "cluster.advertise-ipv4"),

@@ -113,8 +113,8 @@ pub struct Config {
     pub nat_discovery: NatDiscoveryConfig,
     /// Realms besides `realm`, each with its own credentials, limits and peer policy.
     pub tenant: Vec<TenantConfig>,
-    /// A fleet sharing a registry in Redis; absent: a single node (no Redis).
-    pub cluster: Option<Cluster>,
+    /// A fleet sharing a registry in Redis; without `redis`: a single node.
+    pub cluster: Cluster,
     /// Where usage records go besides Redis.
     pub usage: Usage,
 }
@@ -146,7 +146,7 @@ impl Default for Config {
             log: Log::default(),
             admin: Admin::default(),
             nat_discovery: NatDiscoveryConfig::default(),
-            cluster: None,
+            cluster: Cluster::default(),
             usage: Usage::default(),
             tenant: Vec::new(),
         }
@@ -308,7 +308,7 @@ impl Config {
                 cache_size: w.cache_size,
             }),
             tenants: self.core_tenants(),
-            redirect: self.cluster.as_ref().map(Cluster::redirect_policy).unwrap_or_default(),
+            redirect: self.cluster.redirect_policy(),
         }
     }
 }

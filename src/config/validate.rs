@@ -109,9 +109,7 @@ impl Config {
         }
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
-        if let Some(cluster) = &self.cluster {
-            cluster.validate()?;
-        }
+        self.cluster.validate()?;
         Ok(())
     }
 
