@@ -100,7 +100,7 @@ pub fn parse_entry(bytes: &[u8]) -> Result<NodeEntry, BadEntry> {
 
 /// The alternates for this node (`me`): per family, the least-loaded serving node
 /// other than `me` that is not full, ties broken by id so every node agrees. The
-/// domain is the IPv4 choice's, else the IPv6 one's.
+/// TLS name of each goes with it.
 pub fn choose(entries: &[NodeEntry], me: &str) -> Alternates {
     let candidates = || entries.iter().filter(|e| e.id != me && e.state == NodeState::Serving && !e.full());
     let best = |has: fn(&NodeEntry) -> Option<SocketAddr>| {
@@ -111,7 +111,8 @@ pub fn choose(entries: &[NodeEntry], me: &str) -> Alternates {
     Alternates {
         v4: v4.and_then(|e| e.ipv4),
         v6: v6.and_then(|e| e.ipv6),
-        domain: v4.or(v6).and_then(|e| e.domain.clone()),
+        v4_domain: v4.and_then(|e| e.domain.clone()),
+        v6_domain: v6.and_then(|e| e.domain.clone()),
     }
 }
 

@@ -32,8 +32,10 @@ pub struct Alternates {
     pub v4: Option<SocketAddr>,
     /// The least-loaded serving node's IPv6 address for clients.
     pub v6: Option<SocketAddr>,
-    /// The chosen nodes' TLS name, sent as ALTERNATE-DOMAIN to TLS clients.
-    pub domain: Option<String>,
+    /// The IPv4 node's TLS name, sent as ALTERNATE-DOMAIN to TLS clients sent there.
+    pub v4_domain: Option<String>,
+    /// The IPv6 node's TLS name, likewise.
+    pub v6_domain: Option<String>,
 }
 
 impl Alternates {
@@ -42,6 +44,14 @@ impl Alternates {
         match family {
             Family::V4 => self.v4,
             Family::V6 => self.v6,
+        }
+    }
+
+    /// The TLS name of the node for a client of `family`.
+    pub fn domain_of(&self, family: Family) -> Option<&str> {
+        match family {
+            Family::V4 => self.v4_domain.as_deref(),
+            Family::V6 => self.v6_domain.as_deref(),
         }
     }
 }
@@ -123,7 +133,8 @@ mod tests {
         Alternates {
             v4: Some("192.0.2.7:3478".parse().unwrap()),
             v6: Some("[2001:db8::7]:3478".parse().unwrap()),
-            domain: Some("turn.example.net".into()),
+            v4_domain: Some("turn.example.net".into()),
+            v6_domain: None,
         }
     }
 

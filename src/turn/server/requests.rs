@@ -234,10 +234,10 @@ impl Server {
             let mut reject = Reject::new(errors::TRY_ALTERNATE)
                 .with_auth(auth)
                 .with(stun_codec::rfc5389::attributes::AlternateServer::new(to));
-            let domain = self.fleet.current(self.last_now).and_then(|a| a.domain.as_ref());
+            let domain = self.fleet.current(self.last_now).and_then(|a| a.domain_of(family));
             if let (Transport::Tls, Some(domain)) = (from.transport, domain) {
                 let attribute: crate::stun::attributes::AlternateDomain =
-                    crate::stun::attributes::Opaque(domain.clone().into_bytes());
+                    crate::stun::attributes::Opaque(domain.as_bytes().to_vec());
                 reject = reject.with(attribute);
             }
             return Some(reject);

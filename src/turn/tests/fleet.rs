@@ -12,7 +12,8 @@ fn alternates() -> Alternates {
     Alternates {
         v4: Some(addr("203.0.113.20:3478")),
         v6: Some(addr("[2001:db8::20]:3478")),
-        domain: Some("b.turn.example.net".into()),
+        v4_domain: Some("b.turn.example.net".into()),
+        v6_domain: Some("c.turn.example.net".into()),
     }
 }
 
@@ -48,6 +49,11 @@ fn tls_clients_get_the_alternates_domain() {
     assert_eq!(error_code(&response), Some(300));
     let domain = response.get_attribute::<AlternateDomain>().map(|d| d.value().to_vec());
     assert_eq!(domain.as_deref(), Some(&b"b.turn.example.net"[..]));
+    // An IPv6 TLS client is sent to the IPv6 node, with that node's name.
+    h.client.client = addr("[2001:db8:1::5]:40000").into();
+    let response = h.allocate();
+    let domain = response.get_attribute::<AlternateDomain>().map(|d| d.value().to_vec());
+    assert_eq!(domain.as_deref(), Some(&b"c.turn.example.net"[..]));
 }
 
 #[test]
