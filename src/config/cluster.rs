@@ -21,7 +21,7 @@ pub struct Cluster {
     /// The Redis server: `redis://host:port/db`, or `rediss://` for TLS (verified
     /// against the system's roots). A password in the URL works but is better kept in
     /// `password-file` or `TURND_REDIS_PASSWORD`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "serialize_redacted")]
     pub redis: Option<String>,
     /// A file holding the Redis password (one line; trailing whitespace dropped).
     #[serde(default)]
@@ -94,6 +94,26 @@ impl Default for Cluster {
 
 fn default_usage_max_len() -> u64 {
     100_000
+}
+
+/// `turnd check-config` prints the effective config: a password in the URL is shown
+/// as `***`.
+fn serialize_redacted<S: serde::Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serializer.serialize_some(&redact_url(url)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `scheme://user:password@host...` with the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((credentials, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+    let user = credentials.split_once(':').map_or("", |(user, _)| user);
+    let shown = if credentials.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!("{scheme}://{shown}@{host}{path}")
 }
 
 fn default_prefix() -> String {
@@ -196,6 +216,15 @@ mod tests {
 
     fn cluster() -> Cluster {
         toml::from_str("redis = \"redis://127.0.0.1:6379\"").unwrap()
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_not_printed() {
+        assert_eq!(redact_url("redis://:hunter2@10.0.0.5:6379/0"), "redis://:***@10.0.0.5:6379/0");
+        assert_eq!(redact_url("rediss://turnd:hunter2@redis:6380"), "rediss://turnd:***@redis:6380");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let c = Cluster { redis: Some("redis://:hunter2@h:1".into()), ..Cluster::default() };
+        assert!(!toml::to_string(&c).unwrap().contains("hunter2"));
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Default for Config {
 
 /// Keys whose values are secrets: never quoted back in an error, which `check-config`
 /// prints and a SIGHUP reload writes to the server log.
-const SECRET_KEYS: [&str; 4] = ["secrets", "password", "key", "token"];
+const SECRET_KEYS: [&str; 5] = ["secrets", "password", "key", "token", "redis"];
 
 /// The parser's message, or, when the error is in the value of a secret-bearing key
 /// (found on the error's line or the nearest line above that assigns a key, for a
