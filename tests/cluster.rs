@@ -649,3 +649,35 @@ fn chromium_follows_the_fronts_300_to_the_node_named() {
     drop(browser);
     drop(redis);
 }
+
+#[test]
+fn a_draining_node_is_no_longer_named_and_sends_its_own_new_allocates_to_another() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    // b drains for a while on SIGTERM (it holds an allocation, so it does not exit at once).
+    let port = free_udp_port("127.0.0.3");
+    let config = format!(
+        "drain-time = \"30s\"\n{}",
+        node_config("127.0.0.3", port, &redis.url(), "b", &format!("advertise-ipv4 = \"127.0.0.3:{port}\"\n"))
+    );
+    let mut b = TurndProcess::start(&config, &[]);
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    wait_nodes(&front, 3.0);
+    assert_eq!(allocate_at(front.udp_addr()), Ok(b.udp_addr()), "the tie goes to b while it serves");
+    let mut held = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    held.allocate_relay();
+    unsafe { libc::kill(b.pid() as i32, libc::SIGTERM) };
+    let asked = Instant::now();
+    // b turns its own new Allocates to c at once, and the front stops naming b.
+    let own = wait_for(Duration::from_secs(5), || allocate_at(b.udp_addr()).ok());
+    assert_eq!(own, Some(c.udp_addr()), "a draining node names a serving one");
+    let moved = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    assert_eq!(moved, Some(c.udp_addr()));
+    eprintln!("MEASURED: the front stopped naming a draining node {:?} after its SIGTERM", asked.elapsed());
+    assert_eq!(held.refresh(600), Ok(()), "the drained node's allocation keeps working");
+    assert!(cluster_metric(&b, "turnd_redirects_total{reason=\"draining\"}").is_some());
+    b.stop_with(libc::SIGKILL, Duration::from_secs(5));
+}
