@@ -162,6 +162,7 @@ async fn run(
     let mut relayed = Relayed::default();
     let mut was_up: Option<bool> = None;
     let mut revocations = RevocationSync::default();
+    let mut nonce_key: Option<([u8; 32], u64)> = None;
     info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
     loop {
         tick.tick().await;
@@ -172,6 +173,7 @@ async fn run(
             let raw = exchange(&settings, &mut connection, &entry).await?;
             let (entries, bad) = parse_all(&settings, raw);
             if let Some(conn) = connection.as_mut() {
+                share_nonce_key(&settings, conn, &control, &mut nonce_key, &status).await?;
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
                 share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
             }
@@ -347,6 +349,61 @@ async fn share_counts(
     pipe.query_async::<()>(conn).await
 }
 
+/// The fleet's nonce key (`PREFIX:nonce-key`, `HEX32:ORIGIN_UNIX_SECONDS`): the first
+/// node makes it, every node uses it, so a nonce is valid on every node (a client a
+/// 300 sends on keeps its nonce). Deleting the key rotates it.
+async fn share_nonce_key(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    current: &mut Option<([u8; 32], u64)>,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let key = format!("{}:nonce-key", settings.prefix);
+    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    if stored.is_none() {
+        let mut secret = [0u8; 32];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).is_err() {
+            return Ok(());
+        }
+        let value = format!("{}:{unix_now}", hex(&secret));
+        let () = redis::cmd("SET").arg(&key).arg(value).arg("NX").query_async::<Option<()>>(conn).await?.unwrap_or(());
+        stored = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    }
+    let Some(parsed) = stored.as_deref().and_then(|v| parse_nonce_key(v, unix_now)) else {
+        status.bad(1);
+        return Ok(());
+    };
+    if current.as_ref() != Some(&parsed) {
+        let since_origin = u32::try_from(unix_now - parsed.1).unwrap_or(u32::MAX);
+        if control.send(Control::SetNonceKey { secret: parsed.0, since_origin }).await.is_ok() {
+            info!("cluster: using the fleet's nonce key");
+            *current = Some(parsed);
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `HEX32:ORIGIN`, with the origin not in the future (and not before 2020).
+fn parse_nonce_key(value: &[u8], unix_now: u64) -> Option<([u8; 32], u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (hex, origin) = text.split_once(':')?;
+    let origin: u64 = origin.parse().ok()?;
+    if hex.len() != 64 || origin > unix_now || origin < 1_577_836_800 {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((secret, origin))
+}
+
 /// Merges this node's revocations with the fleet's set (see `super::revocations`):
 /// names new on either side go to the other, lifts too. Revokes received end the
 /// user's allocations here.
@@ -419,4 +476,26 @@ fn parse_all(settings: &Settings, raw: Vec<(String, Option<Vec<u8>>)>) -> (Vec<N
         })
         .collect();
     (entries, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nonce_key_is_checked_before_use() {
+        let now = 1_800_000_000;
+        let good = format!("{}:1700000000", "ab".repeat(32));
+        assert_eq!(parse_nonce_key(good.as_bytes(), now), Some(([0xab; 32], 1_700_000_000)));
+        for bad in [
+            format!("{}:1700000000", "ab".repeat(31)),
+            format!("{}:1900000000", "ab".repeat(32)),
+            format!("{}:100", "ab".repeat(32)),
+            format!("{}:1700000000", "zz".repeat(32)),
+            "junk".to_owned(),
+        ] {
+            assert_eq!(parse_nonce_key(bad.as_bytes(), now), None, "{bad}");
+        }
+        assert_eq!(hex(&[0x01, 0xff]), "01ff");
+    }
 }

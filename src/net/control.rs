@@ -62,6 +62,9 @@ impl EventLoop {
                 ledger.set_remote_counts(remote);
                 let _ = reply.send(ledger.user_counts());
             }
+            Control::SetNonceKey { secret, since_origin } => {
+                self.core.set_nonce_key(now, &secret, since_origin);
+            }
             Control::SetAlternates { alternates, valid_for } => {
                 self.core.set_alternates(now, alternates, valid_for);
             }

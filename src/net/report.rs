@@ -222,6 +222,13 @@ pub enum Control {
         /// Where this node's counts go.
         reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
     },
+    /// The fleet's shared nonce key, and the seconds since its origin now.
+    SetNonceKey {
+        /// The key.
+        secret: [u8; 32],
+        /// Seconds from the fleet's origin to now.
+        since_origin: u32,
+    },
     /// Stop taking new allocations (graceful stop): 300 with this alternate server,
     /// or 508 without one.
     Drain {

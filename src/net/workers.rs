@@ -240,6 +240,11 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                     let _ = worker.send(Control::FleetCounts { remote, reply }).await;
                 }
             }
+            Control::SetNonceKey { secret, since_origin } => {
+                for worker in &workers {
+                    let _ = worker.send(Control::SetNonceKey { secret, since_origin }).await;
+                }
+            }
             Control::SetAlternates { alternates, valid_for } => {
                 for worker in &workers {
                     let _ = worker.send(Control::SetAlternates { alternates: alternates.clone(), valid_for }).await;

@@ -238,6 +238,12 @@ impl Server {
         self.fleet.set(now, alternates, valid_for);
     }
 
+    /// Switches to the fleet's shared nonce key (see [`super::nonce::NonceCodec::shared`]):
+    /// nonces this node issued before become stale (clients get 438 once and retry).
+    pub fn set_nonce_key(&mut self, now: Instant, secret: &[u8; 32], since_origin: u32) {
+        self.nonces = NonceCodec::shared(secret, self.config.nonce_lifetime, now, since_origin);
+    }
+
     /// Whether the server is draining.
     pub fn is_draining(&self) -> bool {
         self.admission != Admission::Open
