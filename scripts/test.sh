@@ -42,6 +42,9 @@ install_deps() {
     [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
     # tests/tls_passthrough.rs: curl fetches a page through a passthrough TLS listener.
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # tests/cluster.rs: a real Redis for the fleet registry (started by the test on an
+    # ephemeral loopback port, no persistence; the package's own service is not used).
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

@@ -21,9 +21,11 @@ pub mod stun;
 pub mod turn;
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod sys;
 pub mod upgrade;
+pub mod usage;

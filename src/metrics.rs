@@ -11,7 +11,9 @@
 
 mod process;
 
+use crate::cluster::ClusterStatus;
 use crate::net::report::{Histogram, Snapshot, LIFETIME_SECONDS_BOUNDS, REQUEST_SECONDS_BOUNDS};
+use crate::turn::fleet::RedirectReason;
 use crate::turn::stats::{AuthFailure, Direction, DropReason, MoveResult, RequestMethod, ERROR_CODES};
 use crate::turn::Transport;
 use prometheus::core::{Collector, Desc};
@@ -129,6 +131,12 @@ pub const DEFINITIONS: &[Definition] = &[
         &[],
         "The last live upgrade's gap: from the predecessor freezing its UDP reads to this process serving.",
     ),
+    def(
+        "turnd_redirects_total",
+        COUNTER,
+        &["reason"],
+        "Allocates sent to another node with 300 Try Alternate, by reason (draining, overloaded, front).",
+    ),
     def("turnd_relay_ports_in_use", GAUGE, &[], "Relay ports held by allocations."),
     def("turnd_relay_ports_available", GAUGE, &[], "Relay ports still free in the configured range."),
     def("turnd_draining", GAUGE, &[], "1 while new allocations are refused before exit."),
@@ -164,6 +172,37 @@ pub const DEFINITIONS: &[Definition] = &[
         &[],
         "Time the authentication webhook took to answer (or to fail).",
     ),
+    def("turnd_cluster_redis_up", GAUGE, &[], "With [cluster]: 1 while the last exchange with Redis succeeded."),
+    def(
+        "turnd_cluster_nodes",
+        GAUGE,
+        &[],
+        "With [cluster]: live nodes in the registry at the last read, this one included.",
+    ),
+    def(
+        "turnd_cluster_bad_entries_total",
+        COUNTER,
+        &[],
+        "With [cluster]: registry entries ignored because they did not parse or failed a check.",
+    ),
+    def(
+        "turnd_cluster_redis_failures_total",
+        COUNTER,
+        &[],
+        "With [cluster]: exchanges with Redis that failed or timed out.",
+    ),
+    def(
+        "turnd_usage_records_written_total",
+        COUNTER,
+        &["sink"],
+        "Usage records (one per ended allocation) written, by sink (redis, file).",
+    ),
+    def(
+        "turnd_usage_records_dropped_total",
+        COUNTER,
+        &[],
+        "Usage records lost: the queue for an unreachable Redis was full, the file was not writable, or events were missed.",
+    ),
     def("process_cpu_seconds_total", COUNTER, &[], "User and system CPU time spent, seconds."),
     def("process_resident_memory_bytes", GAUGE, &[], "Resident memory size, bytes."),
     def("process_virtual_memory_bytes", GAUGE, &[], "Virtual memory size, bytes."),
@@ -190,6 +229,7 @@ pub struct AdminCounters {
 struct Collect {
     snapshots: watch::Receiver<Snapshot>,
     admin: Arc<AdminCounters>,
+    cluster: Arc<ClusterStatus>,
     descs: Vec<Desc>,
 }
 
@@ -205,8 +245,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics over the loop's `snapshots` and the admin plane's own counters.
-    pub fn new(snapshots: watch::Receiver<Snapshot>, admin: Arc<AdminCounters>) -> Result<Self, MetricsError> {
+    /// Metrics over the loop's `snapshots`, the admin plane's own counters and the
+    /// cluster task's state.
+    pub fn new(
+        snapshots: watch::Receiver<Snapshot>,
+        admin: Arc<AdminCounters>,
+        cluster: Arc<ClusterStatus>,
+    ) -> Result<Self, MetricsError> {
         let descs = DEFINITIONS
             .iter()
             .map(|d| {
@@ -215,7 +260,7 @@ impl Metrics {
             })
             .collect::<Result<_, _>>()?;
         let registry = Registry::new();
-        registry.register(Box::new(Collect { snapshots, admin, descs }))?;
+        registry.register(Box::new(Collect { snapshots, admin, cluster, descs }))?;
         Ok(Metrics { registry })
     }
 
@@ -317,6 +362,12 @@ impl Collector for Collect {
         );
         push(vec![counter(&[], h.allocations_moved)]);
         push(vec![gauge(&[], h.last_gap_micros as f64 / 1e6)]);
+        push(
+            RedirectReason::ALL
+                .iter()
+                .map(|r| counter(&[("reason", r.label())], stats.redirects[*r as usize]))
+                .collect(),
+        );
         push(vec![gauge(&[], s.ports_in_use as f64)]);
         push(vec![gauge(&[], s.ports_available as f64)]);
         push(vec![gauge(&[], if s.draining { 1.0 } else { 0.0 })]);
@@ -342,6 +393,19 @@ impl Collector for Collect {
         );
         push(vec![counter(&[], w.cache_hits)]);
         push(vec![histogram(&w.latency, &crate::net::webhook::LATENCY_BOUNDS)]);
+        // The cluster families are left out without [cluster].
+        let c = &self.cluster;
+        let configured = c.configured();
+        push(configured.then(|| gauge(&[], if c.redis_up() { 1.0 } else { 0.0 })).into_iter().collect());
+        push(configured.then(|| gauge(&[], c.nodes() as f64)).into_iter().collect());
+        push(configured.then(|| counter(&[], c.bad_entries())).into_iter().collect());
+        push(configured.then(|| counter(&[], c.failures())).into_iter().collect());
+        let u = &c.usage;
+        push(vec![
+            counter(&[("sink", "redis")], u.written_redis.load(Ordering::Relaxed)),
+            counter(&[("sink", "file")], u.written_file.load(Ordering::Relaxed)),
+        ]);
+        push(vec![counter(&[], u.dropped.load(Ordering::Relaxed))]);
         // Off Linux (or with /proc hidden) the process families stay empty and the
         // registry leaves them out.
         let p = process::read();
@@ -433,8 +497,12 @@ mod tests {
     use super::*;
 
     fn render(snapshot: Snapshot) -> String {
+        render_with(snapshot, Arc::default())
+    }
+
+    fn render_with(snapshot: Snapshot, cluster: Arc<ClusterStatus>) -> String {
         let (tx, rx) = watch::channel(snapshot);
-        let metrics = Metrics::new(rx, Arc::default()).unwrap();
+        let metrics = Metrics::new(rx, Arc::default(), cluster).unwrap();
         let text = metrics.render().unwrap();
         drop(tx);
         text
@@ -454,7 +522,13 @@ mod tests {
             relayed_bytes: 4,
             ..Default::default()
         };
-        let text = render(Snapshot { realms: vec![realm], ..Snapshot::default() });
+        let cluster = Arc::new(ClusterStatus::default());
+        cluster.set_configured();
+        cluster.up(3);
+        let text = render_with(Snapshot { realms: vec![realm], ..Snapshot::default() }, cluster);
+        assert_eq!(sample(&text, "turnd_cluster_redis_up"), Some("1"));
+        assert_eq!(sample(&text, "turnd_cluster_nodes"), Some("3"));
+        assert!(!render(Snapshot::default()).contains("turnd_cluster_"), "no [cluster], no cluster metrics");
         assert_eq!(sample(&text, "turnd_realm_allocations{realm=\"b.example\"}"), Some("2"));
         assert_eq!(sample(&text, "turnd_realm_auth_failures_total{realm=\"b.example\"}"), Some("3"));
         assert_eq!(sample(&text, "turnd_realm_relayed_bytes_total{realm=\"b.example\"}"), Some("4"));

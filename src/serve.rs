@@ -384,6 +384,31 @@ async fn run(
         );
     }
     let watcher = cert.clone().map(|cert| tokio::spawn(watch_certificate(cert)));
+    // The fleet registry (`[cluster]`; restart to change): a task of its own, never on
+    // the request path.
+    let cluster = match &config.cluster {
+        settings if settings.enabled() => Some(
+            turnd::cluster::Settings::from_config(settings)
+                .context("[cluster]")?
+                .with_realms(config.core().realms().map(|(tenant, realm)| (tenant, realm.to_owned())).collect()),
+        ),
+        _ => None,
+    };
+    // Usage records: to the Redis stream with [cluster], to [usage] file if set.
+    let usage = turnd::usage::spawn(
+        turnd::usage::UsageSinks {
+            node: cluster.as_ref().map_or_else(String::new, |c| c.node_id.clone()),
+            redis: cluster.as_ref().and_then(turnd::cluster::Settings::usage_stream),
+            file: config.usage.file.clone(),
+            realms: config.core().realms().map(|(tenant, realm)| (tenant, realm.to_owned())).collect(),
+        },
+        publisher.events.subscribe(),
+        publisher.snapshots.subscribe(),
+        publisher.cluster.usage.clone(),
+    );
+    let cluster = cluster.map(|settings| {
+        turnd::cluster::spawn(settings, publisher.snapshots.subscribe(), control.clone(), publisher.cluster.clone())
+    });
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut current = config;
@@ -498,6 +523,9 @@ async fn run(
     drop(admin);
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    for task in [cluster, usage].into_iter().flatten() {
+        task.abort();
     }
     let _ = control.try_send(Control::Shutdown);
     let _ = tokio::time::timeout(STOP_GRACE, workers.join()).await;

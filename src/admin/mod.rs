@@ -73,6 +73,8 @@ struct State {
     control: mpsc::Sender<Control>,
     /// How long a WebSocket that sends nothing and subscribed to nothing is kept.
     ws_idle: Duration,
+    /// The cluster task's state (for `/readyz`).
+    cluster: Arc<crate::cluster::ClusterStatus>,
 }
 
 /// A running admin listener. Dropping it stops the admin thread's accept loop.
@@ -148,7 +150,8 @@ pub fn spawn_on(
     let snapshots = publisher.snapshots.subscribe();
     // Subscribe now, before the loop runs, so no early event is missed.
     let events = publisher.events.subscribe();
-    let metrics = Metrics::new(snapshots.clone(), counters.clone())?;
+    let metrics = Metrics::new(snapshots.clone(), counters.clone(), publisher.cluster.clone())?;
+    let cluster = publisher.cluster.clone();
     let access = Access::new(local, settings.token.as_deref(), settings.metrics_require_token);
     if !access.open_read() && settings.token.is_none() {
         tracing::warn!(%local, "admin listener is not on loopback and has no token: only /healthz, /readyz and /metrics are served");
@@ -167,7 +170,8 @@ pub fn spawn_on(
         .spawn(move || {
             runtime.block_on(async move {
                 let feeds = hub::start(snapshots.clone(), events, control.clone(), counters.clone());
-                let state = Arc::new(State { access, metrics, counters, snapshots, hub: feeds, control, ws_idle });
+                let state =
+                    Arc::new(State { access, metrics, counters, snapshots, hub: feeds, control, ws_idle, cluster });
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => server::serve(listener, state, admission, stopped).await,
                     Err(e) => tracing::error!(error = %e, "admin listener unusable"),

@@ -113,7 +113,17 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: 
     } else {
         None
     };
+    // Redis being away does not make the node unready: it relays and answers on
+    // local limits (taking it out of service would only move its load elsewhere);
+    // the body says so, for operators and probes that read it.
+    let cluster = &state.cluster;
+    let ready = match (cluster.configured(), cluster.redis_up()) {
+        (false, _) => "ready\n".to_owned(),
+        (true, true) => format!("ready (cluster: redis up, {} nodes)\n", cluster.nodes()),
+        (true, false) => "ready (cluster: redis unreachable, serving on local limits)\n".to_owned(),
+    };
     match problem {
+        None if explain => (StatusCode::OK, ready).into_response(),
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(why) if explain => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),

@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod cluster;
 mod listen;
 mod logging;
 mod nat_discovery;
@@ -17,6 +18,7 @@ mod webhook;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
+pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, Usage, PASSWORD_ENV};
 pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
@@ -111,6 +113,10 @@ pub struct Config {
     pub nat_discovery: NatDiscoveryConfig,
     /// Realms besides `realm`, each with its own credentials, limits and peer policy.
     pub tenant: Vec<TenantConfig>,
+    /// A fleet sharing a registry in Redis; without `redis`: a single node.
+    pub cluster: Cluster,
+    /// Where usage records go besides Redis.
+    pub usage: Usage,
 }
 
 impl Default for Config {
@@ -140,6 +146,8 @@ impl Default for Config {
             log: Log::default(),
             admin: Admin::default(),
             nat_discovery: NatDiscoveryConfig::default(),
+            cluster: Cluster::default(),
+            usage: Usage::default(),
             tenant: Vec::new(),
         }
     }
@@ -147,7 +155,7 @@ impl Default for Config {
 
 /// Keys whose values are secrets: never quoted back in an error, which `check-config`
 /// prints and a SIGHUP reload writes to the server log.
-const SECRET_KEYS: [&str; 4] = ["secrets", "password", "key", "token"];
+const SECRET_KEYS: [&str; 5] = ["secrets", "password", "key", "token", "redis"];
 
 /// The parser's message, or, when the error is in the value of a secret-bearing key
 /// (found on the error's line or the nearest line above that assigns a key, for a
@@ -300,6 +308,7 @@ impl Config {
                 cache_size: w.cache_size,
             }),
             tenants: self.core_tenants(),
+            redirect: self.cluster.redirect_policy(),
         }
     }
 }

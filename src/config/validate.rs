@@ -109,6 +109,7 @@ impl Config {
         }
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
+        self.cluster.validate()?;
         Ok(())
     }
 

@@ -57,6 +57,17 @@ impl EventLoop {
             Control::ListRevocations { reply } => {
                 let _ = reply.send(self.core.revocations(unix_now()));
             }
+            Control::FleetCounts { remote, reply } => {
+                let mut ledger = lock(&self.ledger);
+                ledger.set_remote_counts(remote);
+                let _ = reply.send(ledger.user_counts());
+            }
+            Control::SetNonceKey { secret, since_origin } => {
+                self.core.set_nonce_key(now, &secret, since_origin);
+            }
+            Control::SetAlternates { alternates, valid_for } => {
+                self.core.set_alternates(now, alternates, valid_for);
+            }
             Control::Drain { alternate, reply } => {
                 self.core.drain(alternate);
                 let _ = reply.send(());

@@ -169,6 +169,13 @@ pub struct AllocationInfo {
 pub enum Control {
     /// Replace the core's configuration (SIGHUP reload).
     Reconfigure(Box<CoreConfig>),
+    /// The fleet's best other nodes, from the cluster task (see `turn::fleet`).
+    SetAlternates {
+        /// Per family, the node new Allocates are sent to when this one turns them away.
+        alternates: crate::turn::fleet::Alternates,
+        /// How long they hold without a newer report.
+        valid_for: std::time::Duration,
+    },
     /// A page of allocations, ordered by id, and the total.
     ListAllocations {
         /// Only allocations of this realm.
@@ -214,6 +221,21 @@ pub enum Control {
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<(String, Option<u64>)>>,
     },
+    /// The fleet's per-user counts from other nodes (see `Ledger::set_remote_counts`);
+    /// the reply: this node's own.
+    FleetCounts {
+        /// The other nodes' allocations per user.
+        remote: Vec<(crate::turn::tenant::UserKey, usize)>,
+        /// Where this node's counts go.
+        reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
+    },
+    /// The fleet's shared nonce key, and the seconds since its origin now.
+    SetNonceKey {
+        /// The key.
+        secret: [u8; 32],
+        /// Seconds from the fleet's origin to now.
+        since_origin: u32,
+    },
     /// Stop taking new allocations (graceful stop): 300 with this alternate server,
     /// or 508 without one.
     Drain {
@@ -251,6 +273,8 @@ pub struct Publisher {
     pub snapshots: tokio::sync::watch::Sender<Snapshot>,
     /// Events as they happen (lagging receivers lose the oldest).
     pub events: tokio::sync::broadcast::Sender<Event>,
+    /// The cluster task's state (unconfigured without `[cluster]`).
+    pub cluster: std::sync::Arc<crate::cluster::ClusterStatus>,
 }
 
 impl Publisher {
@@ -259,6 +283,7 @@ impl Publisher {
         Publisher {
             snapshots: tokio::sync::watch::channel(Snapshot::default()).0,
             events: tokio::sync::broadcast::channel(event_backlog.max(1)).0,
+            cluster: std::sync::Arc::default(),
         }
     }
 }

@@ -81,7 +81,11 @@ impl Workers {
         let mut handovers = super::handover::Handovers::for_workers(count).into_iter();
         for (index, (sockets, (stream_tx, stream_rx))) in listeners.into_iter().zip(streams).enumerate() {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-            let own = Publisher { snapshots: watch::channel(Snapshot::default()).0, events: publisher.events.clone() };
+            let own = Publisher {
+                snapshots: watch::channel(Snapshot::default()).0,
+                events: publisher.events.clone(),
+                cluster: publisher.cluster.clone(),
+            };
             snapshots.push(own.snapshots.subscribe());
             let ledger_for_loop = ledger.clone();
             let make_core = move |config: CoreConfig, shared: &Mutex<Ledger>| {
@@ -257,6 +261,22 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                     _ => Vec::new(),
                 };
                 let _ = reply.send(list);
+            }
+            Control::FleetCounts { remote, reply } => {
+                // The ledger is shared: one worker reaches it for all.
+                if let Some(worker) = workers.first() {
+                    let _ = worker.send(Control::FleetCounts { remote, reply }).await;
+                }
+            }
+            Control::SetNonceKey { secret, since_origin } => {
+                for worker in &workers {
+                    let _ = worker.send(Control::SetNonceKey { secret, since_origin }).await;
+                }
+            }
+            Control::SetAlternates { alternates, valid_for } => {
+                for worker in &workers {
+                    let _ = worker.send(Control::SetAlternates { alternates: alternates.clone(), valid_for }).await;
+                }
             }
             Control::Drain { alternate, reply } => {
                 for worker in &workers {

@@ -269,6 +269,10 @@ impl ResponsePort {
 /// RFC 5780 §7.6 PADDING: its value does not matter, only its length.
 pub type Padding = Opaque<0x0026>;
 
+/// RFC 8489 §14.16 ALTERNATE-DOMAIN: the TLS name of the ALTERNATE-SERVER, for a
+/// client to check the alternate's certificate against (`stun_codec` 0.4 lacks it).
+pub type AlternateDomain = Opaque<0x8003>;
+
 /// RFC 8016 §3.4 MOBILITY-TICKET: empty in an Allocate that asks for mobility, the
 /// server's opaque ticket in its answers and in a Refresh from a new 5-tuple.
 pub type MobilityTicket = Opaque<0x8030>;
@@ -293,6 +297,7 @@ stun_codec::define_attribute_enums!(
         UnknownAttributes,
         Software,
         AlternateServer,
+        AlternateDomain,
         XorMappedAddress,
         MessageIntegrity,
         MessageIntegritySha256,

@@ -128,6 +128,9 @@ pub struct CoreConfig {
     /// The `[[tenant]]` realms besides the default one (`credentials`, `quotas` and
     /// `policy` above); see [`super::tenant`].
     pub tenants: Vec<super::tenant::Tenant>,
+    /// When new Allocates go to another node of the fleet (`[cluster]`); the default
+    /// sends none away.
+    pub redirect: super::fleet::RedirectPolicy,
 }
 
 impl Default for CoreConfig {
@@ -147,6 +150,7 @@ impl Default for CoreConfig {
             mobility: true,
             lookup: None,
             tenants: Vec::new(),
+            redirect: super::fleet::RedirectPolicy::default(),
         }
     }
 }

@@ -28,6 +28,8 @@ use std::time::Instant;
 
 /// Source IPs tracked by the unauthenticated-rate limiter at most.
 pub const RATE_LIMITED_SOURCES: usize = 65_536;
+/// The most users whose allocations on other nodes of a fleet are counted.
+pub const MAX_REMOTE_USERS: usize = 100_000;
 
 /// How the core reaches the ledger every worker shares. The shell implements it (over
 /// its mutex, `net/ledger.rs`); the core calls [`Shared::with`] around each group of
@@ -78,6 +80,10 @@ pub struct Ledger {
     next_reservation_expiry: Option<Instant>,
     /// Allocations (pending or live) per user of a tenant, over all workers.
     per_user: HashMap<UserKey, usize>,
+    /// The same users' allocations on the fleet's other nodes, as the cluster task
+    /// last read them (at most [`MAX_REMOTE_USERS`]; empty without a fleet). They
+    /// count against `allocations-per-user` with this node's own.
+    remote_per_user: HashMap<UserKey, usize>,
     /// Allocations (pending or live) and reservations per tenant, over all workers:
     /// one entry per configured tenant at most (removed when it reaches zero).
     per_tenant: HashMap<TenantId, usize>,
@@ -122,6 +128,7 @@ impl Ledger {
             reservations: HashMap::new(),
             next_reservation_expiry: None,
             per_user: HashMap::new(),
+            remote_per_user: HashMap::new(),
             per_tenant: HashMap::new(),
             server_total: config.quotas.total_allocations,
             per_ip: HashMap::new(),
@@ -190,13 +197,26 @@ impl Ledger {
             return Err(Refusal::Capacity);
         }
         let source = self.source_prefix.key(ip);
-        if self.per_user.get(user).copied().unwrap_or(0) >= quotas.allocations_per_user
+        let fleet = self.remote_per_user.get(user).copied().unwrap_or(0);
+        if self.per_user.get(user).copied().unwrap_or(0).saturating_add(fleet) >= quotas.allocations_per_user
             || self.per_ip.get(&source).copied().unwrap_or(0) >= quotas.allocations_per_ip
         {
             return Err(Refusal::Quota);
         }
         self.count(user, source);
         Ok(())
+    }
+
+    /// Replaces the other nodes' per-user counts (the cluster task's latest read;
+    /// eventually consistent: a count is at most about one publish interval old).
+    /// Entries past [`MAX_REMOTE_USERS`] are ignored.
+    pub fn set_remote_counts(&mut self, counts: impl IntoIterator<Item = (UserKey, usize)>) {
+        self.remote_per_user = counts.into_iter().filter(|(_, n)| *n > 0).take(MAX_REMOTE_USERS).collect();
+    }
+
+    /// This node's allocations per user (for the fleet's other nodes to count).
+    pub fn user_counts(&self) -> Vec<(UserKey, usize)> {
+        self.per_user.iter().map(|(user, n)| (user.clone(), *n)).collect()
     }
 
     /// [`Ledger::admit`] for a reservation the Allocate being admitted will make

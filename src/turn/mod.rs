@@ -7,6 +7,7 @@ pub(crate) mod answer;
 pub mod auth;
 pub mod config;
 pub mod effects;
+pub mod fleet;
 pub mod host;
 pub mod ledger;
 pub mod lookup;

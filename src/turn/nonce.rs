@@ -97,6 +97,13 @@ pub struct NonceCodec {
     key: hmac::Key,
     lifetime: Duration,
     epoch: Instant,
+    /// Seconds already counted at `epoch`: a fleet's nodes count from one wall-clock
+    /// origin (see [`NonceCodec::shared`]); 0 for a node's own codec.
+    offset: u32,
+    /// Whether the client's port is bound too, not only its IP address. A fleet's
+    /// codec binds the address only: a client sent on by 300 over TCP or TLS opens a
+    /// new connection, from a new port, with the nonce it has.
+    bind_port: bool,
 }
 
 impl std::fmt::Debug for NonceCodec {
@@ -121,7 +128,16 @@ impl NonceCodec {
     /// `secret` keys the MAC; `epoch` is the instant expiries are counted from (nonces
     /// use the monotonic clock, so wall-clock jumps do not expire them all).
     pub fn new(secret: &[u8; 32], lifetime: Duration, epoch: Instant) -> Self {
-        NonceCodec { key: hmac::Key::new(hmac::HMAC_SHA256, secret), lifetime, epoch }
+        NonceCodec { key: hmac::Key::new(hmac::HMAC_SHA256, secret), lifetime, epoch, offset: 0, bind_port: true }
+    }
+
+    /// A codec every node of a fleet shares, so a nonce one node issued is valid on
+    /// another (a client sent on by 300 Try Alternate keeps its nonce): the same
+    /// `secret`, and expiries counted from one wall-clock origin, `since_origin`
+    /// seconds before `now`. Nodes' clocks must agree to within a nonce's lifetime.
+    pub fn shared(secret: &[u8; 32], lifetime: Duration, now: Instant, since_origin: u32) -> Self {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        NonceCodec { key, lifetime, epoch: now, offset: since_origin, bind_port: false }
     }
 
     /// Changes how long newly issued nonces live (a config reload); nonces already
@@ -140,7 +156,9 @@ impl NonceCodec {
             std::net::IpAddr::V4(ip) => ctx.update(&ip.octets()),
             std::net::IpAddr::V6(ip) => ctx.update(&ip.octets()),
         }
-        ctx.update(&client.port().to_be_bytes());
+        if self.bind_port {
+            ctx.update(&client.port().to_be_bytes());
+        }
         let tag = ctx.sign();
         let mut out = [0u8; MAC_BYTES];
         out.copy_from_slice(&tag.as_ref()[..MAC_BYTES]);
@@ -148,7 +166,8 @@ impl NonceCodec {
     }
 
     fn seconds(&self, now: Instant) -> u32 {
-        u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
+        let elapsed = u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        self.offset.saturating_add(elapsed)
     }
 
     /// A fresh nonce for `client` of `tenant`, announcing `features`.
@@ -268,5 +287,23 @@ mod tests {
         for no_cookie in ["", "obMatJos2", "obMatJos2AA", "obMatJos2A*AA", "0123456789abcdef", "obmatjos2AAAD"] {
             assert_eq!(SecurityFeatures::from_nonce(no_cookie), None, "{no_cookie}");
         }
+    }
+
+    #[test]
+    fn shared_codecs_of_two_nodes_accept_each_others_nonces() {
+        let (a0, b0) = (Instant::now(), Instant::now() + Duration::from_secs(5000));
+        let lifetime = Duration::from_secs(600);
+        // Node a started its count 1000 s after the origin; b, whose monotonic clock
+        // differs, 1000 s after it too (the same wall-clock moment).
+        let a = NonceCodec::shared(&[7; 32], lifetime, a0, 1000);
+        let b = NonceCodec::shared(&[7; 32], lifetime, b0, 1000);
+        let nonce = a.issue(a0 + Duration::from_secs(10), client("192.0.2.1:5000"), FEATURES, D);
+        assert_eq!(b.check(&nonce, b0 + Duration::from_secs(20), client("192.0.2.1:5000"), D), NonceStatus::Valid);
+        assert_eq!(b.check(&nonce, b0 + Duration::from_secs(611), client("192.0.2.1:5000"), D), NonceStatus::Stale);
+        // The port is not bound (a new TCP connection), the address is.
+        assert_eq!(b.check(&nonce, b0 + Duration::from_secs(20), client("192.0.2.1:6000"), D), NonceStatus::Valid);
+        assert_eq!(b.check(&nonce, b0 + Duration::from_secs(20), client("192.0.2.2:5000"), D), NonceStatus::Stale);
+        let other = NonceCodec::shared(&[8; 32], lifetime, b0, 1000);
+        assert_eq!(other.check(&nonce, b0, client("192.0.2.1:5000"), D), NonceStatus::Stale);
     }
 }

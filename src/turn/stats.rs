@@ -261,6 +261,9 @@ pub struct Stats {
     pub icmp_relayed: u64,
     /// RFC 8016 moves by [`MoveResult`] index.
     pub mobility_moves: [u64; MoveResult::ALL.len()],
+    /// Allocates sent to another node of the fleet (300), by
+    /// [`super::fleet::RedirectReason`] index.
+    pub redirects: [u64; super::fleet::RedirectReason::ALL.len()],
 }
 
 impl Stats {
@@ -321,6 +324,7 @@ impl Stats {
         self.allocations_expired += other.allocations_expired;
         self.icmp_relayed += other.icmp_relayed;
         add(&mut self.mobility_moves, &other.mobility_moves);
+        add(&mut self.redirects, &other.redirects);
     }
 
     /// Counts the outcome of a Refresh with a MOBILITY-TICKET from a new 5-tuple.

@@ -95,7 +95,7 @@ impl Server {
         if self.pending.values().any(|p| p.five_tuple == from) {
             return Ok(()); // a retransmission while the sockets are being bound
         }
-        if let Some(reject) = self.refuse_while_draining(&auth) {
+        if let Some(reject) = self.turn_away(from, &auth, shared) {
             return Err(reject);
         }
         let request =

@@ -117,6 +117,8 @@ pub struct Server {
     /// Refreshes waiting for an allocation another worker is handing over, by its id
     /// (at most [`mobility::MOVES_IN_FLIGHT`]).
     moving: HashMap<AllocationId, mobility::PendingMove>,
+    /// The fleet's other nodes, as the cluster task last reported them.
+    fleet: super::fleet::FleetView,
 }
 
 impl std::fmt::Debug for Server {
@@ -163,6 +165,7 @@ impl Server {
             nonces: NonceCodec::new(&nonce_secret, config.nonce_lifetime, epoch),
             tickets: super::mobility::TicketCodec::new(&nonce_secret, epoch),
             moving: HashMap::new(),
+            fleet: super::fleet::FleetView::default(),
             revocations: Revocations::default(),
             lookups: Lookups::new(config.lookup.unwrap_or_default()),
             table: AllocationTable::new(worker % workers, workers),
@@ -226,6 +229,20 @@ impl Server {
     /// Allocates get 300 Try Alternate with `alternate`, or 508 without one.
     pub fn drain(&mut self, alternate: Option<SocketAddr>) {
         self.admission = alternate.map_or(Admission::Refuse, Admission::Redirect);
+    }
+
+    /// The fleet's best other nodes per family (from the cluster task's registry
+    /// read at `now`), trusted for `valid_for`: new Allocates this node should not
+    /// take (draining, front door, over `max-allocations`) are sent there with 300.
+    /// Without a fresh report the node serves them itself.
+    pub fn set_alternates(&mut self, now: Instant, alternates: super::fleet::Alternates, valid_for: Duration) {
+        self.fleet.set(now, alternates, valid_for);
+    }
+
+    /// Switches to the fleet's shared nonce key (see [`super::nonce::NonceCodec::shared`]):
+    /// nonces this node issued before become stale (clients get 438 once and retry).
+    pub fn set_nonce_key(&mut self, now: Instant, secret: &[u8; 32], since_origin: u32) {
+        self.nonces = NonceCodec::shared(secret, self.config.nonce_lifetime, now, since_origin);
     }
 
     /// Whether the server is draining.

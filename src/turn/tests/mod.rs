@@ -3,6 +3,7 @@
 //! tests are grouped by what they cover in the files beside it.
 
 mod allocate;
+mod fleet;
 mod lookup;
 mod mobility;
 mod relay;

@@ -1,0 +1,16 @@
+//! The fleet's shell side: a task that publishes this node in a Redis registry and
+//! reads the others, then hands the core plain facts (the least-loaded serving node
+//! per family, see `turn::fleet`). Redis is never on the request or relay path: the
+//! workers only ever see the last facts sent, which hold for one TTL; with Redis gone
+//! they lapse and the node serves every Allocate itself until Redis is back.
+
+mod quotas;
+mod registry;
+mod revocations;
+mod status;
+mod task;
+
+pub use registry::{choose, parse_entry, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
+pub use revocations::{valid_names, RevocationSync, SyncPlan};
+pub use status::ClusterStatus;
+pub use task::{spawn, Settings, SettingsError};

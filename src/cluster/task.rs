@@ -1,0 +1,501 @@
+//! The cluster task: once per publish interval, publish this node's entry with a TTL,
+//! read every live entry, and send the workers the chosen alternates. Every exchange
+//! with Redis is bounded; a failed one drops the connection,
+//! marks Redis down and is retried at the next tick (so a node rejoins within one
+//! interval of Redis coming back). One exchange may take up to half the TTL.
+
+use super::quotas;
+use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
+use super::revocations::{valid_names, RevocationSync};
+use super::status::ClusterStatus;
+use crate::config::{Cluster, PASSWORD_ENV};
+use crate::net::report::{Control, Snapshot};
+use crate::turn::ledger::MAX_REMOTE_USERS;
+use crate::turn::stats::Direction;
+use crate::turn::TenantId;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+/// SCAN rounds per read: with COUNT 100, enough for [`MAX_NODES`] among other keys.
+const MAX_SCAN_ROUNDS: usize = 64;
+
+/// The cluster task's settings, from `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    client: redis::Client,
+    /// This node's id.
+    pub node_id: String,
+    prefix: String,
+    interval: Duration,
+    ttl: Duration,
+    capacity: Option<usize>,
+    front: bool,
+    ipv4: Option<SocketAddr>,
+    ipv6: Option<SocketAddr>,
+    domain: Option<String>,
+    usage_max_len: u64,
+    /// Each tenant's realm at start (the snapshots carry them from their first
+    /// publish, and after reloads).
+    realms: Vec<(TenantId, String)>,
+}
+
+/// Why `[cluster]` could not be turned into settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `redis` is not set: no fleet.
+    #[error("cluster.redis: not set")]
+    NoRedis,
+    /// The URL did not parse.
+    #[error("cluster.redis: {0}")]
+    Url(redis::RedisError),
+    /// The password file could not be read.
+    #[error("cluster.password-file: {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No node id was given and the host name is not usable as one.
+    #[error("cluster.node-id: not set, and the host name {0:?} is not a usable node id")]
+    NodeId(String),
+}
+
+impl Settings {
+    /// Settings from a validated `[cluster]`; reads the password file (or
+    /// `TURND_REDIS_PASSWORD`) and the host name when needed.
+    pub fn from_config(cluster: &Cluster) -> Result<Settings, SettingsError> {
+        let url = cluster.redis.as_deref().ok_or(SettingsError::NoRedis)?;
+        let info = url.into_connection_info().map_err(SettingsError::Url)?;
+        let password = match &cluster.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::PasswordFile { path: path.clone(), source })?
+                    .trim_end()
+                    .to_owned(),
+            ),
+            None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        };
+        let info = match password {
+            Some(password) => {
+                let redis = info.redis_settings().clone().set_password(password);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        };
+        let client = redis::Client::open(info).map_err(SettingsError::Url)?;
+        let node_id = match &cluster.node_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let host = host.trim().to_owned();
+                if !crate::config::is_node_id(&host) {
+                    return Err(SettingsError::NodeId(host));
+                }
+                host
+            }
+        };
+        Ok(Settings {
+            client,
+            node_id,
+            prefix: cluster.key_prefix.clone(),
+            interval: cluster.publish_interval,
+            ttl: cluster.ttl,
+            capacity: cluster.max_allocations,
+            front: cluster.front,
+            ipv4: cluster.advertise_ipv4,
+            ipv6: cluster.advertise_ipv6,
+            domain: cluster.tls_domain.clone(),
+            usage_max_len: cluster.usage_max_len,
+            realms: Vec::new(),
+        })
+    }
+
+    /// The tenants' realms at start: per-user counts are shared by realm name.
+    pub fn with_realms(mut self, realms: Vec<(TenantId, String)>) -> Self {
+        self.realms = realms;
+        self
+    }
+
+    /// Where usage records go in Redis: client, stream key, approximate MAXLEN
+    /// (`None` when `usage-max-len` is 0).
+    pub fn usage_stream(&self) -> Option<(redis::Client, String, u64)> {
+        (self.usage_max_len > 0).then(|| (self.client.clone(), format!("{}:usage", self.prefix), self.usage_max_len))
+    }
+
+    fn users_key(&self, id: &str) -> String {
+        format!("{}:users:{id}", self.prefix)
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+}
+
+/// Starts the cluster task on the current runtime. It runs until the runtime stops.
+pub fn spawn(
+    settings: Settings,
+    snapshots: watch::Receiver<Snapshot>,
+    control: mpsc::Sender<Control>,
+    status: Arc<ClusterStatus>,
+) -> tokio::task::JoinHandle<()> {
+    status.set_configured();
+    tokio::spawn(run(settings, snapshots, control, status))
+}
+
+async fn run(
+    settings: Settings,
+    snapshots: watch::Receiver<Snapshot>,
+    control: mpsc::Sender<Control>,
+    status: Arc<ClusterStatus>,
+) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut relayed = Relayed::default();
+    let mut was_up: Option<bool> = None;
+    let mut revocations = RevocationSync::default();
+    let mut nonce_key: Option<([u8; 32], u64)> = None;
+    info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
+    loop {
+        tick.tick().await;
+        let entry = own_entry(&settings, &snapshots, &mut relayed);
+        // An exchange may take half the TTL: past that, the facts it would bring are
+        // too old to keep redirecting on anyway.
+        let exchanged = tokio::time::timeout(settings.ttl / 2, async {
+            let raw = exchange(&settings, &mut connection, &entry).await?;
+            let (entries, bad) = parse_all(&settings, raw);
+            if let Some(conn) = connection.as_mut() {
+                share_nonce_key(&settings, conn, &control, &mut nonce_key, &status).await?;
+                sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
+                share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
+            }
+            Ok::<_, redis::RedisError>((entries, bad))
+        })
+        .await;
+        match exchanged {
+            Ok(Ok((entries, bad))) => {
+                if bad > 0 {
+                    status.bad(bad);
+                }
+                status.up(entries.len());
+                if was_up != Some(true) {
+                    info!(nodes = entries.len(), "cluster: registry reachable");
+                }
+                was_up = Some(true);
+                let alternates = choose(&entries, &settings.node_id);
+                let _ = control.send(Control::SetAlternates { alternates, valid_for: settings.ttl }).await;
+            }
+            failed => {
+                connection = None;
+                status.down();
+                if was_up != Some(false) {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    warn!(error = %why, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
+                }
+                was_up = Some(false);
+            }
+        }
+    }
+}
+
+/// The relayed byte total at the last publish, for the bit rate.
+#[derive(Debug, Default)]
+struct Relayed {
+    bytes: u64,
+    at: Option<Instant>,
+}
+
+fn own_entry(settings: &Settings, snapshots: &watch::Receiver<Snapshot>, relayed: &mut Relayed) -> NodeEntry {
+    let (allocations, draining, bytes) = {
+        let s = snapshots.borrow();
+        let bytes = s.stats.relayed(Direction::ClientToPeer).1 + s.stats.relayed(Direction::PeerToClient).1;
+        (s.allocations, s.draining, bytes)
+    };
+    let now = Instant::now();
+    let relayed_bps = match relayed.at {
+        Some(at) if now > at => {
+            let seconds = now.duration_since(at).as_secs_f64();
+            (bytes.saturating_sub(relayed.bytes) as f64 * 8.0 / seconds) as u64
+        }
+        _ => 0,
+    };
+    *relayed = Relayed { bytes, at: Some(now) };
+    let state = if draining {
+        NodeState::Draining
+    } else if settings.front {
+        NodeState::Front
+    } else {
+        NodeState::Serving
+    };
+    NodeEntry {
+        id: settings.node_id.clone(),
+        state,
+        ipv4: settings.ipv4,
+        ipv6: settings.ipv6,
+        domain: settings.domain.clone(),
+        allocations: allocations as u64,
+        capacity: settings.capacity.map(|c| c as u64),
+        relayed_bps,
+        unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+/// Publishes `entry` and reads every entry: `(key, value)` pairs, values as stored.
+async fn exchange(
+    settings: &Settings,
+    connection: &mut Option<MultiplexedConnection>,
+    entry: &NodeEntry,
+) -> redis::RedisResult<Vec<(String, Option<Vec<u8>>)>> {
+    let conn = match connection {
+        Some(conn) => conn,
+        None => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.ttl / 2))
+                .set_response_timeout(Some(settings.ttl / 2));
+            connection.insert(settings.client.get_multiplexed_async_connection_with_config(&config).await?)
+        }
+    };
+    let json = serde_json::to_vec(entry).unwrap_or_default();
+    let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+    redis::cmd("SET")
+        .arg(settings.key(&settings.node_id))
+        .arg(json)
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async::<()>(conn)
+        .await?;
+    let pattern = format!("{}:node:*", settings.prefix);
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    for _ in 0..MAX_SCAN_ROUNDS {
+        let (next, found): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(100).query_async(conn).await?;
+        keys.extend(found);
+        cursor = next;
+        if cursor == 0 || keys.len() >= MAX_NODES {
+            break;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys.truncate(MAX_NODES);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+    Ok(keys.into_iter().zip(values).collect())
+}
+
+/// Publishes this node's per-user allocation counts and folds the other live nodes'
+/// into the ledger (see `super::quotas`).
+async fn share_counts(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    snapshots: &watch::Receiver<Snapshot>,
+    entries: &[NodeEntry],
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let mut realms: Vec<(TenantId, String)> =
+        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
+    if realms.is_empty() {
+        realms = settings.realms.clone();
+    }
+    let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
+    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
+    let mut hashes: Vec<HashMap<Vec<u8>, Vec<u8>>> = Vec::new();
+    if !others.is_empty() {
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HGETALL").arg(settings.users_key(&node.id));
+        }
+        hashes = pipe.query_async(conn).await?;
+    }
+    let (remote, bad) = quotas::sum_remote(hashes, &by_realm, MAX_REMOTE_USERS);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    let (reply, counted) = oneshot::channel();
+    if control.send(Control::FleetCounts { remote: remote.into_iter().collect(), reply }).await.is_err() {
+        return Ok(());
+    }
+    let local = counted.await.unwrap_or_default();
+    let key = settings.users_key(&settings.node_id);
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
+    let fields: Vec<(String, usize)> = local
+        .iter()
+        .filter_map(|(user, n)| {
+            let realm = realms.iter().find(|(t, _)| *t == user.tenant).map(|(_, r)| r)?;
+            Some((quotas::field(realm, &user.name), *n))
+        })
+        .collect();
+    if !fields.is_empty() {
+        pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
+        let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// The fleet's nonce key (`PREFIX:nonce-key`, `HEX32:ORIGIN_UNIX_SECONDS`): the first
+/// node makes it, every node uses it, so a nonce is valid on every node (a client a
+/// 300 sends on keeps its nonce). Deleting the key rotates it.
+async fn share_nonce_key(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    current: &mut Option<([u8; 32], u64)>,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let key = format!("{}:nonce-key", settings.prefix);
+    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    if stored.is_none() {
+        let mut secret = [0u8; 32];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).is_err() {
+            return Ok(());
+        }
+        let value = format!("{}:{unix_now}", hex(&secret));
+        let () = redis::cmd("SET").arg(&key).arg(value).arg("NX").query_async::<Option<()>>(conn).await?.unwrap_or(());
+        stored = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    }
+    let Some(parsed) = stored.as_deref().and_then(|v| parse_nonce_key(v, unix_now)) else {
+        status.bad(1);
+        return Ok(());
+    };
+    if current.as_ref() != Some(&parsed) {
+        let since_origin = u32::try_from(unix_now - parsed.1).unwrap_or(u32::MAX);
+        if control.send(Control::SetNonceKey { secret: parsed.0, since_origin }).await.is_ok() {
+            info!("cluster: using the fleet's nonce key");
+            *current = Some(parsed);
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `HEX32:ORIGIN`, with the origin not in the future (and not before 2020).
+fn parse_nonce_key(value: &[u8], unix_now: u64) -> Option<([u8; 32], u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (hex, origin) = text.split_once(':')?;
+    let origin: u64 = origin.parse().ok()?;
+    if hex.len() != 64 || origin > unix_now || origin < 1_577_836_800 {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((secret, origin))
+}
+
+/// Merges this node's revocations with the fleet's set (see `super::revocations`):
+/// names new on either side go to the other, lifts too. Revokes received end the
+/// user's allocations here.
+async fn sync_revocations(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    sync: &mut RevocationSync,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let (reply, listed) = oneshot::channel();
+    if control.send(Control::ListRevocations { reply }).await.is_err() {
+        return Ok(()); // the workers are gone: shutting down
+    }
+    let local: BTreeSet<String> = listed.await.unwrap_or_default().into_iter().map(|(name, _)| name).collect();
+    let key = format!("{}:revoked", settings.prefix);
+    let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&key).query_async(conn).await?;
+    let (remote, bad) = valid_names(raw);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    let (plan, merged) = sync.plan(&local, &remote);
+    if !plan.add_remote.is_empty() {
+        redis::cmd("SADD").arg(&key).arg(&plan.add_remote).query_async::<()>(conn).await?;
+    }
+    if !plan.remove_remote.is_empty() {
+        redis::cmd("SREM").arg(&key).arg(&plan.remove_remote).query_async::<()>(conn).await?;
+    }
+    for user in plan.revoke_local {
+        let (reply, done) = oneshot::channel();
+        if control.send(Control::Revoke { user: user.clone(), reply }).await.is_ok() {
+            match done.await {
+                Ok(Ok(ended)) => info!(user = %user, ended, "cluster: revoked on another node; applied here"),
+                Ok(Err(e)) => warn!(user = %user, error = %e, "cluster: a fleet revocation could not be applied here"),
+                Err(_) => {}
+            }
+        }
+    }
+    for user in plan.lift_local {
+        let (reply, done) = oneshot::channel();
+        if control.send(Control::LiftRevocation { user: user.clone(), reply }).await.is_ok() && done.await.is_ok() {
+            info!(user = %user, "cluster: revocation lifted on another node; lifted here");
+        }
+    }
+    sync.commit(merged);
+    Ok(())
+}
+
+/// The entries that parse, pass their checks and sit under their own id's key; and
+/// how many did not (logged at debug: a fleet with one bad writer would flood).
+fn parse_all(settings: &Settings, raw: Vec<(String, Option<Vec<u8>>)>) -> (Vec<NodeEntry>, usize) {
+    let mut bad = 0;
+    let entries = raw
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let value = value?; // expired between SCAN and MGET
+            match parse_entry(&value) {
+                Ok(entry) if key == settings.key(&entry.id) => Some(entry),
+                Ok(entry) => {
+                    tracing::debug!(key = %key, id = %entry.id, "cluster: entry under another node's key ignored");
+                    bad += 1;
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "cluster: bad registry entry ignored");
+                    bad += 1;
+                    None
+                }
+            }
+        })
+        .collect();
+    (entries, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nonce_key_is_checked_before_use() {
+        let now = 1_800_000_000;
+        let good = format!("{}:1700000000", "ab".repeat(32));
+        assert_eq!(parse_nonce_key(good.as_bytes(), now), Some(([0xab; 32], 1_700_000_000)));
+        for bad in [
+            format!("{}:1700000000", "ab".repeat(31)),
+            format!("{}:1900000000", "ab".repeat(32)),
+            format!("{}:100", "ab".repeat(32)),
+            format!("{}:1700000000", "zz".repeat(32)),
+            "junk".to_owned(),
+        ] {
+            assert_eq!(parse_nonce_key(bad.as_bytes(), now), None, "{bad}");
+        }
+        assert_eq!(hex(&[0x01, 0xff]), "01ff");
+    }
+}

@@ -1,0 +1,698 @@
+//! A fleet (`[cluster]`): three turnd nodes on distinct loopback addresses sharing a
+//! real Redis (`redis-server`, started here on an ephemeral port with no persistence,
+//! killed at the end). The front node sends every Allocate to the least-loaded serving
+//! node with 300 Try Alternate; clients follow it and relay through the node named; a
+//! killed node stops being named within the TTL; Redis killed mid-test stops nothing
+//! and the fleet rejoins when it comes back. Third-party clients (aioice, coturn's
+//! `turnutils_uclient`) are pointed at the front node to record what they do with a 300.
+
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod netns;
+
+use common::http::{get, metric, scrape};
+use common::turn_client::{error_code, TurnClient};
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stun_codec::rfc5389::attributes::AlternateServer;
+use turnd::client::Request;
+
+const INTERVAL_MS: u64 = 200;
+const TTL_MS: u64 = 1000;
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// A `redis-server` child on `127.0.0.1:port`, no persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = Redis { child, port };
+        let up =
+            wait_for(Duration::from_secs(10), || (redis.command(&["PING"]).as_deref() == Some("+PONG")).then_some(()));
+        assert!(up.is_some(), "redis-server did not answer PING on port {port}");
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command in RESP; the first line of the answer.
+    fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        stream.write_all(out.as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).lines().next()?.to_owned())
+    }
+
+    /// One command; the whole answer as text (read until the server goes quiet).
+    fn raw(&self, args: &[&str]) -> String {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        stream.write_all(out.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || answer.len() > 1 << 20 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 20 ms until it gives a value or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free UDP port on `ip` (bound, then let go; the node binds it right after).
+fn free_udp_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A node's config: one UDP listener on `ip`, registry in `redis`, `extra` in [cluster].
+fn node_config(ip: &str, port: u16, redis: &str, id: &str, extra: &str) -> String {
+    let (min, max) = relay_port_range();
+    format!(
+        "realm = \"{REALM}\"\n\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
+         [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\npublish-interval = \"{INTERVAL_MS}ms\"\nttl = \"{TTL_MS}ms\"\n{extra}"
+    )
+}
+
+/// A serving node on `ip`, advertising its own listener.
+fn serving_node(ip: &str, redis: &Redis, id: &str) -> TurndProcess {
+    let port = free_udp_port(ip);
+    TurndProcess::start(&node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n")), &[])
+}
+
+fn front_node(redis: &Redis) -> TurndProcess {
+    let port = free_udp_port("127.0.0.2");
+    TurndProcess::start(&node_config("127.0.0.2", port, &redis.url(), "front", "front = true\n"), &[])
+}
+
+/// What the front node answers a fresh client's Allocate: `Ok(alternate)` for a 300,
+/// `Err(code or 0 for success)` otherwise (a success is released at once).
+fn allocate_at(server: SocketAddr) -> Result<SocketAddr, u16> {
+    // A fresh loopback source each time: polling from one address would meet the
+    // per-source limit on unauthenticated requests (every first Allocate is one).
+    let r = random_u64();
+    let source = format!("127.1.{}.{}:0", (r >> 8) as u8, (r as u8).max(1));
+    let mut client = TurnClient::new(&source, server, USER, PASSWORD, REALM);
+    let request = Request::allocate();
+    let response = client.request(request.method, request.attributes);
+    match error_code(&response) {
+        Some(300) => Ok(response.get_attribute::<AlternateServer>().expect("ALTERNATE-SERVER in a 300").address()),
+        Some(code) => Err(code),
+        None => {
+            let _ = client.refresh(0);
+            Err(0)
+        }
+    }
+}
+
+fn cluster_metric(node: &TurndProcess, name: &str) -> Option<f64> {
+    metric(&scrape(node.admin_addr()), name)
+}
+
+/// Waits until `node` has read `n` live nodes from the registry.
+fn wait_nodes(node: &TurndProcess, n: f64) {
+    let seen =
+        wait_for(Duration::from_secs(10), || (cluster_metric(node, "turnd_cluster_nodes") == Some(n)).then_some(()));
+    assert!(seen.is_some(), "{n} nodes not seen:\n{}", node.logs());
+}
+
+fn need_redis() -> bool {
+    need_tool("redis-server", "redis-server")
+}
+
+#[test]
+fn the_front_node_sends_clients_to_the_least_loaded_node_and_they_relay_there() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    let peer = UdpEchoPeer::start();
+    wait_nodes(&front, 3.0);
+    // Both serving nodes are empty: the tie goes to the lower id, "b".
+    let first = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok());
+    assert_eq!(first, Some(b.udp_addr()), "front named {first:?}\n{}", front.logs());
+    // The client follows the 300 and relays through the node named.
+    let mut client = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    let relayed = client.allocate_relay();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.3", "relayed from the node named");
+    client.permit(peer.addr());
+    client.send_indication(peer.addr(), b"through b");
+    let (_, from, data) = client.recv_data().expect("the echo through b");
+    assert_eq!((from, data.as_slice()), (Some(peer.addr()), &b"through b"[..]));
+    // "b" now holds an allocation: within a publish interval or two the front names "c".
+    let started = Instant::now();
+    let next = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    assert_eq!(next, Some(c.udp_addr()), "the less-loaded node is named next");
+    eprintln!("load change seen by the front after {:?}", started.elapsed());
+    // The front serves nothing itself, and says why it redirected.
+    let text = scrape(front.admin_addr());
+    assert!(metric(&text, "turnd_redirects_total{reason=\"front\"}").unwrap() >= 2.0, "{text}");
+    assert_eq!(metric(&text, "turnd_cluster_nodes"), Some(3.0), "{text}");
+    assert_eq!(metric(&text, "turnd_cluster_redis_up"), Some(1.0));
+    let ready = wait_for(Duration::from_secs(5), || {
+        let ready = get(front.admin_addr(), "/readyz", &[]);
+        (ready.status == 200).then_some(ready)
+    });
+    let body = ready.expect("the front is ready").body;
+    assert!(body.contains("cluster: redis up, 3 nodes"), "{body}");
+}
+
+#[test]
+fn a_killed_node_stops_being_named_within_the_ttl_and_bad_entries_are_ignored() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    // Entries that must never be trusted: not JSON, a wrong family, a key of another id.
+    redis.command(&["SET", "turnd:node:junk", "{not json"]).unwrap();
+    let spoof = r#"{"id":"a","state":"serving","ipv4":"[::1]:3478","ipv6":null,"domain":null,"allocations":0,"capacity":null,"relayed_bps":0,"unix_ms":1}"#;
+    redis.command(&["SET", "turnd:node:a", spoof]).unwrap();
+    let other = r#"{"id":"zz","state":"serving","ipv4":"127.0.0.9:3478","ipv6":null,"domain":null,"allocations":0,"capacity":null,"relayed_bps":0,"unix_ms":1}"#;
+    redis.command(&["SET", "turnd:node:aa", other]).unwrap();
+    wait_nodes(&front, 3.0);
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    let bad = wait_for(Duration::from_secs(5), || {
+        cluster_metric(&front, "turnd_cluster_bad_entries_total").filter(|n| *n >= 3.0)
+    });
+    assert!(bad.is_some(), "the three bad entries are counted");
+    let killed = Instant::now();
+    b.stop_with(libc::SIGKILL, Duration::from_secs(5));
+    let moved = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    let took = killed.elapsed();
+    assert_eq!(moved, Some(c.udp_addr()));
+    eprintln!(
+        "MEASURED: a killed node was last named {took:?} after SIGKILL (ttl {TTL_MS} ms, interval {INTERVAL_MS} ms)"
+    );
+    // The bound: the entry's TTL plus one read interval, plus the test's polling.
+    assert!(took <= Duration::from_millis(TTL_MS + 2 * INTERVAL_MS + 300), "took {took:?}");
+    // And it stays gone.
+    for _ in 0..5 {
+        assert_eq!(allocate_at(front.udp_addr()), Ok(c.udp_addr()));
+    }
+}
+
+#[test]
+fn redis_killed_mid_test_stops_no_relaying_and_the_fleet_rejoins_when_it_returns() {
+    if !need_redis() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let front = front_node(&redis);
+    let peer = UdpEchoPeer::start();
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    let mut client = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
+    client.permit(peer.addr());
+
+    redis.kill();
+    let killed = Instant::now();
+    // Relaying goes on throughout, and requests are answered.
+    let mut echoed = 0;
+    let down = wait_for(Duration::from_secs(5), || {
+        client.send_indication(peer.addr(), b"during the outage");
+        if client.recv_data().is_some_and(|(_, _, d)| d == b"during the outage") {
+            echoed += 1;
+        }
+        (cluster_metric(&front, "turnd_cluster_redis_up") == Some(0.0)).then(|| killed.elapsed())
+    });
+    let down = down.expect("the front reports Redis down");
+    eprintln!("MEASURED: redis_up went to 0 {down:?} after Redis was killed");
+    // A node without Redis is still ready (its first snapshot comes within a second).
+    let ready = wait_for(Duration::from_secs(5), || {
+        let ready = get(front.admin_addr(), "/readyz", &[]);
+        (ready.status == 200).then_some(ready)
+    });
+    let ready = ready.expect("the front is ready without Redis");
+    assert!(ready.body.contains("redis unreachable"), "{}", ready.body);
+    // Within the TTL the front stops naming nodes it cannot see and serves itself.
+    let served =
+        wait_for(Duration::from_secs(5), || (allocate_at(front.udp_addr()) == Err(0)).then(|| killed.elapsed()));
+    eprintln!("MEASURED: the front served Allocates itself {served:?} after Redis was killed");
+    assert!(served.expect("the front serves without Redis") <= Duration::from_millis(TTL_MS + 2 * INTERVAL_MS + 500));
+    assert_eq!(client.refresh(600), Ok(()), "the node named before keeps answering");
+    client.send_indication(peer.addr(), b"still relaying");
+    assert_eq!(client.recv_data().map(|(_, _, d)| d), Some(b"still relaying".to_vec()));
+    assert!(echoed > 0, "relayed during the outage");
+
+    let redis = Redis::start_on(port);
+    let restarted = Instant::now();
+    let back = wait_for(Duration::from_secs(10), || allocate_at(front.udp_addr()).ok());
+    assert_eq!(back, Some(b.udp_addr()), "the fleet rejoins");
+    eprintln!("MEASURED: redirects resumed {:?} after Redis restarted", restarted.elapsed());
+    assert_eq!(cluster_metric(&front, "turnd_cluster_redis_up"), Some(1.0));
+    assert!(cluster_metric(&front, "turnd_cluster_redis_failures_total").unwrap() >= 1.0);
+    drop(redis);
+}
+
+/// A front node and one serving node, for the third-party clients.
+fn small_fleet(redis: &Redis) -> (TurndProcess, TurndProcess) {
+    let b = serving_node("127.0.0.3", redis, "b");
+    let front = front_node(redis);
+    assert_eq!(wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok()), Some(b.udp_addr()));
+    (front, b)
+}
+
+fn allocations_on(node: &TurndProcess) -> f64 {
+    metric(&scrape(node.admin_addr()), "turnd_allocations_created_total").unwrap_or(0.0)
+}
+
+#[test]
+fn aioice_pointed_at_the_front_node() {
+    if !need_redis() || !need(python_module_available("aioice"), "Python module `aioice` (pip install aioice)") {
+        return;
+    }
+    let redis = Redis::start();
+    let (front, b) = small_fleet(&redis);
+    let peer = UdpEchoPeer::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/aioice_turn.py");
+    let out = run_with_timeout(
+        Command::new(python())
+            .arg(script)
+            .args(["--server", &front.udp_addr().to_string(), "--peer", &peer.addr().to_string()])
+            .args(["--user", USER, "--password", PASSWORD, "--transport", "udp", "--count", "5"]),
+        Duration::from_secs(60),
+    );
+    // aioice (1.x) does not follow 300: its Allocate fails with the code, and no
+    // allocation is made anywhere.
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stdout.contains("ALLOCATE FAILED: TransactionFailed error_code=300"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200)); // one snapshot, so a stray allocation would show
+    assert_eq!(allocations_on(&b), 0.0);
+}
+
+#[test]
+fn uclient_pointed_at_the_front_node() {
+    if !need_redis() || !need_tool("turnutils_uclient", "coturn") {
+        return;
+    }
+    let redis = Redis::start();
+    let (front, b) = small_fleet(&redis);
+    let peer = UdpEchoPeer::start();
+    let server = front.udp_addr();
+    // The front's own Allocates so far (served before it had seen the registry).
+    let created = |node: &TurndProcess| node.logs().matches("allocation created").count();
+    let front_before = created(&front);
+    let out = run_with_timeout(
+        Command::new("turnutils_uclient")
+            .args(["-c", "-p", &server.port().to_string(), "-u", USER, "-w", PASSWORD, "-n", "5", "-l", "100"])
+            .args(["-e", &peer.addr().ip().to_string(), "-r", &peer.addr().port().to_string()])
+            .arg(server.ip().to_string()),
+        Duration::from_secs(30),
+    );
+    // uclient follows the 300 (for its probe allocation and the real one) and relays
+    // through the node named.
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.matches("error 300 (Try Alternate)").count() >= 1, "{out}");
+    assert!(out.stdout.contains("tot_send_msgs=5, tot_recv_msgs=5"), "{out}");
+    assert!(out.stdout.contains("Total lost packets 0"), "{out}");
+    assert!(wait_for(Duration::from_secs(3), || (allocations_on(&b) >= 1.0).then_some(())).is_some());
+    assert_eq!(created(&front), front_before, "the front allocated nothing for uclient:\n{out}");
+}
+
+/// `turnd ctl --admin ADDR ARGS...` (the tests' admin listeners are on loopback).
+fn ctl(node: &TurndProcess, args: &[&str]) -> CmdOutput {
+    let mut command = Command::new(turnd_binary());
+    command.arg("ctl").arg("--admin").arg(node.admin_addr().to_string()).args(args);
+    for var in ["TURND_ADMIN_TOKEN", "TURND_ADMIN_TOKEN_FILE", "TURND_CONFIG", "TURND_ADMIN_ADDRESS"] {
+        command.env_remove(var);
+    }
+    run_with_timeout(command.env("TURND_ADMIN_TOKEN", TOKEN), Duration::from_secs(15))
+}
+
+#[test]
+fn a_revocation_on_one_node_cuts_the_users_allocations_on_every_node() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = serving_node("127.0.0.2", &redis, "a");
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let peer = UdpEchoPeer::start();
+    let mut on_b = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+    for client in [&mut on_b, &mut on_c] {
+        client.allocate_relay();
+        client.permit(peer.addr());
+    }
+    // Every node has synced at least once (an empty list) before the revoke.
+    assert!(wait_for(Duration::from_secs(5), || (cluster_metric(&c, "turnd_cluster_nodes") == Some(3.0))
+        .then_some(()))
+    .is_some());
+    let out = ctl(&a, &["revoke", USER]);
+    assert!(out.success(), "{out}");
+    let revoked = Instant::now();
+    let cut = wait_for(Duration::from_secs(3), || {
+        (on_b.refresh(600).is_err() && on_c.refresh(600).is_err()).then(|| revoked.elapsed())
+    });
+    let cut = cut.expect("alice's allocations on b and c end");
+    eprintln!("MEASURED: a revoke on node a ended the user's allocations on b and c {cut:?} later (interval {INTERVAL_MS} ms)");
+    assert!(cut < Duration::from_secs(1), "took {cut:?}");
+    on_b.send_indication(peer.addr(), b"after the revoke");
+    assert!(on_b.recv_data().is_none(), "relayed for a revoked user");
+    assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":1"));
+    // Lifted on c: alice may allocate on b again.
+    let out = ctl(&c, &["unrevoke", USER]);
+    assert!(out.success(), "{out}");
+    let lifted = wait_for(Duration::from_secs(3), || {
+        let mut again = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+        again.allocate(Vec::new()).is_ok().then_some(())
+    });
+    assert!(lifted.is_some(), "the lift on c reached b");
+    assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":0"));
+}
+
+/// Allocates as alice on `node`, relays one datagram each way through the echo peer,
+/// then deletes the allocation: one usage record.
+fn one_session(node: SocketAddr, peer: &UdpEchoPeer) {
+    let mut client = TurnClient::on_loopback(node, USER, PASSWORD, REALM);
+    client.allocate_relay();
+    client.permit(peer.addr());
+    client.send_indication(peer.addr(), b"ninebytes");
+    assert_eq!(client.recv_data().map(|(_, _, d)| d), Some(b"ninebytes".to_vec()));
+    assert_eq!(client.refresh(0), Ok(()));
+}
+
+const RECORD_PARTS: [&str; 5] = [
+    r#""user":"alice""#,
+    r#""realm":"turnd.test""#,
+    r#""bytes_to_peer":9,"packets_to_peer":1,"bytes_to_client":9,"packets_to_client":1"#,
+    r#""reason":"deleted""#,
+    r#""transport":"udp""#,
+];
+
+#[test]
+fn each_ended_allocation_is_a_usage_record_in_the_redis_stream() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = serving_node("127.0.0.3", &redis, "b");
+    let peer = UdpEchoPeer::start();
+    one_session(b.udp_addr(), &peer);
+    let found = wait_for(Duration::from_secs(5), || {
+        let text = redis.raw(&["XRANGE", "turnd:usage", "-", "+"]);
+        text.contains(r#""user":"alice""#).then_some(text)
+    });
+    let text = found.expect("a usage record in turnd:usage");
+    for part in RECORD_PARTS.iter().chain(&[r#""node":"b""#, r#""relay":"127.0.0.3:"#]) {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    assert_eq!(redis.command(&["XLEN", "turnd:usage"]).as_deref(), Some(":1"));
+    assert_eq!(cluster_metric(&b, "turnd_usage_records_written_total{sink=\"redis\"}"), Some(1.0));
+}
+
+#[test]
+fn without_redis_usage_records_go_to_a_json_lines_file() {
+    let dir = TempDir::new("turnd-usage");
+    let path = dir.path().join("usage.jsonl");
+    let config = format!("{}\n[usage]\nfile = \"{}\"\n", config_with(&["udp"]), path.display());
+    let turnd = TurndProcess::start(&config, &[]);
+    let peer = UdpEchoPeer::start();
+    one_session(turnd.udp_addr(), &peer);
+    one_session(turnd.udp_addr(), &peer);
+    let lines = wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.lines().count() == 2).then_some(text)
+    });
+    let text = lines.expect("two records in the usage file");
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("one JSON object a line");
+        assert!(record["start_ms"].as_u64().unwrap() <= record["end_ms"].as_u64().unwrap());
+        for part in RECORD_PARTS {
+            assert!(line.contains(part), "{part} not in {line}");
+        }
+    }
+    assert_eq!(metric(&scrape(turnd.admin_addr()), "turnd_usage_records_written_total{sink=\"file\"}"), Some(2.0));
+    assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no cluster.redis, no Redis metrics");
+}
+
+/// A serving node whose users may hold `per_user` allocations (fleet-wide).
+fn node_with_quota(ip: &str, redis: &Redis, id: &str, per_user: usize) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let config = node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n"))
+        .replace("[cluster]", &format!("[limits]\nallocations-per-user = {per_user}\n\n[cluster]"))
+        .replace("[[auth.user]]", "[[auth.user]]\nname = \"bob\"\npassword = \"bobsecret\"\n\n[[auth.user]]");
+    TurndProcess::start(&config, &[])
+}
+
+#[test]
+fn a_users_allocation_quota_holds_across_nodes() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let b = node_with_quota("127.0.0.3", &redis, "b", 2);
+    let c = node_with_quota("127.0.0.4", &redis, "c", 2);
+    wait_nodes(&b, 2.0);
+    wait_nodes(&c, 2.0);
+    let mut on_b: Vec<TurnClient> =
+        (0..2).map(|_| TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM)).collect();
+    for client in &mut on_b {
+        client.allocate_relay();
+    }
+    let full = Instant::now();
+    // Within about one publish interval, c counts alice's two allocations on b.
+    let refused = wait_for(Duration::from_secs(3), || {
+        let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+        match on_c.allocate(Vec::new()) {
+            Err(486) => Some(full.elapsed()),
+            Ok(_) => {
+                let _ = on_c.refresh(0);
+                None
+            }
+            Err(code) => panic!("unexpected {code}"),
+        }
+    });
+    let refused = refused.expect("c refuses alice's third allocation with 486");
+    eprintln!(
+        "MEASURED: node c enforced alice's quota {refused:?} after her allocations on b (interval {INTERVAL_MS} ms)"
+    );
+    // Other users are not affected.
+    let mut bob = TurnClient::on_loopback(c.udp_addr(), "bob", "bobsecret", REALM);
+    assert!(bob.allocate(Vec::new()).is_ok());
+    // One of alice's allocations on b ends: c admits her again.
+    assert_eq!(on_b[0].refresh(0), Ok(()));
+    let admitted = wait_for(Duration::from_secs(3), || {
+        let mut on_c = TurnClient::on_loopback(c.udp_addr(), USER, PASSWORD, REALM);
+        on_c.allocate(Vec::new()).is_ok().then_some(on_c)
+    });
+    let mut third = admitted.expect("c admits alice once she is under the quota");
+    // And now b, which holds one and sees c's one, refuses her.
+    let over = wait_for(Duration::from_secs(3), || {
+        let mut again = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+        match again.allocate(Vec::new()) {
+            Err(486) => Some(()),
+            Ok(_) => {
+                let _ = again.refresh(0);
+                None
+            }
+            Err(code) => panic!("unexpected {code}"),
+        }
+    });
+    assert!(over.is_some(), "b counts alice's allocation on c");
+    let _ = third.refresh(0);
+}
+
+/// A node in the browser test's namespace: UDP, TCP and TLS listeners on `ip`, peers
+/// allowed on the namespace's subnet, the fleet's Redis on the namespace's loopback.
+fn browser_node(
+    ip: &str,
+    subnet: &str,
+    redis: &str,
+    id: &str,
+    cluster: &str,
+    pki: &common::ca::TestCa,
+) -> TurndProcess {
+    let (min, max) = relay_port_range();
+    let ports: Vec<u16> = (0..2).map(|_| free_udp_port(ip)).collect();
+    let mut config = format!("realm = \"{REALM}\"\n");
+    for (t, port) in [("udp", ports[0]), ("tcp", ports[0]), ("tls", ports[1])] {
+        config += &format!("[[listen]]\ntransport = \"{t}\"\naddress = \"{ip}:{port}\"\n");
+    }
+    config += &format!(
+        "[relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"{subnet}\"]\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+         [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\npublish-interval = \"{INTERVAL_MS}ms\"\nttl = \"3s\"\n\
+         advertise-ipv4 = \"{ip}:{}\"\n{cluster}",
+        ports[0]
+    );
+    TurndProcess::start(&pki.add_to(&config), &[])
+}
+
+/// Headless Chromium pointed at the front node (`turn:FRONT`, over UDP and over TCP)
+/// follows the 300 to the serving node and connects a data channel relay-to-relay
+/// through it: the nodes share the fleet's nonce key, so the nonce the front issued
+/// holds at the node named (libwebrtc carries it there and does not retry an Allocate
+/// on 438). The browser is in a namespace of its own, routed to the servers'
+/// namespace, so both nodes see it at one address, as they would a client on the
+/// Internet (a fleet's nonce is bound to the client's IP address, not its port: over
+/// TCP the redirected Allocate comes on a new connection). Chromium refuses a 300
+/// naming a loopback address, hence the namespaces.
+#[test]
+fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
+    if !need_redis() {
+        return;
+    }
+    if let Err(why) = netns::available() {
+        if !need(false, &format!("network namespaces ({why})")) {
+            return;
+        }
+    }
+    if let Some(what) = netns::browser::missing() {
+        if !need(false, &what) {
+            return;
+        }
+    }
+    let servers = netns::Netns::new("fleet");
+    let clients = netns::Netns::new("fleetc");
+    let octet = 64 + netns::subnet_tag();
+    let (front_ip, node_ip) = (format!("100.{octet}.0.1"), format!("100.{octet}.0.2"));
+    netns::veth_pair_inside(&servers, &format!("{front_ip}/24"), &format!("{node_ip}/24"));
+    netns::link(&servers, "up0", &format!("100.{octet}.1.1/24"), &clients, "down0", &format!("100.{octet}.1.2/24"));
+    clients.ip(&["route", "add", &format!("100.{octet}.0.0/24"), "via", &format!("100.{octet}.1.1")]);
+    // Both browser peers' relay addresses are on b, and the client subnet reaches them.
+    let subnet = format!("100.{octet}.0.0/23");
+    let pki = common::ca::TestCa::new(&[&front_ip, &node_ip]);
+    let redis = servers.enter(Redis::start);
+    let url = redis.url();
+    let b = servers.enter(|| browser_node(&node_ip, &subnet, &url, "b", "", &pki));
+    let front = servers.enter(|| browser_node(&front_ip, &subnet, &url, "front", "front = true\n", &pki));
+    servers.enter(|| wait_nodes(&front, 2.0));
+    let home = TempDir::new("turnd-chromium-home");
+    netns::browser::home_trusting(home.path(), &pki.ca);
+    let mut browser = clients.enter(|| netns::browser::Browser::launch(clients.name(), home.path(), &[]));
+    let front_port = front.addr("udp").port();
+    let redirects =
+        || servers.enter(|| cluster_metric(&front, "turnd_redirects_total{reason=\"front\"}")).unwrap_or(0.0);
+    let stale_at_b =
+        || servers.enter(|| cluster_metric(&b, "turnd_auth_failures_total{reason=\"stale_nonce\"}")).unwrap_or(0.0);
+    let mut results = Vec::new();
+    for (transport, query) in [("udp", ""), ("tcp", "?transport=tcp")] {
+        let (redirects_before, stale_before) = (redirects(), stale_at_b());
+        let ice = serde_json::json!([{ "urls": [format!("turn:{front_ip}:{front_port}{query}")], "username": USER, "credential": PASSWORD }]);
+        let r = browser.call("loopback", serde_json::json!({ "iceServers": ice, "messages": 3 }));
+        // The counters are published once a second (later on a loaded machine).
+        let sent = wait_for(Duration::from_secs(5), || Some(redirects() - redirects_before).filter(|n| *n >= 1.0));
+        let (sent, stale) = (sent.unwrap_or(0.0), stale_at_b() - stale_before);
+        eprintln!(
+            "CHROMIUM {transport}: ok={} 300s from the front {sent}, stale nonces at b {stale}, relay {}:{} over {}, errors {}",
+            r["ok"], r["pairA"]["local"]["address"], r["pairA"]["local"]["port"], r["pairA"]["local"]["relayProtocol"], r["a"]["errors"]
+        );
+        results.push((r, sent, stale));
+    }
+    for ((r, sent, stale), protocol) in results.iter().zip(["udp", "tcp"]) {
+        assert!(*sent >= 1.0, "{protocol}: the front answered 300: {r:#}\n---- front ----\n{}", front.logs());
+        assert_eq!(*stale, 0.0, "{protocol}: the front's nonce held at b");
+        assert_eq!(r["ok"], true, "{protocol}: {r:#}\n---- b ----\n{}", b.logs());
+        for side in ["pairA", "pairB"] {
+            assert_eq!(r[side]["local"]["type"], "relay", "{r:#}");
+            assert_eq!(r[side]["local"]["address"], node_ip.as_str(), "relayed by the node named in the 300: {r:#}");
+            assert_eq!(r[side]["local"]["relayProtocol"], protocol, "{r:#}");
+        }
+    }
+    drop(browser);
+    drop(redis);
+}
+
+#[test]
+fn a_draining_node_is_no_longer_named_and_sends_its_own_new_allocates_to_another() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    // b drains for a while on SIGTERM (it holds an allocation, so it does not exit at once).
+    let port = free_udp_port("127.0.0.3");
+    let config = format!(
+        "drain-time = \"30s\"\n{}",
+        node_config("127.0.0.3", port, &redis.url(), "b", &format!("advertise-ipv4 = \"127.0.0.3:{port}\"\n"))
+    );
+    let mut b = TurndProcess::start(&config, &[]);
+    let c = serving_node("127.0.0.4", &redis, "c");
+    let front = front_node(&redis);
+    wait_nodes(&front, 3.0);
+    assert_eq!(allocate_at(front.udp_addr()), Ok(b.udp_addr()), "the tie goes to b while it serves");
+    let mut held = TurnClient::on_loopback(b.udp_addr(), USER, PASSWORD, REALM);
+    held.allocate_relay();
+    // SIGTERM without waiting for the exit (`stop_with` waits; b drains for 30 s).
+    let sent = Command::new("kill").args(["-TERM", &b.pid().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let asked = Instant::now();
+    // b turns its own new Allocates to c at once, and the front stops naming b.
+    let own = wait_for(Duration::from_secs(5), || allocate_at(b.udp_addr()).ok());
+    assert_eq!(own, Some(c.udp_addr()), "a draining node names a serving one");
+    let moved = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
+    assert_eq!(moved, Some(c.udp_addr()));
+    eprintln!("MEASURED: the front stopped naming a draining node {:?} after its SIGTERM", asked.elapsed());
+    assert_eq!(held.refresh(600), Ok(()), "the drained node's allocation keeps working");
+    assert!(cluster_metric(&b, "turnd_redirects_total{reason=\"draining\"}").is_some());
+    b.stop_with(libc::SIGKILL, Duration::from_secs(5));
+}
