@@ -364,7 +364,7 @@ pub fn build_state(
                 AllocationV1::from_state(state, relay_fds, realms.realm_of(state.five_tuple.tenant))
             })
             .collect();
-        worker_states.push(WorkerState { listeners, allocations });
+        worker_states.push(WorkerState { listeners, allocations, stats: serde_json::to_value(share.stats).ok() });
     }
     let (secret, epoch_age, reservations) = process_secrets(workers, realms);
     let state = HandoverState {
@@ -538,7 +538,13 @@ fn take(state: &HandoverState, fds: Vec<OwnedFd>, realms: &Realms) -> Result<Tak
     let admin = process.admin_fd.map(&mut take).transpose()?.map(std::net::TcpListener::from);
     let mut udp = Vec::new();
     let mut allocations = Vec::new();
+    let mut stats = Vec::new();
     for worker in &state.workers {
+        match worker.stats.clone().map(serde_json::from_value::<turnd::turn::stats::Stats>) {
+            Some(Ok(counters)) => stats.push(counters),
+            Some(Err(e)) => warn!(error = %e, "the predecessor's counters do not fit this turnd's: they start at zero"),
+            None => {}
+        }
         let mut listeners = Vec::new();
         for l in &worker.listeners {
             listeners.push((l.address, UdpSocket::from(take(l.fd)?)));
@@ -569,6 +575,8 @@ fn take(state: &HandoverState, fds: Vec<OwnedFd>, realms: &Realms) -> Result<Tak
             })
             .collect::<Result<_>>()?,
         workers: allocations,
+        // All workers' or none: counters are per worker index.
+        stats: if stats.len() == state.workers.len() { stats } else { Vec::new() },
     };
     Ok((udp, streams, admin, adopted))
 }

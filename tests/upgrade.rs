@@ -311,6 +311,11 @@ fn a_udp_allocation_keeps_relaying_across_two_upgrades_in_a_row_without_loss() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(&turnd, "turnd_allocations"), 2.0, "the moved allocation and the new one");
+    // The counters go on from the predecessors': alice's allocation was created two
+    // processes ago, bob's by this one.
+    assert_eq!(metric(&turnd, "turnd_allocations_created_total"), 2.0, "counters carried across both upgrades");
+    let relayed = metric(&turnd, "turnd_relayed_packets_total{direction=\"client_to_peer\",transport=\"udp\"}");
+    assert!(relayed >= f64::from(PACKETS), "{relayed} relayed to peers counted, {PACKETS} sent");
 }
 
 /// The config file `turnd` was started with (`-c FILE` on its command line).

@@ -29,6 +29,8 @@ pub struct WorkerHandover {
     pub listeners: Vec<UdpSocket>,
     /// The allocations and their relay sockets.
     pub allocations: Vec<(AllocationState, [Option<UdpSocket>; 2])>,
+    /// The worker's counters at the freeze.
+    pub stats: crate::turn::stats::Stats,
 }
 
 impl EventLoop {
@@ -69,7 +71,7 @@ impl EventLoop {
             }
         }
         self.frozen = Some(ids);
-        Ok(WorkerHandover { listeners, allocations })
+        Ok(WorkerHandover { listeners, allocations, stats: self.core.stats() })
     }
 
     /// The successor failed: read the UDP sockets again, as before the freeze.
@@ -98,6 +100,11 @@ impl EventLoop {
             self.relays.remove(id);
         }
         self.released = true;
+    }
+
+    /// Takes over a predecessor worker's counters (before [`EventLoop::run`]).
+    pub fn adopt_stats(&mut self, stats: &crate::turn::stats::Stats) {
+        self.core.adopt_stats(stats);
     }
 
     /// Takes over a predecessor's allocations and their relay sockets (before
@@ -149,6 +156,9 @@ pub struct Adopted {
     pub reservations: Vec<(u64, u16, Instant, UserKey, std::net::IpAddr)>,
     /// Each worker's allocations, in worker order.
     pub workers: Vec<Vec<(AllocationState, [Option<UdpSocket>; 2])>>,
+    /// Each worker's counters, in worker order (empty from a predecessor that sent
+    /// none, or whose counters this turnd cannot read: they then start at zero).
+    pub stats: Vec<crate::turn::stats::Stats>,
 }
 
 /// Puts a predecessor's reservations and allocations into the successor's ledger

@@ -65,13 +65,13 @@ impl Workers {
         let count = listeners.len().max(1);
         let mut ledger = Ledger::new(&config);
         // A live upgrade: the predecessor's secret, counts and allocations.
-        let (secret, mut adopted_allocations) = match adopted {
+        let (secret, mut adopted_allocations, mut adopted_stats) = match adopted {
             Some(mut adopted) => {
                 super::upgrade::adopt_into_ledger(&mut ledger, &adopted);
                 let allocations = std::mem::take(&mut adopted.workers).into_iter();
-                (adopted.nonce_secret, Some(allocations))
+                (adopted.nonce_secret, Some(allocations), std::mem::take(&mut adopted.stats).into_iter())
             }
-            None => (nonce_secret(), None),
+            None => (nonce_secret(), None, Vec::new().into_iter()),
         };
         let ledger: SharedLedger = Arc::new(Mutex::new(ledger));
         let (exited_tx, exited) = mpsc::unbounded_channel();
@@ -98,6 +98,9 @@ impl Workers {
             }
             if let Some(allocations) = adopted_allocations.as_mut().and_then(Iterator::next) {
                 event_loop.adopt(allocations);
+            }
+            if let Some(stats) = adopted_stats.next() {
+                event_loop.adopt_stats(&stats);
             }
             let mut lookup_results = None;
             if let Some(end) = lookups.next() {

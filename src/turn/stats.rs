@@ -239,7 +239,7 @@ impl Transport {
 }
 
 /// The counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Answered requests by [`RequestMethod`] index: `[successes, errors]`.
     pub requests: [[u64; 2]; 6],

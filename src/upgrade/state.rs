@@ -118,6 +118,11 @@ pub struct WorkerState {
     pub listeners: Vec<ListenerState>,
     /// Its UDP allocations.
     pub allocations: Vec<AllocationV1>,
+    /// Its counters (`turn::stats::Stats` as JSON), added to the successor's. Added
+    /// after v1's first sample, so optional; kept as a JSON value so a successor whose
+    /// counters changed shape starts them at zero instead of refusing the handover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
 }
 
 /// A UDP listener socket.
@@ -444,6 +449,8 @@ mod tests {
             workers: vec![WorkerState {
                 listeners: vec![ListenerState { address: "198.51.100.1:3478".parse().unwrap(), fd: 2 }],
                 allocations: vec![AllocationV1::from_state(&sample_allocation(), [Some(3), None], None)],
+                // The golden sample predates counters: a state without them decodes.
+                stats: None,
             }],
         }
     }
@@ -491,6 +498,18 @@ mod tests {
     fn the_golden_v1_sample_decodes() {
         let decoded = HandoverState::decode(GOLDEN_V1.as_bytes()).unwrap();
         assert_eq!(decoded, sample());
+    }
+
+    #[test]
+    fn a_workers_counters_round_trip_as_json() {
+        let mut stats = crate::turn::stats::Stats { allocations_created: 7, ..Default::default() };
+        stats.dropped[0] = 3;
+        let mut state = sample();
+        state.workers[0].stats = serde_json::to_value(stats).ok();
+        let decoded = HandoverState::decode(&state.encode()).unwrap();
+        let back: crate::turn::stats::Stats =
+            serde_json::from_value(decoded.workers[0].stats.clone().unwrap()).unwrap();
+        assert_eq!(back, stats);
     }
 
     #[test]

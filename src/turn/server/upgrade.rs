@@ -32,6 +32,12 @@ impl Server {
     }
 
     /// Takes over an allocation from the predecessor, as it was at its export.
+    /// Adds a predecessor worker's counters to this one's, so the process's counters
+    /// (Prometheus, /ws totals) go on from where the old process left them.
+    pub fn adopt_stats(&mut self, stats: &crate::turn::stats::Stats) {
+        self.out.stats.add(stats);
+    }
+
     pub fn adopt_allocation(&mut self, now: Instant, state: AllocationState) {
         self.last_now = now;
         let id = state.id;
