@@ -72,7 +72,7 @@ impl RevocationSync {
     }
 }
 
-/// The names read from Redis that are usable: non-empty, at most [`MAX_NAME`] bytes,
+/// The names read from Redis that are usable: non-empty, at most `MAX_NAME` bytes,
 /// at most [`MAX_REVOCATIONS`] of them; and how many were not.
 pub fn valid_names(raw: Vec<Vec<u8>>) -> (BTreeSet<String>, usize) {
     let total = raw.len();
