@@ -207,10 +207,16 @@ fn the_front_node_sends_clients_to_the_least_loaded_node_and_they_relay_there() 
     let next = wait_for(Duration::from_secs(5), || allocate_at(front.udp_addr()).ok().filter(|a| *a == c.udp_addr()));
     assert_eq!(next, Some(c.udp_addr()), "the less-loaded node is named next");
     eprintln!("load change seen by the front after {:?}", started.elapsed());
-    // The front serves nothing itself, and says why it redirected.
-    let text = scrape(front.admin_addr());
-    assert!(metric(&text, "turnd_redirects_total{reason=\"front\"}").unwrap() >= 2.0, "{text}");
-    assert_eq!(metric(&text, "turnd_cluster_nodes"), Some(3.0), "{text}");
+    // The front serves nothing itself, and says why it redirected (counters reach
+    // /metrics with the workers' next snapshot, so wait for them).
+    let redirects = "turnd_redirects_total{reason=\"front\"}";
+    let counted = wait_for(Duration::from_secs(5), || {
+        let text = scrape(front.admin_addr());
+        (metric(&text, redirects) >= Some(2.0)).then_some(text)
+    });
+    let last = scrape(front.admin_addr());
+    let text = counted.unwrap_or_else(|| panic!("{redirects} below 2: {:?}", metric(&last, redirects)));
+    assert_eq!(metric(&text, "turnd_cluster_nodes"), Some(3.0), "turnd_cluster_nodes");
     assert_eq!(metric(&text, "turnd_cluster_redis_up"), Some(1.0));
     let ready = wait_for(Duration::from_secs(5), || {
         let ready = get(front.admin_addr(), "/readyz", &[]);
@@ -491,7 +497,10 @@ fn without_redis_usage_records_go_to_a_json_lines_file() {
             assert!(line.contains(part), "{part} not in {line}");
         }
     }
-    assert_eq!(metric(&scrape(turnd.admin_addr()), "turnd_usage_records_written_total{sink=\"file\"}"), Some(2.0));
+    let written = "turnd_usage_records_written_total{sink=\"file\"}";
+    let counted =
+        wait_for(Duration::from_secs(5), || (metric(&scrape(turnd.admin_addr()), written) == Some(2.0)).then_some(()));
+    assert!(counted.is_some(), "{written} is {:?}, not 2", metric(&scrape(turnd.admin_addr()), written));
     assert!(!scrape(turnd.admin_addr()).contains("turnd_cluster_redis_up"), "no cluster.redis, no Redis metrics");
 }
 

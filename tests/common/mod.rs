@@ -410,6 +410,14 @@ impl TurndProcess {
         self.logs.text()
     }
 
+    /// The last `n` lines turnd wrote: what a failure message shows after its cause
+    /// (CI shows only the start of a failing test's output).
+    pub fn logs_tail(&self, n: usize) -> String {
+        let text = self.logs();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

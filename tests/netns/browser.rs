@@ -105,6 +105,13 @@ impl Browser {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The last `n` lines of [`Browser::stderr`]: what a failure shows after its cause.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let text = self.stderr();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// Sends a call without waiting for its result (for two browsers working at once).
     pub fn start_call(&mut self, function: &str, arg: Value) {
         let line = serde_json::json!({ "fn": function, "arg": arg }).to_string();
@@ -119,13 +126,13 @@ impl Browser {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(line) = self.next_line(left) else {
-                panic!("browser {}: no result within {timeout:?}\n{}", self.name, self.stderr());
+                panic!("browser {}: no result within {timeout:?}\n{}", self.name, self.stderr_tail(80));
             };
             if let Some(json) = line.strip_prefix("result ") {
                 return serde_json::from_str(json).expect("the driver prints JSON");
             }
             if let Some(error) = line.strip_prefix("error ") {
-                panic!("browser {}: {error}\n{}", self.name, self.stderr());
+                panic!("browser {}: {error}\n{}", self.name, self.stderr_tail(80));
             }
         }
     }
@@ -157,7 +164,7 @@ impl Drop for Browser {
             let _ = r.join();
         }
         if thread::panicking() {
-            eprintln!("---- browser {} log ----\n{}---- end ----", self.name, self.stderr());
+            eprintln!("---- browser {} log (last lines) ----\n{}\n---- end ----", self.name, self.stderr_tail(150));
         }
     }
 }
