@@ -289,6 +289,21 @@ fn planned_listeners(config: &Config) -> Result<Vec<(&'static str, SocketAddr)>>
     Ok(all)
 }
 
+/// The listeners as bound, UDP first, each kind in config order (the fleet's
+/// advertised addresses default to their ports).
+fn bound_listeners(inventory: &crate::live_upgrade::Inventory) -> Vec<(ListenTransport, SocketAddr)> {
+    let udp = inventory.udp_listeners.iter().map(|a| (ListenTransport::Udp, *a));
+    let streams = inventory.streams.iter().map(|l| {
+        let transport = if l.transport == transport_label(ListenTransport::Tls) {
+            ListenTransport::Tls
+        } else {
+            ListenTransport::Tcp
+        };
+        (transport, l.address)
+    });
+    udp.chain(streams).collect()
+}
+
 fn transport_label(transport: ListenTransport) -> &'static str {
     match transport {
         ListenTransport::Udp => "udp",
@@ -390,6 +405,7 @@ async fn run(
         settings if settings.enabled() => Some(
             turnd::cluster::Settings::from_config(settings)
                 .context("[cluster]")?
+                .with_listeners(settings, &bound_listeners(&inventory))
                 .with_realms(config.core().realms().map(|(tenant, realm)| (tenant, realm.to_owned())).collect()),
         ),
         _ => None,

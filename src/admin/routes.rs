@@ -119,7 +119,17 @@ async fn readyz(axum::extract::State(state): AppState, headers: HeaderMap, uri: 
     let cluster = &state.cluster;
     let ready = match (cluster.configured(), cluster.redis_up()) {
         (false, _) => "ready\n".to_owned(),
-        (true, true) => format!("ready (cluster: redis up, {} nodes)\n", cluster.nodes()),
+        (true, true) => match cluster.cpu_millicores() {
+            Some(cpu) => {
+                format!(
+                    "ready (cluster: redis up, {} nodes, cpu {}.{:03} cores)\n",
+                    cluster.nodes(),
+                    cpu / 1000,
+                    cpu % 1000
+                )
+            }
+            None => format!("ready (cluster: redis up, {} nodes)\n", cluster.nodes()),
+        },
         (true, false) => "ready (cluster: redis unreachable, serving on local limits)\n".to_owned(),
     };
     match problem {

@@ -4,13 +4,15 @@
 //! workers only ever see the last facts sent, which hold for one TTL; with Redis gone
 //! they lapse and the node serves every Allocate itself until Redis is back.
 
+mod advertise;
 mod quotas;
 mod registry;
 mod revocations;
 mod status;
 mod task;
 
-pub use registry::{choose, parse_entry, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
+pub use advertise::advertised;
+pub use registry::{choose, parse_entry, Addresses, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
 pub use revocations::{valid_names, RevocationSync, SyncPlan};
 pub use status::ClusterStatus;
 pub use task::{spawn, Settings, SettingsError};

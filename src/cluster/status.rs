@@ -16,12 +16,28 @@ pub struct ClusterStatus {
     bad_entries: AtomicU64,
     /// Exchanges with Redis that failed or timed out.
     failures: AtomicU64,
+    /// The CPU use this node last published, thousandths of a core ([`NO_CPU`]:
+    /// unknown; the default 0 is replaced at the first publish).
+    cpu_millicores: AtomicU64,
     /// What became of the usage records (kept here so one handle carries every
     /// figure of the fleet's tasks to the metrics; written with or without Redis).
     pub usage: std::sync::Arc<crate::usage::UsageCounters>,
 }
 
+/// `cpu_millicores` when the CPU use is not known.
+const NO_CPU: u64 = u64::MAX;
+
 impl ClusterStatus {
+    /// Records the CPU use this node published (`None`: not known).
+    pub fn set_cpu(&self, millicores: Option<u64>) {
+        self.cpu_millicores.store(millicores.unwrap_or(NO_CPU), Ordering::Relaxed);
+    }
+
+    /// The CPU use this node last published, thousandths of a core.
+    pub fn cpu_millicores(&self) -> Option<u64> {
+        Some(self.cpu_millicores.load(Ordering::Relaxed)).filter(|&c| c != NO_CPU)
+    }
+
     /// Marks the cluster as configured.
     pub fn set_configured(&self) {
         self.configured.store(true, Ordering::Relaxed);

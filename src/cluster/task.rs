@@ -4,11 +4,12 @@
 //! marks Redis down and is retried at the next tick (so a node rejoins within one
 //! interval of Redis coming back). One exchange may take up to half the TTL.
 
+use super::advertise::{advertised, Advertised};
 use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
 use super::revocations::{valid_names, RevocationSync};
 use super::status::ClusterStatus;
-use crate::config::{Cluster, PASSWORD_ENV};
+use crate::config::{Cluster, ListenTransport, PASSWORD_ENV};
 use crate::net::report::{Control, Snapshot};
 use crate::turn::ledger::MAX_REMOTE_USERS;
 use crate::turn::stats::Direction;
@@ -37,8 +38,9 @@ pub struct Settings {
     ttl: Duration,
     capacity: Option<usize>,
     front: bool,
-    ipv4: Option<SocketAddr>,
-    ipv6: Option<SocketAddr>,
+    /// Where other nodes send this node's clients, per transport: from `cluster`
+    /// and the bound listeners (see `with_listeners`).
+    advertised: Advertised,
     domain: Option<String>,
     usage_max_len: u64,
     /// Each tenant's realm at start (the snapshots carry them from their first
@@ -110,12 +112,19 @@ impl Settings {
             ttl: cluster.ttl,
             capacity: cluster.max_allocations,
             front: cluster.front,
-            ipv4: cluster.advertise_ipv4,
-            ipv6: cluster.advertise_ipv6,
+            advertised: Advertised::default(),
             domain: cluster.tls_domain.clone(),
             usage_max_len: cluster.usage_max_len,
             realms: Vec::new(),
         })
+    }
+
+    /// The per-transport advertised addresses of `cluster` (the one these settings
+    /// came from), given the listeners as bound (transport, local address; in config
+    /// order): the defaults come from them.
+    pub fn with_listeners(mut self, cluster: &Cluster, listeners: &[(ListenTransport, SocketAddr)]) -> Self {
+        self.advertised = advertised(cluster, listeners);
+        self
     }
 
     /// The tenants' realms at start: per-user counts are shared by realm name.
@@ -163,10 +172,23 @@ async fn run(
     let mut was_up: Option<bool> = None;
     let mut revocations = RevocationSync::default();
     let mut nonce_key: Option<([u8; 32], u64)> = None;
-    info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
+    let mut cpu = CpuUse::default();
+    let a = &settings.advertised;
+    let shown = |address: Option<SocketAddr>| address.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    info!(
+        node = %settings.node_id,
+        interval = ?settings.interval,
+        ttl = ?settings.ttl,
+        udp = %format!("{} {}", shown(a.udp.ipv4), shown(a.udp.ipv6)),
+        tcp = %format!("{} {}", shown(a.tcp.ipv4), shown(a.tcp.ipv6)),
+        tls = %format!("{} {}", shown(a.tls.ipv4), shown(a.tls.ipv6)),
+        "cluster: joining the registry"
+    );
     loop {
         tick.tick().await;
-        let entry = own_entry(&settings, &snapshots, &mut relayed);
+        let mut entry = own_entry(&settings, &snapshots, &mut relayed);
+        entry.cpu_millicores = cpu.sample(crate::sys::process::cpu_time(), Instant::now());
+        status.set_cpu(entry.cpu_millicores);
         // An exchange may take half the TTL: past that, the facts it would bring are
         // too old to keep redirecting on anyway.
         let exchanged = tokio::time::timeout(settings.ttl / 2, async {
@@ -209,6 +231,25 @@ async fn run(
     }
 }
 
+/// The process's CPU time at the last publish, for its CPU use over the interval.
+#[derive(Debug, Default)]
+struct CpuUse {
+    last: Option<(Duration, Instant)>,
+}
+
+impl CpuUse {
+    /// The CPU used since the last sample, in thousandths of one core; `None` at the
+    /// first sample or when the CPU time could not be read.
+    fn sample(&mut self, cpu: Option<Duration>, now: Instant) -> Option<u64> {
+        let cpu = cpu?;
+        let previous = self.last.replace((cpu, now));
+        let (was, at) = previous?;
+        let wall = now.checked_duration_since(at).filter(|d| !d.is_zero())?;
+        let used = cpu.saturating_sub(was);
+        u64::try_from(used.as_micros().saturating_mul(1000) / wall.as_micros().max(1)).ok()
+    }
+}
+
 /// The relayed byte total at the last publish, for the bit rate.
 #[derive(Debug, Default)]
 struct Relayed {
@@ -241,12 +282,15 @@ fn own_entry(settings: &Settings, snapshots: &watch::Receiver<Snapshot>, relayed
     NodeEntry {
         id: settings.node_id.clone(),
         state,
-        ipv4: settings.ipv4,
-        ipv6: settings.ipv6,
+        ipv4: settings.advertised.udp.ipv4,
+        ipv6: settings.advertised.udp.ipv6,
+        tcp: Some(settings.advertised.tcp),
+        tls: Some(settings.advertised.tls),
         domain: settings.domain.clone(),
         allocations: allocations as u64,
         capacity: settings.capacity.map(|c| c as u64),
         relayed_bps,
+        cpu_millicores: None,
         unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     }
 }
@@ -497,5 +541,17 @@ mod tests {
             assert_eq!(parse_nonce_key(bad.as_bytes(), now), None, "{bad}");
         }
         assert_eq!(hex(&[0x01, 0xff]), "01ff");
+    }
+
+    #[test]
+    fn cpu_use_is_cpu_time_over_wall_time_in_thousandths_of_a_core() {
+        let start = Instant::now();
+        let mut cpu = CpuUse::default();
+        assert_eq!(cpu.sample(Some(Duration::from_secs(10)), start), None, "no interval yet");
+        let later = start + Duration::from_secs(2);
+        assert_eq!(cpu.sample(Some(Duration::from_millis(10_500)), later), Some(250));
+        let two_cores = later + Duration::from_secs(1);
+        assert_eq!(cpu.sample(Some(Duration::from_millis(12_500)), two_cores), Some(2000));
+        assert_eq!(cpu.sample(None, two_cores + Duration::from_secs(1)), None);
     }
 }

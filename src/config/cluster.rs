@@ -2,6 +2,7 @@
 //! `crate::cluster`). Absent (the default), turnd is a single node that talks to no
 //! Redis at all.
 
+use super::{Listen, ListenTransport};
 use crate::turn::fleet::{RedirectPolicy, MAX_DOMAIN};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -54,6 +55,20 @@ pub struct Cluster {
     /// The IPv6 address other nodes name when they send clients here.
     #[serde(default)]
     pub advertise_ipv6: Option<SocketAddr>,
+    /// The IPv4 address TCP clients are sent to; default: `advertise-ipv4` when a
+    /// TCP listener has its port.
+    #[serde(default)]
+    pub advertise_tcp_ipv4: Option<SocketAddr>,
+    /// The IPv6 address TCP clients are sent to; default as for IPv4.
+    #[serde(default)]
+    pub advertise_tcp_ipv6: Option<SocketAddr>,
+    /// The IPv4 address TLS clients are sent to; default: `advertise-ipv4`'s IP
+    /// with the first TLS listener's port.
+    #[serde(default)]
+    pub advertise_tls_ipv4: Option<SocketAddr>,
+    /// The IPv6 address TLS clients are sent to; default as for IPv4.
+    #[serde(default)]
+    pub advertise_tls_ipv6: Option<SocketAddr>,
     /// This node's TLS name, sent as ALTERNATE-DOMAIN to TLS clients sent here.
     #[serde(default)]
     pub tls_domain: Option<String>,
@@ -86,6 +101,10 @@ impl Default for Cluster {
             front: false,
             advertise_ipv4: None,
             advertise_ipv6: None,
+            advertise_tcp_ipv4: None,
+            advertise_tcp_ipv6: None,
+            advertise_tls_ipv4: None,
+            advertise_tls_ipv6: None,
             tls_domain: None,
             usage_max_len: default_usage_max_len(),
         }
@@ -171,6 +190,10 @@ impl Cluster {
         for (key, address, v4) in [
             ("cluster.advertise-ipv4", self.advertise_ipv4, true),
             ("cluster.advertise-ipv6", self.advertise_ipv6, false),
+            ("cluster.advertise-tcp-ipv4", self.advertise_tcp_ipv4, true),
+            ("cluster.advertise-tcp-ipv6", self.advertise_tcp_ipv6, false),
+            ("cluster.advertise-tls-ipv4", self.advertise_tls_ipv4, true),
+            ("cluster.advertise-tls-ipv6", self.advertise_tls_ipv6, false),
         ] {
             if let Some(address) = address {
                 if address.is_ipv4() != v4 || !is_advertisable(address) {
@@ -184,6 +207,26 @@ impl Cluster {
         if let Some(domain) = &self.tls_domain {
             if !is_domain(domain) {
                 return Err(("cluster.tls-domain", format!("not a DNS name of at most {MAX_DOMAIN} characters")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// The checks of the per-transport advertised addresses against the listeners:
+    /// a node is not advertised for a transport it has no listener for.
+    pub fn validate_transports(&self, listen: &[Listen]) -> Result<(), (&'static str, String)> {
+        let has = |transport| listen.iter().any(|l| l.transport == transport);
+        for (key, address, transport) in [
+            ("cluster.advertise-tcp-ipv4", self.advertise_tcp_ipv4, ListenTransport::Tcp),
+            ("cluster.advertise-tcp-ipv6", self.advertise_tcp_ipv6, ListenTransport::Tcp),
+            ("cluster.advertise-tls-ipv4", self.advertise_tls_ipv4, ListenTransport::Tls),
+            ("cluster.advertise-tls-ipv6", self.advertise_tls_ipv6, ListenTransport::Tls),
+        ] {
+            if address.is_some() && !has(transport) {
+                let name = if transport == ListenTransport::Tcp { "tcp" } else { "tls" };
+                return Err((key, format!("this node has no {name} listener to send {name} clients to")));
             }
         }
         Ok(())
@@ -243,6 +286,26 @@ mod tests {
         );
     }
 
+    /// The error names the file, the line and the key.
+    #[test]
+    fn a_tls_address_on_a_node_without_a_tls_listener_is_refused_at_its_line() {
+        let source = "realm = \"example.org\"\n[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:3478\"\n\
+                      [cluster]\nredis = \"redis://127.0.0.1:6379\"\nadvertise-ipv4 = \"203.0.113.11:3478\"\n\
+                      advertise-tls-ipv4 = \"203.0.113.11:5349\"\n";
+        let error = super::super::tests::parse(source).unwrap_err().to_string();
+        assert!(error.contains(":8:") && error.contains("cluster.advertise-tls-ipv4"), "{error}");
+        assert!(error.contains("no tls listener"), "{error}");
+        let tcp =
+            source.replace("advertise-tls-ipv4 = \"203.0.113.11:5349\"", "advertise-tcp-ipv4 = \"203.0.113.11:443\"");
+        let error = super::super::tests::parse(&tcp).unwrap_err().to_string();
+        assert!(error.contains("cluster.advertise-tcp-ipv4") && error.contains("no tcp listener"), "{error}");
+        let with_tls = format!(
+            "{}[[listen]]\ntransport = \"tls\"\naddress = \"0.0.0.0:5349\"\n[tls]\ncertificate = \"c.pem\"\nprivate-key = \"k.pem\"\n",
+            source.replace("[cluster]", "[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:3478\"\n[cluster]")
+        );
+        assert!(super::super::tests::parse(&with_tls).is_ok());
+    }
+
     #[test]
     fn bad_values_name_their_key() {
         let bad = [
@@ -253,6 +316,14 @@ mod tests {
             (Cluster { advertise_ipv4: Some("0.0.0.0:3478".parse().unwrap()), ..cluster() }, "cluster.advertise-ipv4"),
             (Cluster { tls_domain: Some("bad_name".into()), ..cluster() }, "cluster.tls-domain"),
             (Cluster { max_allocations: Some(0), ..cluster() }, "cluster.max-allocations"),
+            (
+                Cluster { advertise_tls_ipv4: Some("[::1]:5349".parse().unwrap()), ..cluster() },
+                "cluster.advertise-tls-ipv4",
+            ),
+            (
+                Cluster { advertise_tcp_ipv6: Some("[::]:3478".parse().unwrap()), ..cluster() },
+                "cluster.advertise-tcp-ipv6",
+            ),
         ];
         for (config, key) in bad {
             assert_eq!(config.validate().map_err(|e| e.0), Err(key), "{config:?}");

@@ -110,6 +110,7 @@ impl Config {
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
         self.cluster.validate()?;
+        self.cluster.validate_transports(&self.listen)?;
         Ok(())
     }
 

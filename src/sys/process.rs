@@ -23,6 +23,22 @@ pub fn set_open_file_limit(soft: u64, hard: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPU time this process has used so far, user plus system (getrusage(2)
+/// RUSAGE_SELF: every thread), or `None` when it cannot be read.
+pub fn cpu_time() -> Option<std::time::Duration> {
+    // SAFETY: all-zero is a valid rusage (a plain C struct of integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into `usage`, a live local.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec).ok()?.checked_mul(1_000_000)?.checked_add(u64::try_from(t.tv_usec).ok()?)
+    };
+    let total = micros(usage.ru_utime)?.checked_add(micros(usage.ru_stime)?)?;
+    Some(std::time::Duration::from_micros(total))
+}
+
 /// Clock ticks per second (`_SC_CLK_TCK`, the unit of /proc CPU times) and the page
 /// size in bytes (`_SC_PAGESIZE`, the unit of /proc's resident set); each `<= 0`
 /// when unknown.

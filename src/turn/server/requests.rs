@@ -215,10 +215,10 @@ impl Server {
     /// Whether a new Allocate is turned away, and how (RFC 8489 §10: a redirect,
     /// protected like any answer to an authenticated request). The fleet's choice
     /// comes first (draining, front door, over `max-allocations`: 300 naming the
-    /// least-loaded other node of the client's family, with ALTERNATE-DOMAIN for TLS
-    /// clients); then a draining node's static `alternate-server`, else 508. The
-    /// ledger is locked only to read the node's allocation count, and only when a
-    /// threshold is configured.
+    /// least-loaded other node serving the client's transport and family, at its
+    /// address for that transport, with ALTERNATE-DOMAIN for TLS clients); then a
+    /// draining node's static `alternate-server`, else 508. The ledger is locked only
+    /// to read the node's allocation count, and only when a threshold is configured.
     pub(super) fn turn_away(&mut self, from: FiveTuple, auth: &Auth, shared: &impl Shared) -> Option<Reject> {
         use crate::turn::allocation::Family;
         use crate::turn::fleet::RedirectReason;
@@ -229,13 +229,13 @@ impl Server {
             _ => 0,
         };
         let family = if crate::turn::policy::canonical(from.client.ip()).is_ipv4() { Family::V4 } else { Family::V6 };
-        if let Some((to, reason)) = self.fleet.redirect(self.last_now, &policy, draining, allocations, family) {
+        let redirect = self.fleet.redirect(self.last_now, &policy, draining, allocations, from.transport, family);
+        if let Some((to, reason)) = redirect {
             self.out.stats.redirects[reason as usize] += 1;
             let mut reject = Reject::new(errors::TRY_ALTERNATE)
                 .with_auth(auth)
-                .with(stun_codec::rfc5389::attributes::AlternateServer::new(to));
-            let domain = self.fleet.current(self.last_now).and_then(|a| a.domain_of(family));
-            if let (Transport::Tls, Some(domain)) = (from.transport, domain) {
+                .with(stun_codec::rfc5389::attributes::AlternateServer::new(to.address));
+            if let (Transport::Tls, Some(domain)) = (from.transport, &to.domain) {
                 let attribute: crate::stun::attributes::AlternateDomain =
                     crate::stun::attributes::Opaque(domain.as_bytes().to_vec());
                 reject = reject.with(attribute);

@@ -3,17 +3,27 @@
 
 use super::*;
 use crate::stun::attributes::AlternateDomain;
-use crate::turn::fleet::{Alternates, RedirectPolicy, RedirectReason};
+use crate::turn::fleet::{Alternate, Alternates, PerFamily, RedirectPolicy, RedirectReason};
 use stun_codec::rfc5389::attributes::AlternateServer;
 
 const TTL: Duration = Duration::from_secs(3);
 
+fn to(address: &str, domain: &str) -> Option<Alternate> {
+    Some(Alternate { address: addr(address), domain: Some(domain.into()) })
+}
+
+/// b serves IPv4 (UDP and TCP on 3478, TLS on 5349), c IPv6 (UDP and TLS).
 fn alternates() -> Alternates {
     Alternates {
-        v4: Some(addr("203.0.113.20:3478")),
-        v6: Some(addr("[2001:db8::20]:3478")),
-        v4_domain: Some("b.turn.example.net".into()),
-        v6_domain: Some("c.turn.example.net".into()),
+        udp: PerFamily {
+            v4: to("203.0.113.20:3478", "b.turn.example.net"),
+            v6: to("[2001:db8::20]:3478", "c.turn.example.net"),
+        },
+        tcp: PerFamily { v4: to("203.0.113.20:3478", "b.turn.example.net"), v6: None },
+        tls: PerFamily {
+            v4: to("203.0.113.20:5349", "b.turn.example.net"),
+            v6: to("[2001:db8::20]:5349", "c.turn.example.net"),
+        },
     }
 }
 
@@ -41,19 +51,37 @@ fn a_front_door_sends_every_allocate_to_the_reported_node_with_integrity() {
     assert_eq!(h.request(stun_codec::rfc5389::methods::BINDING, vec![]).class(), MessageClass::SuccessResponse);
 }
 
+/// RFC 8489 §14.15/§14.16: a TLS client follows ALTERNATE-SERVER over TLS, so it is
+/// named the node's TLS address, with the node's name to check its certificate.
 #[test]
-fn tls_clients_get_the_alternates_domain() {
+fn tls_clients_get_the_nodes_tls_address_and_its_domain() {
     let mut h = fleet_harness(RedirectPolicy { front: true, max_allocations: None });
     h.client.transport = Transport::Tls;
     let response = h.allocate();
     assert_eq!(error_code(&response), Some(300));
+    assert_eq!(alternate(&response), Some(addr("203.0.113.20:5349")));
     let domain = response.get_attribute::<AlternateDomain>().map(|d| d.value().to_vec());
     assert_eq!(domain.as_deref(), Some(&b"b.turn.example.net"[..]));
     // An IPv6 TLS client is sent to the IPv6 node, with that node's name.
     h.client.client = addr("[2001:db8:1::5]:40000").into();
     let response = h.allocate();
+    assert_eq!(alternate(&response), Some(addr("[2001:db8::20]:5349")));
     let domain = response.get_attribute::<AlternateDomain>().map(|d| d.value().to_vec());
     assert_eq!(domain.as_deref(), Some(&b"c.turn.example.net"[..]));
+}
+
+#[test]
+fn a_tcp_client_is_named_a_node_serving_tcp_or_served_here() {
+    let mut h = fleet_harness(RedirectPolicy { front: true, max_allocations: None });
+    h.client.transport = Transport::Tcp;
+    let response = h.allocate();
+    assert_eq!(alternate(&response), Some(addr("203.0.113.20:3478")));
+    assert!(response.get_attribute::<AlternateDomain>().is_none(), "ALTERNATE-DOMAIN is for TLS clients");
+    // No node serves TCP over IPv6: the front serves the client rather than naming
+    // a node that would not answer it.
+    h.client.client = addr("[2001:db8:1::5]:40000").into();
+    let response = h.allocate();
+    assert_eq!(response.class(), MessageClass::SuccessResponse, "{response:?}");
 }
 
 #[test]
@@ -65,7 +93,9 @@ fn an_ipv6_client_is_sent_to_an_ipv6_node_or_served() {
         redirect: RedirectPolicy { front: true, max_allocations: None },
         ..config()
     });
-    h.server.set_alternates(h.now, Alternates { v6: None, ..alternates() }, TTL);
+    let mut facts = alternates();
+    facts.udp.v6 = None;
+    h.server.set_alternates(h.now, facts, TTL);
     h.client.client = addr("[2001:db8:1::5]:40000").into();
     let response = h.allocate();
     assert_ne!(error_code(&response), Some(300), "no IPv6 node: an IPv6 client is not sent to an IPv4 one");
