@@ -571,6 +571,124 @@ fn a_users_allocation_quota_holds_across_nodes() {
     let _ = third.refresh(0);
 }
 
+/// A node on `ip` with UDP and TCP on one port and TLS on another (certificate from
+/// `pki`); `extra` goes in [cluster], with `{PORT}` replaced by the UDP/TCP port.
+fn stream_node(ip: &str, redis: &Redis, id: &str, extra: &str, pki: &common::ca::TestCa) -> TurndProcess {
+    let (port, tls_port) = (free_udp_port(ip), free_udp_port(ip));
+    let extra = extra.replace("{PORT}", &port.to_string());
+    let mut config = node_config(ip, port, &redis.url(), id, &extra);
+    for (t, port) in [("tcp", port), ("tls", tls_port)] {
+        config += &format!("\n[[listen]]\ntransport = \"{t}\"\naddress = \"{ip}:{port}\"\n");
+    }
+    TurndProcess::start(&pki.add_to(&config), &[])
+}
+
+/// A TURN client over a stream (TCP or TLS, from 127.0.0.1) asks `front` for an
+/// allocation: the 300's ALTERNATE-SERVER and ALTERNATE-DOMAIN, and the client (its
+/// nonce, which holds fleet-wide) to follow them with.
+fn stream_redirect(
+    mut stream: impl Read + Write,
+) -> (Option<SocketAddr>, Option<String>, common::turn_client::StreamClient) {
+    let mut client = common::turn_client::StreamClient::new(USER, PASSWORD, REALM);
+    let request = Request::allocate();
+    let response = client.request(&mut stream, request.method, request.attributes);
+    assert_eq!(error_code(&response), Some(300), "a 300 from the front: {response:?}");
+    let to = response.get_attribute::<AlternateServer>().map(|a| a.address());
+    let domain = response
+        .get_attribute::<turnd::stun::attributes::AlternateDomain>()
+        .map(|d| String::from_utf8_lossy(d.value()).into_owned());
+    (to, domain, client)
+}
+
+/// Allocates over `stream` with `client`, binds a channel to `peer` and has one
+/// ChannelData frame echoed through the relay; the relayed address.
+fn stream_relays(
+    client: &mut common::turn_client::StreamClient,
+    stream: &mut (impl Read + Write),
+    peer: SocketAddr,
+) -> SocketAddr {
+    let (relayed, _) = client.allocate(stream).expect("an allocation at the node named");
+    assert_eq!(client.channel_bind(stream, 0x4000, peer), None, "ChannelBind");
+    stream.write_all(&[0x40, 0x00, 0x00, 0x04, b'e', b'c', b'h', b'o']).unwrap();
+    let mut frame = [0u8; 8];
+    stream.read_exact(&mut frame).expect("the echo through the relay");
+    assert_eq!(&frame, &[0x40, 0x00, 0x00, 0x04, b'e', b'c', b'h', b'o']);
+    let release = Request::refresh(0);
+    let _ = client.request(stream, release.method, release.attributes);
+    relayed
+}
+
+/// The registry entry `id` published, as JSON (read with redis-cli's protocol).
+fn registry_entry(redis: &Redis, id: &str) -> Option<serde_json::Value> {
+    let raw = redis.raw(&["GET", &format!("turnd:node:{id}")]);
+    let json = raw.lines().nth(1)?;
+    serde_json::from_str(json).ok()
+}
+
+/// RFC 8489 §14.15: a client follows ALTERNATE-SERVER with the transport it used. A TCP
+/// client and a TLS client pointed at the front get a 300 naming the serving node's TCP
+/// and TLS ports (the TLS one with ALTERNATE-DOMAIN), follow it and relay there. "a"
+/// (the lower id, so named first on ties) serves UDP only: UDP clients are sent to it,
+/// TCP and TLS clients never are. Each entry carries the node's CPU use.
+#[test]
+fn tcp_and_tls_clients_are_sent_to_the_nodes_port_for_their_transport_and_relay_there() {
+    if !need_redis() || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let redis = Redis::start();
+    let pki = common::ca::TestCa::new(&["127.0.0.2", "127.0.0.3", "b.turn.test"]);
+    let udp_only = serving_node("127.0.0.5", &redis, "a");
+    // b advertises its UDP address only: TCP (same port) and TLS follow from its listeners.
+    let b = stream_node(
+        "127.0.0.3",
+        &redis,
+        "b",
+        "advertise-ipv4 = \"127.0.0.3:{PORT}\"\ntls-domain = \"b.turn.test\"\n",
+        &pki,
+    );
+    let front = stream_node("127.0.0.2", &redis, "front", "front = true\n", &pki);
+    let peer = UdpEchoPeer::start();
+    wait_nodes(&front, 3.0);
+    assert_eq!(allocate_at(front.udp_addr()), Ok(udp_only.udp_addr()), "UDP clients go to a (the lower id)");
+
+    let tcp = TcpStream::connect(front.tcp_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (to, domain, mut client) = stream_redirect(tcp);
+    assert_eq!((to, domain), (Some(b.tcp_addr()), None), "a TCP client is named b's TCP address");
+    let mut tcp = TcpStream::connect(b.tcp_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let relayed = stream_relays(&mut client, &mut tcp, peer.addr());
+    assert_eq!(relayed.ip().to_string(), "127.0.0.3", "relayed by b");
+
+    let tls = common::turn_client::tls_connect(front.tls_addr());
+    let (to, domain, mut client) = stream_redirect(tls);
+    assert_eq!(to, Some(b.tls_addr()), "a TLS client is named b's TLS port, not its UDP/TCP one");
+    assert_eq!(domain.as_deref(), Some("b.turn.test"), "ALTERNATE-DOMAIN");
+    let mut tls = common::turn_client::tls_connect_named(b.tls_addr(), "b.turn.test");
+    let relayed = stream_relays(&mut client, &mut tls, peer.addr());
+    assert_eq!(relayed.ip().to_string(), "127.0.0.3", "relayed by b");
+
+    // The entries as published: per-transport addresses and the CPU use.
+    let entry =
+        wait_for(Duration::from_secs(5), || registry_entry(&redis, "b").filter(|e| e["cpu_millicores"].is_u64()));
+    let entry = entry.unwrap_or_else(|| panic!("no cpu_millicores in b's entry: {:?}", registry_entry(&redis, "b")));
+    assert_eq!(entry["tcp"]["ipv4"], b.tcp_addr().to_string(), "{entry}");
+    assert_eq!(entry["tls"]["ipv4"], b.tls_addr().to_string(), "{entry}");
+    let a = registry_entry(&redis, "a").expect("a's entry");
+    assert_eq!((a["tcp"]["ipv4"].is_null(), a["tls"]["ipv4"].is_null()), (true, true), "a serves UDP only: {a}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpu = entry["cpu_millicores"].as_u64().unwrap_or(u64::MAX);
+    // Idle but for this test's few requests: well under all the machine's cores (a
+    // sampling interval that straddles a tick can read a little high, hence the slack).
+    assert!(cpu <= cores * 1000 + 200, "b's cpu_millicores {cpu} on {cores} cores: {entry}");
+    eprintln!(
+        "MEASURED: b's published CPU use {cpu} millicores ({cores} cores); entry {} bytes",
+        entry.to_string().len()
+    );
+    let ready = get(front.admin_addr(), "/readyz", &[]);
+    assert!(ready.body.contains(" cores)"), "/readyz shows the node's CPU use: {}", ready.body);
+}
+
 /// A node in the browser test's namespace: UDP, TCP and TLS listeners on `ip`, peers
 /// allowed on the namespace's subnet, the fleet's Redis on the namespace's loopback.
 fn browser_node(
