@@ -715,11 +715,16 @@ fn browser_node(
     TurndProcess::start(&pki.add_to(&config), &[])
 }
 
-/// Headless Chromium pointed at the front node (`turn:FRONT`, over UDP and over TCP)
-/// follows the 300 to the serving node and connects a data channel relay-to-relay
-/// through it: the nodes share the fleet's nonce key, so the nonce the front issued
-/// holds at the node named (libwebrtc carries it there and does not retry an Allocate
-/// on 438). The browser is in a namespace of its own, routed to the servers'
+/// Headless Chromium pointed at the front node (`turn:FRONT` over UDP and over TCP,
+/// `turns:FRONT` over TLS) follows the 300 to the serving node and connects a data
+/// channel relay-to-relay through it. Over TLS the 300 names the node's TLS port (its
+/// per-transport advertised address; naming its UDP/TCP port instead, Chromium fails
+/// with 701), and Chromium checks the node's certificate against the IP address it was
+/// sent to: with a certificate naming the node only by its `tls-domain`
+/// (ALTERNATE-DOMAIN) it fails with 701 too, so the test CA's certificate names the
+/// nodes' IP addresses. The nodes share the fleet's nonce key, so the nonce the front
+/// issued holds at the node named (libwebrtc carries it there and does not retry an
+/// Allocate on 438). The browser is in a namespace of its own, routed to the servers'
 /// namespace, so both nodes see it at one address, as they would a client on the
 /// Internet (a fleet's nonce is bound to the client's IP address, not its port: over
 /// TCP the redirected Allocate comes on a new connection). Chromium refuses a 300
@@ -757,15 +762,20 @@ fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
     let home = TempDir::new("turnd-chromium-home");
     netns::browser::home_trusting(home.path(), &pki.ca);
     let mut browser = clients.enter(|| netns::browser::Browser::launch(clients.name(), home.path(), &[]));
-    let front_port = front.addr("udp").port();
+    let (front_port, front_tls_port) = (front.addr("udp").port(), front.addr("tls").port());
     let redirects =
         || servers.enter(|| cluster_metric(&front, "turnd_redirects_total{reason=\"front\"}")).unwrap_or(0.0);
     let stale_at_b =
         || servers.enter(|| cluster_metric(&b, "turnd_auth_failures_total{reason=\"stale_nonce\"}")).unwrap_or(0.0);
     let mut results = Vec::new();
-    for (transport, query) in [("udp", ""), ("tcp", "?transport=tcp")] {
+    let urls = [
+        ("udp", format!("turn:{front_ip}:{front_port}")),
+        ("tcp", format!("turn:{front_ip}:{front_port}?transport=tcp")),
+        ("tls", format!("turns:{front_ip}:{front_tls_port}?transport=tcp")),
+    ];
+    for (transport, url) in urls {
         let (redirects_before, stale_before) = (redirects(), stale_at_b());
-        let ice = serde_json::json!([{ "urls": [format!("turn:{front_ip}:{front_port}{query}")], "username": USER, "credential": PASSWORD }]);
+        let ice = serde_json::json!([{ "urls": [url], "username": USER, "credential": PASSWORD }]);
         let r = browser.call("loopback", serde_json::json!({ "iceServers": ice, "messages": 3 }));
         // The counters are published once a second (later on a loaded machine).
         let sent = wait_for(Duration::from_secs(5), || Some(redirects() - redirects_before).filter(|n| *n >= 1.0));
@@ -776,7 +786,7 @@ fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
         );
         results.push((r, sent, stale));
     }
-    for ((r, sent, stale), protocol) in results.iter().zip(["udp", "tcp"]) {
+    for ((r, sent, stale), protocol) in results.iter().zip(["udp", "tcp", "tls"]) {
         assert!(*sent >= 1.0, "{protocol}: the front answered 300: {r:#}\n---- front ----\n{}", front.logs());
         assert_eq!(*stale, 0.0, "{protocol}: the front's nonce held at b");
         assert_eq!(r["ok"], true, "{protocol}: {r:#}\n---- b ----\n{}", b.logs());
