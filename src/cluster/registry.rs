@@ -142,9 +142,9 @@ pub fn parse_entry(bytes: &[u8]) -> Result<NodeEntry, BadEntry> {
         ("tcp", entry.tcp.unwrap_or(none)),
         ("tls", entry.tls.unwrap_or(none)),
     ] {
-        let v4 = addresses.ipv4.is_none_or(|a| a.is_ipv4() && is_advertisable(a));
-        let v6 = addresses.ipv6.is_none_or(|a| a.is_ipv6() && is_advertisable(a));
-        if !v4 || !v6 {
+        let bad_v4 = addresses.ipv4.is_some_and(|a| !a.is_ipv4() || !is_advertisable(a));
+        let bad_v6 = addresses.ipv6.is_some_and(|a| !a.is_ipv6() || !is_advertisable(a));
+        if bad_v4 || bad_v6 {
             return Err(BadEntry::Field(field));
         }
     }

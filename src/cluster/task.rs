@@ -213,7 +213,9 @@ async fn run(
                 }
                 was_up = Some(true);
                 let alternates = choose(&entries, &settings.node_id);
-                let _ = control.send(Control::SetAlternates { alternates, valid_for: settings.ttl }).await;
+                let _ = control
+                    .send(Control::SetAlternates { alternates: Box::new(alternates), valid_for: settings.ttl })
+                    .await;
             }
             failed => {
                 connection = None;

@@ -66,7 +66,7 @@ impl EventLoop {
                 self.core.set_nonce_key(now, &secret, since_origin);
             }
             Control::SetAlternates { alternates, valid_for } => {
-                self.core.set_alternates(now, alternates, valid_for);
+                self.core.set_alternates(now, *alternates, valid_for);
             }
             Control::Drain { alternate, reply } => {
                 self.core.drain(alternate);

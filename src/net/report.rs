@@ -171,8 +171,9 @@ pub enum Control {
     Reconfigure(Box<CoreConfig>),
     /// The fleet's best other nodes, from the cluster task (see `turn::fleet`).
     SetAlternates {
-        /// Per family, the node new Allocates are sent to when this one turns them away.
-        alternates: crate::turn::fleet::Alternates,
+        /// Per client transport and family, the node new Allocates are sent to when
+        /// this one turns them away (boxed: six addresses and names).
+        alternates: Box<crate::turn::fleet::Alternates>,
         /// How long they hold without a newer report.
         valid_for: std::time::Duration,
     },
