@@ -705,3 +705,101 @@ fn a_draining_node_is_no_longer_named_and_sends_its_own_new_allocates_to_another
     assert!(cluster_metric(&b, "turnd_redirects_total{reason=\"draining\"}").is_some());
     b.stop_with(libc::SIGKILL, Duration::from_secs(5));
 }
+
+/// A serving node that reads the fleet's REST secrets from Redis.
+fn node_with_fleet_secrets(ip: &str, redis: &Redis, id: &str) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let extra = format!("advertise-ipv4 = \"{ip}:{port}\"\nsecrets-from-redis = true\n");
+    TurndProcess::start(&node_config(ip, port, &redis.url(), id, &extra), &[])
+}
+
+/// A TURN REST credential for `user`, valid for an hour, minted with `secret`.
+fn rest_credential(secret: &str, user: &str) -> (String, String) {
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let username = format!("{expiry}:{user}");
+    let password = turnd::turn::auth::rest_password(secret.as_bytes(), &username);
+    (username, password)
+}
+
+/// What `node` answers an Allocate with `credential`: 0 for a success (released at once).
+fn allocate_with(node: &TurndProcess, credential: &(String, String)) -> u16 {
+    let mut client = TurnClient::on_loopback(node.udp_addr(), &credential.0, &credential.1, REALM);
+    match client.allocate(Vec::new()) {
+        Ok(_) => {
+            let _ = client.refresh(0);
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// The node's `turnd_cluster_secrets*` lines and its log tail, for a failure message.
+fn secrets_state(node: &TurndProcess) -> String {
+    let text = scrape(node.admin_addr());
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("turnd_cluster_secrets")).collect();
+    format!("{}\n--- log tail ---\n{}", lines.join("\n"), node.logs_tail(40))
+}
+
+#[test]
+fn rest_secrets_from_redis_are_used_by_every_node_and_rotated_once_for_the_fleet() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    assert_eq!(redis.command(&["RPUSH", "turnd:secrets", "fleet-secret-1"]).as_deref(), Some(":1"));
+    let b = node_with_fleet_secrets("127.0.0.3", &redis, "b");
+    let c = node_with_fleet_secrets("127.0.0.4", &redis, "c");
+    for node in [&b, &c] {
+        let read = wait_for(Duration::from_secs(10), || {
+            (cluster_metric(node, "turnd_cluster_secrets") == Some(1.0)).then_some(())
+        });
+        assert!(read.is_some(), "the node did not take the secret from Redis\n{}", secrets_state(node));
+    }
+    // A credential minted with a secret that only Redis holds works on both nodes.
+    let old = rest_credential("fleet-secret-1", "carol");
+    for node in [&b, &c] {
+        assert_eq!(allocate_with(node, &old), 0, "fleet secret refused\n{}", secrets_state(node));
+    }
+    assert_eq!(allocate_with(&b, &rest_credential("never-configured", "carol")), 401);
+
+    // Garbage at the head of the list: refused whole, counted and logged; the last
+    // good set stays in force.
+    let long = "x".repeat(300);
+    assert_eq!(redis.command(&["LPUSH", "turnd:secrets", &long]).as_deref(), Some(":2"));
+    let refused = wait_for(Duration::from_secs(5), || {
+        (cluster_metric(&b, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    assert!(refused.is_some(), "an over-long secret was not refused\n{}", secrets_state(&b));
+    assert!(b.logs().contains("secrets in Redis are refused"), "no log line\n{}", secrets_state(&b));
+    assert_eq!(cluster_metric(&b, "turnd_cluster_secrets"), Some(1.0), "{}", secrets_state(&b));
+    assert_eq!(allocate_with(&b, &old), 0, "the last good set was dropped\n{}", secrets_state(&b));
+    // Another type under the key: refused too.
+    assert_eq!(redis.command(&["DEL", "turnd:secrets"]).as_deref(), Some(":1"));
+    assert_eq!(redis.command(&["SET", "turnd:secrets", "not-a-list"]).as_deref(), Some("+OK"));
+    let before = cluster_metric(&c, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0);
+    let refused = wait_for(Duration::from_secs(5), || {
+        (cluster_metric(&c, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0) > before).then_some(())
+    });
+    assert!(refused.is_some(), "a string under the key was not refused\n{}", secrets_state(&c));
+    assert_eq!(allocate_with(&c, &old), 0, "the last good set was dropped\n{}", secrets_state(&c));
+
+    // Rotation, once for the fleet: the new secret first, then the old one dropped.
+    assert_eq!(redis.command(&["DEL", "turnd:secrets"]).as_deref(), Some(":1"));
+    assert_eq!(redis.command(&["RPUSH", "turnd:secrets", "fleet-secret-2", "fleet-secret-1"]).as_deref(), Some(":2"));
+    let new = rest_credential("fleet-secret-2", "carol");
+    let both = wait_for(Duration::from_secs(5), || {
+        [&b, &c].iter().all(|n| allocate_with(n, &new) == 0 && allocate_with(n, &old) == 0).then_some(())
+    });
+    assert!(both.is_some(), "the new secret was not taken beside the old\n{}", secrets_state(&b));
+    assert_eq!(redis.command(&["LREM", "turnd:secrets", "0", "fleet-secret-1"]).as_deref(), Some(":1"));
+    let dropped = Instant::now();
+    let gone = wait_for(Duration::from_secs(5), || {
+        [&b, &c].iter().all(|n| allocate_with(n, &old) == 401).then(|| dropped.elapsed())
+    });
+    let gone = gone.unwrap_or_else(|| panic!("the dropped secret is still accepted\n{}", secrets_state(&b)));
+    eprintln!("MEASURED: a secret removed from Redis was refused (401) on both nodes {gone:?} later (interval {INTERVAL_MS} ms)");
+    assert!(gone < Duration::from_secs(3), "took {gone:?}");
+    for node in [&b, &c] {
+        assert_eq!(allocate_with(node, &new), 0, "the new secret\n{}", secrets_state(node));
+    }
+}

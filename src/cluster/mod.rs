@@ -7,10 +7,12 @@
 mod quotas;
 mod registry;
 mod revocations;
+mod secrets;
 mod status;
 mod task;
 
 pub use registry::{choose, parse_entry, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
 pub use revocations::{valid_names, RevocationSync, SyncPlan};
+pub use secrets::{parse as parse_secrets, Rejected as SecretsRejected, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use status::ClusterStatus;
 pub use task::{spawn, Settings, SettingsError};

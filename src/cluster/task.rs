@@ -7,9 +7,10 @@
 use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
 use super::revocations::{valid_names, RevocationSync};
+use super::secrets::{self, Rejected};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, PASSWORD_ENV};
-use crate::net::report::{Control, Snapshot};
+use crate::net::report::{Control, Redacted, Snapshot};
 use crate::turn::ledger::MAX_REMOTE_USERS;
 use crate::turn::stats::Direction;
 use crate::turn::TenantId;
@@ -41,6 +42,8 @@ pub struct Settings {
     ipv6: Option<SocketAddr>,
     domain: Option<String>,
     usage_max_len: u64,
+    /// Whether the fleet's REST secrets are read from `PREFIX:secrets`.
+    secrets_from_redis: bool,
     /// Each tenant's realm at start (the snapshots carry them from their first
     /// publish, and after reloads).
     realms: Vec<(TenantId, String)>,
@@ -62,6 +65,14 @@ pub enum SettingsError {
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The CA file could not be read or holds no usable certificate.
+    #[error("cluster.ca-file: {path}: {why}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        why: String,
     },
     /// No node id was given and the host name is not usable as one.
     #[error("cluster.node-id: not set, and the host name {0:?} is not a usable node id")]
@@ -90,7 +101,18 @@ impl Settings {
             }
             None => info,
         };
-        let client = redis::Client::open(info).map_err(SettingsError::Url)?;
+        let client = match &cluster.ca_file {
+            Some(path) => {
+                let ca_error = |why: String| SettingsError::CaFile { path: path.clone(), why };
+                let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(ca_error("no PEM certificate in it".into()));
+                }
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(info, certificates).map_err(|e| ca_error(e.to_string()))?
+            }
+            None => redis::Client::open(info).map_err(SettingsError::Url)?,
+        };
         let node_id = match &cluster.node_id {
             Some(id) => id.clone(),
             None => {
@@ -114,6 +136,7 @@ impl Settings {
             ipv6: cluster.advertise_ipv6,
             domain: cluster.tls_domain.clone(),
             usage_max_len: cluster.usage_max_len,
+            secrets_from_redis: cluster.secrets_from_redis,
             realms: Vec::new(),
         })
     }
@@ -163,6 +186,7 @@ async fn run(
     let mut was_up: Option<bool> = None;
     let mut revocations = RevocationSync::default();
     let mut nonce_key: Option<([u8; 32], u64)> = None;
+    let mut fleet_secrets = FleetSecrets::default();
     info!(node = %settings.node_id, interval = ?settings.interval, ttl = ?settings.ttl, "cluster: joining the registry");
     loop {
         tick.tick().await;
@@ -176,6 +200,9 @@ async fn run(
                 share_nonce_key(&settings, conn, &control, &mut nonce_key, &status).await?;
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
                 share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
+                if settings.secrets_from_redis {
+                    read_secrets(&settings, conn, &control, &mut fleet_secrets, &status).await?;
+                }
             }
             Ok::<_, redis::RedisError>((entries, bad))
         })
@@ -347,6 +374,56 @@ async fn share_counts(
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
     }
     pipe.query_async::<()>(conn).await
+}
+
+/// The fleet's secrets in force, and the last refusal (logged once, not every interval).
+#[derive(Debug, Default)]
+struct FleetSecrets {
+    current: Option<Vec<Vec<u8>>>,
+    refused: Option<Rejected>,
+}
+
+/// Reads `PREFIX:secrets` (see `super::secrets`) and hands a changed good set to the
+/// workers; bad data is logged, counted and ignored, so the last good set stays.
+async fn read_secrets(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    state: &mut FleetSecrets,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let key = format!("{}:secrets", settings.prefix);
+    // TYPE first: LRANGE on another type is an error, which must not look like Redis
+    // being down.
+    let kind: String = redis::cmd("TYPE").arg(&key).query_async(conn).await?;
+    let entries: Vec<Vec<u8>> = match kind.as_str() {
+        "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(secrets::MAX_SECRETS).query_async(conn).await?,
+        _ => Vec::new(),
+    };
+    match secrets::parse(&kind, entries) {
+        Ok(good) => {
+            if state.refused.take().is_some() {
+                info!(key = %key, "cluster: the fleet's secrets are valid again");
+            }
+            if state.current.as_ref() != Some(&good) {
+                let count = good.len();
+                if control.send(Control::SetFleetSecrets { secrets: Redacted(good.clone()) }).await.is_ok() {
+                    info!(key = %key, secrets = count, "cluster: using the fleet's REST secrets from Redis");
+                    status.set_secrets(count);
+                    state.current = Some(good);
+                }
+            }
+        }
+        Err(why) => {
+            status.secrets_rejected_once();
+            if state.refused.as_ref() != Some(&why) {
+                let kept = state.current.as_ref().map_or(0, Vec::len);
+                warn!(key = %key, error = %why, kept, "cluster: the fleet's secrets in Redis are refused; the last good set stays");
+                state.refused = Some(why);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The fleet's nonce key (`PREFIX:nonce-key`, `HEX32:ORIGIN_UNIX_SECONDS`): the first

@@ -61,6 +61,14 @@ pub struct Cluster {
     /// entries; 0: no stream.
     #[serde(default = "default_usage_max_len")]
     pub usage_max_len: u64,
+    /// Read the fleet's TURN REST secrets from the Redis list `PREFIX:secrets` (newest
+    /// first) every publish interval, and accept them besides `[auth] secrets`.
+    #[serde(default)]
+    pub secrets_from_redis: bool,
+    /// A PEM file of the CA(s) a `rediss://` server's certificate is verified against,
+    /// in place of the system's roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[usage]`: where usage records (one per ended allocation) go besides Redis.
@@ -88,6 +96,8 @@ impl Default for Cluster {
             advertise_ipv6: None,
             tls_domain: None,
             usage_max_len: default_usage_max_len(),
+            secrets_from_redis: false,
+            ca_file: None,
         }
     }
 }
@@ -147,6 +157,9 @@ impl Cluster {
         let scheme = self.redis.as_deref().map(|url| url.split_once("://").map(|(s, _)| s));
         if !matches!(scheme, None | Some(Some("redis" | "rediss"))) {
             return Err(("cluster.redis", "must be a redis:// or rediss:// URL".into()));
+        }
+        if self.ca_file.is_some() && !matches!(scheme, Some(Some("rediss"))) {
+            return Err(("cluster.ca-file", "needs a rediss:// URL in cluster.redis".into()));
         }
         if let Some(id) = &self.node_id {
             if !is_node_id(id) {
@@ -253,6 +266,7 @@ mod tests {
             (Cluster { advertise_ipv4: Some("0.0.0.0:3478".parse().unwrap()), ..cluster() }, "cluster.advertise-ipv4"),
             (Cluster { tls_domain: Some("bad_name".into()), ..cluster() }, "cluster.tls-domain"),
             (Cluster { max_allocations: Some(0), ..cluster() }, "cluster.max-allocations"),
+            (Cluster { ca_file: Some("/etc/ca.pem".into()), ..cluster() }, "cluster.ca-file"),
         ];
         for (config, key) in bad {
             assert_eq!(config.validate().map_err(|e| e.0), Err(key), "{config:?}");

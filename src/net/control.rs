@@ -62,6 +62,9 @@ impl EventLoop {
                 ledger.set_remote_counts(remote);
                 let _ = reply.send(ledger.user_counts());
             }
+            Control::SetFleetSecrets { secrets } => {
+                self.core.set_fleet_secrets(secrets.0);
+            }
             Control::SetNonceKey { secret, since_origin } => {
                 self.core.set_nonce_key(now, &secret, since_origin);
             }

@@ -164,6 +164,16 @@ pub struct AllocationInfo {
     pub bytes_to_client: u64,
 }
 
+/// A value whose `Debug` does not show it (secrets in a [`Control`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A request to the running event loop.
 #[derive(Debug)]
 pub enum Control {
@@ -228,6 +238,11 @@ pub enum Control {
         remote: Vec<(crate::turn::tenant::UserKey, usize)>,
         /// Where this node's counts go.
         reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
+    },
+    /// The fleet's REST secrets from Redis, newest first (replacing the previous set).
+    SetFleetSecrets {
+        /// The secrets.
+        secrets: Redacted<Vec<Vec<u8>>>,
     },
     /// The fleet's shared nonce key, and the seconds since its origin now.
     SetNonceKey {

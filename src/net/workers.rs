@@ -271,6 +271,11 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                     let _ = worker.send(Control::FleetCounts { remote, reply }).await;
                 }
             }
+            Control::SetFleetSecrets { secrets } => {
+                for worker in &workers {
+                    let _ = worker.send(Control::SetFleetSecrets { secrets: secrets.clone() }).await;
+                }
+            }
             Control::SetNonceKey { secret, since_origin } => {
                 for worker in &workers {
                     let _ = worker.send(Control::SetNonceKey { secret, since_origin }).await;
