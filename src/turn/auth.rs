@@ -361,9 +361,8 @@ mod tests {
         let key_of = |secret: &[u8]| {
             long_term_key_md5("2000000000:alice", "example.org", &rest_password(secret, "2000000000:alice"))
         };
-        let got: Vec<_> = keys.iter().map(|k| *k.as_bytes()).collect();
-        assert_eq!(got.len(), 3);
-        assert_eq!((got[0].as_slice(), got[2].as_slice()), (&key_of(b"fleet-new")[..], &key_of(b"local")[..]));
+        assert_eq!(keys.len(), 3);
+        assert_eq!((keys[0].as_bytes(), keys[2].as_bytes()), (&key_of(b"fleet-new")[..], &key_of(b"local")[..]));
         creds.set_fleet_secrets(&[]);
         assert_eq!(creds.keys_for("2000000000:alice", Algorithm::Md5, 0).unwrap().len(), 1);
         // Fleet secrets alone make REST usernames known.
