@@ -57,6 +57,34 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A `redis-server` answering TLS on a second port with `pki`'s server certificate
+    /// (clients are not asked for one); the plain port stays for the test's own
+    /// commands. Returns it and the TLS port.
+    fn start_tls(pki: &common::ca::TestCa) -> (Redis, u16) {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            })
+            .collect();
+        let (port, tls_port) = (ports[0], ports[1]);
+        let (cert, key, ca) =
+            (pki.cert.display().to_string(), pki.key.display().to_string(), pki.ca.display().to_string());
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-port", &tls_port.to_string(), "--tls-cert-file", &cert, "--tls-key-file", &key])
+            .args(["--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = Redis { child, port };
+        let up =
+            wait_for(Duration::from_secs(10), || (redis.command(&["PING"]).as_deref() == Some("+PONG")).then_some(()));
+        assert!(up.is_some(), "redis-server (TLS) did not answer PING on port {port}");
+        (redis, tls_port)
+    }
+
     /// One command in RESP; the first line of the answer.
     fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
@@ -802,4 +830,45 @@ fn rest_secrets_from_redis_are_used_by_every_node_and_rotated_once_for_the_fleet
     for node in [&b, &c] {
         assert_eq!(allocate_with(node, &new), 0, "the new secret\n{}", secrets_state(node));
     }
+}
+
+/// A node joining Redis over TLS (`rediss://`), trusting `ca` (`[cluster] ca-file`).
+fn tls_node(ip: &str, tls_port: u16, id: &str, ca: &std::path::Path) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let extra = format!("advertise-ipv4 = \"{ip}:{port}\"\nca-file = \"{}\"\n", ca.display());
+    TurndProcess::start(&node_config(ip, port, &url, id, &extra), &[])
+}
+
+#[test]
+fn rediss_with_a_private_ca_joins_and_a_wrong_ca_is_a_clear_error_while_the_node_serves() {
+    if !need_redis() || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = common::ca::TestCa::new(&["127.0.0.1"]);
+    let (redis, tls_port) = Redis::start_tls(&pki);
+    let good = tls_node("127.0.0.3", tls_port, "tls-good", &pki.ca);
+    let joined = wait_for(Duration::from_secs(10), || {
+        (cluster_metric(&good, "turnd_cluster_redis_up") == Some(1.0)
+            && redis.command(&["EXISTS", "turnd:node:tls-good"]).as_deref() == Some(":1"))
+        .then_some(())
+    });
+    assert!(joined.is_some(), "the node did not join over TLS\n--- log tail ---\n{}", good.logs_tail(40));
+
+    // A CA that did not sign Redis's certificate: the node says why, reports Redis
+    // down, and serves on its own.
+    let other = common::ca::TestCa::new(&["127.0.0.1"]);
+    let mut wrong = tls_node("127.0.0.4", tls_port, "tls-wrong", &other.ca);
+    let said = wait_for(Duration::from_secs(10), || {
+        let logs = wrong.logs();
+        (logs.contains("Redis unreachable") && logs.contains("certificate")).then_some(())
+    });
+    assert!(said.is_some(), "no clear TLS error in the log\n--- log tail ---\n{}", wrong.logs_tail(40));
+    assert_eq!(cluster_metric(&wrong, "turnd_cluster_redis_up"), Some(0.0), "{}", wrong.logs_tail(40));
+    assert_eq!(redis.command(&["EXISTS", "turnd:node:tls-wrong"]).as_deref(), Some(":0"));
+    let mut client = TurnClient::on_loopback(wrong.udp_addr(), USER, PASSWORD, REALM);
+    assert!(client.allocate(Vec::new()).is_ok(), "the node cut off from Redis still serves");
+    assert!(wrong.is_running());
+    let line = wrong.logs().lines().find(|l| l.contains("Redis unreachable")).unwrap_or_default().to_owned();
+    eprintln!("MEASURED: with the wrong CA the node logs: {line}");
 }

@@ -228,7 +228,12 @@ async fn run(
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".to_owned(),
                     };
-                    warn!(error = %why, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
+                    let hint = if why.contains("certificate") {
+                        "the Redis server's TLS certificate was refused: check cluster.ca-file (or the system's roots) and the host name in cluster.redis"
+                    } else {
+                        ""
+                    };
+                    warn!(error = %why, hint, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
                 }
                 was_up = Some(false);
             }
