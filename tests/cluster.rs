@@ -872,3 +872,106 @@ fn rediss_with_a_private_ca_joins_and_a_wrong_ca_is_a_clear_error_while_the_node
     let line = wrong.logs().lines().find(|l| l.contains("Redis unreachable")).unwrap_or_default().to_owned();
     eprintln!("MEASURED: with the wrong CA the node logs: {line}");
 }
+
+/// A serving node with one worker and `bandwidth-per-user = cap` (bytes/s).
+fn node_with_bandwidth_cap(ip: &str, redis: &Redis, id: &str, cap: u64) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let config = node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n"))
+        .replace("[cluster]", &format!("[limits]\nbandwidth-per-user = {cap}\n\n[cluster]"));
+    TurndProcess::start(&format!("workers = 1\n{config}"), &[])
+}
+
+/// A UDP sink counting the bytes it receives after `from` (the measured window).
+fn counting_sink(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    from: Instant,
+) -> (SocketAddr, std::thread::JoinHandle<u64>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut bytes = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if Instant::now() >= from {
+                    bytes += n as u64;
+                }
+            }
+        }
+        bytes
+    });
+    (addr, counter)
+}
+
+#[test]
+fn a_users_bandwidth_cap_holds_across_nodes() {
+    if !need_redis() {
+        return;
+    }
+    const CAP: u64 = 100_000;
+    let redis = Redis::start();
+    let b = node_with_bandwidth_cap("127.0.0.3", &redis, "b", CAP);
+    let c = node_with_bandwidth_cap("127.0.0.4", &redis, "c", CAP);
+    wait_nodes(&b, 2.0);
+    wait_nodes(&c, 2.0);
+    // The same user on both nodes, each client offering 2.5 times the cap for 6 s;
+    // what reaches the peers in the last 3 s is measured.
+    let started = Instant::now();
+    let (warm_up, run) = (Duration::from_secs(3), Duration::from_secs(6));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    let mut sinks = Vec::new();
+    for node in [&b, &c] {
+        let (sink, counter) = counting_sink(stop.clone(), started + warm_up);
+        let mut client = TurnClient::on_loopback(node.udp_addr(), USER, PASSWORD, REALM);
+        client.allocate_relay();
+        client.bind_channel(0x4000, sink);
+        clients.push(client);
+        sinks.push(counter);
+    }
+    let payload = [0x5au8; 1000];
+    let mut sent = 0u64;
+    // 5 datagrams per client every 20 ms: 250 KB/s each; a late tick catches up by
+    // at most one extra burst, so the loop is bounded in packets and in time.
+    let mut tick = Instant::now();
+    while started.elapsed() < run && sent < 20_000 {
+        for client in &clients {
+            for _ in 0..5 {
+                client.send_channel_data(0x4000, &payload);
+                sent += 1;
+            }
+        }
+        tick += Duration::from_millis(20);
+        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        } else if Instant::now() > tick + Duration::from_millis(40) {
+            tick = Instant::now();
+        }
+    }
+    let window = started.elapsed().saturating_sub(warm_up).as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let per_node: Vec<u64> = sinks.into_iter().map(|s| s.join().unwrap()).collect();
+    let rates: Vec<f64> = per_node.iter().map(|&b| b as f64 / window).collect();
+    let total = rates.iter().sum::<f64>();
+    eprintln!(
+        "MEASURED: one user through two nodes with bandwidth-per-user = {CAP} B/s: {total:.0} B/s in total \
+         (b {:.0}, c {:.0}) over the last {window:.1} s; offered {} B/s per node",
+        rates[0], rates[1], 250_000
+    );
+    let state = |n: &TurndProcess| {
+        let text = scrape(n.admin_addr());
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("turnd_cluster_") || l.contains("rate_cap")).collect();
+        format!("{}\n--- log tail ---\n{}", lines.join("\n"), n.logs_tail(20))
+    };
+    // Per node, the total would be about twice the cap.
+    assert!(
+        total < CAP as f64 * 1.5,
+        "the user relayed {total:.0} B/s through two nodes, over 1.5 x the cap {CAP}\n{}",
+        state(&b)
+    );
+    assert!(total > CAP as f64 * 0.5, "the user was starved: {total:.0} B/s (cap {CAP})\n{}", state(&b));
+    assert!(rates.iter().all(|&r| r > CAP as f64 / 20.0), "a node starved the user: {rates:?}\n{}", state(&c));
+}

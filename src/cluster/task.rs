@@ -200,6 +200,7 @@ async fn run(
                 share_nonce_key(&settings, conn, &control, &mut nonce_key, &status).await?;
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
                 share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
+                share_rates(&settings, conn, &control, &snapshots, &entries, &status).await?;
                 if settings.secrets_from_redis {
                     read_secrets(&settings, conn, &control, &mut fleet_secrets, &status).await?;
                 }
@@ -339,21 +340,9 @@ async fn share_counts(
     entries: &[NodeEntry],
     status: &ClusterStatus,
 ) -> redis::RedisResult<()> {
-    let mut realms: Vec<(TenantId, String)> =
-        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
-    if realms.is_empty() {
-        realms = settings.realms.clone();
-    }
+    let realms = current_realms(settings, snapshots);
     let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
-    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
-    let mut hashes: Vec<HashMap<Vec<u8>, Vec<u8>>> = Vec::new();
-    if !others.is_empty() {
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("HGETALL").arg(settings.users_key(&node.id));
-        }
-        hashes = pipe.query_async(conn).await?;
-    }
+    let hashes = others_hashes(settings, conn, entries, "users").await?;
     let (remote, bad) = quotas::sum_remote(hashes, &by_realm, MAX_REMOTE_USERS);
     if bad > 0 {
         status.bad(bad);
@@ -373,6 +362,84 @@ async fn share_counts(
             Some((quotas::field(realm, &user.name), *n))
         })
         .collect();
+    if !fields.is_empty() {
+        pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
+        let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Each tenant's realm now (from the snapshots, else as at start).
+fn current_realms(settings: &Settings, snapshots: &watch::Receiver<Snapshot>) -> Vec<(TenantId, String)> {
+    let realms: Vec<(TenantId, String)> =
+        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
+    if realms.is_empty() {
+        settings.realms.clone()
+    } else {
+        realms
+    }
+}
+
+/// The other live nodes' hashes `PREFIX:KIND:ID`, in one pipeline.
+async fn others_hashes(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    entries: &[NodeEntry],
+    kind: &str,
+) -> redis::RedisResult<Vec<HashMap<Vec<u8>, Vec<u8>>>> {
+    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for node in &others {
+        pipe.cmd("HGETALL").arg(format!("{}:{kind}:{}", settings.prefix, node.id));
+    }
+    pipe.query_async(conn).await
+}
+
+/// Users' rates published per node at most (the highest first): bounds the hash.
+const MAX_PUBLISHED_RATES: usize = 1_000;
+
+/// Publishes this node's per-user relayed rates (`PREFIX:rates:ID`, users relaying a
+/// noticeable part of their `bandwidth-per-user`, the top [`MAX_PUBLISHED_RATES`]) and
+/// hands the workers the other live nodes' rates, so each holds the user to a share
+/// of the cap (see `turn::user_bandwidth`).
+async fn share_rates(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    snapshots: &watch::Receiver<Snapshot>,
+    entries: &[NodeEntry],
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let realms = current_realms(settings, snapshots);
+    let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
+    let hashes = others_hashes(settings, conn, entries, "rates").await?;
+    let (remote, bad) = quotas::sum_rates(hashes, &by_realm, MAX_REMOTE_USERS);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    status.set_capped_users(remote.len());
+    let (reply, measured) = oneshot::channel();
+    let sent = Control::FleetRates { remote: remote.into_iter().collect(), valid_for: settings.ttl, reply };
+    if control.send(sent).await.is_err() {
+        return Ok(());
+    }
+    let mut local = measured.await.unwrap_or_default();
+    local.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
+    local.truncate(MAX_PUBLISHED_RATES);
+    let fields: Vec<(String, u64)> = local
+        .iter()
+        .filter_map(|(user, rate, _)| {
+            let realm = realms.iter().find(|(t, _)| *t == user.tenant).map(|(_, r)| r)?;
+            Some((quotas::field(realm, &user.name), *rate))
+        })
+        .collect();
+    let key = format!("{}:rates:{}", settings.prefix, settings.node_id);
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
     if !fields.is_empty() {
         pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
         let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);

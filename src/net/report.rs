@@ -239,6 +239,16 @@ pub enum Control {
         /// Where this node's counts go.
         reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
     },
+    /// The fleet's per-user rates on other nodes (see `Server::exchange_fleet_rates`);
+    /// the reply: this node's `(user, bytes/s, cap)`, summed over its workers.
+    FleetRates {
+        /// The other nodes' rates per user.
+        remote: Vec<(crate::turn::tenant::UserKey, crate::turn::user_bandwidth::RemoteRate)>,
+        /// How long they hold.
+        valid_for: std::time::Duration,
+        /// Where this node's rates go.
+        reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, u64, u64)>>,
+    },
     /// The fleet's REST secrets from Redis, newest first (replacing the previous set).
     SetFleetSecrets {
         /// The secrets.

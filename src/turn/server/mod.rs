@@ -251,6 +251,19 @@ impl Server {
         self.fleet_secrets = secrets;
     }
 
+    /// The fleet's per-user rates on other nodes (`remote`, valid for `valid_for`):
+    /// this worker holds those users to their share of `bandwidth-per-user` (see
+    /// [`super::user_bandwidth`]). Returns this worker's rates to publish: `(user,
+    /// bytes/s, cap)` for users relaying a noticeable part of their cap here.
+    pub fn exchange_fleet_rates(
+        &mut self,
+        now: Instant,
+        remote: &[(super::tenant::UserKey, super::user_bandwidth::RemoteRate)],
+        valid_for: Duration,
+    ) -> Vec<(super::tenant::UserKey, u64, u64)> {
+        self.table.user_bandwidth.exchange(now, remote, valid_for)
+    }
+
     /// Switches to the fleet's shared nonce key (see [`super::nonce::NonceCodec::shared`]):
     /// nonces this node issued before become stale (clients get 438 once and retry).
     pub fn set_nonce_key(&mut self, now: Instant, secret: &[u8; 32], since_origin: u32) {
