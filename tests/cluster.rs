@@ -830,6 +830,39 @@ fn rest_secrets_from_redis_are_used_by_every_node_and_rotated_once_for_the_fleet
     for node in [&b, &c] {
         assert_eq!(allocate_with(node, &new), 0, "the new secret\n{}", secrets_state(node));
     }
+
+    // The same rotation with `turnd ctl secrets`, which reads the secret from stdin.
+    let out = ctl_secrets(&b, "add", "fleet-secret-3");
+    assert!(out.success(), "{out}");
+    let newest = rest_credential("fleet-secret-3", "carol");
+    let taken = wait_for(Duration::from_secs(5), || (allocate_with(&c, &newest) == 0).then_some(()));
+    assert!(taken.is_some(), "a secret added with turnd ctl was not taken\n{}", secrets_state(&c));
+    let out = ctl_secrets(&b, "list", "");
+    assert!(out.success() && out.stdout.lines().count() == 2, "{out}");
+    assert!(!out.stdout.contains("fleet-secret"), "list printed a secret: {out}");
+    let out = ctl_secrets(&b, "remove", "fleet-secret-2");
+    assert!(out.success(), "{out}");
+    let gone = wait_for(Duration::from_secs(5), || (allocate_with(&c, &new) == 401).then_some(()));
+    assert!(gone.is_some(), "a secret removed with turnd ctl is still accepted\n{}", secrets_state(&c));
+    // Neither the last secret nor one the nodes would refuse is written.
+    let out = ctl_secrets(&b, "remove", "fleet-secret-3");
+    assert_eq!(out.code(), Some(1), "{out}");
+    let out = ctl_secrets(&b, "add", &"y".repeat(300));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(redis.command(&["LLEN", "turnd:secrets"]).as_deref(), Some(":1"));
+}
+
+/// `turnd ctl -c NODE_CONFIG secrets ACTION`, with `secret` on its standard input.
+fn ctl_secrets(node: &TurndProcess, action: &str, secret: &str) -> CmdOutput {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("printf '%s\\n' \"$SECRET\" | \"$TURND\" ctl -c \"$CONFIG\" secrets \"$ACTION\"")
+        .env("SECRET", secret)
+        .env("TURND", turnd_binary())
+        .env("CONFIG", node.config_file())
+        .env("ACTION", action);
+    run_with_timeout(&mut command, Duration::from_secs(15))
 }
 
 /// A node joining Redis over TLS (`rediss://`), trusting `ca` (`[cluster] ca-file`).

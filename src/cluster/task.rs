@@ -153,6 +153,16 @@ impl Settings {
         (self.usage_max_len > 0).then(|| (self.client.clone(), format!("{}:usage", self.prefix), self.usage_max_len))
     }
 
+    /// The Redis client (TLS and password as configured): `turnd ctl secrets` uses it.
+    pub fn redis_client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    /// The list of the fleet's REST secrets: `PREFIX:secrets`.
+    pub fn secrets_key(&self) -> String {
+        format!("{}:secrets", self.prefix)
+    }
+
     fn users_key(&self, id: &str) -> String {
         format!("{}:users:{id}", self.prefix)
     }
@@ -464,7 +474,7 @@ async fn read_secrets(
     state: &mut FleetSecrets,
     status: &ClusterStatus,
 ) -> redis::RedisResult<()> {
-    let key = format!("{}:secrets", settings.prefix);
+    let key = settings.secrets_key();
     // TYPE first: LRANGE on another type is an error, which must not look like Redis
     // being down.
     let kind: String = redis::cmd("TYPE").arg(&key).query_async(conn).await?;
