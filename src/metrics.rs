@@ -192,6 +192,24 @@ pub const DEFINITIONS: &[Definition] = &[
         "With [cluster]: exchanges with Redis that failed or timed out.",
     ),
     def(
+        "turnd_cluster_secrets",
+        GAUGE,
+        &[],
+        "With [cluster] secrets-from-redis: REST secrets read from Redis in force (the last good set).",
+    ),
+    def(
+        "turnd_cluster_secrets_rejected_total",
+        COUNTER,
+        &[],
+        "With [cluster] secrets-from-redis: reads of the secrets key refused as bad data (the last good set kept).",
+    ),
+    def(
+        "turnd_cluster_fleet_capped_users",
+        GAUGE,
+        &[],
+        "With [cluster]: users whose bandwidth-per-user is shared with other nodes at the last read.",
+    ),
+    def(
         "turnd_usage_records_written_total",
         COUNTER,
         &["sink"],
@@ -400,6 +418,9 @@ impl Collector for Collect {
         push(configured.then(|| gauge(&[], c.nodes() as f64)).into_iter().collect());
         push(configured.then(|| counter(&[], c.bad_entries())).into_iter().collect());
         push(configured.then(|| counter(&[], c.failures())).into_iter().collect());
+        push(configured.then(|| gauge(&[], c.secrets() as f64)).into_iter().collect());
+        push(configured.then(|| counter(&[], c.secrets_rejected())).into_iter().collect());
+        push(configured.then(|| gauge(&[], c.capped_users() as f64)).into_iter().collect());
         let u = &c.usage;
         push(vec![
             counter(&[("sink", "redis")], u.written_redis.load(Ordering::Relaxed)),

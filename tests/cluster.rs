@@ -57,6 +57,34 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A `redis-server` answering TLS on a second port with `pki`'s server certificate
+    /// (clients are not asked for one); the plain port stays for the test's own
+    /// commands. Returns it and the TLS port.
+    fn start_tls(pki: &common::ca::TestCa) -> (Redis, u16) {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            })
+            .collect();
+        let (port, tls_port) = (ports[0], ports[1]);
+        let (cert, key, ca) =
+            (pki.cert.display().to_string(), pki.key.display().to_string(), pki.ca.display().to_string());
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-port", &tls_port.to_string(), "--tls-cert-file", &cert, "--tls-key-file", &key])
+            .args(["--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let redis = Redis { child, port };
+        let up =
+            wait_for(Duration::from_secs(10), || (redis.command(&["PING"]).as_deref() == Some("+PONG")).then_some(()));
+        assert!(up.is_some(), "redis-server (TLS) did not answer PING on port {port}");
+        (redis, tls_port)
+    }
+
     /// One command in RESP; the first line of the answer.
     fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
@@ -832,4 +860,279 @@ fn a_draining_node_is_no_longer_named_and_sends_its_own_new_allocates_to_another
     assert_eq!(held.refresh(600), Ok(()), "the drained node's allocation keeps working");
     assert!(cluster_metric(&b, "turnd_redirects_total{reason=\"draining\"}").is_some());
     b.stop_with(libc::SIGKILL, Duration::from_secs(5));
+}
+
+/// A serving node that reads the fleet's REST secrets from Redis.
+fn node_with_fleet_secrets(ip: &str, redis: &Redis, id: &str) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let extra = format!("advertise-ipv4 = \"{ip}:{port}\"\nsecrets-from-redis = true\n");
+    TurndProcess::start(&node_config(ip, port, &redis.url(), id, &extra), &[])
+}
+
+/// A TURN REST credential for `user`, valid for an hour, minted with `secret`.
+fn rest_credential(secret: &str, user: &str) -> (String, String) {
+    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let username = format!("{expiry}:{user}");
+    let password = turnd::turn::auth::rest_password(secret.as_bytes(), &username);
+    (username, password)
+}
+
+/// What `node` answers an Allocate with `credential`: 0 for a success (released at once).
+fn allocate_with(node: &TurndProcess, credential: &(String, String)) -> u16 {
+    let mut client = TurnClient::on_loopback(node.udp_addr(), &credential.0, &credential.1, REALM);
+    match client.allocate(Vec::new()) {
+        Ok(_) => {
+            let _ = client.refresh(0);
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// The node's `turnd_cluster_secrets*` lines and its log tail, for a failure message.
+fn secrets_state(node: &TurndProcess) -> String {
+    let text = scrape(node.admin_addr());
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("turnd_cluster_secrets")).collect();
+    format!("{}\n--- log tail ---\n{}", lines.join("\n"), node.logs_tail(40))
+}
+
+#[test]
+fn rest_secrets_from_redis_are_used_by_every_node_and_rotated_once_for_the_fleet() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    assert_eq!(redis.command(&["RPUSH", "turnd:secrets", "fleet-secret-1"]).as_deref(), Some(":1"));
+    let b = node_with_fleet_secrets("127.0.0.3", &redis, "b");
+    let c = node_with_fleet_secrets("127.0.0.4", &redis, "c");
+    for node in [&b, &c] {
+        let read = wait_for(Duration::from_secs(10), || {
+            (cluster_metric(node, "turnd_cluster_secrets") == Some(1.0)).then_some(())
+        });
+        assert!(read.is_some(), "the node did not take the secret from Redis\n{}", secrets_state(node));
+    }
+    // A credential minted with a secret that only Redis holds works on both nodes.
+    let old = rest_credential("fleet-secret-1", "carol");
+    for node in [&b, &c] {
+        assert_eq!(allocate_with(node, &old), 0, "fleet secret refused\n{}", secrets_state(node));
+    }
+    assert_eq!(allocate_with(&b, &rest_credential("never-configured", "carol")), 401);
+
+    // Garbage at the head of the list: refused whole, counted and logged; the last
+    // good set stays in force.
+    let long = "x".repeat(300);
+    assert_eq!(redis.command(&["LPUSH", "turnd:secrets", &long]).as_deref(), Some(":2"));
+    let refused = wait_for(Duration::from_secs(5), || {
+        (cluster_metric(&b, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    assert!(refused.is_some(), "an over-long secret was not refused\n{}", secrets_state(&b));
+    assert!(b.logs().contains("secrets in Redis are refused"), "no log line\n{}", secrets_state(&b));
+    assert_eq!(cluster_metric(&b, "turnd_cluster_secrets"), Some(1.0), "{}", secrets_state(&b));
+    assert_eq!(allocate_with(&b, &old), 0, "the last good set was dropped\n{}", secrets_state(&b));
+    // Another type under the key: refused too.
+    assert_eq!(redis.command(&["DEL", "turnd:secrets"]).as_deref(), Some(":1"));
+    assert_eq!(redis.command(&["SET", "turnd:secrets", "not-a-list"]).as_deref(), Some("+OK"));
+    let before = cluster_metric(&c, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0);
+    let refused = wait_for(Duration::from_secs(5), || {
+        (cluster_metric(&c, "turnd_cluster_secrets_rejected_total").unwrap_or(0.0) > before).then_some(())
+    });
+    assert!(refused.is_some(), "a string under the key was not refused\n{}", secrets_state(&c));
+    assert_eq!(allocate_with(&c, &old), 0, "the last good set was dropped\n{}", secrets_state(&c));
+
+    // Rotation, once for the fleet: the new secret first, then the old one dropped.
+    assert_eq!(redis.command(&["DEL", "turnd:secrets"]).as_deref(), Some(":1"));
+    assert_eq!(redis.command(&["RPUSH", "turnd:secrets", "fleet-secret-2", "fleet-secret-1"]).as_deref(), Some(":2"));
+    let new = rest_credential("fleet-secret-2", "carol");
+    let both = wait_for(Duration::from_secs(5), || {
+        [&b, &c].iter().all(|n| allocate_with(n, &new) == 0 && allocate_with(n, &old) == 0).then_some(())
+    });
+    assert!(both.is_some(), "the new secret was not taken beside the old\n{}", secrets_state(&b));
+    assert_eq!(redis.command(&["LREM", "turnd:secrets", "0", "fleet-secret-1"]).as_deref(), Some(":1"));
+    let dropped = Instant::now();
+    let gone = wait_for(Duration::from_secs(5), || {
+        [&b, &c].iter().all(|n| allocate_with(n, &old) == 401).then(|| dropped.elapsed())
+    });
+    let gone = gone.unwrap_or_else(|| panic!("the dropped secret is still accepted\n{}", secrets_state(&b)));
+    eprintln!("MEASURED: a secret removed from Redis was refused (401) on both nodes {gone:?} later (interval {INTERVAL_MS} ms)");
+    assert!(gone < Duration::from_secs(3), "took {gone:?}");
+    for node in [&b, &c] {
+        assert_eq!(allocate_with(node, &new), 0, "the new secret\n{}", secrets_state(node));
+    }
+
+    // The same rotation with `turnd ctl secrets`, which reads the secret from stdin.
+    let out = ctl_secrets(&b, "add", "fleet-secret-3");
+    assert!(out.success(), "{out}");
+    let newest = rest_credential("fleet-secret-3", "carol");
+    let taken = wait_for(Duration::from_secs(5), || (allocate_with(&c, &newest) == 0).then_some(()));
+    assert!(taken.is_some(), "a secret added with turnd ctl was not taken\n{}", secrets_state(&c));
+    let out = ctl_secrets(&b, "list", "");
+    assert!(out.success() && out.stdout.lines().count() == 2, "{out}");
+    assert!(!out.stdout.contains("fleet-secret"), "list printed a secret: {out}");
+    let out = ctl_secrets(&b, "remove", "fleet-secret-2");
+    assert!(out.success(), "{out}");
+    let gone = wait_for(Duration::from_secs(5), || (allocate_with(&c, &new) == 401).then_some(()));
+    assert!(gone.is_some(), "a secret removed with turnd ctl is still accepted\n{}", secrets_state(&c));
+    // Neither the last secret nor one the nodes would refuse is written.
+    let out = ctl_secrets(&b, "remove", "fleet-secret-3");
+    assert_eq!(out.code(), Some(1), "{out}");
+    let out = ctl_secrets(&b, "add", &"y".repeat(300));
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(redis.command(&["LLEN", "turnd:secrets"]).as_deref(), Some(":1"));
+}
+
+/// `turnd ctl -c NODE_CONFIG secrets ACTION`, with `secret` on its standard input.
+fn ctl_secrets(node: &TurndProcess, action: &str, secret: &str) -> CmdOutput {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("printf '%s\\n' \"$SECRET\" | \"$TURND\" ctl -c \"$CONFIG\" secrets \"$ACTION\"")
+        .env("SECRET", secret)
+        .env("TURND", turnd_binary())
+        .env("CONFIG", node.config_file())
+        .env("ACTION", action);
+    run_with_timeout(&mut command, Duration::from_secs(15))
+}
+
+/// A node joining Redis over TLS (`rediss://`), trusting `ca` (`[cluster] ca-file`).
+fn tls_node(ip: &str, tls_port: u16, id: &str, ca: &std::path::Path) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let extra = format!("advertise-ipv4 = \"{ip}:{port}\"\nca-file = \"{}\"\n", ca.display());
+    TurndProcess::start(&node_config(ip, port, &url, id, &extra), &[])
+}
+
+#[test]
+fn rediss_with_a_private_ca_joins_and_a_wrong_ca_is_a_clear_error_while_the_node_serves() {
+    if !need_redis() || !need_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = common::ca::TestCa::new(&["127.0.0.1"]);
+    let (redis, tls_port) = Redis::start_tls(&pki);
+    let good = tls_node("127.0.0.3", tls_port, "tls-good", &pki.ca);
+    let joined = wait_for(Duration::from_secs(10), || {
+        (cluster_metric(&good, "turnd_cluster_redis_up") == Some(1.0)
+            && redis.command(&["EXISTS", "turnd:node:tls-good"]).as_deref() == Some(":1"))
+        .then_some(())
+    });
+    assert!(joined.is_some(), "the node did not join over TLS\n--- log tail ---\n{}", good.logs_tail(40));
+
+    // A CA that did not sign Redis's certificate: the node says why, reports Redis
+    // down, and serves on its own.
+    let other = common::ca::TestCa::new(&["127.0.0.1"]);
+    let mut wrong = tls_node("127.0.0.4", tls_port, "tls-wrong", &other.ca);
+    let said = wait_for(Duration::from_secs(10), || {
+        let logs = wrong.logs();
+        (logs.contains("Redis unreachable") && logs.contains("certificate")).then_some(())
+    });
+    assert!(said.is_some(), "no clear TLS error in the log\n--- log tail ---\n{}", wrong.logs_tail(40));
+    assert_eq!(cluster_metric(&wrong, "turnd_cluster_redis_up"), Some(0.0), "{}", wrong.logs_tail(40));
+    assert_eq!(redis.command(&["EXISTS", "turnd:node:tls-wrong"]).as_deref(), Some(":0"));
+    let mut client = TurnClient::on_loopback(wrong.udp_addr(), USER, PASSWORD, REALM);
+    assert!(client.allocate(Vec::new()).is_ok(), "the node cut off from Redis still serves");
+    assert!(wrong.is_running());
+    let line = wrong.logs().lines().find(|l| l.contains("Redis unreachable")).unwrap_or_default().to_owned();
+    eprintln!("MEASURED: with the wrong CA the node logs: {line}");
+}
+
+/// A serving node with one worker and `bandwidth-per-user = cap` (bytes/s).
+fn node_with_bandwidth_cap(ip: &str, redis: &Redis, id: &str, cap: u64) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let config = node_config(ip, port, &redis.url(), id, &format!("advertise-ipv4 = \"{ip}:{port}\"\n"))
+        .replace("[cluster]", &format!("[limits]\nbandwidth-per-user = {cap}\n\n[cluster]"));
+    TurndProcess::start(&format!("workers = 1\n{config}"), &[])
+}
+
+/// A UDP sink counting the bytes it receives after `from` (the measured window).
+fn counting_sink(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    from: Instant,
+) -> (SocketAddr, std::thread::JoinHandle<u64>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut bytes = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if Instant::now() >= from {
+                    bytes += n as u64;
+                }
+            }
+        }
+        bytes
+    });
+    (addr, counter)
+}
+
+#[test]
+fn a_users_bandwidth_cap_holds_across_nodes() {
+    if !need_redis() {
+        return;
+    }
+    const CAP: u64 = 100_000;
+    let redis = Redis::start();
+    let b = node_with_bandwidth_cap("127.0.0.3", &redis, "b", CAP);
+    let c = node_with_bandwidth_cap("127.0.0.4", &redis, "c", CAP);
+    wait_nodes(&b, 2.0);
+    wait_nodes(&c, 2.0);
+    // The same user on both nodes, each client offering 2.5 times the cap for 6 s;
+    // what reaches the peers in the last 3 s is measured.
+    let started = Instant::now();
+    let (warm_up, run) = (Duration::from_secs(3), Duration::from_secs(6));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    let mut sinks = Vec::new();
+    for node in [&b, &c] {
+        let (sink, counter) = counting_sink(stop.clone(), started + warm_up);
+        let mut client = TurnClient::on_loopback(node.udp_addr(), USER, PASSWORD, REALM);
+        client.allocate_relay();
+        client.bind_channel(0x4000, sink);
+        clients.push(client);
+        sinks.push(counter);
+    }
+    let payload = [0x5au8; 1000];
+    let mut sent = 0u64;
+    // 5 datagrams per client every 20 ms: 250 KB/s each; a late tick catches up by
+    // at most one extra burst, so the loop is bounded in packets and in time.
+    let mut tick = Instant::now();
+    while started.elapsed() < run && sent < 20_000 {
+        for client in &clients {
+            for _ in 0..5 {
+                client.send_channel_data(0x4000, &payload);
+                sent += 1;
+            }
+        }
+        tick += Duration::from_millis(20);
+        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        } else if Instant::now() > tick + Duration::from_millis(40) {
+            tick = Instant::now();
+        }
+    }
+    let window = started.elapsed().saturating_sub(warm_up).as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let per_node: Vec<u64> = sinks.into_iter().map(|s| s.join().unwrap()).collect();
+    let rates: Vec<f64> = per_node.iter().map(|&b| b as f64 / window).collect();
+    let total = rates.iter().sum::<f64>();
+    eprintln!(
+        "MEASURED: one user through two nodes with bandwidth-per-user = {CAP} B/s: {total:.0} B/s in total \
+         (b {:.0}, c {:.0}) over the last {window:.1} s; offered {} B/s per node",
+        rates[0], rates[1], 250_000
+    );
+    let state = |n: &TurndProcess| {
+        let text = scrape(n.admin_addr());
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("turnd_cluster_") || l.contains("rate_cap")).collect();
+        format!("{}\n--- log tail ---\n{}", lines.join("\n"), n.logs_tail(20))
+    };
+    // Per node, the total would be about twice the cap.
+    assert!(
+        total < CAP as f64 * 1.5,
+        "the user relayed {total:.0} B/s through two nodes, over 1.5 x the cap {CAP}\n{}",
+        state(&b)
+    );
+    assert!(total > CAP as f64 * 0.5, "the user was starved: {total:.0} B/s (cap {CAP})\n{}", state(&b));
+    assert!(rates.iter().all(|&r| r > CAP as f64 / 20.0), "a node starved the user: {rates:?}\n{}", state(&c));
 }

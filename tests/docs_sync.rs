@@ -13,10 +13,5 @@ fn docs_copies_match_the_readme() {
         .args([&format!("{root}/scripts/sync-docs.py"), "--check"])
         .output()
         .expect("run python3 scripts/sync-docs.py --check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

@@ -8,11 +8,13 @@ mod advertise;
 mod quotas;
 mod registry;
 mod revocations;
+mod secrets;
 mod status;
 mod task;
 
 pub use advertise::advertised;
 pub use registry::{choose, parse_entry, Addresses, NodeEntry, NodeState, MAX_ENTRY_BYTES, MAX_NODES};
 pub use revocations::{valid_names, RevocationSync, SyncPlan};
+pub use secrets::{parse as parse_secrets, Rejected as SecretsRejected, MAX_SECRETS, MAX_SECRET_BYTES};
 pub use status::ClusterStatus;
 pub use task::{spawn, Settings, SettingsError};

@@ -6,6 +6,7 @@
 //! allocation past the quota.
 
 use crate::turn::tenant::{TenantId, UserKey};
+use crate::turn::user_bandwidth::RemoteRate;
 use std::collections::HashMap;
 
 /// The largest count accepted from Redis for one user on one node.
@@ -36,6 +37,40 @@ pub fn parse_field(field: &[u8]) -> Option<(&str, &str)> {
 pub fn parse_count(value: &[u8]) -> Option<usize> {
     let n: usize = std::str::from_utf8(value).ok()?.parse().ok()?;
     (n <= MAX_COUNT).then_some(n)
+}
+
+/// The largest rate accepted from Redis for one user on one node, bytes/s (8 Tbit/s).
+pub const MAX_RATE: u64 = 1_000_000_000_000;
+
+/// Sums the other nodes' rate hashes (`PREFIX:rates:ID`: the same fields as the counts,
+/// decimal bytes/s) into per-user rates and node counts for this node's tenants; at
+/// most `max_users` users. Returns them and how many fields were ignored.
+pub fn sum_rates(
+    hashes: impl IntoIterator<Item = HashMap<Vec<u8>, Vec<u8>>>,
+    realms: &HashMap<String, TenantId>,
+    max_users: usize,
+) -> (HashMap<UserKey, RemoteRate>, usize) {
+    let mut rates: HashMap<UserKey, RemoteRate> = HashMap::new();
+    let mut bad = 0;
+    for hash in hashes {
+        for (f, v) in hash {
+            let rate = std::str::from_utf8(&v).ok().and_then(|v| v.parse::<u64>().ok()).filter(|&r| r <= MAX_RATE);
+            let Some(((realm, user), rate)) = parse_field(&f).zip(rate) else {
+                bad += 1;
+                continue;
+            };
+            let Some(&tenant) = realms.get(realm) else { continue };
+            let key = UserKey::new(tenant, user);
+            if !rates.contains_key(&key) && rates.len() >= max_users {
+                bad += 1;
+                continue;
+            }
+            let total = rates.entry(key).or_default();
+            total.bytes_per_second = total.bytes_per_second.saturating_add(rate);
+            total.nodes = total.nodes.saturating_add(1);
+        }
+    }
+    (rates, bad)
 }
 
 /// Sums the other nodes' hashes into per-user counts for this node's tenants
@@ -74,6 +109,20 @@ pub fn sum_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_are_summed_per_user_with_their_node_count_and_bad_ones_skipped() {
+        let realms: HashMap<String, TenantId> = [("example.org".to_owned(), TenantId::DEFAULT)].into();
+        let f = field("example.org", "carol").into_bytes();
+        let b: HashMap<Vec<u8>, Vec<u8>> = [(f.clone(), b"1000".to_vec()), (b"junk".to_vec(), b"1".to_vec())].into();
+        let c: HashMap<Vec<u8>, Vec<u8>> =
+            [(f.clone(), b"500".to_vec()), (field("other.org", "carol").into_bytes(), b"9".to_vec())].into();
+        let d: HashMap<Vec<u8>, Vec<u8>> = [(f, b"99999999999999".to_vec())].into();
+        let (rates, bad) = sum_rates([b, c, d], &realms, 10);
+        let carol = UserKey::new(TenantId::DEFAULT, "carol");
+        assert_eq!(rates.get(&carol), Some(&RemoteRate { bytes_per_second: 1500, nodes: 2 }));
+        assert_eq!((rates.len(), bad), (1, 2));
+    }
 
     #[test]
     fn fields_round_trip_and_malformed_ones_are_refused() {

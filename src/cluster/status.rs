@@ -19,6 +19,12 @@ pub struct ClusterStatus {
     /// The CPU use this node last published, thousandths of a core ([`NO_CPU`]:
     /// unknown; the default 0 is replaced at the first publish).
     cpu_millicores: AtomicU64,
+    /// REST secrets from Redis in force (the last good set).
+    secrets: AtomicU64,
+    /// Reads of the secrets key refused as bad data.
+    secrets_rejected: AtomicU64,
+    /// Users whose bandwidth cap is shared with other nodes, at the last read.
+    capped_users: AtomicU64,
     /// What became of the usage records (kept here so one handle carries every
     /// figure of the fleet's tasks to the metrics; written with or without Redis).
     pub usage: std::sync::Arc<crate::usage::UsageCounters>,
@@ -63,6 +69,36 @@ impl ClusterStatus {
     /// Counts registry entries that were ignored.
     pub fn bad(&self, entries: usize) {
         self.bad_entries.fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    /// Records the fleet's secrets now in force.
+    pub fn set_secrets(&self, n: usize) {
+        self.secrets.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a read of the secrets key refused as bad data.
+    pub fn secrets_rejected_once(&self) {
+        self.secrets_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how many users' bandwidth caps are shared with other nodes.
+    pub fn set_capped_users(&self, n: usize) {
+        self.capped_users.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// The fleet's secrets in force.
+    pub fn secrets(&self) -> u64 {
+        self.secrets.load(Ordering::Relaxed)
+    }
+
+    /// Refused reads of the secrets key so far.
+    pub fn secrets_rejected(&self) -> u64 {
+        self.secrets_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Users whose bandwidth caps are shared, at the last read.
+    pub fn capped_users(&self) -> u64 {
+        self.capped_users.load(Ordering::Relaxed)
     }
 
     /// Whether Redis answered the last exchange.

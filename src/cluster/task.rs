@@ -8,9 +8,10 @@ use super::advertise::{advertised, Advertised};
 use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
 use super::revocations::{valid_names, RevocationSync};
+use super::secrets::{self, Rejected};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, ListenTransport, PASSWORD_ENV};
-use crate::net::report::{Control, Snapshot};
+use crate::net::report::{Control, Redacted, Snapshot};
 use crate::turn::ledger::MAX_REMOTE_USERS;
 use crate::turn::stats::Direction;
 use crate::turn::TenantId;
@@ -43,6 +44,8 @@ pub struct Settings {
     advertised: Advertised,
     domain: Option<String>,
     usage_max_len: u64,
+    /// Whether the fleet's REST secrets are read from `PREFIX:secrets`.
+    secrets_from_redis: bool,
     /// Each tenant's realm at start (the snapshots carry them from their first
     /// publish, and after reloads).
     realms: Vec<(TenantId, String)>,
@@ -64,6 +67,14 @@ pub enum SettingsError {
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The CA file could not be read or holds no usable certificate.
+    #[error("cluster.ca-file: {path}: {why}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        why: String,
     },
     /// No node id was given and the host name is not usable as one.
     #[error("cluster.node-id: not set, and the host name {0:?} is not a usable node id")]
@@ -92,7 +103,18 @@ impl Settings {
             }
             None => info,
         };
-        let client = redis::Client::open(info).map_err(SettingsError::Url)?;
+        let client = match &cluster.ca_file {
+            Some(path) => {
+                let ca_error = |why: String| SettingsError::CaFile { path: path.clone(), why };
+                let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(ca_error("no PEM certificate in it".into()));
+                }
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(info, certificates).map_err(|e| ca_error(e.to_string()))?
+            }
+            None => redis::Client::open(info).map_err(SettingsError::Url)?,
+        };
         let node_id = match &cluster.node_id {
             Some(id) => id.clone(),
             None => {
@@ -115,6 +137,7 @@ impl Settings {
             advertised: Advertised::default(),
             domain: cluster.tls_domain.clone(),
             usage_max_len: cluster.usage_max_len,
+            secrets_from_redis: cluster.secrets_from_redis,
             realms: Vec::new(),
         })
     }
@@ -137,6 +160,16 @@ impl Settings {
     /// (`None` when `usage-max-len` is 0).
     pub fn usage_stream(&self) -> Option<(redis::Client, String, u64)> {
         (self.usage_max_len > 0).then(|| (self.client.clone(), format!("{}:usage", self.prefix), self.usage_max_len))
+    }
+
+    /// The Redis client (TLS and password as configured): `turnd ctl secrets` uses it.
+    pub fn redis_client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    /// The list of the fleet's REST secrets: `PREFIX:secrets`.
+    pub fn secrets_key(&self) -> String {
+        format!("{}:secrets", self.prefix)
     }
 
     fn users_key(&self, id: &str) -> String {
@@ -184,6 +217,7 @@ async fn run(
         tls = %format!("{} {}", shown(a.tls.ipv4), shown(a.tls.ipv6)),
         "cluster: joining the registry"
     );
+    let mut fleet_secrets = FleetSecrets::default();
     loop {
         tick.tick().await;
         let mut entry = own_entry(&settings, &snapshots, &mut relayed);
@@ -198,6 +232,10 @@ async fn run(
                 share_nonce_key(&settings, conn, &control, &mut nonce_key, &status).await?;
                 sync_revocations(&settings, conn, &control, &mut revocations, &status).await?;
                 share_counts(&settings, conn, &control, &snapshots, &entries, &status).await?;
+                share_rates(&settings, conn, &control, &snapshots, &entries, &status).await?;
+                if settings.secrets_from_redis {
+                    read_secrets(&settings, conn, &control, &mut fleet_secrets, &status).await?;
+                }
             }
             Ok::<_, redis::RedisError>((entries, bad))
         })
@@ -225,7 +263,12 @@ async fn run(
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".to_owned(),
                     };
-                    warn!(error = %why, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
+                    let hint = if why.contains("certificate") {
+                        "the Redis server's TLS certificate was refused: check cluster.ca-file (or the system's roots) and the host name in cluster.redis"
+                    } else {
+                        ""
+                    };
+                    warn!(error = %why, hint, "cluster: Redis unreachable; serving with local limits, redirects stop within the TTL");
                 }
                 was_up = Some(false);
             }
@@ -353,21 +396,9 @@ async fn share_counts(
     entries: &[NodeEntry],
     status: &ClusterStatus,
 ) -> redis::RedisResult<()> {
-    let mut realms: Vec<(TenantId, String)> =
-        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
-    if realms.is_empty() {
-        realms = settings.realms.clone();
-    }
+    let realms = current_realms(settings, snapshots);
     let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
-    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
-    let mut hashes: Vec<HashMap<Vec<u8>, Vec<u8>>> = Vec::new();
-    if !others.is_empty() {
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("HGETALL").arg(settings.users_key(&node.id));
-        }
-        hashes = pipe.query_async(conn).await?;
-    }
+    let hashes = others_hashes(settings, conn, entries, "users").await?;
     let (remote, bad) = quotas::sum_remote(hashes, &by_realm, MAX_REMOTE_USERS);
     if bad > 0 {
         status.bad(bad);
@@ -393,6 +424,134 @@ async fn share_counts(
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
     }
     pipe.query_async::<()>(conn).await
+}
+
+/// Each tenant's realm now (from the snapshots, else as at start).
+fn current_realms(settings: &Settings, snapshots: &watch::Receiver<Snapshot>) -> Vec<(TenantId, String)> {
+    let realms: Vec<(TenantId, String)> =
+        snapshots.borrow().realms.iter().map(|r| (r.tenant, r.realm.clone())).collect();
+    if realms.is_empty() {
+        settings.realms.clone()
+    } else {
+        realms
+    }
+}
+
+/// The other live nodes' hashes `PREFIX:KIND:ID`, in one pipeline.
+async fn others_hashes(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    entries: &[NodeEntry],
+    kind: &str,
+) -> redis::RedisResult<Vec<HashMap<Vec<u8>, Vec<u8>>>> {
+    let others: Vec<&NodeEntry> = entries.iter().filter(|e| e.id != settings.node_id).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for node in &others {
+        pipe.cmd("HGETALL").arg(format!("{}:{kind}:{}", settings.prefix, node.id));
+    }
+    pipe.query_async(conn).await
+}
+
+/// Users' rates published per node at most (the highest first): bounds the hash.
+const MAX_PUBLISHED_RATES: usize = 1_000;
+
+/// Publishes this node's per-user relayed rates (`PREFIX:rates:ID`, users relaying a
+/// noticeable part of their `bandwidth-per-user`, the top [`MAX_PUBLISHED_RATES`]) and
+/// hands the workers the other live nodes' rates, so each holds the user to a share
+/// of the cap (see `turn::user_bandwidth`).
+async fn share_rates(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    snapshots: &watch::Receiver<Snapshot>,
+    entries: &[NodeEntry],
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let realms = current_realms(settings, snapshots);
+    let by_realm: HashMap<String, TenantId> = realms.iter().map(|(t, r)| (r.clone(), *t)).collect();
+    let hashes = others_hashes(settings, conn, entries, "rates").await?;
+    let (remote, bad) = quotas::sum_rates(hashes, &by_realm, MAX_REMOTE_USERS);
+    if bad > 0 {
+        status.bad(bad);
+    }
+    status.set_capped_users(remote.len());
+    let (reply, measured) = oneshot::channel();
+    let sent = Control::FleetRates { remote: remote.into_iter().collect(), valid_for: settings.ttl, reply };
+    if control.send(sent).await.is_err() {
+        return Ok(());
+    }
+    let mut local = measured.await.unwrap_or_default();
+    local.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
+    local.truncate(MAX_PUBLISHED_RATES);
+    let fields: Vec<(String, u64)> = local
+        .iter()
+        .filter_map(|(user, rate, _)| {
+            let realm = realms.iter().find(|(t, _)| *t == user.tenant).map(|(_, r)| r)?;
+            Some((quotas::field(realm, &user.name), *rate))
+        })
+        .collect();
+    let key = format!("{}:rates:{}", settings.prefix, settings.node_id);
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("DEL").arg(&key).ignore();
+    if !fields.is_empty() {
+        pipe.cmd("HSET").arg(&key).arg(&fields).ignore();
+        let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// The fleet's secrets in force, and the last refusal (logged once, not every interval).
+#[derive(Debug, Default)]
+struct FleetSecrets {
+    current: Option<Vec<Vec<u8>>>,
+    refused: Option<Rejected>,
+}
+
+/// Reads `PREFIX:secrets` (see `super::secrets`) and hands a changed good set to the
+/// workers; bad data is logged, counted and ignored, so the last good set stays.
+async fn read_secrets(
+    settings: &Settings,
+    conn: &mut MultiplexedConnection,
+    control: &mpsc::Sender<Control>,
+    state: &mut FleetSecrets,
+    status: &ClusterStatus,
+) -> redis::RedisResult<()> {
+    let key = settings.secrets_key();
+    // TYPE first: LRANGE on another type is an error, which must not look like Redis
+    // being down.
+    let kind: String = redis::cmd("TYPE").arg(&key).query_async(conn).await?;
+    let entries: Vec<Vec<u8>> = match kind.as_str() {
+        "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(secrets::MAX_SECRETS).query_async(conn).await?,
+        _ => Vec::new(),
+    };
+    match secrets::parse(&kind, entries) {
+        Ok(good) => {
+            if state.refused.take().is_some() {
+                info!(key = %key, "cluster: the fleet's secrets are valid again");
+            }
+            if state.current.as_ref() != Some(&good) {
+                let count = good.len();
+                if control.send(Control::SetFleetSecrets { secrets: Redacted(good.clone()) }).await.is_ok() {
+                    info!(key = %key, secrets = count, "cluster: using the fleet's REST secrets from Redis");
+                    status.set_secrets(count);
+                    state.current = Some(good);
+                }
+            }
+        }
+        Err(why) => {
+            status.secrets_rejected_once();
+            if state.refused.as_ref() != Some(&why) {
+                let kept = state.current.as_ref().map_or(0, Vec::len);
+                warn!(key = %key, error = %why, kept, "cluster: the fleet's secrets in Redis are refused; the last good set stays");
+                state.refused = Some(why);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The fleet's nonce key (`PREFIX:nonce-key`, `HEX32:ORIGIN_UNIX_SECONDS`): the first

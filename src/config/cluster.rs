@@ -76,6 +76,14 @@ pub struct Cluster {
     /// entries; 0: no stream.
     #[serde(default = "default_usage_max_len")]
     pub usage_max_len: u64,
+    /// Read the fleet's TURN REST secrets from the Redis list `PREFIX:secrets` (newest
+    /// first) every publish interval, and accept them besides `[auth] secrets`.
+    #[serde(default)]
+    pub secrets_from_redis: bool,
+    /// A PEM file of the CA(s) a `rediss://` server's certificate is verified against,
+    /// in place of the system's roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[usage]`: where usage records (one per ended allocation) go besides Redis.
@@ -107,6 +115,8 @@ impl Default for Cluster {
             advertise_tls_ipv6: None,
             tls_domain: None,
             usage_max_len: default_usage_max_len(),
+            secrets_from_redis: false,
+            ca_file: None,
         }
     }
 }
@@ -166,6 +176,9 @@ impl Cluster {
         let scheme = self.redis.as_deref().map(|url| url.split_once("://").map(|(s, _)| s));
         if !matches!(scheme, None | Some(Some("redis" | "rediss"))) {
             return Err(("cluster.redis", "must be a redis:// or rediss:// URL".into()));
+        }
+        if self.ca_file.is_some() && !matches!(scheme, Some(Some("rediss"))) {
+            return Err(("cluster.ca-file", "needs a rediss:// URL in cluster.redis".into()));
         }
         if let Some(id) = &self.node_id {
             if !is_node_id(id) {
@@ -324,6 +337,7 @@ mod tests {
                 Cluster { advertise_tcp_ipv6: Some("[::]:3478".parse().unwrap()), ..cluster() },
                 "cluster.advertise-tcp-ipv6",
             ),
+            (Cluster { ca_file: Some("/etc/ca.pem".into()), ..cluster() }, "cluster.ca-file"),
         ];
         for (config, key) in bad {
             assert_eq!(config.validate().map_err(|e| e.0), Err(key), "{config:?}");

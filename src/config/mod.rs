@@ -271,6 +271,7 @@ impl Config {
         !self.auth.user.is_empty()
             || !self.auth.secrets.is_empty()
             || self.auth.webhook.is_some()
+            || (self.cluster.enabled() && self.cluster.secrets_from_redis)
             || self.tenant.iter().any(|t| !t.user.is_empty() || !t.secrets.is_empty())
     }
 

@@ -108,6 +108,13 @@ enum CtlCommand {
     /// Reload the config file, as SIGHUP does (needs the token). With --config, the file
     /// is checked here first and a bad one is not sent for.
     Reload,
+    /// The fleet's TURN REST secrets in Redis (`[cluster] secrets-from-redis`): reads
+    /// `[cluster]` of --config and talks to Redis, not to turnd. Secrets are read from
+    /// standard input (one line), never from an argument; `list` shows fingerprints.
+    Secrets {
+        #[command(subcommand)]
+        action: secrets::SecretsAction,
+    },
     /// Drain and exit, as SIGTERM does: new allocations are refused, turnd exits once
     /// none is left or after drain-time (needs the token).
     Drain {
@@ -217,6 +224,16 @@ fn execute(args: &CtlArgs) -> Outcome {
             _ => Failure::Usage(format!("{e}")),
         })?),
     };
+    if let CtlCommand::Secrets { action } = &args.command {
+        let Some(config) = &config else {
+            return Err(Failure::Usage("secrets: needs --config (its [cluster] section names Redis)".into()));
+        };
+        return secrets::run(config, action, args.timeout).map_err(|e| match e {
+            secrets::Error::Usage(m) => Failure::Usage(m),
+            secrets::Error::Refused(m) => Failure::Action(m),
+            secrets::Error::Redis(m) => Failure::Unreachable(m),
+        });
+    }
     let name = match (&args.admin, &config) {
         (Some(admin), _) => admin.clone(),
         (None, Some(config)) => {
@@ -304,6 +321,7 @@ fn execute(args: &CtlArgs) -> Outcome {
             Ok(())
         }
         CtlCommand::Drain { wait } => drain(&target, *wait),
+        CtlCommand::Secrets { .. } => Ok(()), // handled above, without the admin listener
     }
 }
 
@@ -442,6 +460,7 @@ impl Target {
 }
 
 mod report;
+mod secrets;
 mod session;
 
 use report::{drain, printable, revocations, sessions, status, SessionFilter};

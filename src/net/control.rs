@@ -62,6 +62,12 @@ impl EventLoop {
                 ledger.set_remote_counts(remote);
                 let _ = reply.send(ledger.user_counts());
             }
+            Control::FleetRates { remote, valid_for, reply } => {
+                let _ = reply.send(self.core.exchange_fleet_rates(now, &remote, valid_for));
+            }
+            Control::SetFleetSecrets { secrets } => {
+                self.core.set_fleet_secrets(secrets.0);
+            }
             Control::SetNonceKey { secret, since_origin } => {
                 self.core.set_nonce_key(now, &secret, since_origin);
             }

@@ -164,6 +164,16 @@ pub struct AllocationInfo {
     pub bytes_to_client: u64,
 }
 
+/// A value whose `Debug` does not show it (secrets in a [`Control`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A request to the running event loop.
 #[derive(Debug)]
 pub enum Control {
@@ -229,6 +239,21 @@ pub enum Control {
         remote: Vec<(crate::turn::tenant::UserKey, usize)>,
         /// Where this node's counts go.
         reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, usize)>>,
+    },
+    /// The fleet's per-user rates on other nodes (see `Server::exchange_fleet_rates`);
+    /// the reply: this node's `(user, bytes/s, cap)`, summed over its workers.
+    FleetRates {
+        /// The other nodes' rates per user.
+        remote: Vec<(crate::turn::tenant::UserKey, crate::turn::user_bandwidth::RemoteRate)>,
+        /// How long they hold.
+        valid_for: std::time::Duration,
+        /// Where this node's rates go.
+        reply: oneshot::Sender<Vec<(crate::turn::tenant::UserKey, u64, u64)>>,
+    },
+    /// The fleet's REST secrets from Redis, newest first (replacing the previous set).
+    SetFleetSecrets {
+        /// The secrets.
+        secrets: Redacted<Vec<Vec<u8>>>,
     },
     /// The fleet's shared nonce key, and the seconds since its origin now.
     SetNonceKey {

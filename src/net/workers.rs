@@ -19,6 +19,7 @@ use super::report::{AllocationInfo, Control, Publisher, Snapshot};
 use super::stream::StreamEvent;
 use crate::turn::ledger::Ledger;
 use crate::turn::{AllocationId, CoreConfig, Server, SystemRng};
+use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
@@ -269,6 +270,27 @@ async fn fan_out(mut control: mpsc::Receiver<Control>, workers: Vec<mpsc::Sender
                 // The ledger is shared: one worker reaches it for all.
                 if let Some(worker) = workers.first() {
                     let _ = worker.send(Control::FleetCounts { remote, reply }).await;
+                }
+            }
+            Control::FleetRates { remote, valid_for, reply } => {
+                // Each worker holds its own buckets: all take the facts; their rates
+                // are summed per user.
+                let mut total: HashMap<crate::turn::tenant::UserKey, (u64, u64)> = HashMap::new();
+                for worker in &workers {
+                    let (tx, rx) = oneshot::channel();
+                    let sent = Control::FleetRates { remote: remote.clone(), valid_for, reply: tx };
+                    if worker.send(sent).await.is_ok() {
+                        for (user, rate, cap) in rx.await.unwrap_or_default() {
+                            let entry = total.entry(user).or_default();
+                            *entry = (entry.0.saturating_add(rate), entry.1.max(cap));
+                        }
+                    }
+                }
+                let _ = reply.send(total.into_iter().map(|(user, (rate, cap))| (user, rate, cap)).collect());
+            }
+            Control::SetFleetSecrets { secrets } => {
+                for worker in &workers {
+                    let _ = worker.send(Control::SetFleetSecrets { secrets: secrets.clone() }).await;
                 }
             }
             Control::SetNonceKey { secret, since_origin } => {

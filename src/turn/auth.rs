@@ -74,6 +74,9 @@ pub struct Credentials {
     /// rebuilt with them.
     by_hash: HashMap<[u8; 32], String>,
     secrets: Vec<Vec<u8>>,
+    /// The fleet's REST secrets, read from Redis (`[cluster] secrets-from-redis`),
+    /// tried before `secrets`; empty without them.
+    fleet_secrets: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -118,6 +121,22 @@ impl Credentials {
         self.secrets.push(secret.to_vec());
     }
 
+    /// Replaces the fleet's REST secrets (newest first): tried before the configured
+    /// ones, which stay in force.
+    pub fn set_fleet_secrets(&mut self, secrets: &[Vec<u8>]) {
+        self.fleet_secrets = secrets.to_vec();
+    }
+
+    /// The REST secrets in force, the fleet's first.
+    fn all_secrets(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.fleet_secrets.iter().chain(&self.secrets)
+    }
+
+    /// Whether any REST secret is in force.
+    fn has_secrets(&self) -> bool {
+        !self.secrets.is_empty() || !self.fleet_secrets.is_empty()
+    }
+
     /// Number of static users.
     pub fn user_count(&self) -> usize {
         self.users.len()
@@ -136,7 +155,7 @@ impl Credentials {
     /// found by USERHASH, that is when no REST secret is configured, because a client
     /// that sees the bit MUST send USERHASH (§9.2.5), which would lock REST users out.
     pub fn features(&self) -> SecurityFeatures {
-        if self.secrets.is_empty() {
+        if !self.has_secrets() {
             SecurityFeatures::PASSWORD_ALGORITHMS | SecurityFeatures::USERNAME_ANONYMITY
         } else {
             SecurityFeatures::PASSWORD_ALGORITHMS
@@ -163,7 +182,7 @@ impl Credentials {
                 Algorithm::Sha256 => keys.sha256.map(|k| vec![k]).ok_or(CredentialError::NoKeyForAlgorithm),
             };
         }
-        if self.secrets.is_empty() {
+        if !self.has_secrets() {
             return Err(CredentialError::UnknownUser);
         }
         // TURN REST API (draft-uberti-behave-turn-rest): "<expiry>[:<user id>]".
@@ -175,8 +194,7 @@ impl Credentials {
             return Err(CredentialError::Expired);
         }
         Ok(self
-            .secrets
-            .iter()
+            .all_secrets()
             .map(|secret| {
                 let password = rest_password(secret, username);
                 match algorithm {
@@ -332,6 +350,27 @@ mod tests {
         assert_eq!(creds.keys_for("2000000000:alice", Algorithm::Md5, 2_000_000_000), Err(CredentialError::Expired));
         assert_eq!(creds.keys_for("alice", Algorithm::Md5, 0), Err(CredentialError::UnknownUser));
         assert_eq!(creds.user_for_hash(&userhash("2000000000:alice", "example.org")), None);
+    }
+
+    #[test]
+    fn the_fleets_secrets_are_tried_first_and_replaced_whole() {
+        let mut creds = Credentials::new("example.org");
+        creds.add_secret(b"local");
+        creds.set_fleet_secrets(&[b"fleet-new".to_vec(), b"fleet-old".to_vec()]);
+        let keys = creds.keys_for("2000000000:alice", Algorithm::Md5, 0).unwrap();
+        let key_of = |secret: &[u8]| {
+            long_term_key_md5("2000000000:alice", "example.org", &rest_password(secret, "2000000000:alice"))
+        };
+        assert_eq!(keys.len(), 3);
+        assert_eq!((keys[0].as_bytes(), keys[2].as_bytes()), (&key_of(b"fleet-new")[..], &key_of(b"local")[..]));
+        creds.set_fleet_secrets(&[]);
+        assert_eq!(creds.keys_for("2000000000:alice", Algorithm::Md5, 0).unwrap().len(), 1);
+        // Fleet secrets alone make REST usernames known.
+        let mut only_fleet = Credentials::new("example.org");
+        assert_eq!(only_fleet.keys_for("2000000000:a", Algorithm::Md5, 0), Err(CredentialError::UnknownUser));
+        only_fleet.set_fleet_secrets(&[b"fleet".to_vec()]);
+        assert_eq!(only_fleet.keys_for("2000000000:a", Algorithm::Md5, 0).map(|k| k.len()), Ok(1));
+        assert!(!only_fleet.features().contains(SecurityFeatures::USERNAME_ANONYMITY));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod table;
 pub mod tcp_relay;
 pub mod tenant;
 pub mod ttl_cache;
+pub mod user_bandwidth;
 
 pub use config::{CoreConfig, Quotas, RelayAddresses};
 pub use ledger::Ledger;

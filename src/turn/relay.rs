@@ -10,7 +10,6 @@ use super::table::AllocationTable;
 use super::{AllocationId, FiveTuple, PeerAddr, Transport};
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::raw::{self, padded, Attributes, Header, HEADER_LEN, MAGIC_COOKIE};
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -102,7 +101,7 @@ pub struct ToClient {
 fn within_bandwidth(
     quotas: &Quotas,
     allocation: &mut Allocation,
-    users: &mut HashMap<super::tenant::UserKey, Bucket>,
+    users: &mut super::user_bandwidth::UserBandwidth,
     len: usize,
     now: Instant,
 ) -> bool {
@@ -116,15 +115,8 @@ fn within_bandwidth(
         }
     }
     let per_user = allocation.user_bandwidth.map_or(quotas.bandwidth_per_user, u64::from);
-    if per_user > 0 {
-        let rate = per_user as f64;
-        let bucket = match users.get_mut(&allocation.user) {
-            Some(bucket) => bucket,
-            None => users.entry(allocation.user.clone()).or_insert_with(|| Bucket::full(rate, now)),
-        };
-        if !bucket.take(bytes, rate, rate, now) {
-            return false;
-        }
+    if per_user > 0 && !users.take(&allocation.user, per_user, len, now) {
+        return false;
     }
     true
 }

@@ -3,7 +3,7 @@
 //! ids. The relay hot path (`relay.rs`) reads it through one 5-tuple lookup.
 
 use super::allocation::Allocation;
-use super::rate::Bucket;
+use super::user_bandwidth::UserBandwidth;
 use super::{AllocationId, FiveTuple};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -25,7 +25,8 @@ pub struct AllocationTable {
     /// Bandwidth buckets per user with allocations on this worker. Kept per worker so
     /// the relay path takes no lock: the per-user cap is enforced per worker, so a
     /// user whose clients land on several workers may relay up to that many times it.
-    pub(super) user_bandwidth: HashMap<super::tenant::UserKey, Bucket>,
+    /// In a fleet, the other nodes' rates for the user lower it (see `user_bandwidth`).
+    pub(super) user_bandwidth: UserBandwidth,
     /// This worker's index and the worker count, and how many ids it has numbered:
     /// see [`AllocationId`].
     worker: u32,
@@ -41,7 +42,7 @@ impl AllocationTable {
             by_five_tuple: HashMap::new(),
             expiries: BinaryHeap::new(),
             users: HashMap::new(),
-            user_bandwidth: HashMap::new(),
+            user_bandwidth: UserBandwidth::default(),
             worker,
             workers: workers.max(1),
             numbered: 0,

@@ -119,6 +119,9 @@ pub struct Server {
     moving: HashMap<AllocationId, mobility::PendingMove>,
     /// The fleet's other nodes, as the cluster task last reported them.
     fleet: super::fleet::FleetView,
+    /// The fleet's REST secrets from Redis (empty without them): kept here so a
+    /// reload, which brings new credentials, keeps them.
+    fleet_secrets: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -166,6 +169,7 @@ impl Server {
             tickets: super::mobility::TicketCodec::new(&nonce_secret, epoch),
             moving: HashMap::new(),
             fleet: super::fleet::FleetView::default(),
+            fleet_secrets: Vec::new(),
             revocations: Revocations::default(),
             lookups: Lookups::new(config.lookup.unwrap_or_default()),
             table: AllocationTable::new(worker % workers, workers),
@@ -204,6 +208,7 @@ impl Server {
         self.nonces.set_lifetime(config.nonce_lifetime);
         self.lookups.reconfigure(config.lookup.unwrap_or_default());
         self.config = config;
+        self.config.credentials.set_fleet_secrets(&self.fleet_secrets);
         let gone = self.table.ids_where(|a| {
             self.config.tenant(a.five_tuple.tenant).is_none()
                 || (newly_denied && self.config.is_denied_client(a.five_tuple.client))
@@ -237,6 +242,26 @@ impl Server {
     /// Without a fresh report the node serves them itself.
     pub fn set_alternates(&mut self, now: Instant, alternates: super::fleet::Alternates, valid_for: Duration) {
         self.fleet.set(now, alternates, valid_for);
+    }
+
+    /// Takes the fleet's REST secrets (newest first) for the default realm, tried
+    /// before `[auth] secrets`; they replace the previous fleet set and outlive reloads.
+    pub fn set_fleet_secrets(&mut self, secrets: Vec<Vec<u8>>) {
+        self.config.credentials.set_fleet_secrets(&secrets);
+        self.fleet_secrets = secrets;
+    }
+
+    /// The fleet's per-user rates on other nodes (`remote`, valid for `valid_for`):
+    /// this worker holds those users to their share of `bandwidth-per-user` (see
+    /// [`super::user_bandwidth`]). Returns this worker's rates to publish: `(user,
+    /// bytes/s, cap)` for users relaying a noticeable part of their cap here.
+    pub fn exchange_fleet_rates(
+        &mut self,
+        now: Instant,
+        remote: &[(super::tenant::UserKey, super::user_bandwidth::RemoteRate)],
+        valid_for: Duration,
+    ) -> Vec<(super::tenant::UserKey, u64, u64)> {
+        self.table.user_bandwidth.exchange(now, remote, valid_for)
     }
 
     /// Switches to the fleet's shared nonce key (see [`super::nonce::NonceCodec::shared`]):
