@@ -1546,6 +1546,10 @@ fn kubernetes_fleet_renders_a_config_that_joins_redis_with_its_node_name_and_dis
         assert!(Instant::now() < deadline, "Redis from redis.yaml's script did not answer PING with its password");
         thread::sleep(Duration::from_millis(100));
     }
+    // The script execs redis-server: it is the container's main process (SIGTERM
+    // reaches it, and killing the child here leaves nothing behind).
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", _redis.0.id())).unwrap_or_default();
+    assert_eq!(comm.trim(), "redis-server", "the Redis script does not exec redis-server");
     let refused = redis_cli(redis_port, None, &["ping"]);
     assert!(refused.contains("NOAUTH"), "Redis answered without the password: {refused}");
 
