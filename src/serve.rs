@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use sd_notify::NotifyState;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -231,7 +231,12 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         })?;
         info!(
             stun_server = config.relay.external_address_stun.as_deref().unwrap_or_default(),
-            external_ipv4 = ?discovered.ipv4, external_ipv6 = ?discovered.ipv6,
+            external = %[discovered.ipv4.map(IpAddr::V4), discovered.ipv6.map(IpAddr::V6)]
+                .iter()
+                .flatten()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
             "external address discovered: relayed addresses are advertised at it"
         );
         overrides.discovered = discovered;

@@ -1584,7 +1584,15 @@ fn kubernetes_fleet_renders_a_config_that_joins_redis_with_its_node_name_and_dis
         "node-a.example is not in the registry advertising {wanted}: {entry:?}\nlog tail:\n{}",
         node.logs_tail(40)
     );
-    let ready = http_get(node.admin_addr(), "/readyz");
+    // Ready once its event loops report (the kubelet's readiness probe).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let ready = http_get(node.admin_addr(), "/readyz");
+        if matches!(ready, Ok((200, _))) || Instant::now() >= deadline {
+            break ready;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
     assert!(matches!(ready, Ok((200, _))), "/readyz: {ready:?}\nlog tail:\n{}", node.logs_tail(40));
 }
 

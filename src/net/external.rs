@@ -43,12 +43,12 @@ pub struct Discovered {
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// The server's name did not resolve.
-    #[error("relay.external-address-stun: cannot resolve {server:?}: {source}")]
+    #[error("relay.external-address-stun: cannot resolve {server:?}: {cause}")]
     Resolve {
         /// The server as configured.
         server: String,
-        /// The resolver's error.
-        source: std::io::Error,
+        /// The resolver's error (named `cause`, not `source`: the message says it once).
+        cause: std::io::Error,
     },
     /// The name resolved, but to no address of the family asked about.
     #[error("relay.external-{family} = \"auto\": {server:?} has no {family} address to ask")]
@@ -59,18 +59,18 @@ pub enum DiscoveryError {
         server: String,
     },
     /// No socket to ask from.
-    #[error("relay.external-{family} = \"auto\": cannot bind a UDP socket on {from}: {source}")]
+    #[error("relay.external-{family} = \"auto\": cannot bind a UDP socket on {from}: {cause}")]
     Bind {
         /// `ipv4` or `ipv6`.
         family: &'static str,
         /// The local address.
         from: IpAddr,
         /// The system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No answer, or one that could not be read.
     #[error(
-        "relay.external-{family} = \"auto\": the STUN server relay.external-address-stun = {server} gave no address: {source}"
+        "relay.external-{family} = \"auto\": the STUN server relay.external-address-stun = {server} gave no address: {cause}"
     )]
     Transport {
         /// `ipv4` or `ipv6`.
@@ -78,7 +78,7 @@ pub enum DiscoveryError {
         /// The server's address.
         server: SocketAddr,
         /// What happened (boxed: it is large, and this path runs once).
-        source: Box<TransportError>,
+        cause: Box<TransportError>,
     },
     /// An answer without a usable XOR-MAPPED-ADDRESS (an error response, none, or an
     /// address of the wrong family or no single host).
@@ -134,11 +134,11 @@ pub fn ask(server: &str, source: IpAddr) -> Result<IpAddr, DiscoveryError> {
         Ok(StunServer::Address(address)) => Some(address),
         Ok(StunServer::Name(name, port)) => (name.as_str(), port)
             .to_socket_addrs()
-            .map_err(|source| DiscoveryError::Resolve { server: server.to_owned(), source })?
+            .map_err(|cause| DiscoveryError::Resolve { server: server.to_owned(), cause })?
             .find(|a| a.is_ipv4() == source.is_ipv4()),
         // Validated with the config; kept an error rather than a panic all the same.
         Err(message) => {
-            return Err(DiscoveryError::Resolve { server: server.to_owned(), source: std::io::Error::other(message) })
+            return Err(DiscoveryError::Resolve { server: server.to_owned(), cause: std::io::Error::other(message) })
         }
     };
     let target = target
@@ -147,10 +147,10 @@ pub fn ask(server: &str, source: IpAddr) -> Result<IpAddr, DiscoveryError> {
     let socket = UdpSocket::bind(SocketAddr::new(source, 0)).map_err(|e| DiscoveryError::Bind {
         family,
         from: source,
-        source: e,
+        cause: e,
     })?;
     let transport =
-        |source: TransportError| DiscoveryError::Transport { family, server: target, source: Box::new(source) };
+        |source: TransportError| DiscoveryError::Transport { family, server: target, cause: Box::new(source) };
     let unusable = |what: String| DiscoveryError::Unusable { family, server: target, what };
     let mut connection = Connection::new(Link::Udp(socket), target);
     // Transaction ids an off-path attacker cannot guess, as `turnd probe`'s.
