@@ -43,8 +43,11 @@ install_deps() {
     # tests/tls_passthrough.rs: curl fetches a page through a passthrough TLS listener.
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     # tests/cluster.rs: a real Redis for the fleet registry (started by the test on an
-    # ephemeral loopback port, no persistence; the package's own service is not used).
+    # ephemeral loopback port, no persistence; the package's own service is not used);
+    # tests/deploy.rs runs the fleet manifest's Redis script with it, and redis-cli
+    # (redis-tools, a dependency of redis-server) reads the registry.
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null

@@ -137,6 +137,7 @@ fn dispatch(command: Command) -> Result<()> {
                     workers,
                     admin_address,
                     descriptors: None,
+                    discovered: Default::default(),
                 },
             )
         }

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use sd_notify::NotifyState;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
-use turnd::config::{Config, ListenTransport, LogFormat, User};
+use turnd::config::{Config, External, ListenTransport, LogFormat, User};
 use turnd::net::passthrough::{Passthrough, TurnNames};
 use turnd::net::route::StreamRouter;
 use turnd::net::tls::ReloadableCert;
@@ -43,6 +43,9 @@ pub struct Overrides {
     pub admin_address: Option<SocketAddr>,
     /// What the open-file limit allows (found at start, applied to reloads too).
     pub descriptors: Option<crate::descriptors::Budget>,
+    /// `external-ipv4`/`external-ipv6 = "auto"`: what the STUN server told at start
+    /// (reloads keep it).
+    pub discovered: net::external::Discovered,
 }
 
 impl Overrides {
@@ -64,6 +67,7 @@ impl Overrides {
         if let Some(budget) = self.descriptors {
             budget.apply(config);
         }
+        self.discovered.apply(config);
     }
 }
 
@@ -217,6 +221,27 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         refuse(key, &e);
         e
     })?;
+    if config.relay.discovers_external_address() {
+        // Before anything is bound (a successor in a live upgrade asks too, while its
+        // predecessor serves on); failing here stops the start, see `net::external`.
+        let discovered = net::external::discover(&config.relay, &config.listen).map_err(|e| {
+            let e = anyhow::Error::from(e).context("discovering the external address");
+            refuse("relay.external-address-stun", &e);
+            e
+        })?;
+        info!(
+            stun_server = config.relay.external_address_stun.as_deref().unwrap_or_default(),
+            external = %[discovered.ipv4.map(IpAddr::V4), discovered.ipv6.map(IpAddr::V6)]
+                .iter()
+                .flatten()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            "external address discovered: relayed addresses are advertised at it"
+        );
+        overrides.discovered = discovered;
+        discovered.apply(&mut config);
+    }
     let realms = crate::live_upgrade::Realms::of(&config.core());
     let planned = turnd::upgrade::compat::Planned {
         workers: config.worker_count().max(1),
@@ -820,6 +845,16 @@ async fn reload(
     if let Err((table, index, key, message)) = next.validate_tenants() {
         error!(table, index, key, message, "reload rejected; the running configuration stays in force");
         return None;
+    }
+    // "auto" for a family that was not discovered at start (the file said an address
+    // then): discovery runs at start only, so the running address stays.
+    if next.relay.external_ipv4.is_some_and(External::is_auto) {
+        warn!("relay.external-ipv4 = \"auto\" needs a restart to be discovered; the running external-ipv4 stays");
+        next.relay.external_ipv4 = current.relay.external_ipv4;
+    }
+    if next.relay.external_ipv6.is_some_and(External::is_auto) {
+        warn!("relay.external-ipv6 = \"auto\" needs a restart to be discovered; the running external-ipv6 stays");
+        next.relay.external_ipv6 = current.relay.external_ipv6;
     }
     let needs_restart: Vec<&str> = [
         ("listen", next.listen != current.listen),

@@ -1218,6 +1218,26 @@ const MANIFESTS: [&str; 4] = [
     "deploy/kubernetes/daemonset.yaml",
 ];
 
+/// The fleet (`deploy/kubernetes/fleet/`): applied with the namespace and REST secret above.
+const FLEET_MANIFESTS: [&str; 3] = [
+    "deploy/kubernetes/fleet/configmap.yaml",
+    "deploy/kubernetes/fleet/daemonset.yaml",
+    "deploy/kubernetes/fleet/redis.yaml",
+];
+
+/// The resources in [`FLEET_MANIFESTS`] (redis.yaml holds a Deployment and a Service).
+const FLEET_RESOURCES: usize = 4;
+
+/// The `.yaml` files directly in `dir` (relative to the repository).
+fn yaml_files_in(dir: &str) -> BTreeSet<String> {
+    std::fs::read_dir(repo().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| format!("{dir}/{}", e.file_name().to_string_lossy()))
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect()
+}
+
 fn kubernetes_validate_available() -> bool {
     python_module_available("kubernetes_validate")
 }
@@ -1227,14 +1247,10 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     if !need(kubernetes_validate_available(), "Python kubernetes-validate (PyPI)") {
         return;
     }
-    let dir = repo().join("deploy/kubernetes");
-    let listed: BTreeSet<String> = std::fs::read_dir(&dir)
-        .expect("deploy/kubernetes")
-        .filter_map(|e| e.ok())
-        .map(|e| format!("deploy/kubernetes/{}", e.file_name().to_string_lossy()))
-        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-        .collect();
+    let listed = yaml_files_in("deploy/kubernetes");
     assert_eq!(listed, MANIFESTS.iter().map(|s| s.to_string()).collect(), "MANIFESTS is out of date");
+    let fleet = yaml_files_in("deploy/kubernetes/fleet");
+    assert_eq!(fleet, FLEET_MANIFESTS.iter().map(|s| s.to_string()).collect(), "FLEET_MANIFESTS is out of date");
     let validate = |files: &[PathBuf]| {
         run_with_timeout(
             cmd(&python()).args(["-m", "kubernetes_validate", "--strict"]).args(files),
@@ -1244,6 +1260,9 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     let out = validate(&MANIFESTS.map(|m| repo().join(m)));
     assert!(out.success(), "kubernetes-validate:\n{out}");
     assert_eq!(out.all().matches(" passed for resource ").count(), MANIFESTS.len(), "{out}");
+    let out = validate(&FLEET_MANIFESTS.map(|m| repo().join(m)));
+    assert!(out.success(), "kubernetes-validate (fleet):\n{out}");
+    assert_eq!(out.all().matches(" passed for resource ").count(), FLEET_RESOURCES, "{out}");
 
     // The validator has teeth: a misspelt field fails.
     let tmp = TempDir::new("turnd-k8s");
@@ -1256,10 +1275,15 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
 /// All documents of the manifests as JSON (YAML read by Python's PyYAML, which
 /// kubernetes-validate brings).
 fn manifests_as_json() -> Vec<Value> {
+    yaml_documents(&MANIFESTS)
+}
+
+/// All documents of `files` (relative to the repository) as JSON.
+fn yaml_documents(files: &[&str]) -> Vec<Value> {
     let script = "import json, sys, yaml\n\
                   json.dump([d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d], sys.stdout)";
     let out = run_with_timeout(
-        cmd(&python()).arg("-c").arg(script).args(MANIFESTS.map(|m| repo().join(m))),
+        cmd(&python()).arg("-c").arg(script).args(files.iter().map(|m| repo().join(m))),
         Duration::from_secs(60),
     );
     assert!(out.success(), "reading the manifests:\n{out}");
@@ -1381,6 +1405,195 @@ fn kubernetes_init_container_renders_a_config_turnd_accepts() {
             "secrets {secrets:?} were accepted or the message is unclear:\n{out}"
         );
     }
+}
+
+/// `valueFrom` of the env var `name` of a container (`null` when it has none).
+fn env_source(container: &Value, name: &str) -> Value {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .map_or(Value::Null, |e| e["valueFrom"].clone())
+}
+
+/// A child process killed on drop (Redis run from its manifest's script).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut c = cmd("redis-cli");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(password) = password {
+        c.args(["-a", password, "--no-auth-warning"]);
+    }
+    run_with_timeout(c.args(args), Duration::from_secs(10)).all().trim().to_string()
+}
+
+#[test]
+fn kubernetes_fleet_renders_a_config_that_joins_redis_with_its_node_name_and_discovered_address() {
+    if !need(python_module_available("yaml"), "Python PyYAML (comes with kubernetes-validate)") {
+        return;
+    }
+    let docs = yaml_documents(&FLEET_MANIFESTS);
+    let base = manifests_as_json();
+    let config_map = find_kind(&docs, "ConfigMap");
+    let template = config_map["data"]["turnd.toml"].as_str().expect("ConfigMap data turnd.toml").to_string();
+    let pod = &find_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!((&pod["hostNetwork"], &pod["dnsPolicy"]), (&Value::Bool(true), &Value::from("ClusterFirstWithHostNet")));
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let uses = |what: &str, field: &str, name: &Value| volumes.iter().any(|v| v[what][field] == *name);
+    assert!(
+        uses("configMap", "name", &config_map["metadata"]["name"]),
+        "the DaemonSet does not mount the fleet ConfigMap"
+    );
+    let rest_secret = &find_kind(&base, "Secret")["metadata"]["name"];
+    assert!(uses("secret", "secretName", rest_secret), "the DaemonSet does not mount the REST Secret {rest_secret}");
+    let (init, main) = (&pod["initContainers"][0], &pod["containers"][0]);
+    assert_eq!(env_source(init, "NODE_NAME")["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(env_source(init, "HOST_IP")["fieldRef"]["fieldPath"], "status.hostIP");
+    assert_eq!(main["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The config names the Redis Service, and both sides read one Secret.
+    let service = find_kind(&docs, "Service");
+    let url = format!(
+        "redis = \"redis://{}.{}.svc.cluster.local:{}/0\"",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"]
+    );
+    assert!(template.contains(&url), "the config does not name the Redis Service: {url}");
+    let redis = &find_kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let password_ref = env_source(main, "TURND_REDIS_PASSWORD")["secretKeyRef"].clone();
+    assert!(password_ref.is_object(), "turnd gets no Redis password");
+    assert_eq!(
+        password_ref,
+        env_source(redis, "REDIS_PASSWORD")["secretKeyRef"],
+        "turnd and Redis read other passwords"
+    );
+
+    // Run the init script here, with the binary under test as `turnd` on PATH.
+    let dir = TempDir::new("turnd-k8s-fleet");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(std::fs::canonicalize(turnd_binary()).unwrap(), bin.join("turnd")).unwrap();
+    let template_file = dir.write("template.toml", &template);
+    let secrets_file = dir.write("rest-secrets", "bmV3LXNlY3JldA==\n");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script = init["args"][0].as_str().expect("the init script").to_string();
+    let render = |node: &str, front: &str| {
+        let config = dir.path().join("turnd.toml");
+        let _ = std::fs::remove_file(&config);
+        let out = run_with_timeout(
+            cmd("/bin/sh")
+                .arg("-c")
+                .arg(&script)
+                .env("PATH", &path)
+                .env("HOST_IP", "192.0.2.10")
+                .env("NODE_NAME", node)
+                .env("TURND_FRONT", front)
+                .env("TURND_TEMPLATE", &template_file)
+                .env("TURND_SECRETS_FILE", &secrets_file)
+                .env("TURND_CONFIG", &config),
+            Duration::from_secs(30),
+        );
+        (out, std::fs::read_to_string(&config).unwrap_or_default())
+    };
+    let (out, config) = render("node-a.example", "false");
+    assert!(out.success(), "the fleet init script failed (it runs turnd check-config):\n{out}");
+    for wanted in
+        ["node-id = \"node-a.example\"", "front = false", "address = \"192.0.2.10:9641\"", "external-ipv4 = \"auto\""]
+    {
+        assert!(config.contains(wanted), "the rendered config lacks {wanted:?}:\n{config}");
+    }
+    let (out, front) = render("node-b", "true");
+    assert!(out.success() && front.contains("front = true"), "a front node's config:\n{out}");
+    for (node, flag, why) in [("Node A", "false", "not a usable node id"), ("node-a", "yes", "must be true or false")] {
+        let (out, _) = render(node, flag);
+        assert!(!out.success() && out.stderr.contains(why), "NODE_NAME {node:?} TURND_FRONT {flag:?}:\n{out}");
+    }
+
+    // And the rendered config runs: Redis from its manifest's script (on loopback,
+    // an ephemeral port), a turnd as the STUN server, and the node joins the registry
+    // under its node name, advertising the discovered address (a node without
+    // "auto" and without advertise-ipv4 would publish none).
+    if !need_tool("redis-server", "redis-server") || !need_tool("redis-cli", "redis-tools") {
+        return;
+    }
+    let redis_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let redis_script = redis["args"][0].as_str().expect("the Redis script");
+    let on_loopback = redis_script.replace("--port 6379", &format!("--port {redis_port} --bind 127.0.0.1"));
+    assert_ne!(on_loopback, redis_script, "the Redis script no longer says --port 6379");
+    let password = "cGFzc3dvcmQrLz0K+/=";
+    let _redis = Killed(
+        cmd("/bin/sh")
+            .arg("-c")
+            .arg(&on_loopback)
+            .env("REDIS_PASSWORD", password)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis_cli(redis_port, Some(password), &["ping"]) != "PONG" {
+        assert!(Instant::now() < deadline, "Redis from redis.yaml's script did not answer PING with its password");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The script execs redis-server: it is the container's main process (SIGTERM
+    // reaches it, and killing the child here leaves nothing behind).
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", _redis.0.id())).unwrap_or_default();
+    assert_eq!(comm.trim(), "redis-server", "the Redis script does not exec redis-server");
+    let refused = redis_cli(redis_port, None, &["ping"]);
+    assert!(refused.contains("NOAUTH"), "Redis answered without the password: {refused}");
+
+    let stun = TurndProcess::with_transports(&["udp"]);
+    let (min, max) = relay_port_range();
+    let mut local = config.clone();
+    for (from, to) in [
+        ("redis://turnd-redis.turnd.svc.cluster.local:6379/0".to_string(), format!("redis://127.0.0.1:{redis_port}/0")),
+        ("stun.example.net:3478".into(), stun.udp_addr().to_string()),
+        ("192.0.2.10:9641".into(), "127.0.0.1:0".into()),
+        ("0.0.0.0:3478".into(), "127.0.0.1:0".into()),
+        ("port-min = 49152".into(), format!("port-min = {min}")),
+        ("port-max = 65535".into(), format!("port-max = {max}")),
+    ] {
+        assert!(local.contains(&from), "the rendered config no longer has {from:?}");
+        local = local.replace(&from, &to);
+    }
+    let env = [("TURND_REDIS_PASSWORD".to_string(), std::ffi::OsString::from(password))];
+    let node = TurndProcess::start_with_env(&local, &["--port", "0"], &env);
+    let wanted = format!("127.0.0.1:{}", node.udp_addr().port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let entry = redis_cli(redis_port, Some(password), &["GET", "turnd:node:node-a.example"]);
+        let parsed: Option<Value> = serde_json::from_str(&entry).ok();
+        if parsed.as_ref().is_some_and(|e| e["ipv4"] == wanted.as_str()) || Instant::now() >= deadline {
+            break entry;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        entry.contains(&format!("\"ipv4\":\"{wanted}\"")),
+        "node-a.example is not in the registry advertising {wanted}: {entry:?}\nlog tail:\n{}",
+        node.logs_tail(40)
+    );
+    // Ready once its event loops report (the kubelet's readiness probe).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let ready = http_get(node.admin_addr(), "/readyz");
+        if matches!(ready, Ok((200, _))) || Instant::now() >= deadline {
+            break ready;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(matches!(ready, Ok((200, _))), "/readyz: {ready:?}\nlog tail:\n{}", node.logs_tail(40));
 }
 
 #[test]

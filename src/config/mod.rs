@@ -22,7 +22,7 @@ pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, Usage, PASSWO
 pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
-pub use relay::Relay;
+pub use relay::{External, Relay, StunServer};
 pub use tenant::{normalize_name, TenantConfig, TenantLimits, MAX_TENANTS};
 pub use webhook::{Webhook, SYSTEM_CA_FILE};
 
@@ -287,9 +287,9 @@ impl Config {
             port_range: self.relay.port_min..=self.relay.port_max,
             relay: RelayAddresses {
                 bind_v4: self.relay.bind_ipv4,
-                external_v4: self.relay.external_ipv4,
+                external_v4: self.relay.external_ipv4.and_then(External::address),
                 bind_v6: self.relay.bind_ipv6,
-                external_v6: self.relay.external_ipv6,
+                external_v6: self.relay.external_ipv6.and_then(External::address),
                 ..RelayAddresses::default()
             },
             policy: {

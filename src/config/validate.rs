@@ -107,6 +107,7 @@ impl Config {
         if let Some(webhook) = &self.auth.webhook {
             webhook.validate()?;
         }
+        self.relay.validate()?;
         self.validate_admin()?;
         self.nat_discovery_addresses()?;
         self.cluster.validate()?;

@@ -13,6 +13,7 @@ mod admission;
 pub mod client_hello;
 mod control;
 mod event_loop;
+pub mod external;
 pub mod handover;
 mod ledger;
 mod listeners;
