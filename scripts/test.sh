@@ -47,6 +47,8 @@ install_deps() {
     # tests/deploy.rs runs the fleet manifest's Redis script with it, and redis-cli
     # (redis-tools, a dependency of redis-server) reads the registry.
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # tests/cluster.rs: the front's 300 to Chromium read off the wire in a namespace.
+    command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"

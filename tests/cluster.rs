@@ -772,6 +772,9 @@ fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
             return;
         }
     }
+    if !need_tool("tcpdump", "tcpdump") {
+        return;
+    }
     let servers = netns::Netns::new("fleet");
     let clients = netns::Netns::new("fleetc");
     let octet = 64 + netns::subnet_tag();
@@ -801,10 +804,18 @@ fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
         ("tcp", format!("turn:{front_ip}:{front_port}?transport=tcp")),
         ("tls", format!("turns:{front_ip}:{front_tls_port}?transport=tcp")),
     ];
+    // What the front sends the browser over UDP, read as it crosses the link to the
+    // browser's namespace: the 300 itself, not only the front's count of them.
+    let filter = format!("udp and src host {front_ip} and src port {front_port}");
+    let mut capture = Some(netns::capture::Capture::start(&servers, "up0", &filter));
+    let mut wire = Vec::new();
     for (transport, url) in urls {
         let (redirects_before, stale_before) = (redirects(), stale_at_b());
         let ice = serde_json::json!([{ "urls": [url], "username": USER, "credential": PASSWORD }]);
         let r = browser.call("loopback", serde_json::json!({ "iceServers": ice, "messages": 3 }));
+        if let Some(capture) = capture.take() {
+            wire = capture.finish();
+        }
         // The counters are published once a second (later on a loaded machine).
         let sent = wait_for(Duration::from_secs(5), || Some(redirects() - redirects_before).filter(|n| *n >= 1.0));
         let (sent, stale) = (sent.unwrap_or(0.0), stale_at_b() - stale_before);
@@ -814,6 +825,20 @@ fn chromium_pointed_at_the_front_node_relays_through_the_node_it_was_sent_to() {
         );
         results.push((r, sent, stale));
     }
+    let b_udp = b.addr("udp");
+    let answers: Vec<(u16, Option<SocketAddr>)> = wire
+        .iter()
+        .filter_map(|d| turnd::stun::message::decode(&d.payload).ok())
+        .filter_map(|m| {
+            Some((error_code(&m.message)?, m.message.get_attribute::<AlternateServer>().map(|a| a.address())))
+        })
+        .collect();
+    eprintln!("ON THE WIRE from the front over UDP: {} datagrams, error answers {answers:?}", wire.len());
+    assert!(
+        answers.contains(&(300, Some(b_udp))),
+        "no 300 naming b ({b_udp}) among the front's UDP answers {answers:?} ({} datagrams)",
+        wire.len()
+    );
     for ((r, sent, stale), protocol) in results.iter().zip(["udp", "tcp", "tls"]) {
         assert!(*sent >= 1.0, "{protocol}: the front answered 300: {r:#}\n---- front ----\n{}", front.logs());
         assert_eq!(*stale, 0.0, "{protocol}: the front's nonce held at b");

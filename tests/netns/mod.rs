@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod capture;
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
