@@ -67,8 +67,9 @@ impl UdpListeners {
         let mut keys = Vec::new();
         for (socket, tenant) in sockets {
             let state = UdpSocketState::new((&socket).into())?;
-            disable_gro_and_pmtud(&socket);
             let local = socket.local_addr()?;
+            disable_gro_and_pmtud(&socket);
+            drop_unused_control_messages(&socket, local);
             let family = Family::of(local.ip());
             let list = &mut listeners.by_family[family as usize];
             keys.push((ListenerKey { family, index: list.len() }, socket.as_raw_fd()));
@@ -183,6 +184,23 @@ fn disable_gro_and_pmtud(socket: &UdpSocket) {
     ] {
         // Each may fail on a socket of the other family; that is fine.
         let _ = sockopt::set_int(socket.as_fd(), level, name, value);
+    }
+}
+
+/// quinn-udp also asks for the TOS / traffic class of every datagram (for ECN) and for
+/// its destination address (IP_PKTINFO), each a control message the kernel writes per
+/// datagram received (`put_cmsg` and its checks were about 4% of turnd's CPU per
+/// Binding). turnd reads neither ECN nor, on a listener bound to one address, the
+/// destination, which can then only be that address: both are turned off. A wildcard
+/// listener keeps PKTINFO, to answer from the address the client sent to.
+fn drop_unused_control_messages(socket: &UdpSocket, local: SocketAddr) {
+    let mut options = vec![(libc::IPPROTO_IP, libc::IP_RECVTOS), (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS)];
+    if !local.ip().is_unspecified() {
+        options.extend([(libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)]);
+    }
+    for (level, name) in options {
+        // Each may fail on a socket of the other family; that is fine.
+        let _ = sockopt::set_int(socket.as_fd(), level, name, 0);
     }
 }
 

@@ -201,7 +201,12 @@ impl EventLoop {
             info!("relay sockets can be opened again");
         }
         let socket: UdpSocket = socket.into();
-        let bound = socket.local_addr().map_err(|_| RelayBindError::Other)?;
+        // The core names the port; only a port of 0 (which it does not ask for) would
+        // need the kernel's answer: one getsockname per allocation saved.
+        let bound = match local.port() {
+            0 => socket.local_addr().map_err(|_| RelayBindError::Other)?,
+            _ => local,
+        };
         let family = Family::of(bound.ip());
         if let Err(e) = self.epoll.add(socket.as_raw_fd(), Token::Relay(id, family).encode()) {
             warn!(error = %e, "cannot watch relay socket");

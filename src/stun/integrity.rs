@@ -91,11 +91,60 @@ fn integrity_tag(
     let covered = message.get(..attr_offset)?;
     let head = covered.get(..HEADER_LEN)?;
     let length = u16::try_from(attr_offset + 4 + value_len - HEADER_LEN).ok()?;
-    let mut ctx = hmac::Context::with_key(&hmac::Key::new(kind.algorithm(), key));
+    let mut ctx = with_hmac_key(kind, key, hmac::Context::with_key);
     ctx.update(&head[..2]);
     ctx.update(&length.to_be_bytes());
     ctx.update(covered.get(4..)?);
     Some(ctx.sign())
+}
+
+/// The last HMAC key each thread used, per algorithm: its bytes and ring's key, which
+/// holds the inner and outer hash states already fed with the padded key.
+struct LastKey {
+    kind: IntegrityKind,
+    bytes: [u8; 32],
+    len: usize,
+    key: hmac::Key,
+}
+
+thread_local! {
+    /// An authenticated request and its answer use the same key (verify, then sign), and
+    /// a client's next request again; setting up an HMAC key costs two hash blocks of the
+    /// four or five an HMAC over a request takes, so it is kept between calls. Per thread:
+    /// each worker has its own, no lock. Only the last key is kept: a cache that cannot
+    /// grow, whatever clients send.
+    static LAST_KEY: std::cell::RefCell<Option<LastKey>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with ring's HMAC key for `key` under `kind`, set up again only when it
+/// differs from the last one this thread used.
+fn with_hmac_key<T>(kind: IntegrityKind, key: &[u8], f: impl FnOnce(&hmac::Key) -> T) -> T {
+    let fresh = || hmac::Key::new(kind.algorithm(), key);
+    if key.len() > 32 {
+        return f(&fresh());
+    }
+    LAST_KEY.with(|slot| {
+        let Ok(mut slot) = slot.try_borrow_mut() else {
+            return f(&fresh());
+        };
+        let same = slot.as_ref().is_some_and(|last| {
+            // Constant time: the comparison is over key material.
+            last.kind == kind
+                && last.len == key.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(last.bytes.get(..key.len()).unwrap_or_default(), key))
+        });
+        if !same {
+            let mut bytes = [0u8; 32];
+            if let Some(prefix) = bytes.get_mut(..key.len()) {
+                prefix.copy_from_slice(key);
+            }
+            *slot = Some(LastKey { kind, bytes, len: key.len(), key: fresh() });
+        }
+        match slot.as_ref() {
+            Some(last) => f(&last.key),
+            None => f(&fresh()),
+        }
+    })
 }
 
 /// Checks the integrity attribute found at `attr_offset` (its value `received`) in
@@ -267,6 +316,26 @@ mod tests {
         assert!(!verify(IntegrityKind::Sha1, b"VOkJxbRl1RmTxUk/WvJxBT", message, mi.offset, mi.value));
         let fp = find(message, ATTR_FINGERPRINT);
         assert!(verify_fingerprint(message, fp.offset, fp.value));
+    }
+
+    #[test]
+    fn the_kept_hmac_key_never_answers_for_another_key_or_algorithm() {
+        let mi = find(SAMPLE_REQUEST, ATTR_MESSAGE_INTEGRITY);
+        let (right, wrong): (&[u8], &[u8]) = (b"VOkJxbRl1RmTxUk/WvJxBt", b"VOkJxbRl1RmTxUk/WvJxBT");
+        let long = [7u8; 40];
+        for _ in 0..3 {
+            for (key, expected) in [(right, true), (wrong, false), (&long[..], false), (right, true), (right, true)] {
+                assert_eq!(verify(IntegrityKind::Sha1, key, SAMPLE_REQUEST, mi.offset, mi.value), expected);
+            }
+            // The same bytes under the other algorithm: a different HMAC.
+            let mut m = SAMPLE_REQUEST[..mi.offset].to_vec();
+            append_integrity(&mut m, IntegrityKind::Sha256, right);
+            let tag = find(&m, ATTR_MESSAGE_INTEGRITY_SHA256);
+            assert_eq!(tag.value.len(), 32);
+            assert!(verify(IntegrityKind::Sha256, right, &m, tag.offset, tag.value));
+            assert!(!verify(IntegrityKind::Sha256, wrong, &m, tag.offset, tag.value));
+            assert!(!verify(IntegrityKind::Sha1, right, &m, tag.offset, &tag.value[..20]));
+        }
     }
 
     #[test]

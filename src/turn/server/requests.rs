@@ -62,7 +62,7 @@ impl Server {
             return Received::Handled;
         }
         // The codec's own limit on SOFTWARE: what the general path would send.
-        let software = self.config.software.as_deref().filter(|s| s.chars().count() < 128);
+        let software = self.config.software.as_deref().filter(|s| s.len() < 128 || s.chars().count() < 128);
         // RFC 5780 answers carry more than the fast path writes.
         let fast = from.transport != Transport::Udp || self.config.nat_discovery_for(from).is_none();
         let answer =
