@@ -1,6 +1,7 @@
 //! The fleet's shared revocation list: a Redis set (`PREFIX:revoked`) merged with
-//! each node's own list once per publish interval, so a revoke (or a lift) on any
-//! node holds on every node within about one interval.
+//! each node's own list once per publish interval and whenever a change is pushed
+//! (below), so a revoke (or a lift) on any node holds on every node within
+//! milliseconds, and within about one interval for a node that missed the push.
 //!
 //! The merge is three-way, against what the last sync left on both sides: a name new
 //! on one side is added to the other; a name gone from one side (lifted, or a REST
