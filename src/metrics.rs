@@ -210,6 +210,24 @@ pub const DEFINITIONS: &[Definition] = &[
         "With [cluster]: users whose bandwidth-per-user is shared with other nodes at the last read.",
     ),
     def(
+        "turnd_cluster_revocations_subscribed",
+        GAUGE,
+        &[],
+        "With [cluster]: 1 while the subscription to the fleet's revocation pushes is up.",
+    ),
+    def(
+        "turnd_cluster_revocation_pushes_total",
+        COUNTER,
+        &["direction"],
+        "With [cluster]: revocation changes pushed to the fleet (sent) and pushes from other nodes that woke a sync here (received).",
+    ),
+    def(
+        "turnd_cluster_revocation_messages_rejected_total",
+        COUNTER,
+        &[],
+        "With [cluster]: messages on the revocation channel ignored as malformed.",
+    ),
+    def(
         "turnd_usage_records_written_total",
         COUNTER,
         &["sink"],
@@ -421,6 +439,16 @@ impl Collector for Collect {
         push(configured.then(|| gauge(&[], c.secrets() as f64)).into_iter().collect());
         push(configured.then(|| counter(&[], c.secrets_rejected())).into_iter().collect());
         push(configured.then(|| gauge(&[], c.capped_users() as f64)).into_iter().collect());
+        push(configured.then(|| gauge(&[], if c.revocations_subscribed() { 1.0 } else { 0.0 })).into_iter().collect());
+        push(if configured {
+            vec![
+                counter(&[("direction", "sent")], c.revocation_pushes_sent()),
+                counter(&[("direction", "received")], c.revocation_pushes_received()),
+            ]
+        } else {
+            Vec::new()
+        });
+        push(configured.then(|| counter(&[], c.revocation_messages_rejected())).into_iter().collect());
         let u = &c.usage;
         push(vec![
             counter(&[("sink", "redis")], u.written_redis.load(Ordering::Relaxed)),

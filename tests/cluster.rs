@@ -152,13 +152,20 @@ fn free_udp_port(ip: &str) -> u16 {
 
 /// A node's config: one UDP listener on `ip`, registry in `redis`, `extra` in [cluster].
 fn node_config(ip: &str, port: u16, redis: &str, id: &str, extra: &str) -> String {
+    let timing = format!("publish-interval = \"{INTERVAL_MS}ms\"\nttl = \"{TTL_MS}ms\"\n{extra}");
+    node_config_timed(ip, port, redis, id, &timing)
+}
+
+/// [`node_config`] with the cluster's timing (`publish-interval`, `ttl`) left to `extra`
+/// (none there: the defaults).
+fn node_config_timed(ip: &str, port: u16, redis: &str, id: &str, extra: &str) -> String {
     let (min, max) = relay_port_range();
     format!(
         "realm = \"{REALM}\"\n\n[[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n\n\
          [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\n\
          [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
-         [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\npublish-interval = \"{INTERVAL_MS}ms\"\nttl = \"{TTL_MS}ms\"\n{extra}"
+         [cluster]\nredis = \"{redis}\"\nnode-id = \"{id}\"\n{extra}"
     )
 }
 
@@ -462,6 +469,146 @@ fn a_revocation_on_one_node_cuts_the_users_allocations_on_every_node() {
     });
     assert!(lifted.is_some(), "the lift on c reached b");
     assert!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref() == Some(":0"));
+}
+
+/// A serving node with the cluster's timing in `timing` (empty: the defaults,
+/// `publish-interval` 1 s and `ttl` 3 s).
+fn timed_node(ip: &str, redis: &Redis, id: &str, timing: &str) -> TurndProcess {
+    let port = free_udp_port(ip);
+    let extra = format!("advertise-ipv4 = \"{ip}:{port}\"\n{timing}");
+    TurndProcess::start(&node_config_timed(ip, port, &redis.url(), id, &extra), &[])
+}
+
+/// Waits until every node's revocation subscription is `up` (1) or down (0).
+fn wait_subscribed(nodes: &[&TurndProcess], up: f64) {
+    for node in nodes {
+        let seen = wait_for(Duration::from_secs(15), || {
+            (cluster_metric(node, "turnd_cluster_revocations_subscribed") == Some(up)).then_some(())
+        });
+        assert!(seen.is_some(), "revocations_subscribed never {up}; log tail:\n{}", log_tail(node));
+    }
+}
+
+/// The last 40 lines of a node's log (for a failure message, after its cause).
+fn log_tail(node: &TurndProcess) -> String {
+    let logs = node.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Revokes `USER` on `a` and waits (up to `limit`) until the allocations of
+/// `clients` (on other nodes) are refused; returns how long that took after `turnd
+/// ctl` returned.
+fn revoke_and_time_the_cut(a: &TurndProcess, clients: &mut [&mut TurnClient], limit: Duration) -> Duration {
+    let out = ctl(a, &["revoke", USER]);
+    assert!(out.success(), "{out}");
+    let revoked = Instant::now();
+    let cut = wait_for(limit, || clients.iter_mut().all(|c| c.refresh(600).is_err()).then(|| revoked.elapsed()));
+    cut.unwrap_or_else(|| {
+        panic!("the revoke on a did not reach the other nodes in {limit:?}; a's log tail:\n{}", log_tail(a))
+    })
+}
+
+/// Unrevokes `USER` on `c` and waits (up to `limit`) until `b` lets the user allocate
+/// (a fresh source address per try: see `allocate_at`); returns how long that took.
+fn lift_and_time_the_allocation(c: &TurndProcess, b: &TurndProcess, limit: Duration) -> Duration {
+    let out = ctl(c, &["unrevoke", USER]);
+    assert!(out.success(), "{out}");
+    let lifted = Instant::now();
+    let again = wait_for(limit, || (allocate_at(b.udp_addr()) == Err(0)).then(|| lifted.elapsed()));
+    again.unwrap_or_else(|| panic!("the lift on c did not reach b in {limit:?}; b's log tail:\n{}", log_tail(b)))
+}
+
+fn pushes(node: &TurndProcess, direction: &str) -> f64 {
+    cluster_metric(node, &format!("turnd_cluster_revocation_pushes_total{{direction=\"{direction}\"}}")).unwrap_or(0.0)
+}
+
+/// `USER`'s UDP allocation on `node`, with a permission for `peer`.
+fn allocated(node: &TurndProcess, peer: &UdpEchoPeer) -> TurnClient {
+    let mut client = TurnClient::on_loopback(node.udp_addr(), USER, PASSWORD, REALM);
+    client.allocate_relay();
+    client.permit(peer.addr());
+    client
+}
+
+#[test]
+fn with_the_default_intervals_a_revocation_reaches_every_node_within_a_second() {
+    if !need_redis() {
+        return;
+    }
+    let redis = Redis::start();
+    let a = timed_node("127.0.0.2", &redis, "a", "");
+    let b = timed_node("127.0.0.3", &redis, "b", "");
+    let c = timed_node("127.0.0.4", &redis, "c", "");
+    wait_subscribed(&[&a, &b, &c], 1.0);
+    let peer = UdpEchoPeer::start();
+    let (mut on_b, mut on_c) = (allocated(&b, &peer), allocated(&c, &peer));
+
+    let cut = revoke_and_time_the_cut(&a, &mut [&mut on_b, &mut on_c], Duration::from_secs(10));
+    eprintln!(
+        "MEASURED: with publish-interval 1s, a revoke on node a ended the user's allocations on b and c {cut:?} later"
+    );
+    assert!(cut < Duration::from_secs(1), "the revoke took {cut:?}");
+    assert!(pushes(&a, "sent") >= 1.0 && pushes(&b, "received") >= 1.0 && pushes(&c, "received") >= 1.0);
+    assert_eq!(redis.command(&["SISMEMBER", "turnd:revoked", USER]).as_deref(), Some(":1"));
+
+    let again = lift_and_time_the_allocation(&c, &b, Duration::from_secs(10));
+    eprintln!("MEASURED: with publish-interval 1s, an unrevoke on node c let the user allocate on b {again:?} later");
+    assert!(again < Duration::from_secs(1), "the lift took {again:?}");
+
+    // Garbage on the channel (anyone with Redis access can publish) is counted and
+    // ignored; the subscription stays.
+    let too_long = format!("revoke a {}", "x".repeat(700));
+    for garbage in ["garbage", "revoke", "ban a alice", "revoke not/a/node alice", too_long.as_str()] {
+        let subscribers = redis.command(&["PUBLISH", "turnd:revocations", garbage]);
+        assert_eq!(subscribers.as_deref(), Some(":3"), "PUBLISH reached the three nodes");
+    }
+    for node in [&a, &b, &c] {
+        let rejected = || cluster_metric(node, "turnd_cluster_revocation_messages_rejected_total");
+        let counted = wait_for(Duration::from_secs(5), || (rejected() == Some(5.0)).then_some(()));
+        assert!(counted.is_some(), "5 malformed messages published, {:?} counted", rejected());
+        assert_eq!(cluster_metric(node, "turnd_cluster_revocations_subscribed"), Some(1.0));
+    }
+    assert_eq!(allocate_at(b.udp_addr()), Err(0), "garbage revoked nobody");
+}
+
+/// With a 30 s interval the merge cannot be what carries a change within a second:
+/// only the push can. Redis restarted: the subscriptions come back and push again.
+#[test]
+fn a_revocation_is_pushed_without_waiting_for_the_interval_and_again_after_redis_restarts() {
+    if !need_redis() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let slow = "publish-interval = \"30s\"\nttl = \"90s\"\n";
+    let a = timed_node("127.0.0.2", &redis, "a", slow);
+    let b = timed_node("127.0.0.3", &redis, "b", slow);
+    let c = timed_node("127.0.0.4", &redis, "c", slow);
+    wait_subscribed(&[&a, &b, &c], 1.0);
+    let peer = UdpEchoPeer::start();
+    let (mut on_b, mut on_c) = (allocated(&b, &peer), allocated(&c, &peer));
+    let cut = revoke_and_time_the_cut(&a, &mut [&mut on_b, &mut on_c], Duration::from_secs(5));
+    eprintln!(
+        "MEASURED: with publish-interval 30s, a revoke on node a ended the user's allocations on b and c {cut:?} later"
+    );
+    assert!(cut < Duration::from_secs(1), "the revoke took {cut:?}");
+    let again = lift_and_time_the_allocation(&c, &b, Duration::from_secs(5));
+    assert!(again < Duration::from_secs(1), "the lift took {again:?}");
+
+    redis.kill();
+    wait_subscribed(&[&a, &b, &c], 0.0);
+    let redis = Redis::start_on(port);
+    let restarted = Instant::now();
+    wait_subscribed(&[&a, &b, &c], 1.0);
+    eprintln!("MEASURED: the revocation subscriptions were back {:?} after Redis restarted", restarted.elapsed());
+    let received = pushes(&b, "received");
+    let mut on_b = allocated(&b, &peer);
+    let cut = revoke_and_time_the_cut(&a, &mut [&mut on_b], Duration::from_secs(5));
+    eprintln!("MEASURED: after the restart, a revoke on node a ended the user's allocation on b {cut:?} later");
+    assert!(cut < Duration::from_secs(1), "the revoke after the restart took {cut:?}");
+    assert!(pushes(&b, "received") > received, "no push counted on b after the restart");
+    drop(redis);
 }
 
 /// Allocates as alice on `node`, relays one datagram each way through the echo peer,

@@ -321,12 +321,19 @@ impl Session {
                 )
             }
             ClientMessage::Revoke { user, req } => match self.ask(|reply| Control::Revoke { user, reply }).await {
-                Ok(Ok(count)) => ServerMessage::Revoked { req, count },
+                Ok(Ok(count)) => {
+                    // In a fleet, the cluster task pushes it to the other nodes now.
+                    self.state.cluster.revocations_changed_here();
+                    ServerMessage::Revoked { req, count }
+                }
                 Ok(Err(why)) => ServerMessage::Error { req, code: ErrorCode::BadRequest, message: why },
                 Err((code, message)) => error(req, code, message),
             },
             ClientMessage::Unrevoke { user, req } => {
                 let answer = self.ask(|reply| Control::LiftRevocation { user, reply }).await;
+                if matches!(answer, Ok(true)) {
+                    self.state.cluster.revocations_changed_here();
+                }
                 answer.map_or_else(
                     |(code, message)| error(req, code, message),
                     |lifted| ServerMessage::Unrevoked { req, lifted },

@@ -1,7 +1,9 @@
 //! What the cluster task last saw, for `/readyz` and the metrics (atomics: written by
-//! the task, read by the admin thread).
+//! the task, read by the admin thread); and the one signal the other way, from the
+//! admin plane to the task: this node's revocation list changed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 /// The cluster task's state. The default is "no cluster configured".
 #[derive(Debug, Default)]
@@ -25,6 +27,18 @@ pub struct ClusterStatus {
     secrets_rejected: AtomicU64,
     /// Users whose bandwidth cap is shared with other nodes, at the last read.
     capped_users: AtomicU64,
+    /// Set by the admin plane when a revoke or lift on this node succeeded: the task
+    /// syncs at once instead of at its next tick (a `Notify` keeps one permit, so a
+    /// change made while the task is busy is not lost, and a burst is one sync).
+    revocations_changed: Notify,
+    /// Whether the subscription to the fleet's revocation pushes is up.
+    revocations_subscribed: AtomicBool,
+    /// Revocation changes this node pushed to the fleet.
+    revocation_pushes_sent: AtomicU64,
+    /// Pushed revocation changes from other nodes that woke a sync here.
+    revocation_pushes_received: AtomicU64,
+    /// Messages on the revocation channel ignored as malformed.
+    revocation_messages_rejected: AtomicU64,
     /// What became of the usage records (kept here so one handle carries every
     /// figure of the fleet's tasks to the metrics; written with or without Redis).
     pub usage: std::sync::Arc<crate::usage::UsageCounters>,
@@ -84,6 +98,58 @@ impl ClusterStatus {
     /// Records how many users' bandwidth caps are shared with other nodes.
     pub fn set_capped_users(&self, n: usize) {
         self.capped_users.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Tells the cluster task that this node's revocation list changed (a revoke or
+    /// lift asked for here): it pushes the change to the fleet at once. Harmless
+    /// without `[cluster]` (nobody waits).
+    pub fn revocations_changed_here(&self) {
+        self.revocations_changed.notify_one();
+    }
+
+    /// Waits for [`revocations_changed_here`](Self::revocations_changed_here).
+    pub(super) async fn local_revocation_change(&self) {
+        self.revocations_changed.notified().await;
+    }
+
+    /// Records whether the revocation subscription is up.
+    pub(super) fn set_revocations_subscribed(&self, up: bool) {
+        self.revocations_subscribed.store(up, Ordering::Relaxed);
+    }
+
+    /// Counts changes pushed to the fleet.
+    pub(super) fn revocations_pushed(&self, n: usize) {
+        self.revocation_pushes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a push from another node.
+    pub(super) fn revocation_push_received(&self) {
+        self.revocation_pushes_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a malformed message on the revocation channel.
+    pub(super) fn revocation_message_rejected(&self) {
+        self.revocation_messages_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the revocation subscription is up.
+    pub fn revocations_subscribed(&self) -> bool {
+        self.revocations_subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Changes pushed to the fleet so far.
+    pub fn revocation_pushes_sent(&self) -> u64 {
+        self.revocation_pushes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Pushes from other nodes received so far.
+    pub fn revocation_pushes_received(&self) -> u64 {
+        self.revocation_pushes_received.load(Ordering::Relaxed)
+    }
+
+    /// Malformed messages on the revocation channel so far.
+    pub fn revocation_messages_rejected(&self) -> u64 {
+        self.revocation_messages_rejected.load(Ordering::Relaxed)
     }
 
     /// The fleet's secrets in force.

@@ -3,11 +3,16 @@
 //! with Redis is bounded; a failed one drops the connection,
 //! marks Redis down and is retried at the next tick (so a node rejoins within one
 //! interval of Redis coming back). One exchange may take up to half the TTL.
+//!
+//! Revocations do not wait for the tick: a change made here (the admin plane says so
+//! through [`ClusterStatus::revocations_changed_here`]) is synced and pushed at once,
+//! and a second task keeps a subscription to the fleet's pushes (see
+//! `super::revocations`) that wakes a sync here when another node's change arrives.
 
 use super::advertise::{advertised, Advertised};
 use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
-use super::revocations::{valid_names, RevocationSync};
+use super::revocations::{valid_names, Change, Pushed, RevocationSync};
 use super::secrets::{self, Rejected};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, ListenTransport, PASSWORD_ENV};
@@ -22,8 +27,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::{debug, info, warn};
 
 /// SCAN rounds per read: with COUNT 100, enough for [`MAX_NODES`] among other keys.
 const MAX_SCAN_ROUNDS: usize = 64;
@@ -179,6 +184,15 @@ impl Settings {
     fn key(&self, id: &str) -> String {
         format!("{}:node:{id}", self.prefix)
     }
+
+    fn revoked_key(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
+    /// The channel revocation changes are pushed on.
+    fn revocations_channel(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
 }
 
 /// Starts the cluster task on the current runtime. It runs until the runtime stops.
@@ -189,14 +203,21 @@ pub fn spawn(
     status: Arc<ClusterStatus>,
 ) -> tokio::task::JoinHandle<()> {
     status.set_configured();
-    tokio::spawn(run(settings, snapshots, control, status))
+    let pushed = Arc::new(Notify::new());
+    tokio::spawn(subscribe(settings.clone(), status.clone(), pushed.clone()));
+    tokio::spawn(run(settings, snapshots, control, status, pushed))
 }
+
+/// The shortest gap between two syncs woken by pushes: a flood of messages on the
+/// channel costs at most this many syncs a second (40), never the tick's exchange.
+const MIN_PUSHED_SYNC_GAP: Duration = Duration::from_millis(25);
 
 async fn run(
     settings: Settings,
     snapshots: watch::Receiver<Snapshot>,
     control: mpsc::Sender<Control>,
     status: Arc<ClusterStatus>,
+    pushed: Arc<Notify>,
 ) {
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,8 +239,26 @@ async fn run(
         "cluster: joining the registry"
     );
     let mut fleet_secrets = FleetSecrets::default();
+    let mut last_pushed_sync: Option<Instant> = None;
     loop {
-        tick.tick().await;
+        // The tick first: it is ready once per interval, so a stream of pushes can
+        // delay it by one sync at most, never starve it.
+        tokio::select! {
+            biased;
+            _ = tick.tick() => {}
+            () = status.local_revocation_change() => {
+                sync_now(&settings, &mut connection, &control, &mut revocations, &status).await;
+                continue;
+            }
+            () = pushed.notified() => {
+                if let Some(gap) = last_pushed_sync.map(|at| MIN_PUSHED_SYNC_GAP.saturating_sub(at.elapsed())) {
+                    tokio::time::sleep(gap).await;
+                }
+                last_pushed_sync = Some(Instant::now());
+                sync_now(&settings, &mut connection, &control, &mut revocations, &status).await;
+                continue;
+            }
+        }
         let mut entry = own_entry(&settings, &snapshots, &mut relayed);
         entry.cpu_millicores = cpu.sample(crate::sys::process::cpu_time(), Instant::now());
         status.set_cpu(entry.cpu_millicores);
@@ -340,21 +379,68 @@ fn own_entry(settings: &Settings, snapshots: &watch::Receiver<Snapshot>, relayed
     }
 }
 
+/// The connection, opened if there is none.
+async fn connect<'c>(
+    settings: &Settings,
+    connection: &'c mut Option<MultiplexedConnection>,
+) -> redis::RedisResult<&'c mut MultiplexedConnection> {
+    match connection {
+        Some(conn) => Ok(conn),
+        None => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.ttl / 2))
+                .set_response_timeout(Some(settings.ttl / 2));
+            Ok(connection.insert(settings.client.get_multiplexed_async_connection_with_config(&config).await?))
+        }
+    }
+}
+
+/// A revocation sync out of turn (a change here, or a push from another node),
+/// bounded like an exchange. A failure drops the connection and is left to the next
+/// tick, which reports Redis down and syncs (and pushes) again.
+async fn sync_now(
+    settings: &Settings,
+    connection: &mut Option<MultiplexedConnection>,
+    control: &mpsc::Sender<Control>,
+    sync: &mut RevocationSync,
+    status: &ClusterStatus,
+) {
+    let synced = tokio::time::timeout(settings.ttl / 2, async {
+        // A connection kept since the last tick may have died with a Redis restart
+        // in between: one retry on a fresh one, or the push would wait for the tick.
+        let had_one = connection.is_some();
+        let conn = connect(settings, connection).await?;
+        match sync_revocations(settings, conn, control, sync, status).await {
+            Err(e) if had_one && !e.is_timeout() => {
+                debug!(error = %e, "cluster: revocation sync failed on the kept connection; reconnecting");
+                *connection = None;
+                let conn = connect(settings, connection).await?;
+                sync_revocations(settings, conn, control, sync, status).await
+            }
+            done => done,
+        }
+    })
+    .await;
+    match synced {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            debug!(error = %e, "cluster: revocation sync failed; retried at the next interval");
+            *connection = None;
+        }
+        Err(_) => {
+            debug!("cluster: revocation sync timed out; retried at the next interval");
+            *connection = None;
+        }
+    }
+}
+
 /// Publishes `entry` and reads every entry: `(key, value)` pairs, values as stored.
 async fn exchange(
     settings: &Settings,
     connection: &mut Option<MultiplexedConnection>,
     entry: &NodeEntry,
 ) -> redis::RedisResult<Vec<(String, Option<Vec<u8>>)>> {
-    let conn = match connection {
-        Some(conn) => conn,
-        None => {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(settings.ttl / 2))
-                .set_response_timeout(Some(settings.ttl / 2));
-            connection.insert(settings.client.get_multiplexed_async_connection_with_config(&config).await?)
-        }
-    };
+    let conn = connect(settings, connection).await?;
     let json = serde_json::to_vec(entry).unwrap_or_default();
     let ttl_ms = u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX);
     redis::cmd("SET")
@@ -609,9 +695,15 @@ fn parse_nonce_key(value: &[u8], unix_now: u64) -> Option<([u8; 32], u64)> {
     Some((secret, origin))
 }
 
+/// Messages one sync publishes at most: each only wakes the other nodes' sync, which
+/// reads the whole set, so a sync that wrote many names (a node with a long list
+/// joining an empty Redis) needs no more than a few.
+const MAX_PUSHES_PER_SYNC: usize = 8;
+
 /// Merges this node's revocations with the fleet's set (see `super::revocations`):
 /// names new on either side go to the other, lifts too. Revokes received end the
-/// user's allocations here.
+/// user's allocations here. What it writes to the set is pushed on the channel in
+/// the same pipeline, after the writes, so a node woken by the message reads them.
 async fn sync_revocations(
     settings: &Settings,
     conn: &mut MultiplexedConnection,
@@ -624,18 +716,31 @@ async fn sync_revocations(
         return Ok(()); // the workers are gone: shutting down
     }
     let local: BTreeSet<String> = listed.await.unwrap_or_default().into_iter().map(|(name, _)| name).collect();
-    let key = format!("{}:revoked", settings.prefix);
+    let key = settings.revoked_key();
     let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&key).query_async(conn).await?;
     let (remote, bad) = valid_names(raw);
     if bad > 0 {
         status.bad(bad);
     }
     let (plan, merged) = sync.plan(&local, &remote);
-    if !plan.add_remote.is_empty() {
-        redis::cmd("SADD").arg(&key).arg(&plan.add_remote).query_async::<()>(conn).await?;
-    }
-    if !plan.remove_remote.is_empty() {
-        redis::cmd("SREM").arg(&key).arg(&plan.remove_remote).query_async::<()>(conn).await?;
+    let changes: Vec<(Change, &String)> = (plan.add_remote.iter().map(|n| (Change::Revoke, n)))
+        .chain(plan.remove_remote.iter().map(|n| (Change::Lift, n)))
+        .collect();
+    if !changes.is_empty() {
+        let mut pipe = redis::pipe();
+        if !plan.add_remote.is_empty() {
+            pipe.cmd("SADD").arg(&key).arg(&plan.add_remote).ignore();
+        }
+        if !plan.remove_remote.is_empty() {
+            pipe.cmd("SREM").arg(&key).arg(&plan.remove_remote).ignore();
+        }
+        let channel = settings.revocations_channel();
+        let pushes = changes.len().min(MAX_PUSHES_PER_SYNC);
+        for (change, name) in changes.iter().take(pushes) {
+            pipe.cmd("PUBLISH").arg(&channel).arg(Pushed::encode(*change, &settings.node_id, name)).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+        status.revocations_pushed(pushes);
     }
     for user in plan.revoke_local {
         let (reply, done) = oneshot::channel();
@@ -655,6 +760,100 @@ async fn sync_revocations(
     }
     sync.commit(merged);
     Ok(())
+}
+
+/// The first wait before resubscribing after the subscription failed; doubled at each
+/// failure up to [`MAX_RESUBSCRIBE_BACKOFF`], reset once subscribed.
+const MIN_RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest wait between two subscription attempts.
+const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Keeps a subscription to the fleet's revocation pushes on its own connection
+/// (a subscribed connection takes no other commands): each valid message from
+/// another node wakes a sync in the cluster task (`pushed`); malformed ones are
+/// counted and ignored. A lost subscription is re-established with backoff, and each
+/// new one wakes a sync too (a push may have been missed meanwhile). This task only
+/// ever signals: it never waits on the workers or on the publish loop.
+async fn subscribe(settings: Settings, status: Arc<ClusterStatus>, pushed: Arc<Notify>) {
+    let channel = settings.revocations_channel();
+    let mut backoff = MIN_RESUBSCRIBE_BACKOFF;
+    let mut was_lost = false;
+    loop {
+        let opened = tokio::time::timeout(settings.ttl / 2, async {
+            let mut pubsub = settings.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.split())
+        })
+        .await;
+        match opened {
+            Ok(Ok((mut sink, mut stream))) => {
+                backoff = MIN_RESUBSCRIBE_BACKOFF;
+                status.set_revocations_subscribed(true);
+                info!(channel = %channel, "cluster: subscribed to the fleet's revocation pushes");
+                pushed.notify_one();
+                let why = listen(&settings, &mut sink, &mut stream, &status, &pushed).await;
+                status.set_revocations_subscribed(false);
+                warn!(error = %why, "cluster: the revocation subscription was lost; resubscribing (the interval's merge goes on)");
+                was_lost = true;
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if was_lost {
+                    debug!(error = %why, "cluster: resubscribing to revocation pushes failed");
+                } else {
+                    warn!(error = %why, "cluster: could not subscribe to revocation pushes; retrying");
+                    was_lost = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
+    }
+}
+
+/// Reads pushes until the subscription fails; returns why. A PING every TTL (answered
+/// within half of it) notices a connection that went silent without closing.
+async fn listen(
+    settings: &Settings,
+    sink: &mut redis::aio::PubSubSink,
+    stream: &mut redis::aio::PubSubStream,
+    status: &ClusterStatus,
+    pushed: &Notify,
+) -> String {
+    let mut keepalive = tokio::time::interval(settings.ttl);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await; // the first tick is immediate
+    loop {
+        let next = std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *stream), cx));
+        tokio::select! {
+            message = next => {
+                let Some(message) = message else { return "connection closed".to_owned() };
+                match Pushed::parse(message.get_payload_bytes()) {
+                    Ok(change) if change.node == settings.node_id => {} // our own
+                    Ok(change) => {
+                        debug!(node = %change.node, user = %change.name, change = ?change.change, "cluster: revocation pushed");
+                        status.revocation_push_received();
+                        pushed.notify_one();
+                    }
+                    Err(why) => {
+                        debug!(error = %why, "cluster: malformed message on the revocation channel ignored");
+                        status.revocation_message_rejected();
+                    }
+                }
+            }
+            _ = keepalive.tick() => {
+                match tokio::time::timeout(settings.ttl / 2, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e.to_string(),
+                    Err(_) => return "PING timed out".to_owned(),
+                }
+            }
+        }
+    }
 }
 
 /// The entries that parse, pass their checks and sit under their own id's key; and

@@ -18,7 +18,7 @@ mod webhook;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
-pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, Usage, PASSWORD_ENV};
+pub use cluster::{is_advertisable, is_domain, is_node_id, Cluster, Usage, MAX_NODE_ID, PASSWORD_ENV};
 pub use listen::{Clients, Listen, ListenTransport, Tcp, Tls};
 pub use logging::{Log, LogFormat};
 pub use nat_discovery::NatDiscoveryConfig;
