@@ -69,8 +69,10 @@ pub struct EventLoop {
     /// Per-tenant counters the snapshot's realm figures start from; one entry per
     /// tenant id the config ever had (operator-configured, so bounded).
     pub(super) realm_counters: HashMap<crate::turn::TenantId, RealmCounters>,
-    /// TCP/TLS connections (their outbound queues), by their 5-tuple.
-    pub(super) streams: HashMap<FiveTuple, stream::Client>,
+    /// TCP/TLS connections, by their 5-tuple: served here or by their task.
+    pub(super) streams: HashMap<FiveTuple, stream::StreamHandle>,
+    /// The TCP/TLS connections this loop serves itself.
+    pub(super) conns: super::stream_conn::Conns,
     /// Where spawned connection tasks report (RFC 6062 peer connections).
     pub(super) stream_events: mpsc::Sender<StreamEvent>,
     /// RFC 6062: accept loops of TCP relay listeners, by allocation.
@@ -138,6 +140,7 @@ impl EventLoop {
             snapshot: Snapshot::default(),
             realm_counters: HashMap::new(),
             streams: HashMap::new(),
+            conns: Default::default(),
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
@@ -174,6 +177,8 @@ impl EventLoop {
         let mut handover_inbox = self.handovers.as_mut().and_then(|h| h.inbox.take());
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(super::stream_conn::SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             let sleep = pin!(async {
@@ -217,6 +222,7 @@ impl EventLoop {
                     self.core.handle_lookup(Instant::now(), result, &*self.ledger);
                 }
                 _ = publish.tick() => self.publish(),
+                _ = sweep.tick(), if self.conns.len() > 0 => self.sweep_streams(),
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),
                     Some(message) => self.control(message),
@@ -238,6 +244,7 @@ impl EventLoop {
             match Token::decode(self.ready[i]) {
                 Token::Listener(listener) => self.serve_listener(listener),
                 Token::Relay(id, family) => self.serve_relay(id, family),
+                Token::Stream(slot) => self.serve_stream(slot),
             }
         }
         self.flush();
@@ -250,6 +257,7 @@ impl EventLoop {
             self.outbox.flush(&self.relay_buf);
         }
         self.next_slot = 0;
+        self.flush_streams();
     }
 }
 

@@ -28,6 +28,7 @@ mod rfc6062;
 pub mod route;
 pub mod stream;
 mod stream_channel;
+mod stream_conn;
 mod stream_events;
 mod tcp_relay;
 pub mod tls;
