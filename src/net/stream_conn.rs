@@ -49,6 +49,8 @@ const OUTPUT_KEEP: usize = 64 * 1024;
 pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// rustls calls per read or write before the loop moves on (the socket stays ready).
 const TLS_STEPS: usize = 8;
+/// What rustls reads from a socket per call at most: a shorter read emptied it.
+const TLS_READ: usize = 4096;
 
 /// What keeps a connection counted while it lives (its place under `max-connections`,
 /// its PROXY protocol claim), released when it is dropped.
@@ -117,12 +119,20 @@ enum Fill {
 
 impl Conn {
     /// Reads what is there into the framer (for TLS: decrypts what is buffered, reading
-    /// the socket when nothing is).
-    fn fill(&mut self) -> Fill {
+    /// the socket when nothing is, unless `drained`). Sets `drained` when a read came
+    /// back short: the socket is empty, and another read would only say so (epoll
+    /// reports what arrives later).
+    fn fill(&mut self, drained: &mut bool) -> Fill {
         let Some(tls) = self.tls.as_mut() else {
-            return match (&self.socket).read(self.framer.spare()) {
+            if *drained {
+                return Fill::Empty;
+            }
+            let spare = self.framer.spare();
+            let room = spare.len();
+            return match (&self.socket).read(spare) {
                 Ok(0) => Fill::Closed("closed by client"),
                 Ok(n) => {
+                    *drained = n < room;
                     self.framer.filled(n);
                     Fill::Read
                 }
@@ -140,9 +150,13 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Fill::Closed("TLS error"),
             }
+            // Whatever rustls held is taken: the socket next, unless it is empty.
+            if *drained {
+                return Fill::Empty;
+            }
             match tls.read_tls(&mut self.socket) {
                 Ok(0) => return Fill::Closed("closed by client"),
-                Ok(_) => {}
+                Ok(n) => *drained = n < TLS_READ,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
                     return Fill::Empty
                 }
@@ -381,6 +395,7 @@ impl EventLoop {
     fn read_stream(&mut self, slot: usize) {
         let now = Instant::now();
         let unix = unix_now();
+        let mut drained = false;
         for _ in 0..READS_PER_WAKE {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return;
@@ -389,7 +404,7 @@ impl EventLoop {
             if conn.watching_writable {
                 return;
             }
-            match conn.fill() {
+            match conn.fill(&mut drained) {
                 Fill::Read => conn.last_activity = now,
                 Fill::Empty => break,
                 Fill::Closed(reason) => return self.close_stream(slot, reason),
