@@ -136,7 +136,9 @@ impl Conn {
                     self.framer.filled(n);
                     Fill::Read
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Fill::Empty,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                    Fill::Empty
+                }
                 Err(_) => Fill::Closed("read error"),
             };
         };
@@ -373,7 +375,16 @@ impl EventLoop {
             return;
         }
         self.streams.insert(five_tuple, super::stream::StreamHandle::Served(slot));
-        handle_frame(&mut self.core, &self.ledger, &self.relays, &mut self.snapshot, now, unix_now(), five_tuple, &first);
+        handle_frame(
+            &mut self.core,
+            &self.ledger,
+            &self.relays,
+            &mut self.snapshot,
+            now,
+            unix_now(),
+            five_tuple,
+            &first,
+        );
         self.drain_outputs();
         // What came with it, in the framer or (TLS) still in the session.
         self.serve_frames(slot, now, unix_now());
@@ -441,7 +452,16 @@ impl EventLoop {
             match conn.framer.next_frame() {
                 Ok(Some(frame)) => {
                     framed = true;
-                    handle_frame(&mut self.core, &self.ledger, &self.relays, &mut self.snapshot, now, unix, five_tuple, frame);
+                    handle_frame(
+                        &mut self.core,
+                        &self.ledger,
+                        &self.relays,
+                        &mut self.snapshot,
+                        now,
+                        unix,
+                        five_tuple,
+                        frame,
+                    );
                 }
                 Ok(None) => return framed,
                 Err(_) => {
