@@ -1,11 +1,14 @@
 //! The worker's run loop: one [`EventLoop`] owns one [`Server`] and every socket it
-//! serves. Client listeners and relay sockets sit in one level-triggered epoll set
-//! that tokio watches as a single descriptor; TCP/TLS traffic, timers, snapshots and
-//! admin commands come through the `select!` in [`EventLoop::run`]. Each socket gets
-//! at most [`READS_PER_WAKE`] reads per wake-up, and queued stream events the same
-//! budget, so no one source starves the others. The paths themselves are in sibling
-//! files: [`super::udp`], [`super::stream_events`], [`super::control`],
-//! [`super::rfc6062`] and [`super::output`].
+//! serves. Client listeners, relay sockets and the TCP/TLS client connections handed
+//! to it sit in one level-triggered epoll set that tokio watches as a single
+//! descriptor; connection hand-overs and the events of RFC 6062 tasks, timers,
+//! snapshots and admin commands come through the `select!` in [`EventLoop::run`]. Each
+//! socket gets at most [`READS_PER_WAKE`] reads per wake-up, and queued stream events
+//! the same budget, so no one source starves the others. Output is gathered during a
+//! pass and written at its end ([`EventLoop::flush`]): sendmmsg batches for UDP, one
+//! write per TCP/TLS connection. The paths themselves are in sibling files:
+//! [`super::udp`], [`super::stream_conn`], [`super::stream_events`],
+//! [`super::control`], [`super::rfc6062`] and [`super::output`].
 
 use super::ledger::SharedLedger;
 use super::listeners::UdpListeners;
@@ -251,7 +254,8 @@ impl EventLoop {
         Ok(n)
     }
 
-    /// Sends what the outbox holds; the relay slots are free again afterwards.
+    /// Sends what the outbox holds (the relay slots are free again afterwards) and writes
+    /// what TCP/TLS connections have queued.
     pub(super) fn flush(&mut self) {
         if !self.outbox.is_empty() {
             self.outbox.flush(&self.relay_buf);

@@ -1,7 +1,12 @@
-//! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection is
-//! a task that frames what it reads and hands whole messages to one worker's event
-//! loop (chosen by its first message, see [`StreamRouter`]), which owns the core; the
-//! loop answers through a bounded per-connection queue.
+//! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection
+//! starts as a task on the main runtime, which admits it, reads a PROXY protocol
+//! header or routes a shared port's ClientHello if it must, completes the TLS
+//! handshake and reads the first message. That message chooses the worker (see
+//! [`StreamRouter`]); the task then hands the connection itself over (socket, rustls
+//! session, bytes read) and the worker's event loop serves it from then on, on its own
+//! thread (`stream_conn`). An RFC 6062 data connection (first message ConnectionBind)
+//! stays with its task: it hands whole messages to the worker and is answered through
+//! a bounded queue until it is bound, then spliced to its peer.
 //!
 //! What one client can hold is bounded:
 //! - connections over all stream listeners (`max_connections`), from one source
@@ -11,10 +16,12 @@
 //! - time: a client that sends nothing, or stalls mid-message, is cut after
 //!   `first_message_timeout`; one that has not authenticated (holds no allocation and
 //!   is no RFC 6062 data connection) `unauthenticated_timeout` after accept is cut; one
-//!   that leaves its answers unread, so that a write cannot finish within
-//!   `write_timeout`, is cut (the task never blocks in a write for longer);
+//!   that leaves its answers unread, so that nothing can be written for
+//!   `write_timeout`, is cut (nothing ever blocks in a write);
 //! - memory: the read buffer grows with the frame being received and shrinks back
-//!   when drained ([`Framer`]), so an idle connection costs a few kilobytes.
+//!   when drained ([`Framer`]), so an idle connection costs a few kilobytes; what
+//!   waits to be written to a client that does not read is bounded (256 KiB; more is
+//!   dropped, as UDP would).
 //!
 //! Who may connect ([`ClientFilter`], `[clients]`): a denied client's connection is
 //! closed at accept, before any byte is read (so before a TLS handshake). On a

@@ -66,7 +66,7 @@ pub enum StreamEvent {
         client: Client,
     },
     /// A connection whose first message chose this loop's worker: from now on the loop
-    /// serves it (see [`super::stream_conn`]).
+    /// serves it (see the `stream_conn` module).
     Adopt(Box<super::stream_conn::Handover>),
     /// A whole STUN message or ChannelData frame arrived.
     Frame {
