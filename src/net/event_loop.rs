@@ -65,6 +65,11 @@ pub struct EventLoop {
     pub(super) outbox: Outbox,
     /// Datagrams from one listener batch for peers, payloads still in `recv_slots`.
     pub(super) to_peers: Outbox,
+    /// Datagrams for peers from one read of a TCP/TLS connection, payloads copied
+    /// into `stream_peer_bytes` (see `stream_conn`).
+    pub(super) stream_to_peers: Outbox,
+    /// The payloads `stream_to_peers` holds; emptied by each flush.
+    pub(super) stream_peer_bytes: Vec<u8>,
     pub(super) events: Vec<libc::epoll_event>,
     pub(super) ready: Vec<u64>,
     pub(super) publisher: Publisher,
@@ -137,6 +142,8 @@ impl EventLoop {
             next_slot: 0,
             outbox: Outbox::default(),
             to_peers: Outbox::default(),
+            stream_to_peers: Outbox::default(),
+            stream_peer_bytes: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,

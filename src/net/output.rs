@@ -96,6 +96,9 @@ impl Effects for EventLoop {
         if self.relays.contains_key(&allocation) && !self.to_peers.is_empty() {
             self.to_peers.flush_by_socket(&self.recv_slots);
         }
+        if self.relays.contains_key(&allocation) {
+            self.flush_stream_peers();
+        }
         // Closing a socket takes it out of the epoll set (its descriptor is never
         // duplicated), so no EPOLL_CTL_DEL: one syscall less per allocation.
         drop(self.relays.remove(&allocation));

@@ -6,8 +6,9 @@
 //! runs the core and writes: no channel and no copy between threads per message.
 //!
 //! - Reading: into the connection's [`Framer`] (for TLS, rustls decrypts into it); each
-//!   whole frame goes through the core straight from that buffer, and a relayed
-//!   ChannelData payload goes to the peer from there too.
+//!   whole frame goes through the core straight from that buffer; the payloads a read's
+//!   messages relay are gathered (copied, into one reused buffer) and sent with one
+//!   sendmmsg per relay socket once that read is served.
 //! - Writing: answers and relayed data for a connection are appended to its output
 //!   buffer (reused, no allocation per message) and written once per pass of the loop,
 //!   all together: one `write` (for TLS, one record per 16 KiB) for everything the pass
@@ -25,6 +26,7 @@
 use super::admission::{SourceSlot, StreamLimits, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT};
 use super::event_loop::{through_core, unix_now, EventLoop, READS_PER_WAKE};
 use super::ledger::SharedLedger;
+use super::outbox::{Outbox, Payload};
 use super::report::{self, Snapshot};
 use super::token::Token;
 use crate::stun::framing::Framer;
@@ -33,8 +35,8 @@ use crate::turn::allocation::Family;
 use crate::turn::{AllocationId, FiveTuple, Server};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -316,14 +318,48 @@ impl std::fmt::Debug for Conns {
     }
 }
 
-/// One message from a connection through the core, and its payload to the peer when
-/// it is relayed (straight from the read buffer).
+/// Where a loop gathers what one read of a connection relays to peers: sent with one
+/// sendmmsg per relay socket when the read's messages are served (a connection's
+/// messages all go out of its allocation's socket), instead of one sendto each.
+struct ToPeers<'a> {
+    outbox: &'a mut Outbox,
+    /// The payloads, copied out of the connection's read buffer.
+    bytes: &'a mut Vec<u8>,
+}
+
+impl ToPeers<'_> {
+    fn push(&mut self, socket: RawFd, peer: SocketAddr, payload: &[u8]) {
+        if self.outbox.is_full() {
+            self.flush();
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.outbox.push(socket, peer, None, Payload::Slot(start..self.bytes.len()));
+    }
+
+    fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            let failed = self.outbox.flush(self.bytes);
+            if failed > 0 {
+                debug!(failed, "sends to peers failed");
+            }
+        }
+        self.bytes.clear();
+        if self.bytes.capacity() > OUTPUT_KEEP {
+            *self.bytes = Vec::new();
+        }
+    }
+}
+
+/// One message from a connection through the core, and its payload towards the peer
+/// when it is relayed (queued in `to_peers`).
 #[allow(clippy::too_many_arguments)]
 fn handle_frame(
     core: &mut Server,
     ledger: &SharedLedger,
     relays: &HashMap<AllocationId, [Option<UdpSocket>; 2]>,
     snapshot: &mut Snapshot,
+    mut to_peers: ToPeers<'_>,
     now: Instant,
     unix_now: u64,
     five_tuple: FiveTuple,
@@ -338,9 +374,7 @@ fn handle_frame(
         let peer = out.peer.get();
         let relay = relays.get(&out.allocation).and_then(|r| r[Family::of(peer.ip()) as usize].as_ref());
         if let (Some(relay), Some(payload)) = (relay, frame.get(out.payload)) {
-            if let Err(e) = relay.send_to(payload, peer) {
-                debug!(error = %e, peer = %out.peer, "send to peer failed");
-            }
+            to_peers.push(relay.as_raw_fd(), peer, payload);
         }
     }
 }
@@ -375,16 +409,19 @@ impl EventLoop {
             return;
         }
         self.streams.insert(five_tuple, super::stream::StreamHandle::Served(slot));
+        let to_peers = ToPeers { outbox: &mut self.stream_to_peers, bytes: &mut self.stream_peer_bytes };
         handle_frame(
             &mut self.core,
             &self.ledger,
             &self.relays,
             &mut self.snapshot,
+            to_peers,
             now,
             unix_now(),
             five_tuple,
             &first,
         );
+        self.flush_stream_peers();
         self.drain_outputs();
         // What came with it, in the framer or (TLS) still in the session.
         self.serve_frames(slot, now, unix_now());
@@ -442,7 +479,14 @@ impl EventLoop {
     }
 
     /// Serves every whole message buffered for a connection; whether there was one.
+    /// What they relay goes to the peers before it returns (the payloads are copies).
     fn serve_frames(&mut self, slot: usize, now: Instant, unix: u64) -> bool {
+        let framed = self.serve_frames_queued(slot, now, unix);
+        self.flush_stream_peers();
+        framed
+    }
+
+    fn serve_frames_queued(&mut self, slot: usize, now: Instant, unix: u64) -> bool {
         let mut framed = false;
         loop {
             let Some(conn) = self.conns.slots.get_mut(slot).and_then(|c| c.as_deref_mut()) else {
@@ -452,11 +496,13 @@ impl EventLoop {
             match conn.framer.next_frame() {
                 Ok(Some(frame)) => {
                     framed = true;
+                    let to_peers = ToPeers { outbox: &mut self.stream_to_peers, bytes: &mut self.stream_peer_bytes };
                     handle_frame(
                         &mut self.core,
                         &self.ledger,
                         &self.relays,
                         &mut self.snapshot,
+                        to_peers,
                         now,
                         unix,
                         five_tuple,
@@ -469,8 +515,16 @@ impl EventLoop {
                     return framed;
                 }
             }
+            // A relay socket the outputs close (or hand to another worker) takes what
+            // waits for it first: see `flush_stream_peers` in `close_relay`.
             self.drain_outputs();
         }
+    }
+
+    /// Sends what connections' messages queued for peers; before a relay socket closes
+    /// or moves, as the datagrams name it by descriptor.
+    pub(super) fn flush_stream_peers(&mut self) {
+        ToPeers { outbox: &mut self.stream_to_peers, bytes: &mut self.stream_peer_bytes }.flush();
     }
 
     /// The connection at `slot` now holds an allocation (see [`super::stream::Client::authenticated`]).
