@@ -91,7 +91,7 @@ fn a_burst_of_pipelined_requests_is_answered_in_full_over_tcp_and_tls() {
     burst_is_answered_in_order(&mut tcp, 1000);
     let mut tls = turn_client::tls_connect(turnd.addr("tls"));
     tls.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    burst_is_answered_in_order(&mut tls, 1000);
+    burst_is_answered_in_order(&mut tls, 3000);
     // And the connections still serve one request after the burst.
     burst_is_answered_in_order(&mut tcp, 1);
     burst_is_answered_in_order(&mut tls, 1);

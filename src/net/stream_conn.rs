@@ -444,14 +444,26 @@ impl EventLoop {
         let now = Instant::now();
         let unix = unix_now();
         let mut drained = false;
-        for _ in 0..READS_PER_WAKE {
+        let mut budget = READS_PER_WAKE;
+        loop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return;
             };
-            // Output waits for the client to read: no more requests until it does.
+            // Output waits for the client to read: no more requests until it does
+            // (`write_stream` reads again when it stops waiting).
             if conn.watching_writable {
                 return;
             }
+            if budget == 0 {
+                if conn.tls.is_none() {
+                    // What is left waits in the socket, and epoll reports it again.
+                    break;
+                }
+                // Plaintext rustls holds would not be reported: take it, but no more
+                // from the socket.
+                drained = true;
+            }
+            budget = budget.saturating_sub(1);
             match conn.fill(&mut drained) {
                 Fill::Read => conn.last_activity = now,
                 Fill::Empty => break,
@@ -575,7 +587,11 @@ impl EventLoop {
             conn.watching_writable = waiting;
             if let Err(e) = self.epoll.watch_for_writable(fd, Token::Stream(slot).encode(), waiting) {
                 debug!(error = %e, "cannot change a connection's epoll entry");
-                self.close_stream(slot, "epoll error");
+                return self.close_stream(slot, "epoll error");
+            }
+            if !waiting {
+                // Reading resumes now: what rustls holds would not wake the loop.
+                self.read_stream(slot);
             }
         }
     }
