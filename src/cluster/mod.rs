@@ -7,6 +7,7 @@
 mod advertise;
 mod quotas;
 mod registry;
+mod revocation_sync;
 mod revocations;
 mod secrets;
 mod status;

@@ -7,12 +7,13 @@
 //! Revocations do not wait for the tick: a change made here (the admin plane says so
 //! through [`ClusterStatus::revocations_changed_here`]) is synced and pushed at once,
 //! and a second task keeps a subscription to the fleet's pushes (see
-//! `super::revocations`) that wakes a sync here when another node's change arrives.
+//! `super::revocation_sync`) that wakes a sync here when another node's change arrives.
 
 use super::advertise::{advertised, Advertised};
 use super::quotas;
 use super::registry::{choose, parse_entry, NodeEntry, NodeState, MAX_NODES};
-use super::revocations::{valid_names, Change, Pushed, RevocationSync};
+use super::revocation_sync::{subscribe, sync_revocations};
+use super::revocations::RevocationSync;
 use super::secrets::{self, Rejected};
 use super::status::ClusterStatus;
 use crate::config::{Cluster, ListenTransport, PASSWORD_ENV};
@@ -22,7 +23,6 @@ use crate::turn::stats::Direction;
 use crate::turn::TenantId;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
-use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,12 +36,12 @@ const MAX_SCAN_ROUNDS: usize = 64;
 /// The cluster task's settings, from `[cluster]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    client: redis::Client,
+    pub(super) client: redis::Client,
     /// This node's id.
     pub node_id: String,
     prefix: String,
     interval: Duration,
-    ttl: Duration,
+    pub(super) ttl: Duration,
     capacity: Option<usize>,
     front: bool,
     /// Where other nodes send this node's clients, per transport: from `cluster`
@@ -185,12 +185,12 @@ impl Settings {
         format!("{}:node:{id}", self.prefix)
     }
 
-    fn revoked_key(&self) -> String {
+    pub(super) fn revoked_key(&self) -> String {
         format!("{}:revoked", self.prefix)
     }
 
     /// The channel revocation changes are pushed on.
-    fn revocations_channel(&self) -> String {
+    pub(super) fn revocations_channel(&self) -> String {
         format!("{}:revocations", self.prefix)
     }
 }
@@ -693,167 +693,6 @@ fn parse_nonce_key(value: &[u8], unix_now: u64) -> Option<([u8; 32], u64)> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some((secret, origin))
-}
-
-/// Messages one sync publishes at most: each only wakes the other nodes' sync, which
-/// reads the whole set, so a sync that wrote many names (a node with a long list
-/// joining an empty Redis) needs no more than a few.
-const MAX_PUSHES_PER_SYNC: usize = 8;
-
-/// Merges this node's revocations with the fleet's set (see `super::revocations`):
-/// names new on either side go to the other, lifts too. Revokes received end the
-/// user's allocations here. What it writes to the set is pushed on the channel in
-/// the same pipeline, after the writes, so a node woken by the message reads them.
-async fn sync_revocations(
-    settings: &Settings,
-    conn: &mut MultiplexedConnection,
-    control: &mpsc::Sender<Control>,
-    sync: &mut RevocationSync,
-    status: &ClusterStatus,
-) -> redis::RedisResult<()> {
-    let (reply, listed) = oneshot::channel();
-    if control.send(Control::ListRevocations { reply }).await.is_err() {
-        return Ok(()); // the workers are gone: shutting down
-    }
-    let local: BTreeSet<String> = listed.await.unwrap_or_default().into_iter().map(|(name, _)| name).collect();
-    let key = settings.revoked_key();
-    let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&key).query_async(conn).await?;
-    let (remote, bad) = valid_names(raw);
-    if bad > 0 {
-        status.bad(bad);
-    }
-    let (plan, merged) = sync.plan(&local, &remote);
-    let changes: Vec<(Change, &String)> = (plan.add_remote.iter().map(|n| (Change::Revoke, n)))
-        .chain(plan.remove_remote.iter().map(|n| (Change::Lift, n)))
-        .collect();
-    if !changes.is_empty() {
-        let mut pipe = redis::pipe();
-        if !plan.add_remote.is_empty() {
-            pipe.cmd("SADD").arg(&key).arg(&plan.add_remote).ignore();
-        }
-        if !plan.remove_remote.is_empty() {
-            pipe.cmd("SREM").arg(&key).arg(&plan.remove_remote).ignore();
-        }
-        let channel = settings.revocations_channel();
-        let pushes = changes.len().min(MAX_PUSHES_PER_SYNC);
-        for (change, name) in changes.iter().take(pushes) {
-            pipe.cmd("PUBLISH").arg(&channel).arg(Pushed::encode(*change, &settings.node_id, name)).ignore();
-        }
-        pipe.query_async::<()>(conn).await?;
-        status.revocations_pushed(pushes);
-    }
-    for user in plan.revoke_local {
-        let (reply, done) = oneshot::channel();
-        if control.send(Control::Revoke { user: user.clone(), reply }).await.is_ok() {
-            match done.await {
-                Ok(Ok(ended)) => info!(user = %user, ended, "cluster: revoked on another node; applied here"),
-                Ok(Err(e)) => warn!(user = %user, error = %e, "cluster: a fleet revocation could not be applied here"),
-                Err(_) => {}
-            }
-        }
-    }
-    for user in plan.lift_local {
-        let (reply, done) = oneshot::channel();
-        if control.send(Control::LiftRevocation { user: user.clone(), reply }).await.is_ok() && done.await.is_ok() {
-            info!(user = %user, "cluster: revocation lifted on another node; lifted here");
-        }
-    }
-    sync.commit(merged);
-    Ok(())
-}
-
-/// The first wait before resubscribing after the subscription failed; doubled at each
-/// failure up to [`MAX_RESUBSCRIBE_BACKOFF`], reset once subscribed.
-const MIN_RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The longest wait between two subscription attempts.
-const MAX_RESUBSCRIBE_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Keeps a subscription to the fleet's revocation pushes on its own connection
-/// (a subscribed connection takes no other commands): each valid message from
-/// another node wakes a sync in the cluster task (`pushed`); malformed ones are
-/// counted and ignored. A lost subscription is re-established with backoff, and each
-/// new one wakes a sync too (a push may have been missed meanwhile). This task only
-/// ever signals: it never waits on the workers or on the publish loop.
-async fn subscribe(settings: Settings, status: Arc<ClusterStatus>, pushed: Arc<Notify>) {
-    let channel = settings.revocations_channel();
-    let mut backoff = MIN_RESUBSCRIBE_BACKOFF;
-    let mut was_lost = false;
-    loop {
-        let opened = tokio::time::timeout(settings.ttl / 2, async {
-            let mut pubsub = settings.client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        })
-        .await;
-        match opened {
-            Ok(Ok((mut sink, mut stream))) => {
-                backoff = MIN_RESUBSCRIBE_BACKOFF;
-                status.set_revocations_subscribed(true);
-                info!(channel = %channel, "cluster: subscribed to the fleet's revocation pushes");
-                pushed.notify_one();
-                let why = listen(&settings, &mut sink, &mut stream, &status, &pushed).await;
-                status.set_revocations_subscribed(false);
-                warn!(error = %why, "cluster: the revocation subscription was lost; resubscribing (the interval's merge goes on)");
-                was_lost = true;
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                if was_lost {
-                    debug!(error = %why, "cluster: resubscribing to revocation pushes failed");
-                } else {
-                    warn!(error = %why, "cluster: could not subscribe to revocation pushes; retrying");
-                    was_lost = true;
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
-    }
-}
-
-/// Reads pushes until the subscription fails; returns why. A PING every TTL (answered
-/// within half of it) notices a connection that went silent without closing.
-async fn listen(
-    settings: &Settings,
-    sink: &mut redis::aio::PubSubSink,
-    stream: &mut redis::aio::PubSubStream,
-    status: &ClusterStatus,
-    pushed: &Notify,
-) -> String {
-    let mut keepalive = tokio::time::interval(settings.ttl);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    keepalive.tick().await; // the first tick is immediate
-    loop {
-        let next = std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *stream), cx));
-        tokio::select! {
-            message = next => {
-                let Some(message) = message else { return "connection closed".to_owned() };
-                match Pushed::parse(message.get_payload_bytes()) {
-                    Ok(change) if change.node == settings.node_id => {} // our own
-                    Ok(change) => {
-                        debug!(node = %change.node, user = %change.name, change = ?change.change, "cluster: revocation pushed");
-                        status.revocation_push_received();
-                        pushed.notify_one();
-                    }
-                    Err(why) => {
-                        debug!(error = %why, "cluster: malformed message on the revocation channel ignored");
-                        status.revocation_message_rejected();
-                    }
-                }
-            }
-            _ = keepalive.tick() => {
-                match tokio::time::timeout(settings.ttl / 2, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return e.to_string(),
-                    Err(_) => return "PING timed out".to_owned(),
-                }
-            }
-        }
-    }
 }
 
 /// The entries that parse, pass their checks and sit under their own id's key; and
