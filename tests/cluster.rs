@@ -860,8 +860,14 @@ fn tcp_and_tls_clients_are_sent_to_the_nodes_port_for_their_transport_and_relay_
         "MEASURED: b's published CPU use {cpu} millicores ({cores} cores); entry {} bytes",
         entry.to_string().len()
     );
-    let ready = get(front.admin_addr(), "/readyz", &[]);
-    assert!(ready.body.contains(" cores)"), "/readyz shows the node's CPU use: {}", ready.body);
+    // /readyz is 503 until every worker has published its first snapshot (a second
+    // after start), and this test can get here sooner.
+    let ready = wait_for(Duration::from_secs(5), || {
+        let ready = get(front.admin_addr(), "/readyz", &[]);
+        (ready.status == 200).then_some(ready)
+    });
+    let body = ready.map(|r| r.body).unwrap_or_else(|| get(front.admin_addr(), "/readyz", &[]).body);
+    assert!(body.contains(" cores)"), "/readyz shows the node's CPU use: {body}");
 }
 
 /// A node in the browser test's namespace: UDP, TCP and TLS listeners on `ip`, peers
