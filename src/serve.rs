@@ -213,7 +213,7 @@ pub fn serve(path: Option<PathBuf>, overrides: Overrides) -> Result<()> {
         };
     }
     overrides.apply(&mut config);
-    let budget = crate::descriptors::raise_and_budget(config.worker_count());
+    let budget = crate::descriptors::raise_and_budget(crate::descriptors::Shape::of(&config));
     budget.apply(&mut config);
     overrides.descriptors = Some(budget);
     config.validate().map_err(|(key, message)| {

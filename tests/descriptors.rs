@@ -59,12 +59,13 @@ fn held_tcp_connections_cannot_starve_udp_allocations() {
         return;
     }
     // Soft 256, hard 1024: turnd raises to 1024 and budgets (1024 - 128 - 16) / 2 = 440
-    // connections, and (880 - 440) / 2 = 220 allocations.
+    // connections, and 880 - 440 = 440 allocations (one relay socket each: the listeners
+    // are IPv4 only, so no allocation can be dual-stack).
     let mut turnd = TurndProcess::start_wrapped(&["prlimit", "--nofile=256:1024", "--"], &config(), &[]);
     let logs = turnd.logs();
     assert!(logs.contains("raised the open-file limit"), "{logs}");
     assert!(logs.contains("tcp.max-connections") && logs.contains("used=440"), "{logs}");
-    assert!(logs.contains("limits.total-allocations") && logs.contains("used=220"), "{logs}");
+    assert!(logs.contains("limits.total-allocations") && logs.contains("used=440"), "{logs}");
 
     let server = turnd.tcp_addr();
     let started = Instant::now();
@@ -79,5 +80,48 @@ fn held_tcp_connections_cannot_starve_udp_allocations() {
         let mut client = TurnClient::new("127.0.0.1:0", turnd.udp_addr(), USER, PASSWORD, REALM);
         assert!(client.allocate(vec![]).is_ok(), "UDP Allocate {i} refused while streams are full");
     }
+    assert!(turnd.is_running());
+}
+
+/// A UDP-only server on one IPv4 address needs no stream share and one relay socket per
+/// allocation, so every budgeted descriptor can be an allocation (before: a quarter).
+#[test]
+fn a_udp_only_single_family_server_gives_relay_sockets_the_whole_budget() {
+    if !need_tool("prlimit", "util-linux") {
+        return;
+    }
+    // A range of its own: the shared helper's 200 ports would run out first.
+    let min = 20_000 + (random_u64() % 38_000) as u16;
+    let max = min + 999;
+    let config = format!(
+        "realm = \"{REALM}\"\nworkers = 1\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
+         [limits]\nallocations-per-user = 5000\nallocations-per-ip = 5000\n\
+         [relay]\nport-min = {min}\nport-max = {max}\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    );
+    // Hard 1024 with one worker: 1024 - 144 = 880 allocations, no stream share.
+    let mut turnd = TurndProcess::start_wrapped(&["prlimit", "--nofile=256:1024", "--"], &config, &[]);
+    let logs = turnd.logs();
+    assert!(logs.contains("limits.total-allocations") && logs.contains("used=880"), "{logs}");
+    assert!(!logs.contains("tcp.max-connections"), "no listener takes streams, nothing to lower: {logs}");
+
+    // Each client is dropped once allocated: its allocation stays (until its lifetime
+    // ends) and the test keeps no descriptor for it.
+    let mut allocated = 0;
+    let mut refusal = None;
+    for i in 0..900usize {
+        let source = format!("127.0.{}.{}:0", 1 + i / 250, 1 + i % 250);
+        let mut client = TurnClient::new(&source, turnd.udp_addr(), USER, PASSWORD, REALM);
+        match client.allocate(vec![]) {
+            Ok(_) => allocated += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(allocated, 880, "allocations held under the budget (then: {refusal:?})");
+    assert_eq!(refusal, Some(508), "past the budget the answer is 508 (Insufficient Capacity)");
     assert!(turnd.is_running());
 }

@@ -519,13 +519,15 @@ impl Bench {
         peer: SocketAddrV4,
     ) -> std::io::Result<procs::Server> {
         if let Kind::Turnd { workers } = kind {
-            let budget = procs::turnd_allocation_budget(*workers);
+            let streams = setup.tls.is_some();
+            let budget = procs::turnd_allocation_budget(*workers, streams);
             if allocations as u64 > budget {
+                let (share, needed) =
+                    if streams { ("half for streams and ", allocations * 2 + 160) } else { ("", allocations + 160) };
                 return Err(std::io::Error::other(format!(
                     "turnd's descriptor budget allows {budget} allocations under the open-file hard limit (it keeps \
-                     half for streams and two relay sockets per allocation): raise `ulimit -Hn` to at least {} \
-                     (needs CAP_SYS_RESOURCE)",
-                    allocations * 4 + 160
+                     {share}one relay socket per allocation): raise `ulimit -Hn` to at least {needed} \
+                     (needs CAP_SYS_RESOURCE)"
                 )));
             }
         }

@@ -374,8 +374,9 @@ pub fn find_coturn() -> Option<PathBuf> {
 
 /// Allocations turnd can hold under this process's open-file hard limit, which it
 /// raises its soft limit to and splits (src/descriptors.rs): a reserve of 128 plus 16 per
-/// worker, half of the rest for client streams, two relay sockets per allocation.
-pub fn turnd_allocation_budget(workers: usize) -> u64 {
+/// worker, half of the rest for client streams when it listens on TCP or TLS
+/// (`streams`), one relay socket per allocation (the bench relays IPv4 only).
+pub fn turnd_allocation_budget(workers: usize, streams: bool) -> u64 {
     let workers = if workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { workers };
     // SAFETY: getrlimit with a valid rlimit struct.
     let hard = unsafe {
@@ -386,5 +387,9 @@ pub fn turnd_allocation_budget(workers: usize) -> u64 {
         lim.rlim_max
     };
     let available = hard.saturating_sub(128 + 16 * workers as u64);
-    (available - available / 2) / 2
+    if streams {
+        available - available / 2
+    } else {
+        available
+    }
 }
