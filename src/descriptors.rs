@@ -3,11 +3,10 @@
 //! descriptors every UDP Allocate needs (508 for everyone), so the soft limit is raised
 //! to the hard one at start and split: a fixed reserve for listeners, epoll sets and
 //! the admin plane, then half of the rest at most for client streams (when there is a
-//! TCP or TLS listener) and the rest for relay sockets, one per allocation and relay
-//! address family. Configured limits above their share are lowered, with a warning
-//! naming the key.
+//! TCP or TLS listener) and the rest for relay sockets, which the core bounds by the
+//! relay ports it hands out (one per socket: a dual-stack allocation takes two).
+//! Configured limits above their share are lowered, with a warning naming the key.
 
-use std::net::IpAddr;
 use tracing::{info, warn};
 use turnd::config::{Config, ListenTransport};
 use turnd::sys::process;
@@ -25,31 +24,14 @@ pub struct Shape {
     /// Whether any listener takes TCP or TLS: without one no client stream (nor RFC
     /// 6062 connection) can exist, and relay sockets may have every descriptor.
     pub streams: bool,
-    /// Relay sockets one allocation may hold: one per address family it can relay
-    /// (two for a dual-stack allocation, RFC 8656 §7.2).
-    pub relay_families: u64,
 }
 
 impl Shape {
-    /// The shape of `config`. A family counts when a listener is bound to it (relay
-    /// sockets default to the address the request came to) or `relay.bind-ipv4/-ipv6`
-    /// names it; an unspecified IPv6 listener (`[::]`) takes IPv4 clients too, so it
-    /// counts as both.
+    /// The shape of `config`.
     pub fn of(config: &Config) -> Shape {
-        let (mut v4, mut v6) = (config.relay.bind_ipv4.is_some(), config.relay.bind_ipv6.is_some());
-        for listen in &config.listen {
-            match listen.address.ip() {
-                IpAddr::V4(_) => v4 = true,
-                IpAddr::V6(ip) => {
-                    v6 = true;
-                    v4 |= ip.is_unspecified() || ip.to_ipv4_mapped().is_some();
-                }
-            }
-        }
         Shape {
             workers: config.worker_count(),
             streams: config.listen.iter().any(|l| l.transport != ListenTransport::Udp),
-            relay_families: u64::from(v4) + u64::from(v6),
         }
     }
 }
@@ -62,8 +44,9 @@ pub struct Budget {
     /// TCP and TLS client connections at most; `None` when no listener takes them,
     /// so `tcp.max-connections` is left as it is.
     pub streams: Option<usize>,
-    /// Allocations at most (each may hold a relay socket per family).
-    pub allocations: usize,
+    /// Relay sockets at most, so allocations at most (each holds one, or two when
+    /// dual-stack).
+    pub relay_sockets: usize,
 }
 
 impl Budget {
@@ -76,13 +59,14 @@ impl Budget {
         Budget {
             limit,
             streams: shape.streams.then(|| usize::try_from(streams.max(1)).unwrap_or(usize::MAX)),
-            allocations: usize::try_from((relays / shape.relay_families.max(1)).max(1)).unwrap_or(usize::MAX),
+            relay_sockets: usize::try_from(relays.max(1)).unwrap_or(usize::MAX),
         }
     }
 
-    /// Lowers `tcp.max-connections` and `limits.total-allocations` to this budget;
-    /// warns (once per start or reload) when it does.
+    /// Lowers `tcp.max-connections` and `limits.total-allocations` to this budget and
+    /// bounds the relay sockets; warns (once per start or reload) when it lowers one.
     pub fn apply(&self, config: &mut Config) {
+        config.relay_sockets = Some(self.relay_sockets);
         // A default the operator never set is lowered quietly (info); a configured
         // value is a warning, since the operator asked for more than the host allows.
         let defaults = Config::default();
@@ -105,8 +89,8 @@ impl Budget {
             }
             config.tcp.max_connections = used;
         }
-        if config.limits.total_allocations > self.allocations {
-            let (configured, used) = (config.limits.total_allocations, self.allocations);
+        if config.limits.total_allocations > self.relay_sockets {
+            let (configured, used) = (config.limits.total_allocations, self.relay_sockets);
             if configured == defaults.limits.total_allocations {
                 info!(
                     configured,
@@ -143,54 +127,43 @@ pub fn raise_and_budget(shape: Shape) -> Budget {
 mod tests {
     use super::*;
 
-    const DUAL_STACK_WITH_STREAMS: Shape = Shape { workers: 2, streams: true, relay_families: 2 };
+    const WITH_STREAMS: Shape = Shape { workers: 2, streams: true };
 
     #[test]
     fn streams_get_half_of_what_the_reserve_leaves_and_relays_the_rest() {
-        let b = Budget::of(1024, DUAL_STACK_WITH_STREAMS);
-        assert_eq!(b.streams, Some((1024 - 160) / 2));
-        assert_eq!(b.allocations, (1024 - 160 - 432) / 2);
+        let b = Budget::of(1024, WITH_STREAMS);
+        assert_eq!((b.streams, b.relay_sockets), (Some(432), 432));
         let mut config = Config::default();
         b.apply(&mut config);
         assert_eq!(config.tcp.max_connections, 432, "10,000 lowered to the share");
-        assert_eq!(config.limits.total_allocations, 216);
+        assert_eq!(config.limits.total_allocations, 432, "one relay socket each at least");
+        assert_eq!(config.core().relay_sockets, 432, "and the core holds no more ports than that");
         // A large limit leaves the defaults alone.
         let mut config = Config::default();
-        Budget::of(1_048_576, DUAL_STACK_WITH_STREAMS).apply(&mut config);
+        Budget::of(1_048_576, WITH_STREAMS).apply(&mut config);
         assert_eq!((config.tcp.max_connections, config.limits.total_allocations), (10_000, 10_000));
         // A tiny one still leaves one of each.
-        let tiny = Budget::of(10, DUAL_STACK_WITH_STREAMS);
-        assert_eq!((tiny.streams, tiny.allocations), (Some(1), 1));
+        let tiny = Budget::of(10, WITH_STREAMS);
+        assert_eq!((tiny.streams, tiny.relay_sockets), (Some(1), 1));
     }
 
     #[test]
-    fn udp_only_single_family_servers_give_relays_every_descriptor() {
-        // 20,000 is a common container hard limit: 10,000 UDP allocations fit in it
-        // when no listener takes streams and one family is relayed.
-        let b = Budget::of(20_000, Shape { workers: 1, streams: false, relay_families: 1 });
-        assert_eq!((b.streams, b.allocations), (None, 20_000 - 144));
+    fn without_a_stream_listener_relay_sockets_get_every_descriptor() {
+        // 20,000 is a common container hard limit: 10,000 UDP allocations fit in it.
+        let b = Budget::of(20_000, Shape { workers: 1, streams: false });
+        assert_eq!((b.streams, b.relay_sockets), (None, 20_000 - 144));
         let mut config = Config::default();
         b.apply(&mut config);
         assert_eq!(config.tcp.max_connections, Config::default().tcp.max_connections, "no streams to budget");
-        let b = Budget::of(20_000, Shape { workers: 1, streams: true, relay_families: 1 });
-        assert_eq!((b.streams, b.allocations), (Some(9_928), 9_928));
-    }
-
-    fn shape_of(toml: &str) -> Shape {
-        Shape::of(&Config::parse(toml, std::path::Path::new("test.toml")).expect("test config"))
     }
 
     #[test]
-    fn the_shape_counts_stream_listeners_and_relay_families() {
-        let udp4 = "workers = 1\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:3478\"\n";
-        assert_eq!(shape_of(udp4), Shape { workers: 1, streams: false, relay_families: 1 });
-        let tcp6 = "workers = 1\n[[listen]]\ntransport = \"tcp\"\naddress = \"[::1]:3478\"\n";
-        assert_eq!(shape_of(tcp6), Shape { workers: 1, streams: true, relay_families: 1 });
-        let any6 = "workers = 1\n[[listen]]\ntransport = \"udp\"\naddress = \"[::]:3478\"\n";
-        assert_eq!(shape_of(any6).relay_families, 2, "[::] takes IPv4 clients too");
-        let bound = format!("{udp4}[relay]\nbind-ipv6 = \"::1\"\n");
-        assert_eq!(shape_of(&bound).relay_families, 2);
-        let default = Shape::of(&Config::default());
-        assert!(default.streams && default.relay_families == 2, "{default:?}");
+    fn the_shape_counts_stream_listeners() {
+        let parse = |toml: &str| Shape::of(&Config::parse(toml, std::path::Path::new("test.toml")).expect("config"));
+        let udp = "workers = 1\n[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:3478\"\n";
+        assert_eq!(parse(udp), Shape { workers: 1, streams: false });
+        let tls = format!("{udp}[[listen]]\ntransport = \"tcp\"\naddress = \"[::1]:3478\"\n");
+        assert_eq!(parse(&tls), Shape { workers: 1, streams: true });
+        assert!(Shape::of(&Config::default()).streams);
     }
 }

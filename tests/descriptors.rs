@@ -59,8 +59,7 @@ fn held_tcp_connections_cannot_starve_udp_allocations() {
         return;
     }
     // Soft 256, hard 1024: turnd raises to 1024 and budgets (1024 - 128 - 16) / 2 = 440
-    // connections, and 880 - 440 = 440 allocations (one relay socket each: the listeners
-    // are IPv4 only, so no allocation can be dual-stack).
+    // connections, and 880 - 440 = 440 relay sockets, so 440 allocations at most.
     let mut turnd = TurndProcess::start_wrapped(&["prlimit", "--nofile=256:1024", "--"], &config(), &[]);
     let logs = turnd.logs();
     assert!(logs.contains("raised the open-file limit"), "{logs}");
@@ -83,8 +82,9 @@ fn held_tcp_connections_cannot_starve_udp_allocations() {
     assert!(turnd.is_running());
 }
 
-/// A UDP-only server on one IPv4 address needs no stream share and one relay socket per
-/// allocation, so every budgeted descriptor can be an allocation (before: a quarter).
+/// A UDP-only server keeps no share for streams, and an allocation of one family holds
+/// one relay socket, so every budgeted descriptor can be an allocation (before: a
+/// quarter, for streams that could not come and a second family not asked for).
 #[test]
 fn a_udp_only_single_family_server_gives_relay_sockets_the_whole_budget() {
     if !need_tool("prlimit", "util-linux") {

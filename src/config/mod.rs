@@ -117,6 +117,10 @@ pub struct Config {
     pub cluster: Cluster,
     /// Where usage records go besides Redis.
     pub usage: Usage,
+    /// Not a key: the relay sockets the open-file limit leaves room for, set at start
+    /// from the descriptor budget (`None`: no bound).
+    #[serde(skip)]
+    pub relay_sockets: Option<usize>,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             usage: Usage::default(),
             tenant: Vec::new(),
+            relay_sockets: None,
         }
     }
 }
@@ -285,6 +290,7 @@ impl Config {
             max_lifetime: self.relay.max_lifetime,
             mobility: self.relay.mobility,
             port_range: self.relay.port_min..=self.relay.port_max,
+            relay_sockets: self.relay_sockets.unwrap_or(usize::MAX),
             relay: RelayAddresses {
                 bind_v4: self.relay.bind_ipv4,
                 external_v4: self.relay.external_ipv4.and_then(External::address),

@@ -105,6 +105,10 @@ pub struct CoreConfig {
     pub max_lifetime: Duration,
     /// Relay port range.
     pub port_range: RangeInclusive<u16>,
+    /// Relay ports held at once at most: every relay socket holds a port of its own
+    /// (a reservation holds one without a socket), so this bounds the descriptors relay
+    /// sockets take to the open-file budget's share; past it, 508.
+    pub relay_sockets: usize,
     /// Relay bind and advertised addresses.
     pub relay: RelayAddresses,
     /// Which peers may be reached.
@@ -141,6 +145,7 @@ impl Default for CoreConfig {
             nonce_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             port_range: 49152..=65535,
+            relay_sockets: usize::MAX,
             relay: RelayAddresses::default(),
             policy: PeerPolicy::default(),
             quotas: Quotas::default(),

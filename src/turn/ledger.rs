@@ -73,6 +73,8 @@ pub struct Ledger {
     ports: PortPool,
     /// The range `ports` covers, to tell whether a reload changes it.
     port_range: RangeInclusive<u16>,
+    /// Ports (so relay sockets) held at once at most: [`CoreConfig::relay_sockets`].
+    relay_sockets: usize,
     /// Reserved ports by token; each port is taken in `ports` while reserved.
     reservations: HashMap<u64, Reservation>,
     /// No reservation expires before this; `None` when there is none. It may lag
@@ -125,6 +127,7 @@ impl Ledger {
         Ledger {
             ports: PortPool::new(config.port_range.clone()),
             port_range: config.port_range.clone(),
+            relay_sockets: config.relay_sockets,
             reservations: HashMap::new(),
             next_reservation_expiry: None,
             per_user: HashMap::new(),
@@ -148,6 +151,7 @@ impl Ledger {
     pub fn reconfigure(&mut self, config: &CoreConfig) {
         let limits = (config.quotas.unauthenticated_per_second, config.quotas.unauthenticated_burst);
         self.server_total = config.quotas.total_allocations;
+        self.relay_sockets = config.relay_sockets;
         if limits != self.unauthenticated_limits {
             self.unauthenticated = limiter(limits);
             self.unauthenticated_limits = limits;
@@ -266,7 +270,9 @@ impl Ledger {
         }
     }
 
-    /// Takes a random free relay port (see [`PortPool::take_random`]).
+    /// Takes a random free relay port (see [`PortPool::take_random`]); `None` also when
+    /// the ports held would pass the relay-socket bound (a dual-stack allocation takes
+    /// one per family, so it is its second socket that finds the bound).
     pub(crate) fn take_port(
         &mut self,
         rng: &mut dyn Rng,
@@ -275,6 +281,10 @@ impl Ledger {
         now: Instant,
     ) -> Option<u16> {
         self.sweep_reservations(now);
+        let taking = if with_successor { 2 } else { 1 };
+        if self.ports.in_use().saturating_add(taking) > self.relay_sockets {
+            return None;
+        }
         self.ports.take_random(rng, even, with_successor)
     }
 
@@ -534,6 +544,25 @@ mod tests {
         assert_eq!(l.admit(&"carol".into(), "192.0.2.9".parse().unwrap(), &quotas), Err(Refusal::Quota));
         assert_eq!(l.redeem(4, &"bob".into(), ip, &quotas, t0), Err(Refusal::Quota), "bob is at his quota");
         assert!(l.holds_reservation(4), "still carol's");
+    }
+
+    #[test]
+    fn relay_ports_stop_at_the_relay_socket_bound() {
+        let mut l = Ledger::new(&CoreConfig { port_range: 50000..=50099, relay_sockets: 3, ..CoreConfig::default() });
+        let mut rng = CountingRng::default();
+        let t0 = Instant::now();
+        let taken: Vec<_> = (0..3).filter_map(|_| l.take_port(&mut rng, false, false, t0)).collect();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(l.take_port(&mut rng, false, false, t0), None, "a fourth socket would pass the bound");
+        l.release_port(taken[0]);
+        assert_eq!(l.take_port(&mut rng, true, true, t0), None, "a port and its reserved successor are two");
+        assert!(l.take_port(&mut rng, false, false, t0).is_some(), "a released port frees a socket");
+        let mut config = CoreConfig { port_range: 50000..=50099, relay_sockets: 5, ..CoreConfig::default() };
+        l.reconfigure(&config);
+        assert!(l.take_port(&mut rng, true, true, t0).is_some(), "a reload carries a new bound");
+        config.relay_sockets = 5;
+        l.reconfigure(&config);
+        assert_eq!(l.take_port(&mut rng, false, false, t0), None);
     }
 
     #[test]
