@@ -4,7 +4,8 @@
 //! with the fast path on and off; the fast path must actually carry the channel
 //! traffic (its own counters say so), the relayed totals in /metrics must count every
 //! packet once, and traffic it may not carry (Send indications, unbound peers, a
-//! deleted or expired allocation) must take the socket path or not be relayed at all.
+//! deleted or expired allocation, a user with a bandwidth cap) must take the socket
+//! path or not be relayed at all.
 #![cfg(feature = "xdp")]
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -284,4 +285,30 @@ fn xdp_on_without_the_interface_is_a_start_error_naming_the_key() {
     let mut buf = [0u8; 64];
     let (n, _) = peer.recv_from(&mut buf).expect("relayed over sockets");
     assert_eq!(&buf[..n], b"socket path");
+}
+
+#[test]
+fn a_user_with_a_bandwidth_cap_stays_on_the_socket_path() {
+    let Some(lab) = Lab::new() else { return };
+    // The cap is a per-packet decision the program does not make.
+    let config = lab.config("on").replace("[[auth.user]]", "[limits]\nbandwidth-per-user = 10000000\n\n[[auth.user]]");
+    let turnd = lab.server.enter(|| TurndProcess::start(&config, &[]));
+    let mut client = lab.client(&turnd);
+    let peer = lab.peer();
+    let relay = client.allocate_relay();
+    client.bind_channel(0x4000, peer.local_addr().unwrap());
+    let mut buf = [0u8; 2048];
+    for i in 0..5u8 {
+        client.send_channel_data(0x4000, &[i; 50]);
+        let (n, _) = peer.recv_from(&mut buf).expect("relayed through the sockets");
+        assert_eq!(&buf[..n], &[i; 50]);
+        peer.send_to(&[i; 30], relay).unwrap();
+        assert_eq!(client.recv_channel(Duration::from_secs(3)), Some(vec![i; 30]));
+    }
+    let relayed = "turnd_relayed_packets_total{direction=\"client_to_peer\",transport=\"udp\"}";
+    assert_eq!(lab.wait_metric(&turnd, relayed, 5.0), 5.0);
+    let text = lab.metrics(&turnd);
+    assert_eq!(metric(&text, "turnd_xdp_channels"), Some(0.0));
+    assert_eq!(metric(&text, &series("turnd_xdp_packets_total", "client_to_peer")), Some(0.0));
+    assert_eq!(metric(&text, &series("turnd_xdp_packets_total", "peer_to_client")), Some(0.0));
 }
