@@ -50,6 +50,10 @@ install_deps() {
     # tests/cluster.rs: the front's 300 to Chromium read off the wire in a namespace.
     command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    # tests/xdp.rs (cargo feature xdp): clang builds the XDP program against libbpf's
+    # headers; iproute2 attaches a pass-through copy on the far end of the veth.
+    command -v clang >/dev/null 2>&1 || missing+=(clang)
+    [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
     if [ ${#missing[@]} -ne 0 ]; then
         log "installing ${missing[*]}"
         $SUDO apt-get update -qq >/dev/null
@@ -100,6 +104,9 @@ main() {
     step "cargo fmt --check" cargo fmt --all --check
     step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
     step "cargo test" cargo test --all-targets --no-fail-fast
+    # The XDP fast path is behind its cargo feature (it needs clang), so its test runs
+    # on its own: two network namespaces over veth, turnd with [relay] xdp = "on".
+    step "cargo test --features xdp --test xdp" cargo test --features xdp --test xdp
     step "cargo test --doc" cargo test --doc --quiet
     step "cargo doc (no broken links)" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
     # A bounded libFuzzer run of every fuzz target (fuzz/) when rustup has a nightly

@@ -101,6 +101,19 @@ pub const DEFINITIONS: &[Definition] = &[
         "Payload bytes relayed, by direction and client transport.",
     ),
     def(
+        "turnd_xdp_packets_total",
+        COUNTER,
+        &["direction"],
+        "Datagrams the XDP fast path relayed (also counted in turnd_relayed_packets_total), by direction.",
+    ),
+    def(
+        "turnd_xdp_bytes_total",
+        COUNTER,
+        &["direction"],
+        "Payload bytes the XDP fast path relayed (also in turnd_relayed_bytes_total), by direction.",
+    ),
+    def("turnd_xdp_channels", GAUGE, &[], "Channel bindings the XDP fast path relays now ([relay] xdp)."),
+    def(
         "turnd_dropped_packets_total",
         COUNTER,
         &["reason"],
@@ -381,6 +394,10 @@ impl Collector for Collect {
         push(vec![counter(&[], stats.allocations_expired)]);
         push(by_direction_and_transport(&stats.relayed_packets));
         push(by_direction_and_transport(&stats.relayed_bytes));
+        let x = crate::net::xdp::counters();
+        push(Direction::ALL.iter().map(|d| counter(&[("direction", d.label())], x.packets[*d as usize])).collect());
+        push(Direction::ALL.iter().map(|d| counter(&[("direction", d.label())], x.bytes[*d as usize])).collect());
+        push(vec![gauge(&[], x.channels as f64)]);
         push(DropReason::ALL.iter().map(|r| counter(&[("reason", r.label())], stats.dropped(*r))).collect());
         push(vec![counter(&[], stats.icmp_relayed)]);
         push(

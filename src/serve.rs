@@ -388,6 +388,9 @@ async fn run(
     let (lookup_service, lookups) = net::webhook::start(webhook, worker_count.max(1));
     let adopted = takeover.as_mut().and_then(|t| t.adopted.take());
     let moved = adopted.as_ref().map_or(0, |a| a.workers.iter().map(Vec::len).sum::<usize>());
+    // Before the workers, which each find it running (or not) as they start.
+    net::xdp::start(config.relay.xdp, &config.relay.xdp_interfaces)
+        .map_err(|e| anyhow::anyhow!("`relay.xdp` = \"on\": {e} (\"auto\" falls back to sockets)"))?;
     let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups, adopted)
         .context("starting the workers")?;
     info!(workers = worker_count, "serving");

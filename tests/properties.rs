@@ -673,3 +673,110 @@ fn refreshing_one_allocation_does_not_grow_the_server() {
     let grown = heap::live() - before;
     assert!(grown < 24 * 1024, "3000 Refreshes of one allocation grew the heap by {grown} bytes");
 }
+
+// ---------------------------------------------------------------------------------
+// The XDP fast path's map sync (turnd::turn::offload), without a kernel: the maps are
+// modelled as the program sees them (keyed by the client side and by the peer side).
+
+mod offload_sync {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddrV4;
+    use turnd::turn::offload::{offloadable, MapModel, MapOp, OffloadKey, OffloadTarget};
+    use turnd::turn::PeerAddr;
+
+    /// The two maps as the program reads them.
+    #[derive(Default)]
+    struct Kernel {
+        by_client: BTreeMap<OffloadKey, OffloadTarget>,
+        by_peer: BTreeMap<(SocketAddrV4, SocketAddrV4), OffloadKey>,
+    }
+
+    impl Kernel {
+        fn apply(&mut self, op: MapOp) {
+            match op {
+                MapOp::Upsert(key, target) => {
+                    let side = (target.peer, target.relay);
+                    // One peer and relay pair names one channel at a time: a second
+                    // would overwrite the first's return path.
+                    if let Some(other) = self.by_peer.get(&side) {
+                        assert_eq!(*other, key, "two channels for {side:?}");
+                    }
+                    if let Some(old) = self.by_client.insert(key, target) {
+                        assert_eq!((old.peer, old.relay), side, "an upsert that moves the peer side");
+                    }
+                    self.by_peer.insert(side, key);
+                }
+                MapOp::Remove(key, target) => {
+                    assert_eq!(self.by_client.remove(&key), Some(target), "removing what is not there");
+                    assert_eq!(self.by_peer.remove(&(target.peer, target.relay)), Some(key));
+                }
+            }
+        }
+    }
+
+    /// After every operation on the core, the synced maps hold exactly what the core
+    /// says may be offloaded, and each entry is one the socket path would relay.
+    fn check(ops: &[Op], seed: u64) -> usize {
+        let mut driver = Driver::new(seed);
+        let mut model = MapModel::default();
+        let mut kernel = Kernel::default();
+        let (mut wanted, mut map_ops, mut most) = (Vec::new(), Vec::new(), 0);
+        for op in ops {
+            driver.apply(op);
+            let now = driver.now;
+            wanted.clear();
+            offloadable(driver.server.allocations(), driver.server.config(), now, &mut wanted);
+            map_ops.clear();
+            model.sync(&wanted, &mut map_ops);
+            for op in &map_ops {
+                kernel.apply(*op);
+            }
+            let expected: BTreeMap<_, _> = wanted.iter().copied().collect();
+            assert_eq!(expected.len(), wanted.len(), "a channel listed twice");
+            assert_eq!(kernel.by_client, expected);
+            assert_eq!(model.entries(), &expected);
+            assert_eq!(kernel.by_peer.len(), expected.len());
+            for (key, target) in &expected {
+                let a = driver.server.allocation(target.allocation).expect("the allocation exists");
+                assert_eq!(a.five_tuple.client.get(), SocketAddr::V4(key.client));
+                assert_eq!(a.five_tuple.server, SocketAddr::V4(key.server));
+                let peer = PeerAddr::new(SocketAddr::V4(target.peer));
+                assert_eq!(a.channel_peer(key.channel, now), Some((peer, false)));
+                assert!(a.is_permitted(peer.ip(), now));
+                assert_eq!(a.relay_for(peer.ip()).map(|r| r.bound), Some(SocketAddr::V4(target.relay)));
+                assert!(target.expires > now && target.expires <= a.expires);
+            }
+            most = most.max(expected.len());
+        }
+        most
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(server_cases()))]
+
+        #[test]
+        fn the_maps_follow_the_core_under_random_operations(seed in any::<u64>(), ops in proptest::collection::vec(op(), 1..80)) {
+            check(&ops, seed);
+        }
+    }
+
+    /// The property above is not vacuous: a scripted session offloads a channel, and
+    /// the channel leaves the maps when its allocation is deleted.
+    #[test]
+    fn a_bound_channel_is_offloaded_until_its_allocation_goes() {
+        let client = 0;
+        let bind = Request::ChannelBind { channel: 0, peer: 0 };
+        let ops = [signed(client, 0, allocate(Some(600))), signed(client, 0, bind), Op::Advance { millis: 1000 }];
+        assert_eq!(check(&ops, 1), 1);
+        let mut with_delete = ops.to_vec();
+        with_delete.push(signed(client, 0, Request::Refresh { lifetime: Some(0) }));
+        let mut driver = Driver::new(1);
+        for op in &with_delete {
+            driver.apply(op);
+        }
+        let mut wanted = Vec::new();
+        offloadable(driver.server.allocations(), driver.server.config(), driver.now, &mut wanted);
+        assert!(wanted.is_empty(), "{wanted:?}");
+    }
+}

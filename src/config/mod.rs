@@ -15,6 +15,7 @@ mod relay;
 mod tenant;
 mod validate;
 mod webhook;
+mod xdp;
 
 pub use admin::Admin;
 pub use auth::{Auth, User};
@@ -25,6 +26,7 @@ pub use nat_discovery::NatDiscoveryConfig;
 pub use relay::{External, Relay, StunServer};
 pub use tenant::{normalize_name, TenantConfig, TenantLimits, MAX_TENANTS};
 pub use webhook::{Webhook, SYSTEM_CA_FILE};
+pub use xdp::XdpMode;
 
 use crate::turn::policy::PeerPolicy;
 use crate::turn::{CoreConfig, Quotas, RelayAddresses};

@@ -94,6 +94,10 @@ pub struct Relay {
     /// RFC 8016 mobility: a UDP client that asks gets a MOBILITY-TICKET and keeps its
     /// allocation when its address changes; off, asking is answered 405.
     pub mobility: bool,
+    /// The XDP fast path for ChannelData over UDP/IPv4 (`net::xdp`).
+    pub xdp: super::XdpMode,
+    /// The interfaces the XDP program attaches to.
+    pub xdp_interfaces: Vec<String>,
 }
 
 impl Default for Relay {
@@ -111,6 +115,8 @@ impl Default for Relay {
             denied_peers: Vec::new(),
             allow_host_peers: false,
             mobility: true,
+            xdp: super::XdpMode::Off,
+            xdp_interfaces: Vec::new(),
         }
     }
 }
@@ -126,6 +132,7 @@ impl Relay {
 
     /// The checks beyond the types: `(key, what is wrong)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        super::xdp::validate(self.xdp, &self.xdp_interfaces)?;
         let auto_v4 = self.external_ipv4.is_some_and(External::is_auto);
         let auto_v6 = self.external_ipv6.is_some_and(External::is_auto);
         let Some(server) = &self.external_address_stun else {

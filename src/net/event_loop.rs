@@ -90,6 +90,8 @@ pub struct EventLoop {
     /// This worker's index and the lookup service's request queue (the
     /// authentication webhook); `None` in a loop started without one.
     pub(super) lookups: Option<(usize, mpsc::Sender<super::webhook::LookupRequest>)>,
+    /// The XDP fast path's map sync (inactive unless `[relay] xdp` attached it).
+    pub(super) xdp: super::xdp::Offloader,
 }
 
 impl EventLoop {
@@ -145,6 +147,7 @@ impl EventLoop {
             frozen: None,
             released: false,
             lookups: None,
+            xdp: super::xdp::Offloader::new(),
         })
     }
 
@@ -216,10 +219,17 @@ impl EventLoop {
                     // request they release within the usual per-input drain.
                     self.core.handle_lookup(Instant::now(), result, &*self.ledger);
                 }
-                _ = publish.tick() => self.publish(),
+                _ = publish.tick() => {
+                    // First, so the snapshot counts what the fast path relayed.
+                    self.xdp.tick(&mut self.core);
+                    self.publish();
+                }
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),
-                    Some(message) => self.control(message),
+                    Some(message) => {
+                        self.control(message);
+                        self.xdp.mark_dirty();
+                    }
                 },
             }
             let now = Instant::now();
@@ -228,6 +238,7 @@ impl EventLoop {
             }
             self.drain_outputs();
             self.flush();
+            self.xdp.after_wake(&mut self.core);
         }
     }
 

@@ -36,6 +36,7 @@ mod udp;
 pub mod upgrade;
 pub mod webhook;
 pub mod workers;
+pub mod xdp;
 
 /// The host's own addresses (moved to [`crate::sys`]; the path stays for callers).
 pub use crate::sys::interfaces;

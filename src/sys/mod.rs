@@ -18,3 +18,5 @@ pub mod mmsg;
 pub mod process;
 pub mod sockaddr;
 pub mod sockopt;
+#[cfg(feature = "xdp")]
+pub mod xdp;

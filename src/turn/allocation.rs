@@ -337,6 +337,17 @@ impl Allocation {
         self.channels.iter().find(|c| c.peer == peer && c.expires > now).map(|c| c.number)
     }
 
+    /// The channel bindings in force: number, peer, expiry and whether the peer is an
+    /// address of this host (for the XDP fast path's map sync, `super::offload`).
+    pub fn live_channels(&self, now: Instant) -> impl Iterator<Item = (u16, PeerAddr, Instant, bool)> + '_ {
+        self.channels.iter().filter(move |c| c.expires > now).map(|c| (c.number, c.peer, c.expires, c.to_host))
+    }
+
+    /// When the permission for `ip` runs out, if one is in force.
+    pub fn permission_expiry(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
+        self.permissions.iter().find(|p| p.ip == ip && p.expires > now).map(|p| p.expires)
+    }
+
     /// Binds or refreshes channel `number` to `peer` (RFC 8656 §11.2 rules).
     pub fn bind_channel(
         &mut self,

@@ -14,6 +14,7 @@ pub mod lookup;
 pub mod mobility;
 pub mod nat_discovery;
 pub mod nonce;
+pub mod offload;
 pub(crate) mod outbox;
 pub mod output;
 pub mod policy;

@@ -411,6 +411,27 @@ impl Server {
             .min()
     }
 
+    /// Counts traffic the XDP fast path relayed for allocation `id` (see
+    /// [`super::offload`]) as if the relay path had: the allocation's counters, if it
+    /// is still here, and the relayed totals, which count it either way.
+    pub fn credit_offloaded(&mut self, id: AllocationId, traffic: super::allocation::Traffic) {
+        use super::stats::Direction;
+        let stats = &mut self.out.stats;
+        let (up, down) = (Direction::ClientToPeer as usize, Direction::PeerToClient as usize);
+        let udp = super::Transport::Udp as usize;
+        stats.relayed_packets[up][udp] += traffic.to_peer_packets;
+        stats.relayed_bytes[up][udp] += traffic.to_peer_bytes;
+        stats.relayed_packets[down][udp] += traffic.to_client_packets;
+        stats.relayed_bytes[down][udp] += traffic.to_client_bytes;
+        if let Some(allocation) = self.table.get_mut(id) {
+            let t = &mut allocation.traffic;
+            t.to_peer_packets += traffic.to_peer_packets;
+            t.to_peer_bytes += traffic.to_peer_bytes;
+            t.to_client_packets += traffic.to_client_packets;
+            t.to_client_bytes += traffic.to_client_bytes;
+        }
+    }
+
     /// Closes an allocation from outside the protocol (an operator dropped it).
     pub fn close_allocation(&mut self, id: AllocationId, now: Instant, shared: &impl Shared) -> bool {
         self.remove_allocation(id, now, EndReason::Closed, shared)
