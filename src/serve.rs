@@ -388,6 +388,7 @@ async fn run(
     let (lookup_service, lookups) = net::webhook::start(webhook, worker_count.max(1));
     let adopted = takeover.as_mut().and_then(|t| t.adopted.take());
     let moved = adopted.as_ref().map_or(0, |a| a.workers.iter().map(Vec::len).sum::<usize>());
+    net::set_udp_offload(config.relay.udp_offload);
     let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups, adopted)
         .context("starting the workers")?;
     info!(workers = worker_count, "serving");

@@ -94,6 +94,11 @@ pub struct Relay {
     /// RFC 8016 mobility: a UDP client that asks gets a MOBILITY-TICKET and keeps its
     /// allocation when its address changes; off, asking is answered 405.
     pub mobility: bool,
+    /// UDP segmentation offloads on the UDP path: GRO on relay sockets and listeners
+    /// (the kernel may hand over a run of one flow's datagrams as one buffer, split
+    /// back here) and GSO on what they send (a run of same-sized datagrams to one
+    /// destination leaves in one send). Read at start; a reload does not change it.
+    pub udp_offload: bool,
 }
 
 impl Default for Relay {
@@ -111,6 +116,7 @@ impl Default for Relay {
             denied_peers: Vec::new(),
             allow_host_peers: false,
             mobility: true,
+            udp_offload: true,
         }
     }
 }
