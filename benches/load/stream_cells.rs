@@ -36,7 +36,7 @@ impl Bench {
                     }
                 }
                 Kind::Coturn { .. } => plan.push((kind.label(), kind.clone(), self.setup.coturn_ports)),
-                Kind::Forwarder => {}
+                Kind::Forwarder | Kind::TurndPlain => {}
             }
         }
         plan

@@ -95,8 +95,14 @@ impl EventLoop {
                         // Queued in place (the payload stays in its receive slot) and sent
                         // after the batch, one sendmmsg per relay socket.
                         if let Some(relay) = self.relay_socket(out.allocation, out.peer.get()) {
+                            let (fd, peer) = (relay.as_raw_fd(), out.peer.get());
+                            // A GRO run can hold more datagrams than the queue: what is
+                            // queued goes now (its payloads stay put until the next read).
+                            if self.to_peers.is_full() {
+                                self.to_peers.flush_by_socket(&self.recv_slots);
+                            }
                             let payload = start + offset + out.payload.start..start + offset + out.payload.end;
-                            self.to_peers.push(relay.as_raw_fd(), out.peer.get(), None, Payload::Slot(payload));
+                            self.to_peers.push(fd, peer, None, Payload::Slot(payload));
                         }
                     }
                     offset = end;
