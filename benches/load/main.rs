@@ -67,6 +67,9 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
                         the generator in another, joined by a veth pair (root; removed with
                         the bench however it ends); relay cells then also report softirq time
   --veth-gro on|off     GRO on both ends of the veth pair (default on: NAPI receive)
+  --generator-gso       the generator (clients, echo peer) sends runs of same-sized datagrams
+                        to one destination as one GSO send, as QUIC stacks do (the
+                        forwarder is unchanged)
   --bulk                add a bulk relay cell: 4 allocations x window 64 of 1,000-byte
                         ChannelData (one flow each, many datagrams in flight: where GRO/GSO
                         can apply)
@@ -133,6 +136,7 @@ struct Options {
     veth: bool,
     veth_gro: bool,
     bulk: bool,
+    generator_gso: bool,
     turnd_extra: Option<toml::Table>,
 }
 
@@ -166,6 +170,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         veth: false,
         veth_gro: true,
         bulk: false,
+        generator_gso: false,
         turnd_extra: None,
     };
     let mut it = args.iter();
@@ -226,6 +231,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--bulk" => o.bulk = true,
+            "--generator-gso" => o.generator_gso = true,
             "--turnd-config-extra" => {
                 let v = value()?;
                 let text = match std::fs::read_to_string(&v) {
@@ -301,6 +307,9 @@ impl Bench {
         // Before any socket or thread: the process moves to the generator's namespace.
         if o.veth {
             veth::setup(o.veth_gro)?;
+        }
+        if o.generator_gso {
+            udp::generator_gso();
         }
         udp::raise_fd_limit();
         if o.realtime {
@@ -444,6 +453,16 @@ impl Bench {
         println!("turnd: {} (workers: {workers}) | coturn: {coturn} (relay threads: {}) | window {} per allocation | {} s windows after {} s warm-up",
             self.o.turnd.display(), self.o.coturn_threads.map_or("default".to_string(), |t| t.to_string()),
             self.o.window, self.o.duration.as_secs_f64(), self.o.warmup.as_secs_f64());
+        if self.o.veth {
+            println!(
+                "path: veth pair between two network namespaces ({} <-> {}), GRO {} at both ends; generator GSO {}; \
+                 sirq = the whole machine's softirq time (both ends' receive work)",
+                veth::SERVER_IP,
+                veth::GENERATOR_IP,
+                if self.o.veth_gro { "on" } else { "off" },
+                if self.o.generator_gso { "on" } else { "off" }
+            );
+        }
         if self.o.realtime {
             println!("scheduling: SCHED_FIFO (--realtime) for the generator and the servers");
         } else if load.first().and_then(|l| l.parse::<f64>().ok()).is_some_and(|l| l > 0.5) {
