@@ -82,7 +82,7 @@ impl Outbox {
         let Ok(fd) = usize::try_from(socket) else {
             return false;
         };
-        self.gso && self.refused.get(fd / 64).is_none_or(|word| word & (1u64 << (fd % 64)) == 0)
+        self.gso && !matches!(self.refused.get(fd / 64), Some(word) if word & (1u64 << (fd % 64)) != 0)
     }
 
     fn refuse(&mut self, socket: RawFd) {

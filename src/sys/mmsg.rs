@@ -305,11 +305,10 @@ pub fn send_batch<'a>(socket: RawFd, datagrams: impl IntoIterator<Item = Datagra
     let mut controls = [const { MaybeUninit::<Control>::uninit() }; SEND_BATCH];
     // Per message: its first iovec and its run (destination, source, count, segment).
     let mut runs = [const { MaybeUninit::<(usize, GsoRun)>::uninit() }; SEND_BATCH];
-    let mut datagrams_in = 0;
     let mut messages = 0;
     let mut open: Option<(usize, GsoRun)> = None;
-    for datagram in datagrams.into_iter().take(SEND_BATCH) {
-        let Some(iovec) = iovecs.get_mut(datagrams_in) else {
+    for (index, datagram) in datagrams.into_iter().take(SEND_BATCH).enumerate() {
+        let Some(iovec) = iovecs.get_mut(index) else {
             break;
         };
         let bytes = datagram.bytes;
@@ -326,9 +325,8 @@ pub fn send_batch<'a>(socket: RawFd, datagrams: impl IntoIterator<Item = Datagra
                     messages += 1;
                 }
             }
-            open = Some((datagrams_in, GsoRun::start(datagram.to, datagram.from, bytes.len())));
+            open = Some((index, GsoRun::start(datagram.to, datagram.from, bytes.len())));
         }
-        datagrams_in += 1;
     }
     if let Some((first, run)) = open.take() {
         if let Some(slot) = runs.get_mut(messages) {
