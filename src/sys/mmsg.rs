@@ -587,6 +587,23 @@ mod tests {
     }
 
     #[test]
+    fn a_gso_run_from_a_wildcard_socket_leaves_from_the_address_it_is_told() {
+        let sender = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = sender.local_addr().unwrap().port();
+        let to = receiver(false);
+        let dest = to.local_addr().unwrap();
+        let from = Some("127.0.0.1".parse().unwrap());
+        let sent = payloads(5, 100, 100);
+        let datagrams = sent.iter().map(|bytes| Datagram { to: dest, from, bytes });
+        assert_eq!(send_batch(sender.as_raw_fd(), datagrams, true), Sent::default());
+        let mut buf = [0u8; 256];
+        for want in &sent {
+            let (n, source) = to.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], source), (&want[..], addr(&format!("127.0.0.1:{port}"))));
+        }
+    }
+
+    #[test]
     fn without_gso_every_datagram_is_its_own_message() {
         let (sender, to) = (UdpSocket::bind("127.0.0.1:0").unwrap(), receiver(true));
         let dest = to.local_addr().unwrap();
