@@ -198,8 +198,11 @@ impl EventLoop {
             // Once per loop, the first time a peer's datagrams arrive coalesced.
             self.gro_scratch.resize(relay_socket::BATCH * MAX_DATAGRAM, 0);
         }
+        // The kernel's lengths are input too: one past a scratch slot is dropped, not
+        // allowed to run into its neighbour's.
+        let fits = |entry: &Option<Received>| entry.filter(|e| e.len <= MAX_DATAGRAM);
         for (i, entry) in entries.iter().enumerate() {
-            let Some(entry) = entry else {
+            let Some(entry) = fits(entry) else {
                 continue;
             };
             let from = (first_slot + i) * RELAY_SLOT + PEER_HEADROOM;
@@ -212,7 +215,7 @@ impl EventLoop {
             scratch.copy_from_slice(source);
         }
         for (i, entry) in entries.iter().enumerate() {
-            let Some(entry) = *entry else {
+            let Some(entry) = fits(entry) else {
                 continue;
             };
             for range in relay_socket::segments(entry.len, entry.segment) {
