@@ -34,6 +34,8 @@ install_deps() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+    # tests/udp_offload.rs and the load bench's veth path turn GRO on at a veth's ends.
+    command -v ethtool >/dev/null 2>&1 || [ -x /usr/sbin/ethtool ] || missing+=(ethtool)
     # tests/fail2ban.rs: the shipped filter against turnd's logs (fail2ban-regex).
     command -v fail2ban-regex >/dev/null 2>&1 || missing+=(fail2ban)
     # tests/descriptors.rs runs turnd under prlimit (util-linux).

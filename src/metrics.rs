@@ -252,6 +252,12 @@ pub const DEFINITIONS: &[Definition] = &[
         &[],
         "Usage records lost: the queue for an unreachable Redis was full, the file was not writable, or events were missed.",
     ),
+    def(
+        "turnd_udp_gso_refused_total",
+        COUNTER,
+        &[],
+        "GSO sends the kernel refused (EIO or EINVAL); their datagrams went out one by one and GSO stays off for that socket.",
+    ),
     def("process_cpu_seconds_total", COUNTER, &[], "User and system CPU time spent, seconds."),
     def("process_resident_memory_bytes", GAUGE, &[], "Resident memory size, bytes."),
     def("process_virtual_memory_bytes", GAUGE, &[], "Virtual memory size, bytes."),
@@ -472,6 +478,7 @@ impl Collector for Collect {
             counter(&[("sink", "file")], u.written_file.load(Ordering::Relaxed)),
         ]);
         push(vec![counter(&[], u.dropped.load(Ordering::Relaxed))]);
+        push(vec![counter(&[], crate::net::outbox_gso_refusals())]);
         // Off Linux (or with /proc hidden) the process families stay empty and the
         // registry leaves them out.
         let p = process::read();

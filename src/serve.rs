@@ -391,6 +391,7 @@ async fn run(
     // Before the workers, which each find it running (or not) as they start.
     net::xdp::start(config.relay.xdp, &config.relay.xdp_interfaces)
         .map_err(|e| anyhow::anyhow!("`relay.xdp` = \"on\": {e} (\"auto\" falls back to sockets)"))?;
+    net::set_udp_offload(config.relay.udp_offload);
     let mut workers = Workers::start(config.core(), udp_sockets, &publisher, control_rx, streams, lookups, adopted)
         .context("starting the workers")?;
     info!(workers = worker_count, "serving");

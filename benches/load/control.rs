@@ -29,9 +29,10 @@ pub struct Meter {
     pid: u32,
     start: Instant,
     end: Instant,
-    /// Time, server CPU seconds, units and the generator's own CPU seconds at each edge.
-    started: Option<(Instant, f64, u64, f64)>,
-    ended: Option<(Instant, f64, u64, f64)>,
+    /// Time, server CPU seconds, units, the generator's own CPU seconds and the
+    /// machine's softirq seconds at each edge.
+    started: Option<(Instant, f64, u64, f64, f64)>,
+    ended: Option<(Instant, f64, u64, f64, f64)>,
     /// Completed units (responses, pairs, round trips), counted by the workload.
     pub count: u64,
     /// Latencies of units completed inside the window, in microseconds.
@@ -46,6 +47,9 @@ pub struct Window {
     pub cpu_seconds: f64,
     /// CPU the generator itself used (it must stay well below one core).
     pub generator_cpu_seconds: f64,
+    /// Softirq time of the whole machine (`/proc/stat`): receive work on both ends of
+    /// the path that no process's own time shows.
+    pub softirq_seconds: f64,
 }
 
 impl Window {
@@ -62,6 +66,10 @@ impl Window {
     pub fn generator_percent(&self) -> f64 {
         100.0 * self.generator_cpu_seconds / self.seconds.max(1e-9)
     }
+    /// Machine softirq time per unit in microseconds.
+    pub fn softirq_us_per_unit(&self) -> f64 {
+        self.softirq_seconds * 1e6 / (self.units.max(1) as f64)
+    }
 }
 
 impl Meter {
@@ -74,10 +82,12 @@ impl Meter {
     /// Reads `/proc` when an edge of the window has been crossed.
     pub fn poll(&mut self, now: Instant) {
         if self.started.is_none() && now >= self.start {
-            self.started = Some((now, procs::cpu_seconds(self.pid).unwrap_or(0.0), self.count, own_cpu()));
+            let cpu = procs::cpu_seconds(self.pid).unwrap_or(0.0);
+            self.started = Some((now, cpu, self.count, own_cpu(), crate::veth::softirq_seconds()));
         }
         if self.started.is_some() && self.ended.is_none() && now >= self.end {
-            self.ended = Some((now, procs::cpu_seconds(self.pid).unwrap_or(0.0), self.count, own_cpu()));
+            let cpu = procs::cpu_seconds(self.pid).unwrap_or(0.0);
+            self.ended = Some((now, cpu, self.count, own_cpu(), crate::veth::softirq_seconds()));
         }
     }
 
@@ -99,11 +109,12 @@ impl Meter {
 
     pub fn window(&self) -> Window {
         match (self.started, self.ended) {
-            (Some((t0, c0, n0, g0)), Some((t1, c1, n1, g1))) => Window {
+            (Some((t0, c0, n0, g0, s0)), Some((t1, c1, n1, g1, s1))) => Window {
                 seconds: (t1 - t0).as_secs_f64(),
                 units: n1 - n0,
                 cpu_seconds: c1 - c0,
                 generator_cpu_seconds: g1 - g0,
+                softirq_seconds: s1 - s0,
             },
             _ => Window::default(),
         }
@@ -273,10 +284,12 @@ fn copy(buf: &mut [u8], bytes: &[u8]) -> usize {
 }
 
 /// Source address `i` of the client population: 127.10.0.0/16 and up, never a .0
-/// octet, away from the 127.0.0.1 everything else uses.
+/// octet, away from the 127.0.0.1 everything else uses (on the veth path 10.96.0.0/16
+/// and up).
 pub fn source(i: usize) -> Ipv4Addr {
     let b = 10 + i / (255 * 255);
     let c = 1 + (i / 255) % 255;
     let d = 1 + i % 255;
-    Ipv4Addr::new(127, b as u8, c as u8, d as u8)
+    let (first, second) = crate::veth::client_first_octets(b as u8);
+    Ipv4Addr::new(first, second, c as u8, d as u8)
 }

@@ -5,7 +5,7 @@
 //! ChannelData (4) or Data indication (36) header back towards the client. It checks
 //! nothing: no permissions, no integrity, no allocation lifetimes.
 //!
-//! Run by the bench as `<bench> --forwarder PEER HEADER`; prints `listening on ADDR`.
+//! Run by the bench as `<bench> --forwarder PEER HEADER BIND`; prints `listening on ADDR`.
 
 use crate::udp::{self, RecvBatch, SendBatch};
 use std::collections::HashMap;
@@ -28,8 +28,8 @@ struct Relay {
 }
 
 /// Runs until killed (the bench stops it; PR_SET_PDEATHSIG covers a crashed bench).
-pub fn main(peer: SocketAddrV4, header: usize) -> std::io::Result<()> {
-    let listener = udp::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+pub fn main(peer: SocketAddrV4, header: usize, bind: Ipv4Addr) -> std::io::Result<()> {
+    let listener = udp::bind(SocketAddrV4::new(bind, 0))?;
     let local = udp::local_v4(&listener)?;
     // SAFETY: epoll_create1 takes no pointers.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -59,7 +59,7 @@ pub fn main(peer: SocketAddrV4, header: usize) -> std::io::Result<()> {
                         let i = match by_client.get(&from) {
                             Some(&i) => i,
                             None => {
-                                let socket = udp::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+                                let socket = udp::bind(SocketAddrV4::new(bind, 0))?;
                                 add(epoll, socket.as_raw_fd(), relays.len() as u64)?;
                                 relays.push(Relay { socket, client: from });
                                 by_client.insert(from, relays.len() - 1);

@@ -29,6 +29,7 @@ mod stream_cells;
 mod streams;
 mod stun;
 mod udp;
+mod veth;
 
 use control::{Clients, Meter, Window};
 use procs::{Kind, Setup};
@@ -60,7 +61,20 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
                         quick: udp). TCP and TLS cells relay ChannelData over one connection
                         per allocation to the UDP echo peer, through turnd (also with one worker
                         per core) and coturn
-  --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`)
+  --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`);
+                        turnd-plain adds turnd with `[relay] udp-offload = false` (no GRO/GSO)
+  --path PATH           loopback (default) or veth: the servers in one network namespace and
+                        the generator in another, joined by a veth pair (root; removed with
+                        the bench however it ends); relay cells then also report softirq time
+  --veth-gro on|off     GRO on both ends of the veth pair (default on: NAPI receive)
+  --generator-gso       the generator (clients, echo peer) sends runs of same-sized datagrams
+                        to one destination as one GSO send, as QUIC stacks do (the
+                        forwarder is unchanged)
+  --bulk                add a bulk relay cell: 4 allocations x window 64 of 1,000-byte
+                        ChannelData (one flow each, many datagrams in flight: where GRO/GSO
+                        can apply)
+  --turnd-config-extra TOML  a file, or TOML text (`\\n` for a newline), merged into
+                        turnd's generated config, a key given winning: '[relay]\\nxdp = \"on\"'
   --only LIST           relay,binding,churn,memory,scale (default all); scale runs 1,000
                         channel allocations through turnd with 1 worker and with one per
                         core, and through coturn -m 0 and coturn with its default threads
@@ -85,6 +99,11 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
 /// reached 470 ms on a busy 2-core machine, next to the 500 ms after which a packet
 /// counts as lost, and loss became an artefact of the timeout.
 const SCALE_ALLOCATIONS: usize = 1000;
+/// The bulk cell (`--bulk`): a few allocations, each one flow with many datagrams in
+/// flight, of a size media and QUIC use: where GRO can coalesce and GSO batch.
+const BULK_ALLOCATIONS: usize = 4;
+const BULK_WINDOW: usize = 64;
+const BULK_PAYLOAD: usize = 1000;
 /// Payload bytes in the scale section: small, so per-packet work dominates, as it does
 /// for media.
 const SCALE_PAYLOAD: usize = 100;
@@ -113,6 +132,12 @@ struct Options {
     turnd_prefix: Vec<String>,
     realtime: bool,
     verbose: bool,
+    /// `--path veth`.
+    veth: bool,
+    veth_gro: bool,
+    bulk: bool,
+    generator_gso: bool,
+    turnd_extra: Option<toml::Table>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>, String> {
@@ -142,6 +167,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
         turnd_prefix: Vec::new(),
         realtime: false,
         verbose: false,
+        veth: false,
+        veth_gro: true,
+        bulk: false,
+        generator_gso: false,
+        turnd_extra: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -186,6 +216,30 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--json" => o.json = Some(PathBuf::from(value()?)),
             "--turnd" => o.turnd = PathBuf::from(value()?),
             "--turnd-prefix" => o.turnd_prefix = value()?.split_whitespace().map(String::from).collect(),
+            "--path" => {
+                o.veth = match value()?.as_str() {
+                    "veth" => true,
+                    "loopback" => false,
+                    other => return Err(format!("unknown path {other:?} (loopback or veth)")),
+                }
+            }
+            "--veth-gro" => {
+                o.veth_gro = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--veth-gro: {other:?} is neither on nor off")),
+                }
+            }
+            "--bulk" => o.bulk = true,
+            "--generator-gso" => o.generator_gso = true,
+            "--turnd-config-extra" => {
+                let v = value()?;
+                let text = match std::fs::read_to_string(&v) {
+                    Ok(file) => file,
+                    Err(_) => v.replace("\\n", "\n"),
+                };
+                o.turnd_extra = Some(text.parse().map_err(|e| format!("--turnd-config-extra: {e}"))?);
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -200,7 +254,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("--forwarder") {
         let peer = args.get(1).and_then(|a| a.parse().ok()).expect("--forwarder PEER HEADER");
         let header = args.get(2).and_then(|a| a.parse().ok()).expect("--forwarder PEER HEADER");
-        if let Err(e) = forwarder::main(peer, header) {
+        let bind = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(Ipv4Addr::LOCALHOST);
+        if let Err(e) = forwarder::main(peer, header, bind) {
             eprintln!("forwarder: {e}");
             std::process::exit(1);
         }
@@ -249,6 +304,13 @@ struct Bench {
 
 impl Bench {
     fn new(o: Options) -> std::io::Result<Self> {
+        // Before any socket or thread: the process moves to the generator's namespace.
+        if o.veth {
+            veth::setup(o.veth_gro)?;
+        }
+        if o.generator_gso {
+            udp::generator_gso();
+        }
         udp::raise_fd_limit();
         if o.realtime {
             realtime()?;
@@ -266,10 +328,11 @@ impl Bench {
             turnd_ports: (12000, 23999),
             coturn_ports: (24000, 35999),
             tls: None,
+            turnd_extra: o.turnd_extra.clone(),
             verbose: o.verbose,
         };
         let client = udp::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-        let peer = udp::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        let peer = udp::bind(SocketAddrV4::new(veth::generator_ip(), 0))?;
         let most = o.allocations.iter().copied().chain([o.memory_allocations, 256]).max().unwrap_or(256);
         let sources = (0..most).map(control::source).collect();
         Ok(Bench {
@@ -306,6 +369,7 @@ impl Bench {
                 "coturn" if self.setup.coturn.is_some() => kinds.push(Kind::Coturn { threads: self.o.coturn_threads }),
                 "coturn" => eprintln!("note: coturn skipped: `turnserver` not found (apt-get install coturn)"),
                 "forwarder" => kinds.push(Kind::Forwarder),
+                "turnd-plain" => kinds.push(Kind::TurndPlain),
                 other => eprintln!("note: unknown server {other:?} skipped"),
             }
         }
@@ -389,6 +453,16 @@ impl Bench {
         println!("turnd: {} (workers: {workers}) | coturn: {coturn} (relay threads: {}) | window {} per allocation | {} s windows after {} s warm-up",
             self.o.turnd.display(), self.o.coturn_threads.map_or("default".to_string(), |t| t.to_string()),
             self.o.window, self.o.duration.as_secs_f64(), self.o.warmup.as_secs_f64());
+        if self.o.veth {
+            println!(
+                "path: veth pair between two network namespaces ({} <-> {}), GRO {} at both ends; generator GSO {}; \
+                 sirq = the whole machine's softirq time (both ends' receive work)",
+                veth::SERVER_IP,
+                veth::GENERATOR_IP,
+                if self.o.veth_gro { "on" } else { "off" },
+                if self.o.generator_gso { "on" } else { "off" }
+            );
+        }
         if self.o.realtime {
             println!("scheduling: SCHED_FIFO (--realtime) for the generator and the servers");
         } else if load.first().and_then(|l| l.parse::<f64>().ok()).is_some_and(|l| l > 0.5) {
@@ -424,9 +498,10 @@ impl Bench {
             );
         }
         println!(
-            "{:<8}{:>7}{:>8}  {:<12}{:>9}{:>9}{:>9}{:>8}{:>7}{:>11}{:>13}{:>6}",
+            "{:<8}{:>7}{:>5}{:>8}  {:<14}{:>9}{:>9}{:>9}{:>8}{:>7}{:>11}{:>11}{:>13}{:>6}",
             "mode",
             "allocs",
+            "win",
             "payload",
             "server",
             "rt/s",
@@ -435,13 +510,24 @@ impl Bench {
             "loss%",
             "cpu%",
             "cpu us/rt",
+            "sirq us/rt",
             "peak RSS kB",
             "gen%"
         );
         let kinds = self.kinds();
         let peer = udp::local_v4(&self.peer)?;
-        for &mode in &self.o.modes.clone() {
-            for &allocations in &self.o.allocations.clone() {
+        // (mode, allocations, window, payloads): the matrix, then the bulk cell.
+        let mut cells: Vec<(Mode, usize, usize, Vec<usize>)> = Vec::new();
+        for &mode in &self.o.modes {
+            for &allocations in &self.o.allocations {
+                cells.push((mode, allocations, self.o.window, self.o.payloads.clone()));
+            }
+        }
+        if self.o.bulk {
+            cells.push((Mode::Channel, BULK_ALLOCATIONS, BULK_WINDOW, vec![BULK_PAYLOAD]));
+        }
+        {
+            for (mode, allocations, window, payloads) in cells {
                 // All servers of the cell run at once (idle ones cost nothing) and take
                 // turns, so a change in background load hits them alike.
                 let mut servers = Vec::new();
@@ -451,15 +537,9 @@ impl Bench {
                         Err(e) => eprintln!("note: {} not measured: {e}", kind.label()),
                     }
                 }
-                for &payload in &self.o.payloads.clone() {
-                    let spec = Spec {
-                        mode,
-                        allocations,
-                        payload,
-                        window: self.o.window,
-                        warmup: self.o.warmup,
-                        duration: self.o.duration,
-                    };
+                for payload in payloads {
+                    let spec =
+                        Spec { mode, allocations, payload, window, warmup: self.o.warmup, duration: self.o.duration };
                     let mut runs: Vec<Vec<relay::Outcome>> = vec![Vec::new(); servers.len()];
                     for _ in 0..self.o.repeat {
                         for (server, runs) in servers.iter().zip(&mut runs) {
@@ -474,9 +554,10 @@ impl Bench {
                         let peak = procs::status_kb(server.pid, "VmHWM").unwrap_or(0);
                         let w = outcome.window;
                         println!(
-                            "{:<8}{:>7}{:>8}  {:<12}{:>9.0}{:>9.0}{:>9.0}{:>8.2}{:>7.0}{:>11.2}{:>13}{:>6.0}",
+                            "{:<8}{:>7}{:>5}{:>8}  {:<14}{:>9.0}{:>9.0}{:>9.0}{:>8.2}{:>7.0}{:>11.2}{:>11.2}{:>13}{:>6.0}",
                             mode.label(),
                             allocations,
+                            window,
                             payload,
                             server.label,
                             w.per_second(),
@@ -485,13 +566,16 @@ impl Bench {
                             100.0 * outcome.loss(),
                             w.cpu_percent(),
                             w.cpu_us_per_unit(),
+                            w.softirq_us_per_unit(),
                             peak,
                             w.generator_percent()
                         );
                         self.emit_for(
                             server,
                             json!({"kind": "relay", "transport": "udp", "server": server.label, "mode": mode.label(),
-                            "allocations": allocations, "payload": payload, "window": self.o.window,
+                            "allocations": allocations, "payload": payload, "window": window,
+                            "path": if veth::on() { "veth" } else { "loopback" },
+                            "softirq_s": w.softirq_seconds, "softirq_us_per_round_trip": w.softirq_us_per_unit(),
                             "repeats": self.o.repeat, "seconds": w.seconds, "round_trips": w.units,
                             "round_trips_per_s": w.per_second(), "p50_us": outcome.p50_us, "p99_us": outcome.p99_us,
                             "sent": outcome.sent, "lost": outcome.lost, "loss": outcome.loss(),

@@ -6,8 +6,9 @@
 
 use crate::stun;
 use crate::udp;
+use crate::veth;
 use std::io::{self, BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +32,8 @@ pub enum Kind {
     Coturn { threads: Option<u32> },
     /// The raw forwarder, stripping and adding `header` bytes of framing.
     Forwarder,
+    /// turnd with `[relay] udp-offload = false` (no GRO, no GSO), one worker.
+    TurndPlain,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Coturn { threads: Some(0) } => "coturn".into(),
             Kind::Coturn { threads: Some(n) } => format!("coturn(-m {n})"),
             Kind::Forwarder => "forwarder".into(),
+            Kind::TurndPlain => "turnd(no-gso)".into(),
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Setup {
     /// The server certificate and key (PEM) when the servers also listen on TCP (the
     /// UDP port's number) and TLS (the next free port); None: UDP only.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// TOML merged into turnd's generated config (`--turnd-config-extra`).
+    pub turnd_extra: Option<toml::Table>,
     pub verbose: bool,
 }
 
@@ -136,22 +142,20 @@ fn ports(setup: &Setup) -> io::Result<(u16, u16)> {
 }
 
 fn stream_addrs(setup: &Setup, port: u16, tls: u16) -> Option<(SocketAddrV4, SocketAddrV4)> {
-    setup
-        .tls
-        .as_ref()
-        .map(|_| (SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), SocketAddrV4::new(Ipv4Addr::LOCALHOST, tls)))
+    setup.tls.as_ref().map(|_| (SocketAddrV4::new(veth::server_ip(), port), SocketAddrV4::new(veth::server_ip(), tls)))
 }
 
 /// Starts `kind`. `peer` and `header` only matter for the forwarder.
 pub fn start(setup: &Setup, kind: &Kind, client: &UdpSocket, peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     match kind {
-        Kind::Turnd { workers } => start_turnd(setup, *workers, client),
+        Kind::Turnd { workers } => start_turnd(setup, *workers, client, false),
+        Kind::TurndPlain => start_turnd(setup, 1, client, true),
         Kind::Coturn { threads } => start_coturn(setup, *threads, client),
         Kind::Forwarder => start_forwarder(peer, header),
     }
 }
 
-fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<Server> {
+fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, plain: bool) -> io::Result<Server> {
     let (port, tls_port) = ports(setup)?;
     let (min, max) = setup.turnd_ports;
     // Limits raised for the 10,000-allocation memory run and the worker count written
@@ -159,21 +163,25 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<
     // (including info-level logging, as coturn logs at its default too).
     let mut config = format!(
         "realm = \"r\"\ndrain-time = \"0s\"\nworkers = {workers}\n\
-         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"{ip}:{port}\"\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"{peers}\"]\nallow-host-peers = true\n\
          [[auth.user]]\nname = \"u\"\npassword = \"p\"\n\
          [limits]\ntotal-allocations = 50000\nallocations-per-user = 50000\nallocations-per-ip = 50000\n\
-         [admin]\nenabled = false\n"
+         [admin]\nenabled = false\n",
+        ip = veth::server_ip(),
+        peers = veth::peer_net(),
     );
     if let Some((cert, key)) = &setup.tls {
         config.push_str(&format!(
-            "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
-             [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{tls_port}\"\n\
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"{ip}:{port}\"\n\
+             [[listen]]\ntransport = \"tls\"\naddress = \"{ip}:{tls_port}\"\n\
              [tls]\ncertificate = \"{}\"\nprivate-key = \"{}\"\n",
             cert.display(),
-            key.display()
+            key.display(),
+            ip = veth::server_ip(),
         ));
     }
+    let config = with_extra(&config, plain, setup.turnd_extra.as_ref())?;
     // Files named after the port: the scale section runs two turnd at once.
     let path = setup.dir.join(format!("turnd-{port}.toml"));
     std::fs::write(&path, config)?;
@@ -188,9 +196,10 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket) -> io::Result<
     };
     command.arg("serve").arg("-c").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     die_with_parent(&mut command);
+    veth::enter_server_ns(&mut command);
     let child = command.spawn()?;
-    let label = Kind::Turnd { workers }.label();
-    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)?;
+    let label = if plain { Kind::TurndPlain.label() } else { Kind::Turnd { workers }.label() };
+    let mut server = ready(child, SocketAddrV4::new(veth::server_ip(), port), &label, client, setup.verbose)?;
     server.workers = Some(workers);
     server.streams = stream_addrs(setup, port, tls_port);
     if !setup.turnd_prefix.is_empty() {
@@ -207,7 +216,8 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     let (min, max) = setup.coturn_ports;
     let dir = &setup.dir;
     let mut command = Command::new(bin);
-    command.args(["-n", "--no-cli", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"]);
+    let ip = veth::server_ip().to_string();
+    command.args(["-n", "--no-cli", "--listening-ip", &ip, "--relay-ip", &ip]);
     command.args(["--allow-loopback-peers", "--lt-cred-mech", "--user", "u:p", "--realm", "r"]);
     command.args([
         "--listening-port",
@@ -238,11 +248,40 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     command.arg("--log-file").arg(dir.join(format!("coturn-{port}.log"))).arg("--simple-log").arg("--no-stdout-log");
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     die_with_parent(&mut command);
+    veth::enter_server_ns(&mut command);
     let child = command.spawn()?;
     let label = Kind::Coturn { threads }.label();
-    let mut server = ready(child, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), &label, client, setup.verbose)?;
+    let mut server = ready(child, SocketAddrV4::new(veth::server_ip(), port), &label, client, setup.verbose)?;
     server.streams = stream_addrs(setup, port, tls_port);
     Ok(server)
+}
+
+/// turnd's generated `config` with `extra` merged in, table by table (a key of `extra`
+/// wins), and with `plain` GRO and GSO turned off.
+fn with_extra(config: &str, plain: bool, extra: Option<&toml::Table>) -> io::Result<String> {
+    if !plain && extra.is_none() {
+        return Ok(config.to_owned());
+    }
+    let mut table: toml::Table = config.parse().map_err(|e| io::Error::other(format!("generated config: {e}")))?;
+    if let Some(extra) = extra {
+        merge(&mut table, extra);
+    }
+    if plain {
+        let off: toml::Table = "[relay]\nudp-offload = false".parse().map_err(io::Error::other)?;
+        merge(&mut table, &off);
+    }
+    toml::to_string(&table).map_err(io::Error::other)
+}
+
+fn merge(into: &mut toml::Table, from: &toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => merge(mine, theirs),
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 /// Waits until the server answers a Binding request.
@@ -285,9 +324,10 @@ fn ready(mut child: Child, addr: SocketAddrV4, label: &str, client: &UdpSocket, 
 fn start_forwarder(peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command.args(["--forwarder", &peer.to_string(), &header.to_string()]);
+    command.args(["--forwarder", &peer.to_string(), &header.to_string(), &veth::server_ip().to_string()]);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     die_with_parent(&mut command);
+    veth::enter_server_ns(&mut command);
     let mut child = command.spawn()?;
     let pid = child.id();
     let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;

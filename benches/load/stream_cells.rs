@@ -16,7 +16,9 @@ const CPU_TARGET: f64 = 0.7;
 impl Bench {
     /// The CA and server certificate the stream cells' servers use, made on first need.
     pub(crate) fn tls_files(&mut self) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-        let ca = self.ca.get_or_insert_with(|| crate::ca::TestCa::new(&["127.0.0.1", "localhost"]));
+        let ca = self.ca.get_or_insert_with(|| {
+            crate::ca::TestCa::new(&["127.0.0.1", "localhost", &crate::veth::server_ip().to_string()])
+        });
         (ca.ca.clone(), ca.cert.clone(), ca.key.clone())
     }
 
@@ -36,7 +38,7 @@ impl Bench {
                     }
                 }
                 Kind::Coturn { .. } => plan.push((kind.label(), kind.clone(), self.setup.coturn_ports)),
-                Kind::Forwarder => {}
+                Kind::Forwarder | Kind::TurndPlain => {}
             }
         }
         plan

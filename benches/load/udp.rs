@@ -9,8 +9,10 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use turnd::sys::mmsg::{self, Datagram};
 
 /// Bytes reserved per datagram in a batch: enough for the 1000-byte payloads plus any
 /// TURN framing, well under the loopback MTU.
@@ -108,6 +110,9 @@ impl SendBatch {
         if n == 0 {
             return 0;
         }
+        if GENERATOR_GSO.load(Ordering::Relaxed) {
+            return self.flush_gso(socket);
+        }
         // SAFETY: all-zero is a valid iovec (a null pointer, a zero length).
         let mut iov: Vec<libc::iovec> = vec![unsafe { zeroed() }; n];
         let mut cmsg = vec![[0u64; CMSG_WORDS]; n];
@@ -148,6 +153,38 @@ impl SendBatch {
                 self.errors += 1;
                 sent += 1;
             }
+        }
+        self.lens.clear();
+        self.dst.clear();
+        self.src.clear();
+        n
+    }
+}
+
+/// `--generator-gso`: the generator (clients and echo peer, not the forwarder) sends
+/// runs of same-sized datagrams to one destination from one source as one UDP_SEGMENT
+/// message, as a QUIC stack does; a veth pair carries each as one packet, which a
+/// server's GRO socket takes whole.
+static GENERATOR_GSO: AtomicBool = AtomicBool::new(false);
+
+/// Turns [`GENERATOR_GSO`] on.
+pub fn generator_gso() {
+    GENERATOR_GSO.store(true, Ordering::Relaxed);
+}
+
+impl SendBatch {
+    /// [`SendBatch::flush`] with GSO, through turnd's own batching (`sys::mmsg`).
+    fn flush_gso(&mut self, socket: RawFd) -> usize {
+        let n = self.lens.len();
+        let datagrams: Vec<Datagram<'_>> = (0..n)
+            .map(|i| Datagram {
+                to: SocketAddr::V4(from_sockaddr(&self.dst[i])),
+                from: self.src[i].map(IpAddr::V4),
+                bytes: &self.data[i * SLOT..i * SLOT + self.lens[i]],
+            })
+            .collect();
+        for chunk in datagrams.chunks(mmsg::SEND_BATCH) {
+            self.errors += mmsg::send_batch(socket, chunk.iter().copied(), true).failed as u64;
         }
         self.lens.clear();
         self.dst.clear();

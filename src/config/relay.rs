@@ -98,6 +98,11 @@ pub struct Relay {
     pub xdp: super::XdpMode,
     /// The interfaces the XDP program attaches to.
     pub xdp_interfaces: Vec<String>,
+    /// UDP segmentation offloads on the UDP path: GRO on relay sockets and listeners
+    /// (the kernel may hand over a run of one flow's datagrams as one buffer, split
+    /// back here) and GSO on what they send (a run of same-sized datagrams to one
+    /// destination leaves in one send). Read at start; a reload does not change it.
+    pub udp_offload: bool,
 }
 
 impl Default for Relay {
@@ -117,6 +122,7 @@ impl Default for Relay {
             mobility: true,
             xdp: super::XdpMode::Off,
             xdp_interfaces: Vec::new(),
+            udp_offload: true,
         }
     }
 }

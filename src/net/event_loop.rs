@@ -58,6 +58,9 @@ pub struct EventLoop {
     pub(super) relay_buf: Vec<u8>,
     /// The first relay slot not holding a datagram that waits in `outbox`.
     pub(super) next_slot: usize,
+    /// Where a relay batch holding GRO runs waits while its datagrams are spread over
+    /// relay slots (empty until a first run arrives).
+    pub(super) gro_scratch: Vec<u8>,
     /// Datagrams for UDP clients, sent in batches.
     pub(super) outbox: Outbox,
     /// Datagrams from one listener batch for peers, payloads still in `recv_slots`.
@@ -132,8 +135,9 @@ impl EventLoop {
             recv_slots: vec![0; BATCH * MAX_DATAGRAM],
             relay_buf: vec![0; RELAY_SLOT * RELAY_SLOTS],
             next_slot: 0,
-            outbox: Outbox::default(),
-            to_peers: Outbox::default(),
+            gro_scratch: Vec::new(),
+            outbox: Outbox::new(super::udp::offload()),
+            to_peers: Outbox::new(super::udp::offload()),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,

@@ -68,7 +68,7 @@ impl UdpListeners {
         for (socket, tenant) in sockets {
             let state = UdpSocketState::new((&socket).into())?;
             let local = socket.local_addr()?;
-            disable_gro_and_pmtud(&socket);
+            disable_pmtud(&socket, super::udp::offload());
             drop_unused_control_messages(&socket, local);
             let family = Family::of(local.ip());
             let list = &mut listeners.by_family[family as usize];
@@ -173,12 +173,13 @@ fn bind_udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<UdpSocke
     Ok(socket.into())
 }
 
-/// quinn-udp turns on GRO and path-MTU probing (DF) for QUIC; a TURN listener wants
-/// neither yet: datagrams are handled one by one, and relayed media should fragment
-/// rather than vanish on a small-MTU path, as it would through any other relay.
-fn disable_gro_and_pmtud(socket: &UdpSocket) {
+/// quinn-udp turns on GRO and path-MTU probing (DF) for QUIC. A TURN listener keeps GRO
+/// only with `[relay] udp-offload` (the receive loop splits a coalesced run back into
+/// datagrams by its stride), and never wants DF: relayed media should fragment rather
+/// than vanish on a small-MTU path, as it would through any other relay.
+fn disable_pmtud(socket: &UdpSocket, gro: bool) {
     for (level, name, value) in [
-        (libc::SOL_UDP, libc::UDP_GRO, 0),
+        (libc::SOL_UDP, libc::UDP_GRO, i32::from(gro)),
         (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT),
         (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT),
     ] {

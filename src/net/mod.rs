@@ -42,5 +42,7 @@ pub mod xdp;
 pub use crate::sys::interfaces;
 pub use event_loop::{EventLoop, PUBLISH_EVERY};
 pub use listeners::{bind_tcp_listener, bind_udp_listener};
+pub use outbox::gso_refusals as outbox_gso_refusals;
 pub use report::{Control, Publisher, Snapshot};
+pub use udp::set_offload as set_udp_offload;
 pub use workers::Workers;

@@ -3,12 +3,24 @@
 //! clients stay where they were received (a slot of the loop's relay buffer, with the
 //! ChannelData or Data indication header written in front), so batching costs no
 //! copy; responses the core built are moved in. Everything queued goes out in order.
+//! With GSO on, a run of same-sized datagrams to one destination goes out as one
+//! UDP_SEGMENT message (see [`mmsg::send_batch`]); a socket whose kernel path refuses it
+//! is remembered and served one datagram at a time from then on.
 
 use crate::sys::mmsg::{self, Datagram};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::debug;
+
+/// GSO sends the kernel refused (their datagrams sent again one by one), process-wide.
+static GSO_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many GSO sends the kernel has refused in this process (`/metrics`).
+pub fn gso_refusals() -> u64 {
+    GSO_REFUSED.load(Ordering::Relaxed)
+}
 
 /// Datagrams held at most (one sendmmsg's worth); the loop flushes when full and at
 /// the end of every pass.
@@ -38,15 +50,54 @@ struct Entry {
 #[derive(Debug)]
 pub struct Outbox {
     entries: Vec<Entry>,
+    /// Whether runs of datagrams go out with UDP_SEGMENT.
+    gso: bool,
+    /// Sockets (by descriptor number) whose GSO sends the kernel refused, one bit each;
+    /// grown only on a refusal, so at most to the highest descriptor that met one.
+    refused: Vec<u64>,
 }
 
 impl Default for Outbox {
     fn default() -> Self {
-        Outbox { entries: Vec::with_capacity(CAPACITY) }
+        Outbox::new(false)
     }
 }
 
 impl Outbox {
+    /// An empty outbox; `gso` sends runs of same-sized datagrams to one destination as
+    /// one UDP_SEGMENT message.
+    pub fn new(gso: bool) -> Self {
+        Outbox { entries: Vec::with_capacity(CAPACITY), gso, refused: Vec::new() }
+    }
+
+    /// Forgets a refusal remembered for `socket`: its descriptor number now names
+    /// another socket.
+    pub fn forget(&mut self, socket: RawFd) {
+        if let Some(word) = usize::try_from(socket).ok().and_then(|fd| self.refused.get_mut(fd / 64)) {
+            *word &= !(1u64 << (socket as usize % 64));
+        }
+    }
+
+    fn gso_for(&self, socket: RawFd) -> bool {
+        let Ok(fd) = usize::try_from(socket) else {
+            return false;
+        };
+        self.gso && !matches!(self.refused.get(fd / 64), Some(word) if word & (1u64 << (fd % 64)) != 0)
+    }
+
+    fn refuse(&mut self, socket: RawFd) {
+        GSO_REFUSED.fetch_add(1, Ordering::Relaxed);
+        let Ok(fd) = usize::try_from(socket) else {
+            return;
+        };
+        if self.refused.len() <= fd / 64 {
+            self.refused.resize(fd / 64 + 1, 0);
+        }
+        if let Some(word) = self.refused.get_mut(fd / 64) {
+            *word |= 1u64 << (fd % 64);
+        }
+    }
+
     /// Whether a push must wait for a flush.
     pub fn is_full(&self) -> bool {
         self.entries.len() >= CAPACITY
@@ -90,7 +141,11 @@ impl Outbox {
         while let Some(first) = self.entries.get(start) {
             let socket = first.socket;
             let run = self.entries[start..].iter().take_while(|e| e.socket == socket).count();
-            failed += send_run(socket, &self.entries[start..start + run], slots);
+            let sent = send_run(socket, &self.entries[start..start + run], slots, self.gso_for(socket));
+            if sent.gso_refused {
+                self.refuse(socket);
+            }
+            failed += sent.failed;
             start += run;
         }
         self.entries.clear();
@@ -98,9 +153,9 @@ impl Outbox {
     }
 }
 
-/// Sends `entries` (all on `socket`, at most [`CAPACITY`]) with one sendmmsg; returns
-/// how many could not be sent (a slot range outside `slots` counts as one).
-fn send_run(socket: RawFd, entries: &[Entry], slots: &[u8]) -> usize {
+/// Sends `entries` (all on `socket`, at most [`CAPACITY`]) with one sendmmsg; `failed`
+/// counts what could not be sent (a slot range outside `slots` counts as one).
+fn send_run(socket: RawFd, entries: &[Entry], slots: &[u8], gso: bool) -> mmsg::Sent {
     let mut missing = 0;
     let datagrams = entries.iter().take(CAPACITY).filter_map(|entry| {
         let bytes = match &entry.payload {
@@ -112,8 +167,9 @@ fn send_run(socket: RawFd, entries: &[Entry], slots: &[u8]) -> usize {
         }
         Some(Datagram { to: entry.to, from: entry.from, bytes: bytes? })
     });
-    let failed = mmsg::send_batch(socket, datagrams);
-    missing + failed
+    let mut sent = mmsg::send_batch(socket, datagrams, gso);
+    sent.failed += missing;
+    sent
 }
 
 #[cfg(test)]
@@ -213,5 +269,35 @@ mod tests {
         }
         assert_eq!(by_source[&one.local_addr().unwrap()], vec![0, 3, 6, 9]);
         assert_eq!(by_source[&two.local_addr().unwrap()], vec![1, 2, 4, 5, 7, 8]);
+    }
+
+    #[test]
+    fn a_socket_whose_gso_send_is_refused_gets_every_datagram_out_one_by_one_from_then_on() {
+        use std::os::fd::AsFd;
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel refuses UDP_SEGMENT (EINVAL) on a socket that sends without checksums.
+        crate::sys::sockopt::set_int(sender.as_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, 1).unwrap();
+        let to = receiver("127.0.0.1:0");
+        let mut outbox = Outbox::new(true);
+        let before = gso_refusals();
+        for round in 0..2u8 {
+            for i in 0..5u8 {
+                outbox.push(
+                    sender.as_raw_fd(),
+                    to.local_addr().unwrap(),
+                    None,
+                    Payload::Owned(vec![round * 10 + i; 100]),
+                );
+            }
+            assert_eq!(outbox.flush(&[]), 0, "round {round}: nothing lost");
+            let mut buf = [0u8; 256];
+            for i in 0..5u8 {
+                let n = to.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &[round * 10 + i; 100][..]);
+            }
+        }
+        assert_eq!(gso_refusals() - before, 1, "refused once, then not asked again");
+        outbox.forget(sender.as_raw_fd());
+        assert!(outbox.gso_for(sender.as_raw_fd()));
     }
 }

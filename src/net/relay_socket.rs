@@ -9,12 +9,14 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, RawFd};
 
 /// Datagrams taken per recvmmsg call on a relay socket, and the call itself (see
-/// [`mmsg::recv_batch`]).
-pub use mmsg::{recv_batch, RECV_BATCH as BATCH};
+/// [`mmsg::recv_batch`]), what it reports, and how a GRO buffer splits.
+pub use mmsg::{recv_batch, segments, Received, RECV_BATCH as BATCH};
 
 /// Opens a non-blocking UDP socket bound to `local`; with `dont_fragment`, the DF bit
-/// is set on everything it sends (RFC 8656 §14.8, IP_PMTUDISC_DO).
-pub fn bind(local: SocketAddr, dont_fragment: bool) -> Result<Socket, (RelayBindError, io::Error)> {
+/// is set on everything it sends (RFC 8656 §14.8, IP_PMTUDISC_DO); with `gro`, the
+/// kernel may hand over a run of datagrams from one peer as one buffer (UDP_GRO; a
+/// kernel without it just never coalesces).
+pub fn bind(local: SocketAddr, dont_fragment: bool, gro: bool) -> Result<Socket, (RelayBindError, io::Error)> {
     let classify = |e: io::Error| {
         let kind = if e.kind() == io::ErrorKind::AddrInUse { RelayBindError::AddrInUse } else { RelayBindError::Other };
         (kind, e)
@@ -29,6 +31,10 @@ pub fn bind(local: SocketAddr, dont_fragment: bool) -> Result<Socket, (RelayBind
         set_dont_fragment(&socket, local.is_ipv6()).map_err(classify)?;
     }
     set_recv_err(&socket, local.is_ipv6()).map_err(classify)?;
+    if gro {
+        // Best effort: before Linux 5.0 there is no UDP_GRO, and nothing is coalesced.
+        let _ = set_int_option(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
+    }
     Ok(socket)
 }
 
@@ -79,15 +85,15 @@ mod tests {
 
     #[test]
     fn rfc8656_14_8_dont_fragment_sets_the_df_bit() {
-        let with = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let with = bind("127.0.0.1:0".parse().unwrap(), true, false).unwrap();
         assert!(dont_fragment_is_set(&with).unwrap());
-        let without = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let without = bind("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
         assert!(!dont_fragment_is_set(&without).unwrap());
     }
 
     #[test]
     fn recv_batch_takes_every_queued_datagram_in_one_call_and_leaves_headroom() {
-        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false).unwrap().into();
+        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false, false).unwrap().into();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = relay.local_addr().unwrap();
         for i in 0..3u8 {
@@ -101,7 +107,7 @@ mod tests {
         let n = recv_batch(relay.as_raw_fd(), &mut slots, slot_len, headroom, &mut received).unwrap();
         assert_eq!(n, 3);
         for i in 0..3 {
-            assert_eq!(received[i], Some((10, peer.local_addr().unwrap())));
+            assert_eq!(received[i], Some(Received { len: 10, from: peer.local_addr().unwrap(), segment: 10 }));
             let slot = &slots[i * slot_len..(i + 1) * slot_len];
             assert_eq!(&slot[..headroom], &[0xEE; 8], "headroom left alone");
             assert_eq!(&slot[headroom..headroom + 10], &[i as u8; 10]);
@@ -112,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_datagram_larger_than_its_slot_is_not_relayed_cut() {
-        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false).unwrap().into();
+        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false, false).unwrap().into();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.send_to(&[1; 100], relay.local_addr().unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -126,7 +132,7 @@ mod tests {
     #[test]
     fn a_closed_peer_port_comes_back_as_an_icmp_port_unreachable() {
         use std::os::fd::AsRawFd;
-        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false).unwrap().into();
+        let relay: std::net::UdpSocket = bind("127.0.0.1:0".parse().unwrap(), false, false).unwrap().into();
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let peer = closed.local_addr().unwrap();
         drop(closed);
@@ -142,8 +148,8 @@ mod tests {
 
     #[test]
     fn a_taken_port_reports_addr_in_use() {
-        let first = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let first = bind("127.0.0.1:0".parse().unwrap(), false, false).unwrap();
         let taken = first.local_addr().unwrap().as_socket().unwrap();
-        assert_eq!(bind(taken, false).unwrap_err().0, RelayBindError::AddrInUse);
+        assert_eq!(bind(taken, false, false).unwrap_err().0, RelayBindError::AddrInUse);
     }
 }

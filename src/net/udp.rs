@@ -7,7 +7,7 @@ use super::event_loop::through_core;
 use super::event_loop::{unix_now, EventLoop, BATCH, MAX_DATAGRAM, READS_PER_WAKE, RELAY_SLOT, RELAY_SLOTS};
 use super::listeners::ListenerKey;
 use super::outbox::Payload;
-use super::relay_socket;
+use super::relay_socket::{self, Received};
 use super::report;
 use super::token::Token;
 use crate::stun::raw::is_control;
@@ -23,6 +23,20 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tracing::{debug, info, warn};
+
+/// `[relay] udp-offload`: GRO on relay sockets and listeners, GSO on what they send.
+/// Set once at start, before the workers (a reload does not change it).
+static OFFLOAD: AtomicBool = AtomicBool::new(true);
+
+/// Turns GRO and GSO on or off for the event loops started from now on.
+pub fn set_offload(on: bool) {
+    OFFLOAD.store(on, Ordering::Relaxed);
+}
+
+/// Whether event loops use GRO and GSO (see [`set_offload`]).
+pub(super) fn offload() -> bool {
+    OFFLOAD.load(Ordering::Relaxed)
+}
 
 /// Set while relay sockets cannot be opened (out of descriptors, say), so the episode
 /// is logged once for the process rather than once per worker or per Allocate.
@@ -81,8 +95,14 @@ impl EventLoop {
                         // Queued in place (the payload stays in its receive slot) and sent
                         // after the batch, one sendmmsg per relay socket.
                         if let Some(relay) = self.relay_socket(out.allocation, out.peer.get()) {
+                            let (fd, peer) = (relay.as_raw_fd(), out.peer.get());
+                            // A GRO run can hold more datagrams than the queue: what is
+                            // queued goes now (its payloads stay put until the next read).
+                            if self.to_peers.is_full() {
+                                self.to_peers.flush_by_socket(&self.recv_slots);
+                            }
                             let payload = start + offset + out.payload.start..start + offset + out.payload.end;
-                            self.to_peers.push(relay.as_raw_fd(), out.peer.get(), None, Payload::Slot(payload));
+                            self.to_peers.push(fd, peer, None, Payload::Slot(payload));
                         }
                     }
                     offset = end;
@@ -135,22 +155,85 @@ impl EventLoop {
                         continue;
                     }
                 };
+            let base_slot = self.next_slot;
             self.next_slot += count;
             let now = Instant::now();
             for (slot, entry) in received.iter().take(count).enumerate() {
-                let Some((len, peer)) = *entry else {
+                let Some(entry) = *entry else {
                     continue;
                 };
+                if entry.segment < entry.len {
+                    // A GRO run: this and the rest of the batch move out of the slots,
+                    // so that its datagrams can each take a slot of their own.
+                    self.relay_coalesced(id, now, base_slot + slot, &received[slot..count]);
+                    break;
+                }
                 let start = base + slot * RELAY_SLOT + PEER_HEADROOM;
-                let Some(out) =
-                    self.core.handle_peer_packet(now, id, PeerAddr::new(peer), &mut self.relay_buf, start..start + len)
-                else {
-                    continue;
-                };
-                self.send_to_client(out.to, Payload::Slot(out.range));
+                self.relay_to_client(now, id, entry.from, start, entry.len);
             }
             if count < relay_socket::BATCH {
                 return;
+            }
+        }
+    }
+
+    /// Relays the peer datagram at `start..start + len` of the relay buffer (with
+    /// [`PEER_HEADROOM`] free in front) through the core to its client.
+    fn relay_to_client(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, start: usize, len: usize) {
+        let Some(out) =
+            self.core.handle_peer_packet(now, id, PeerAddr::new(peer), &mut self.relay_buf, start..start + len)
+        else {
+            return;
+        };
+        self.send_to_client(out.to, Payload::Slot(out.range));
+    }
+
+    /// Relays `entries`, received into the consecutive relay slots from `first_slot`
+    /// on, at least the first of them a GRO run: copied out first (the slots are
+    /// reused once the outbox is flushed), then each datagram copied into a slot of
+    /// its own, with the headroom the core writes its header into. Every datagram
+    /// goes through the core on its own, so counters, quotas and caps see datagrams.
+    fn relay_coalesced(&mut self, id: AllocationId, now: Instant, first_slot: usize, entries: &[Option<Received>]) {
+        if self.gro_scratch.len() < relay_socket::BATCH * MAX_DATAGRAM {
+            // Once per loop, the first time a peer's datagrams arrive coalesced.
+            self.gro_scratch.resize(relay_socket::BATCH * MAX_DATAGRAM, 0);
+        }
+        // The kernel's lengths are input too: one past a scratch slot is dropped, not
+        // allowed to run into its neighbour's.
+        let fits = |entry: &Option<Received>| entry.filter(|e| e.len <= MAX_DATAGRAM);
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(entry) = fits(entry) else {
+                continue;
+            };
+            let from = (first_slot + i) * RELAY_SLOT + PEER_HEADROOM;
+            let (Some(source), Some(scratch)) = (
+                self.relay_buf.get(from..from + entry.len),
+                self.gro_scratch.get_mut(i * MAX_DATAGRAM..i * MAX_DATAGRAM + entry.len),
+            ) else {
+                continue;
+            };
+            scratch.copy_from_slice(source);
+        }
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(entry) = fits(entry) else {
+                continue;
+            };
+            for range in relay_socket::segments(entry.len, entry.segment) {
+                if self.next_slot >= RELAY_SLOTS || self.outbox.is_full() {
+                    self.flush();
+                }
+                let start = self.next_slot * RELAY_SLOT + PEER_HEADROOM;
+                let at = i * MAX_DATAGRAM;
+                let len = range.len();
+                let (Some(source), Some(slot)) = (
+                    self.gro_scratch.get(at + range.start..at + range.end),
+                    self.relay_buf.get_mut(start..start + len),
+                ) else {
+                    continue;
+                };
+                slot.copy_from_slice(source);
+                self.next_slot += 1;
+                self.relay_to_client(now, id, entry.from, start, len);
             }
         }
     }
@@ -187,7 +270,7 @@ impl EventLoop {
         local: SocketAddr,
         dont_fragment: bool,
     ) -> Result<SocketAddr, RelayBindError> {
-        let socket = match relay_socket::bind(local, dont_fragment) {
+        let socket = match relay_socket::bind(local, dont_fragment, offload()) {
             Ok(socket) => socket,
             Err((kind, e)) => {
                 // Once per episode (e.g. out of file descriptors), not once per Allocate.
@@ -208,6 +291,8 @@ impl EventLoop {
             _ => local,
         };
         let family = Family::of(bound.ip());
+        // A refusal of GSO remembered for an earlier socket of this number is not this one's.
+        self.to_peers.forget(socket.as_raw_fd());
         if let Err(e) = self.epoll.add(socket.as_raw_fd(), Token::Relay(id, family).encode()) {
             warn!(error = %e, "cannot watch relay socket");
             return Err(RelayBindError::Other);
