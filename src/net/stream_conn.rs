@@ -409,6 +409,7 @@ impl EventLoop {
             return;
         }
         self.streams.insert(five_tuple, super::stream::StreamHandle::Served(slot));
+        debug!(client = %five_tuple.client, transport = five_tuple.transport.label(), slot, "connection adopted by its worker");
         let to_peers = ToPeers { outbox: &mut self.stream_to_peers, bytes: &mut self.stream_peer_bytes };
         handle_frame(
             &mut self.core,
@@ -585,6 +586,14 @@ impl EventLoop {
         if waiting != conn.watching_writable {
             let fd = conn.socket.as_raw_fd();
             conn.watching_writable = waiting;
+            // Rare (a client that does not keep up), and what a stalled connection's
+            // log must show: whether it waits for the client or the client for it.
+            let client = conn.five_tuple.client;
+            if waiting {
+                debug!(%client, queued = conn.output.len(), "client not reading: output waits");
+            } else {
+                debug!(%client, "client reading again: output written");
+            }
             if let Err(e) = self.epoll.watch_for_writable(fd, Token::Stream(slot).encode(), waiting) {
                 debug!(error = %e, "cannot change a connection's epoll entry");
                 return self.close_stream(slot, "epoll error");
