@@ -11,8 +11,12 @@
 //! - the same on a `tls` listener that shares its port (`passthrough-to`), whose
 //!   connections are read before the TLS handshake to route them.
 //!
-//! A round trip is retried until it is answered (relayed UDP may drop a datagram
-//! under a burst; a stalled connection answers nothing), for at most [`STALL`].
+//! Every TLS connection after the first resumes a session, as a browser's do.
+//!
+//! A round trip is retried every 250 ms until it is answered, for at most [`STALL`]:
+//! relayed UDP may drop a datagram under a burst. So what these tests catch is a
+//! connection the server stops serving; bytes the server holds back until the client
+//! sends again would be released by the retry itself.
 // A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
 // (the common helpers send signals).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
