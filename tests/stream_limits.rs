@@ -245,6 +245,41 @@ fn a_client_that_floods_and_never_reads_is_cut_by_write_timeout() {
     udp_allocates(&turnd);
 }
 
+#[test]
+fn a_tls_client_that_floods_and_never_reads_is_cut_by_write_timeout() {
+    // The same over TLS, where unwritten answers wait as records in the session.
+    if !need_tool("openssl", "openssl") {
+        return;
+    }
+    let cert = TestCert::new();
+    let config = config("write-timeout = \"2s\"").replace("transport = \"tcp\"", "transport = \"tls\"");
+    let turnd = TurndProcess::start(&cert.add_to(&config), &[]);
+    let server = turnd.tls_addr();
+    let tcp = connect_with(ip(10), server, |s| s.set_recv_buffer_size(4096).expect("SO_RCVBUF"));
+    tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut flooder = turn_client::tls_over(tcp, server.ip()).expect("TLS handshake");
+    let batch: Vec<u8> = (0..64u8).flat_map(binding_request).collect();
+    let started = Instant::now();
+    let outcome = loop {
+        if let Err(e) = flooder.write_all(&batch).and_then(|()| flooder.flush()) {
+            break e;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the TLS flooder was never cut");
+    };
+    let elapsed = started.elapsed();
+    assert!(
+        !matches!(outcome.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "the TLS flooder was not cut: {outcome} after {elapsed:?}"
+    );
+    println!("non-reading TLS flooder cut {elapsed:?} after it started ({outcome})");
+    assert!(elapsed < Duration::from_secs(15), "cut within write-timeout of its answers backing up: {elapsed:?}");
+    assert!(wait_for_log(&turnd, "write timeout", Duration::from_secs(3)), "the cut is logged");
+    // Still serving TLS clients.
+    let mut after = turn_client::tls_connect(server);
+    after.write_all(&binding_request(3)).unwrap();
+    assert_eq!(turn_client::read_stun(&mut after).class(), MessageClass::SuccessResponse);
+}
+
 /// The resident set of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

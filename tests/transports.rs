@@ -56,6 +56,50 @@ fn tcp_coalesced_and_split_messages_are_framed() {
     assert_eq!(answer.get_attribute::<XorMappedAddress>().unwrap().address(), s.local_addr().unwrap());
 }
 
+/// Sends `count` Binding requests in one write and reads every answer, in order: how
+/// a burst goes through the worker's batched reads and writes (for TLS, many answers
+/// per record) without a message lost or reordered.
+fn burst_is_answered_in_order(stream: &mut (impl Read + Write), count: u16) {
+    let mut burst = Vec::new();
+    for i in 0..count {
+        let mut tid = [0u8; 12];
+        tid[..2].copy_from_slice(&i.to_be_bytes());
+        let m = Message::new(MessageClass::Request, BINDING, TransactionId::new(tid));
+        burst.extend(message::encode(m, Protection { key: None, fingerprint: true }).unwrap());
+    }
+    stream.write_all(&burst).unwrap();
+    stream.flush().unwrap();
+    for i in 0..count {
+        let answer = read_stun(stream);
+        let tid = answer.transaction_id();
+        assert_eq!(&tid.as_bytes()[..2], &i.to_be_bytes(), "answer {i} of {count} out of order");
+    }
+}
+
+#[test]
+fn a_burst_of_pipelined_requests_is_answered_in_full_over_tcp_and_tls() {
+    let dir = TempDir::new("turnd-burst");
+    let (cert, key) = make_cert(&dir, "burst", "burst.test");
+    // On the worker's loop (`[tcp] worker-loop`): a connection left as a task queues at
+    // most 256 answers and drops what comes past them, as the README says.
+    let tls = format!(
+        "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n[tls]\ncertificate = \"{}\"\nprivate-key = \"{}\"\n\
+         [tcp]\nworker-loop = true",
+        cert.display(),
+        key.display()
+    );
+    let turnd = TurndProcess::start(&tcp_config(&tls), &[]);
+    let mut tcp = TcpStream::connect(turnd.tcp_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    burst_is_answered_in_order(&mut tcp, 1000);
+    let mut tls = turn_client::tls_connect(turnd.addr("tls"));
+    tls.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    burst_is_answered_in_order(&mut tls, 3000);
+    // And the connections still serve one request after the burst.
+    burst_is_answered_in_order(&mut tcp, 1);
+    burst_is_answered_in_order(&mut tls, 1);
+}
+
 #[test]
 fn tcp_slowloris_is_cut() {
     let turnd = TurndProcess::start(&tcp_config("[tcp]\nfirst-message-timeout = \"1s\""), &[]);

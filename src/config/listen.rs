@@ -135,6 +135,11 @@ pub struct Tcp {
     /// write blocked) is cut.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Serve each connection on its worker's event loop once its first message chose
+    /// the worker (reads, TLS and batched writes on the worker's thread, no per-message
+    /// hand-off between threads) instead of on a task of its own. Off by default for
+    /// now: it applies to connections accepted after a reload.
+    pub worker_loop: bool,
 }
 
 impl Default for Tcp {
@@ -148,6 +153,7 @@ impl Default for Tcp {
             max_unauthenticated_per_source: d.max_unauthenticated_per_source,
             unauthenticated_timeout: d.unauthenticated_timeout,
             write_timeout: d.write_timeout,
+            worker_loop: d.worker_loop,
         }
     }
 }
@@ -164,6 +170,7 @@ impl Tcp {
             unauthenticated_timeout: self.unauthenticated_timeout,
             write_timeout: self.write_timeout,
             sources,
+            worker_loop: self.worker_loop,
         }
     }
 }

@@ -287,6 +287,9 @@ pub struct StreamLimits {
     pub write_timeout: Duration,
     /// How client addresses are grouped into sources.
     pub sources: crate::turn::source::SourcePrefix,
+    /// Whether a connection is handed to its worker's event loop after its first
+    /// message (`stream_conn`) instead of staying a task that passes each message on.
+    pub worker_loop: bool,
 }
 
 impl Default for StreamLimits {
@@ -300,6 +303,7 @@ impl Default for StreamLimits {
             unauthenticated_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             sources: crate::turn::source::SourcePrefix::default(),
+            worker_loop: false,
         }
     }
 }

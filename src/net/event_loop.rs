@@ -1,11 +1,14 @@
 //! The worker's run loop: one [`EventLoop`] owns one [`Server`] and every socket it
-//! serves. Client listeners and relay sockets sit in one level-triggered epoll set
-//! that tokio watches as a single descriptor; TCP/TLS traffic, timers, snapshots and
-//! admin commands come through the `select!` in [`EventLoop::run`]. Each socket gets
-//! at most [`READS_PER_WAKE`] reads per wake-up, and queued stream events the same
-//! budget, so no one source starves the others. The paths themselves are in sibling
-//! files: [`super::udp`], [`super::stream_events`], [`super::control`],
-//! [`super::rfc6062`] and [`super::output`].
+//! serves. Client listeners, relay sockets and the TCP/TLS client connections handed
+//! to it sit in one level-triggered epoll set that tokio watches as a single
+//! descriptor; connection hand-overs and the events of RFC 6062 tasks, timers,
+//! snapshots and admin commands come through the `select!` in [`EventLoop::run`]. Each
+//! socket gets at most [`READS_PER_WAKE`] reads per wake-up, and queued stream events
+//! the same budget, so no one source starves the others. Output is gathered during a
+//! pass and written at its end ([`EventLoop::flush`]): sendmmsg batches for UDP, one
+//! write per TCP/TLS connection. The paths themselves are in sibling files:
+//! [`super::udp`], [`super::stream_conn`], [`super::stream_events`],
+//! [`super::control`], [`super::rfc6062`] and [`super::output`].
 
 use super::ledger::SharedLedger;
 use super::listeners::UdpListeners;
@@ -65,6 +68,11 @@ pub struct EventLoop {
     pub(super) outbox: Outbox,
     /// Datagrams from one listener batch for peers, payloads still in `recv_slots`.
     pub(super) to_peers: Outbox,
+    /// Datagrams for peers from one read of a TCP/TLS connection, payloads copied
+    /// into `stream_peer_bytes` (see `stream_conn`).
+    pub(super) stream_to_peers: Outbox,
+    /// The payloads `stream_to_peers` holds; emptied by each flush.
+    pub(super) stream_peer_bytes: Vec<u8>,
     pub(super) events: Vec<libc::epoll_event>,
     pub(super) ready: Vec<u64>,
     pub(super) publisher: Publisher,
@@ -72,8 +80,10 @@ pub struct EventLoop {
     /// Per-tenant counters the snapshot's realm figures start from; one entry per
     /// tenant id the config ever had (operator-configured, so bounded).
     pub(super) realm_counters: HashMap<crate::turn::TenantId, RealmCounters>,
-    /// TCP/TLS connections (their outbound queues), by their 5-tuple.
-    pub(super) streams: HashMap<FiveTuple, stream::Client>,
+    /// TCP/TLS connections, by their 5-tuple: served here or by their task.
+    pub(super) streams: HashMap<FiveTuple, stream::StreamHandle>,
+    /// The TCP/TLS connections this loop serves itself.
+    pub(super) conns: super::stream_conn::Conns,
     /// Where spawned connection tasks report (RFC 6062 peer connections).
     pub(super) stream_events: mpsc::Sender<StreamEvent>,
     /// RFC 6062: accept loops of TCP relay listeners, by allocation.
@@ -138,12 +148,15 @@ impl EventLoop {
             gro_scratch: Vec::new(),
             outbox: Outbox::new(super::udp::offload()),
             to_peers: Outbox::new(super::udp::offload()),
+            stream_to_peers: Outbox::new(super::udp::offload()),
+            stream_peer_bytes: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
             ready: Vec::with_capacity(256),
             publisher,
             snapshot: Snapshot::default(),
             realm_counters: HashMap::new(),
             streams: HashMap::new(),
+            conns: Default::default(),
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
@@ -181,6 +194,8 @@ impl EventLoop {
         let mut handover_inbox = self.handovers.as_mut().and_then(|h| h.inbox.take());
         let mut publish = tokio::time::interval(PUBLISH_EVERY);
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(super::stream_conn::SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             let sleep = pin!(async {
@@ -228,6 +243,7 @@ impl EventLoop {
                     self.xdp.tick(&mut self.core);
                     self.publish();
                 }
+                _ = sweep.tick(), if self.conns.len() > 0 => self.sweep_streams(),
                 message = control.recv() => match message {
                     Some(Control::Shutdown) | None => return Ok(()),
                     Some(message) => {
@@ -253,18 +269,21 @@ impl EventLoop {
             match Token::decode(self.ready[i]) {
                 Token::Listener(listener) => self.serve_listener(listener),
                 Token::Relay(id, family) => self.serve_relay(id, family),
+                Token::Stream(slot) => self.serve_stream(slot),
             }
         }
         self.flush();
         Ok(n)
     }
 
-    /// Sends what the outbox holds; the relay slots are free again afterwards.
+    /// Sends what the outbox holds (the relay slots are free again afterwards) and writes
+    /// what TCP/TLS connections have queued.
     pub(super) fn flush(&mut self) {
         if !self.outbox.is_empty() {
             self.outbox.flush(&self.relay_buf);
         }
         self.next_slot = 0;
+        self.flush_streams();
     }
 }
 

@@ -114,6 +114,7 @@ impl EventLoop {
             if !self.to_peers.is_empty() {
                 self.to_peers.flush_by_socket(&self.recv_slots);
             }
+            self.flush_stream_peers();
             sockets = self.relays.remove(&id).unwrap_or_default();
             for socket in sockets.iter().flatten() {
                 if let Err(e) = self.epoll.delete(socket.as_raw_fd()) {

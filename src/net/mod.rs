@@ -4,8 +4,15 @@
 //! that tokio watches as a single descriptor. A process runs one event loop per worker
 //! thread ([`workers`]).
 //!
+//! TCP and TLS connections are accepted, admitted and (for TLS) handshaken by tasks on
+//! the main runtime ([`stream`]); once a connection's first message has chosen its
+//! worker, the task hands the connection itself over and that worker's loop serves it
+//! from its epoll set like any other socket (`stream_conn`): reads, the core and
+//! writes on one thread, no channel per message.
+//!
 //! The loop's paths, one file each: `udp` (client datagrams and relay sockets),
-//! `stream_events` (what TCP/TLS connection tasks report), `rfc6062` (TCP allocations),
+//! `stream_conn` (the TCP/TLS connections it serves), `stream_events` (what TCP/TLS
+//! connection tasks report), `rfc6062` (TCP allocations),
 //! `control` (admin commands and snapshots), `output` (carrying out what the core asks
 //! for) and `log` (the log lines of core events). `token` is the epoll token format.
 
@@ -28,6 +35,7 @@ mod rfc6062;
 pub mod route;
 pub mod stream;
 mod stream_channel;
+mod stream_conn;
 mod stream_events;
 mod tcp_relay;
 pub mod tls;

@@ -6,7 +6,7 @@ use super::event_loop::EventLoop;
 use super::log::log_event;
 use super::outbox::Payload;
 use super::report;
-use super::stream::Outbound;
+use super::stream::{Outbound, StreamHandle};
 use crate::turn::effects::{carry_out, Effects};
 use crate::turn::lookup::{LookupOutcome, LookupResult};
 use crate::turn::{AllocationId, ConnectionId, Event, FiveTuple, Ledger, RelayBindError, Server, Transport};
@@ -34,7 +34,20 @@ impl EventLoop {
                 self.flush();
             }
             self.outbox.push(socket, to.client.get(), from, payload);
-        } else if let Some(client) = self.streams.get(&to) {
+        } else if let Some(handle) = self.streams.get(&to) {
+            let client = match handle {
+                StreamHandle::Served(slot) => {
+                    let slot = *slot;
+                    match payload {
+                        Payload::Owned(bytes) => self.conns.queue(slot, &bytes),
+                        // Copied into the connection's output buffer (no allocation);
+                        // the relay slot is free again.
+                        Payload::Slot(range) => self.conns.queue(slot, self.relay_buf.get(range).unwrap_or_default()),
+                    }
+                    return;
+                }
+                StreamHandle::Task(client) => client,
+            };
             let bytes = match payload {
                 Payload::Owned(bytes) => bytes,
                 Payload::Slot(range) => self.relay_buf.get(range).map(<[u8]>::to_vec).unwrap_or_default(),
@@ -82,6 +95,9 @@ impl Effects for EventLoop {
         // reuse the number and send them from another allocation's address.
         if self.relays.contains_key(&allocation) && !self.to_peers.is_empty() {
             self.to_peers.flush_by_socket(&self.recv_slots);
+        }
+        if self.relays.contains_key(&allocation) {
+            self.flush_stream_peers();
         }
         // Closing a socket takes it out of the epoll set (its descriptor is never
         // duplicated), so no EPOLL_CTL_DEL: one syscall less per allocation.
@@ -131,8 +147,13 @@ impl Effects for EventLoop {
         // source's unauthenticated count and timeout (before the Allocate success,
         // which follows this event, is written).
         if let Event::AllocationCreated { five_tuple, .. } = &event {
-            if let Some(client) = self.streams.get(five_tuple) {
-                client.authenticated();
+            match self.streams.get(five_tuple) {
+                Some(StreamHandle::Task(client)) => client.authenticated(),
+                Some(StreamHandle::Served(slot)) => {
+                    let slot = *slot;
+                    self.stream_authenticated(slot);
+                }
+                None => {}
             }
         }
         if let Event::AllocationEnded { duration, five_tuple, traffic, .. } = &event {

@@ -136,6 +136,12 @@ impl<S> Rewind<S> {
     pub fn new(early: Vec<u8>, inner: S) -> Rewind<S> {
         Rewind { early, at: 0, inner }
     }
+
+    /// The stream, and what of `early` was not read yet.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.early.drain(..self.at.min(self.early.len()));
+        (self.early, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -3,7 +3,7 @@
 //! sockets and tasks themselves are in [`super::tcp_relay`].
 
 use super::event_loop::EventLoop;
-use super::stream::{Outbound, StreamEvent};
+use super::stream::{Outbound, StreamEvent, StreamHandle};
 use super::tcp_relay;
 use crate::turn::PeerAddr;
 use crate::turn::RelayBindError;
@@ -78,7 +78,7 @@ impl EventLoop {
         let spliced = match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
             // Queued behind the ConnectionBind success already sent to it; a
             // bound data connection counts as authenticated.
-            (Some(peer), Some(client)) => {
+            (Some(peer), Some(StreamHandle::Task(client))) => {
                 let queued = client.send(Outbound::Splice(peer));
                 if queued {
                     client.authenticated();

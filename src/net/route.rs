@@ -2,6 +2,7 @@
 //! connection's first message: an RFC 6062 ConnectionBind goes to the worker holding
 //! the peer connection it names (connection ids name their worker); anything else
 //! goes by a hash of the client's address, which spreads connections over workers.
+//! The chosen worker serves the connection from then on (see `stream_conn`).
 
 use super::stream_channel::StreamEvent;
 use crate::turn::tcp_relay::{connection_bind_target, worker_of_connection};

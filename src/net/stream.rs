@@ -1,7 +1,12 @@
-//! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection is
-//! a task that frames what it reads and hands whole messages to one worker's event
-//! loop (chosen by its first message, see [`StreamRouter`]), which owns the core; the
-//! loop answers through a bounded per-connection queue.
+//! TCP and TLS client connections (RFC 8489 §6.2.2, RFC 8656 §3.1). Each connection
+//! starts as a task on the main runtime, which admits it, reads a PROXY protocol
+//! header or routes a shared port's ClientHello if it must, completes the TLS
+//! handshake and reads the first message. That message chooses the worker (see
+//! [`StreamRouter`]); the task then hands the connection itself over (socket, rustls
+//! session, bytes read) and the worker's event loop serves it from then on, on its own
+//! thread (`stream_conn`). An RFC 6062 data connection (first message ConnectionBind)
+//! stays with its task: it hands whole messages to the worker and is answered through
+//! a bounded queue until it is bound, then spliced to its peer.
 //!
 //! What one client can hold is bounded:
 //! - connections over all stream listeners (`max_connections`), from one source
@@ -11,10 +16,12 @@
 //! - time: a client that sends nothing, or stalls mid-message, is cut after
 //!   `first_message_timeout`; one that has not authenticated (holds no allocation and
 //!   is no RFC 6062 data connection) `unauthenticated_timeout` after accept is cut; one
-//!   that leaves its answers unread, so that a write cannot finish within
-//!   `write_timeout`, is cut (the task never blocks in a write for longer);
+//!   that leaves its answers unread, so that nothing can be written for
+//!   `write_timeout`, is cut (nothing ever blocks in a write);
 //! - memory: the read buffer grows with the frame being received and shrinks back
-//!   when drained ([`Framer`]), so an idle connection costs a few kilobytes.
+//!   when drained ([`Framer`]), so an idle connection costs a few kilobytes; what
+//!   waits to be written to a client that does not read is bounded (256 KiB; more is
+//!   dropped, as UDP would).
 //!
 //! Who may connect ([`ClientFilter`], `[clients]`): a denied client's connection is
 //! closed at accept, before any byte is read (so before a TLS handshake). On a
@@ -43,15 +50,17 @@ use super::client_hello::Hello;
 use super::passthrough::{self, Passthrough, Rewind, Route, SpliceEnd};
 use super::proxy::{self, Header};
 use super::route::StreamRouter;
-pub use super::stream_channel::{Client, Outbound, StreamEvent};
+pub use super::stream_channel::{Client, Outbound, StreamEvent, StreamHandle};
+use super::stream_conn::{Handover, Held};
 use crate::stun::framing::Framer;
+use crate::turn::tcp_relay::connection_bind_target;
 use crate::turn::{ClientAddr, FiveTuple, TenantId, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -141,17 +150,12 @@ pub async fn accept_loop(
         let tls = tls.clone();
         match source {
             Some(source) => {
-                tokio::spawn(async move {
-                    serve(stream, tls, Accepted { five_tuple, at: accepted, source }, limits, router).await;
-                    drop(permit);
-                });
+                let held: Held = Box::new(permit);
+                tokio::spawn(serve(stream, tls, Accepted { five_tuple, at: accepted, source, held }, limits, router));
             }
             None => {
                 let slots = slots.clone();
-                tokio::spawn(async move {
-                    proxied(stream, tls, five_tuple, accepted, slots, limits, router).await;
-                    drop(permit);
-                });
+                tokio::spawn(proxied(stream, tls, five_tuple, accepted, slots, limits, router, permit));
             }
         }
     }
@@ -159,6 +163,7 @@ pub async fn accept_loop(
 
 /// A connection from a trusted proxy: reads its PROXY protocol header, then serves
 /// the client it names (or the proxy itself, for a v2 LOCAL header) as any other.
+#[allow(clippy::too_many_arguments)]
 async fn proxied(
     mut stream: TcpStream,
     tls: Option<TlsListener>,
@@ -167,6 +172,7 @@ async fn proxied(
     slots: Arc<Semaphore>,
     limits: StreamLimits,
     router: StreamRouter,
+    permit: OwnedSemaphorePermit,
 ) {
     let proxy = five_tuple.client;
     let deadline = at + limits.first_message_timeout.min(limits.unauthenticated_timeout);
@@ -204,8 +210,8 @@ async fn proxied(
     let Some(source) = admit(&slots, client.get(), &limits) else {
         return;
     };
-    serve(stream, tls, Accepted { five_tuple, at, source }, limits, router).await;
-    drop(claim);
+    let held: Held = Box::new((permit, claim));
+    serve(stream, tls, Accepted { five_tuple, at, source, held }, limits, router).await;
 }
 
 /// A connection let in by the limits.
@@ -215,6 +221,9 @@ struct Accepted {
     at: Instant,
     /// Its place in its source's counts.
     source: Arc<SourceSlot>,
+    /// Its place under `max-connections` (and PROXY protocol claim), held until it
+    /// closes, wherever it is served.
+    held: Held,
 }
 
 async fn serve(
@@ -319,6 +328,37 @@ enum End {
     Closed(&'static str),
     /// Turned into an RFC 6062 data connection to this peer.
     Splice(TcpStream),
+    /// Its first message chose this worker, which serves it from now on.
+    HandOver(Vec<u8>, mpsc::Sender<StreamEvent>),
+}
+
+/// A connection's stream taken apart for its worker's loop: the socket, out of tokio's
+/// reactor, and the TLS session with everything it has read.
+pub(super) trait IntoRaw: Sized {
+    /// The parts, or `None` when the stream cannot be taken apart (it is closed).
+    fn into_raw(self) -> Option<(std::net::TcpStream, Option<Box<rustls::ServerConnection>>)>;
+}
+
+impl IntoRaw for TcpStream {
+    fn into_raw(self) -> Option<(std::net::TcpStream, Option<Box<rustls::ServerConnection>>)> {
+        Some((self.into_std().ok()?, None))
+    }
+}
+
+impl IntoRaw for tokio_rustls::server::TlsStream<Rewind<TcpStream>> {
+    fn into_raw(self) -> Option<(std::net::TcpStream, Option<Box<rustls::ServerConnection>>)> {
+        let (rewind, mut session) = self.into_inner();
+        let (early, stream) = rewind.into_parts();
+        // Bytes read to route the ClientHello that rustls did not take yet.
+        let mut early = early.as_slice();
+        while !early.is_empty() {
+            if session.read_tls(&mut early).ok()? == 0 {
+                return None;
+            }
+            session.process_new_packets().ok()?;
+        }
+        Some((stream.into_std().ok()?, Some(Box::new(session))))
+    }
 }
 
 /// Writes one message and pushes it out (TLS buffers records until flushed).
@@ -327,13 +367,13 @@ async fn write_message<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> s
     writer.flush().await
 }
 
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + IntoRaw>(
     stream: S,
     accepted: Accepted,
     limits: StreamLimits,
     router: StreamRouter,
 ) {
-    let Accepted { five_tuple, at: accepted_at, source } = accepted;
+    let Accepted { five_tuple, at: accepted_at, source, held } = accepted;
     let first_deadline = accepted_at + limits.first_message_timeout;
     let unauthenticated_deadline = accepted_at + limits.unauthenticated_timeout;
     let (outbound, mut queue) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
@@ -369,6 +409,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 last_activity = Instant::now();
                 let mut failed = false;
                 let mut framed = false;
+                let mut hand_over = None;
                 loop {
                     match framer.next_frame() {
                         Ok(Some(frame)) => {
@@ -376,8 +417,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             framed = true;
                             let frame = frame.to_vec();
                             if worker.is_none() {
-                                let (Some(chosen), Some(client)) = (router.pick(&five_tuple, &frame), outbound.take())
-                                else {
+                                let Some(chosen) = router.pick(&five_tuple, &frame) else {
+                                    failed = true;
+                                    break;
+                                };
+                                // The worker serves the connection itself from now on,
+                                // but for an RFC 6062 data connection: it is spliced to
+                                // its peer from this task once bound.
+                                if limits.worker_loop && connection_bind_target(&frame).is_none() {
+                                    hand_over = Some((frame, chosen.clone()));
+                                    break;
+                                }
+                                let Some(client) = outbound.take() else {
                                     failed = true;
                                     break;
                                 };
@@ -405,6 +456,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if failed {
                     break End::Closed("not STUN");
+                }
+                if let Some((first, chosen)) = hand_over {
+                    break End::HandOver(first, chosen);
                 }
                 // The message now being received started with this read if one ended in it:
                 // a client streaming back to back is never "stalled mid-message".
@@ -470,7 +524,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             let client = reader.unsplit(writer);
             splice(client, framer.take_pending(), peer, &mut queue).await
         }
+        End::HandOver(first, chosen) => {
+            let Some((socket, tls)) = reader.unsplit(writer).into_raw() else {
+                debug!(client = %five_tuple.client, "connection closed: cannot hand it to its worker");
+                return;
+            };
+            let accepted_at = accepted_at.into_std();
+            let handover = Handover { five_tuple, socket, tls, first, framer, source, held, limits, accepted_at };
+            if chosen.send(StreamEvent::Adopt(Box::new(handover))).await.is_err() {
+                debug!(client = %five_tuple.client, "connection closed: its worker is gone");
+            }
+            return;
+        }
     };
+    drop(held);
     if let Some(events) = worker {
         let _ = events.send(StreamEvent::Closed { five_tuple }).await;
     }
@@ -525,13 +592,16 @@ mod tests {
                 server: address,
                 tenant: crate::turn::TenantId::DEFAULT,
             };
-            let accepted = Accepted { five_tuple, at: Instant::now(), source };
+            let held: Held = Box::new(slots.clone().try_acquire_owned().unwrap());
+            let accepted = Accepted { five_tuple, at: Instant::now(), source, held };
             let task = serve(stream, None, accepted, StreamLimits::default(), router.clone());
             assert!(std::mem::size_of_val(&task) < 4096, "{} bytes", std::mem::size_of_val(&task));
             drop(task);
             // Nor one behind a PROXY protocol header.
             let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let task = proxied(stream, None, five_tuple, Instant::now(), slots, StreamLimits::default(), router);
+            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+            let task =
+                proxied(stream, None, five_tuple, Instant::now(), slots, StreamLimits::default(), router, permit);
             assert!(std::mem::size_of_val(&task) < 4096, "proxied: {} bytes", std::mem::size_of_val(&task));
         });
     }

@@ -1,6 +1,8 @@
 //! What flows between the TCP/TLS connection tasks and the event loops: events up
-//! ([`StreamEvent`], through the channel [`super::route::StreamRouter`] picks) and
-//! messages down ([`Outbound`], through each connection's [`Client`] queue).
+//! ([`StreamEvent`], through the channel [`super::route::StreamRouter`] picks), among
+//! them whole connections handed over to the loop ([`StreamEvent::Adopt`]), and, for
+//! the connections that stay with their task (RFC 6062 data connections), messages
+//! down ([`Outbound`], through each connection's [`Client`] queue).
 
 use super::admission::SourceSlot;
 use crate::turn::FiveTuple;
@@ -44,6 +46,15 @@ impl Client {
     }
 }
 
+/// How the event loop reaches one of its TCP/TLS connections.
+#[derive(Debug)]
+pub enum StreamHandle {
+    /// Served by the loop itself, in this slot of its connections.
+    Served(usize),
+    /// Served by its own task (an RFC 6062 data connection), through its queue.
+    Task(Client),
+}
+
 /// What connections tell the event loop.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -54,6 +65,9 @@ pub enum StreamEvent {
         /// Its outbound queue.
         client: Client,
     },
+    /// A connection whose first message chose this loop's worker: from now on the loop
+    /// serves it (see the `stream_conn` module).
+    Adopt(Box<super::stream_conn::Handover>),
     /// A whole STUN message or ChannelData frame arrived.
     Frame {
         /// From which connection.

@@ -1,11 +1,12 @@
 //! What TCP/TLS connection tasks report to the loop ([`StreamEvent`]): connections
-//! opening and closing, framed messages for the core, and RFC 6062 peer connections
-//! (handed to [`super::rfc6062`]).
+//! handed over to the loop ([`super::stream_conn`]); for the RFC 6062 data connections
+//! that stay with their task, opening and closing and framed messages for the core;
+//! and RFC 6062 peer connections (handed to [`super::rfc6062`]).
 
 use super::event_loop::through_core;
 use super::event_loop::{unix_now, EventLoop};
 use super::report;
-use super::stream::StreamEvent;
+use super::stream::{StreamEvent, StreamHandle};
 use crate::stun::raw::is_control;
 use std::time::Instant;
 use tracing::debug;
@@ -16,8 +17,9 @@ impl EventLoop {
         let now = Instant::now();
         match event {
             StreamEvent::Opened { five_tuple, client } => {
-                self.streams.insert(five_tuple, client);
+                self.streams.insert(five_tuple, StreamHandle::Task(client));
             }
+            StreamEvent::Adopt(handover) => self.adopt_stream(handover),
             StreamEvent::Frame { five_tuple, frame } => {
                 let started = is_control(&frame).then(Instant::now);
                 let relayed = through_core(&mut self.core, &self.ledger, now, unix_now(), five_tuple, &frame);
@@ -37,6 +39,10 @@ impl EventLoop {
                 self.drain_outputs();
             }
             StreamEvent::Closed { five_tuple } => {
+                // A task's connection only: a served one closes in the loop.
+                if !matches!(self.streams.get(&five_tuple), Some(StreamHandle::Task(_))) {
+                    return;
+                }
                 self.streams.remove(&five_tuple);
                 self.core.close_five_tuple(five_tuple, now, &*self.ledger);
                 self.drain_outputs();

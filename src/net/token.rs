@@ -1,7 +1,8 @@
 //! Epoll tokens: the `u64` an epoll event carries names the socket that is ready. This
 //! is the one place tokens are made ([`Token::encode`]) and read ([`Token::decode`]).
 //!
-//! Layout: bit 62 set means a client listener, bit 61 then its family and the bits
+//! Layout: bit 63 set means a TCP/TLS client connection, the bits below its slot
+//! among the loop's connections. Otherwise bit 62 set means a client listener, bit 61 then its family and the bits
 //! below its index among the listeners of that family. Bit 62 clear means a relay
 //! socket: the allocation id shifted left by one, the low bit its family.
 
@@ -9,6 +10,8 @@ use super::listeners::ListenerKey;
 use crate::turn::allocation::Family;
 use crate::turn::AllocationId;
 
+/// Set in every stream connection token.
+const STREAM_TOKEN: u64 = 1 << 63;
 /// Set in every listener token.
 const LISTENER_TOKEN: u64 = 1 << 62;
 /// Set in the token of an IPv6 listener.
@@ -21,6 +24,8 @@ pub(super) enum Token {
     Listener(ListenerKey),
     /// A relay socket of an allocation, one per family.
     Relay(AllocationId, Family),
+    /// A TCP/TLS client connection the loop serves, by its slot.
+    Stream(usize),
 }
 
 impl Token {
@@ -32,13 +37,17 @@ impl Token {
                 LISTENER_TOKEN | family | key.index() as u64
             }
             Token::Relay(id, family) => id.0 << 1 | family as u64,
+            Token::Stream(slot) => STREAM_TOKEN | slot as u64,
         }
     }
 
     /// The socket an epoll token names. Every `u64` decodes: a token this loop did not
     /// make names a listener or an allocation it does not have, which is then skipped.
     pub(super) fn decode(token: u64) -> Token {
-        if token & LISTENER_TOKEN != 0 {
+        if token & STREAM_TOKEN != 0 {
+            // Out of range on a 32-bit target only; such a slot finds no connection.
+            Token::Stream(usize::try_from(token & (STREAM_TOKEN - 1)).unwrap_or(usize::MAX))
+        } else if token & LISTENER_TOKEN != 0 {
             let family = if token & V6_TOKEN != 0 { Family::V6 } else { Family::V4 };
             // Out of range on a 32-bit target only; such an index finds no listener.
             let index = usize::try_from(token & (V6_TOKEN - 1)).unwrap_or(usize::MAX);
@@ -61,6 +70,8 @@ mod tests {
             Token::Listener(ListenerKey::new(Family::V6, 3)),
             Token::Relay(AllocationId(42), Family::V4),
             Token::Relay(AllocationId(42), Family::V6),
+            Token::Stream(0),
+            Token::Stream(70_000),
         ] {
             assert_eq!(Token::decode(token.encode()), token);
         }

@@ -45,6 +45,7 @@ impl EventLoop {
         if !self.to_peers.is_empty() {
             self.to_peers.flush_by_socket(&self.recv_slots);
         }
+        self.flush_stream_peers();
         self.flush();
         let listeners = self.listeners.duplicates()?;
         let mut allocations = Vec::new();

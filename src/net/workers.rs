@@ -5,7 +5,9 @@
 //! and peer traffic arrives on relay sockets that only the owning worker watches.
 //! TCP and TLS connections are spread by [`StreamRouter`](super::route::StreamRouter),
 //! which sends an RFC 6062 data connection to the worker of the peer connection it
-//! binds.
+//! binds; every other connection is then handed over to its worker, whose thread
+//! serves it from then on (so one worker is one thread on the relay path, for every
+//! transport).
 //!
 //! What must be counted across workers (relay ports, reservations, quotas, the 401
 //! limiter) sits in the shared [`Ledger`], locked only on the allocation path.
@@ -29,7 +31,8 @@ use tracing::debug;
 
 /// Queue depth of each worker's control channel.
 const CONTROL_QUEUE: usize = 8;
-/// Queue depth of each worker's stream channel (TCP/TLS frames and connection events).
+/// Queue depth of each worker's stream channel (connections handed over, RFC 6062 data
+/// connections' frames and events).
 pub const STREAM_QUEUE: usize = 4096;
 /// A worker whose snapshot has not moved for this many merges is taken as wedged.
 const STALE_MERGES: u32 = 3;

@@ -37,6 +37,21 @@ impl Epoll {
         Ok(())
     }
 
+    /// Changes what `fd` (already in the set under `token`) is watched for: `writable`
+    /// watches for room to write instead of for data to read (a TCP client connection
+    /// whose answers wait for the client to read; hang-ups and errors are reported
+    /// either way).
+    pub fn watch_for_writable(&self, fd: RawFd, token: u64, writable: bool) -> io::Result<()> {
+        let events = if writable { libc::EPOLLOUT } else { libc::EPOLLIN };
+        let mut event = libc::epoll_event { events: events as u32, u64: token };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Stops watching `fd`: a relay socket handed over to another worker's set.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: EPOLL_CTL_DEL reads no event (a null pointer is allowed since Linux
