@@ -15,7 +15,9 @@ mod netns;
 use common::http::{metric, scrape};
 use common::turn_client::TurnClient;
 use common::*;
+use netns::browser::{self, Browser};
 use netns::Netns;
+use serde_json::json;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -353,4 +355,61 @@ fn aioice_relays_through_the_fast_path() {
     let fast = metric(&text, &series("turnd_xdp_packets_total", "peer_to_client")).unwrap();
     eprintln!("{fast} of 10 echoes came back through the fast path");
     assert!(fast > 0.0, "no echo came back through the fast path:\n{text}");
+}
+
+#[test]
+fn chromium_data_channel_relays_through_the_fast_path() {
+    if let Some(what) = browser::missing() {
+        if !need(false, &what) {
+            return;
+        }
+    }
+    let Some(lab) = Lab::new() else { return };
+    // Without a media permission Chromium gathers host candidates only on the address
+    // its default route leaves from, and this namespace has none yet.
+    lab.outside.ip(&["route", "add", "default", "via", &format!("10.{}.1.1", lab.x)]);
+    let turnd = lab.start("on");
+    let homes = [TempDir::new("turnd-xdp-chromium-1"), TempDir::new("turnd-xdp-chromium-2")];
+    // One side relay-only through turnd, the other answering on its own addresses: the
+    // relay's peer is then that host (a relay-to-relay pair would go from turnd to
+    // itself, a local destination the program leaves to the sockets). Host candidates
+    // as addresses, not mDNS names the relay-only side could not resolve.
+    let host_addresses = ["--disable-features=WebRtcHideLocalIpsWithMdns"];
+    let mut relayed = lab.outside.enter(|| Browser::launch("xdp-relayed", homes[0].path(), &[]));
+    let mut direct = lab.outside.enter(|| Browser::launch("xdp-direct", homes[1].path(), &host_addresses));
+    let ice_servers =
+        json!([{ "urls": [format!("turn:{}", turnd.udp_addr())], "username": USER, "credential": PASSWORD }]);
+    let offer = relayed.call("offer", json!({ "iceServers": ice_servers }));
+    assert_eq!(offer["ok"], true, "offer: {offer:#}");
+    assert!(offer["relayCandidates"].as_u64() >= Some(1), "no relay candidate: {offer:#}");
+    let answer = direct.call("answer", json!({ "iceServers": [], "policy": "all", "sdp": offer["sdp"] }));
+    assert_eq!(answer["ok"], true, "answer: {answer:#}");
+    let accepted = relayed.call("accept", json!({ "sdp": answer["sdp"] }));
+    assert_eq!(accepted["ok"], true, "{accepted:#}");
+    // As in tests/nat.rs: the answerer speaks once the offerer's first message is in.
+    relayed.start_call("exchange", json!({ "label": "via relay" }));
+    direct.start_call("exchange", json!({ "label": "from host", "sendFirst": false }));
+    let r1 = relayed.finish_call(browser::CALL_TIMEOUT);
+    let r2 = direct.finish_call(browser::CALL_TIMEOUT);
+    for (name, r, want) in [("relayed", &r1, "from host"), ("direct", &r2, "via relay")] {
+        assert_eq!(
+            r["ok"],
+            true,
+            "{name}: {r:#}\n---- relayed ----\n{r1:#}\n---- direct ----\n{r2:#}\n---- turnd ----\n{}",
+            turnd.logs()
+        );
+        let got: Vec<String> = r["received"].as_array().into_iter().flatten().map(|m| m.to_string()).collect();
+        assert_eq!(got.len(), 5, "{name} received {got:?}");
+        assert!(got.iter().all(|m| m.contains(want)), "{name} received {got:?}");
+    }
+    assert_eq!(r1["pair"]["local"]["type"], "relay", "{r1:#}");
+    assert_eq!(r1["pair"]["remote"]["type"], "host", "{r1:#}");
+    // The DTLS and SCTP traffic of the data channel went through the program, both ways
+    // (the first datagrams, before the channel is bound, take the socket path).
+    let text = lab.metrics(&turnd);
+    for direction in ["client_to_peer", "peer_to_client"] {
+        let fast = metric(&text, &series("turnd_xdp_packets_total", direction)).unwrap_or(0.0);
+        eprintln!("{fast} datagrams {direction} through the fast path");
+        assert!(fast > 0.0, "nothing {direction} went through the fast path:\n{text}");
+    }
 }

@@ -62,7 +62,9 @@ turnd load benchmark: cargo bench --bench load -- [OPTIONS]
                         per allocation to the UDP echo peer, through turnd (also with one worker
                         per core) and coturn
   --servers LIST        turnd,coturn,forwarder (default all; coturn needs `turnserver`);
-                        turnd-plain adds turnd with `[relay] udp-offload = false` (no GRO/GSO)
+                        turnd-plain adds turnd with `[relay] udp-offload = false` (no GRO/GSO);
+                        turnd-xdp adds turnd with its XDP fast path on the servers' veth
+                        (`--path veth` only; build with `cargo bench --features xdp`)
   --path PATH           loopback (default) or veth: the servers in one network namespace and
                         the generator in another, joined by a veth pair (root; removed with
                         the bench however it ends); relay cells then also report softirq time
@@ -307,6 +309,9 @@ impl Bench {
         // Before any socket or thread: the process moves to the generator's namespace.
         if o.veth {
             veth::setup(o.veth_gro)?;
+            if o.servers.iter().any(|s| s == "turnd-xdp") {
+                veth::enable_xdp(xdp_object()?)?;
+            }
         }
         if o.generator_gso {
             udp::generator_gso();
@@ -370,6 +375,8 @@ impl Bench {
                 "coturn" => eprintln!("note: coturn skipped: `turnserver` not found (apt-get install coturn)"),
                 "forwarder" => kinds.push(Kind::Forwarder),
                 "turnd-plain" => kinds.push(Kind::TurndPlain),
+                "turnd-xdp" if self.o.veth => kinds.push(Kind::TurndXdp),
+                "turnd-xdp" => eprintln!("note: turnd-xdp skipped: the XDP fast path needs --path veth"),
                 other => eprintln!("note: unknown server {other:?} skipped"),
             }
         }
@@ -924,6 +931,32 @@ impl Bench {
                 info(&format!("{name}: cpu/rt vs coturn (no target)"), cpu_ratio);
             }
         }
+        // The fast path's work is all softirq (the program runs in the veth's NAPI poll),
+        // so it is compared on process + softirq time per round trip. The softirq figure
+        // is the whole machine's, the generator's own receive work included for every
+        // server alike, which pulls the ratio down; with tick-based CPU accounting,
+        // softirq work run inside a server's system call counts in its process time
+        // too, which pushes it up.
+        let xdp = Kind::TurndXdp.label();
+        let total = |o: &relay::Outcome| o.window.cpu_us_per_unit() + o.window.softirq_us_per_unit();
+        let mut sizes: Vec<(usize, usize)> =
+            self.o.allocations.iter().flat_map(|&n| self.o.payloads.iter().map(move |&p| (n, p))).collect();
+        if self.o.bulk {
+            sizes.push((BULK_ALLOCATIONS, BULK_PAYLOAD));
+        }
+        for (n, p) in sizes {
+            let cell = |label: &str| find(Mode::Channel, n, p, label);
+            let name = format!("channel {n} allocs {p} B: turnd-xdp");
+            if let (Some(x), Some(f)) = (cell(&xdp), cell("forwarder")) {
+                let ratio = total(&f) / total(&x).max(1e-9);
+                let target_name = format!("{name} packets per cpu-second (process + softirq) vs forwarder >= 5");
+                rows.push(target(&target_name, ratio, ratio >= 5.0));
+                if let Some(t) = cell(&turnd) {
+                    let ratio = total(&t) / total(&x).max(1e-9);
+                    info(&format!("{name} packets per cpu-second vs turnd's sockets (no target)"), ratio);
+                }
+            }
+        }
         let binding = |label: &str| self.binding.iter().find(|b| b.0 == label).map(|b| b.1);
         if let (Some(t), Some(c)) = (binding(&turnd), binding(&coturn)) {
             let ratio = t.cpu_us_per_unit() / c.cpu_us_per_unit();
@@ -950,6 +983,17 @@ impl Bench {
         println!("{met} of {} met", rows.len());
         self.emit(json!({"kind": "targets", "targets": rows}));
     }
+}
+
+/// turnd's XDP program as this build made it (the `xdp` feature), for the generator's
+/// end of the veth pair.
+fn xdp_object() -> std::io::Result<&'static str> {
+    #[cfg(feature = "xdp")]
+    return Ok(concat!(env!("OUT_DIR"), "/turnd_xdp.o"));
+    #[cfg(not(feature = "xdp"))]
+    Err(std::io::Error::other(
+        "turnd-xdp needs the bench and turnd built with the xdp feature: cargo bench --features xdp",
+    ))
 }
 
 /// SCHED_FIFO at the lowest real-time priority for this process and the servers it

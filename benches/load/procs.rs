@@ -34,6 +34,9 @@ pub enum Kind {
     Forwarder,
     /// turnd with `[relay] udp-offload = false` (no GRO, no GSO), one worker.
     TurndPlain,
+    /// turnd with the XDP fast path on the servers' veth (`[relay] xdp = "on"`), one
+    /// worker: the veth path only, and a turnd built with the `xdp` feature.
+    TurndXdp,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Coturn { threads: Some(n) } => format!("coturn(-m {n})"),
             Kind::Forwarder => "forwarder".into(),
             Kind::TurndPlain => "turnd(no-gso)".into(),
+            Kind::TurndXdp => "turnd-xdp".into(),
         }
     }
 }
@@ -148,14 +152,14 @@ fn stream_addrs(setup: &Setup, port: u16, tls: u16) -> Option<(SocketAddrV4, Soc
 /// Starts `kind`. `peer` and `header` only matter for the forwarder.
 pub fn start(setup: &Setup, kind: &Kind, client: &UdpSocket, peer: SocketAddrV4, header: usize) -> io::Result<Server> {
     match kind {
-        Kind::Turnd { workers } => start_turnd(setup, *workers, client, false),
-        Kind::TurndPlain => start_turnd(setup, 1, client, true),
+        Kind::Turnd { workers } => start_turnd(setup, *workers, client, kind),
+        Kind::TurndPlain | Kind::TurndXdp => start_turnd(setup, 1, client, kind),
         Kind::Coturn { threads } => start_coturn(setup, *threads, client),
         Kind::Forwarder => start_forwarder(peer, header),
     }
 }
 
-fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, plain: bool) -> io::Result<Server> {
+fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, kind: &Kind) -> io::Result<Server> {
     let (port, tls_port) = ports(setup)?;
     let (min, max) = setup.turnd_ports;
     // Limits raised for the 10,000-allocation memory run and the worker count written
@@ -181,7 +185,7 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, plain: bool) -
             ip = veth::server_ip(),
         ));
     }
-    let config = with_extra(&config, plain, setup.turnd_extra.as_ref())?;
+    let config = with_extra(&config, variant_config(kind), setup.turnd_extra.as_ref())?;
     // Files named after the port: the scale section runs two turnd at once.
     let path = setup.dir.join(format!("turnd-{port}.toml"));
     std::fs::write(&path, config)?;
@@ -198,7 +202,7 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, plain: bool) -
     die_with_parent(&mut command);
     veth::enter_server_ns(&mut command);
     let child = command.spawn()?;
-    let label = if plain { Kind::TurndPlain.label() } else { Kind::Turnd { workers }.label() };
+    let label = kind.label();
     let mut server = ready(child, SocketAddrV4::new(veth::server_ip(), port), &label, client, setup.verbose)?;
     server.workers = Some(workers);
     server.streams = stream_addrs(setup, port, tls_port);
@@ -256,19 +260,29 @@ fn start_coturn(setup: &Setup, threads: Option<u32>, client: &UdpSocket) -> io::
     Ok(server)
 }
 
+/// What a turnd variant changes in the generated config (applied last: it wins over
+/// `--turnd-config-extra`, or the variant would not be what its label says).
+fn variant_config(kind: &Kind) -> Option<String> {
+    match kind {
+        Kind::TurndPlain => Some("[relay]\nudp-offload = false".into()),
+        Kind::TurndXdp => Some(format!("[relay]\nxdp = \"on\"\nxdp-interfaces = [\"{}\"]", veth::SERVER_IF)),
+        _ => None,
+    }
+}
+
 /// turnd's generated `config` with `extra` merged in, table by table (a key of `extra`
-/// wins), and with `plain` GRO and GSO turned off.
-fn with_extra(config: &str, plain: bool, extra: Option<&toml::Table>) -> io::Result<String> {
-    if !plain && extra.is_none() {
+/// wins), then the `variant`'s keys.
+fn with_extra(config: &str, variant: Option<String>, extra: Option<&toml::Table>) -> io::Result<String> {
+    if variant.is_none() && extra.is_none() {
         return Ok(config.to_owned());
     }
     let mut table: toml::Table = config.parse().map_err(|e| io::Error::other(format!("generated config: {e}")))?;
     if let Some(extra) = extra {
         merge(&mut table, extra);
     }
-    if plain {
-        let off: toml::Table = "[relay]\nudp-offload = false".parse().map_err(io::Error::other)?;
-        merge(&mut table, &off);
+    if let Some(variant) = variant {
+        let variant: toml::Table = variant.parse().map_err(io::Error::other)?;
+        merge(&mut table, &variant);
     }
     toml::to_string(&table).map_err(io::Error::other)
 }

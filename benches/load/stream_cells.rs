@@ -38,7 +38,7 @@ impl Bench {
                     }
                 }
                 Kind::Coturn { .. } => plan.push((kind.label(), kind.clone(), self.setup.coturn_ports)),
-                Kind::Forwarder | Kind::TurndPlain => {}
+                Kind::Forwarder | Kind::TurndPlain | Kind::TurndXdp => {}
             }
         }
         plan

@@ -19,6 +19,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+/// The servers' end of the veth pair, and the generator's.
+pub const SERVER_IF: &str = "vsrv";
+const GENERATOR_IF: &str = "vgen";
 /// The servers' address on the veth pair.
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 /// The generator's address on the veth pair (the echo peer binds it).
@@ -101,18 +104,43 @@ pub fn setup(gro: bool) -> io::Result<()> {
     let here = |args: &[&str]| run(args, None);
     let there = |args: &[&str]| run(args, Some(server.as_raw_fd()));
     here(&["ip", "link", "set", "lo", "up"])?;
-    here(&["ip", "link", "add", "vgen", "type", "veth", "peer", "name", "vsrv", "netns", &server_path])?;
-    here(&["ip", "addr", "add", &format!("{GENERATOR_IP}/24"), "dev", "vgen"])?;
-    here(&["ip", "link", "set", "vgen", "up"])?;
+    here(&["ip", "link", "add", GENERATOR_IF, "type", "veth", "peer", "name", SERVER_IF, "netns", &server_path])?;
+    here(&["ip", "addr", "add", &format!("{GENERATOR_IP}/24"), "dev", GENERATOR_IF])?;
+    here(&["ip", "link", "set", GENERATOR_IF, "up"])?;
     here(&["ip", "route", "add", "local", CLIENTS, "dev", "lo"])?;
     there(&["ip", "link", "set", "lo", "up"])?;
-    there(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vsrv"])?;
-    there(&["ip", "link", "set", "vsrv", "up"])?;
+    there(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", SERVER_IF])?;
+    there(&["ip", "link", "set", SERVER_IF, "up"])?;
     there(&["ip", "route", "add", CLIENTS, "via", &GENERATOR_IP.to_string()])?;
     let gro = if gro { "on" } else { "off" };
-    here(&["ethtool", "-K", "vgen", "gro", gro])?;
-    there(&["ethtool", "-K", "vsrv", "gro", gro])?;
+    here(&["ethtool", "-K", GENERATOR_IF, "gro", gro])?;
+    there(&["ethtool", "-K", SERVER_IF, "gro", gro])?;
     SERVER_NS.set(server).map_err(|_| io::Error::other("veth path set up twice"))
+}
+
+/// Readies the path for turnd's XDP fast path (the `turnd-xdp` server): the program's
+/// route lookup answers only on an interface that forwards; its XDP_TX out of the
+/// servers' end reaches the generator's only when that end has an XDP program too (a
+/// veth hands such frames to the other end's NAPI, which exists only then), so the
+/// generator's end gets turnd's own program, whose maps stay empty there: it passes
+/// everything. That program also changes the generator's receive path for every
+/// server of the run alike. The generator's address is made a permanent neighbour, so
+/// that the program (which sends only to resolved neighbours) never falls back to the
+/// socket path when the entry would age.
+pub fn enable_xdp(object: &str) -> io::Result<()> {
+    let Some(server) = SERVER_NS.get() else {
+        return Err(io::Error::other("turnd-xdp needs the veth path (--path veth)"));
+    };
+    let there = |args: &[&str]| run(args, Some(server.as_raw_fd()));
+    there(&["sysctl", "-qw", &format!("net.ipv4.conf.{SERVER_IF}.forwarding=1")])?;
+    run(&["ip", "link", "set", "dev", GENERATOR_IF, "xdpdrv", "obj", object, "sec", "xdp"], None)?;
+    let link = output(&["ip", "-o", "link", "show", GENERATOR_IF])?;
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| io::Error::other(format!("no MAC address in {link:?}")))?;
+    there(&["ip", "neigh", "replace", &GENERATOR_IP.to_string(), "lladdr", mac, "dev", SERVER_IF, "nud", "permanent"])
 }
 
 /// unshare(CLONE_NEWNET) for this thread; returns a handle on the new namespace.
@@ -123,6 +151,19 @@ fn new_namespace() -> io::Result<File> {
         return Err(io::Error::new(e.kind(), format!("unshare(CLONE_NEWNET) (needs CAP_SYS_ADMIN): {e}")));
     }
     File::open("/proc/thread-self/ns/net")
+}
+
+/// Runs a command here and returns what it printed.
+fn output(args: &[&str]) -> io::Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a set-up command here or, with `ns`, in that namespace.
