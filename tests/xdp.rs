@@ -405,8 +405,15 @@ fn chromium_data_channel_relays_through_the_fast_path() {
     assert_eq!(r1["pair"]["local"]["type"], "relay", "{r1:#}");
     assert_eq!(r1["pair"]["remote"]["type"], "host", "{r1:#}");
     // The DTLS and SCTP traffic of the data channel went through the program, both ways
-    // (the first datagrams, before the channel is bound, take the socket path).
-    let text = lab.metrics(&turnd);
+    // (the first datagrams, before the channel is bound, take the socket path). The
+    // program's counters reach /metrics with the workers' next snapshot, once a second.
+    let fast = |text: &str, direction| metric(text, &series("turnd_xdp_packets_total", direction)).unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = lab.metrics(&turnd);
+    while ["client_to_peer", "peer_to_client"].iter().any(|d| fast(&text, d) == 0.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        text = lab.metrics(&turnd);
+    }
     for direction in ["client_to_peer", "peer_to_client"] {
         let fast = metric(&text, &series("turnd_xdp_packets_total", direction)).unwrap_or(0.0);
         eprintln!("{fast} datagrams {direction} through the fast path");
