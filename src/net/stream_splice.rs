@@ -270,17 +270,33 @@ impl Splice {
     /// is left in a socket is reported again), and passes ends on. `Ok(true)`: both
     /// directions have ended.
     fn pump(&mut self) -> Result<bool, &'static str> {
+        // A side a read found empty (or its buffer full) is not read again this time:
+        // epoll reports it when more comes.
+        let (mut client_dry, mut peer_dry) = (false, false);
+        let mut settled = false;
         for _ in 0..READS_PER_WAKE {
             let mut moved = self.write_client()?;
             moved |= write_from(&self.peer, &mut self.to_peer, "peer write error")?;
-            moved |= self.read_client(true)?;
-            moved |= read_into(&self.peer, &mut self.to_client, "peer read error")?;
+            if !client_dry {
+                let read = self.read_client(true)?;
+                client_dry = !read;
+                moved |= read;
+            }
+            if !peer_dry {
+                let read = read_into(&self.peer, &mut self.to_client, "peer read error")?;
+                peer_dry = !read;
+                moved |= read;
+            }
             if !moved {
+                settled = true;
                 break;
             }
         }
-        self.write_client()?;
-        write_from(&self.peer, &mut self.to_peer, "peer write error")?;
+        if !settled {
+            // What the last reads brought.
+            self.write_client()?;
+            write_from(&self.peer, &mut self.to_peer, "peer write error")?;
+        }
         // Plaintext rustls holds would not be reported by epoll: take what fits.
         self.read_client(false)?;
         self.pass_ends()?;
