@@ -6,7 +6,8 @@
 //! true: the worker's loop, which then splices data connections itself), and the data
 //! connection tests check from the log which one served them. Data connections also go
 //! through back-pressure both ways (one side stops reading while the other floods: every
-//! byte arrives, in order), half-closes and closes each way, and TLS.
+//! byte arrives, in order), half-closes and resets each way, the allocation's end, and
+//! TLS.
 // A test may unwrap (a panic is a failed test) and use unsafe for process plumbing
 // (signals, namespaces); the server code denies both (Cargo.toml [lints]).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
@@ -576,11 +577,7 @@ fn reset(worker_loop: bool, client_resets: bool) {
     };
     socket2::SockRef::from(&gone).set_linger(Some(Duration::ZERO)).unwrap();
     drop(gone);
-    let closed = match other.read(&mut [0u8; 16]) {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-    };
-    assert!(closed, "the other side's connection is closed");
+    assert!(reads_closed(&mut other), "the other side's connection is closed");
     drop(other);
     s.forgotten();
 }
@@ -590,5 +587,31 @@ fn rfc6062_a_reset_on_either_side_closes_the_other() {
     for worker_loop in [false, true] {
         reset(worker_loop, true);
         reset(worker_loop, false);
+    }
+}
+
+/// Whether a connection the server closed reads as closed (an end, or a reset).
+fn reads_closed(stream: &mut impl Read) -> bool {
+    match stream.read(&mut [0u8; 16]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn rfc6062_the_allocation_ending_closes_its_data_connections() {
+    for worker_loop in [false, true] {
+        for tls in [false, true] {
+            let mut s = spliced(worker_loop, tls);
+            s.round_trip("before the Refresh");
+            let response = s.client.request(
+                &mut s.control,
+                stun_codec::rfc5766::methods::REFRESH,
+                vec![stun_codec::rfc5766::attributes::Lifetime::from_u32(0).into()],
+            );
+            assert_eq!(response.class(), MessageClass::SuccessResponse, "{response:?}");
+            assert!(reads_closed(&mut s.peer), "the peer connection is closed");
+            assert!(reads_closed(&mut s.data), "the data connection is closed");
+        }
     }
 }
