@@ -429,9 +429,15 @@ fn pattern(i: usize) -> u8 {
 }
 
 /// `from` sends [`FLOOD`] bytes while `to` does not read; once the sender is held
-/// back (nothing more written for 500 ms), `to` reads them all: every byte, in order.
-/// Returns `from`.
-fn flood<W: Write + Send + 'static>(mut from: W, to: &mut impl Read, turnd: &TurndProcess, worker_loop: bool) -> W {
+/// back (nothing more written for 500 ms; on the worker's loop, its log says it paused
+/// reading the `sender`), `to` reads them all: every byte, in order. Returns `from`.
+fn flood<W: Write + Send + 'static>(
+    mut from: W,
+    sender: &str,
+    to: &mut impl Read,
+    turnd: &TurndProcess,
+    worker_loop: bool,
+) -> W {
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
     let writer = std::thread::spawn(move || {
@@ -463,7 +469,8 @@ fn flood<W: Write + Send + 'static>(mut from: W, to: &mut impl Read, turnd: &Tur
     }
     assert!(last < FLOOD, "all {FLOOD} bytes were taken while the receiver did not read");
     if worker_loop {
-        assert!(wait_for_log(turnd, "reading paused"), "the loop stopped reading the sender\n{}", turnd.logs());
+        let paused = format!("data connection: reading the {sender} paused");
+        assert!(wait_for_log(turnd, &paused), "the loop stopped reading the {sender}\n{}", turnd.logs());
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
@@ -483,9 +490,9 @@ fn flood<W: Write + Send + 'static>(mut from: W, to: &mut impl Read, turnd: &Tur
 fn back_pressure_both_ways(worker_loop: bool, tls: bool) {
     let mut s = spliced(worker_loop, tls);
     let data = std::mem::replace(&mut s.data, Conn::Tcp(connect_stream(s.turnd.tcp_addr())));
-    s.data = flood(data, &mut s.peer, &s.turnd, worker_loop);
+    s.data = flood(data, "client", &mut s.peer, &s.turnd, worker_loop);
     let peer = s.peer.try_clone().unwrap();
-    flood(peer, &mut s.data, &s.turnd, worker_loop);
+    flood(peer, "peer", &mut s.data, &s.turnd, worker_loop);
     s.round_trip("after the floods");
 }
 

@@ -466,9 +466,13 @@ impl EventLoop {
                     Side::Peer => &splice.to_client,
                 };
                 if !pipe.ended {
-                    let other = if side == Side::Client { "peer" } else { "client" };
-                    let reading = if want.0 { "resumed" } else { "paused" };
-                    debug!(client = %splice.five_tuple.client, ?side, reading, "data connection: reading {reading}, as the {other} takes its bytes");
+                    let (read, other) = if side == Side::Client { ("client", "peer") } else { ("peer", "client") };
+                    let client = splice.five_tuple.client;
+                    if want.0 {
+                        debug!(%client, "data connection: reading the {read} resumed");
+                    } else {
+                        debug!(%client, "data connection: reading the {read} paused until the {other} takes what waits");
+                    }
                 }
             }
             let fd = splice.socket(side).as_raw_fd();
