@@ -88,14 +88,19 @@ impl std::fmt::Debug for Handover {
 
 /// A connection taken out of the loop's set by [`Conns::detach`].
 pub(super) struct Detached {
+    /// The data connection's 5-tuple.
     pub(super) five_tuple: FiveTuple,
+    /// Its socket, still in the loop's epoll set under its old token.
     pub(super) socket: TcpStream,
+    /// Its TLS session, with whatever it holds.
     pub(super) tls: Option<Box<rustls::ServerConnection>>,
     /// What waits to be written to the client (the ConnectionBind success).
     pub(super) output: Vec<u8>,
     /// What was read from the client and not framed.
     pub(super) early: Vec<u8>,
+    /// Its place in its source's counts.
     pub(super) source: Arc<SourceSlot>,
+    /// See [`Held`].
     pub(super) held: Held,
 }
 

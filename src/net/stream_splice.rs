@@ -43,9 +43,11 @@ pub(super) const SPLICE_BUFFER: usize = 32 * 1024;
 /// other.
 #[derive(Debug)]
 struct Pipe {
+    /// [`SPLICE_BUFFER`] bytes (more when it started with more).
     buf: Box<[u8]>,
-    /// The bytes waiting are `buf[start..end]`.
+    /// The bytes waiting start here...
     start: usize,
+    /// ...and end here.
     end: usize,
     /// The side it reads from has ended its stream.
     ended: bool,
@@ -153,10 +155,13 @@ type Interest = (bool, bool);
 
 /// One spliced data connection.
 struct Splice {
-    /// The client's data connection.
+    /// The client's data connection's 5-tuple.
     five_tuple: FiveTuple,
+    /// The client's data connection.
     client: TcpStream,
+    /// Its TLS session, for a `tls` listener's connection.
     tls: Option<Box<rustls::ServerConnection>>,
+    /// The peer connection it is bound to.
     peer: TcpStream,
     /// From the client (for TLS: decrypted), for the peer.
     to_peer: Pipe,
@@ -166,8 +171,9 @@ struct Splice {
     watching: [Option<Interest>; 2],
     /// The client was sent a TLS close_notify.
     notified: bool,
-    /// Its place in its source's counts, and under `max-connections`, while it lives.
+    /// Its place in its source's counts while it lives.
     _source: Arc<SourceSlot>,
+    /// Its place under `max-connections` (see [`Held`]).
     _held: Held,
 }
 
@@ -345,7 +351,9 @@ impl Splice {
 /// epoll tokens).
 #[derive(Default)]
 pub(super) struct Splices {
+    /// Boxed: a splice with its TLS session is kilobytes, an empty slot a pointer.
     slots: Vec<Option<Box<Splice>>>,
+    /// Empty slots, taken before the vector grows.
     free: Vec<usize>,
 }
 
