@@ -8,7 +8,8 @@
 //! pass and written at its end ([`EventLoop::flush`]): sendmmsg batches for UDP, one
 //! write per TCP/TLS connection. The paths themselves are in sibling files:
 //! [`super::udp`], [`super::stream_conn`], [`super::stream_events`],
-//! [`super::control`], [`super::rfc6062`] and [`super::output`].
+//! [`super::stream_splice`], [`super::control`], [`super::rfc6062`] and
+//! [`super::output`].
 
 use super::ledger::SharedLedger;
 use super::listeners::UdpListeners;
@@ -84,6 +85,8 @@ pub struct EventLoop {
     pub(super) streams: HashMap<FiveTuple, stream::StreamHandle>,
     /// The TCP/TLS connections this loop serves itself.
     pub(super) conns: super::stream_conn::Conns,
+    /// RFC 6062 data connections this loop splices to their peers.
+    pub(super) splices: super::stream_splice::Splices,
     /// Where spawned connection tasks report (RFC 6062 peer connections).
     pub(super) stream_events: mpsc::Sender<StreamEvent>,
     /// RFC 6062: accept loops of TCP relay listeners, by allocation.
@@ -157,6 +160,7 @@ impl EventLoop {
             realm_counters: HashMap::new(),
             streams: HashMap::new(),
             conns: Default::default(),
+            splices: Default::default(),
             stream_events,
             tcp_relays: HashMap::new(),
             peer_streams: HashMap::new(),
@@ -270,6 +274,7 @@ impl EventLoop {
                 Token::Listener(listener) => self.serve_listener(listener),
                 Token::Relay(id, family) => self.serve_relay(id, family),
                 Token::Stream(slot) => self.serve_stream(slot),
+                Token::Splice(slot, side) => self.serve_splice(slot, side),
             }
         }
         self.flush();

@@ -37,6 +37,7 @@ pub mod stream;
 mod stream_channel;
 mod stream_conn;
 mod stream_events;
+mod stream_splice;
 mod tcp_relay;
 pub mod tls;
 mod token;

@@ -47,6 +47,7 @@ impl EventLoop {
                     return;
                 }
                 StreamHandle::Task(client) => client,
+                StreamHandle::Spliced(_) => return,
             };
             let bytes = match payload {
                 Payload::Owned(bytes) => bytes,
@@ -153,7 +154,7 @@ impl Effects for EventLoop {
                     let slot = *slot;
                     self.stream_authenticated(slot);
                 }
-                None => {}
+                Some(StreamHandle::Spliced(_)) | None => {}
             }
         }
         if let Event::AllocationEnded { duration, five_tuple, traffic, .. } = &event {

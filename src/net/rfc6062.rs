@@ -1,6 +1,7 @@
 //! RFC 6062 (TCP allocations) in the loop: TCP relay listeners, connecting to peers,
 //! and splicing a peer connection onto the client's data connection once bound. The
-//! sockets and tasks themselves are in [`super::tcp_relay`].
+//! sockets and tasks themselves are in [`super::tcp_relay`], the loop's own splices in
+//! [`super::stream_splice`].
 
 use super::event_loop::EventLoop;
 use super::stream::{Outbound, StreamEvent, StreamHandle};
@@ -73,9 +74,14 @@ impl EventLoop {
     }
 
     /// A ConnectionBind succeeded: the peer connection is spliced onto the client's
-    /// data connection `data`; false when either is gone (the core then closes it).
+    /// data connection `data`, by the loop when it serves that connection, else by its
+    /// task; false when either is gone (the core then closes it).
     pub(super) fn splice(&mut self, connection: ConnectionId, data: FiveTuple) -> bool {
         let spliced = match (self.peer_streams.remove(&connection), self.streams.get(&data)) {
+            (Some(peer), Some(StreamHandle::Served(slot))) => {
+                let slot = *slot;
+                self.splice_served(slot, peer)
+            }
             // Queued behind the ConnectionBind success already sent to it; a
             // bound data connection counts as authenticated.
             (Some(peer), Some(StreamHandle::Task(client))) => {
@@ -94,8 +100,14 @@ impl EventLoop {
     pub(super) fn close_peer_stream(&mut self, connection: ConnectionId, data: Option<FiveTuple>) {
         self.peer_streams.remove(&connection);
         if let Some(data) = data {
-            // Dropping its queue ends the splice and closes both sides.
-            self.streams.remove(&data);
+            match self.streams.get(&data) {
+                Some(StreamHandle::Spliced(slot)) => {
+                    let slot = *slot;
+                    self.close_splice(slot, "closed by server", false);
+                }
+                // Dropping its queue ends the task's splice and closes both sides.
+                _ => drop(self.streams.remove(&data)),
+            }
         }
     }
 }

@@ -4,9 +4,11 @@
 //! handshake and reads the first message. That message chooses the worker (see
 //! [`StreamRouter`]); the task then hands the connection itself over (socket, rustls
 //! session, bytes read) and the worker's event loop serves it from then on, on its own
-//! thread (`stream_conn`). An RFC 6062 data connection (first message ConnectionBind)
-//! stays with its task: it hands whole messages to the worker and is answered through
-//! a bounded queue until it is bound, then spliced to its peer.
+//! thread (`stream_conn`); an RFC 6062 data connection (first message ConnectionBind)
+//! too, which the loop splices to its peer once bound (`stream_splice`). Without
+//! `worker-loop`, a connection stays with its task: it hands whole messages to the
+//! worker and is answered through a bounded queue, and a data connection is spliced
+//! to its peer by the task once bound.
 //!
 //! What one client can hold is bounded:
 //! - connections over all stream listeners (`max_connections`), from one source
@@ -53,7 +55,6 @@ use super::route::StreamRouter;
 pub use super::stream_channel::{Client, Outbound, StreamEvent, StreamHandle};
 use super::stream_conn::{Handover, Held};
 use crate::stun::framing::Framer;
-use crate::turn::tcp_relay::connection_bind_target;
 use crate::turn::{ClientAddr, FiveTuple, TenantId, Transport};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -421,10 +422,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + IntoRaw>(
                                     failed = true;
                                     break;
                                 };
-                                // The worker serves the connection itself from now on,
-                                // but for an RFC 6062 data connection: it is spliced to
-                                // its peer from this task once bound.
-                                if limits.worker_loop && connection_bind_target(&frame).is_none() {
+                                // The worker serves the connection itself from now on
+                                // (an RFC 6062 data connection too: the loop splices it
+                                // to its peer once bound).
+                                if limits.worker_loop {
                                     hand_over = Some((frame, chosen.clone()));
                                     break;
                                 }

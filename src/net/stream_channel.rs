@@ -53,6 +53,9 @@ pub enum StreamHandle {
     Served(usize),
     /// Served by its own task (an RFC 6062 data connection), through its queue.
     Task(Client),
+    /// An RFC 6062 data connection the loop splices to its peer, in this slot of its
+    /// splices: raw bytes only, nothing more for the core to send it.
+    Spliced(usize),
 }
 
 /// What connections tell the event loop.

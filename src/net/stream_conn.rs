@@ -20,8 +20,8 @@
 //! - Timeouts (`idle_timeout`, a message stalled for `first_message_timeout`,
 //!   `unauthenticated_timeout`, `write_timeout`) are checked every [`SWEEP_EVERY`].
 //!
-//! RFC 6062 data connections (first message a ConnectionBind) stay with their task,
-//! which splices them to the peer once bound.
+//! RFC 6062 data connections (first message a ConnectionBind) are served here too until
+//! bound; then the loop splices them to their peer ([`super::stream_splice`]).
 
 use super::admission::{SourceSlot, StreamLimits, CUT_UNAUTHENTICATED, CUT_WRITE_TIMEOUT};
 use super::event_loop::{through_core, unix_now, EventLoop, READS_PER_WAKE};
@@ -50,7 +50,7 @@ const OUTPUT_KEEP: usize = 64 * 1024;
 /// How often the loop checks its connections' timeouts.
 pub(super) const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// rustls calls per read or write before the loop moves on (the socket stays ready).
-const TLS_STEPS: usize = 8;
+pub(super) const TLS_STEPS: usize = 8;
 /// What rustls reads from a socket per call at most: a shorter read emptied it.
 const TLS_READ: usize = 4096;
 
@@ -84,6 +84,24 @@ impl std::fmt::Debug for Handover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handover").field("five_tuple", &self.five_tuple).finish_non_exhaustive()
     }
+}
+
+/// A connection taken out of the loop's set by [`Conns::detach`].
+pub(super) struct Detached {
+    /// The data connection's 5-tuple.
+    pub(super) five_tuple: FiveTuple,
+    /// Its socket, still in the loop's epoll set under its old token.
+    pub(super) socket: TcpStream,
+    /// Its TLS session, with whatever it holds.
+    pub(super) tls: Option<Box<rustls::ServerConnection>>,
+    /// What waits to be written to the client (the ConnectionBind success).
+    pub(super) output: Vec<u8>,
+    /// What was read from the client and not framed.
+    pub(super) early: Vec<u8>,
+    /// Its place in its source's counts.
+    pub(super) source: Arc<SourceSlot>,
+    /// See [`Held`].
+    pub(super) held: Held,
 }
 
 /// One connection the loop serves.
@@ -302,6 +320,16 @@ impl Conns {
             conn.dirty = true;
             self.dirty.push(slot);
         }
+    }
+
+    /// Takes a connection out of the set, to be spliced to its peer (a ConnectionBind
+    /// succeeded): its epoll entry stays, to be retagged by the caller.
+    pub(super) fn detach(&mut self, slot: usize) -> Option<Detached> {
+        let mut conn = self.remove(slot)?;
+        // Bytes the client sent behind its ConnectionBind belong to the peer.
+        let early = conn.framer.take_pending().to_vec();
+        let Conn { five_tuple, socket, tls, output, source, _held, .. } = *conn;
+        Some(Detached { five_tuple, socket, tls, output, early, source, held: _held })
     }
 
     fn remove(&mut self, slot: usize) -> Option<Box<Conn>> {

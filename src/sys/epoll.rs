@@ -52,6 +52,30 @@ impl Epoll {
         Ok(())
     }
 
+    /// Sets what `fd` (already in the set under `token`) is watched for, both ways at
+    /// once (an RFC 6062 data connection's two sockets). Watching for nothing makes the
+    /// entry edge-triggered, so a hang-up or an error, always reported, wakes the loop
+    /// once rather than at every pass while the other side's buffer is full.
+    pub fn watch_both(&self, fd: RawFd, token: u64, readable: bool, writable: bool) -> io::Result<()> {
+        let mut events = 0;
+        if readable {
+            events |= libc::EPOLLIN;
+        }
+        if writable {
+            events |= libc::EPOLLOUT;
+        }
+        if events == 0 {
+            events = libc::EPOLLET;
+        }
+        let mut event = libc::epoll_event { events: events as u32, u64: token };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Stops watching `fd`: a relay socket handed over to another worker's set.
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         // SAFETY: EPOLL_CTL_DEL reads no event (a null pointer is allowed since Linux
