@@ -436,6 +436,17 @@ fn soak(
                     from.ask(Request::channel_bind(CHANNEL, partner), "ChannelBind");
                 }
                 match rng.below(100) {
+                    // A flight of same-sized messages, as a DTLS handshake's
+                    // fragments are (one write, so one read of the server's).
+                    71..=78 => {
+                        let size = if rng.chance(50) { 1200 } else { 100 + rng.below(1100) as usize };
+                        for _ in 0..2 + rng.below(6) {
+                            if !room(from, to, size) {
+                                break;
+                            }
+                            from.send(size);
+                        }
+                    }
                     // A burst.
                     0..=14 => {
                         for _ in 0..1 + rng.below(40) {
