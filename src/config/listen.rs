@@ -137,8 +137,8 @@ pub struct Tcp {
     pub write_timeout: Duration,
     /// Serve each connection on its worker's event loop once its first message chose
     /// the worker (reads, TLS and batched writes on the worker's thread, no per-message
-    /// hand-off between threads) instead of on a task of its own. Off by default for
-    /// now: it applies to connections accepted after a reload.
+    /// hand-off between threads) instead of on a task of its own. On by default; a
+    /// change applies to connections accepted after a reload.
     pub worker_loop: bool,
 }
 

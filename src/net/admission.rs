@@ -303,7 +303,7 @@ impl Default for StreamLimits {
             unauthenticated_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             sources: crate::turn::source::SourcePrefix::default(),
-            worker_loop: false,
+            worker_loop: true,
         }
     }
 }

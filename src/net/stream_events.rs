@@ -31,7 +31,10 @@ impl EventLoop {
                     if let (Some(relay), Some(payload)) =
                         (self.relay_socket(out.allocation, out.peer.get()), frame.get(out.payload))
                     {
-                        if let Err(e) = relay.send_to(payload, out.peer.get()) {
+                        // Once more after a failure: an ICMP error an earlier datagram
+                        // brought back fails the next send (see `mmsg::send_batch`).
+                        let sent = relay.send_to(payload, out.peer.get());
+                        if let Err(e) = sent.or_else(|_| relay.send_to(payload, out.peer.get())) {
                             debug!(error = %e, peer = %out.peer, "send to peer failed");
                         }
                     }

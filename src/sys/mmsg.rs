@@ -354,6 +354,8 @@ pub fn send_batch<'a>(socket: RawFd, datagrams: impl IntoIterator<Item = Datagra
     }
     let mut outcome = Sent::default();
     let mut sent = 0;
+    // The message that already failed once, sent again (see below).
+    let mut again = None;
     while sent < messages {
         // SAFETY: headers[..messages] were written above and point at iovecs, payloads
         // (borrowed for 'a), names and control buffers (written too) that outlive the
@@ -389,6 +391,10 @@ pub fn send_batch<'a>(socket: RawFd, datagrams: impl IntoIterator<Item = Datagra
                 outcome.failed += send_one_by_one(socket, &mut header.msg_hdr, run);
                 sent += 1;
             }
+            // An ICMP error that an earlier datagram brought back (relay sockets ask for
+            // them, IP_RECVERR) waits on the socket, and the next send fails with it and
+            // clears it, whatever that send's destination: that message goes again once.
+            _ if again != Some(sent) => again = Some(sent),
             // This message cannot be sent (unreachable destination, say); the others may.
             _ => {
                 debug!(error = %error, "send to client failed");
@@ -410,10 +416,12 @@ fn send_one_by_one(socket: RawFd, msg: &mut libc::msghdr, run: GsoRun) -> usize 
     let mut failed = 0;
     for i in 0..run.count() {
         msg.msg_iov = first.wrapping_add(i);
+        // Sent once more after a failure: the error may have been an earlier
+        // datagram's ICMP error (see `send_batch`).
         // SAFETY: msg points at the run's i-th iovec (i < count, written by the
         // caller), its name, and `control`, all live for the call; the kernel reads them.
-        let rc = unsafe { libc::sendmsg(socket, msg, libc::MSG_DONTWAIT) };
-        if rc < 0 {
+        let send = || unsafe { libc::sendmsg(socket, msg, libc::MSG_DONTWAIT) };
+        if send() < 0 && send() < 0 {
             failed += 1;
         }
     }
@@ -616,5 +624,34 @@ mod tests {
         let n = recv_batch(to.as_raw_fd(), &mut slots, 4096, 0, &mut received).unwrap();
         assert_eq!(n, 4);
         assert!(received.iter().take(n).all(|r| r.is_some_and(|r| r.segment == r.len && r.len == 200)));
+    }
+
+    #[test]
+    fn an_icmp_error_an_earlier_datagram_brought_back_costs_no_other_datagram() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // As relay sockets are: ICMP errors are reported (and left pending on the socket).
+        crate::sys::sockopt::set_int(sender.as_fd(), libc::IPPROTO_IP, libc::IP_RECVERR, 1).unwrap();
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let to = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let dest = to.local_addr().unwrap();
+        for gso in [false, true] {
+            let stray = [Datagram { to: closed, from: None, bytes: b"stray" }];
+            assert_eq!(send_batch(sender.as_raw_fd(), stray, gso).failed, 0);
+            // Until the port unreachable is back: the socket reports an error.
+            let mut poll = libc::pollfd { fd: sender.as_raw_fd(), events: 0, revents: 0 };
+            // SAFETY: one valid pollfd, for the call.
+            assert_eq!(unsafe { libc::poll(&mut poll, 1, 2000) }, 1);
+            assert_ne!(poll.revents & libc::POLLERR, 0);
+            // Two of a size: with GSO, one message.
+            let payloads = [vec![1u8; 10], vec![2u8; 10]];
+            let datagrams = payloads.iter().map(|bytes| Datagram { to: dest, from: None, bytes });
+            assert_eq!(send_batch(sender.as_raw_fd(), datagrams, gso).failed, 0, "gso {gso}");
+            for payload in &payloads {
+                let mut buf = [0u8; 64];
+                let n = to.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &payload[..], "gso {gso}");
+            }
+        }
     }
 }
