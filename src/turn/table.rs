@@ -3,6 +3,7 @@
 //! ids. The relay hot path (`relay.rs`) reads it through one 5-tuple lookup.
 
 use super::allocation::Allocation;
+use super::id_map::IdMap;
 use super::user_bandwidth::UserBandwidth;
 use super::{AllocationId, FiveTuple};
 use std::cmp::Reverse;
@@ -13,7 +14,7 @@ use std::time::Instant;
 /// which the ledger's quotas bound.
 #[derive(Debug)]
 pub struct AllocationTable {
-    pub(super) by_id: HashMap<AllocationId, Allocation>,
+    pub(super) by_id: IdMap<Allocation>,
     pub(super) by_five_tuple: HashMap<FiveTuple, AllocationId>,
     /// Expiry timers. Refreshes and deletions leave stale entries (skipped when they
     /// come up); when stale ones outnumber live ones the heap is rebuilt, so churn
@@ -38,7 +39,7 @@ impl AllocationTable {
     /// An empty table for worker `worker` of `workers`.
     pub fn new(worker: u32, workers: u32) -> Self {
         AllocationTable {
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             by_five_tuple: HashMap::new(),
             expiries: BinaryHeap::new(),
             users: HashMap::new(),
