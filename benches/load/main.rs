@@ -922,7 +922,7 @@ impl Bench {
             let name = format!("{} {n} allocs {p} B", mode.label());
             if let Some(f) = f {
                 let ratio = cpu / f.window.cpu_us_per_unit();
-                rows.push(target(&format!("{name}: cpu/rt vs forwarder <= 1.15"), ratio, ratio <= 1.15));
+                rows.push(target(&format!("{name}: cpu/rt vs forwarder <= 1.1"), ratio, ratio <= 1.1));
             }
             if let Some(c) = c {
                 let ratio = t.p99_us / c.p99_us;

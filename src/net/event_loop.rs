@@ -19,6 +19,7 @@ use super::stream::{self, StreamEvent};
 use super::token::Token;
 use crate::sys::epoll::Epoll;
 use crate::sys::interfaces;
+use crate::turn::id_map::IdMap;
 use crate::turn::lookup::LookupResult;
 use crate::turn::relay::ToPeer;
 use crate::turn::relay::{PEER_HEADROOM, PEER_TAILROOM};
@@ -59,8 +60,9 @@ pub struct EventLoop {
     /// entry points that take it.
     pub(super) ledger: SharedLedger,
     pub(super) listeners: UdpListeners,
-    /// Relay sockets by allocation, one per [`Family`](crate::turn::allocation::Family).
-    pub(super) relays: HashMap<AllocationId, [Option<UdpSocket>; 2]>,
+    /// Relay sockets by allocation, one per [`Family`](crate::turn::allocation::Family)
+    /// (read for every datagram: a fast hash of the server-chosen id).
+    pub(super) relays: IdMap<[Option<UdpSocket>; 2]>,
     pub(super) epoll: Epoll,
     pub(super) recv_slots: Vec<u8>,
     /// [`RELAY_SLOTS`] receive slots for relay sockets.
@@ -148,7 +150,7 @@ impl EventLoop {
             host_addresses,
             publishes: 0,
             listeners: bound,
-            relays: HashMap::new(),
+            relays: IdMap::default(),
             epoll,
             recv_slots: vec![0; BATCH * MAX_DATAGRAM],
             relay_buf: vec![0; RELAY_SLOT * RELAY_SLOTS],

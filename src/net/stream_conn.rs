@@ -32,8 +32,8 @@ use super::token::Token;
 use crate::stun::framing::Framer;
 use crate::stun::raw::is_control;
 use crate::turn::allocation::Family;
-use crate::turn::{AllocationId, FiveTuple, Server};
-use std::collections::HashMap;
+use crate::turn::id_map::IdMap;
+use crate::turn::{FiveTuple, Server};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -385,7 +385,7 @@ impl ToPeers<'_> {
 fn handle_frame(
     core: &mut Server,
     ledger: &SharedLedger,
-    relays: &HashMap<AllocationId, [Option<UdpSocket>; 2]>,
+    relays: &IdMap<[Option<UdpSocket>; 2]>,
     snapshot: &mut Snapshot,
     mut to_peers: ToPeers<'_>,
     now: Instant,
