@@ -95,11 +95,24 @@ impl Drop for Server {
 }
 
 fn stop(child: &mut Child, grace: Duration) {
+    let pid = child.id() as libc::pid_t;
+    stop_child(child, pid, grace);
+    // Whatever is left of its process group: turnd started behind a `--turnd-prefix`
+    // (perf) is the child's child, which outlives a signal to the child alone.
+    // SAFETY: kill(2) on our own child's process group; ESRCH when it has none left.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+}
+
+fn stop_child(child: &mut Child, pid: libc::pid_t, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // SAFETY: kill(2) on our own child's process group, else (no group of its own) on
+    // its pid.
+    if unsafe { libc::kill(-pid, libc::SIGTERM) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -199,6 +212,8 @@ fn start_turnd(setup: &Setup, workers: usize, client: &UdpSocket, kind: &Kind) -
         None => Command::new(&setup.turnd),
     };
     command.arg("serve").arg("-c").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    // A group of its own, so that stopping it reaches turnd behind a prefix too.
+    command.process_group(0);
     die_with_parent(&mut command);
     veth::enter_server_ns(&mut command);
     let child = command.spawn()?;
