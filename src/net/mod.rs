@@ -40,6 +40,7 @@ mod stream_events;
 mod stream_splice;
 mod tcp_relay;
 pub mod tls;
+mod tls_write;
 mod token;
 mod udp;
 pub mod upgrade;

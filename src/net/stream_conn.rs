@@ -28,6 +28,7 @@ use super::event_loop::{through_core, unix_now, EventLoop, READS_PER_WAKE};
 use super::ledger::SharedLedger;
 use super::outbox::{Outbox, Payload};
 use super::report::{self, Snapshot};
+use super::tls_write::{write_plaintext, WriteError};
 use super::token::Token;
 use crate::stun::framing::Framer;
 use crate::stun::raw::is_control;
@@ -216,30 +217,11 @@ impl Conn {
                 self.output.drain(..written);
             }
             Some(tls) => {
-                for _ in 0..TLS_STEPS {
-                    if !self.output.is_empty() {
-                        // rustls cuts records at 16 KiB; it takes less when its own
-                        // buffer is full (what is left waits here).
-                        let taken = tls.writer().write(&self.output).map_err(|_| "TLS error")?;
-                        self.output.drain(..taken);
-                    }
-                    let mut blocked = false;
-                    while tls.wants_write() {
-                        match tls.write_tls(&mut self.socket) {
-                            Ok(0) => return Err("write error"),
-                            Ok(_) => {}
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                blocked = true;
-                                break;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => return Err("write error"),
-                        }
-                    }
-                    if blocked || self.output.is_empty() {
-                        break;
-                    }
-                }
+                let written = write_plaintext(tls, &self.socket, &self.output).map_err(|e| match e {
+                    WriteError::Tls => "TLS error",
+                    WriteError::Socket => "write error",
+                })?;
+                self.output.drain(..written.taken);
             }
         }
         if self.output.is_empty() && self.output.capacity() > OUTPUT_KEEP {

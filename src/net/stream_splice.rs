@@ -25,6 +25,7 @@ use super::admission::SourceSlot;
 use super::event_loop::{EventLoop, READS_PER_WAKE};
 use super::stream::StreamHandle;
 use super::stream_conn::{Detached, Held, TLS_STEPS};
+use super::tls_write::{write_plaintext, WriteError};
 use super::token::{Side, Token};
 use crate::turn::FiveTuple;
 use std::io::{self, Read, Write};
@@ -240,31 +241,12 @@ impl Splice {
         let Some(tls) = self.tls.as_mut() else {
             return write_from(&self.client, &mut self.to_client, "client write error");
         };
-        let mut moved = false;
-        for _ in 0..TLS_STEPS {
-            if !self.to_client.is_empty() {
-                // rustls takes less when its own buffer is full: the rest waits here.
-                let taken = tls.writer().write(self.to_client.pending()).map_err(|_| "TLS error")?;
-                self.to_client.taken(taken);
-            }
-            let mut blocked = false;
-            while tls.wants_write() {
-                match tls.write_tls(&mut self.client) {
-                    Ok(0) => return Err("client write error"),
-                    Ok(_) => moved = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        blocked = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err("client write error"),
-                }
-            }
-            if blocked || self.to_client.is_empty() {
-                break;
-            }
-        }
-        Ok(moved)
+        let written = write_plaintext(tls, &self.client, self.to_client.pending()).map_err(|e| match e {
+            WriteError::Tls => "TLS error",
+            WriteError::Socket => "client write error",
+        })?;
+        self.to_client.taken(written.taken);
+        Ok(written.sent)
     }
 
     /// Whether bytes wait to be written to the client.
