@@ -300,28 +300,10 @@ fn bursts(pairs: &mut [(Duplex, Duplex)], rounds: usize, count: usize, size: usi
     }
 }
 
-/// turnd with a TCP and a TLS listener; `worker_loop` sets `[tcp] worker-loop`, so each
-/// test runs on both ways of serving a connection.
-fn tls_turnd(listen_extra: &str, worker_loop: bool) -> (TurndProcess, TestCert) {
-    println!("[tcp] worker-loop = {worker_loop}");
-    let cert = TestCert::new();
-    let (min, max) = relay_port_range();
-    let config = format!(
-        "realm = \"{REALM}\"\n[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
-         [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n{listen_extra}\n\
-         [tcp]\nworker-loop = {worker_loop}\n\
-         [log]\nlevel = \"info,turnd::net::stream_conn=debug\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
-         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
-    );
-    let turnd = TurndProcess::start(&cert.add_to(&config), &[]);
-    (turnd, cert)
-}
-
 /// [`PAIRS`] pairs; over TLS when `tls`, every connection after the first resuming the
 /// first one's session (as a browser's second connection to a server does).
 fn pairs(server: SocketAddr, tls: bool, a_recv_buffer: Option<usize>) -> Vec<(Duplex, Duplex)> {
-    let config = tls.then(client_config);
+    let config = tls.then(|| Arc::new(turn_client::any_certificate_config()));
     let pairs: Vec<(Duplex, Duplex)> = (0..PAIRS).map(|_| pair(server, config.as_ref(), a_recv_buffer)).collect();
     if tls {
         let resumed = pairs
@@ -334,22 +316,10 @@ fn pairs(server: SocketAddr, tls: bool, a_recv_buffer: Option<usize>) -> Vec<(Du
     pairs
 }
 
-/// A TLS client configuration accepting any certificate, whose sessions resume.
-fn client_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
 #[test]
 fn bursts_of_many_small_tls_records_and_of_large_ones_keep_relaying() {
     for worker_loop in [false, true] {
-        let (turnd, _cert) = tls_turnd("", worker_loop);
+        let (turnd, _cert) = stream_turnd(None, "", worker_loop);
         let mut tls = pairs(turnd.addr("tls"), true, None);
         still_relays(&mut tls, "set up");
         // 200 x 200 bytes: 200 records in a few segments, more than one read's budget.
@@ -362,7 +332,7 @@ fn bursts_of_many_small_tls_records_and_of_large_ones_keep_relaying() {
 #[test]
 fn bursts_over_tcp_keep_relaying() {
     for worker_loop in [false, true] {
-        let (turnd, _cert) = tls_turnd("", worker_loop);
+        let (turnd, _cert) = stream_turnd(None, "", worker_loop);
         let mut tcp = pairs(turnd.addr("tcp"), false, None);
         still_relays(&mut tcp, "set up");
         let adopted = turnd.logs().contains("connection adopted by its worker");
@@ -399,7 +369,7 @@ fn a_client_that_stops_reading_then_reads_again(server: SocketAddr, tls: bool) {
 #[test]
 fn a_tls_client_that_stops_reading_then_reads_again_still_relays() {
     for worker_loop in [false, true] {
-        let (turnd, _cert) = tls_turnd("", worker_loop);
+        let (turnd, _cert) = stream_turnd(None, "", worker_loop);
         a_client_that_stops_reading_then_reads_again(turnd.addr("tls"), true);
     }
 }
@@ -407,7 +377,7 @@ fn a_tls_client_that_stops_reading_then_reads_again_still_relays() {
 #[test]
 fn a_tcp_client_that_stops_reading_then_reads_again_still_relays() {
     for worker_loop in [false, true] {
-        let (turnd, _cert) = tls_turnd("", worker_loop);
+        let (turnd, _cert) = stream_turnd(None, "", worker_loop);
         a_client_that_stops_reading_then_reads_again(turnd.addr("tcp"), false);
     }
 }
@@ -418,7 +388,8 @@ fn the_same_through_a_tls_port_shared_with_https() {
         // The backend is never reached (TURN clients' ClientHellos stay with turnd), so
         // a listener that accepts and holds connections stands in for it.
         let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (turnd, _cert) = tls_turnd(&format!("passthrough-to = \"{}\"", backend.local_addr().unwrap()), worker_loop);
+        let (turnd, _cert) =
+            stream_turnd(None, &format!("passthrough-to = \"{}\"", backend.local_addr().unwrap()), worker_loop);
         let server = turnd.addr("tls");
         let mut tls = pairs(server, true, None);
         still_relays(&mut tls, "set up");

@@ -532,44 +532,16 @@ fn seed() -> u64 {
     std::env::var("TURND_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(random_u64)
 }
 
-/// turnd with two workers and a TCP and a TLS listener, whose connections the worker
-/// loop serves when `worker_loop`, else their own tasks.
-fn worker_loop_turnd(tls_extra: &str, worker_loop: bool) -> (TurndProcess, TestCert) {
-    let cert = TestCert::new();
-    let (min, max) = relay_port_range();
-    let config = format!(
-        "realm = \"{REALM}\"\nworkers = 2\n[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
-         [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n{tls_extra}\n\
-         [tcp]\nworker-loop = {worker_loop}\n\
-         [log]\nlevel = \"info,turnd::net::stream_conn=debug\"\n\
-         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
-         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
-    );
-    let turnd = TurndProcess::start(&cert.add_to(&config), &[]);
-    (turnd, cert)
-}
-
-fn client_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
 #[test]
 fn tls_clients_on_the_worker_loop_lose_no_relayed_message() {
-    let (turnd, _cert) = worker_loop_turnd("", true);
-    soak(&turnd, turnd.addr("tls"), Some(&client_config()), seed(), "tls", None);
+    let (turnd, _cert) = stream_turnd(Some(2), "", true);
+    soak(&turnd, turnd.addr("tls"), Some(&Arc::new(turn_client::any_certificate_config())), seed(), "tls", None);
     assert!(turnd.logs().contains("connection adopted by its worker"));
 }
 
 #[test]
 fn tcp_clients_on_the_worker_loop_lose_no_relayed_message() {
-    let (turnd, _cert) = worker_loop_turnd("", true);
+    let (turnd, _cert) = stream_turnd(Some(2), "", true);
     soak(&turnd, turnd.addr("tcp"), None, seed(), "tcp", None);
     assert!(turnd.logs().contains("connection adopted by its worker"));
 }
@@ -579,8 +551,16 @@ fn tls_clients_through_a_port_shared_with_https_lose_no_relayed_message() {
     // TURN clients' ClientHellos stay with turnd: a listener that holds connections
     // stands in for the HTTPS backend.
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (turnd, _cert) = worker_loop_turnd(&format!("passthrough-to = \"{}\"", backend.local_addr().unwrap()), true);
-    soak(&turnd, turnd.addr("tls"), Some(&client_config()), seed(), "tls passthrough", None);
+    let (turnd, _cert) =
+        stream_turnd(Some(2), &format!("passthrough-to = \"{}\"", backend.local_addr().unwrap()), true);
+    soak(
+        &turnd,
+        turnd.addr("tls"),
+        Some(&Arc::new(turn_client::any_certificate_config())),
+        seed(),
+        "tls passthrough",
+        None,
+    );
     assert!(turnd.logs().contains("connection adopted by its worker"));
 }
 
@@ -595,7 +575,7 @@ fn closed_port() -> SocketAddr {
 #[test]
 fn packets_to_a_closed_port_cost_no_other_message() {
     for worker_loop in [true, false] {
-        let (turnd, _cert) = worker_loop_turnd("", worker_loop);
+        let (turnd, _cert) = stream_turnd(Some(2), "", worker_loop);
         let label = format!("tcp, worker-loop = {worker_loop}, strays");
         soak(&turnd, turnd.addr("tcp"), None, seed(), &label, Some(closed_port()));
     }

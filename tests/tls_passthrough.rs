@@ -113,13 +113,7 @@ fn turnd_config(ca: &TestCa, listen_extra: &str, extra: &str) -> String {
 /// no SNI); any certificate accepted. The handshake's error, if any.
 fn tls_client(addr: SocketAddr, source: IpAddr, name: &str, alpn: &[&str]) -> std::io::Result<TlsStream> {
     let tcp = connect_from(source, addr);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
+    let mut config = turn_client::any_certificate_config();
     config.alpn_protocols = alpn.iter().map(|id| id.as_bytes().to_vec()).collect();
     let name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();

@@ -47,6 +47,27 @@ pub fn relay_port_range() -> (u16, u16) {
     (base, base + 199)
 }
 
+/// turnd with a TCP and a TLS listener (`tls_extra` added to the TLS one's table) and
+/// `workers` workers (turnd's default when `None`). Its connections are served by the
+/// worker's loop when `worker_loop`, else by their own tasks; the `stream_conn` debug
+/// log says which.
+pub fn stream_turnd(workers: Option<usize>, tls_extra: &str, worker_loop: bool) -> (TurndProcess, TestCert) {
+    println!("[tcp] worker-loop = {worker_loop}");
+    let cert = TestCert::new();
+    let (min, max) = relay_port_range();
+    let workers = workers.map(|n| format!("workers = {n}\n")).unwrap_or_default();
+    let config = format!(
+        "realm = \"{REALM}\"\n{workers}[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
+         [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n{tls_extra}\n\
+         [tcp]\nworker-loop = {worker_loop}\n\
+         [log]\nlevel = \"info,turnd::net::stream_conn=debug\"\n\
+         [relay]\nport-min = {min}\nport-max = {max}\nallowed-peers = [\"127.0.0.0/8\"]\nallow-host-peers = true\n\
+         [[auth.user]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    );
+    let turnd = TurndProcess::start(&cert.add_to(&config), &[]);
+    (turnd, cert)
+}
+
 /// A config with one loopback listener per transport, a random relay range,
 /// loopback peers allowed and the user `alice`/`secret`.
 pub fn config_with(transports: &[&str]) -> String {

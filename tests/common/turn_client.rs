@@ -265,6 +265,19 @@ impl StreamClient {
 
 pub type TlsStream = turnd::client::blocking::TlsStream;
 
+/// A TLS client configuration accepting any certificate (the tests' servers present
+/// throwaway ones). Connections made from one `Arc` of it resume each other's
+/// sessions, as a browser's second connection to a server does.
+pub fn any_certificate_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
+        .with_no_client_auth()
+}
+
 /// Connects with TLS and completes the handshake.
 pub fn tls_connect(server: SocketAddr) -> TlsStream {
     let tcp = TcpStream::connect(server).expect("connect");
@@ -275,15 +288,8 @@ pub fn tls_connect(server: SocketAddr) -> TlsStream {
 /// A TLS handshake (any certificate accepted, the server named by `ip`) over `tcp`,
 /// which may already carry something else first (a PROXY protocol header).
 pub fn tls_over(tcp: TcpStream, ip: std::net::IpAddr) -> std::io::Result<TlsStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(ip.into())).expect("client connection");
+    let config = Arc::new(any_certificate_config());
+    let conn = rustls::ClientConnection::new(config, ServerName::IpAddress(ip.into())).expect("client connection");
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock)?;
@@ -295,15 +301,8 @@ pub fn tls_over(tcp: TcpStream, ip: std::net::IpAddr) -> std::io::Result<TlsStre
 pub fn tls_connect_named(server: SocketAddr, name: &str) -> TlsStream {
     let tcp = TcpStream::connect(server).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(turnd::probe::AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
     let name = ServerName::try_from(name.to_owned()).expect("a DNS name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let conn = rustls::ClientConnection::new(Arc::new(any_certificate_config()), name).expect("client connection");
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock).expect("TLS handshake");
