@@ -11,7 +11,9 @@ use super::relay_socket::{self, Received};
 use super::report;
 use super::token::Token;
 use crate::stun::raw::is_control;
+use crate::sys::prefetch::prefetch;
 use crate::turn::allocation::Family;
+use crate::turn::allocation::RELAY_PATH_BYTES;
 use crate::turn::relay::PEER_HEADROOM;
 use crate::turn::PeerAddr;
 use crate::turn::RelayBindError;
@@ -123,6 +125,10 @@ impl EventLoop {
     /// Reads batches from a ready relay socket (at most [`READS_PER_WAKE`]) and relays
     /// each datagram to its client.
     pub(super) fn serve_relay(&mut self, id: AllocationId, family: Family) {
+        // On its way into the cache while the kernel copies the datagrams out.
+        if let Some(allocation) = self.core.allocation(id) {
+            prefetch(allocation, RELAY_PATH_BYTES);
+        }
         for _ in 0..READS_PER_WAKE {
             // Room for a whole batch, in the slots and in the outbox, so that nothing
             // flushes while this batch's packets sit in their slots half-queued.

@@ -1,6 +1,7 @@
 //! Every `unsafe` line of turnd, behind safe functions: the system calls that neither
 //! std, `socket2` nor `quinn-udp` offer (epoll, batched sends and receives with their
-//! control messages, the socket error queue, getifaddrs, resource limits, signals).
+//! control messages, the socket error queue, getifaddrs, resource limits, signals),
+//! and the CPU's prefetch hint.
 //! The rest of the crate is built with `unsafe_code` denied (Cargo.toml `[lints]`),
 //! and each block here says in a `SAFETY:` comment why it holds.
 //!
@@ -15,6 +16,7 @@ pub mod epoll;
 pub mod fdpass;
 pub mod interfaces;
 pub mod mmsg;
+pub mod prefetch;
 pub mod process;
 pub mod sockaddr;
 pub mod sockopt;

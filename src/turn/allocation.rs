@@ -186,6 +186,10 @@ pub struct Allocation {
     pub mobile: bool,
 }
 
+/// How many bytes from its start an [`Allocation`] holds what the relay path reads
+/// for every datagram (with no bandwidth cap configured): what to prefetch.
+pub const RELAY_PATH_BYTES: usize = std::mem::offset_of!(Allocation, bandwidth);
+
 impl Allocation {
     /// A new allocation with no permissions or channels.
     #[allow(clippy::too_many_arguments)]

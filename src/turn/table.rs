@@ -14,7 +14,11 @@ use std::time::Instant;
 /// which the ledger's quotas bound.
 #[derive(Debug)]
 pub struct AllocationTable {
-    pub(super) by_id: IdMap<Allocation>,
+    /// Boxed: the map's own array stays small (16 bytes a bucket) and stable
+    /// addresses let the shell prefetch an entry ([`AllocationTable::get`]) before the
+    /// system call whose datagram needs it; with the ~550-byte entries inline, 10,000
+    /// allocations made a 9 MB array whose every read missed the caches and the TLB.
+    pub(super) by_id: IdMap<Box<Allocation>>,
     pub(super) by_five_tuple: HashMap<FiveTuple, AllocationId>,
     /// Expiry timers. Refreshes and deletions leave stale entries (skipped when they
     /// come up); when stale ones outnumber live ones the heap is rebuilt, so churn
@@ -80,12 +84,12 @@ impl AllocationTable {
 
     /// An allocation by id.
     pub fn get(&self, id: AllocationId) -> Option<&Allocation> {
-        self.by_id.get(&id)
+        self.by_id.get(&id).map(|a| &**a)
     }
 
     /// An allocation by id, to change.
     pub fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
-        self.by_id.get_mut(&id)
+        self.by_id.get_mut(&id).map(|a| &mut **a)
     }
 
     /// The allocation on a client 5-tuple.
@@ -97,17 +101,17 @@ impl AllocationTable {
     /// pair.
     pub fn on_mut(&mut self, five_tuple: &FiveTuple) -> Option<(AllocationId, &mut Allocation)> {
         let id = *self.by_five_tuple.get(five_tuple)?;
-        Some((id, self.by_id.get_mut(&id)?))
+        Some((id, &mut **self.by_id.get_mut(&id)?))
     }
 
     /// Every allocation, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (AllocationId, &Allocation)> {
-        self.by_id.iter().map(|(id, a)| (*id, a))
+        self.by_id.iter().map(|(id, a)| (*id, &**a))
     }
 
     /// Every allocation, to change.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
-        self.by_id.values_mut()
+        self.by_id.values_mut().map(|a| &mut **a)
     }
 
     /// The ids of the allocations `pick` chooses.
@@ -120,7 +124,7 @@ impl AllocationTable {
         self.by_five_tuple.insert(allocation.five_tuple, id);
         *self.users.entry(allocation.user.clone()).or_default() += 1;
         self.schedule_expiry(id, allocation.expires);
-        self.by_id.insert(id, allocation);
+        self.by_id.insert(id, Box::new(allocation));
     }
 
     /// Moves an allocation to a new client 5-tuple (RFC 8016); returns the one it
@@ -135,7 +139,7 @@ impl AllocationTable {
 
     /// Takes an allocation out; its user's bandwidth bucket goes with its last one.
     pub fn remove(&mut self, id: AllocationId) -> Option<Allocation> {
-        let allocation = self.by_id.remove(&id)?;
+        let allocation = *self.by_id.remove(&id)?;
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.compact_expiries();
         super::ledger::decrement(&mut self.users, &allocation.user);
