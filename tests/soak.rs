@@ -51,21 +51,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A small deterministic generator (xorshift64*), seeded per run.
-struct Rand(u64);
-
-impl Rand {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// What went wrong in one step (counted; a few are tolerated, see the end of the test).
 #[derive(Debug)]
 enum StepError {
@@ -272,7 +257,7 @@ fn step(
     server: SocketAddr,
     peers: &[SocketAddr],
     lifetime: u32,
-    rand: &mut Rand,
+    rand: &mut Xorshift,
     counts: &mut Counts,
 ) -> Result<(), StepError> {
     match phase {
@@ -392,7 +377,7 @@ fn allocations_churn_with_flat_memory_descriptors_and_ports() {
     let load_end = started + Duration::from_secs(seconds);
     let hard_end = load_end + Duration::from_secs(60);
     let budget = seconds.saturating_mul(rate).saturating_add(rate);
-    let mut rand = Rand(random_u64() | 1);
+    let mut rand = Xorshift(random_u64() | 1);
     let mut phases: Vec<Phase> = (0..slots).map(|_| Phase::Idle).collect();
     let mut counts = Counts::default();
     let mut errors: Vec<String> = Vec::new();

@@ -59,34 +59,12 @@ struct Duplex {
 impl Duplex {
     /// Queues `bytes`: for TLS, as one record (or more, past 16 KiB).
     fn queue(&mut self, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            Some(tls) => tls.writer().write_all(bytes).unwrap(),
-            None => self.pending.extend_from_slice(bytes),
-        }
+        nonblocking::queue(self.tls.as_mut(), &mut self.pending, bytes);
     }
 
     /// Writes what the socket takes now.
     fn write_some(&mut self) {
-        match self.tls.as_mut() {
-            Some(tls) => {
-                while tls.wants_write() {
-                    match tls.write_tls(&mut self.sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) => panic!("client write: {e}"),
-                    }
-                }
-            }
-            None => {
-                while !self.pending.is_empty() {
-                    match self.sock.write(&self.pending) {
-                        Ok(n) => drop(self.pending.drain(..n)),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) => panic!("client write: {e}"),
-                    }
-                }
-            }
-        }
+        nonblocking::write_some(&mut self.sock, self.tls.as_mut(), &mut self.pending, "client");
     }
 
     /// Reads what the socket has now into `inbox`.

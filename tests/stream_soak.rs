@@ -28,7 +28,7 @@ mod common;
 use common::*;
 use rustls::ClientConnection;
 use rustls_pki_types::ServerName;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,26 +49,6 @@ const WINDOW: usize = 48;
 const WINDOW_BYTES: usize = 48 * 1024;
 /// Scheduler steps per run (each a few milliseconds of traffic).
 const STEPS: usize = 300;
-
-/// A small deterministic generator (xorshift64*): the schedule replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A request sent in the middle of the traffic, waiting for its answer.
 struct InFlight {
@@ -144,33 +124,11 @@ impl Peer {
     }
 
     fn queue(&mut self, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            Some(tls) => tls.writer().write_all(bytes).unwrap(),
-            None => self.pending.extend_from_slice(bytes),
-        }
+        nonblocking::queue(self.tls.as_mut(), &mut self.pending, bytes);
     }
 
     fn write_some(&mut self) {
-        match self.tls.as_mut() {
-            Some(tls) => {
-                while tls.wants_write() {
-                    match tls.write_tls(&mut self.sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) => panic!("{}: write: {e}", self.name),
-                    }
-                }
-            }
-            None => {
-                while !self.pending.is_empty() {
-                    match self.sock.write(&self.pending) {
-                        Ok(n) => drop(self.pending.drain(..n)),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) => panic!("{}: write: {e}", self.name),
-                    }
-                }
-            }
-        }
+        nonblocking::write_some(&mut self.sock, self.tls.as_mut(), &mut self.pending, &self.name);
     }
 
     /// Reads what the socket has into the framer (through TLS when there is TLS).
@@ -374,7 +332,7 @@ fn room(from: &Peer, to: &Peer, size: usize) -> bool {
     count < WINDOW && bytes + size <= WINDOW_BYTES
 }
 
-fn random_size(rng: &mut Rng) -> usize {
+fn random_size(rng: &mut Xorshift) -> usize {
     match rng.below(10) {
         0 => 1000 + rng.below(200) as usize,
         1 if rng.chance(20) => 4000 + rng.below(4000) as usize,
@@ -393,7 +351,7 @@ fn soak(
 ) {
     let steps = std::env::var("TURND_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(STEPS);
     println!("{label}: seed {seed}, {steps} steps");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Xorshift(seed | 1);
     let mut pairs: Vec<(Peer, Peer)> = (0..PAIRS)
         .map(|i| {
             let a = Peer::connect(server, tls, format!("{label} a{i}"), rng.next());

@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod fd_store;
 pub mod http;
+pub mod nonblocking;
 pub mod turn_client;
 
 use std::collections::hash_map::RandomState;
@@ -38,6 +39,29 @@ pub fn random_u64() -> u64 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// A small deterministic generator (xorshift64*): a test's schedule replays from its
+/// seed (which must not be 0).
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
 }
 
 /// A random relay port range `(min, max)` of width 200 inside 20000..60000,
